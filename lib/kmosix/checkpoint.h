@@ -1,0 +1,65 @@
+// CheckpointEngine seam: how a container is frozen, captured and brought back.
+// The first engine is stop-and-copy through ContainerRuntime (containerd/runc
+// + CRIU); post-copy (lazy pages) can come later behind the same interface.
+//
+// Ownership: engines borrow the ContainerRuntime they are given.
+// Thread-safety: calls for different containers may run concurrently.
+// Errors: see status.h; kFailed means the step failed and the caller must roll
+// back (source: Thaw; target: Discard).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kmosix/runtime.h"
+#include "kmosix/status.h"
+
+namespace kmosix {
+
+// One named part of a captured container, as laid out on disk. A transfer
+// sends every section; the receiver maps each name to a directory or file.
+struct Section {
+  std::string name;  // "criu", "rootfs", "log"
+  std::string path;  // directory (or single file when is_file)
+  bool is_file = false;
+};
+
+struct Capture {
+  std::vector<Section> sections;
+  double freeze_seconds = 0;      // pause
+  double checkpoint_seconds = 0;  // CRIU dump
+};
+
+// Where a target wants each section written. Sections it does not name are
+// rejected by the receiver.
+struct Landing {
+  std::vector<Section> sections;
+};
+
+class CheckpointEngine {
+ public:
+  virtual ~CheckpointEngine() = default;
+
+  // Source side. Freezes the running container `spec.name` and captures its
+  // state under scratch_dir. On success the container no longer executes on
+  // this node but is kept, frozen, until Release or Thaw. On failure it is
+  // running again (the engine thaws it before returning).
+  virtual StatusOr<Capture> Freeze(const ContainerSpec& spec, const std::string& scratch_dir) = 0;
+  // Source side, rollback: the frozen container runs again, state intact.
+  virtual Status Thaw(const std::string& name) = 0;
+  // Source side, after the target committed: deletes the frozen container.
+  virtual Status Release(const std::string& name) = 0;
+
+  // Target side. Creates the container for `spec` (no task yet) and says
+  // where each incoming section must be written (scratch_dir holds what is
+  // not written in place).
+  virtual StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) = 0;
+  // Target side: restores the task from the landed sections; on success it
+  // is running. On failure nothing runs (the container is still there for
+  // Discard).
+  virtual Status Restore(const ContainerSpec& spec, const Landing& landing) = 0;
+  // Target side, rollback: removes everything Prepare/Restore made. Idempotent.
+  virtual Status Discard(const std::string& name) = 0;
+};
+
+}  // namespace kmosix

@@ -1,0 +1,74 @@
+// Transport seam: the source agent's client for a target agent.
+// The HTTP adapter (lib/transport_http) speaks the agent-to-agent protocol;
+// unit tests use a fake.
+//
+// Ownership: the caller owns the transport. Thread-safety: all methods may be
+// called concurrently. Errors: kRetry when the peer cannot be reached or
+// timed out (outcome unknown), kConflict/kInvalid/kNotFound as the peer
+// answered them, kFailed for a peer-side failure (e.g. restore failed) or a
+// peer that is not a kmosix agent.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kmosix/checkpoint.h"
+#include "kmosix/runtime.h"
+#include "kmosix/status.h"
+
+namespace kmosix {
+
+struct PeerInfo {
+  std::string node;
+  std::string version;
+};
+
+// What the source offers the target before it freezes anything.
+struct MigrationOffer {
+  std::string id;
+  std::string source_node;
+  std::string source_url;
+  ContainerSpec spec;  // log_path is the target's to choose
+};
+
+struct TransferStats {
+  uint64_t bytes = 0;  // payload bytes (file contents)
+  uint64_t files = 0;
+  double seconds = 0;
+};
+
+struct RestoreReport {
+  uint32_t pid = 0;
+  double seconds = 0;
+};
+
+// The target's record of a migration: the target decides commit vs abort,
+// under one lock, so that exactly one of them ever happens.
+enum class TargetPhase { kUnknown, kPrepared, kReceiving, kReceived, kRestored, kCommitted, kAborted };
+std::string_view TargetPhaseName(TargetPhase p);
+TargetPhase ParseTargetPhase(std::string_view s);
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Checks that `target` is a kmosix agent and returns who it is.
+  virtual StatusOr<PeerInfo> Hello(const std::string& target) = 0;
+  // Target checks the image and the name, creates the container, reserves.
+  virtual Status Prepare(const std::string& target, const MigrationOffer& offer) = 0;
+  // Streams every section, with a SHA-256 per file, to the prepared target.
+  virtual StatusOr<TransferStats> Send(const std::string& target, const std::string& id,
+                                       const std::vector<Section>& sections) = 0;
+  // Target restores and confirms the task is running (phase Restored).
+  virtual StatusOr<RestoreReport> Restore(const std::string& target, const std::string& id) = 0;
+  // Target makes the restored copy the owner, unless it already aborted.
+  // Returns the target's final phase: kCommitted or kAborted.
+  virtual StatusOr<TargetPhase> Commit(const std::string& target, const std::string& id) = 0;
+  // Target kills and removes its copy, unless already committed.
+  // Returns kAborted or kCommitted.
+  virtual StatusOr<TargetPhase> Abort(const std::string& target, const std::string& id) = 0;
+  // The target's phase for id; kUnknown when it never heard of it.
+  virtual StatusOr<TargetPhase> Query(const std::string& target, const std::string& id) = 0;
+};
+
+}  // namespace kmosix
