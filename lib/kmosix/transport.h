@@ -72,3 +72,27 @@ class Transport {
 };
 
 }  // namespace kmosix
+
+namespace kmosix {
+
+// The target side of the agent-to-agent protocol, implemented by the agent
+// and served by the transport's server half. Same error contract as Transport.
+// Thread-safety: called from server threads concurrently.
+class MigrationTarget {
+ public:
+  virtual ~MigrationTarget() = default;
+  virtual PeerInfo Info() = 0;
+  virtual Status Prepare(const MigrationOffer& offer) = 0;
+  // Moves a prepared migration to Receiving and says where sections land.
+  virtual StatusOr<Landing> BeginReceive(const std::string& id) = 0;
+  // Ends a receive: ok moves to Received; an error (cut stream, bad checksum,
+  // bad entry) aborts the migration and removes what was written.
+  virtual Status EndReceive(const std::string& id, const Status& result,
+                            const TransferStats& stats) = 0;
+  virtual StatusOr<RestoreReport> Restore(const std::string& id) = 0;
+  virtual StatusOr<TargetPhase> Commit(const std::string& id) = 0;
+  virtual StatusOr<TargetPhase> Abort(const std::string& id) = 0;
+  virtual StatusOr<TargetPhase> Query(const std::string& id) = 0;
+};
+
+}  // namespace kmosix
