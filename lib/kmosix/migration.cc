@@ -1,0 +1,326 @@
+#include "kmosix/migration.h"
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <filesystem>
+#include <utility>
+
+namespace kmosix {
+namespace {
+
+constexpr std::array<std::pair<MigrationPhase, std::string_view>, 10> kPhaseNames = {{
+    {MigrationPhase::kPending, "Pending"},
+    {MigrationPhase::kPreparing, "Preparing"},
+    {MigrationPhase::kCheckpointing, "Checkpointing"},
+    {MigrationPhase::kTransferring, "Transferring"},
+    {MigrationPhase::kRestoring, "Restoring"},
+    {MigrationPhase::kCommitting, "Committing"},
+    {MigrationPhase::kResolving, "Resolving"},
+    {MigrationPhase::kSucceeded, "Succeeded"},
+    {MigrationPhase::kRolledBack, "RolledBack"},
+    {MigrationPhase::kFailed, "Failed"},
+}};
+
+StatusOr<Code> ParseCode(std::string_view s) {
+  for (Code c : {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound,
+                 Code::kFailed}) {
+    if (CodeName(c) == s) return c;
+  }
+  return InvalidError("unknown error code \"" + std::string(s) + "\"");
+}
+
+}  // namespace
+
+std::string_view MigrationPhaseName(MigrationPhase p) {
+  for (const auto& [phase, name] : kPhaseNames) {
+    if (phase == p) return name;
+  }
+  return "Unknown";
+}
+
+StatusOr<MigrationPhase> ParseMigrationPhase(std::string_view s) {
+  for (const auto& [phase, name] : kPhaseNames) {
+    if (name == s) return phase;
+  }
+  return InvalidError("unknown migration phase \"" + std::string(s) + "\"");
+}
+
+bool IsFinal(MigrationPhase p) {
+  return p == MigrationPhase::kSucceeded || p == MigrationPhase::kRolledBack ||
+         p == MigrationPhase::kFailed;
+}
+
+nlohmann::json MigrationReportToJson(const MigrationReport& r) {
+  const auto& t = r.timings;
+  nlohmann::json j = {
+      {"id", r.id},
+      {"workload", r.workload},
+      {"sourceNode", r.source_node},
+      {"targetNode", r.target_node},
+      {"target", r.target_url},
+      {"phase", MigrationPhaseName(r.phase)},
+      {"outcome", IsFinal(r.phase) ? MigrationPhaseName(r.phase) : "InProgress"},
+      {"startedMs", r.started_ms},
+      {"finishedMs", r.finished_ms},
+      {"bytes", r.bytes},
+      {"files", r.files},
+      {"targetPid", r.target_pid},
+      {"timings",
+       {{"prepare", t.prepare},
+        {"freeze", t.freeze},
+        {"checkpoint", t.checkpoint},
+        {"transfer", t.transfer},
+        {"restore", t.restore},
+        {"commit", t.commit},
+        {"downtime", t.downtime},
+        {"total", t.total}}},
+  };
+  if (!r.error.ok()) {
+    j["error"] = {{"code", CodeName(r.error.code())}, {"message", r.error.message()}};
+    j["failedPhase"] = r.failed_phase;
+  }
+  return j;
+}
+
+StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j) {
+  MigrationReport r;
+  try {
+    r.id = j.at("id").get<std::string>();
+    r.workload = j.at("workload").get<std::string>();
+    r.source_node = j.at("sourceNode").get<std::string>();
+    r.target_node = j.at("targetNode").get<std::string>();
+    r.target_url = j.at("target").get<std::string>();
+    KMX_ASSIGN_OR_RETURN(r.phase, ParseMigrationPhase(j.at("phase").get<std::string>()));
+    r.started_ms = j.at("startedMs").get<int64_t>();
+    r.finished_ms = j.at("finishedMs").get<int64_t>();
+    r.bytes = j.at("bytes").get<uint64_t>();
+    r.files = j.at("files").get<uint64_t>();
+    r.target_pid = j.at("targetPid").get<uint32_t>();
+    const auto& t = j.at("timings");
+    r.timings = {t.at("prepare"),  t.at("freeze"),  t.at("checkpoint"), t.at("transfer"),
+                 t.at("restore"),  t.at("commit"),  t.at("downtime"),   t.at("total")};
+    if (auto e = j.find("error"); e != j.end()) {
+      KMX_ASSIGN_OR_RETURN(Code code, ParseCode(e->at("code").get<std::string>()));
+      r.error = Status(code, e->at("message").get<std::string>());
+      r.failed_phase = j.value("failedPhase", "");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidError(std::string("bad migration record: ") + e.what());
+  }
+  return r;
+}
+
+MigrationDriver::MigrationDriver(CheckpointEngine& engine, Transport& transport, Clock& clock,
+                                 Options options)
+    : engine_(engine), transport_(transport), clock_(clock), options_(std::move(options)) {}
+
+void MigrationDriver::Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist) {
+  r.phase = p;
+  if (persist) persist(r);
+}
+
+std::string MigrationDriver::ScratchFor(const MigrationReport& r) const {
+  return options_.scratch_dir + "/out-" + r.id;
+}
+
+void MigrationDriver::RemoveScratch(const MigrationReport& r) const {
+  std::error_code ec;
+  std::filesystem::remove_all(ScratchFor(r), ec);
+}
+
+MigrationReport& MigrationDriver::Finish(MigrationReport& r, MigrationPhase p,
+                                         const PersistFn& persist) {
+  RemoveScratch(r);
+  r.finished_ms = clock_.WallMillis();
+  r.timings.total = static_cast<double>(r.finished_ms - r.started_ms) / 1000.0;
+  Enter(r, p, persist);
+  return r;
+}
+
+MigrationReport& MigrationDriver::Fail(MigrationReport& r, const Status& why,
+                                       const PersistFn& persist) {
+  r.failed_phase = std::string(MigrationPhaseName(r.phase));
+  r.error = why;
+  spdlog::warn("migration {} of {} failed in {} (workload untouched): {}", r.id, r.workload,
+               r.failed_phase, why.ToString());
+  return Finish(r, MigrationPhase::kFailed, persist);
+}
+
+MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string& name,
+                                           const Status& why, const PersistFn& persist) {
+  r.failed_phase = std::string(MigrationPhaseName(r.phase));
+  r.error = why;
+  spdlog::warn("migration {} of {} failed in {}, rolling back: {}", r.id, r.workload,
+               r.failed_phase, why.ToString());
+  // The target never restored (restore is only started by us, later), so it
+  // cannot be running the workload: tell it to clean up, and thaw here even if
+  // it does not answer (its idle timeout cleans up then).
+  if (auto a = transport_.Abort(r.target_url, r.id); !a.ok()) {
+    spdlog::warn("migration {}: target did not confirm abort: {}", r.id, a.status().ToString());
+  }
+  if (Status s = engine_.Thaw(name); !s.ok()) {
+    r.error = why.Annotate("rollback could not thaw the workload (" + s.ToString() + ")");
+    Enter(r, MigrationPhase::kResolving, persist);
+    return r;
+  }
+  return Finish(r, MigrationPhase::kRolledBack, persist);
+}
+
+MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string& name,
+                                          const Status& why, const PersistFn& persist) {
+  if (r.phase != MigrationPhase::kResolving) {
+    r.failed_phase = std::string(MigrationPhaseName(r.phase));
+    r.error = why;
+    Enter(r, MigrationPhase::kResolving, persist);
+  }
+  const auto deadline = clock_.Now() + options_.resolve_timeout;
+  Status last = why;
+  while (true) {
+    auto answer = transport_.Abort(r.target_url, r.id);
+    if (answer.ok() && *answer == TargetPhase::kCommitted) {
+      // The target owns it: drop the frozen copy.
+      if (Status s = engine_.Release(name); !s.ok()) {
+        r.error = s.Annotate("target committed but the source copy could not be released");
+        persist(r);
+        return r;
+      }
+      r.error = Status::Ok();
+      r.failed_phase.clear();
+      return Finish(r, MigrationPhase::kSucceeded, persist);
+    }
+    if (answer.ok()) {
+      // Aborted (or never heard of it): nothing runs there; run here again.
+      if (Status s = engine_.Thaw(name); !s.ok()) {
+        r.error = why.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
+        persist(r);
+        return r;
+      }
+      r.error = why;
+      return Finish(r, MigrationPhase::kRolledBack, persist);
+    }
+    last = answer.status();
+    if (clock_.Now() >= deadline) break;
+    clock_.SleepFor(options_.retry_interval);
+  }
+  r.error = why.Annotate("target has not said whether it runs the workload (" + last.ToString() +
+                         "); kept frozen here until it does");
+  spdlog::error("migration {} of {} unresolved: {}", r.id, r.workload, r.error.ToString());
+  persist(r);
+  return r;
+}
+
+MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport r,
+                                     const PersistFn& persist) {
+  const auto start = clock_.Now();
+  r.started_ms = clock_.WallMillis();
+  Enter(r, MigrationPhase::kPreparing, persist);
+
+  auto peer = transport_.Hello(r.target_url);
+  if (!peer.ok()) return Fail(r, peer.status().Annotate("target " + r.target_url), persist);
+  r.target_node = peer->node;
+  if (r.target_node == r.source_node) {
+    return Fail(r, InvalidError("target " + r.target_url + " is this node"), persist);
+  }
+  MigrationOffer offer{r.id, r.source_node, options_.source_url, spec};
+  offer.spec.log_path.clear();
+  if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
+    // A timeout may have prepared it anyway; prepared containers never run.
+    if (s.code() == Code::kRetry) (void)transport_.Abort(r.target_url, r.id);
+    return Fail(r, s.Annotate("target refused"), persist);
+  }
+  r.timings.prepare = Seconds(clock_.Now() - start);
+
+  Enter(r, MigrationPhase::kCheckpointing, persist);
+  std::error_code ec;
+  std::filesystem::create_directories(ScratchFor(r), ec);
+  if (ec) {
+    (void)transport_.Abort(r.target_url, r.id);
+    return Fail(r, FailedError("cannot create scratch dir: " + ec.message()), persist);
+  }
+  const auto frozen_at = clock_.Now();
+  auto capture = engine_.Freeze(spec, ScratchFor(r));
+  if (!capture.ok()) {
+    // The engine thawed the workload before returning.
+    (void)transport_.Abort(r.target_url, r.id);
+    r.failed_phase = "Checkpointing";
+    r.error = capture.status();
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return Finish(r, MigrationPhase::kRolledBack, persist);
+  }
+  r.timings.freeze = capture->freeze_seconds;
+  r.timings.checkpoint = capture->checkpoint_seconds;
+
+  Enter(r, MigrationPhase::kTransferring, persist);
+  auto sent = transport_.Send(r.target_url, r.id, capture->sections);
+  if (!sent.ok()) {
+    RollBack(r, spec.name, sent.status().Annotate("transfer"), persist);
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return r;
+  }
+  r.bytes = sent->bytes;
+  r.files = sent->files;
+  r.timings.transfer = sent->seconds;
+
+  Enter(r, MigrationPhase::kRestoring, persist);
+  const auto restore_start = clock_.Now();
+  auto restored = transport_.Restore(r.target_url, r.id);
+  r.timings.restore = Seconds(clock_.Now() - restore_start);
+  r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+  if (!restored.ok()) {
+    // Whether or not the target answered, only its commit-or-abort record
+    // says what runs there: resolve through it.
+    Resolve(r, spec.name, restored.status().Annotate("restore on target"), persist);
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return r;
+  }
+  r.target_pid = restored->pid;
+
+  Enter(r, MigrationPhase::kCommitting, persist);
+  const auto commit_start = clock_.Now();
+  auto committed = transport_.Commit(r.target_url, r.id);
+  if (committed.ok() && *committed == TargetPhase::kCommitted) {
+    if (Status s = engine_.Release(spec.name); !s.ok()) {
+      // Ownership moved; the frozen copy never runs again. Recover retries.
+      r.error = s.Annotate("target committed but the source copy could not be released");
+      Enter(r, MigrationPhase::kResolving, persist);
+      return r;
+    }
+    r.timings.commit = Seconds(clock_.Now() - commit_start);
+    return Finish(r, MigrationPhase::kSucceeded, persist);
+  }
+  Status why = committed.ok() ? FailedError("target aborted the migration before the commit")
+                              : committed.status().Annotate("commit");
+  Resolve(r, spec.name, why, persist);
+  r.timings.commit = Seconds(clock_.Now() - commit_start);
+  return r;
+}
+
+MigrationReport MigrationDriver::Recover(const ContainerSpec& spec, MigrationReport r,
+                                         const PersistFn& persist) {
+  switch (r.phase) {
+    case MigrationPhase::kSucceeded:
+    case MigrationPhase::kRolledBack:
+    case MigrationPhase::kFailed:
+      return r;
+    case MigrationPhase::kPending:
+    case MigrationPhase::kPreparing:
+      (void)transport_.Abort(r.target_url, r.id);
+      return Fail(r, FailedError("interrupted before the workload was frozen"), persist);
+    case MigrationPhase::kCheckpointing:
+    case MigrationPhase::kTransferring:
+      RollBack(r, spec.name, FailedError("interrupted before the target restored"), persist);
+      return r;
+    case MigrationPhase::kRestoring:
+    case MigrationPhase::kCommitting:
+    case MigrationPhase::kResolving:
+      Resolve(r, spec.name,
+              r.error.ok() ? FailedError("interrupted while the target restored or committed")
+                           : r.error,
+              persist);
+      return r;
+  }
+  return r;
+}
+
+}  // namespace kmosix

@@ -1,0 +1,127 @@
+// The source side of a live migration: a state machine over the
+// CheckpointEngine and Transport seams that drives one migration to an end in
+// which the workload runs exactly once.
+//
+//   Pending -> Preparing -> Checkpointing -> Transferring -> Restoring
+//           -> Committing -> Succeeded
+//   any failure before the workload was frozen         -> Failed (nothing changed)
+//   any failure after it, target known not to run it   -> RolledBack (source thawed)
+//   target's answer unknown after it restored           -> Resolving (kept frozen,
+//                                                          retried until it answers)
+//
+// The rule that keeps a workload from running twice or never: the target
+// decides commit-or-abort for a migration id under one lock and remembers it;
+// the source deletes its frozen copy only after the target said Committed,
+// and thaws it only after the target said Aborted (or never restored).
+//
+// Ownership: borrows the engine, transport and clock. Thread-safety: one
+// driver may run several migrations concurrently (it keeps no per-migration
+// state); the caller serialises migrations of the same workload.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "kmosix/checkpoint.h"
+#include "kmosix/clock.h"
+#include "kmosix/runtime.h"
+#include "kmosix/status.h"
+#include "kmosix/transport.h"
+
+namespace kmosix {
+
+enum class MigrationPhase {
+  kPending,
+  kPreparing,
+  kCheckpointing,
+  kTransferring,
+  kRestoring,
+  kCommitting,
+  kResolving,
+  kSucceeded,
+  kRolledBack,
+  kFailed,
+};
+std::string_view MigrationPhaseName(MigrationPhase p);
+StatusOr<MigrationPhase> ParseMigrationPhase(std::string_view s);
+bool IsFinal(MigrationPhase p);
+
+struct MigrationTimings {
+  double prepare = 0;     // target checks and creates the container
+  double freeze = 0;      // pause
+  double checkpoint = 0;  // CRIU dump
+  double transfer = 0;    // streaming to the target
+  double restore = 0;     // target restores and confirms running
+  double commit = 0;      // target commits, source releases
+  double downtime = 0;    // from freeze until the target confirmed running
+  double total = 0;
+};
+
+struct MigrationReport {
+  std::string id;
+  std::string workload;
+  std::string source_node;
+  std::string target_node;
+  std::string target_url;
+  MigrationPhase phase = MigrationPhase::kPending;
+  // The phase in which it went wrong, and why (empty/ok when it did not).
+  std::string failed_phase;
+  Status error;
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  MigrationTimings timings;
+  uint64_t bytes = 0;
+  uint64_t files = 0;
+  uint32_t target_pid = 0;
+};
+nlohmann::json MigrationReportToJson(const MigrationReport& r);
+StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j);
+
+class MigrationDriver {
+ public:
+  struct Options {
+    std::string source_url;   // this agent, as the target can reach it
+    std::string scratch_dir;  // per-migration scratch dirs are made under it
+    // How long to keep asking a silent target before leaving the workload
+    // frozen in Resolving (the caller retries later with Recover).
+    Clock::Duration resolve_timeout = std::chrono::seconds(30);
+    Clock::Duration retry_interval = std::chrono::milliseconds(500);
+  };
+  // Called with the report every time its phase changes, before the work of
+  // the new phase starts: the caller journals it so Recover can finish the
+  // migration after a crash.
+  using PersistFn = std::function<void(const MigrationReport&)>;
+
+  MigrationDriver(CheckpointEngine& engine, Transport& transport, Clock& clock, Options options);
+
+  // Runs a migration of `spec` (running here) to report.target_url, whose
+  // id, workload, source_node and target_url the caller filled in.
+  MigrationReport Run(const ContainerSpec& spec, MigrationReport report, const PersistFn& persist);
+
+  // Finishes a journaled migration that was interrupted (agent restart) or
+  // left Resolving. Safe to call repeatedly.
+  MigrationReport Recover(const ContainerSpec& spec, MigrationReport report,
+                          const PersistFn& persist);
+
+ private:
+  void Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
+  MigrationReport& Fail(MigrationReport& r, const Status& why, const PersistFn& persist);
+  MigrationReport& RollBack(MigrationReport& r, const std::string& name, const Status& why,
+                            const PersistFn& persist);
+  // Asks the target (Abort, idempotent) until it answers or resolve_timeout
+  // passes, then thaws or releases accordingly.
+  MigrationReport& Resolve(MigrationReport& r, const std::string& name, const Status& why,
+                           const PersistFn& persist);
+  MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
+  std::string ScratchFor(const MigrationReport& r) const;
+  void RemoveScratch(const MigrationReport& r) const;
+
+  CheckpointEngine& engine_;
+  Transport& transport_;
+  Clock& clock_;
+  Options options_;
+};
+
+}  // namespace kmosix
