@@ -45,7 +45,16 @@ struct RestoreReport {
 
 // The target's record of a migration: the target decides commit vs abort,
 // under one lock, so that exactly one of them ever happens.
-enum class TargetPhase { kUnknown, kPrepared, kReceiving, kReceived, kRestored, kCommitted, kAborted };
+enum class TargetPhase {
+  kUnknown,
+  kPrepared,
+  kReceiving,
+  kReceived,
+  kRestoring,
+  kRestored,
+  kCommitted,
+  kAborted
+};
 std::string_view TargetPhaseName(TargetPhase p);
 TargetPhase ParseTargetPhase(std::string_view s);
 

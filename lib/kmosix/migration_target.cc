@@ -1,0 +1,284 @@
+#include "kmosix/migration_target.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "kmosix/spec_json.h"
+
+namespace kmosix {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool IsFinalPhase(TargetPhase p) {
+  return p == TargetPhase::kCommitted || p == TargetPhase::kAborted;
+}
+
+Status WrongPhase(const IncomingRecord& r, std::string_view wanted) {
+  return ConflictError("migration " + r.offer.id + " is " +
+                       std::string(TargetPhaseName(r.phase)) + ", not " + std::string(wanted));
+}
+
+}  // namespace
+
+nlohmann::json IncomingRecordToJson(const IncomingRecord& r) {
+  nlohmann::json sections = nlohmann::json::array();
+  for (const auto& s : r.landing.sections) {
+    sections.push_back({{"name", s.name}, {"path", s.path}, {"isFile", s.is_file}});
+  }
+  return {{"offer", MigrationOfferToJson(r.offer)},
+          {"logPath", r.offer.spec.log_path},
+          {"phase", TargetPhaseName(r.phase)},
+          {"updatedMs", r.updated_ms},
+          {"pid", r.pid},
+          {"error", r.error},
+          {"bytes", r.stats.bytes},
+          {"files", r.stats.files},
+          {"landing", sections}};
+}
+
+StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j) {
+  IncomingRecord r;
+  try {
+    KMX_ASSIGN_OR_RETURN(r.offer, ParseMigrationOffer(j.at("offer").dump()));
+    r.offer.spec.log_path = j.at("logPath").get<std::string>();
+    r.phase = ParseTargetPhase(j.at("phase").get<std::string>());
+    if (r.phase == TargetPhase::kUnknown) return InvalidError("bad phase in incoming record");
+    r.updated_ms = j.at("updatedMs").get<int64_t>();
+    r.pid = j.at("pid").get<uint32_t>();
+    r.error = j.at("error").get<std::string>();
+    r.stats.bytes = j.at("bytes").get<uint64_t>();
+    r.stats.files = j.at("files").get<uint64_t>();
+    for (const auto& s : j.at("landing")) {
+      r.landing.sections.push_back({s.at("name").get<std::string>(),
+                                    s.at("path").get<std::string>(), s.at("isFile").get<bool>()});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidError(std::string("bad incoming record: ") + e.what());
+  }
+  return r;
+}
+
+IncomingMigrations::IncomingMigrations(CheckpointEngine& engine, ContainerRuntime& runtime,
+                                       Clock& clock, Options options, Hooks hooks)
+    : engine_(engine),
+      runtime_(runtime),
+      clock_(clock),
+      options_(std::move(options)),
+      hooks_(std::move(hooks)) {}
+
+PeerInfo IncomingMigrations::Info() { return {options_.node, options_.version}; }
+
+std::shared_ptr<IncomingMigrations::Entry> IncomingMigrations::Find(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : it->second;
+}
+
+void IncomingMigrations::Save(IncomingRecord& r, TargetPhase phase) {
+  r.phase = phase;
+  r.touched = clock_.Now();
+  r.updated_ms = clock_.WallMillis();
+  if (hooks_.persist) hooks_.persist(r);
+}
+
+void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
+  IncomingRecord& r = e.record;
+  if (IsFinalPhase(r.phase)) return;
+  spdlog::warn("incoming migration {} of {} aborted: {}", r.offer.id, r.offer.spec.name, why);
+  if (Status s = engine_.Discard(r.offer.spec.name); !s.ok()) {
+    spdlog::error("incoming migration {}: discard failed: {}", r.offer.id, s.ToString());
+  }
+  std::error_code ec;
+  fs::remove_all(options_.scratch_dir + "/in-" + r.offer.id, ec);
+  if (!r.offer.spec.log_path.empty()) fs::remove(r.offer.spec.log_path, ec);
+  r.error = why;
+  r.pid = 0;
+  Save(r, TargetPhase::kAborted);
+  if (hooks_.unreserve) hooks_.unreserve(r.offer.spec.name);
+}
+
+Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
+  KMX_RETURN_IF_ERROR(ValidateName(offer_in.id).Annotate("migration id"));
+  KMX_RETURN_IF_ERROR(ValidateName(offer_in.spec.name).Annotate("workload name"));
+  if (auto existing = Find(offer_in.id)) {
+    std::lock_guard lock(existing->mu);
+    if (existing->record.phase == TargetPhase::kPrepared &&
+        existing->record.offer.spec.name == offer_in.spec.name) {
+      return Status::Ok();  // a retried Prepare
+    }
+    return WrongPhase(existing->record, "new");
+  }
+  if (Status s = runtime_.ImageExists(offer_in.spec.image); !s.ok()) {
+    if (s.code() == Code::kNotFound) {
+      return NotFoundError("image " + offer_in.spec.image + " is not on node " + options_.node);
+    }
+    return s;
+  }
+  auto entry = std::make_shared<Entry>();
+  {
+    std::lock_guard lock(mu_);
+    if (entries_.contains(offer_in.id)) return ConflictError("migration id in use");
+    entries_[offer_in.id] = entry;
+  }
+  std::lock_guard lock(entry->mu);
+  IncomingRecord& r = entry->record;
+  r.offer = offer_in;
+  r.offer.spec.log_path = options_.log_dir + "/" + offer_in.spec.name + ".log";
+  if (Status s = hooks_.reserve ? hooks_.reserve(r.offer.spec.name) : Status::Ok(); !s.ok()) {
+    std::lock_guard map_lock(mu_);
+    entries_.erase(offer_in.id);
+    return s;
+  }
+  Save(r, TargetPhase::kPrepared);
+  auto landing = engine_.Prepare(r.offer.spec, options_.scratch_dir + "/in-" + r.offer.id);
+  if (!landing.ok()) {
+    AbortLocked(*entry, landing.status().ToString());
+    return landing.status().Annotate("prepare on " + options_.node);
+  }
+  r.landing = *landing;
+  Save(r, TargetPhase::kPrepared);
+  return Status::Ok();
+}
+
+StatusOr<Landing> IncomingMigrations::BeginReceive(const std::string& id) {
+  auto e = Find(id);
+  if (!e) return NotFoundError("no migration " + id + " here");
+  std::lock_guard lock(e->mu);
+  if (e->record.phase != TargetPhase::kPrepared) return WrongPhase(e->record, "Prepared");
+  Save(e->record, TargetPhase::kReceiving);
+  return e->record.landing;
+}
+
+Status IncomingMigrations::EndReceive(const std::string& id, const Status& result,
+                                      const TransferStats& stats) {
+  auto e = Find(id);
+  if (!e) return NotFoundError("no migration " + id + " here");
+  std::lock_guard lock(e->mu);
+  if (e->record.phase != TargetPhase::kReceiving) return WrongPhase(e->record, "Receiving");
+  if (!result.ok()) {
+    AbortLocked(*e, "transfer failed: " + result.ToString());
+    return result;
+  }
+  e->record.stats = stats;
+  Save(e->record, TargetPhase::kReceived);
+  return Status::Ok();
+}
+
+StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
+  auto e = Find(id);
+  if (!e) return NotFoundError("no migration " + id + " here");
+  std::lock_guard lock(e->mu);
+  IncomingRecord& r = e->record;
+  if (r.phase == TargetPhase::kRestored) return RestoreReport{r.pid, 0};  // retried
+  if (r.phase != TargetPhase::kReceived) return WrongPhase(r, "Received");
+  Save(r, TargetPhase::kRestoring);
+  const auto start = clock_.Now();
+  if (Status s = engine_.Restore(r.offer.spec, r.landing); !s.ok()) {
+    AbortLocked(*e, "restore failed: " + s.ToString());
+    return s.Annotate("restore on " + options_.node);
+  }
+  auto info = runtime_.Inspect(r.offer.spec.name);
+  if (!info.ok() || info->state != TaskState::kRunning) {
+    Status s = info.ok() ? FailedError("restored task is not running") : info.status();
+    AbortLocked(*e, "restore check failed: " + s.ToString());
+    return s.Annotate("restore on " + options_.node);
+  }
+  r.pid = info->pid;
+  Save(r, TargetPhase::kRestored);
+  // The images are no longer needed once the task runs.
+  std::error_code ec;
+  fs::remove_all(options_.scratch_dir + "/in-" + r.offer.id, ec);
+  return RestoreReport{r.pid, Seconds(clock_.Now() - start)};
+}
+
+StatusOr<TargetPhase> IncomingMigrations::Commit(const std::string& id) {
+  auto e = Find(id);
+  if (!e) return NotFoundError("no migration " + id + " here");
+  std::lock_guard lock(e->mu);
+  IncomingRecord& r = e->record;
+  if (IsFinalPhase(r.phase)) return r.phase;
+  if (r.phase != TargetPhase::kRestored) return WrongPhase(r, "Restored");
+  Save(r, TargetPhase::kCommitted);
+  if (hooks_.adopt) hooks_.adopt(r.offer, r.pid);
+  return TargetPhase::kCommitted;
+}
+
+StatusOr<TargetPhase> IncomingMigrations::Abort(const std::string& id) {
+  auto e = Find(id);
+  if (!e) {
+    // Never heard of it: nothing of it runs here. Remember the verdict so a
+    // late Prepare of the same id cannot start it.
+    auto tomb = std::make_shared<Entry>();
+    tomb->record.offer.id = id;
+    tomb->record.phase = TargetPhase::kAborted;
+    tomb->record.error = "aborted before it was prepared";
+    tomb->record.touched = clock_.Now();
+    std::lock_guard lock(mu_);
+    auto [it, inserted] = entries_.emplace(id, tomb);
+    if (!inserted) e = it->second;
+    else return TargetPhase::kAborted;
+  }
+  std::lock_guard lock(e->mu);
+  AbortLocked(*e, "aborted by the source");
+  return e->record.phase;
+}
+
+StatusOr<TargetPhase> IncomingMigrations::Query(const std::string& id) {
+  auto e = Find(id);
+  if (!e) return TargetPhase::kUnknown;
+  std::lock_guard lock(e->mu);
+  return e->record.phase;
+}
+
+void IncomingMigrations::ExpireIdle() {
+  std::vector<std::shared_ptr<Entry>> all;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [_, e] : entries_) all.push_back(e);
+  }
+  const auto now = clock_.Now();
+  for (auto& e : all) {
+    std::unique_lock lock(e->mu, std::try_to_lock);
+    if (!lock.owns_lock()) continue;  // busy, so not idle
+    if (IsFinalPhase(e->record.phase)) continue;
+    if (now - e->record.touched >= options_.idle_timeout) {
+      AbortLocked(*e, "no progress from the source for " +
+                          std::to_string(Seconds(options_.idle_timeout)) + " s");
+    }
+  }
+}
+
+void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
+  for (auto& record : records) {
+    auto e = std::make_shared<Entry>();
+    e->record = std::move(record);
+    e->record.touched = clock_.Now();
+    {
+      std::lock_guard lock(mu_);
+      entries_[e->record.offer.id] = e;
+    }
+    std::lock_guard lock(e->mu);
+    if (!IsFinalPhase(e->record.phase)) {
+      if (hooks_.reserve) (void)hooks_.reserve(e->record.offer.spec.name);
+      AbortLocked(*e, "agent restarted before the commit");
+    }
+  }
+}
+
+std::vector<IncomingRecord> IncomingMigrations::List() {
+  std::vector<std::shared_ptr<Entry>> all;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [_, e] : entries_) all.push_back(e);
+  }
+  std::vector<IncomingRecord> out;
+  for (auto& e : all) {
+    std::lock_guard lock(e->mu);
+    out.push_back(e->record);
+  }
+  return out;
+}
+
+}  // namespace kmosix

@@ -1,0 +1,105 @@
+// The target side of live migration: one record per incoming migration id,
+// moved Prepared -> Receiving -> Received -> Restoring -> Restored ->
+// Committed, or to Aborted from any phase before Committed. Commit and Abort
+// of one id are serialised by the record's lock, so exactly one of them wins;
+// the winner is persisted before it is answered, and remembered (a later
+// Restore or Commit of an aborted id is refused).
+//
+// Ownership: borrows the engine, runtime and clock; owns its records.
+// Thread-safety: all methods are safe to call concurrently; calls for one id
+// are serialised.
+// Errors: kNotFound for an unknown id, kConflict for a call in the wrong
+// phase or a workload name in use, kInvalid for a bad offer, kFailed for a
+// restore that failed (the record is then Aborted and cleaned up).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kmosix/checkpoint.h"
+#include "kmosix/clock.h"
+#include "kmosix/runtime.h"
+#include "kmosix/transport.h"
+
+namespace kmosix {
+
+struct IncomingRecord {
+  MigrationOffer offer;  // offer.spec.log_path is this node's log file
+  TargetPhase phase = TargetPhase::kPrepared;
+  Landing landing;
+  Clock::TimePoint touched;  // last progress, for the idle timeout
+  int64_t updated_ms = 0;
+  uint32_t pid = 0;
+  std::string error;
+  TransferStats stats;
+};
+nlohmann::json IncomingRecordToJson(const IncomingRecord& r);
+StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j);
+
+class IncomingMigrations final : public MigrationTarget {
+ public:
+  struct Options {
+    std::string node;
+    std::string version;
+    std::string scratch_dir;  // per-migration dirs are made under it
+    std::string log_dir;      // <log_dir>/<workload>.log
+    // A migration that makes no progress for this long is aborted.
+    Clock::Duration idle_timeout = std::chrono::seconds(120);
+  };
+  // The agent's workload registry, as the target needs it.
+  struct Hooks {
+    // Claims a workload name for an incoming migration; kConflict if in use.
+    std::function<Status(const std::string& name)> reserve;
+    // Gives a reserved name back (the migration aborted).
+    std::function<void(const std::string& name)> unreserve;
+    // The migration committed: the workload now runs here.
+    std::function<void(const MigrationOffer& offer, uint32_t pid)> adopt;
+    // Durably records a record's new phase (called before answering).
+    std::function<void(const IncomingRecord& record)> persist;
+  };
+
+  IncomingMigrations(CheckpointEngine& engine, ContainerRuntime& runtime, Clock& clock,
+                     Options options, Hooks hooks);
+
+  PeerInfo Info() override;
+  Status Prepare(const MigrationOffer& offer) override;
+  StatusOr<Landing> BeginReceive(const std::string& id) override;
+  Status EndReceive(const std::string& id, const Status& result,
+                    const TransferStats& stats) override;
+  StatusOr<RestoreReport> Restore(const std::string& id) override;
+  StatusOr<TargetPhase> Commit(const std::string& id) override;
+  StatusOr<TargetPhase> Abort(const std::string& id) override;
+  StatusOr<TargetPhase> Query(const std::string& id) override;
+
+  // Aborts migrations idle past the timeout. Call periodically.
+  void ExpireIdle();
+  // After a restart: takes back persisted records. Unfinished ones are
+  // aborted (their source resumes the workload); committed ones are kept.
+  void Recover(std::vector<IncomingRecord> records);
+  std::vector<IncomingRecord> List();
+
+ private:
+  struct Entry {
+    std::mutex mu;
+    IncomingRecord record;
+  };
+  std::shared_ptr<Entry> Find(const std::string& id);
+  void Save(IncomingRecord& r, TargetPhase phase);
+  // Kills and removes the copy here, records Aborted. Caller holds e.mu.
+  void AbortLocked(Entry& e, const std::string& why);
+
+  CheckpointEngine& engine_;
+  ContainerRuntime& runtime_;
+  Clock& clock_;
+  Options options_;
+  Hooks hooks_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Entry>> entries_;
+};
+
+}  // namespace kmosix
