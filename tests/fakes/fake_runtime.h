@@ -1,0 +1,186 @@
+// In-memory ContainerRuntime for unit tests. A container's "memory" is a
+// counter that a test can advance with Tick() while its task runs; a CRIU
+// dump writes it to <image_dir>/state and a restore reads it back, so state
+// travels through the same directories as with the real engine.
+// Failures are injected per method with Fail(method, status).
+// Thread-safe.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "kmosix/runtime.h"
+
+namespace kmosix::testing {
+
+class FakeRuntime : public ContainerRuntime {
+ public:
+  explicit FakeRuntime(std::string node, std::string layer_root)
+      : node_(std::move(node)), layer_root_(std::move(layer_root)) {
+    std::filesystem::create_directories(layer_root_);
+  }
+
+  void AddImage(const std::string& image) {
+    std::lock_guard l(mu_);
+    images_.insert(image);
+  }
+  // Makes the next calls of `method` fail with `s` (until cleared with ok).
+  void Fail(const std::string& method, Status s) {
+    std::lock_guard l(mu_);
+    failures_[method] = std::move(s);
+  }
+  // Advances the counter of a running task (a paused one does not move).
+  void Tick(const std::string& name) {
+    std::lock_guard l(mu_);
+    auto it = containers_.find(name);
+    if (it != containers_.end() && it->second.task == TaskState::kRunning) it->second.counter++;
+  }
+  int64_t Counter(const std::string& name) {
+    std::lock_guard l(mu_);
+    auto it = containers_.find(name);
+    return it == containers_.end() ? -1 : it->second.counter;
+  }
+  TaskState State(const std::string& name) {
+    std::lock_guard l(mu_);
+    auto it = containers_.find(name);
+    return it == containers_.end() ? TaskState::kUnknown : it->second.task;
+  }
+  bool Has(const std::string& name) {
+    std::lock_guard l(mu_);
+    return containers_.contains(name);
+  }
+  int Calls(const std::string& method) {
+    std::lock_guard l(mu_);
+    return calls_[method];
+  }
+
+  std::string NodeName() const override { return node_; }
+
+  Status ImageExists(const std::string& image) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("ImageExists"));
+    return images_.contains(image) ? Status::Ok() : NotFoundError("image " + image);
+  }
+  Status CreateContainer(const ContainerSpec& spec) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("CreateContainer"));
+    if (!images_.contains(spec.image)) return NotFoundError("image " + spec.image);
+    if (containers_.contains(spec.name)) return ConflictError("container " + spec.name + " exists");
+    std::string layer = layer_root_ + "/" + node_ + "/" + spec.name;
+    std::filesystem::create_directories(layer);
+    containers_[spec.name] = {spec, TaskState::kNone, 0, 0, layer};
+    return Status::Ok();
+  }
+  Status StartTask(const std::string& name) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("StartTask"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    if (c->task != TaskState::kNone) return ConflictError("task exists");
+    c->task = TaskState::kRunning;
+    c->pid = next_pid_++;
+    return Status::Ok();
+  }
+  StatusOr<TaskInfo> Inspect(const std::string& name) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("Inspect"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    return TaskInfo{c->task, c->pid, 0};
+  }
+  StatusOr<std::vector<std::string>> ListContainers() override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("ListContainers"));
+    std::vector<std::string> names;
+    for (auto& [n, _] : containers_) names.push_back(n);
+    return names;
+  }
+  Status Pause(const std::string& name) override { return Move(name, "Pause", TaskState::kRunning, TaskState::kPaused); }
+  Status Resume(const std::string& name) override { return Move(name, "Resume", TaskState::kPaused, TaskState::kRunning); }
+  Status Delete(const std::string& name) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("Delete"));
+    auto it = containers_.find(name);
+    if (it == containers_.end()) return Status::Ok();
+    std::error_code ec;
+    std::filesystem::remove_all(it->second.layer, ec);
+    containers_.erase(it);
+    return Status::Ok();
+  }
+  StatusOr<std::string> WritableLayerDir(const std::string& name) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("WritableLayerDir"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    return c->layer;
+  }
+  Status CheckpointTask(const std::string& name, const CheckpointRequest& req) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("CheckpointTask"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    if (c->task != TaskState::kRunning && c->task != TaskState::kPaused) {
+      return ConflictError("task not running");
+    }
+    std::ofstream(req.image_dir + "/state") << c->counter;
+    if (!req.leave_running) c->task = TaskState::kStopped;
+    return Status::Ok();
+  }
+  Status RestoreTask(const std::string& name, const RestoreRequest& req) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("RestoreTask"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    if (c->task != TaskState::kNone) return ConflictError("task exists");
+    std::ifstream in(req.image_dir + "/state");
+    int64_t counter = -1;
+    if (!(in >> counter)) return FailedError("no CRIU images in " + req.image_dir);
+    c->counter = counter;
+    c->task = TaskState::kRunning;
+    c->pid = next_pid_++;
+    return Status::Ok();
+  }
+
+ private:
+  struct Container {
+    ContainerSpec spec;
+    TaskState task;
+    uint32_t pid;
+    int64_t counter;
+    std::string layer;
+  };
+  Status Enter(const std::string& method) {
+    calls_[method]++;
+    auto it = failures_.find(method);
+    if (it != failures_.end() && !it->second.ok()) return it->second;
+    return Status::Ok();
+  }
+  Container* Find(const std::string& name) {
+    auto it = containers_.find(name);
+    return it == containers_.end() ? nullptr : &it->second;
+  }
+  Status Move(const std::string& name, const std::string& method, TaskState from, TaskState to) {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter(method));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    if (c->task != from) return ConflictError(method + ": task is " + std::string(TaskStateName(c->task)));
+    c->task = to;
+    return Status::Ok();
+  }
+
+  std::mutex mu_;
+  std::string node_;
+  std::string layer_root_;
+  std::set<std::string> images_;
+  std::map<std::string, Container> containers_;
+  std::map<std::string, Status> failures_;
+  std::map<std::string, int> calls_;
+  uint32_t next_pid_ = 100;
+};
+
+}  // namespace kmosix::testing
