@@ -1,0 +1,497 @@
+#include "agent.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "kmosix/files.h"
+#include "kmosix/spec_json.h"
+
+namespace kmosix::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// http(s)://host[:port][/]
+Status ValidateAgentUrl(const std::string& url) {
+  std::string rest;
+  if (url.rfind("http://", 0) == 0) {
+    rest = url.substr(7);
+  } else if (url.rfind("https://", 0) == 0) {
+    rest = url.substr(8);
+  } else {
+    return InvalidError("field \"target\" must be an http:// or https:// URL of an agent");
+  }
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.size() > 255) return InvalidError("field \"target\" has no host");
+  for (char c : rest) {
+    bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
+              c == '[' || c == ']';
+    if (!ok) return InvalidError("field \"target\" must be scheme://host[:port], without a path");
+  }
+  return Status::Ok();
+}
+
+json SpecWithLog(const ContainerSpec& spec) {
+  json j = ContainerSpecToJson(spec);
+  return {{"spec", j}, {"logPath", spec.log_path}};
+}
+
+StatusOr<ContainerSpec> SpecFromRecord(const json& j) {
+  KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ContainerSpecFromJson(j.at("spec")));
+  spec.log_path = j.at("logPath").get<std::string>();
+  return spec;
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& engine,
+             Transport& transport, Clock& clock, Random& random, MigrationObserver* observer)
+    : options_(std::move(options)),
+      runtime_(runtime),
+      engine_(engine),
+      transport_(transport),
+      clock_(clock),
+      random_(random),
+      observer_(observer) {
+  IncomingMigrations::Options in_opts{options_.node, options_.version,
+                                      options_.scratch_dir, options_.state_dir + "/logs",
+                                      options_.idle_timeout};
+  IncomingMigrations::Hooks hooks;
+  hooks.reserve = [this](const std::string& name) -> Status {
+    std::lock_guard lock(mu_);
+    if (workloads_.contains(name)) {
+      return ConflictError("a workload named " + name + " already exists on " + options_.node);
+    }
+    workloads_[name].state = "incoming";
+    return Status::Ok();
+  };
+  hooks.unreserve = [this](const std::string& name) {
+    std::lock_guard lock(mu_);
+    auto it = workloads_.find(name);
+    if (it != workloads_.end() && it->second.state == "incoming") workloads_.erase(it);
+  };
+  hooks.adopt = [this](const MigrationOffer& offer, uint32_t) {
+    std::lock_guard lock(mu_);
+    Workload& w = workloads_[offer.spec.name];
+    w.spec = offer.spec;
+    w.state = "running";
+    w.created_ms = clock_.WallMillis();
+    w.migrations.push_back(offer.id);
+    SaveWorkload(w);
+  };
+  hooks.persist = [this](const IncomingRecord& r) {
+    if (Status s = WriteFileAtomic(InPath(r.offer.id), IncomingRecordToJson(r).dump(2)); !s.ok()) {
+      spdlog::error("cannot record incoming migration {}: {}", r.offer.id, s.ToString());
+    }
+  };
+  incoming_ = std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, hooks);
+  MigrationDriver::Options d_opts;
+  d_opts.source_url = options_.advertise_url;
+  d_opts.scratch_dir = options_.scratch_dir;
+  d_opts.resolve_timeout = options_.resolve_timeout;
+  driver_ = std::make_unique<MigrationDriver>(engine_, transport_, clock_, d_opts);
+}
+
+std::string Agent::WorkloadPath(const std::string& name) const {
+  return options_.state_dir + "/workloads/" + name + ".json";
+}
+std::string Agent::OutPath(const std::string& id) const {
+  return options_.state_dir + "/migrations/out/" + id + ".json";
+}
+std::string Agent::InPath(const std::string& id) const {
+  return options_.state_dir + "/migrations/in/" + id + ".json";
+}
+std::string Agent::LogPath(const std::string& name) const {
+  return options_.state_dir + "/logs/" + name + ".log";
+}
+
+void Agent::SaveWorkload(const Workload& w) {
+  json j = SpecWithLog(w.spec);
+  j["state"] = w.state;
+  j["createdMs"] = w.created_ms;
+  j["migrations"] = w.migrations;
+  if (Status s = WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2)); !s.ok()) {
+    spdlog::error("cannot record workload {}: {}", w.spec.name, s.ToString());
+  }
+}
+
+void Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec) {
+  json j = SpecWithLog(spec);
+  j["report"] = MigrationReportToJson(r);
+  if (Status s = WriteFileAtomic(OutPath(r.id), j.dump(2)); !s.ok()) {
+    spdlog::error("cannot journal migration {}: {}", r.id, s.ToString());
+  }
+  std::lock_guard lock(mu_);
+  outgoing_[r.id] = r;
+}
+
+std::shared_ptr<std::mutex> Agent::LockFor(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto& m = locks_[name];
+  if (!m) m = std::make_shared<std::mutex>();
+  return m;
+}
+
+Status Agent::Start() {
+  for (const char* d : {"workloads", "migrations/out", "migrations/in", "logs"}) {
+    std::error_code ec;
+    fs::create_directories(options_.state_dir + "/" + d, ec);
+    if (ec) return FailedError("cannot create state dir: " + ec.message());
+  }
+  std::error_code ec;
+  fs::create_directories(options_.scratch_dir, ec);
+  if (ec) return FailedError("cannot create scratch dir: " + ec.message());
+
+  for (const auto& path : ListFiles(options_.state_dir + "/workloads", ".json")) {
+    auto text = ReadFile(path);
+    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+    auto spec = j.is_object() ? SpecFromRecord(j) : StatusOr<ContainerSpec>(InvalidError("bad"));
+    if (!spec.ok()) {
+      spdlog::error("ignoring unreadable workload record {}", path);
+      continue;
+    }
+    Workload w;
+    w.spec = *spec;
+    w.state = j.value("state", "running");
+    w.created_ms = j.value("createdMs", int64_t{0});
+    w.migrations = j.value("migrations", std::vector<std::string>{});
+    std::lock_guard lock(mu_);
+    workloads_[w.spec.name] = w;
+  }
+
+  std::vector<IncomingRecord> incoming;
+  for (const auto& path : ListFiles(options_.state_dir + "/migrations/in", ".json")) {
+    auto text = ReadFile(path);
+    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+    auto r = j.is_object() ? IncomingRecordFromJson(j)
+                           : StatusOr<IncomingRecord>(InvalidError("bad"));
+    if (r.ok()) incoming.push_back(*r);
+    else spdlog::error("ignoring unreadable migration record {}", path);
+  }
+  incoming_->Recover(std::move(incoming));
+
+  for (const auto& path : ListFiles(options_.state_dir + "/migrations/out", ".json")) {
+    auto text = ReadFile(path);
+    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+    if (!j.is_object() || !j.contains("report")) continue;
+    auto r = MigrationReportFromJson(j["report"]);
+    if (!r.ok()) continue;
+    std::lock_guard lock(mu_);
+    outgoing_[r->id] = *r;
+  }
+
+  // What containerd runs must match the records: containers nobody owns were
+  // never acknowledged to a client (a crash between create and record).
+  auto names = runtime_.ListContainers();
+  if (!names.ok()) return names.status().Annotate("containerd");
+  for (const auto& name : *names) {
+    bool owned;
+    {
+      std::lock_guard lock(mu_);
+      owned = workloads_.contains(name);
+    }
+    if (!owned) {
+      spdlog::warn("deleting container {}: no workload record owns it", name);
+      (void)runtime_.Delete(name);
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (auto& [name, w] : workloads_) {
+    if (w.state == "incoming") continue;
+    auto info = runtime_.Inspect(name);
+    if (!info.ok() && info.status().code() == Code::kNotFound) {
+      spdlog::error("workload {} has no container any more: marking it lost", name);
+      w.state = "lost";
+      SaveWorkload(w);
+    }
+  }
+  last_retry_ = clock_.Now() - std::chrono::hours(1);
+  return Status::Ok();
+}
+
+void Agent::Tick() {
+  incoming_->ExpireIdle();
+  if (clock_.Now() - last_retry_ >= std::chrono::seconds(5)) {
+    last_retry_ = clock_.Now();
+    RetryUnresolved();
+  }
+}
+
+void Agent::RetryUnresolved() {
+  std::vector<MigrationReport> pending;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [_, r] : outgoing_) {
+      if (!IsFinal(r.phase)) pending.push_back(r);
+    }
+  }
+  for (auto& r : pending) {
+    auto lock = LockFor(r.workload);
+    std::unique_lock guard(*lock, std::try_to_lock);
+    if (!guard.owns_lock()) continue;  // a migration of it is running right now
+    auto text = ReadFile(OutPath(r.id));
+    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+    if (!j.is_object()) continue;
+    auto spec = SpecFromRecord(j);
+    if (!spec.ok()) continue;
+    spdlog::info("finishing interrupted migration {} of {} (phase {})", r.id, r.workload,
+                 MigrationPhaseName(r.phase));
+    MigrationReport done = driver_->Recover(
+        *spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, *spec); });
+    Finished(done, *spec);
+  }
+}
+
+void Agent::Finished(const MigrationReport& r, const ContainerSpec& spec) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = workloads_.find(spec.name);
+    if (r.phase == MigrationPhase::kSucceeded) {
+      if (it != workloads_.end()) workloads_.erase(it);
+      (void)RemoveFile(WorkloadPath(spec.name));
+      (void)RemoveFile(spec.log_path);
+    } else if (it != workloads_.end()) {
+      Workload& w = it->second;
+      w.state = IsFinal(r.phase) ? "running" : "frozen";
+      if (std::find(w.migrations.begin(), w.migrations.end(), r.id) == w.migrations.end()) {
+        w.migrations.push_back(r.id);
+      }
+      SaveWorkload(w);
+    }
+  }
+  if (IsFinal(r.phase) && observer_ != nullptr) observer_->OnMigrationFinished(r);
+}
+
+StatusOr<json> Agent::CreateWorkload(std::string_view body) {
+  KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ParseContainerSpec(body));
+  spec.log_path = LogPath(spec.name);
+  auto lock = LockFor(spec.name);
+  std::lock_guard guard(*lock);
+  {
+    std::lock_guard l(mu_);
+    if (workloads_.contains(spec.name)) {
+      return ConflictError("a workload named " + spec.name + " already exists on " +
+                           options_.node);
+    }
+    workloads_[spec.name].state = "creating";
+  }
+  auto forget = [&] {
+    std::lock_guard l(mu_);
+    workloads_.erase(spec.name);
+  };
+  if (Status s = runtime_.ImageExists(spec.image); !s.ok()) {
+    forget();
+    if (s.code() == Code::kNotFound) {
+      return InvalidError("image " + spec.image + " is not present on node " + options_.node +
+                          " (import it first)");
+    }
+    return s;
+  }
+  { std::ofstream truncate(spec.log_path, std::ios::trunc); }
+  if (Status s = runtime_.CreateContainer(spec); !s.ok()) {
+    forget();
+    return s.Annotate("create container");
+  }
+  if (Status s = runtime_.StartTask(spec.name); !s.ok()) {
+    (void)runtime_.Delete(spec.name);
+    forget();
+    return s.Annotate("start task");
+  }
+  Workload w;
+  w.spec = spec;
+  w.state = "running";
+  w.created_ms = clock_.WallMillis();
+  {
+    std::lock_guard l(mu_);
+    workloads_[spec.name] = w;
+    SaveWorkload(w);
+  }
+  spdlog::info("workload {} started on {}", spec.name, options_.node);
+  return Describe(w);
+}
+
+json Agent::Describe(const Workload& w) {
+  json j = ContainerSpecToJson(w.spec);
+  j["node"] = options_.node;
+  j["state"] = w.state;
+  j["createdMs"] = w.created_ms;
+  j["migrations"] = w.migrations;
+  j["pid"] = 0;
+  if (w.state == "running" || w.state == "frozen" || w.state == "migrating") {
+    auto info = runtime_.Inspect(w.spec.name);
+    if (info.ok()) {
+      j["pid"] = info->pid;
+      j["task"] = TaskStateName(info->state);
+    } else {
+      j["task"] = "unknown";
+    }
+  }
+  return j;
+}
+
+json Agent::ListWorkloads() {
+  std::vector<Workload> all;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [_, w] : workloads_) {
+      if (w.state != "incoming" && w.state != "creating") all.push_back(w);
+    }
+  }
+  json items = json::array();
+  for (const auto& w : all) items.push_back(Describe(w));
+  return {{"node", options_.node}, {"items", items}};
+}
+
+StatusOr<json> Agent::GetWorkload(const std::string& name) {
+  Workload w;
+  {
+    std::lock_guard lock(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || it->second.state == "incoming" ||
+        it->second.state == "creating") {
+      return NotFoundError("no workload " + name + " on " + options_.node);
+    }
+    w = it->second;
+  }
+  return Describe(w);
+}
+
+Status Agent::DeleteWorkload(const std::string& name) {
+  auto lock = LockFor(name);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy (migrating)");
+  ContainerSpec spec;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || it->second.state == "incoming") {
+      return NotFoundError("no workload " + name + " on " + options_.node);
+    }
+    if (it->second.state == "frozen") {
+      return ConflictError("workload " + name +
+                           " is frozen while a migration is resolved; try again later");
+    }
+    spec = it->second.spec;
+  }
+  KMX_RETURN_IF_ERROR(runtime_.Delete(name).Annotate("delete"));
+  {
+    std::lock_guard l(mu_);
+    workloads_.erase(name);
+  }
+  (void)RemoveFile(WorkloadPath(name));
+  (void)RemoveFile(spec.log_path);
+  spdlog::info("workload {} deleted from {}", name, options_.node);
+  return Status::Ok();
+}
+
+StatusOr<std::string> Agent::Logs(const std::string& name) {
+  std::string path;
+  {
+    std::lock_guard lock(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || it->second.state == "incoming") {
+      return NotFoundError("no workload " + name + " on " + options_.node);
+    }
+    path = it->second.spec.log_path;
+  }
+  auto text = ReadFile(path);
+  if (!text.ok() && text.status().code() == Code::kNotFound) return std::string();
+  return text;
+}
+
+StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_view body) {
+  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
+  for (const auto& [key, _] : j.items()) {
+    if (key != "target") return InvalidError("unknown field \"" + key + "\" in migration request");
+  }
+  if (!j.contains("target") || !j["target"].is_string()) {
+    return InvalidError("field \"target\" (string) is required");
+  }
+  std::string target = j["target"].get<std::string>();
+  KMX_RETURN_IF_ERROR(ValidateAgentUrl(target));
+  while (target.back() == '/') target.pop_back();
+  if (target == options_.advertise_url) return InvalidError("target is this agent");
+
+  auto lock = LockFor(name);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy");
+  ContainerSpec spec;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || it->second.state == "incoming") {
+      return NotFoundError("no workload " + name + " on " + options_.node);
+    }
+    if (it->second.state != "running") {
+      return ConflictError("workload " + name + " is " + it->second.state + ", not running");
+    }
+    spec = it->second.spec;
+  }
+  auto info = runtime_.Inspect(name);
+  if (!info.ok()) return info.status();
+  if (info->state != TaskState::kRunning) {
+    return ConflictError("task of " + name + " is " + std::string(TaskStateName(info->state)));
+  }
+
+  MigrationReport r;
+  r.id = RandomId(random_, "m-");
+  r.workload = name;
+  r.source_node = options_.node;
+  r.target_url = target;
+  {
+    std::lock_guard l(mu_);
+    workloads_[name].state = "migrating";
+  }
+  spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, target);
+  MigrationReport done =
+      driver_->Run(spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, spec); });
+  Finished(done, spec);
+  spdlog::info("migration {}: {} ({:.3f} s downtime, {:.3f} s total, {} bytes){}", done.id,
+               MigrationPhaseName(done.phase), done.timings.downtime, done.timings.total,
+               done.bytes, done.error.ok() ? "" : ": " + done.error.ToString());
+  return done;
+}
+
+json Agent::ListMigrations() {
+  json items = json::array();
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [_, r] : outgoing_) {
+      json j = MigrationReportToJson(r);
+      j["role"] = "source";
+      items.push_back(j);
+    }
+  }
+  for (const auto& rec : incoming_->List()) {
+    if (rec.offer.spec.name.empty()) continue;  // tombstone of an unknown id
+    items.push_back({{"id", rec.offer.id},
+                     {"role", "target"},
+                     {"workload", rec.offer.spec.name},
+                     {"sourceNode", rec.offer.source_node},
+                     {"targetNode", options_.node},
+                     {"phase", TargetPhaseName(rec.phase)},
+                     {"bytes", rec.stats.bytes},
+                     {"files", rec.stats.files},
+                     {"error", rec.error}});
+  }
+  return {{"node", options_.node}, {"items", items}};
+}
+
+StatusOr<json> Agent::GetMigration(const std::string& id) {
+  json all = ListMigrations();
+  for (const auto& item : all["items"]) {
+    if (item["id"] == id) return item;
+  }
+  return NotFoundError("no migration " + id + " on " + options_.node);
+}
+
+size_t Agent::WorkloadCount() {
+  std::lock_guard lock(mu_);
+  return workloads_.size();
+}
+
+}  // namespace kmosix::agent

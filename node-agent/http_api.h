@@ -1,0 +1,23 @@
+// The agent's REST API (JSON under /v1) on a cpp-httplib server:
+//   POST   /v1/workloads                  run a workload
+//   GET    /v1/workloads[/{name}]         list / describe
+//   DELETE /v1/workloads/{name}
+//   GET    /v1/workloads/{name}/logs      stdout+stderr, text/plain
+//   POST   /v1/workloads/{name}/migrate   {"target":"http://host:port"}
+//   GET    /v1/migrations[/{id}]
+//   GET    /healthz, /metrics
+// plus the agent-to-agent routes of the transport (/v1/peer/...).
+// Errors are JSON {"code","message"} with a 4xx/5xx status; request bodies
+// are size-limited. Borrows the agent and metrics; the server owns threads.
+#pragma once
+
+#include <httplib.h>
+
+#include "agent.h"
+#include "metrics.h"
+
+namespace kmosix::agent {
+
+void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metrics);
+
+}  // namespace kmosix::agent

@@ -1,0 +1,131 @@
+// kmosix-agent: wires the concrete parts of one node together.
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <thread>
+
+#include "agent.h"
+#include "containerd/containerd_runtime.h"
+#include "http_api.h"
+#include "kmosix/clock.h"
+#include "kmosix/stop_and_copy.h"
+#include "metrics.h"
+#include "transport_http/http_transport.h"
+#include "transport_http/peer_server.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};  // set by SIGTERM/SIGINT only
+
+bool SplitHostPort(const std::string& s, std::string& host, int& port) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  host = s.substr(0, colon);
+  try {
+    size_t used = 0;
+    port = std::stoi(s.substr(colon + 1), &used);
+    if (used != s.size() - colon - 1) return false;
+  } catch (...) {
+    return false;
+  }
+  return port > 0 && port < 65536;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kmosix-agent: runs workloads on this node and live-migrates them"};
+  kmosix::agent::AgentOptions opts;
+  kmosix::ContainerdConfig ctd;
+  std::string listen = "127.0.0.1:7700";
+  std::string log_level = "info";
+  double idle_timeout = 120, resolve_timeout = 30;
+  app.add_option("--node", opts.node, "this node's name")->required();
+  app.add_option("--listen", listen, "address:port to serve the REST API on")
+      ->capture_default_str();
+  app.add_option("--advertise-url", opts.advertise_url,
+                 "URL peers reach this agent at (default http://<listen>)");
+  app.add_option("--containerd-socket", ctd.socket_path, "containerd's gRPC socket (absolute path)")
+      ->required();
+  app.add_option("--namespace", ctd.containerd_namespace, "containerd namespace")->capture_default_str();
+  app.add_option("--state-dir", opts.state_dir, "durable agent state")->required();
+  app.add_option("--scratch-dir", opts.scratch_dir,
+                 "CRIU images in flight (tmpfs is fastest; default /dev/shm/kmosix-<node>)");
+  app.add_option("--runc-root", ctd.runc_root, "runc state root for this node")->required();
+  app.add_option("--cgroup-parent", ctd.cgroup_parent, "cgroup parent for this node's containers")
+      ->required();
+  app.add_option("--idle-timeout", idle_timeout,
+                 "seconds an incoming migration may stall before it is aborted")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--resolve-timeout", resolve_timeout,
+                 "seconds to keep asking a silent target before retrying in the background")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  CLI11_PARSE(app, argc, argv);
+
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [" + opts.node + "] %v");
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(listen, host, port)) {
+    spdlog::critical("--listen must be host:port, got \"{}\"", listen);
+    return 2;
+  }
+  if (auto s = kmosix::ValidateName(opts.node); !s.ok()) {
+    spdlog::critical("--node: {}", s.message());
+    return 2;
+  }
+  if (ctd.socket_path.empty() || ctd.socket_path.front() != '/') {
+    spdlog::critical("--containerd-socket must be an absolute path");
+    return 2;
+  }
+  if (opts.advertise_url.empty()) opts.advertise_url = "http://" + listen;
+  if (opts.scratch_dir.empty()) opts.scratch_dir = "/dev/shm/kmosix-" + opts.node;
+  opts.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(idle_timeout * 1000));
+  opts.resolve_timeout = std::chrono::milliseconds(static_cast<int64_t>(resolve_timeout * 1000));
+  ctd.node_name = opts.node;
+
+  kmosix::SystemClock clock;
+  kmosix::SystemRandom random;
+  kmosix::ContainerdRuntime runtime(ctd);
+  kmosix::StopAndCopyEngine engine(runtime, clock);
+  kmosix::HttpTransport transport;
+  kmosix::agent::AgentMetrics metrics(opts.node);
+  kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
+  if (auto s = agent.Start(); !s.ok()) {
+    spdlog::critical("cannot start: {}", s.ToString());
+    return 1;
+  }
+
+  httplib::Server server;
+  kmosix::agent::RegisterApiRoutes(server, agent, metrics);
+  kmosix::RegisterPeerRoutes(server, agent.Target());
+  if (!server.bind_to_port(host, port)) {
+    spdlog::critical("cannot listen on {}", listen);
+    return 1;
+  }
+
+  std::signal(SIGTERM, [](int) { g_stop = true; });
+  std::signal(SIGINT, [](int) { g_stop = true; });
+  std::signal(SIGPIPE, SIG_IGN);
+  std::thread upkeep([&] {
+    while (!g_stop) {
+      agent.Tick();
+      for (int i = 0; i < 10 && !g_stop; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    server.stop();
+  });
+  spdlog::info("agent {} serving on {} (advertised as {})", opts.node, listen, opts.advertise_url);
+  server.listen_after_bind();
+  g_stop = true;
+  upkeep.join();
+  spdlog::info("agent {} stopped", opts.node);
+  return 0;
+}
