@@ -217,7 +217,16 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   Enter(r, MigrationPhase::kPreparing, persist);
 
   auto peer = transport_.Hello(r.target_url);
-  if (!peer.ok()) return Fail(r, peer.status().Annotate("target " + r.target_url), persist);
+  if (!peer.ok()) {
+    const Status& s = peer.status();
+    // Unreachable is worth a retry; anything else that answers is not an agent.
+    return Fail(r,
+                s.code() == Code::kRetry
+                    ? s.Annotate("target " + r.target_url + " unreachable")
+                    : InvalidError("target " + r.target_url +
+                                   " is not a kmosix agent: " + s.message()),
+                persist);
+  }
   r.target_node = peer->node;
   if (r.target_node == r.source_node) {
     return Fail(r, InvalidError("target " + r.target_url + " is this node"), persist);

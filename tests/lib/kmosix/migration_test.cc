@@ -128,6 +128,7 @@ TEST_F(MigrationTest, NotAnAgentFailsWithoutTouchingTheWorkload) {
   MigrationReport r = Migrate();
   EXPECT_EQ(r.phase, MigrationPhase::kFailed);
   EXPECT_EQ(r.failed_phase, "Preparing");
+  EXPECT_EQ(r.error.code(), Code::kInvalid);
   EXPECT_EQ(source_.Calls("Pause"), 0);
   ExpectRunsOnceOn(source_, 42);
   ExpectTargetClean();

@@ -1,0 +1,221 @@
+// The agent's REST API over a real HTTP server, with fakes behind it: every
+// bad request gets a 4xx JSON error {"code","message"} and changes nothing.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "agent.h"
+#include "fakes/fake_clock.h"
+#include "fakes/fake_runtime.h"
+#include "fakes/fake_transport.h"
+#include "http_api.h"
+#include "kmosix/stop_and_copy.h"
+#include "metrics.h"
+
+namespace kmosix::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::FakeClock;
+using testing::FakeRuntime;
+using testing::FakeTransport;
+
+constexpr char kImage[] = "kmosix.local/demo:latest";
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("kmx-api-test-" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    runtime_.AddImage(kImage);
+    transport_.SetNotAnAgent();
+    AgentOptions opts;
+    opts.node = "node1";
+    opts.advertise_url = "http://127.0.0.1:1";
+    opts.state_dir = root_ / "state";
+    opts.scratch_dir = root_ / "scratch";
+    agent_ = std::make_unique<Agent>(opts, runtime_, engine_, transport_, clock_, random_,
+                                     &metrics_);
+    ASSERT_TRUE(agent_->Start().ok());
+    RegisterApiRoutes(server_, *agent_, metrics_);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port_, 0);
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", port_);
+  }
+  void TearDown() override {
+    server_.stop();
+    thread_.join();
+    fs::remove_all(root_);
+  }
+
+  // Sends a request and checks the status and, for errors, the JSON shape.
+  json Call(const std::string& method, const std::string& path, const std::string& body,
+            int want_status) {
+    httplib::Result res = method == "POST"     ? client_->Post(path, body, "application/json")
+                          : method == "DELETE" ? client_->Delete(path)
+                                               : client_->Get(path);
+    EXPECT_TRUE(res) << method << " " << path << ": no answer";
+    if (!res) return {};
+    EXPECT_EQ(res->status, want_status) << method << " " << path << ": " << res->body;
+    json j = json::parse(res->body, nullptr, false);
+    if (want_status >= 400) {
+      EXPECT_TRUE(j.is_object() && j.contains("code") && j.contains("message"))
+          << "error body is not {code,message}: " << res->body;
+    }
+    return j;
+  }
+  void ExpectNothingChanged(size_t containers) {
+    auto names = runtime_.ListContainers();
+    ASSERT_TRUE(names.ok());
+    EXPECT_EQ(names->size(), containers);
+    EXPECT_EQ(runtime_.Calls("Pause"), 0);
+  }
+
+  fs::path root_;
+  FakeClock clock_;
+  SystemRandom random_;
+  FakeRuntime runtime_{"node1", "/tmp/kmx-api-layers-" + std::to_string(::getpid())};
+  StopAndCopyEngine engine_{runtime_, clock_};
+  FakeTransport transport_{nullptr};
+  AgentMetrics metrics_{"node1"};
+  std::unique_ptr<Agent> agent_;
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+TEST_F(ApiTest, CreateGetListDelete) {
+  json created = Call("POST", "/v1/workloads",
+                      R"({"name":"w1","image":"kmosix.local/demo:latest","args":["/bin/sh"],
+                          "env":{"A":"1"},"memoryMiB":64,"cpus":0.5})",
+                      201);
+  EXPECT_EQ(created["name"], "w1");
+  EXPECT_EQ(created["state"], "running");
+  EXPECT_EQ(created["node"], "node1");
+  EXPECT_GT(created["pid"].get<int>(), 0);
+  json got = Call("GET", "/v1/workloads/w1", "", 200);
+  EXPECT_EQ(got["memoryMiB"], 64);
+  EXPECT_EQ(got["env"]["A"], "1");
+  json list = Call("GET", "/v1/workloads", "", 200);
+  ASSERT_EQ(list["items"].size(), 1u);
+  Call("DELETE", "/v1/workloads/w1", "", 200);
+  Call("GET", "/v1/workloads/w1", "", 404);
+  EXPECT_FALSE(runtime_.Has("w1"));
+}
+
+TEST_F(ApiTest, BadWorkloadBodiesAreRejectedAndChangeNothing) {
+  const std::vector<std::string> bad = {
+      "not json",
+      "[]",
+      R"({"name":"w1"})",
+      R"({"image":"kmosix.local/demo:latest"})",
+      R"({"name":"W_1","image":"kmosix.local/demo:latest"})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","bogus":1})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","args":"sh"})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","args":[1]})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","env":{"A":1}})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","memoryMiB":-1})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","memoryMiB":1.5})",
+      R"({"name":"w1","image":"kmosix.local/demo:latest","cpus":"2"})",
+      R"({"name":"w1","image":"no/such:image"})",
+  };
+  for (const auto& body : bad) {
+    json err = Call("POST", "/v1/workloads", body, 400);
+    EXPECT_EQ(err["code"], "invalid_argument") << body;
+  }
+  ExpectNothingChanged(0);
+  Call("GET", "/v1/workloads/w1", "", 404);
+}
+
+TEST_F(ApiTest, ImageThatDoesNotExistIsAClearError) {
+  json err = Call("POST", "/v1/workloads", R"({"name":"w1","image":"no/such:image"})", 400);
+  EXPECT_NE(err["message"].get<std::string>().find("no/such:image"), std::string::npos);
+  ExpectNothingChanged(0);
+}
+
+TEST_F(ApiTest, DuplicateNameConflicts) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  json err =
+      Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 409);
+  EXPECT_EQ(err["code"], "conflict");
+  ExpectNothingChanged(1);
+}
+
+TEST_F(ApiTest, UnknownWorkloadsAndRoutes) {
+  Call("GET", "/v1/workloads/nope", "", 404);
+  Call("DELETE", "/v1/workloads/nope", "", 404);
+  Call("GET", "/v1/workloads/nope/logs", "", 404);
+  Call("POST", "/v1/workloads/nope/migrate", R"({"target":"http://127.0.0.1:9"})", 404);
+  Call("GET", "/v1/migrations/m-0", "", 404);
+  Call("GET", "/v1/nothing-here", "", 404);
+}
+
+TEST_F(ApiTest, BadMigrationRequestsChangeNothing) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  const std::vector<std::string> bad = {
+      "{", R"({})", R"({"target":7})", R"({"target":"http://x:1","extra":true})",
+      R"({"target":"ftp://10.0.0.1:1"})", R"({"target":"http://10.0.0.1:1/v1/x"})",
+      R"({"target":"http://127.0.0.1:1"})",  // this agent itself
+  };
+  for (const auto& body : bad) Call("POST", "/v1/workloads/w1/migrate", body, 400);
+  ExpectNothingChanged(1);
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kRunning);
+}
+
+TEST_F(ApiTest, TargetThatIsNotAnAgentIs4xxAndNothingChanges) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  json report = Call("POST", "/v1/workloads/w1/migrate", R"({"target":"http://10.9.9.9:80"})", 400);
+  EXPECT_EQ(report["outcome"], "Failed");
+  EXPECT_EQ(report["code"], "invalid_argument");
+  ExpectNothingChanged(1);
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kRunning);
+  json got = Call("GET", "/v1/workloads/w1", "", 200);
+  EXPECT_EQ(got["state"], "running");
+}
+
+TEST_F(ApiTest, OversizedBodyIs413) {
+  std::string big = R"({"name":"w1","image":"kmosix.local/demo:latest","args":[")" + std::string(2 << 20, 'a') +
+        "\"]}";
+  Call("POST", "/v1/workloads", big, 413);
+  ExpectNothingChanged(0);
+}
+
+TEST_F(ApiTest, HealthAndMetrics) {
+  json h = Call("GET", "/healthz", "", 200);
+  EXPECT_EQ(h["status"], "ok");
+  auto res = client_->Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_NE(res->body.find("kmosix_migrations_total"), std::string::npos);
+  EXPECT_NE(res->body.find("kmosix_migration_downtime_seconds"), std::string::npos);
+}
+
+TEST_F(ApiTest, RecordsSurviveARestart) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  // A second agent over the same state dir and runtime sees the workload.
+  AgentOptions opts = agent_->Options();
+  Agent again(opts, runtime_, engine_, transport_, clock_, random_, nullptr);
+  ASSERT_TRUE(again.Start().ok());
+  auto got = again.GetWorkload("w1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ((*got)["state"], "running");
+}
+
+TEST_F(ApiTest, OrphanContainersAreRemovedOnStart) {
+  ContainerSpec orphan;
+  orphan.name = "ghost";
+  orphan.image = kImage;
+  ASSERT_TRUE(runtime_.CreateContainer(orphan).ok());
+  Agent again(agent_->Options(), runtime_, engine_, transport_, clock_, random_, nullptr);
+  ASSERT_TRUE(again.Start().ok());
+  EXPECT_FALSE(runtime_.Has("ghost"));
+}
+
+}  // namespace
+}  // namespace kmosix::agent
