@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <exception>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -17,6 +18,7 @@
 #include "github.com/containerd/containerd/api/services/containers/v1/containers.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/content/v1/content.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/images/v1/images.grpc.pb.h"
+#include "github.com/containerd/containerd/api/services/leases/v1/leases.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/tasks/v1/tasks.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/version/v1/version.grpc.pb.h"
@@ -28,6 +30,7 @@ namespace {
 namespace ctrs = ::containerd::services::containers::v1;
 namespace content = ::containerd::services::content::v1;
 namespace images = ::containerd::services::images::v1;
+namespace leases = ::containerd::services::leases::v1;
 namespace snaps = ::containerd::services::snapshots::v1;
 namespace tasks = ::containerd::services::tasks::v1;
 namespace version = ::containerd::services::version::v1;
@@ -126,14 +129,17 @@ struct ContainerdRuntime::Impl {
     containers = ctrs::Containers::NewStub(channel);
     content_svc = content::Content::NewStub(channel);
     images_svc = images::Images::NewStub(channel);
+    leases_svc = leases::Leases::NewStub(channel);
     snapshots = snaps::Snapshots::NewStub(channel);
     tasks_svc = tasks::Tasks::NewStub(channel);
     version_svc = version::Version::NewStub(channel);
   }
 
-  std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout) const {
+  std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout,
+                                           const std::string& lease = "") const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->AddMetadata("containerd-namespace", cfg.containerd_namespace);
+    if (!lease.empty()) ctx->AddMetadata("containerd-lease", lease);
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);
     return ctx;
   }
@@ -365,6 +371,32 @@ struct ContainerdRuntime::Impl {
     return Status::Ok();
   }
 
+  // A short-lived lease that protects a fresh snapshot from containerd's
+  // garbage collector until the container referencing it exists.
+  StatusOr<std::string> CreateLease() {
+    leases::CreateRequest req;
+    req.set_id("kmosix-" + NewIncarnation());
+    auto expire = std::chrono::system_clock::now() + std::chrono::hours(1);
+    std::time_t t = std::chrono::system_clock::to_time_t(expire);
+    std::tm tm;
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    (*req.mutable_labels())["containerd.io/gc.expire"] = buf;
+    leases::CreateResponse resp;
+    auto ctx = Ctx();
+    KMX_RETURN_IF_ERROR(FromGrpc(leases_svc->Create(ctx.get(), req, &resp), "create lease"));
+    return req.id();
+  }
+
+  void DeleteLease(const std::string& id) {
+    leases::DeleteRequest req;
+    req.set_id(id);
+    google::protobuf::Empty e;
+    auto ctx = Ctx();
+    (void)leases_svc->Delete(ctx.get(), req, &e);
+  }
+
   // Wrong-state check: the container must exist and have a task.
   StatusOr<ttypes::Process> RequireTask(const std::string& name) {
     auto task = GetTask(name);
@@ -380,6 +412,7 @@ struct ContainerdRuntime::Impl {
   std::unique_ptr<ctrs::Containers::Stub> containers;
   std::unique_ptr<content::Content::Stub> content_svc;
   std::unique_ptr<images::Images::Stub> images_svc;
+  std::unique_ptr<leases::Leases::Stub> leases_svc;
   std::unique_ptr<snaps::Snapshots::Stub> snapshots;
   std::unique_ptr<tasks::Tasks::Stub> tasks_svc;
   std::unique_ptr<version::Version::Stub> version_svc;
@@ -434,14 +467,22 @@ Status ContainerdRuntime::CreateContainer(const ContainerSpec& spec) {
     opts.annotations[kLabelNode] = im.cfg.node_name;
     KMX_ASSIGN_OR_RETURN(json oci, BuildOciSpec(spec, image, opts));
 
-    // Writable snapshot on top of the image's unpacked layers.
+    // Writable snapshot on top of the image's unpacked layers, created under a
+    // lease (like containerd's client does) so GC cannot collect it before the
+    // container record references it.
+    KMX_ASSIGN_OR_RETURN(std::string lease, im.CreateLease());
+    struct LeaseGuard {
+      Impl* im;
+      std::string id;
+      ~LeaseGuard() { im->DeleteLease(id); }
+    } lease_guard{&im, lease};
     {
       snaps::PrepareSnapshotRequest req;
       req.set_snapshotter(im.cfg.snapshotter);
       req.set_key(spec.name);
       req.set_parent(chain_id);
       snaps::PrepareSnapshotResponse resp;
-      auto ctx = im.Ctx();
+      auto ctx = im.Ctx(im.cfg.rpc_timeout, lease);
       Status s = FromGrpc(im.snapshots->Prepare(ctx.get(), req, &resp),
                           "prepare snapshot " + spec.name + " on " + chain_id);
       if (s.code() == Code::kNotFound)
@@ -464,7 +505,7 @@ Status ContainerdRuntime::CreateContainer(const ContainerSpec& spec) {
     c->set_snapshotter(im.cfg.snapshotter);
     c->set_snapshot_key(spec.name);
     ctrs::CreateContainerResponse resp;
-    auto ctx = im.Ctx();
+    auto ctx = im.Ctx(im.cfg.rpc_timeout, lease);
     Status s =
         FromGrpc(im.containers->Create(ctx.get(), req, &resp), "create container " + spec.name);
     if (!s.ok()) {
