@@ -1,0 +1,185 @@
+// Fuzz target: arbitrary bytes fed to the transfer stream decoder, landing in
+// a temporary directory. The decoder must never crash, and never write
+// outside the landing (checked after every input: a sentinel directory next
+// to the landing must stay empty).
+//
+// Built two ways:
+//  - with clang and -DKMX_FUZZ=ON: a libFuzzer binary (transfer_stream_fuzz);
+//  - always: a regression runner (transfer_stream_fuzz_regress, ctest label
+//    "fuzz") with the main() below, which runs every file of the given
+//    corpus directories and, with --generate DIR, writes the seed corpus.
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kmosix/transfer_stream.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string& Base() {
+  static const std::string base = [] {
+    char tmpl[] = "/tmp/kmx-fuzz-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) std::abort();
+    fs::create_directories(std::string(tmpl) + "/outside");
+    return std::string(tmpl);
+  }();
+  return base;
+}
+
+void DecodeOne(const uint8_t* data, size_t size) {
+  const std::string& base = Base();
+  std::string land = base + "/land";
+  std::error_code ec;
+  fs::remove_all(land, ec);
+  fs::create_directories(land);
+  kmosix::Landing landing{{{"rootfs", land + "/rootfs", false},
+                           {"criu", land + "/criu", false},
+                           {"log", land + "/log.txt", true}}};
+  kmosix::DecoderOptions options;
+  options.max_bytes = 16 << 20;
+  options.max_files = 1000;
+  options.max_entries = 10000;
+  kmosix::StreamDecoder decoder(landing, options);
+  // Feed in chunks whose size depends on the input, to exercise resumption.
+  size_t chunk = 1 + size % 61;
+  const char* p = reinterpret_cast<const char*>(data);
+  for (size_t off = 0; off < size; off += chunk) {
+    if (!decoder.Feed(p + off, std::min(chunk, size - off)).ok()) break;
+  }
+  (void)decoder.Finish();
+  if (!fs::is_empty(base + "/outside")) {
+    std::fprintf(stderr, "decoder wrote outside its landing\n");
+    std::abort();
+  }
+  std::vector<std::string> top;
+  for (const auto& e : fs::directory_iterator(base)) top.push_back(e.path().filename());
+  if (top.size() != 2) {
+    std::fprintf(stderr, "decoder wrote next to its landing\n");
+    std::abort();
+  }
+  fs::remove_all(land, ec);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  DecodeOne(data, size);
+  return 0;
+}
+
+#ifdef KMX_FUZZ_REGRESSION_MAIN
+
+namespace {
+
+std::string Encode(const std::vector<kmosix::Section>& sections) {
+  auto enc = kmosix::StreamEncoder::Create(sections);
+  if (!enc.ok()) {
+    std::fprintf(stderr, "encode: %s\n", enc.status().ToString().c_str());
+    std::exit(1);
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    auto n = (*enc)->Read(buf, sizeof(buf));
+    if (!n.ok() || *n == 0) break;
+    out.append(buf, *n);
+  }
+  return out;
+}
+
+void Put(const std::string& dir, const std::string& name, const std::string& bytes) {
+  std::ofstream(dir + "/" + name, std::ios::binary) << bytes;
+}
+
+void ReplaceAll(std::string& s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+}
+
+int Generate(const std::string& out) {
+  fs::create_directories(out);
+  std::string src = Base() + "/seed-src";
+  fs::create_directories(src + "/rootfs/etc/AAAA");
+  fs::create_directories(src + "/rootfs/opq");
+  fs::create_directories(src + "/criu");
+  std::ofstream(src + "/rootfs/etc/hosts") << "127.0.0.1 localhost\n";
+  std::ofstream(src + "/rootfs/etc/AAAA/BBBB") << "payload";
+  std::ofstream(src + "/rootfs/empty");
+  std::ofstream(src + "/criu/pages-1.img") << std::string(3000, 'p');
+  std::ofstream(src + "/log.txt") << "log line\n";
+  fs::create_symlink("/etc/passwd", src + "/rootfs/LLLL");
+  ::mknod((src + "/rootfs/etc/wh").c_str(), S_IFCHR, makedev(0, 0));
+  ::mkfifo((src + "/rootfs/fifo").c_str(), 0600);
+  ::setxattr((src + "/rootfs/opq").c_str(), "trusted.overlay.opaque", "y", 1, 0);
+  std::vector<kmosix::Section> all = {{"rootfs", src + "/rootfs", false},
+                                      {"criu", src + "/criu", false},
+                                      {"log", src + "/log.txt", true}};
+  std::string valid = Encode(all);
+  Put(out, "valid-all", valid);
+  Put(out, "valid-log-only", Encode({{"log", src + "/log.txt", true}}));
+  Put(out, "valid-empty", Encode({}));
+  Put(out, "truncated-half", valid.substr(0, valid.size() / 2));
+  Put(out, "header-only", valid.substr(0, kmosix::kTransferHeaderSize));
+  std::string flipped = valid;
+  size_t body = flipped.find("payload");
+  flipped[body + 3] ^= 1;
+  Put(out, "flipped-body", flipped);
+  std::string s = valid;
+  ReplaceAll(s, "AAAA", "../A");
+  Put(out, "dotdot", s);
+  s = valid;
+  ReplaceAll(s, "criu", "ciru");
+  Put(out, "unknown-section", s);
+  s = valid;
+  ReplaceAll(s, "etc/AAAA", "LLLL/AAA");  // a directory below the symlink
+  Put(out, "through-symlink", s);
+  s = valid;
+  s[8] = 2;  // version
+  Put(out, "bad-version", s);
+  fs::remove_all(src);
+  std::printf("wrote seeds to %s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--generate") return Generate(argv[2]);
+  size_t runs = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::vector<fs::path> files;
+    if (fs::is_directory(argv[i])) {
+      for (const auto& e : fs::directory_iterator(argv[i])) {
+        if (e.is_regular_file()) files.push_back(e.path());
+      }
+    } else {
+      files.push_back(argv[i]);
+    }
+    std::sort(files.begin(), files.end());
+    for (const fs::path& f : files) {
+      std::ifstream in(f, std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), {});
+      DecodeOne(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+      ++runs;
+    }
+  }
+  fs::remove_all(Base());
+  std::printf("ran %zu inputs\n", runs);
+  return runs > 0 ? 0 : 1;
+}
+
+#endif  // KMX_FUZZ_REGRESSION_MAIN
