@@ -114,4 +114,24 @@ void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metr
       });
 }
 
+void RegisterFailpointRoutes(httplib::Server& server, Failpoints& failpoints) {
+  server.Get("/v1/debug/failpoints", [&](const httplib::Request&, httplib::Response& res) {
+    Reply(res, 200, {{"armed", failpoints.Armed()}});
+  });
+  server.Put(R"(/v1/debug/failpoints/([^/]+))",
+             [&](const httplib::Request& req, httplib::Response& res) {
+               std::string name = req.matches[1];
+               if (!Failpoints::Known(name)) {
+                 return ReplyError(res, NotFoundError("no failpoint " + name));
+               }
+               failpoints.Arm(name);
+               Reply(res, 200, {{"armed", failpoints.Armed()}});
+             });
+  server.Delete(R"(/v1/debug/failpoints/([^/]+))",
+                [&](const httplib::Request& req, httplib::Response& res) {
+                  failpoints.Disarm(req.matches[1]);
+                  Reply(res, 200, {{"armed", failpoints.Armed()}});
+                });
+}
+
 }  // namespace kmosix::agent

@@ -14,10 +14,14 @@
 #include <httplib.h>
 
 #include "agent.h"
+#include "failpoints.h"
 #include "metrics.h"
 
 namespace kmosix::agent {
 
 void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metrics);
+// PUT/DELETE /v1/debug/failpoints/{name}, GET /v1/debug/failpoints: only
+// registered when the agent runs with --enable-failpoints.
+void RegisterFailpointRoutes(httplib::Server& server, Failpoints& failpoints);
 
 }  // namespace kmosix::agent

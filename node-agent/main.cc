@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:7700";
   std::string log_level = "info";
   double idle_timeout = 120, resolve_timeout = 30;
+  bool enable_failpoints = false;
   app.add_option("--node", opts.node, "this node's name")->required();
   app.add_option("--listen", listen, "address:port to serve the REST API on")
       ->capture_default_str();
@@ -68,6 +69,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_flag("--enable-failpoints", enable_failpoints,
+               "serve /v1/debug/failpoints to inject faults (tests only)");
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -95,7 +98,12 @@ int main(int argc, char** argv) {
   kmosix::SystemClock clock;
   kmosix::SystemRandom random;
   kmosix::ContainerdRuntime runtime(ctd);
-  kmosix::StopAndCopyEngine engine(runtime, clock);
+  kmosix::StopAndCopyEngine stop_and_copy(runtime, clock);
+  kmosix::agent::Failpoints failpoints;
+  kmosix::agent::FailpointEngine failpoint_engine(stop_and_copy, failpoints);
+  kmosix::CheckpointEngine& engine =
+      enable_failpoints ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
+                        : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
   kmosix::HttpTransport transport;
   kmosix::agent::AgentMetrics metrics(opts.node);
   kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
@@ -107,6 +115,10 @@ int main(int argc, char** argv) {
   httplib::Server server;
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
   kmosix::RegisterPeerRoutes(server, agent.Target());
+  if (enable_failpoints) {
+    spdlog::warn("failpoints enabled: this agent accepts fault injection");
+    kmosix::agent::RegisterFailpointRoutes(server, failpoints);
+  }
   if (!server.bind_to_port(host, port)) {
     spdlog::critical("cannot listen on {}", listen);
     return 1;

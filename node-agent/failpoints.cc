@@ -1,0 +1,62 @@
+#include "failpoints.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+namespace kmosix::agent {
+
+bool Failpoints::Known(const std::string& name) {
+  return name == "restore.corrupt-images" || name == "checkpoint.fail";
+}
+
+void Failpoints::Arm(const std::string& name) {
+  std::lock_guard lock(mu_);
+  armed_.insert(name);
+}
+
+void Failpoints::Disarm(const std::string& name) {
+  std::lock_guard lock(mu_);
+  armed_.erase(name);
+}
+
+bool Failpoints::Take(const std::string& name) {
+  std::lock_guard lock(mu_);
+  return armed_.erase(name) > 0;
+}
+
+std::set<std::string> Failpoints::Armed() {
+  std::lock_guard lock(mu_);
+  return armed_;
+}
+
+StatusOr<Capture> FailpointEngine::Freeze(const ContainerSpec& spec,
+                                          const std::string& scratch_dir) {
+  auto capture = inner_.Freeze(spec, scratch_dir);
+  if (capture.ok() && fp_.Take("checkpoint.fail")) {
+    spdlog::warn("failpoint checkpoint.fail fired for {}", spec.name);
+    (void)inner_.Thaw(spec.name);
+    return FailedError("failpoint checkpoint.fail");
+  }
+  return capture;
+}
+
+Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landing) {
+  if (fp_.Take("restore.corrupt-images")) {
+    namespace fs = std::filesystem;
+    for (const auto& s : landing.sections) {
+      if (s.name != "criu") continue;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(s.path, ec)) {
+        const std::string file = e.path().filename().string();
+        if (file.rfind("pages-", 0) == 0 || file.rfind("pagemap-", 0) == 0) {
+          fs::resize_file(e.path(), 0, ec);
+        }
+      }
+    }
+    spdlog::warn("failpoint restore.corrupt-images fired for {}", spec.name);
+  }
+  return inner_.Restore(spec, landing);
+}
+
+}  // namespace kmosix::agent
