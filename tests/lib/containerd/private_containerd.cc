@@ -191,6 +191,9 @@ std::string PrivateContainerd::ImportTestImage(const std::string& image_name) {
           std::string("sh ") + KMX_TEST_IMAGE_SCRIPT + " " + path + " " + image_name, &out);
       if (rc != 0) return "make_test_image.sh failed (" + std::to_string(rc) + "): " + out;
       tarball = path;
+      static std::string to_remove;
+      to_remove = path;
+      std::atexit([] { unlink(to_remove.c_str()); });
     }
   }
   std::string out;

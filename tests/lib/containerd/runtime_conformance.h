@@ -20,6 +20,7 @@
 #include <cctype>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <utility>
 
@@ -37,6 +38,9 @@ struct RuntimeConformanceParam {
   // Directory for log files (empty: no log_path in specs).
   std::function<std::string()> log_dir = nullptr;
 };
+
+// Keeps gtest/ctest names readable (the default prints the param's bytes).
+inline void PrintTo(const RuntimeConformanceParam& p, std::ostream* os) { *os << p.label; }
 
 inline std::string RuntimeConformanceName(
     const ::testing::TestParamInfo<RuntimeConformanceParam>& info) {
