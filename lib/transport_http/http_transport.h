@@ -1,0 +1,76 @@
+// HttpTransport: the source agent's client for the agent-to-agent protocol.
+//
+// Routes (all JSON, except the stream body):
+//   GET  /v1/peer/info                      -> {"kind":"kmosix-agent","node","version"}
+//   POST /v1/peer/migrations/{id}/prepare   body MigrationOffer JSON -> {"id"}
+//   POST /v1/peer/migrations/{id}/stream    chunked body: the transfer stream
+//                                           (kmosix/transfer_stream.h)
+//                                           -> {"bytes","files","seconds"}
+//   POST /v1/peer/migrations/{id}/restore   -> {"pid","seconds"}
+//   POST /v1/peer/migrations/{id}/commit    -> {"phase"}
+//   POST /v1/peer/migrations/{id}/abort     -> {"phase"}
+//   GET  /v1/peer/migrations/{id}           -> {"phase"}
+// Errors: an HTTP error status with {"code","message"}; code is a CodeName()
+// ("unavailable", "conflict", "invalid_argument", "not_found", "failed").
+//
+// `target` is a base URL "http://HOST:PORT". Ownership: the caller owns the
+// transport; the clock (optional) must outlive it. Thread-safety: every call
+// uses its own connection; all methods may be called concurrently.
+// Errors (transport.h): kRetry when the peer is unreachable or timed out, the
+// peer's code when it answered with an error JSON (else by HTTP status:
+// 400 kInvalid, 404 kNotFound, 409 kConflict, 408/429/502/503/504 kRetry,
+// others kFailed), kFailed for a peer that is not a kmosix agent or answers
+// malformed JSON, kInvalid for a malformed target URL or id. Send returns the
+// encoder's error when reading a local section fails (the peer sees a cut
+// stream and aborts the migration).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kmosix/clock.h"
+#include "kmosix/transport.h"
+
+namespace kmosix {
+
+struct HttpTransportOptions {
+  std::chrono::milliseconds connect_timeout{5000};
+  // Per socket read/write for every call (a stalled peer is kRetry).
+  std::chrono::milliseconds read_timeout{30000};
+  std::chrono::milliseconds write_timeout{30000};
+  // Read timeout of the restore call: CRIU restore of a big task takes time.
+  std::chrono::milliseconds restore_timeout{120000};
+  // Size of the chunks the stream is sent in.
+  size_t chunk_size = 1 << 20;
+};
+
+class HttpTransport final : public Transport {
+ public:
+  // clock == nullptr: a SystemClock owned by the transport.
+  explicit HttpTransport(HttpTransportOptions options = {}, Clock* clock = nullptr);
+  ~HttpTransport() override;
+
+  StatusOr<PeerInfo> Hello(const std::string& target) override;
+  Status Prepare(const std::string& target, const MigrationOffer& offer) override;
+  // Stats: the bytes and files the peer verified; seconds measured here.
+  StatusOr<TransferStats> Send(const std::string& target, const std::string& id,
+                               const std::vector<Section>& sections) override;
+  StatusOr<RestoreReport> Restore(const std::string& target, const std::string& id) override;
+  StatusOr<TargetPhase> Commit(const std::string& target, const std::string& id) override;
+  StatusOr<TargetPhase> Abort(const std::string& target, const std::string& id) override;
+  // kUnknown when the peer answers not_found for id.
+  StatusOr<TargetPhase> Query(const std::string& target, const std::string& id) override;
+
+ private:
+  HttpTransportOptions options_;
+  std::unique_ptr<Clock> owned_clock_;
+  Clock* clock_;
+};
+
+// Maps an HTTP error answer back to a Status (exposed for tests and for the
+// agent's own clients): a {"code","message"} body wins, else the HTTP status.
+Status StatusFromHttpError(int http_status, const std::string& body);
+
+}  // namespace kmosix

@@ -1,0 +1,195 @@
+#include "transport_http/peer_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "kmosix/spec_json.h"
+
+namespace kmosix {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kJson[] = "application/json";
+constexpr char kIdRoute[] = "/v1/peer/migrations/([^/]+)";
+
+void Reply(httplib::Response& res, const json& body, int status = 200) {
+  res.status = status;
+  res.set_content(body.dump(), kJson);
+}
+
+void ReplyError(httplib::Response& res, const Status& s) {
+  Reply(res, ErrorJson(s), HttpStatus(s.code()));
+}
+
+// Runs a handler body; anything it throws becomes a kFailed JSON answer.
+void Guard(httplib::Response& res, const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    ReplyError(res, FailedError(std::string("internal error: ") + e.what()));
+  } catch (...) {
+    ReplyError(res, FailedError("internal error"));
+  }
+}
+
+StatusOr<std::string> IdOf(const httplib::Request& req) {
+  if (req.matches.size() < 2) return InvalidError("missing migration id");
+  std::string id = req.matches[1];
+  KMX_RETURN_IF_ERROR(ValidateName(id).Annotate("migration id"));
+  return id;
+}
+
+json PhaseJson(TargetPhase p) { return {{"phase", std::string(TargetPhaseName(p))}}; }
+
+// Reads and drops the rest of a request body (so that the client, still
+// sending, gets the answer), up to `limit` bytes.
+void Drain(const httplib::ContentReader& reader, uint64_t limit) {
+  uint64_t total = 0;
+  reader([&](const char*, size_t n) {
+    total += n;
+    return total <= limit;
+  });
+}
+
+struct Shared {
+  MigrationTarget& target;
+  PeerServerOptions options;
+  std::unique_ptr<Clock> owned_clock;
+  Clock* clock;
+};
+
+void HandleStream(Shared& sh, const httplib::Request& req, httplib::Response& res,
+                  const httplib::ContentReader& reader) {
+  StatusOr<std::string> id = IdOf(req);
+  if (!id.ok()) {
+    Drain(reader, sh.options.max_drain_bytes);
+    return ReplyError(res, id.status());
+  }
+  StatusOr<Landing> landing = sh.target.BeginReceive(*id);
+  if (!landing.ok()) {
+    Drain(reader, sh.options.max_drain_bytes);
+    return ReplyError(res, landing.status());
+  }
+  const Clock::TimePoint start = sh.clock->Now();
+  StreamDecoder decoder(std::move(*landing), sh.options.decoder);
+  Status result;
+  bool ended = false;
+  uint64_t dropped = 0;
+  auto end_receive = [&](const Status& r) {
+    TransferStats stats = decoder.stats();
+    stats.seconds = Seconds(sh.clock->Now() - start);
+    ended = true;
+    return sh.target.EndReceive(*id, r, stats);
+  };
+  bool read_ok = reader([&](const char* data, size_t n) {
+    if (!result.ok()) {
+      dropped += n;
+      return dropped <= sh.options.max_drain_bytes;
+    }
+    result = decoder.Feed(data, n);
+    if (!result.ok()) {
+      // Abort early; the rest of the body is drained.
+      spdlog::warn("migration {}: receive failed: {}", *id, result.ToString());
+      Status s = end_receive(result);
+      if (!s.ok()) spdlog::warn("migration {}: EndReceive: {}", *id, s.ToString());
+    }
+    return true;
+  });
+  if (result.ok()) {
+    if (!read_ok) {
+      result = FailedError("stream cut after " + std::to_string(decoder.consumed()) +
+                           " bytes (connection closed or timed out)");
+    } else {
+      result = decoder.Finish();
+    }
+    if (!result.ok()) spdlog::warn("migration {}: receive failed: {}", *id, result.ToString());
+  }
+  if (!ended) {
+    Status s = end_receive(result);
+    if (result.ok()) result = s;
+  }
+  if (!result.ok()) return ReplyError(res, result);
+  TransferStats stats = decoder.stats();
+  Reply(res, {{"bytes", stats.bytes},
+              {"files", stats.files},
+              {"seconds", Seconds(sh.clock->Now() - start)}});
+}
+
+}  // namespace
+
+void RegisterPeerRoutes(httplib::Server& server, MigrationTarget& target,
+                        PeerServerOptions options) {
+  auto sh = std::make_shared<Shared>(Shared{target, options, nullptr, options.clock});
+  if (sh->clock == nullptr) {
+    sh->owned_clock = std::make_unique<SystemClock>();
+    sh->clock = sh->owned_clock.get();
+  }
+  const std::string id_route = kIdRoute;
+
+  server.Get("/v1/peer/info", [sh](const httplib::Request&, httplib::Response& res) {
+    Guard(res, [&] {
+      PeerInfo info = sh->target.Info();
+      Reply(res, {{"kind", "kmosix-agent"}, {"node", info.node}, {"version", info.version}});
+    });
+  });
+
+  server.Post(id_route + "/prepare", [sh](const httplib::Request& req, httplib::Response& res) {
+    Guard(res, [&] {
+      StatusOr<std::string> id = IdOf(req);
+      if (!id.ok()) return ReplyError(res, id.status());
+      StatusOr<MigrationOffer> offer = ParseMigrationOffer(req.body);
+      if (!offer.ok()) return ReplyError(res, offer.status());
+      if (offer->id != *id) {
+        return ReplyError(res, InvalidError("offer id \"" + offer->id +
+                                            "\" does not match the URL's \"" + *id + "\""));
+      }
+      Status s = sh->target.Prepare(*offer);
+      if (!s.ok()) return ReplyError(res, s);
+      Reply(res, {{"id", *id}});
+    });
+  });
+
+  server.Post(id_route + "/stream", [sh](const httplib::Request& req, httplib::Response& res,
+                                         const httplib::ContentReader& reader) {
+    Guard(res, [&] { HandleStream(*sh, req, res, reader); });
+  });
+
+  server.Post(id_route + "/restore", [sh](const httplib::Request& req, httplib::Response& res) {
+    Guard(res, [&] {
+      StatusOr<std::string> id = IdOf(req);
+      if (!id.ok()) return ReplyError(res, id.status());
+      StatusOr<RestoreReport> r = sh->target.Restore(*id);
+      if (!r.ok()) return ReplyError(res, r.status());
+      Reply(res, {{"pid", r->pid}, {"seconds", r->seconds}});
+    });
+  });
+
+  using PhaseCall = StatusOr<TargetPhase> (MigrationTarget::*)(const std::string&);
+  auto phase_route = [&](const std::string& suffix, PhaseCall call, bool post) {
+    auto handler = [sh, call](const httplib::Request& req, httplib::Response& res) {
+      Guard(res, [&] {
+        StatusOr<std::string> id = IdOf(req);
+        if (!id.ok()) return ReplyError(res, id.status());
+        StatusOr<TargetPhase> p = (sh->target.*call)(*id);
+        if (!p.ok()) return ReplyError(res, p.status());
+        Reply(res, PhaseJson(*p));
+      });
+    };
+    if (post) {
+      server.Post(id_route + suffix, handler);
+    } else {
+      server.Get(id_route + suffix, handler);
+    }
+  };
+  phase_route("/commit", &MigrationTarget::Commit, true);
+  phase_route("/abort", &MigrationTarget::Abort, true);
+  phase_route("/?", &MigrationTarget::Query, false);
+}
+
+}  // namespace kmosix

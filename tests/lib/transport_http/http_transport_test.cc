@@ -1,0 +1,477 @@
+// HttpTransport <-> RegisterPeerRoutes over real HTTP on 127.0.0.1, with a
+// fake MigrationTarget.
+#include "transport_http/http_transport.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "kmosix/spec_json.h"
+#include "kmosix/transfer_stream.h"
+#include "transport_http/peer_server.h"
+
+namespace kmosix {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class FakeTarget : public MigrationTarget {
+ public:
+  explicit FakeTarget(std::string land) : land_(std::move(land)) {}
+
+  PeerInfo Info() override { return {"node-b", "0.1.0-test"}; }
+
+  Status Prepare(const MigrationOffer& offer) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!prepare_error.ok()) return prepare_error;
+    if (phases_.count(offer.id)) return ConflictError("migration " + offer.id + " exists");
+    phases_[offer.id] = TargetPhase::kPrepared;
+    offers.push_back(offer);
+    return Status::Ok();
+  }
+
+  StatusOr<Landing> BeginReceive(const std::string& id) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = phases_.find(id);
+      if (it == phases_.end()) return NotFoundError("no migration " + id);
+      if (it->second != TargetPhase::kPrepared) return ConflictError(id + " is not prepared");
+      it->second = TargetPhase::kReceiving;
+      hook = on_begin_receive;
+    }
+    if (hook) hook();
+    return Landing{{{"criu", land_ + "/criu", false},
+                    {"rootfs", land_ + "/rootfs", false},
+                    {"log", land_ + "/log.txt", true}}};
+  }
+
+  Status EndReceive(const std::string& id, const Status& result,
+                    const TransferStats& stats) override {
+    std::lock_guard<std::mutex> l(mu_);
+    end_results.push_back(result);
+    end_stats = stats;
+    phases_[id] = result.ok() ? TargetPhase::kReceived : TargetPhase::kAborted;
+    cv_.notify_all();
+    return Status::Ok();
+  }
+
+  StatusOr<RestoreReport> Restore(const std::string& id) override {
+    std::this_thread::sleep_for(restore_delay);
+    std::lock_guard<std::mutex> l(mu_);
+    if (phases_[id] != TargetPhase::kReceived) return ConflictError(id + " was not received");
+    phases_[id] = TargetPhase::kRestored;
+    return RestoreReport{4242, 0.25};
+  }
+
+  StatusOr<TargetPhase> Commit(const std::string& id) override {
+    std::lock_guard<std::mutex> l(mu_);
+    TargetPhase& p = phases_[id];
+    if (p == TargetPhase::kRestored) p = TargetPhase::kCommitted;
+    if (p == TargetPhase::kCommitted || p == TargetPhase::kAborted) return p;
+    return ConflictError(id + " is not restored");
+  }
+
+  StatusOr<TargetPhase> Abort(const std::string& id) override {
+    std::lock_guard<std::mutex> l(mu_);
+    TargetPhase& p = phases_[id];
+    if (p != TargetPhase::kCommitted) p = TargetPhase::kAborted;
+    return p;
+  }
+
+  StatusOr<TargetPhase> Query(const std::string& id) override {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = phases_.find(id);
+    if (it == phases_.end()) return NotFoundError("no migration " + id);
+    return it->second;
+  }
+
+  // Waits for the n-th EndReceive call.
+  bool WaitEnd(size_t n) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, 10s, [&] { return end_results.size() >= n; });
+  }
+  void ForcePhase(const std::string& id, TargetPhase p) {
+    std::lock_guard<std::mutex> l(mu_);
+    phases_[id] = p;
+  }
+
+  Status prepare_error;
+  std::vector<MigrationOffer> offers;
+  std::vector<Status> end_results;
+  TransferStats end_stats;
+  std::function<void()> on_begin_receive;
+  std::chrono::milliseconds restore_delay{0};
+
+ private:
+  std::string land_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, TargetPhase> phases_;
+};
+
+// An httplib::Server on an ephemeral 127.0.0.1 port, served by a thread.
+class TestServer {
+ public:
+  template <typename Setup>
+  explicit TestServer(Setup setup) {
+    setup(server_);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 500 && !server_.is_running(); ++i) std::this_thread::sleep_for(2ms);
+  }
+  ~TestServer() {
+    server_.stop();
+    thread_.join();
+  }
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+MigrationOffer Offer(const std::string& id) {
+  MigrationOffer o;
+  o.id = id;
+  o.source_node = "node-a";
+  o.source_url = "http://127.0.0.1:1";
+  o.spec.name = "web";
+  o.spec.image = "docker.io/library/busybox:latest";
+  o.spec.args = {"sleep", "1000"};
+  return o;
+}
+
+class HttpTransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ::signal(SIGPIPE, SIG_IGN);
+    char tmpl[] = "/tmp/kmx-http-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    tmp_ = tmpl;
+    src_ = tmp_ + "/src";
+    land_ = tmp_ + "/land";
+    fs::create_directories(src_ + "/criu");
+    fs::create_directories(src_ + "/rootfs/etc");
+    fs::create_directories(land_);
+    std::ofstream(src_ + "/criu/core-1.img") << "core";
+    std::ofstream(src_ + "/criu/pages-1.img") << std::string(3 << 20, 'p');
+    std::ofstream(src_ + "/rootfs/etc/hosts") << "127.0.0.1 localhost\n";
+    fs::create_symlink("/bin/sh", src_ + "/rootfs/sh");
+    std::ofstream(src_ + "/log.txt") << "log\n";
+    target_ = std::make_unique<FakeTarget>(land_);
+    server_ =
+        std::make_unique<TestServer>([&](httplib::Server& s) { RegisterPeerRoutes(s, *target_); });
+  }
+  void TearDown() override {
+    server_.reset();
+    fs::remove_all(tmp_);
+  }
+  std::vector<Section> Sections() {
+    return {{"criu", src_ + "/criu", false},
+            {"rootfs", src_ + "/rootfs", false},
+            {"log", src_ + "/log.txt", true}};
+  }
+
+  std::string tmp_, src_, land_;
+  std::unique_ptr<FakeTarget> target_;
+  std::unique_ptr<TestServer> server_;
+  HttpTransport transport_;
+};
+
+TEST_F(HttpTransportTest, HappyPath) {
+  std::string url = server_->url();
+  auto info = transport_.Hello(url);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->node, "node-b");
+  EXPECT_EQ(info->version, "0.1.0-test");
+
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-1")).ok());
+  ASSERT_EQ(target_->offers.size(), 1u);
+  EXPECT_EQ(target_->offers[0].spec.image, "docker.io/library/busybox:latest");
+  EXPECT_EQ(target_->offers[0].spec.args.size(), 2u);
+  auto phase = transport_.Query(url, "m-1");
+  ASSERT_TRUE(phase.ok());
+  EXPECT_EQ(*phase, TargetPhase::kPrepared);
+
+  auto stats = transport_.Send(url, "m-1", Sections());
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->files, 4u);
+  EXPECT_EQ(stats->bytes, 4u + (3u << 20) + 20 + 4);
+  EXPECT_GT(stats->seconds, 0);
+  ASSERT_EQ(target_->end_results.size(), 1u);
+  EXPECT_TRUE(target_->end_results[0].ok());
+  EXPECT_EQ(target_->end_stats.files, 4u);
+  EXPECT_EQ(ReadFile(land_ + "/criu/pages-1.img"), std::string(3 << 20, 'p'));
+  EXPECT_EQ(ReadFile(land_ + "/log.txt"), "log\n");
+  EXPECT_EQ(fs::read_symlink(land_ + "/rootfs/sh"), "/bin/sh");
+
+  auto restored = transport_.Restore(url, "m-1");
+  ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_EQ(restored->pid, 4242u);
+  EXPECT_DOUBLE_EQ(restored->seconds, 0.25);
+  auto committed = transport_.Commit(url, "m-1");
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(*committed, TargetPhase::kCommitted);
+  auto aborted = transport_.Abort(url, "m-1");
+  ASSERT_TRUE(aborted.ok());
+  EXPECT_EQ(*aborted, TargetPhase::kCommitted);  // too late to abort
+  EXPECT_EQ(*transport_.Query(url, "m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(*transport_.Query(url, "m-unknown"), TargetPhase::kUnknown);
+  EXPECT_EQ(*transport_.Query(url + "/", "m-1"), TargetPhase::kCommitted);
+}
+
+TEST_F(HttpTransportTest, PeerErrorsMapBackToCodes) {
+  std::string url = server_->url();
+  target_->prepare_error = ConflictError("name web in use");
+  Status s = transport_.Prepare(url, Offer("m-2"));
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_NE(s.message().find("name web in use"), std::string::npos) << s.ToString();
+  target_->prepare_error = InvalidError("image unknown");
+  EXPECT_EQ(transport_.Prepare(url, Offer("m-2")).code(), Code::kInvalid);
+  target_->prepare_error = RetryError("busy");
+  EXPECT_EQ(transport_.Prepare(url, Offer("m-2")).code(), Code::kRetry);
+  target_->prepare_error = Status::Ok();
+
+  // Not prepared: BeginReceive refuses; the body is drained and the answer
+  // reaches the client.
+  auto sent = transport_.Send(url, "m-3", Sections());
+  EXPECT_EQ(sent.status().code(), Code::kNotFound) << sent.status().ToString();
+  // Restore before receive.
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-4")).ok());
+  EXPECT_EQ(transport_.Restore(url, "m-4").status().code(), Code::kConflict);
+  EXPECT_EQ(transport_.Commit(url, "m-4").status().code(), Code::kConflict);
+  auto aborted = transport_.Abort(url, "m-4");
+  ASSERT_TRUE(aborted.ok());
+  EXPECT_EQ(*aborted, TargetPhase::kAborted);
+  EXPECT_EQ(*transport_.Commit(url, "m-4"), TargetPhase::kAborted);
+  // Bad ids never leave the client.
+  EXPECT_EQ(transport_.Restore(url, "../x").status().code(), Code::kInvalid);
+  EXPECT_EQ(transport_.Query(url, "A B").status().code(), Code::kInvalid);
+}
+
+TEST_F(HttpTransportTest, SourceFileFailingMidStreamCutsTheStream) {
+  std::string url = server_->url();
+  std::string big = src_ + "/criu/a-big.img";  // first in the stream
+  std::ofstream(big) << std::string(64 << 20, 'z');
+  // The target holds off reading while the client fills the socket buffers
+  // (far less than 64 MiB), then the source file shrinks: the encoder fails
+  // in the middle of the body and the client cancels the request.
+  target_->on_begin_receive = [&] {
+    std::this_thread::sleep_for(300ms);
+    fs::resize_file(big, 1000);
+  };
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-5")).ok());
+  auto sent = transport_.Send(url, "m-5", Sections());
+  ASSERT_FALSE(sent.ok());
+  EXPECT_EQ(sent.status().code(), Code::kFailed) << sent.status().ToString();
+  EXPECT_NE(sent.status().message().find("a-big.img shrank"), std::string::npos)
+      << sent.status().ToString();
+  ASSERT_TRUE(target_->WaitEnd(1));
+  EXPECT_FALSE(target_->end_results[0].ok());
+  EXPECT_EQ(*transport_.Query(url, "m-5"), TargetPhase::kAborted);
+}
+
+// Sends a raw chunked POST with the given body prefix, then closes.
+void PostRawAndClose(int port, const std::string& path, const std::string& partial) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  char hex[32];
+  std::snprintf(hex, sizeof(hex), "%zx\r\n", partial.size());
+  std::string req = "POST " + path +
+                    " HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                    "Content-Type: application/x-kmosix-stream\r\n\r\n" +
+                    hex + partial + "\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  ::close(fd);
+}
+
+std::string EncodeToString(const std::vector<Section>& sections) {
+  auto enc = StreamEncoder::Create(sections);
+  EXPECT_TRUE(enc.ok());
+  std::string out;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    auto n = (*enc)->Read(buf.data(), buf.size());
+    if (!n.ok() || *n == 0) break;
+    out.append(buf.data(), *n);
+  }
+  return out;
+}
+
+TEST_F(HttpTransportTest, ConnectionClosedMidStreamAbortsTheReceive) {
+  ASSERT_TRUE(transport_.Prepare(server_->url(), Offer("m-6")).ok());
+  std::string stream = EncodeToString(Sections());
+  PostRawAndClose(server_->port(), "/v1/peer/migrations/m-6/stream",
+                  stream.substr(0, stream.size() / 2));
+  ASSERT_TRUE(target_->WaitEnd(1));
+  Status r = target_->end_results[0];
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.message().find("cut"), std::string::npos) << r.ToString();
+}
+
+TEST_F(HttpTransportTest, ChecksumCorruptionIsReportedToBothSides) {
+  std::string url = server_->url();
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-7")).ok());
+  std::string stream = EncodeToString(Sections());
+  size_t at = stream.find(std::string(1000, 'p'));
+  ASSERT_NE(at, std::string::npos);
+  stream[at + 500] = 'q';
+  httplib::Client cli(url);
+  auto res = cli.Post("/v1/peer/migrations/m-7/stream", stream, "application/x-kmosix-stream");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 500);
+  Status s = StatusFromHttpError(res->status, res->body);
+  EXPECT_EQ(s.code(), Code::kFailed);
+  EXPECT_NE(s.message().find("checksum mismatch for criu/pages-1.img"), std::string::npos)
+      << s.ToString();
+  ASSERT_TRUE(target_->WaitEnd(1));
+  EXPECT_EQ(target_->end_results[0].code(), Code::kFailed);
+  EXPECT_EQ(*transport_.Query(url, "m-7"), TargetPhase::kAborted);
+}
+
+TEST_F(HttpTransportTest, ServerRejectsBadRequestsWithJson) {
+  httplib::Client cli(server_->url());
+  auto res = cli.Post("/v1/peer/migrations/Bad_Id/prepare", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_EQ(StatusFromHttpError(res->status, res->body).code(), Code::kInvalid);
+  res = cli.Post("/v1/peer/migrations/m-8/prepare", "not json", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("invalid_argument"), std::string::npos);
+  std::string other = MigrationOfferToJson(Offer("m-other")).dump();
+  res = cli.Post("/v1/peer/migrations/m-8/prepare", other, "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("does not match"), std::string::npos) << res->body;
+  res = cli.Post("/v1/peer/migrations/m-8/stream", std::string(100, 'x'), "text/plain");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);  // not prepared
+  ASSERT_TRUE(transport_.Prepare(server_->url(), Offer("m-9")).ok());
+  res = cli.Post("/v1/peer/migrations/m-9/stream", std::string(100, 'x'), "text/plain");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("bad magic"), std::string::npos) << res->body;
+  res = cli.Post("/v1/peer/migrations/m-9/stream", "", "text/plain");  // already aborted
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409);
+}
+
+TEST(HttpTransportStandalone, StatusFromHttpError) {
+  Status s = StatusFromHttpError(409, R"({"code":"conflict","message":"epoch moved"})");
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_EQ(s.message(), "epoch moved");
+  EXPECT_EQ(StatusFromHttpError(400, R"({"code":"not_found","message":"x"})").code(),
+            Code::kNotFound);  // the code field wins
+  EXPECT_EQ(StatusFromHttpError(503, "<html>busy</html>").code(), Code::kRetry);
+  EXPECT_EQ(StatusFromHttpError(404, "").code(), Code::kNotFound);
+  EXPECT_EQ(StatusFromHttpError(400, "").code(), Code::kInvalid);
+  EXPECT_EQ(StatusFromHttpError(409, "").code(), Code::kConflict);
+  EXPECT_EQ(StatusFromHttpError(500, R"({"code":"weird"})").code(), Code::kFailed);
+  EXPECT_EQ(StatusFromHttpError(502, "").code(), Code::kRetry);
+  EXPECT_EQ(StatusFromHttpError(500, R"({"code":"unavailable","message":"m"})").code(),
+            Code::kRetry);
+  s = StatusFromHttpError(418, std::string("\x01teapot", 7));
+  EXPECT_EQ(s.code(), Code::kFailed);
+  EXPECT_NE(s.message().find("418"), std::string::npos);
+}
+
+TEST(HttpTransportStandalone, NonAgentPeerFailsHello) {
+  TestServer web([](httplib::Server& s) {
+    s.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("<html>hello</html>", "text/html");
+    });
+  });
+  HttpTransport t;
+  auto info = t.Hello(web.url());
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), Code::kFailed);
+  EXPECT_NE(info.status().message().find("not a kmosix agent"), std::string::npos)
+      << info.status().ToString();
+
+  TestServer html([](httplib::Server& s) {
+    s.Get("/v1/peer/info", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("<html>hello</html>", "text/html");
+    });
+  });
+  info = t.Hello(html.url());
+  EXPECT_EQ(info.status().code(), Code::kFailed);
+  EXPECT_NE(info.status().message().find("not a kmosix agent"), std::string::npos);
+
+  TestServer other([](httplib::Server& s) {
+    s.Get("/v1/peer/info", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"kind":"something-else","node":"x","version":"1"})", "application/json");
+    });
+  });
+  info = t.Hello(other.url());
+  EXPECT_EQ(info.status().code(), Code::kFailed);
+  EXPECT_NE(info.status().message().find("kmosix-agent"), std::string::npos);
+  // A non-agent's 404 on the migration routes is kNotFound, not a crash.
+  EXPECT_EQ(t.Restore(web.url(), "m-1").status().code(), Code::kNotFound);
+}
+
+int UnusedPort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(HttpTransportStandalone, UnreachablePeerIsRetry) {
+  HttpTransport t;
+  std::string url = "http://127.0.0.1:" + std::to_string(UnusedPort());
+  EXPECT_EQ(t.Hello(url).status().code(), Code::kRetry);
+  EXPECT_EQ(t.Prepare(url, Offer("m-1")).code(), Code::kRetry);
+  EXPECT_EQ(t.Send(url, "m-1", {}).status().code(), Code::kRetry);
+  EXPECT_EQ(t.Restore(url, "m-1").status().code(), Code::kRetry);
+  EXPECT_EQ(t.Commit(url, "m-1").status().code(), Code::kRetry);
+  EXPECT_EQ(t.Abort(url, "m-1").status().code(), Code::kRetry);
+  EXPECT_EQ(t.Query(url, "m-1").status().code(), Code::kRetry);
+  EXPECT_EQ(t.Hello("ftp://127.0.0.1:1").status().code(), Code::kInvalid);
+  EXPECT_EQ(t.Hello("127.0.0.1:1").status().code(), Code::kInvalid);
+}
+
+TEST_F(HttpTransportTest, SlowRestoreTimesOutAsRetry) {
+  std::string url = server_->url();
+  HttpTransportOptions o;
+  o.restore_timeout = 300ms;
+  HttpTransport quick(o);
+  ASSERT_TRUE(quick.Prepare(url, Offer("m-10")).ok());
+  ASSERT_TRUE(quick.Send(url, "m-10", Sections()).ok());
+  target_->restore_delay = 1500ms;
+  EXPECT_EQ(quick.Restore(url, "m-10").status().code(), Code::kRetry);
+}
+
+}  // namespace
+}  // namespace kmosix
