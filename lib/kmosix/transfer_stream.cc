@@ -240,6 +240,8 @@ std::string Frame(const std::string& record) {
 }
 
 constexpr size_t kEndRecordSize = 1 + 8 * 3 + kDigestSize;
+// Body pieces at least this big are written without going through the buffer.
+constexpr size_t kDirectWrite = 64 * 1024;
 
 }  // namespace
 
@@ -1006,7 +1008,10 @@ struct StreamDecoder::Impl {
 
   Status WriteBody(const char* data, size_t n) {
     body_sha.Update(data, n);
-    if (wlen == 0 && n >= options.write_buffer) return WriteAll(file.get(), data, n, file_label);
+    if (n >= kDirectWrite) {  // big pieces go straight to the file, no copy
+      KMX_RETURN_IF_ERROR(FlushBody());
+      return WriteAll(file.get(), data, n, file_label);
+    }
     if (wbuf.empty()) wbuf.resize(options.write_buffer);
     while (n > 0) {
       size_t k = std::min(n, wbuf.size() - wlen);

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
@@ -224,20 +225,21 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
   const Clock::TimePoint start = clock_->Now();
   std::vector<char> buf(options_.chunk_size);
   Status local;  // the encoder's error, if it failed
-  httplib::Headers headers = {
-      {"X-Kmosix-Stream-Size", std::to_string(enc->stream_size())},
-  };
+  // The stream's length is known up front, so it is sent with a
+  // Content-Length rather than chunked: httplib then hands each piece to the
+  // socket without copying it. Either framing is accepted by the server.
+  const uint64_t total = enc->stream_size();
   httplib::Result res = cli->Post(
-      MigrationPath(id, "/stream"), headers,
-      [&](size_t /*offset*/, httplib::DataSink& sink) {
-        StatusOr<size_t> n = enc->Read(buf.data(), buf.size());
+      MigrationPath(id, "/stream"), httplib::Headers{}, static_cast<size_t>(total),
+      [&](size_t /*offset*/, size_t length, httplib::DataSink& sink) {
+        StatusOr<size_t> n = enc->Read(buf.data(), std::min(buf.size(), length));
         if (!n.ok()) {
           local = n.status();
           return false;  // cancels the request: the peer sees a cut stream
         }
         if (*n == 0) {
-          sink.done();
-          return true;
+          local = FailedError("stream ended before its announced length");
+          return false;
         }
         return sink.write(buf.data(), *n);
       },

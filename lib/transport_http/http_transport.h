@@ -3,7 +3,8 @@
 // Routes (all JSON, except the stream body):
 //   GET  /v1/peer/info                      -> {"kind":"kmosix-agent","node","version"}
 //   POST /v1/peer/migrations/{id}/prepare   body MigrationOffer JSON -> {"id"}
-//   POST /v1/peer/migrations/{id}/stream    chunked body: the transfer stream
+//   POST /v1/peer/migrations/{id}/stream    body: the transfer stream (sent with
+//                                           Content-Length; chunked also accepted)
 //                                           (kmosix/transfer_stream.h)
 //                                           -> {"bytes","files","seconds"}
 //   POST /v1/peer/migrations/{id}/restore   -> {"pid","seconds"}
