@@ -11,6 +11,7 @@
 #include "containerd/containerd_runtime.h"
 #include "http_api.h"
 #include "kmosix/clock.h"
+#include "kmosix/spec_json.h"
 #include "kmosix/stop_and_copy.h"
 #include "metrics.h"
 #include "transport_http/http_transport.h"
@@ -104,7 +105,7 @@ int main(int argc, char** argv) {
   kmosix::CheckpointEngine& engine =
       enable_failpoints ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
                         : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
-  kmosix::HttpTransport transport;
+  kmosix::HttpTransport transport({}, &clock);
   kmosix::agent::AgentMetrics metrics(opts.node);
   kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
   if (auto s = agent.Start(); !s.ok()) {
@@ -114,7 +115,9 @@ int main(int argc, char** argv) {
 
   httplib::Server server;
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
-  kmosix::RegisterPeerRoutes(server, agent.Target());
+  kmosix::PeerServerOptions peer_options;
+  peer_options.clock = &clock;
+  kmosix::RegisterPeerRoutes(server, agent.Target(), peer_options);
   if (enable_failpoints) {
     spdlog::warn("failpoints enabled: this agent accepts fault injection");
     kmosix::agent::RegisterFailpointRoutes(server, failpoints);
