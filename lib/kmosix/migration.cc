@@ -279,7 +279,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   if (!restored.ok()) {
     // Whether or not the target answered, only its commit-or-abort record
     // says what runs there: resolve through it.
-    Resolve(r, spec.name, restored.status().Annotate("restore on target"), persist);
+    Resolve(r, spec.name, restored.status(), persist);
     r.timings.downtime = Seconds(clock_.Now() - frozen_at);
     return r;
   }

@@ -91,7 +91,16 @@ void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
     spdlog::error("incoming migration {}: discard failed: {}", r.offer.id, s.ToString());
   }
   std::error_code ec;
-  fs::remove_all(options_.scratch_dir + "/in-" + r.offer.id, ec);
+  const std::string scratch = options_.scratch_dir + "/in-" + r.offer.id;
+  // Keep CRIU's logs of a failed restore for whoever investigates.
+  for (const auto& e : fs::directory_iterator(scratch + "/work", ec)) {
+    if (e.path().extension() == ".log") {
+      fs::copy_file(e.path(), options_.log_dir + "/criu-" + r.offer.id + "-" +
+                                  e.path().filename().string(),
+                    fs::copy_options::overwrite_existing, ec);
+    }
+  }
+  fs::remove_all(scratch, ec);
   if (!r.offer.spec.log_path.empty()) fs::remove(r.offer.spec.log_path, ec);
   r.error = why;
   r.pid = 0;

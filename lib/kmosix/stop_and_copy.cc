@@ -103,7 +103,7 @@ Status StopAndCopyEngine::Restore(const ContainerSpec& spec, const Landing& land
   const Section* images = FindSection(landing, "criu");
   if (images == nullptr) return InvalidError("landing has no criu section");
   const std::string work = fs::path(images->path).parent_path().string() + "/work";
-  KMX_RETURN_IF_ERROR(runtime_.RestoreTask(spec.name, {images->path, work}).Annotate("restore"));
+  KMX_RETURN_IF_ERROR(runtime_.RestoreTask(spec.name, {images->path, work}));
   auto info = runtime_.Inspect(spec.name);
   if (!info.ok()) return info.status().Annotate("inspect after restore");
   if (info->state != TaskState::kRunning) {
