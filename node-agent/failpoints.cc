@@ -7,7 +7,7 @@
 namespace kmosix::agent {
 
 bool Failpoints::Known(const std::string& name) {
-  return name == "restore.corrupt-images" || name == "checkpoint.fail";
+  return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang";
 }
 
 void Failpoints::Arm(const std::string& name) {
@@ -57,6 +57,14 @@ Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landin
     spdlog::warn("failpoint restore.corrupt-images fired for {}", spec.name);
   }
   return inner_.Restore(spec, landing);
+}
+
+StatusOr<TargetPhase> FailpointTransport::Commit(const std::string& t, const std::string& id) {
+  if (fp_.Take("commit.hang")) {
+    spdlog::warn("failpoint commit.hang fired for migration {}: waiting 120 s", id);
+    clock_.SleepFor(std::chrono::seconds(120));
+  }
+  return inner_.Commit(t, id);
 }
 
 }  // namespace kmosix::agent

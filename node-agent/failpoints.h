@@ -3,6 +3,9 @@
 //   restore.corrupt-images   the target truncates the landed CRIU page images
 //                            before restoring, so CRIU's restore really fails
 //   checkpoint.fail          the source's checkpoint step fails after the pause
+//   commit.hang              the source stops for 120 s before asking the target
+//                            to commit (its workload frozen, the target's copy
+//                            restored and uncommitted): a window to kill agents in
 // Thread-safe.
 #pragma once
 
@@ -12,6 +15,8 @@
 #include <string>
 
 #include "kmosix/checkpoint.h"
+#include "kmosix/clock.h"
+#include "kmosix/transport.h"
 
 namespace kmosix::agent {
 
@@ -45,6 +50,36 @@ class FailpointEngine final : public CheckpointEngine {
  private:
   CheckpointEngine& inner_;
   Failpoints& fp_;
+};
+
+// A Transport that consults the failpoints, then does the real work.
+class FailpointTransport final : public Transport {
+ public:
+  FailpointTransport(Transport& inner, Failpoints& fp, Clock& clock)
+      : inner_(inner), fp_(fp), clock_(clock) {}
+  StatusOr<PeerInfo> Hello(const std::string& t) override { return inner_.Hello(t); }
+  Status Prepare(const std::string& t, const MigrationOffer& o) override {
+    return inner_.Prepare(t, o);
+  }
+  StatusOr<TransferStats> Send(const std::string& t, const std::string& id,
+                               const std::vector<Section>& s) override {
+    return inner_.Send(t, id, s);
+  }
+  StatusOr<RestoreReport> Restore(const std::string& t, const std::string& id) override {
+    return inner_.Restore(t, id);
+  }
+  StatusOr<TargetPhase> Commit(const std::string& t, const std::string& id) override;
+  StatusOr<TargetPhase> Abort(const std::string& t, const std::string& id) override {
+    return inner_.Abort(t, id);
+  }
+  StatusOr<TargetPhase> Query(const std::string& t, const std::string& id) override {
+    return inner_.Query(t, id);
+  }
+
+ private:
+  Transport& inner_;
+  Failpoints& fp_;
+  Clock& clock_;
 };
 
 }  // namespace kmosix::agent

@@ -105,7 +105,11 @@ int main(int argc, char** argv) {
   kmosix::CheckpointEngine& engine =
       enable_failpoints ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
                         : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
-  kmosix::HttpTransport transport({}, &clock);
+  kmosix::HttpTransport http_transport({}, &clock);
+  kmosix::agent::FailpointTransport failpoint_transport(http_transport, failpoints, clock);
+  kmosix::Transport& transport =
+      enable_failpoints ? static_cast<kmosix::Transport&>(failpoint_transport)
+                        : static_cast<kmosix::Transport&>(http_transport);
   kmosix::agent::AgentMetrics metrics(opts.node);
   kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
   if (auto s = agent.Start(); !s.ok()) {
