@@ -86,3 +86,31 @@ list(APPEND KMX_CONTAINERD_MESSAGES gogoproto/gogo.proto)
 kmx_proto_library(kmosix_containerd_proto
   GRPC ${KMX_CONTAINERD_GRPC}
   MESSAGES ${KMX_CONTAINERD_MESSAGES})
+
+# etcd v3 (KV, Watch, Lease services) from golang-etcd-server-dev. etcd's files
+# import each other as "etcd/...", gogo as "gogoproto/gogo.proto" and
+# google/api/annotations.proto (golang-github-gogo-googleapis-dev). The stubs
+# go to their own output folder: gogo.proto is compiled into both this library
+# and kmosix_containerd_proto (identical objects; with static libraries the
+# linker takes one), so neither library depends on the other.
+function(kmx_etcd_protos)
+  set(etcd_src "${KMX_PROTO_RAW}/go.etcd.io/etcd")
+  set(gapi_src "${KMX_PROTO_RAW}/github.com/gogo/googleapis")
+  if(NOT EXISTS "${etcd_src}/etcdserver/etcdserverpb/rpc.proto")
+    message(FATAL_ERROR "etcd proto files not found under ${etcd_src}: run scripts/setup first")
+  endif()
+  kmx_stage_proto(etcd/etcdserver/etcdserverpb/rpc.proto "${etcd_src}/etcdserver/etcdserverpb/rpc.proto")
+  kmx_stage_proto(etcd/mvcc/mvccpb/kv.proto "${etcd_src}/mvcc/mvccpb/kv.proto")
+  kmx_stage_proto(etcd/auth/authpb/auth.proto "${etcd_src}/auth/authpb/auth.proto")
+  kmx_stage_proto(google/api/annotations.proto "${gapi_src}/google/api/annotations.proto")
+  kmx_stage_proto(google/api/http.proto "${gapi_src}/google/api/http.proto")
+  kmx_stage_proto(gogoproto/gogo.proto "${KMX_PROTO_RAW}/github.com/gogo/protobuf/gogoproto/gogo.proto")
+  # kmx_proto_library reads KMX_PROTO_OUT from this (function) scope.
+  set(KMX_PROTO_OUT "${CMAKE_BINARY_DIR}/protos/gen-etcd")
+  file(MAKE_DIRECTORY "${KMX_PROTO_OUT}")
+  kmx_proto_library(kmosix_etcd_proto
+    GRPC etcd/etcdserver/etcdserverpb/rpc.proto
+    MESSAGES etcd/mvcc/mvccpb/kv.proto etcd/auth/authpb/auth.proto
+      google/api/annotations.proto google/api/http.proto gogoproto/gogo.proto)
+endfunction()
+kmx_etcd_protos()

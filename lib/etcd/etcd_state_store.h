@@ -1,0 +1,87 @@
+// EtcdStateStore: the StateStore seam over etcd v3's gRPC API (KV, Watch and
+// Lease services; tested against etcd 3.4). Plaintext gRPC only (no TLS, no
+// auth yet).
+//
+// Ownership: the caller owns the EtcdStateStore; it owns one gRPC channel per
+// endpoint (pimpl: no gRPC/etcd types in this header). Watchers and
+// LeaseKeepAlives it returns hold a reference to its internals and must be
+// destroyed before it. It does not own the etcd servers.
+//
+// Thread-safety: as the seam says: every StateStore method may be called
+// concurrently. Each Watcher runs one reader thread; each LeaseKeepAlive one
+// refresher thread (its on_lost callback runs there).
+//
+// Endpoints and reconnection: calls go to the current endpoint; when a call
+// fails with UNAVAILABLE the next endpoint becomes current (round robin), and
+// the call returns kRetry (nothing is retried inside: a write may have been
+// applied). gRPC reconnects each channel by itself, with backoff capped at
+// `max_reconnect_backoff` so that a restarted etcd is found again quickly.
+//
+// Watches are NOT resumed transparently: when the watch stream breaks (etcd
+// restarted, connection lost, server cancelled the watch) Next() returns
+// kRetry and next_revision() says where to watch again from (the caller either
+// re-watches from there, which fails with kConflict if that revision was
+// compacted meanwhile, or relists). Keep-alives DO reconnect by themselves:
+// they re-open the keep-alive stream until the lease's TTL has passed since
+// the last successful refresh, then report kRetry (presumed expired).
+//
+// Error mapping (gRPC status -> Code; never throws):
+//   UNAVAILABLE, DEADLINE_EXCEEDED, "leader changed", "no leader", "timed out" -> kRetry
+//   OUT_OF_RANGE "compacted" -> kConflict; OUT_OF_RANGE "future revision"   -> kInvalid
+//   NOT_FOUND (lease)                                                     -> kNotFound
+//   INVALID_ARGUMENT (empty key, duplicate key in txn, too large)         -> kInvalid
+//   anything else                                                         -> kFailed
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kmosix/state_store.h"
+#include "kmosix/status.h"
+
+namespace kmosix {
+
+struct EtcdConfig {
+  // "host:port" (or "ipv4:...", "unix:..." gRPC targets); at least one.
+  std::vector<std::string> endpoints = {"127.0.0.1:2379"};
+  // How long a call waits for a connection before failing with kRetry.
+  std::chrono::milliseconds dial_timeout{3000};
+  // Deadline of each unary call (and of Watch/KeepAlive setup).
+  std::chrono::milliseconds rpc_timeout{5000};
+  // Cap of gRPC's reconnect backoff.
+  std::chrono::milliseconds max_reconnect_backoff{1000};
+};
+
+class EtcdStateStore : public StateStore {
+ public:
+  // Does not connect yet (channels connect lazily); never fails.
+  explicit EtcdStateStore(EtcdConfig config);
+  ~EtcdStateStore() override;
+  EtcdStateStore(const EtcdStateStore&) = delete;
+  EtcdStateStore& operator=(const EtcdStateStore&) = delete;
+
+  // Default arguments repeat the seam's (for callers holding this type).
+  StatusOr<GetResult> Get(const std::string& key, int64_t revision = 0) override;
+  StatusOr<ListResult> List(const std::string& prefix, const ListOptions& options = {}) override;
+  StatusOr<int64_t> Put(const std::string& key, const std::string& value,
+                        const PutOptions& options = {}) override;
+  StatusOr<DeleteResult> Delete(const std::string& key) override;
+  StatusOr<DeleteResult> DeletePrefix(const std::string& prefix) override;
+  StatusOr<TxnResult> Commit(const Txn& txn) override;
+  Status Compact(int64_t revision) override;
+  StatusOr<std::unique_ptr<Watcher>> Watch(const WatchOptions& options) override;
+  StatusOr<LeaseGrant> GrantLease(std::chrono::seconds ttl) override;
+  Status RevokeLease(int64_t id) override;
+  StatusOr<std::chrono::seconds> LeaseTimeToLive(int64_t id) override;
+  StatusOr<std::unique_ptr<LeaseKeepAlive>> KeepAlive(int64_t id,
+                                                      LeaseLostCallback on_lost = {}) override;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace kmosix
