@@ -25,6 +25,11 @@ bool Failpoints::Take(const std::string& name) {
   return armed_.erase(name) > 0;
 }
 
+bool Failpoints::IsArmed(const std::string& name) {
+  std::lock_guard lock(mu_);
+  return armed_.contains(name);
+}
+
 std::set<std::string> Failpoints::Armed() {
   std::lock_guard lock(mu_);
   return armed_;
@@ -60,9 +65,13 @@ Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landin
 }
 
 StatusOr<TargetPhase> FailpointTransport::Commit(const std::string& t, const std::string& id) {
-  if (fp_.Take("commit.hang")) {
-    spdlog::warn("failpoint commit.hang fired for migration {}: waiting 120 s", id);
-    clock_.SleepFor(std::chrono::seconds(120));
+  if (fp_.IsArmed("commit.hang")) {
+    spdlog::warn("failpoint commit.hang: migration {} waits before its commit", id);
+    const auto deadline = clock_.Now() + std::chrono::seconds(300);
+    while (fp_.IsArmed("commit.hang") && clock_.Now() < deadline) {
+      clock_.SleepFor(std::chrono::milliseconds(100));
+    }
+    spdlog::warn("failpoint commit.hang released for migration {}", id);
   }
   return inner_.Commit(t, id);
 }

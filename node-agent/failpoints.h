@@ -3,9 +3,10 @@
 //   restore.corrupt-images   the target truncates the landed CRIU page images
 //                            before restoring, so CRIU's restore really fails
 //   checkpoint.fail          the source's checkpoint step fails after the pause
-//   commit.hang              the source stops for 120 s before asking the target
-//                            to commit (its workload frozen, the target's copy
-//                            restored and uncommitted): a window to kill agents in
+//   commit.hang              the source waits, before asking the target to
+//                            commit, until this failpoint is disarmed (at most
+//                            300 s): its workload frozen, the target's copy
+//                            restored and uncommitted; a window to kill agents in
 // Thread-safe.
 #pragma once
 
@@ -27,6 +28,7 @@ class Failpoints {
   void Disarm(const std::string& name);
   // True once per Arm.
   bool Take(const std::string& name);
+  bool IsArmed(const std::string& name);
   std::set<std::string> Armed();
 
  private:
