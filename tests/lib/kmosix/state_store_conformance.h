@@ -567,7 +567,7 @@ TEST_P(StateStoreConformance, LeaseExpiryDeletesAttachedKeys) {
 }
 
 TEST_P(StateStoreConformance, RevokeDeletesKeysAndEndsKeepAlive) {
-  auto g = s_->GrantLease(std::chrono::seconds(30));
+  auto g = s_->GrantLease(std::chrono::seconds(6));
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   MustPut(K("leader"), "me", g->id);
   std::atomic<int> calls{0};
