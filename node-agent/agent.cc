@@ -79,7 +79,8 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
     Workload& w = workloads_[offer.spec.name];
     w.spec = offer.spec;
     w.state = "running";
-    w.created_ms = clock_.WallMillis();
+    w.created_ms = offer.created_ms > 0 ? offer.created_ms : clock_.WallMillis();
+    w.migrations = offer.history;
     w.migrations.push_back(offer.id);
     SaveWorkload(w);
   };
@@ -420,12 +421,14 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
   std::unique_lock guard(*lock, std::try_to_lock);
   if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy");
   ContainerSpec spec;
+  WorkloadLife life;
   {
     std::lock_guard l(mu_);
     auto it = workloads_.find(name);
     if (it == workloads_.end() || it->second.state == "incoming") {
       return NotFoundError("no workload " + name + " on " + options_.node);
     }
+    life = {it->second.created_ms, it->second.migrations};
     if (it->second.state != "running") {
       return ConflictError("workload " + name + " is " + it->second.state + ", not running");
     }
@@ -447,8 +450,8 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
     workloads_[name].state = "migrating";
   }
   spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, target);
-  MigrationReport done =
-      driver_->Run(spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, spec); });
+  MigrationReport done = driver_->Run(
+      spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, spec); }, life);
   Finished(done, spec);
   spdlog::info("migration {}: {} ({:.3f} s downtime, {:.3f} s total, {} bytes){}", done.id,
                MigrationPhaseName(done.phase), done.timings.downtime, done.timings.total,

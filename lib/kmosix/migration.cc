@@ -211,7 +211,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
 }
 
 MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport r,
-                                     const PersistFn& persist) {
+                                     const PersistFn& persist, const WorkloadLife& life) {
   const auto start = clock_.Now();
   r.started_ms = clock_.WallMillis();
   Enter(r, MigrationPhase::kPreparing, persist);
@@ -231,7 +231,8 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   if (r.target_node == r.source_node) {
     return Fail(r, InvalidError("target " + r.target_url + " is this node"), persist);
   }
-  MigrationOffer offer{r.id, r.source_node, options_.source_url, spec};
+  MigrationOffer offer{r.id, r.source_node, options_.source_url, spec, life.created_ms,
+                       life.history};
   offer.spec.log_path.clear();
   if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.

@@ -23,6 +23,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
@@ -79,6 +80,12 @@ struct MigrationReport {
 nlohmann::json MigrationReportToJson(const MigrationReport& r);
 StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j);
 
+// What a target should know of a workload's life so far.
+struct WorkloadLife {
+  int64_t created_ms = 0;
+  std::vector<std::string> history;  // earlier migration ids, oldest first
+};
+
 class MigrationDriver {
  public:
   struct Options {
@@ -98,7 +105,8 @@ class MigrationDriver {
 
   // Runs a migration of `spec` (running here) to report.target_url, whose
   // id, workload, source_node and target_url the caller filled in.
-  MigrationReport Run(const ContainerSpec& spec, MigrationReport report, const PersistFn& persist);
+  MigrationReport Run(const ContainerSpec& spec, MigrationReport report, const PersistFn& persist,
+                      const WorkloadLife& life = {});
 
   // Finishes a journaled migration that was interrupted (agent restart) or
   // left Resolving. Safe to call repeatedly.

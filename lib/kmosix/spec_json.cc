@@ -108,7 +108,8 @@ json ContainerSpecToJson(const ContainerSpec& spec) {
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
   KMX_RETURN_IF_ERROR(
-      RejectUnknown(j, {"id", "sourceNode", "sourceUrl", "spec"}, "migration offer"));
+      RejectUnknown(j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history"},
+                    "migration offer"));
   MigrationOffer offer;
   KMX_ASSIGN_OR_RETURN(offer.id, RequiredString(j, "id"));
   KMX_RETURN_IF_ERROR(ValidateName(offer.id).Annotate("field \"id\""));
@@ -117,6 +118,23 @@ StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
   auto it = j.find("spec");
   if (it == j.end()) return InvalidError("missing field \"spec\"");
   KMX_ASSIGN_OR_RETURN(offer.spec, ContainerSpecFromJson(*it));
+  if (auto c = j.find("createdMs"); c != j.end()) {
+    if (!c->is_number_integer() || c->get<int64_t>() < 0) {
+      return InvalidError("field \"createdMs\" must be a non-negative integer");
+    }
+    offer.created_ms = c->get<int64_t>();
+  }
+  if (auto h = j.find("history"); h != j.end()) {
+    if (!h->is_array() || h->size() > 10000) {
+      return InvalidError("field \"history\" must be an array of migration ids");
+    }
+    for (const auto& id : *h) {
+      if (!id.is_string() || !ValidateName(id.get<std::string>()).ok()) {
+        return InvalidError("field \"history\" must be an array of migration ids");
+      }
+      offer.history.push_back(id.get<std::string>());
+    }
+  }
   return offer;
 }
 
@@ -124,7 +142,9 @@ json MigrationOfferToJson(const MigrationOffer& offer) {
   return {{"id", offer.id},
           {"sourceNode", offer.source_node},
           {"sourceUrl", offer.source_url},
-          {"spec", ContainerSpecToJson(offer.spec)}};
+          {"spec", ContainerSpecToJson(offer.spec)},
+          {"createdMs", offer.created_ms},
+          {"history", offer.history}};
 }
 
 json ErrorJson(const Status& status) {

@@ -123,6 +123,30 @@ TEST_F(MigrationTest, HappyPathMovesStateAndRemovesSourceCopy) {
   EXPECT_FALSE(fs::exists(root_ / "source-scratch" / "out-m-1"));
 }
 
+TEST_F(MigrationTest, WorkloadLifeTravelsWithTheOffer) {
+  std::vector<MigrationOffer> offers;
+  IncomingMigrations::Hooks hooks;
+  hooks.adopt = [&](const MigrationOffer& o, uint32_t) { offers.push_back(o); };
+  MigrationReport r;
+  r.id = "m-2";
+  r.workload = "work";
+  r.source_node = "node1";
+  r.target_url = "http://node2";
+  incoming_ = std::make_unique<IncomingMigrations>(
+      target_engine_, target_, clock_,
+      IncomingMigrations::Options{"node2", "test", root_ / "target-scratch", root_ / "logs"},
+      hooks);
+  transport_ = std::make_unique<FakeTransport>(incoming_.get());
+  driver_ = std::make_unique<MigrationDriver>(
+      source_engine_, *transport_, clock_,
+      MigrationDriver::Options{"http://node1", root_ / "source-scratch"});
+  r = driver_->Run(spec_, r, {}, {1234, {"m-0", "m-1"}});
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_EQ(offers[0].created_ms, 1234);
+  EXPECT_EQ(offers[0].history, (std::vector<std::string>{"m-0", "m-1"}));
+}
+
 TEST_F(MigrationTest, NotAnAgentFailsWithoutTouchingTheWorkload) {
   transport_->SetNotAnAgent();
   MigrationReport r = Migrate();
@@ -295,7 +319,7 @@ TEST_F(MigrationTest, AbortOfUnknownIdIsRememberedAgainstLatePrepare) {
   auto a = incoming_->Abort("m-9");
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(*a, TargetPhase::kAborted);
-  MigrationOffer offer{"m-9", "node1", "http://node1", spec_};
+  MigrationOffer offer{"m-9", "node1", "http://node1", spec_, 0, {}};
   EXPECT_EQ(incoming_->Prepare(offer).code(), Code::kConflict);
   EXPECT_FALSE(target_.Has("work"));
 }
