@@ -2,6 +2,7 @@
 //   BM_Encode     - encoder only (read + SHA-256), output discarded;
 //   BM_InProcess  - encoder -> decoder (read, hash, write, hash, verify);
 //   BM_Http       - HttpTransport::Send -> loopback HTTP -> RegisterPeerRoutes
+//                   (data_channel:1 - the stream over the raw data channel)
 //                   -> decoder, as in a migration.
 // Files live under $KMX_BENCH_DIR (default /dev/shm, like the agent's
 // scratch dir). Throughput is reported as bytes_per_second and as "MB/s".
@@ -18,6 +19,7 @@
 #include <thread>
 
 #include "kmosix/transfer_stream.h"
+#include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
 #include "transport_http/peer_server.h"
 
@@ -133,19 +135,28 @@ class BenchTarget : public kmosix::MigrationTarget {
   std::string dir_;
 };
 
+// state.range(1): 0 = the HTTP stream route, 1 = the data channel.
 void BM_Http(benchmark::State& state) {
   ::signal(SIGPIPE, SIG_IGN);
   int64_t mib = state.range(0);
   std::string src = Source(mib);
   std::string dst = BenchDir() + "/dst";
   BenchTarget target(dst);
+  kmosix::SystemClock clock;
+  kmosix::DataServer data(target, clock, {});
+  kmosix::PeerServerOptions options;
+  if (state.range(1) == 1) {
+    if (!data.Start("127.0.0.1", 0).ok()) state.SkipWithError("data channel did not start");
+    options.data_port = data.port();
+  }
   httplib::Server server;
-  kmosix::RegisterPeerRoutes(server, target);
+  kmosix::RegisterPeerRoutes(server, target, options);
   int port = server.bind_to_any_port("127.0.0.1");
   std::thread t([&] { server.listen_after_bind(); });
   while (!server.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   kmosix::HttpTransport transport;
   std::string url = "http://127.0.0.1:" + std::to_string(port);
+  if (!transport.Hello(url).ok()) state.SkipWithError("hello failed");
   for (auto _ : state) {
     state.PauseTiming();
     fs::remove_all(dst);
@@ -162,7 +173,11 @@ void BM_Http(benchmark::State& state) {
 
 BENCHMARK(BM_Encode)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_InProcess)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Http)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Http)
+    ->ArgNames({"MiB", "data_channel"})
+    ->ArgsProduct({{16, 256, 1024}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 

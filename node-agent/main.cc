@@ -14,6 +14,7 @@
 #include "kmosix/spec_json.h"
 #include "kmosix/stop_and_copy.h"
 #include "metrics.h"
+#include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
 #include "transport_http/peer_server.h"
 
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:7700";
   std::string log_level = "info";
   double idle_timeout = 120, resolve_timeout = 30;
+  int data_port = -1;
   bool enable_failpoints = false;
   app.add_option("--node", opts.node, "this node's name")->required();
   app.add_option("--listen", listen, "address:port to serve the REST API on")
@@ -59,6 +61,10 @@ int main(int argc, char** argv) {
   app.add_option("--runc-root", ctd.runc_root, "runc state root for this node")->required();
   app.add_option("--cgroup-parent", ctd.cgroup_parent, "cgroup parent for this node's containers")
       ->required();
+  app.add_option("--data-port", data_port,
+                 "TCP port of the data channel that receives migration streams "
+                 "(default: the --listen port + 1; 0: streams go over HTTP)")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--idle-timeout", idle_timeout,
                  "seconds an incoming migration may stall before it is aborted")
       ->capture_default_str()
@@ -119,8 +125,17 @@ int main(int argc, char** argv) {
 
   httplib::Server server;
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
+  kmosix::DataServer data_server(agent.Target(), clock, {});
+  if (data_port < 0) data_port = port < 65535 ? port + 1 : 0;
+  if (data_port > 0) {
+    if (auto s = data_server.Start(host, data_port); !s.ok()) {
+      spdlog::critical("{}", s.ToString());
+      return 1;
+    }
+  }
   kmosix::PeerServerOptions peer_options;
   peer_options.clock = &clock;
+  peer_options.data_port = data_port;
   kmosix::RegisterPeerRoutes(server, agent.Target(), peer_options);
   if (enable_failpoints) {
     spdlog::warn("failpoints enabled: this agent accepts fault injection");
@@ -141,10 +156,12 @@ int main(int argc, char** argv) {
     }
     server.stop();
   });
-  spdlog::info("agent {} serving on {} (advertised as {})", opts.node, listen, opts.advertise_url);
+  spdlog::info("agent {} serving on {} (advertised as {}), data channel on port {}", opts.node,
+               listen, opts.advertise_url, data_port);
   server.listen_after_bind();
   g_stop = true;
   upkeep.join();
+  data_server.Stop();
   spdlog::info("agent {} stopped", opts.node);
   return 0;
 }

@@ -9,6 +9,7 @@
 
 #include "kmosix/spec_json.h"
 #include "kmosix/transfer_stream.h"
+#include "transport_http/data_channel.h"
 
 namespace kmosix {
 namespace {
@@ -80,6 +81,20 @@ StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& target,
   SetTimeout(*cli, o.connect_timeout, read_timeout, o.write_timeout);
   cli->set_keep_alive(false);
   return cli;
+}
+
+// "http://host:port/" -> "host" (brackets of an IPv6 literal removed).
+StatusOr<std::string> HostOf(const std::string& target) {
+  auto scheme = target.find("://");
+  if (scheme == std::string::npos) return InvalidError("target \"" + target + "\" has no scheme");
+  std::string rest = target.substr(scheme + 3);
+  rest = rest.substr(0, rest.find('/'));
+  if (!rest.empty() && rest.front() == '[') {
+    auto close = rest.find(']');
+    if (close == std::string::npos) return InvalidError("target \"" + target + "\" is malformed");
+    return rest.substr(1, close - 1);
+  }
+  return rest.substr(0, rest.find(':'));
 }
 
 Status TransportError(const std::string& what, const std::string& target, httplib::Error err) {
@@ -204,6 +219,11 @@ StatusOr<PeerInfo> HttpTransport::Hello(const std::string& target) {
   if (node == j.end() || !node->is_string() || version == j.end() || !version->is_string()) {
     return FailedError(not_agent + "GET /v1/peer/info lacks node or version");
   }
+  if (auto port = j.find("dataPort");
+      port != j.end() && port->is_number_integer() && *port > 0 && *port < 65536) {
+    std::lock_guard lock(mu_);
+    data_ports_[target] = port->get<int>();
+  }
   return PeerInfo{node->get<std::string>(), version->get<std::string>()};
 }
 
@@ -223,6 +243,27 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
   KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
   KMX_ASSIGN_OR_RETURN(std::unique_ptr<StreamEncoder> enc, StreamEncoder::Create(sections));
   const Clock::TimePoint start = clock_->Now();
+  int data_port = 0;
+  if (options_.use_data_channel) {
+    std::lock_guard lock(mu_);
+    if (auto it = data_ports_.find(target); it != data_ports_.end()) data_port = it->second;
+  }
+  if (data_port > 0) {
+    KMX_ASSIGN_OR_RETURN(std::string host, HostOf(target));
+    DataChannelOptions dc;
+    dc.connect_timeout = options_.connect_timeout;
+    dc.io_timeout = options_.read_timeout;
+    auto stats = SendStream(host, data_port, id, *enc, dc);
+    if (!stats.ok()) return stats.status().Annotate("stream to " + target);
+    if (stats->bytes != enc->total_bytes() || stats->files != enc->total_files()) {
+      return FailedError("stream to " + target + ": peer landed " + std::to_string(stats->files) +
+                         " files and " + std::to_string(stats->bytes) + " bytes, " +
+                         std::to_string(enc->total_files()) + " and " +
+                         std::to_string(enc->total_bytes()) + " were sent");
+    }
+    stats->seconds = Seconds(clock_->Now() - start);
+    return stats;
+  }
   std::vector<char> buf(options_.chunk_size);
   Status local;  // the encoder's error, if it failed
   // The stream's length is known up front, so it is sent with a

@@ -1,7 +1,8 @@
 // HttpTransport: the source agent's client for the agent-to-agent protocol.
 //
 // Routes (all JSON, except the stream body):
-//   GET  /v1/peer/info                      -> {"kind":"kmosix-agent","node","version"}
+//   GET  /v1/peer/info                      -> {"kind":"kmosix-agent","node","version",
+//                                               "dataPort"?}
 //   POST /v1/peer/migrations/{id}/prepare   body MigrationOffer JSON -> {"id"}
 //   POST /v1/peer/migrations/{id}/stream    body: the transfer stream (sent with
 //                                           Content-Length; chunked also accepted)
@@ -11,6 +12,8 @@
 //   POST /v1/peer/migrations/{id}/commit    -> {"phase"}
 //   POST /v1/peer/migrations/{id}/abort     -> {"phase"}
 //   GET  /v1/peer/migrations/{id}           -> {"phase"}
+// When the peer announces a dataPort, Send streams over the data channel
+// (data_channel.h) instead of the stream route.
 // Errors: an HTTP error status with {"code","message"}; code is a CodeName()
 // ("unavailable", "conflict", "invalid_argument", "not_found", "failed").
 //
@@ -27,6 +30,8 @@
 #pragma once
 
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +50,8 @@ struct HttpTransportOptions {
   std::chrono::milliseconds restore_timeout{120000};
   // Size of the chunks the stream is sent in.
   size_t chunk_size = 1 << 20;
+  // Use a peer's data channel when it announces one.
+  bool use_data_channel = true;
 };
 
 class HttpTransport final : public Transport {
@@ -68,6 +75,8 @@ class HttpTransport final : public Transport {
   HttpTransportOptions options_;
   std::unique_ptr<Clock> owned_clock_;
   Clock* clock_;
+  std::mutex mu_;
+  std::map<std::string, int> data_ports_;  // target -> its announced data port
 };
 
 // Maps an HTTP error answer back to a Status (exposed for tests and for the

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kmosix/spec_json.h"
+#include "transport_http/stream_receiver.h"
 
 namespace kmosix {
 namespace {
@@ -71,54 +72,23 @@ void HandleStream(Shared& sh, const httplib::Request& req, httplib::Response& re
     Drain(reader, sh.options.max_drain_bytes);
     return ReplyError(res, id.status());
   }
-  StatusOr<Landing> landing = sh.target.BeginReceive(*id);
-  if (!landing.ok()) {
+  StreamReceiver receiver(sh.target, *sh.clock, sh.options.decoder);
+  if (Status s = receiver.Begin(*id); !s.ok()) {
     Drain(reader, sh.options.max_drain_bytes);
-    return ReplyError(res, landing.status());
+    return ReplyError(res, s);
   }
-  const Clock::TimePoint start = sh.clock->Now();
-  StreamDecoder decoder(std::move(*landing), sh.options.decoder);
-  Status result;
-  bool ended = false;
   uint64_t dropped = 0;
-  auto end_receive = [&](const Status& r) {
-    TransferStats stats = decoder.stats();
-    stats.seconds = Seconds(sh.clock->Now() - start);
-    ended = true;
-    return sh.target.EndReceive(*id, r, stats);
-  };
   bool read_ok = reader([&](const char* data, size_t n) {
-    if (!result.ok()) {
+    if (!receiver.status().ok()) {  // failed early: drain the rest
       dropped += n;
       return dropped <= sh.options.max_drain_bytes;
     }
-    result = decoder.Feed(data, n);
-    if (!result.ok()) {
-      // Abort early; the rest of the body is drained.
-      spdlog::warn("migration {}: receive failed: {}", *id, result.ToString());
-      Status s = end_receive(result);
-      if (!s.ok()) spdlog::warn("migration {}: EndReceive: {}", *id, s.ToString());
-    }
+    (void)receiver.Feed(data, n);
     return true;
   });
-  if (result.ok()) {
-    if (!read_ok) {
-      result = FailedError("stream cut after " + std::to_string(decoder.consumed()) +
-                           " bytes (connection closed or timed out)");
-    } else {
-      result = decoder.Finish();
-    }
-    if (!result.ok()) spdlog::warn("migration {}: receive failed: {}", *id, result.ToString());
-  }
-  if (!ended) {
-    Status s = end_receive(result);
-    if (result.ok()) result = s;
-  }
-  if (!result.ok()) return ReplyError(res, result);
-  TransferStats stats = decoder.stats();
-  Reply(res, {{"bytes", stats.bytes},
-              {"files", stats.files},
-              {"seconds", Seconds(sh.clock->Now() - start)}});
+  StatusOr<TransferStats> stats = receiver.End(!read_ok);
+  if (!stats.ok()) return ReplyError(res, stats.status());
+  Reply(res, {{"bytes", stats->bytes}, {"files", stats->files}, {"seconds", stats->seconds}});
 }
 
 }  // namespace
@@ -135,7 +105,9 @@ void RegisterPeerRoutes(httplib::Server& server, MigrationTarget& target,
   server.Get("/v1/peer/info", [sh](const httplib::Request&, httplib::Response& res) {
     Guard(res, [&] {
       PeerInfo info = sh->target.Info();
-      Reply(res, {{"kind", "kmosix-agent"}, {"node", info.node}, {"version", info.version}});
+      json j = {{"kind", "kmosix-agent"}, {"node", info.node}, {"version", info.version}};
+      if (sh->options.data_port > 0) j["dataPort"] = sh->options.data_port;
+      Reply(res, j);
     });
   });
 

@@ -32,6 +32,9 @@ struct PeerServerOptions {
   // For TransferStats::seconds; nullptr = a SystemClock.
   Clock* clock = nullptr;
   uint64_t max_drain_bytes = uint64_t{1} << 30;
+  // Port of this agent's DataServer (data_channel.h), announced in
+  // /v1/peer/info so sources stream over it; 0: streams use the HTTP route.
+  int data_port = 0;
 };
 
 void RegisterPeerRoutes(httplib::Server& server, MigrationTarget& target,

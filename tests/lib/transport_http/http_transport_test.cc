@@ -20,6 +20,7 @@
 
 #include "kmosix/spec_json.h"
 #include "kmosix/transfer_stream.h"
+#include "transport_http/data_channel.h"
 #include "transport_http/peer_server.h"
 
 namespace kmosix {
@@ -162,7 +163,9 @@ MigrationOffer Offer(const std::string& id) {
   return o;
 }
 
-class HttpTransportTest : public ::testing::Test {
+// Every case runs twice: streams over the HTTP stream route, and over the
+// data channel the peer announces (the HTTP route stays registered).
+class HttpTransportTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     ::signal(SIGPIPE, SIG_IGN);
@@ -180,11 +183,18 @@ class HttpTransportTest : public ::testing::Test {
     fs::create_symlink("/bin/sh", src_ + "/rootfs/sh");
     std::ofstream(src_ + "/log.txt") << "log\n";
     target_ = std::make_unique<FakeTarget>(land_);
-    server_ =
-        std::make_unique<TestServer>([&](httplib::Server& s) { RegisterPeerRoutes(s, *target_); });
+    PeerServerOptions options;
+    if (GetParam()) {
+      data_ = std::make_unique<DataServer>(*target_, clock_, DataServer::Options{});
+      ASSERT_TRUE(data_->Start("127.0.0.1", 0).ok());
+      options.data_port = data_->port();
+    }
+    server_ = std::make_unique<TestServer>(
+        [&](httplib::Server& s) { RegisterPeerRoutes(s, *target_, options); });
   }
   void TearDown() override {
     server_.reset();
+    data_.reset();
     fs::remove_all(tmp_);
   }
   std::vector<Section> Sections() {
@@ -195,11 +205,18 @@ class HttpTransportTest : public ::testing::Test {
 
   std::string tmp_, src_, land_;
   std::unique_ptr<FakeTarget> target_;
+  SystemClock clock_;
+  std::unique_ptr<DataServer> data_;
   std::unique_ptr<TestServer> server_;
   HttpTransport transport_;
 };
 
-TEST_F(HttpTransportTest, HappyPath) {
+INSTANTIATE_TEST_SUITE_P(Carrier, HttpTransportTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? std::string("DataChannel") : std::string("HttpRoute");
+                         });
+
+TEST_P(HttpTransportTest, HappyPath) {
   std::string url = server_->url();
   auto info = transport_.Hello(url);
   ASSERT_TRUE(info.ok()) << info.status().ToString();
@@ -241,7 +258,7 @@ TEST_F(HttpTransportTest, HappyPath) {
   EXPECT_EQ(*transport_.Query(url + "/", "m-1"), TargetPhase::kCommitted);
 }
 
-TEST_F(HttpTransportTest, PeerErrorsMapBackToCodes) {
+TEST_P(HttpTransportTest, PeerErrorsMapBackToCodes) {
   std::string url = server_->url();
   target_->prepare_error = ConflictError("name web in use");
   Status s = transport_.Prepare(url, Offer("m-2"));
@@ -270,7 +287,7 @@ TEST_F(HttpTransportTest, PeerErrorsMapBackToCodes) {
   EXPECT_EQ(transport_.Query(url, "A B").status().code(), Code::kInvalid);
 }
 
-TEST_F(HttpTransportTest, SourceFileFailingMidStreamCutsTheStream) {
+TEST_P(HttpTransportTest, SourceFileFailingMidStreamCutsTheStream) {
   std::string url = server_->url();
   std::string big = src_ + "/criu/a-big.img";  // first in the stream
   std::ofstream(big) << std::string(64 << 20, 'z');
@@ -324,7 +341,7 @@ std::string EncodeToString(const std::vector<Section>& sections) {
   return out;
 }
 
-TEST_F(HttpTransportTest, ConnectionClosedMidStreamAbortsTheReceive) {
+TEST_P(HttpTransportTest, ConnectionClosedMidStreamAbortsTheReceive) {
   ASSERT_TRUE(transport_.Prepare(server_->url(), Offer("m-6")).ok());
   std::string stream = EncodeToString(Sections());
   PostRawAndClose(server_->port(), "/v1/peer/migrations/m-6/stream",
@@ -335,7 +352,7 @@ TEST_F(HttpTransportTest, ConnectionClosedMidStreamAbortsTheReceive) {
   EXPECT_NE(r.message().find("cut"), std::string::npos) << r.ToString();
 }
 
-TEST_F(HttpTransportTest, ChecksumCorruptionIsReportedToBothSides) {
+TEST_P(HttpTransportTest, ChecksumCorruptionIsReportedToBothSides) {
   std::string url = server_->url();
   ASSERT_TRUE(transport_.Prepare(url, Offer("m-7")).ok());
   std::string stream = EncodeToString(Sections());
@@ -355,7 +372,7 @@ TEST_F(HttpTransportTest, ChecksumCorruptionIsReportedToBothSides) {
   EXPECT_EQ(*transport_.Query(url, "m-7"), TargetPhase::kAborted);
 }
 
-TEST_F(HttpTransportTest, ServerRejectsBadRequestsWithJson) {
+TEST_P(HttpTransportTest, ServerRejectsBadRequestsWithJson) {
   httplib::Client cli(server_->url());
   auto res = cli.Post("/v1/peer/migrations/Bad_Id/prepare", "{}", "application/json");
   ASSERT_TRUE(res);
@@ -462,7 +479,7 @@ TEST(HttpTransportStandalone, UnreachablePeerIsRetry) {
   EXPECT_EQ(t.Hello("127.0.0.1:1").status().code(), Code::kInvalid);
 }
 
-TEST_F(HttpTransportTest, SlowRestoreTimesOutAsRetry) {
+TEST_P(HttpTransportTest, SlowRestoreTimesOutAsRetry) {
   std::string url = server_->url();
   HttpTransportOptions o;
   o.restore_timeout = 300ms;
@@ -471,6 +488,77 @@ TEST_F(HttpTransportTest, SlowRestoreTimesOutAsRetry) {
   ASSERT_TRUE(quick.Send(url, "m-10", Sections()).ok());
   target_->restore_delay = 1500ms;
   EXPECT_EQ(quick.Restore(url, "m-10").status().code(), Code::kRetry);
+}
+
+// The data channel itself, spoken to over a raw socket.
+class DataChannelTest : public HttpTransportTest {};
+INSTANTIATE_TEST_SUITE_P(Raw, DataChannelTest, ::testing::Values(true));
+
+// Sends `bytes` on a fresh connection to the data port, half-closes, and
+// returns the target's one-line answer ("" if none).
+std::string SendRaw(int port, const std::string& bytes) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "";
+  }
+  (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  std::string answer;
+  char c;
+  while (::recv(fd, &c, 1, 0) == 1 && c != '\n') answer.push_back(c);
+  ::close(fd);
+  return answer;
+}
+
+TEST_P(DataChannelTest, SendUsesTheAnnouncedChannel) {
+  std::string url = server_->url();
+  ASSERT_TRUE(transport_.Hello(url).ok());
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-1")).ok());
+  data_->Stop();  // with the channel gone, Send cannot fall back silently
+  auto sent = transport_.Send(url, "m-1", Sections());
+  EXPECT_EQ(sent.status().code(), Code::kRetry) << sent.status().ToString();
+}
+
+TEST_P(DataChannelTest, BadPreambleAndUnknownIdAreRefused) {
+  auto bad = nlohmann::json::parse(SendRaw(data_->port(), "HELLO\n"), nullptr, false);
+  ASSERT_TRUE(bad.is_object());
+  EXPECT_EQ(bad["code"], "invalid_argument");
+  auto unknown =
+      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA1 m-404\nxxxx"), nullptr, false);
+  ASSERT_TRUE(unknown.is_object());
+  EXPECT_EQ(unknown["code"], "not_found");
+  EXPECT_TRUE(target_->end_results.empty());
+}
+
+TEST_P(DataChannelTest, CorruptedAndCutStreamsAbortTheReceive) {
+  std::string url = server_->url();
+  std::string stream = EncodeToString(Sections());
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-1")).ok());
+  std::string corrupt = stream;
+  corrupt[corrupt.size() / 2] ^= 0x5a;
+  auto answer =
+      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA1 m-1\n" + corrupt), nullptr, false);
+  ASSERT_TRUE(answer.is_object());
+  EXPECT_EQ(answer["code"], "failed") << answer.dump();
+  ASSERT_TRUE(target_->WaitEnd(1));
+  EXPECT_FALSE(target_->end_results[0].ok());
+
+  fs::remove_all(land_);  // the fake lands every id in the same place
+  fs::create_directories(land_);
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-2")).ok());
+  answer = nlohmann::json::parse(
+      SendRaw(data_->port(), "KMXDATA1 m-2\n" + stream.substr(0, stream.size() / 2)), nullptr,
+      false);
+  ASSERT_TRUE(answer.is_object());
+  EXPECT_NE(answer["message"].get<std::string>().find("truncated"), std::string::npos)
+      << answer.dump();
+  ASSERT_TRUE(target_->WaitEnd(2));
+  EXPECT_FALSE(target_->end_results[1].ok());
 }
 
 }  // namespace
