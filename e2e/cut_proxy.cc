@@ -45,10 +45,10 @@ CutProxy::CutProxy(std::string listen_host, std::string upstream_host, int upstr
 
 CutProxy::~CutProxy() { Stop(); }
 
-std::string CutProxy::Start() {
+std::string CutProxy::Start(int listen_port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = 0;
+  addr.sin_port = htons(static_cast<uint16_t>(listen_port));
   if (::inet_pton(AF_INET, listen_host_.c_str(), &addr.sin_addr) != 1) {
     return "bad listen address " + listen_host_;
   }
@@ -57,7 +57,8 @@ std::string CutProxy::Start() {
   int one = 1;
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return "bind " + listen_host_ + ":0: " + std::strerror(errno);
+    return "bind " + listen_host_ + ":" + std::to_string(listen_port) + ": " +
+           std::strerror(errno);
   }
   if (::listen(listen_fd_, 16) != 0) return std::string("listen: ") + std::strerror(errno);
   socklen_t len = sizeof addr;

@@ -27,8 +27,9 @@ class CutProxy {
   CutProxy(const CutProxy&) = delete;
   CutProxy& operator=(const CutProxy&) = delete;
 
-  // Binds and starts accepting. Returns an error message, empty on success.
-  std::string Start();
+  // Binds listen_host:listen_port (0: an ephemeral port) and starts
+  // accepting. Returns an error message, empty on success.
+  std::string Start(int listen_port = 0);
   void Stop();
 
   int Port() const { return port_; }

@@ -23,6 +23,7 @@
 
 #include "cluster.h"
 #include "cut_proxy.h"
+#include "e2e_environment.h"
 
 namespace kmosix::e2e {
 namespace {
@@ -55,14 +56,14 @@ void DownOnSignal(int sig) {
   ::raise(sig);
 }
 
-// Whether any test that needs the cluster is going to run.
+// Whether any test that needs the cluster is going to run: the suites named
+// *E2E (MigrationE2E here, AgentKillE2E in agent_kill_e2e_test.cc).
 bool ClusterTestsSelected() {
   const auto* unit = ::testing::UnitTest::GetInstance();
   for (int i = 0; i < unit->total_test_suite_count(); ++i) {
     const auto* suite = unit->GetTestSuite(i);
-    if (std::string(suite->name()) == "MigrationE2E" && suite->test_to_run_count() > 0) {
-      return true;
-    }
+    const std::string name = suite->name();
+    if (name.ends_with("E2E") && suite->test_to_run_count() > 0) return true;
   }
   return false;
 }
@@ -402,16 +403,27 @@ TEST_F(MigrationE2E, TransferCutHalfwayRollsBack) {
   ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *a_), "");
 
   constexpr uint64_t kCutAfter = 32ull << 20;  // about half of the ~64 MiB stream
-  CutProxy proxy(c_->BridgeAddress(), b_->addr, PortOf(b_->url), kCutAfter);
-  std::string perr = proxy.Start();
-  ASSERT_EQ(perr, "") << "cannot start the proxy on " << c_->BridgeAddress();
+  // The target announces a data channel port in /v1/peer/info; the source
+  // streams to that port on the host it reached the target at. So one proxy
+  // carries the API (never cut) and one, on the same port number as the
+  // target's data channel, carries the stream and cuts it.
+  auto info = HttpGet(b_->url, "/v1/peer/info");
+  ASSERT_EQ(info.status, 200) << info.Describe();
+  auto info_json = nlohmann::json::parse(info.body, nullptr, false);
+  ASSERT_TRUE(info_json.is_object() && info_json.contains("dataPort")) << info.body;
+  const int data_port = info_json["dataPort"].get<int>();
+  CutProxy api(c_->BridgeAddress(), b_->addr, PortOf(b_->url), UINT64_MAX);
+  ASSERT_EQ(api.Start(), "") << "cannot start the API proxy on " << c_->BridgeAddress();
+  CutProxy proxy(c_->BridgeAddress(), b_->addr, data_port, kCutAfter);
+  std::string perr = proxy.Start(data_port);
+  ASSERT_EQ(perr, "") << "cannot start the data proxy on " << c_->BridgeAddress();
   // The proxy really reaches the target agent.
-  auto health = HttpGet(proxy.Url(), "/healthz");
-  ASSERT_EQ(health.status, 200) << "through the proxy " << proxy.Url() << ": " << health.Describe();
+  auto health = HttpGet(api.Url(), "/healthz");
+  ASSERT_EQ(health.status, 200) << "through the proxy " << api.Url() << ": " << health.Describe();
 
   uint64_t pre = LastTick(*a_, name);
   Migration m;
-  ASSERT_NO_FATAL_FAILURE(MigrateRollsBack(*a_, proxy.Url(), name, "Transferring", &m));
+  ASSERT_NO_FATAL_FAILURE(MigrateRollsBack(*a_, api.Url(), name, "Transferring", &m));
   EXPECT_TRUE(proxy.Cut()) << "the proxy never cut (forwarded " << proxy.ClientToUpstreamBytes()
                            << " bytes source->target): the stream was shorter than expected";
   std::printf("[ cut ] proxy forwarded %llu bytes source->target over %d connections\n",
@@ -422,6 +434,7 @@ TEST_F(MigrationE2E, TransferCutHalfwayRollsBack) {
   DemoLog log = CheckHistory(*a_, name, pre);
   ReportDowntime("cut_rolled_back", log, pre, m);
   proxy.Stop();
+  api.Stop();
   ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *a_), "") << "a while after the rollback";
 
   uint64_t pre2 = LastTick(*a_, name);
@@ -520,6 +533,9 @@ TEST(Waiter, ReportsWhatItSawOnTimeout) {
 }
 
 }  // namespace
+
+SharedClusterState SharedCluster() { return {g_cluster, g_skip_reason, g_up_error}; }
+
 }  // namespace kmosix::e2e
 
 int main(int argc, char** argv) {
