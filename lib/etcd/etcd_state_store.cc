@@ -366,8 +366,9 @@ class EtcdWatcher final : public Watcher {
 // One refresh over a short-lived keep-alive stream (bounded by the RPC
 // deadline, so a silent server cannot block it). Returns the TTL left.
 StatusOr<int64_t> RefreshOnce(EtcdImpl& impl, int64_t id, grpc::ClientContext& ctx) {
+  // No Connect(): the deadline bounds the call and TryCancel() can end it (a
+  // fail-fast call on a channel in TRANSIENT_FAILURE fails at once).
   size_t i = impl.Pick();
-  KMX_RETURN_IF_ERROR(impl.Connect(i).Annotate("lease keep-alive"));
   impl.SetDeadline(ctx);
   auto stream = impl.endpoints[i].lease->LeaseKeepAlive(&ctx);
   pb::LeaseKeepAliveRequest req;

@@ -25,6 +25,22 @@
 // they re-open the keep-alive stream until the lease's TTL has passed since
 // the last successful refresh, then report kRetry (presumed expired).
 //
+// etcd 3.4 behaviour the tests pin down:
+//   - minimum lease TTL is 2 s with default election settings (a grant of 1 s
+//     answers TTL 2); keys of an expired lease vanished ~0.5 s after the TTL in the tests;
+//   - Compact(current revision) is allowed; compacting a revision at or below
+//     the compacted one is OUT_OF_RANGE "compacted" (kConflict); Compact waits
+//     for the physical compaction here;
+//   - a watch from a compacted revision is first confirmed ("created"), then
+//     cancelled with compact_revision within ~100 ms: Next() reports kConflict;
+//   - on restart the watch stream ends (UNAVAILABLE -> kRetry); history and
+//     revisions survive on the same data dir, so re-watching from
+//     next_revision() loses nothing; leases survive too (the new leader
+//     renews every lease's TTL), and keep-alives reconnect;
+//   - a LeaseKeepAlive detects revocation at its next refresh (TTL/3 later).
+// Destroying a LeaseKeepAlive may wait for a refresh in flight (at most
+// rpc_timeout); destroying a Watcher returns promptly.
+//
 // Error mapping (gRPC status -> Code; never throws):
 //   UNAVAILABLE, DEADLINE_EXCEEDED, "leader changed", "no leader", "timed out" -> kRetry
 //   OUT_OF_RANGE "compacted" -> kConflict; OUT_OF_RANGE "future revision"   -> kInvalid
