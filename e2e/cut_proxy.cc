@@ -57,8 +57,7 @@ std::string CutProxy::Start(int listen_port) {
   int one = 1;
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return "bind " + listen_host_ + ":" + std::to_string(listen_port) + ": " +
-           std::strerror(errno);
+    return "bind " + listen_host_ + ":" + std::to_string(listen_port) + ": " + std::strerror(errno);
   }
   if (::listen(listen_fd_, 16) != 0) return std::string("listen: ") + std::strerror(errno);
   socklen_t len = sizeof addr;

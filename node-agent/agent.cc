@@ -57,9 +57,8 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
       clock_(clock),
       random_(random),
       observer_(observer) {
-  IncomingMigrations::Options in_opts{options_.node, options_.version,
-                                      options_.scratch_dir, options_.state_dir + "/logs",
-                                      options_.idle_timeout};
+  IncomingMigrations::Options in_opts{options_.node, options_.version, options_.scratch_dir,
+                                      options_.state_dir + "/logs", options_.idle_timeout};
   IncomingMigrations::Hooks hooks;
   hooks.reserve = [this](const std::string& name) -> Status {
     std::lock_guard lock(mu_);
@@ -168,10 +167,12 @@ Status Agent::Start() {
   for (const auto& path : ListFiles(options_.state_dir + "/migrations/in", ".json")) {
     auto text = ReadFile(path);
     json j = text.ok() ? json::parse(*text, nullptr, false) : json();
-    auto r = j.is_object() ? IncomingRecordFromJson(j)
-                           : StatusOr<IncomingRecord>(InvalidError("bad"));
-    if (r.ok()) incoming.push_back(*r);
-    else spdlog::error("ignoring unreadable migration record {}", path);
+    auto r =
+        j.is_object() ? IncomingRecordFromJson(j) : StatusOr<IncomingRecord>(InvalidError("bad"));
+    if (r.ok())
+      incoming.push_back(*r);
+    else
+      spdlog::error("ignoring unreadable migration record {}", path);
   }
   incoming_->Recover(std::move(incoming));
 
@@ -275,8 +276,7 @@ StatusOr<json> Agent::CreateWorkload(std::string_view body) {
   {
     std::lock_guard l(mu_);
     if (workloads_.contains(spec.name)) {
-      return ConflictError("a workload named " + spec.name + " already exists on " +
-                           options_.node);
+      return ConflictError("a workload named " + spec.name + " already exists on " + options_.node);
     }
     workloads_[spec.name].state = "creating";
   }

@@ -36,7 +36,7 @@ struct AgentOptions {
   std::string node;
   std::string advertise_url;  // how peers reach this agent
   std::string state_dir;
-  std::string scratch_dir;    // CRIU images in flight; tmpfs is fastest
+  std::string scratch_dir;  // CRIU images in flight; tmpfs is fastest
   std::string version = "0.1.0";
   Clock::Duration idle_timeout = std::chrono::seconds(120);
   Clock::Duration resolve_timeout = std::chrono::seconds(30);

@@ -41,7 +41,6 @@ bool BodyTooLarge(const httplib::Request& req, httplib::Response& res) {
 }  // namespace
 
 void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metrics) {
-
   server.Get("/healthz", [&](const httplib::Request&, httplib::Response& res) {
     Reply(res, 200, {{"status", "ok"}, {"node", agent.Options().node}});
   });

@@ -1,10 +1,10 @@
 // kmosix-agent: wires the concrete parts of one node together.
-#include <CLI/CLI.hpp>
-#include <csignal>
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
+#include <csignal>
 #include <thread>
 
 #include "agent.h"
@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
                  "URL peers reach this agent at (default http://<listen>)");
   app.add_option("--containerd-socket", ctd.socket_path, "containerd's gRPC socket (absolute path)")
       ->required();
-  app.add_option("--namespace", ctd.containerd_namespace, "containerd namespace")->capture_default_str();
+  app.add_option("--namespace", ctd.containerd_namespace, "containerd namespace")
+      ->capture_default_str();
   app.add_option("--state-dir", opts.state_dir, "durable agent state")->required();
   app.add_option("--scratch-dir", opts.scratch_dir,
                  "CRIU images in flight (tmpfs is fastest; default /dev/shm/kmosix-<node>)");
@@ -108,14 +109,14 @@ int main(int argc, char** argv) {
   kmosix::StopAndCopyEngine stop_and_copy(runtime, clock);
   kmosix::agent::Failpoints failpoints;
   kmosix::agent::FailpointEngine failpoint_engine(stop_and_copy, failpoints);
-  kmosix::CheckpointEngine& engine =
-      enable_failpoints ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
-                        : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
+  kmosix::CheckpointEngine& engine = enable_failpoints
+                                         ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
+                                         : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
   kmosix::HttpTransport http_transport({}, &clock);
   kmosix::agent::FailpointTransport failpoint_transport(http_transport, failpoints, clock);
-  kmosix::Transport& transport =
-      enable_failpoints ? static_cast<kmosix::Transport&>(failpoint_transport)
-                        : static_cast<kmosix::Transport&>(http_transport);
+  kmosix::Transport& transport = enable_failpoints
+                                     ? static_cast<kmosix::Transport&>(failpoint_transport)
+                                     : static_cast<kmosix::Transport&>(http_transport);
   kmosix::agent::AgentMetrics metrics(opts.node);
   kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
   if (auto s = agent.Start(); !s.ok()) {
@@ -152,7 +153,8 @@ int main(int argc, char** argv) {
   std::thread upkeep([&] {
     while (!g_stop) {
       agent.Tick();
-      for (int i = 0; i < 10 && !g_stop; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (int i = 0; i < 10 && !g_stop; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     server.stop();
   });

@@ -5,8 +5,8 @@
 namespace kmosix::agent {
 
 namespace {
-const prometheus::Histogram::BucketBoundaries kSecondsBuckets = {
-    0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 40, 80};
+const prometheus::Histogram::BucketBoundaries kSecondsBuckets = {0.1, 0.25, 0.5, 1,  2, 3,
+                                                                 5,   10,   20,  40, 80};
 }
 
 AgentMetrics::AgentMetrics(const std::string& node)

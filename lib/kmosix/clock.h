@@ -50,8 +50,6 @@ class SystemRandom final : public Random {
 std::string RandomId(Random& random, const std::string& prefix);
 
 // Seconds between two points, as a double.
-inline double Seconds(Clock::Duration d) {
-  return std::chrono::duration<double>(d).count();
-}
+inline double Seconds(Clock::Duration d) { return std::chrono::duration<double>(d).count(); }
 
 }  // namespace kmosix

@@ -15,9 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-Status Errno(const std::string& what) {
-  return FailedError(what + ": " + std::strerror(errno));
-}
+Status Errno(const std::string& what) { return FailedError(what + ": " + std::strerror(errno)); }
 
 }  // namespace
 

@@ -23,8 +23,8 @@ constexpr std::array<std::pair<MigrationPhase, std::string_view>, 10> kPhaseName
 }};
 
 StatusOr<Code> ParseCode(std::string_view s) {
-  for (Code c : {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound,
-                 Code::kFailed}) {
+  for (Code c :
+       {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed}) {
     if (CodeName(c) == s) return c;
   }
   return InvalidError("unknown error code \"" + std::string(s) + "\"");
@@ -98,8 +98,8 @@ StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j) {
     r.files = j.at("files").get<uint64_t>();
     r.target_pid = j.at("targetPid").get<uint32_t>();
     const auto& t = j.at("timings");
-    r.timings = {t.at("prepare"),  t.at("freeze"),  t.at("checkpoint"), t.at("transfer"),
-                 t.at("restore"),  t.at("commit"),  t.at("downtime"),   t.at("total")};
+    r.timings = {t.at("prepare"), t.at("freeze"), t.at("checkpoint"), t.at("transfer"),
+                 t.at("restore"), t.at("commit"), t.at("downtime"),   t.at("total")};
     if (auto e = j.find("error"); e != j.end()) {
       KMX_ASSIGN_OR_RETURN(Code code, ParseCode(e->at("code").get<std::string>()));
       r.error = Status(code, e->at("message").get<std::string>());
@@ -221,18 +221,17 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     const Status& s = peer.status();
     // Unreachable is worth a retry; anything else that answers is not an agent.
     return Fail(r,
-                s.code() == Code::kRetry
-                    ? s.Annotate("target " + r.target_url + " unreachable")
-                    : InvalidError("target " + r.target_url +
-                                   " is not a kmosix agent: " + s.message()),
+                s.code() == Code::kRetry ? s.Annotate("target " + r.target_url + " unreachable")
+                                         : InvalidError("target " + r.target_url +
+                                                        " is not a kmosix agent: " + s.message()),
                 persist);
   }
   r.target_node = peer->node;
   if (r.target_node == r.source_node) {
     return Fail(r, InvalidError("target " + r.target_url + " is this node"), persist);
   }
-  MigrationOffer offer{r.id, r.source_node, options_.source_url, spec, life.created_ms,
-                       life.history};
+  MigrationOffer offer{r.id, r.source_node,   options_.source_url,
+                       spec, life.created_ms, life.history};
   offer.spec.log_path.clear();
   if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.

@@ -16,8 +16,8 @@ bool IsFinalPhase(TargetPhase p) {
 }
 
 Status WrongPhase(const IncomingRecord& r, std::string_view wanted) {
-  return ConflictError("migration " + r.offer.id + " is " +
-                       std::string(TargetPhaseName(r.phase)) + ", not " + std::string(wanted));
+  return ConflictError("migration " + r.offer.id + " is " + std::string(TargetPhaseName(r.phase)) +
+                       ", not " + std::string(wanted));
 }
 
 }  // namespace
@@ -95,8 +95,8 @@ void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
   // Keep CRIU's logs of a failed restore for whoever investigates.
   for (const auto& e : fs::directory_iterator(scratch + "/work", ec)) {
     if (e.path().extension() == ".log") {
-      fs::copy_file(e.path(), options_.log_dir + "/criu-" + r.offer.id + "-" +
-                                  e.path().filename().string(),
+      fs::copy_file(e.path(),
+                    options_.log_dir + "/criu-" + r.offer.id + "-" + e.path().filename().string(),
                     fs::copy_options::overwrite_existing, ec);
     }
   }
@@ -226,8 +226,10 @@ StatusOr<TargetPhase> IncomingMigrations::Abort(const std::string& id) {
     tomb->record.touched = clock_.Now();
     std::lock_guard lock(mu_);
     auto [it, inserted] = entries_.emplace(id, tomb);
-    if (!inserted) e = it->second;
-    else return TargetPhase::kAborted;
+    if (!inserted)
+      e = it->second;
+    else
+      return TargetPhase::kAborted;
   }
   std::lock_guard lock(e->mu);
   AbortLocked(*e, "aborted by the source");

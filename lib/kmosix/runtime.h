@@ -21,13 +21,13 @@ namespace kmosix {
 
 // What to run. Fields mirror the agent's REST body.
 struct ContainerSpec {
-  std::string name;                       // container id, unique per node
-  std::string image;                      // image reference, already in the node's store
-  std::vector<std::string> args;          // whole command line; empty = image default
+  std::string name;               // container id, unique per node
+  std::string image;              // image reference, already in the node's store
+  std::vector<std::string> args;  // whole command line; empty = image default
   std::map<std::string, std::string> env;
-  int64_t memory_mib = 0;                 // 0 = no limit
-  double cpus = 0;                        // 0 = no limit
-  std::string log_path;                   // stdout and stderr are appended to this file
+  int64_t memory_mib = 0;  // 0 = no limit
+  double cpus = 0;         // 0 = no limit
+  std::string log_path;    // stdout and stderr are appended to this file
   std::map<std::string, std::string> labels;
 };
 
@@ -37,7 +37,7 @@ std::string_view TaskStateName(TaskState s);
 struct TaskInfo {
   TaskState state = TaskState::kNone;  // kNone: container exists, no task
   uint32_t pid = 0;
-  uint32_t exit_status = 0;            // valid when kStopped
+  uint32_t exit_status = 0;  // valid when kStopped
 };
 
 // Options for capturing a task with CRIU.

@@ -97,8 +97,8 @@ StatusOr<ContainerSpec> ParseContainerSpec(std::string_view body) {
 }
 
 json ContainerSpecToJson(const ContainerSpec& spec) {
-  json j = {{"name", spec.name}, {"image", spec.image}, {"args", spec.args},
-            {"env", json::object()}};
+  json j = {
+      {"name", spec.name}, {"image", spec.image}, {"args", spec.args}, {"env", json::object()}};
   for (const auto& [k, v] : spec.env) j["env"][k] = v;
   if (spec.memory_mib > 0) j["memoryMiB"] = spec.memory_mib;
   if (spec.cpus > 0) j["cpus"] = spec.cpus;
@@ -107,9 +107,8 @@ json ContainerSpecToJson(const ContainerSpec& spec) {
 
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  KMX_RETURN_IF_ERROR(
-      RejectUnknown(j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history"},
-                    "migration offer"));
+  KMX_RETURN_IF_ERROR(RejectUnknown(
+      j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history"}, "migration offer"));
   MigrationOffer offer;
   KMX_ASSIGN_OR_RETURN(offer.id, RequiredString(j, "id"));
   KMX_RETURN_IF_ERROR(ValidateName(offer.id).Annotate("field \"id\""));

@@ -4,24 +4,36 @@ namespace kmosix {
 
 std::string_view CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "ok";
-    case Code::kRetry: return "unavailable";
-    case Code::kConflict: return "conflict";
-    case Code::kInvalid: return "invalid_argument";
-    case Code::kNotFound: return "not_found";
-    case Code::kFailed: return "failed";
+    case Code::kOk:
+      return "ok";
+    case Code::kRetry:
+      return "unavailable";
+    case Code::kConflict:
+      return "conflict";
+    case Code::kInvalid:
+      return "invalid_argument";
+    case Code::kNotFound:
+      return "not_found";
+    case Code::kFailed:
+      return "failed";
   }
   return "unknown";
 }
 
 int HttpStatus(Code code) {
   switch (code) {
-    case Code::kOk: return 200;
-    case Code::kRetry: return 503;
-    case Code::kConflict: return 409;
-    case Code::kInvalid: return 400;
-    case Code::kNotFound: return 404;
-    case Code::kFailed: return 500;
+    case Code::kOk:
+      return 200;
+    case Code::kRetry:
+      return 503;
+    case Code::kConflict:
+      return 409;
+    case Code::kInvalid:
+      return 400;
+    case Code::kNotFound:
+      return 404;
+    case Code::kFailed:
+      return 500;
   }
   return 500;
 }

@@ -54,7 +54,7 @@ inline Status FailedError(std::string m) { return {Code::kFailed, std::move(m)};
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  StatusOr(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT
     if (status_.ok()) status_ = FailedError("StatusOr built from an ok Status");
   }
@@ -79,10 +79,10 @@ class [[nodiscard]] StatusOr {
 #define KMX_CONCAT(a, b) KMX_CONCAT_INNER(a, b)
 
 // Returns the status from the enclosing function when it is not ok.
-#define KMX_RETURN_IF_ERROR(expr)                 \
-  do {                                            \
-    ::kmosix::Status kmx_status_ = (expr);        \
-    if (!kmx_status_.ok()) return kmx_status_;    \
+#define KMX_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::kmosix::Status kmx_status_ = (expr);     \
+    if (!kmx_status_.ok()) return kmx_status_; \
   } while (0)
 
 // `KMX_ASSIGN_OR_RETURN(auto x, Foo());`

@@ -107,8 +107,8 @@ Status StopAndCopyEngine::Restore(const ContainerSpec& spec, const Landing& land
   auto info = runtime_.Inspect(spec.name);
   if (!info.ok()) return info.status().Annotate("inspect after restore");
   if (info->state != TaskState::kRunning) {
-    return FailedError(std::string("restored task is ") +
-                       std::string(TaskStateName(info->state)) + ", not running");
+    return FailedError(std::string("restored task is ") + std::string(TaskStateName(info->state)) +
+                       ", not running");
   }
   return Status::Ok();
 }

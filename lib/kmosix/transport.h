@@ -31,8 +31,8 @@ struct MigrationOffer {
   std::string source_url;
   ContainerSpec spec;  // log_path is the target's to choose
   // The workload's life so far, kept across moves.
-  int64_t created_ms = 0;             // when it was first started, anywhere
-  std::vector<std::string> history;   // ids of its earlier migrations, oldest first
+  int64_t created_ms = 0;            // when it was first started, anywhere
+  std::vector<std::string> history;  // ids of its earlier migrations, oldest first
 };
 
 struct TransferStats {

@@ -12,10 +12,10 @@
 
 #include <cerrno>
 #include <condition_variable>
-#include <deque>
-#include <optional>
 #include <cstring>
+#include <deque>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include "kmosix/spec_json.h"
@@ -221,8 +221,8 @@ Status DataServer::Start(const std::string& host, int port) {
   int one = 1;
   if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (fd < 0 || ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, 16) != 0) {
-    Status s = FailedError("data channel: cannot listen on " + host + ":" + service + ": " +
-                           Errno());
+    Status s =
+        FailedError("data channel: cannot listen on " + host + ":" + service + ": " + Errno());
     if (fd >= 0) ::close(fd);
     ::freeaddrinfo(res);
     return s;

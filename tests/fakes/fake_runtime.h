@@ -99,8 +99,12 @@ class FakeRuntime : public ContainerRuntime {
     for (auto& [n, _] : containers_) names.push_back(n);
     return names;
   }
-  Status Pause(const std::string& name) override { return Move(name, "Pause", TaskState::kRunning, TaskState::kPaused); }
-  Status Resume(const std::string& name) override { return Move(name, "Resume", TaskState::kPaused, TaskState::kRunning); }
+  Status Pause(const std::string& name) override {
+    return Move(name, "Pause", TaskState::kRunning, TaskState::kPaused);
+  }
+  Status Resume(const std::string& name) override {
+    return Move(name, "Resume", TaskState::kPaused, TaskState::kRunning);
+  }
   Status Delete(const std::string& name) override {
     std::lock_guard l(mu_);
     KMX_RETURN_IF_ERROR(Enter("Delete"));
@@ -168,7 +172,8 @@ class FakeRuntime : public ContainerRuntime {
     KMX_RETURN_IF_ERROR(Enter(method));
     auto* c = Find(name);
     if (!c) return NotFoundError(name);
-    if (c->task != from) return ConflictError(method + ": task is " + std::string(TaskStateName(c->task)));
+    if (c->task != from)
+      return ConflictError(method + ": task is " + std::string(TaskStateName(c->task)));
     c->task = to;
     return Status::Ok();
   }

@@ -96,7 +96,8 @@ class FakeTransport : public Transport {
         stats.bytes += fs::file_size(s.path, ec);
         stats.files++;
       } else {
-        fs::copy(s.path, l.path, fs::copy_options::recursive | fs::copy_options::overwrite_existing, ec);
+        fs::copy(s.path, l.path, fs::copy_options::recursive | fs::copy_options::overwrite_existing,
+                 ec);
         for (auto& e : fs::recursive_directory_iterator(s.path)) {
           if (e.is_regular_file()) {
             stats.bytes += e.file_size();

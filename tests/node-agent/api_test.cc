@@ -38,8 +38,8 @@ class ApiTest : public ::testing::Test {
     opts.advertise_url = "http://127.0.0.1:1";
     opts.state_dir = root_ / "state";
     opts.scratch_dir = root_ / "scratch";
-    agent_ = std::make_unique<Agent>(opts, runtime_, engine_, transport_, clock_, random_,
-                                     &metrics_);
+    agent_ =
+        std::make_unique<Agent>(opts, runtime_, engine_, transport_, clock_, random_, &metrics_);
     ASSERT_TRUE(agent_->Start().ok());
     RegisterApiRoutes(server_, *agent_, metrics_);
     port_ = server_.bind_to_any_port("127.0.0.1");
@@ -160,8 +160,12 @@ TEST_F(ApiTest, UnknownWorkloadsAndRoutes) {
 TEST_F(ApiTest, BadMigrationRequestsChangeNothing) {
   Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
   const std::vector<std::string> bad = {
-      "{", R"({})", R"({"target":7})", R"({"target":"http://x:1","extra":true})",
-      R"({"target":"ftp://10.0.0.1:1"})", R"({"target":"http://10.0.0.1:1/v1/x"})",
+      "{",
+      R"({})",
+      R"({"target":7})",
+      R"({"target":"http://x:1","extra":true})",
+      R"({"target":"ftp://10.0.0.1:1"})",
+      R"({"target":"http://10.0.0.1:1/v1/x"})",
       R"({"target":"http://127.0.0.1:1"})",  // this agent itself
   };
   for (const auto& body : bad) Call("POST", "/v1/workloads/w1/migrate", body, 400);
@@ -181,8 +185,8 @@ TEST_F(ApiTest, TargetThatIsNotAnAgentIs4xxAndNothingChanges) {
 }
 
 TEST_F(ApiTest, OversizedBodyIs413) {
-  std::string big = R"({"name":"w1","image":"kmosix.local/demo:latest","args":[")" + std::string(2 << 20, 'a') +
-        "\"]}";
+  std::string big = R"({"name":"w1","image":"kmosix.local/demo:latest","args":[")" +
+                    std::string(2 << 20, 'a') + "\"]}";
   Call("POST", "/v1/workloads", big, 413);
   ExpectNothingChanged(0);
 }

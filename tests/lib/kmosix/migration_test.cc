@@ -66,7 +66,8 @@ class MigrationTest : public ::testing::Test {
     r.workload = "work";
     r.source_node = "node1";
     r.target_url = "http://node2";
-    return driver_->Run(spec_, r, [this](const MigrationReport& rep) { phases_.push_back(rep.phase); });
+    return driver_->Run(spec_, r,
+                        [this](const MigrationReport& rep) { phases_.push_back(rep.phase); });
   }
 
   // The invariant: exactly one running copy, carrying the state it had.
@@ -109,10 +110,10 @@ TEST_F(MigrationTest, HappyPathMovesStateAndRemovesSourceCopy) {
   EXPECT_FALSE(source_.Has("work"));
   ExpectRunsOnceOn(target_, 42);
   EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
-  EXPECT_EQ(phases_, (std::vector<MigrationPhase>{
-                         MigrationPhase::kPreparing, MigrationPhase::kCheckpointing,
-                         MigrationPhase::kTransferring, MigrationPhase::kRestoring,
-                         MigrationPhase::kCommitting, MigrationPhase::kSucceeded}));
+  EXPECT_EQ(phases_,
+            (std::vector<MigrationPhase>{MigrationPhase::kPreparing, MigrationPhase::kCheckpointing,
+                                         MigrationPhase::kTransferring, MigrationPhase::kRestoring,
+                                         MigrationPhase::kCommitting, MigrationPhase::kSucceeded}));
   EXPECT_EQ(target_phases_.back(), TargetPhase::kCommitted);
   // The log travelled with it.
   std::ifstream log(root_ / "logs" / "work.log");
@@ -243,7 +244,7 @@ TEST_F(MigrationTest, SilentTargetKeepsWorkloadFrozenUntilItAnswers) {
   transport_->DropRequest("Abort");
   MigrationReport r = Migrate();
   EXPECT_EQ(r.phase, MigrationPhase::kResolving);
-  EXPECT_EQ(source_.State("work"), TaskState::kPaused);  // frozen, not running
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);   // frozen, not running
   EXPECT_EQ(target_.State("work"), TaskState::kRunning);  // restored, uncommitted
   // The target times out the uncommitted copy; the source then learns it aborted.
   clock_.Advance(std::chrono::seconds(61));
