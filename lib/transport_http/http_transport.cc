@@ -240,7 +240,6 @@ Status HttpTransport::Prepare(const std::string& target, const MigrationOffer& o
 StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std::string& id,
                                             const std::vector<Section>& sections) {
   KMX_RETURN_IF_ERROR(CheckId(id));
-  KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
   KMX_ASSIGN_OR_RETURN(std::unique_ptr<StreamEncoder> enc, StreamEncoder::Create(sections));
   const Clock::TimePoint start = clock_->Now();
   int data_port = 0;
@@ -248,32 +247,41 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
     std::lock_guard lock(mu_);
     if (auto it = data_ports_.find(target); it != data_ports_.end()) data_port = it->second;
   }
-  if (data_port > 0) {
-    KMX_ASSIGN_OR_RETURN(std::string host, HostOf(target));
-    DataChannelOptions dc;
-    dc.connect_timeout = options_.connect_timeout;
-    dc.io_timeout = options_.read_timeout;
-    auto stats = SendStream(host, data_port, id, *enc, dc);
-    if (!stats.ok()) return stats.status().Annotate("stream to " + target);
-    if (stats->bytes != enc->total_bytes() || stats->files != enc->total_files()) {
-      return FailedError("stream to " + target + ": peer landed " + std::to_string(stats->files) +
-                         " files and " + std::to_string(stats->bytes) + " bytes, " +
-                         std::to_string(enc->total_files()) + " and " +
-                         std::to_string(enc->total_bytes()) + " were sent");
-    }
-    stats->seconds = Seconds(clock_->Now() - start);
-    return stats;
+  StatusOr<TransferStats> landed = data_port > 0 ? SendOverDataChannel(target, data_port, id, *enc)
+                                                 : SendOverHttp(target, id, *enc);
+  if (!landed.ok()) return landed.status().Annotate("stream to " + target);
+  if (landed->bytes != enc->total_bytes() || landed->files != enc->total_files()) {
+    return FailedError("stream to " + target + ": peer landed " + std::to_string(landed->files) +
+                       " files and " + std::to_string(landed->bytes) + " bytes, " +
+                       std::to_string(enc->total_files()) + " and " +
+                       std::to_string(enc->total_bytes()) + " were sent");
   }
+  landed->seconds = Seconds(clock_->Now() - start);
+  return landed;
+}
+
+StatusOr<TransferStats> HttpTransport::SendOverDataChannel(const std::string& target, int port,
+                                                           const std::string& id,
+                                                           StreamEncoder& enc) {
+  KMX_ASSIGN_OR_RETURN(std::string host, HostOf(target));
+  DataChannelOptions dc;
+  dc.connect_timeout = options_.connect_timeout;
+  dc.io_timeout = options_.read_timeout;
+  return SendStream(host, port, id, enc, dc);
+}
+
+StatusOr<TransferStats> HttpTransport::SendOverHttp(const std::string& target,
+                                                    const std::string& id, StreamEncoder& enc) {
+  KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
   std::vector<char> buf(options_.chunk_size);
   Status local;  // the encoder's error, if it failed
   // The stream's length is known up front, so it is sent with a
   // Content-Length rather than chunked: httplib then hands each piece to the
   // socket without copying it. Either framing is accepted by the server.
-  const uint64_t total = enc->stream_size();
   httplib::Result res = cli->Post(
-      MigrationPath(id, "/stream"), httplib::Headers{}, static_cast<size_t>(total),
+      MigrationPath(id, "/stream"), httplib::Headers{}, static_cast<size_t>(enc.stream_size()),
       [&](size_t /*offset*/, size_t length, httplib::DataSink& sink) {
-        StatusOr<size_t> n = enc->Read(buf.data(), std::min(buf.size(), length));
+        StatusOr<size_t> n = enc.Read(buf.data(), std::min(buf.size(), length));
         if (!n.ok()) {
           local = n.status();
           return false;  // cancels the request: the peer sees a cut stream
@@ -285,20 +293,11 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
         return sink.write(buf.data(), *n);
       },
       "application/x-kmosix-stream");
-  if (!local.ok()) return local.Annotate("stream to " + target);
+  if (!local.ok()) return local;
   KMX_ASSIGN_OR_RETURN(json j, Answer(res, "stream", target));
-  KMX_ASSIGN_OR_RETURN(uint64_t bytes, UintField(j, "bytes", "stream"));
-  KMX_ASSIGN_OR_RETURN(uint64_t files, UintField(j, "files", "stream"));
-  if (bytes != enc->total_bytes() || files != enc->total_files()) {
-    return FailedError("stream to " + target + ": peer landed " + std::to_string(files) +
-                       " files and " + std::to_string(bytes) + " bytes, " +
-                       std::to_string(enc->total_files()) + " and " +
-                       std::to_string(enc->total_bytes()) + " were sent");
-  }
   TransferStats stats;
-  stats.bytes = bytes;
-  stats.files = files;
-  stats.seconds = Seconds(clock_->Now() - start);
+  KMX_ASSIGN_OR_RETURN(stats.bytes, UintField(j, "bytes", "stream"));
+  KMX_ASSIGN_OR_RETURN(stats.files, UintField(j, "files", "stream"));
   return stats;
 }
 
@@ -313,20 +312,21 @@ StatusOr<RestoreReport> HttpTransport::Restore(const std::string& target, const 
   return RestoreReport{static_cast<uint32_t>(pid), seconds};
 }
 
-StatusOr<TargetPhase> HttpTransport::Commit(const std::string& target, const std::string& id) {
+StatusOr<TargetPhase> HttpTransport::PostForPhase(const std::string& target, const std::string& id,
+                                                  const std::string& verb) {
   KMX_RETURN_IF_ERROR(CheckId(id));
   KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
-  httplib::Result res = cli->Post(MigrationPath(id, "/commit"), "{}", kJson);
-  KMX_ASSIGN_OR_RETURN(json j, Answer(res, "commit", target));
-  return PhaseOf(j, "commit");
+  httplib::Result res = cli->Post(MigrationPath(id, "/" + verb), "{}", kJson);
+  KMX_ASSIGN_OR_RETURN(json j, Answer(res, verb, target));
+  return PhaseOf(j, verb);
+}
+
+StatusOr<TargetPhase> HttpTransport::Commit(const std::string& target, const std::string& id) {
+  return PostForPhase(target, id, "commit");
 }
 
 StatusOr<TargetPhase> HttpTransport::Abort(const std::string& target, const std::string& id) {
-  KMX_RETURN_IF_ERROR(CheckId(id));
-  KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
-  httplib::Result res = cli->Post(MigrationPath(id, "/abort"), "{}", kJson);
-  KMX_ASSIGN_OR_RETURN(json j, Answer(res, "abort", target));
-  return PhaseOf(j, "abort");
+  return PostForPhase(target, id, "abort");
 }
 
 StatusOr<TargetPhase> HttpTransport::Query(const std::string& target, const std::string& id) {

@@ -41,6 +41,8 @@
 
 namespace kmosix {
 
+class StreamEncoder;
+
 struct HttpTransportOptions {
   std::chrono::milliseconds connect_timeout{5000};
   // Per socket read/write for every call (a stalled peer is kRetry).
@@ -72,6 +74,13 @@ class HttpTransport final : public Transport {
   StatusOr<TargetPhase> Query(const std::string& target, const std::string& id) override;
 
  private:
+  StatusOr<TransferStats> SendOverDataChannel(const std::string& target, int port,
+                                              const std::string& id, StreamEncoder& enc);
+  StatusOr<TransferStats> SendOverHttp(const std::string& target, const std::string& id,
+                                       StreamEncoder& enc);
+  StatusOr<TargetPhase> PostForPhase(const std::string& target, const std::string& id,
+                                     const std::string& verb);
+
   HttpTransportOptions options_;
   std::unique_ptr<Clock> owned_clock_;
   Clock* clock_;
