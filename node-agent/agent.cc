@@ -212,6 +212,7 @@ Status Agent::Start() {
     }
   }
   last_retry_ = clock_.Now() - std::chrono::hours(1);
+  last_prune_ = clock_.Now();
   return Status::Ok();
 }
 
@@ -221,6 +222,30 @@ void Agent::Tick() {
     last_retry_ = clock_.Now();
     RetryUnresolved();
   }
+  if (clock_.Now() - last_prune_ >= std::chrono::minutes(1)) {
+    last_prune_ = clock_.Now();
+    ForgetOldMigrations();
+  }
+}
+
+void Agent::ForgetOldMigrations() {
+  for (const auto& id : incoming_->ForgetFinished(options_.history)) (void)RemoveFile(InPath(id));
+  const int64_t cutoff =
+      clock_.WallMillis() -
+      std::chrono::duration_cast<std::chrono::milliseconds>(options_.history).count();
+  std::vector<std::string> old;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = outgoing_.begin(); it != outgoing_.end();) {
+      if (IsFinal(it->second.phase) && it->second.finished_ms < cutoff) {
+        old.push_back(it->first);
+        it = outgoing_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const auto& id : old) (void)RemoveFile(OutPath(id));
 }
 
 void Agent::RetryUnresolved() {

@@ -40,6 +40,8 @@ struct AgentOptions {
   std::string version = "0.1.0";
   Clock::Duration idle_timeout = std::chrono::seconds(120);
   Clock::Duration resolve_timeout = std::chrono::seconds(30);
+  // Finished migration records (both roles) are kept this long, then dropped.
+  Clock::Duration history = std::chrono::hours(24);
 };
 
 // Counters the agent reports; the REST layer renders them for /metrics.
@@ -96,6 +98,7 @@ class Agent {
   nlohmann::json Describe(const Workload& w);
   void Finished(const MigrationReport& r, const ContainerSpec& spec);
   void RetryUnresolved();
+  void ForgetOldMigrations();
 
   AgentOptions options_;
   ContainerRuntime& runtime_;
@@ -112,6 +115,7 @@ class Agent {
   std::map<std::string, std::shared_ptr<std::mutex>> locks_;
   std::map<std::string, MigrationReport> outgoing_;  // id -> latest report
   Clock::TimePoint last_retry_{};
+  Clock::TimePoint last_prune_{};
 };
 
 }  // namespace kmosix::agent

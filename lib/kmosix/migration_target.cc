@@ -261,6 +261,24 @@ void IncomingMigrations::ExpireIdle() {
   }
 }
 
+std::vector<std::string> IncomingMigrations::ForgetFinished(Clock::Duration age) {
+  std::vector<std::string> forgotten;
+  const auto now = clock_.Now();
+  std::lock_guard lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    std::unique_lock elock(it->second->mu, std::try_to_lock);
+    if (elock.owns_lock() && IsFinalPhase(it->second->record.phase) &&
+        now - it->second->record.touched >= age) {
+      forgotten.push_back(it->first);
+      elock.unlock();
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return forgotten;
+}
+
 void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
   for (auto& record : records) {
     auto e = std::make_shared<Entry>();

@@ -78,6 +78,11 @@ class IncomingMigrations final : public MigrationTarget {
 
   // Aborts migrations idle past the timeout. Call periodically.
   void ExpireIdle();
+  // Forgets finished records (and abort tombstones) untouched for `age`;
+  // returns their ids so the caller can drop what it persisted. `age` must be
+  // far longer than any request can be in flight: a forgotten abort no longer
+  // refuses a late Prepare of its id.
+  std::vector<std::string> ForgetFinished(Clock::Duration age);
   // After a restart: takes back persisted records. Unfinished ones are
   // aborted (their source resumes the workload); committed ones are kept.
   void Recover(std::vector<IncomingRecord> records);

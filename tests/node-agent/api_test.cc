@@ -211,6 +211,24 @@ TEST_F(ApiTest, RecordsSurviveARestart) {
   EXPECT_EQ((*got)["state"], "running");
 }
 
+TEST_F(ApiTest, FinishedMigrationsAreForgottenAfterTheHistoryPeriod) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  json report = Call("POST", "/v1/workloads/w1/migrate", R"({"target":"http://10.9.9.9:80"})", 400);
+  const std::string id = report["id"];
+  Call("GET", "/v1/migrations/" + id, "", 200);
+  const fs::path journal = root_ / "state" / "migrations" / "out" / (id + ".json");
+  EXPECT_TRUE(fs::exists(journal));
+  clock_.Advance(std::chrono::hours(23));
+  agent_->Tick();
+  Call("GET", "/v1/migrations/" + id, "", 200);  // still within the history period
+  clock_.Advance(std::chrono::hours(2));
+  agent_->Tick();
+  Call("GET", "/v1/migrations/" + id, "", 404);
+  EXPECT_FALSE(fs::exists(journal));
+  json got = Call("GET", "/v1/workloads/w1", "", 200);
+  EXPECT_EQ(got["state"], "running");
+}
+
 TEST_F(ApiTest, OrphanContainersAreRemovedOnStart) {
   ContainerSpec orphan;
   orphan.name = "ghost";

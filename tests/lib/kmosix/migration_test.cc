@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <vector>
 
@@ -323,6 +324,18 @@ TEST_F(MigrationTest, AbortOfUnknownIdIsRememberedAgainstLatePrepare) {
   MigrationOffer offer{"m-9", "node1", "http://node1", spec_, 0, {}};
   EXPECT_EQ(incoming_->Prepare(offer).code(), Code::kConflict);
   EXPECT_FALSE(target_.Has("work"));
+}
+
+TEST_F(MigrationTest, FinishedRecordsAreForgottenOnlyAfterTheirAge) {
+  transport_->CutTransfer();
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kRolledBack);
+  ASSERT_TRUE(incoming_->Abort("m-7").ok());  // a tombstone
+  EXPECT_TRUE(incoming_->ForgetFinished(std::chrono::hours(1)).empty());
+  clock_.Advance(std::chrono::hours(2));
+  auto forgotten = incoming_->ForgetFinished(std::chrono::hours(1));
+  std::sort(forgotten.begin(), forgotten.end());
+  EXPECT_EQ(forgotten, (std::vector<std::string>{"m-1", "m-7"}));
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);
 }
 
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
