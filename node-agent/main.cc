@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   double idle_timeout = 120, resolve_timeout = 30;
   int data_port = -1;
+  double history_hours = 24;
   bool enable_failpoints = false;
   app.add_option("--node", opts.node, "this node's name")->required();
   app.add_option("--listen", listen, "address:port to serve the REST API on")
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
                  "TCP port of the data channel that receives migration streams "
                  "(default: the --listen port + 1; 0: streams go over HTTP)")
       ->check(CLI::Range(0, 65535));
+  app.add_option("--history-hours", history_hours,
+                 "hours finished migrations stay listed (and journaled)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--idle-timeout", idle_timeout,
                  "seconds an incoming migration may stall before it is aborted")
       ->capture_default_str()
@@ -101,6 +106,7 @@ int main(int argc, char** argv) {
   if (opts.scratch_dir.empty()) opts.scratch_dir = "/dev/shm/kmosix-" + opts.node;
   opts.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(idle_timeout * 1000));
   opts.resolve_timeout = std::chrono::milliseconds(static_cast<int64_t>(resolve_timeout * 1000));
+  opts.history = std::chrono::seconds(static_cast<int64_t>(history_hours * 3600));
   ctd.node_name = opts.node;
 
   kmosix::SystemClock clock;
