@@ -78,7 +78,8 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
     Workload& w = workloads_[offer.spec.name];
     w.spec = offer.spec;
     w.state = "running";
-    w.created_ms = offer.created_ms > 0 ? offer.created_ms : clock_.WallMillis();
+    w.started_ms = clock_.WallMillis();
+    w.created_ms = offer.created_ms > 0 ? offer.created_ms : w.started_ms;
     w.migrations = offer.history;
     w.migrations.push_back(offer.id);
     SaveWorkload(w);
@@ -113,6 +114,7 @@ void Agent::SaveWorkload(const Workload& w) {
   json j = SpecWithLog(w.spec);
   j["state"] = w.state;
   j["createdMs"] = w.created_ms;
+  j["startedMs"] = w.started_ms;
   j["migrations"] = w.migrations;
   if (Status s = WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2)); !s.ok()) {
     spdlog::error("cannot record workload {}: {}", w.spec.name, s.ToString());
@@ -158,6 +160,7 @@ Status Agent::Start() {
     w.spec = *spec;
     w.state = j.value("state", "running");
     w.created_ms = j.value("createdMs", int64_t{0});
+    w.started_ms = j.value("startedMs", w.created_ms);
     w.migrations = j.value("migrations", std::vector<std::string>{});
     std::lock_guard lock(mu_);
     workloads_[w.spec.name] = w;
@@ -331,6 +334,7 @@ StatusOr<json> Agent::CreateWorkload(std::string_view body) {
   w.spec = spec;
   w.state = "running";
   w.created_ms = clock_.WallMillis();
+  w.started_ms = w.created_ms;
   {
     std::lock_guard l(mu_);
     workloads_[spec.name] = w;
@@ -345,6 +349,7 @@ json Agent::Describe(const Workload& w) {
   j["node"] = options_.node;
   j["state"] = w.state;
   j["createdMs"] = w.created_ms;
+  j["startedMs"] = w.started_ms;
   j["migrations"] = w.migrations;
   j["pid"] = 0;
   if (w.state == "running" || w.state == "frozen" || w.state == "migrating") {

@@ -85,7 +85,8 @@ class Agent {
   struct Workload {
     ContainerSpec spec;
     std::string state;  // "running", "migrating", "frozen", "incoming", "lost"
-    int64_t created_ms = 0;
+    int64_t created_ms = 0;  // first started, on any node
+    int64_t started_ms = 0;  // started or arrived on this node
     std::vector<std::string> migrations;
   };
   std::string WorkloadPath(const std::string& name) const;

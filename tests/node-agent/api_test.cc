@@ -100,6 +100,8 @@ TEST_F(ApiTest, CreateGetListDelete) {
   EXPECT_EQ(created["state"], "running");
   EXPECT_EQ(created["node"], "node1");
   EXPECT_GT(created["pid"].get<int>(), 0);
+  EXPECT_GT(created["startedMs"].get<int64_t>(), 0);
+  EXPECT_EQ(created["startedMs"], created["createdMs"]);
   json got = Call("GET", "/v1/workloads/w1", "", 200);
   EXPECT_EQ(got["memoryMiB"], 64);
   EXPECT_EQ(got["env"]["A"], "1");
