@@ -477,12 +477,21 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
   r.target_url = target;
   {
     std::lock_guard l(mu_);
+    if (outgoing_running_ >= options_.max_outgoing) {
+      return RetryError(std::to_string(outgoing_running_) + " migrations are leaving " +
+                        options_.node + " already; retry later");
+    }
+    ++outgoing_running_;
     workloads_[name].state = "migrating";
   }
   spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, target);
   MigrationReport done = driver_->Run(
       spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, spec); }, life);
   Finished(done, spec);
+  {
+    std::lock_guard l(mu_);
+    --outgoing_running_;
+  }
   spdlog::info("migration {}: {} ({:.3f} s downtime, {:.3f} s total, {} bytes){}", done.id,
                MigrationPhaseName(done.phase), done.timings.downtime, done.timings.total,
                done.bytes, done.error.ok() ? "" : ": " + done.error.ToString());

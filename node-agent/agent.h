@@ -42,6 +42,9 @@ struct AgentOptions {
   Clock::Duration resolve_timeout = std::chrono::seconds(30);
   // Finished migration records (both roles) are kept this long, then dropped.
   Clock::Duration history = std::chrono::hours(24);
+  // Outgoing migrations at once; more are refused with kRetry. Each one holds
+  // an HTTP server thread, which peers' protocol calls need too.
+  int max_outgoing = 2;
 };
 
 // Counters the agent reports; the REST layer renders them for /metrics.
@@ -84,7 +87,7 @@ class Agent {
  private:
   struct Workload {
     ContainerSpec spec;
-    std::string state;  // "running", "migrating", "frozen", "incoming", "lost"
+    std::string state;       // "running", "migrating", "frozen", "incoming", "lost"
     int64_t created_ms = 0;  // first started, on any node
     int64_t started_ms = 0;  // started or arrived on this node
     std::vector<std::string> migrations;
@@ -115,6 +118,7 @@ class Agent {
   std::map<std::string, Workload> workloads_;
   std::map<std::string, std::shared_ptr<std::mutex>> locks_;
   std::map<std::string, MigrationReport> outgoing_;  // id -> latest report
+  int outgoing_running_ = 0;
   Clock::TimePoint last_retry_{};
   Clock::TimePoint last_prune_{};
 };

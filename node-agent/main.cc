@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
                  "TCP port of the data channel that receives migration streams "
                  "(default: the --listen port + 1; 0: streams go over HTTP)")
       ->check(CLI::Range(0, 65535));
+  app.add_option("--max-outgoing", opts.max_outgoing,
+                 "migrations that may leave this node at once (more get 503)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_option("--history-hours", history_hours,
                  "hours finished migrations stay listed (and journaled)")
       ->capture_default_str()

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -229,6 +231,55 @@ TEST_F(ApiTest, FinishedMigrationsAreForgottenAfterTheHistoryPeriod) {
   EXPECT_FALSE(fs::exists(journal));
   json got = Call("GET", "/v1/workloads/w1", "", 200);
   EXPECT_EQ(got["state"], "running");
+}
+
+// A transport whose Hello waits until released, then finds no agent.
+class GateTransport : public FakeTransport {
+ public:
+  GateTransport() : FakeTransport(nullptr) {}
+  StatusOr<PeerInfo> Hello(const std::string&) override {
+    std::unique_lock l(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(l, [&] { return open_; });
+    return FailedError("not an agent");
+  }
+  void AwaitEntered() {
+    std::unique_lock l(mu_);
+    cv_.wait(l, [&] { return entered_; });
+  }
+  void Open() {
+    std::lock_guard l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
+TEST_F(ApiTest, MigrationsBeyondTheLimitAreRefused) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  Call("POST", "/v1/workloads", R"({"name":"w2","image":"kmosix.local/demo:latest"})", 201);
+  GateTransport gate;
+  AgentOptions opts = agent_->Options();
+  opts.max_outgoing = 1;
+  Agent limited(opts, runtime_, engine_, gate, clock_, random_, nullptr);
+  ASSERT_TRUE(limited.Start().ok());
+  const std::string body = R"({"target":"http://10.9.9.9:80"})";
+  std::thread first([&] { (void)limited.Migrate("w1", body); });
+  gate.AwaitEntered();
+  auto refused = limited.Migrate("w2", body);
+  EXPECT_EQ(refused.status().code(), Code::kRetry) << refused.status().ToString();
+  gate.Open();
+  first.join();
+  auto after = limited.Migrate("w2", body);  // the slot is free again
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(after->error.code(), Code::kInvalid);
+  EXPECT_EQ(runtime_.State("w2"), TaskState::kRunning);
 }
 
 TEST_F(ApiTest, OrphanContainersAreRemovedOnStart) {
