@@ -41,9 +41,20 @@ json SpecWithLog(const ContainerSpec& spec) {
 }
 
 StatusOr<ContainerSpec> SpecFromRecord(const json& j) {
-  KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ContainerSpecFromJson(j.at("spec")));
-  spec.log_path = j.at("logPath").get<std::string>();
+  auto spec_json = j.find("spec");
+  auto log = j.find("logPath");
+  if (spec_json == j.end() || log == j.end() || !log->is_string()) {
+    return InvalidError("record lacks spec or logPath");
+  }
+  KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ContainerSpecFromJson(*spec_json));
+  spec.log_path = log->get<std::string>();
   return spec;
+}
+
+// A JSON object stored by this agent; an error if unreadable or malformed.
+StatusOr<json> ReadRecord(const std::string& path) {
+  KMX_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ParseJsonObject(text);
 }
 
 }  // namespace
@@ -149,42 +160,51 @@ Status Agent::Start() {
   if (ec) return FailedError("cannot create scratch dir: " + ec.message());
 
   for (const auto& path : ListFiles(options_.state_dir + "/workloads", ".json")) {
-    auto text = ReadFile(path);
-    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
-    auto spec = j.is_object() ? SpecFromRecord(j) : StatusOr<ContainerSpec>(InvalidError("bad"));
+    auto record = ReadRecord(path);
+    auto spec = record.ok() ? SpecFromRecord(*record) : StatusOr<ContainerSpec>(record.status());
     if (!spec.ok()) {
-      spdlog::error("ignoring unreadable workload record {}", path);
+      spdlog::error("ignoring workload record {}: {}", path, spec.status().ToString());
       continue;
     }
+    const json& j = *record;
     Workload w;
     w.spec = *spec;
-    w.state = j.value("state", "running");
-    w.created_ms = j.value("createdMs", int64_t{0});
-    w.started_ms = j.value("startedMs", w.created_ms);
-    w.migrations = j.value("migrations", std::vector<std::string>{});
+    try {
+      w.state = j.value("state", "running");
+      w.created_ms = j.value("createdMs", int64_t{0});
+      w.started_ms = j.value("startedMs", w.created_ms);
+      w.migrations = j.value("migrations", std::vector<std::string>{});
+    } catch (const json::exception& e) {
+      spdlog::error("ignoring workload record {}: {}", path, e.what());
+      continue;
+    }
     std::lock_guard lock(mu_);
     workloads_[w.spec.name] = w;
   }
 
   std::vector<IncomingRecord> incoming;
   for (const auto& path : ListFiles(options_.state_dir + "/migrations/in", ".json")) {
-    auto text = ReadFile(path);
-    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+    auto record = ReadRecord(path);
     auto r =
-        j.is_object() ? IncomingRecordFromJson(j) : StatusOr<IncomingRecord>(InvalidError("bad"));
-    if (r.ok())
-      incoming.push_back(*r);
-    else
-      spdlog::error("ignoring unreadable migration record {}", path);
+        record.ok() ? IncomingRecordFromJson(*record) : StatusOr<IncomingRecord>(record.status());
+    if (!r.ok()) {
+      spdlog::error("ignoring migration record {}: {}", path, r.status().ToString());
+      continue;
+    }
+    incoming.push_back(*r);
   }
   incoming_->Recover(std::move(incoming));
 
   for (const auto& path : ListFiles(options_.state_dir + "/migrations/out", ".json")) {
-    auto text = ReadFile(path);
-    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
-    if (!j.is_object() || !j.contains("report")) continue;
-    auto r = MigrationReportFromJson(j["report"]);
-    if (!r.ok()) continue;
+    auto record = ReadRecord(path);
+    auto r = !record.ok() ? StatusOr<MigrationReport>(record.status())
+             : record->contains("report")
+                 ? MigrationReportFromJson((*record)["report"])
+                 : StatusOr<MigrationReport>(InvalidError("record lacks report"));
+    if (!r.ok()) {
+      spdlog::error("ignoring migration journal {}: {}", path, r.status().ToString());
+      continue;
+    }
     std::lock_guard lock(mu_);
     outgoing_[r->id] = *r;
   }
@@ -263,11 +283,12 @@ void Agent::RetryUnresolved() {
     auto lock = LockFor(r.workload);
     std::unique_lock guard(*lock, std::try_to_lock);
     if (!guard.owns_lock()) continue;  // a migration of it is running right now
-    auto text = ReadFile(OutPath(r.id));
-    json j = text.ok() ? json::parse(*text, nullptr, false) : json();
-    if (!j.is_object()) continue;
-    auto spec = SpecFromRecord(j);
-    if (!spec.ok()) continue;
+    auto record = ReadRecord(OutPath(r.id));
+    auto spec = record.ok() ? SpecFromRecord(*record) : StatusOr<ContainerSpec>(record.status());
+    if (!spec.ok()) {
+      spdlog::error("cannot finish migration {}: {}", r.id, spec.status().ToString());
+      continue;
+    }
     spdlog::info("finishing interrupted migration {} of {} (phase {})", r.id, r.workload,
                  MigrationPhaseName(r.phase));
     MigrationReport done = driver_->Recover(

@@ -182,7 +182,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
       // The target owns it: drop the frozen copy.
       if (Status s = engine_.Release(name); !s.ok()) {
         r.error = s.Annotate("target committed but the source copy could not be released");
-        persist(r);
+        Enter(r, r.phase, persist);
         return r;
       }
       r.error = Status::Ok();
@@ -193,7 +193,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
       // Aborted (or never heard of it): nothing runs there; run here again.
       if (Status s = engine_.Thaw(name); !s.ok()) {
         r.error = why.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
-        persist(r);
+        Enter(r, r.phase, persist);
         return r;
       }
       r.error = why;
@@ -206,7 +206,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
   r.error = why.Annotate("target has not said whether it runs the workload (" + last.ToString() +
                          "); kept frozen here until it does");
   spdlog::error("migration {} of {} unresolved: {}", r.id, r.workload, r.error.ToString());
-  persist(r);
+  Enter(r, r.phase, persist);
   return r;
 }
 

@@ -282,6 +282,23 @@ TEST_F(ApiTest, MigrationsBeyondTheLimitAreRefused) {
   EXPECT_EQ(runtime_.State("w2"), TaskState::kRunning);
 }
 
+TEST_F(ApiTest, DamagedRecordsAreIgnoredOnStart) {
+  Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
+  const fs::path state = root_ / "state";
+  std::ofstream(state / "workloads" / "bad1.json") << "{not json";
+  std::ofstream(state / "workloads" / "bad2.json") << R"({"state":"running"})";
+  std::ofstream(state / "workloads" / "bad3.json")
+      << R"({"spec":{"name":"bad3","image":"x"},"logPath":"/x","createdMs":"soon"})";
+  std::ofstream(state / "migrations" / "in" / "m-bad.json") << R"({"offer":7})";
+  std::ofstream(state / "migrations" / "out" / "m-bad.json") << R"({"spec":{}})";
+  Agent again(agent_->Options(), runtime_, engine_, transport_, clock_, random_, nullptr);
+  ASSERT_TRUE(again.Start().ok());
+  EXPECT_TRUE(again.GetWorkload("w1").ok());
+  EXPECT_EQ(again.WorkloadCount(), 1u);
+  again.Tick();  // nothing to finish from the damaged journal
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kRunning);
+}
+
 TEST_F(ApiTest, OrphanContainersAreRemovedOnStart) {
   ContainerSpec orphan;
   orphan.name = "ghost";
