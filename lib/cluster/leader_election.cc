@@ -1,0 +1,1 @@
+#include "cluster/leader_election.h"

@@ -1,0 +1,1 @@
+#include "cluster/records.h"

@@ -1,0 +1,1 @@
+#include "cluster/work_queue.h"
