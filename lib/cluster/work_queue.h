@@ -11,11 +11,11 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <deque>
 #include <string>
 
 #include "kmosix/clock.h"
@@ -34,7 +34,8 @@ class WorkQueue {
   void Add(const std::string& key);
   // Adds `key` once `delay` has passed (an earlier pending add wins).
   void AddAfter(const std::string& key, Clock::Duration delay);
-  // Re-adds after this key's next backoff; returns the delay chosen.
+  // Re-adds after this key's next backoff; returns the delay chosen:
+  // min(base * 2^(retries-1), max) lengthened by a jitter of up to +25%.
   Clock::Duration Retry(const std::string& key);
   // Resets the key's backoff (call after it was processed successfully).
   void Forget(const std::string& key);
@@ -50,6 +51,9 @@ class WorkQueue {
   size_t Len() const;  // keys ready now
 
  private:
+  void AddLocked(const std::string& key);
+  void PromoteDueLocked(Clock::TimePoint now);
+
   Clock& clock_;
   Random& random_;
   Options options_;
