@@ -1,0 +1,840 @@
+#include "controller/controller.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "kmosix/spec_json.h"
+
+namespace kmosix::controller {
+namespace {
+
+using cluster::KeyLayout;
+using cluster::MigrationRecord;
+using cluster::NodeLoad;
+using cluster::NodeMember;
+using cluster::WorkloadPhase;
+using cluster::WorkloadRecord;
+using cluster::WorkloadStatus;
+using nlohmann::json;
+
+constexpr int kCasAttempts = 8;
+// A workload's CPU figure is trusted once it ran this long on its node (the
+// agents smooth their samples; a fresh arrival reads low for a few seconds).
+constexpr int64_t kSettleMs = 10'000;
+
+StatusOr<WorkloadRecord> ParseWorkload(const KeyValue& kv) {
+  return cluster::ParseRecord<WorkloadRecord>(kv.value, &cluster::WorkloadRecordFromJson);
+}
+StatusOr<MigrationRecord> ParseMigration(const KeyValue& kv) {
+  return cluster::ParseRecord<MigrationRecord>(kv.value, &cluster::MigrationRecordFromJson);
+}
+StatusOr<NodeLoad> ParseNode(const KeyValue& kv) {
+  return cluster::ParseRecord<NodeLoad>(kv.value, &cluster::NodeLoadFromJson);
+}
+StatusOr<NodeMember> ParseMember(const KeyValue& kv) {
+  return cluster::ParseRecord<NodeMember>(kv.value, &cluster::NodeMemberFromJson);
+}
+
+bool Occupies(WorkloadPhase p) {
+  return p == WorkloadPhase::kScheduled || p == WorkloadPhase::kRunning ||
+         p == WorkloadPhase::kMigrating;
+}
+
+json DecisionJson(const Decision& d) {
+  return {{"kind", d.kind == Decision::Kind::kMemory ? "memory" : "cpu"},
+          {"workload", d.workload},
+          {"source", d.source},
+          {"target", d.target},
+          {"sourceLoad", d.source_load},
+          {"targetLoad", d.target_load},
+          {"workloadLoad", d.workload_load},
+          {"reason", d.reason}};
+}
+
+}  // namespace
+
+Controller::Controller(StateStore& store, Clock& clock, Random& random, ControllerOptions options,
+                       ControllerObserver* observer)
+    : store_(store),
+      clock_(clock),
+      random_(random),
+      options_(std::move(options)),
+      observer_(observer),
+      nodes_(store, clock, options_.keys.Nodes()),
+      members_(store, clock, options_.keys.Members()),
+      workloads_(store, clock, options_.keys.Workloads()),
+      migrations_(store, clock, options_.keys.Migrations()),
+      queue_(clock, random),
+      election_(store, clock,
+                cluster::LeaderElection::Options{options_.keys.Leader(), options_.identity,
+                                                 options_.leader_ttl}) {}
+
+Controller::~Controller() { Stop(); }
+
+void Controller::Start() {
+  if (started_.exchange(true)) return;
+  const KeyLayout& k = options_.keys;
+  auto watch = [this](cluster::PrefixCache& cache, std::string dir, std::string kind) {
+    threads_.emplace_back([this, &cache, dir, kind] {
+      cache.Run([this, dir, kind](const std::string& key, const std::optional<KeyValue>&) {
+        std::string name = KeyLayout::NameIn(dir, key);
+        if (!name.empty()) Enqueue(kind, name);
+      });
+    });
+  };
+  watch(nodes_, k.Nodes(), "n/");
+  watch(members_, k.Members(), "n/");
+  watch(workloads_, k.Workloads(), "w/");
+  watch(migrations_, k.Migrations(), "m/");
+  threads_.emplace_back(
+      [this] { election_.Run([this](const cluster::LeaderTerm& term) { Lead(term); }); });
+}
+
+void Controller::Stop() {
+  if (stopped_.exchange(true)) return;
+  election_.Stop();
+  queue_.ShutDown();
+  nodes_.Stop();
+  members_.Stop();
+  workloads_.Stop();
+  migrations_.Stop();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+bool Controller::IsLeader() const { return election_.IsLeader(); }
+
+bool Controller::Ready() const {
+  return nodes_.Synced() && members_.Synced() && workloads_.Synced() && migrations_.Synced();
+}
+
+void Controller::Enqueue(const std::string& kind, const std::string& key) {
+  queue_.Add(kind + key);
+  if (kind == "n/") {
+    // A node's readiness decides its workloads' and migrations' fate.
+    std::string dir = options_.keys.Workloads();
+    for (const auto& [k, kv] : workloads_.Items()) {
+      auto w = ParseWorkload(kv);
+      if (w.ok() && w->status.node == key) queue_.Add("w/" + w->spec.name);
+    }
+    for (const auto& [k, kv] : migrations_.Items()) {
+      auto m = ParseMigration(kv);
+      if (m.ok() && !cluster::IsFinalMigrationPhase(m->phase) &&
+          (m->source == key || m->target == key))
+        queue_.Add("m/" + m->id);
+    }
+  }
+}
+
+void Controller::EnqueueAll() {
+  const KeyLayout& k = options_.keys;
+  for (const auto& [key, kv] : nodes_.Items()) queue_.Add("n/" + KeyLayout::NameIn(k.Nodes(), key));
+  for (const auto& [key, kv] : members_.Items())
+    queue_.Add("n/" + KeyLayout::NameIn(k.Members(), key));
+  for (const auto& [key, kv] : workloads_.Items())
+    queue_.Add("w/" + KeyLayout::NameIn(k.Workloads(), key));
+  for (const auto& [key, kv] : migrations_.Items())
+    queue_.Add("m/" + KeyLayout::NameIn(k.Migrations(), key));
+  queue_.Add("balance");
+}
+
+void Controller::Lead(const cluster::LeaderTerm& term) {
+  spdlog::info("controller {} leads (term {})", options_.identity, term.revision());
+  if (observer_) observer_->OnLeadership(true);
+  // Act only on a complete picture of the cluster.
+  while (!term.Lost() && !Ready()) term.WaitLost(std::chrono::milliseconds(100));
+  EnqueueAll();
+  std::vector<std::thread> workers;
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    workers.emplace_back([this, &term] {
+      while (!term.Lost()) {
+        auto item = queue_.Get(std::chrono::milliseconds(200));
+        if (!item) continue;
+        Status s = Reconcile(*item, term);
+        if (*item == "balance") {
+          queue_.Done(*item);
+          if (options_.balance) queue_.AddAfter(*item, options_.balance_interval);
+          continue;
+        }
+        if (s.ok()) {
+          queue_.Forget(*item);
+        } else {
+          auto delay = queue_.Retry(*item);
+          spdlog::log(s.code() == Code::kConflict ? spdlog::level::debug : spdlog::level::warn,
+                      "reconcile {}: {} (again in {} ms)", *item, s.ToString(),
+                      std::chrono::duration_cast<std::chrono::milliseconds>(delay).count());
+        }
+        queue_.Done(*item);
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  if (observer_) observer_->OnLeadership(false);
+  spdlog::info("controller {} stepped down", options_.identity);
+}
+
+Status Controller::Reconcile(const std::string& item, const cluster::LeaderTerm& term) {
+  Status s;
+  std::string kind;
+  if (item == "balance") {
+    kind = "balance";
+    s = options_.balance ? BalanceRound(term) : Status::Ok();
+  } else if (item.rfind("w/", 0) == 0) {
+    kind = "workload";
+    s = ReconcileWorkload(item.substr(2), term);
+  } else if (item.rfind("m/", 0) == 0) {
+    kind = "migration";
+    s = ReconcileMigration(item.substr(2), term);
+  } else if (item.rfind("n/", 0) == 0) {
+    kind = "node";
+    s = ReconcileNode(item.substr(2), term);
+  }
+  if (observer_ && !kind.empty()) observer_->OnReconcile(kind, s.ok());
+  return s;
+}
+
+// ---- helpers over the store ------------------------------------------------
+
+namespace {
+
+// Reads a record fresh, lets `mutate` change it (returning false: nothing to
+// write), and writes it back with a CAS on its mod_revision (plus `fence`).
+template <typename Record>
+Status UpdateRecord(StateStore& store, const std::string& key,
+                    StatusOr<Record> (*from_json)(const json&), json (*to_json)(const Record&),
+                    const std::optional<Compare>& fence,
+                    const std::function<StatusOr<bool>(Record&)>& mutate) {
+  for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store.Get(key));
+    if (!got.kv) return NotFoundError(key + " does not exist");
+    auto record = cluster::ParseRecord<Record>(got.kv->value, from_json);
+    if (!record.ok()) return record.status().Annotate(key);
+    KMX_ASSIGN_OR_RETURN(bool write, mutate(*record));
+    if (!write) return Status::Ok();
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    if (fence) txn.compares.push_back(*fence);
+    txn.then_ops.push_back(TxnOp::Put(key, to_json(*record).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult r, store.Commit(txn));
+    if (r.succeeded) return Status::Ok();
+    if (fence) {
+      // Lost the term, or the record changed: tell which by re-reading.
+      auto lead = store.Get(fence->key);
+      if (lead.ok() && (!lead->kv || lead->kv->create_revision != fence->number))
+        return ConflictError("no longer the leader");
+    }
+  }
+  return ConflictError(key + " keeps changing");
+}
+
+Status UpdateWorkloadRecord(StateStore& store, const std::string& key,
+                            const std::optional<Compare>& fence,
+                            const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate) {
+  return UpdateRecord<WorkloadRecord>(store, key, &cluster::WorkloadRecordFromJson,
+                                      &cluster::WorkloadRecordToJson, fence, mutate);
+}
+
+Status UpdateMigrationRecord(StateStore& store, const std::string& key,
+                             const std::optional<Compare>& fence,
+                             const std::function<StatusOr<bool>(MigrationRecord&)>& mutate) {
+  return UpdateRecord<MigrationRecord>(store, key, &cluster::MigrationRecordFromJson,
+                                       &cluster::MigrationRecordToJson, fence, mutate);
+}
+
+}  // namespace
+
+bool Controller::NodeReady(const std::string& node) {
+  return nodes_.Get(options_.keys.Node(node)).has_value();
+}
+
+bool Controller::NodeCordoned(const std::string& node) {
+  auto kv = members_.Get(options_.keys.Member(node));
+  if (!kv) return false;
+  auto m = ParseMember(*kv);
+  return m.ok() && m->cordoned;
+}
+
+// ---- reconcilers (leader only) ---------------------------------------------
+
+Status Controller::ReconcileNode(const std::string& node, const cluster::LeaderTerm& term) {
+  const std::string key = options_.keys.Member(node);
+  const bool ready = NodeReady(node);
+  const int64_t now = clock_.WallMillis();
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+  NodeMember member;
+  member.node = node;
+  if (got.kv) {
+    auto parsed = ParseMember(*got.kv);
+    if (parsed.ok()) member = *parsed;
+    if (parsed.ok() && member.ready == ready) return Status::Ok();
+  } else if (!ready) {
+    return Status::Ok();  // never seen, not there: nothing to record
+  }
+  member.ready = ready;
+  member.changed_ms = now;
+  Txn txn;
+  txn.compares.push_back(got.kv ? Compare::Unchanged(key, got.kv->mod_revision)
+                                : Compare::Absent(key));
+  txn.compares.push_back(term.Fence());
+  txn.then_ops.push_back(TxnOp::Put(key, cluster::NodeMemberToJson(member).dump()));
+  KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+  if (!r.succeeded) return ConflictError("member record of " + node + " changed");
+  spdlog::info("node {} is {}", node, ready ? "Ready" : "NotReady (its lease expired)");
+  return Status::Ok();
+}
+
+Status Controller::ReconcileWorkload(const std::string& name, const cluster::LeaderTerm& term) {
+  const std::string key = options_.keys.Workload(name);
+  auto kv = workloads_.Get(key);
+  if (!kv) return Status::Ok();
+  auto w = ParseWorkload(*kv);
+  if (!w.ok()) {
+    spdlog::warn("workload record {} is damaged, left alone: {}", key, w.status().message());
+    return Status::Ok();
+  }
+  const int64_t now = clock_.WallMillis();
+  const WorkloadStatus& st = w->status;
+
+  if (st.phase == WorkloadPhase::kPending) {
+    ClusterSnapshot snap = Snapshot();
+    PlacementRequest req;
+    req.cpus = w->spec.cpus;
+    req.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) * 1024 * 1024;
+    req.node = w->spec.node;
+    auto target = Place(snap, req, random_);
+    if (!target.ok()) {
+      // Nowhere to go yet; try again later, say why in the record.
+      std::string why = "not placed: " + target.status().message();
+      if (st.message != why) {
+        (void)UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
+          if (r.status.phase != WorkloadPhase::kPending) return StatusOr<bool>(false);
+          r.status.message = why;
+          return StatusOr<bool>(true);
+        });
+      }
+      return RetryError(why);
+    }
+    Status s = UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
+      if (r.status.phase != WorkloadPhase::kPending) return StatusOr<bool>(false);
+      r.status.phase = WorkloadPhase::kScheduled;
+      r.status.node = *target;
+      r.status.epoch += 1;
+      r.status.message = w->spec.node.empty() ? "placed on the least loaded node " + *target
+                                              : "placed on the requested node " + *target;
+      return StatusOr<bool>(true);
+    });
+    if (s.ok()) {
+      spdlog::info("placed workload {} on {}", name, *target);
+      if (observer_) observer_->OnPlacement();
+    }
+    return s;
+  }
+
+  // A migration the record points at that is over (or gone): the source
+  // normally clears it; do it when the source cannot.
+  if (!st.migration.empty()) {
+    auto mkv = migrations_.Get(options_.keys.Migration(st.migration));
+    std::optional<MigrationRecord> m;
+    if (mkv) {
+      auto parsed = ParseMigration(*mkv);
+      if (parsed.ok()) m = *parsed;
+    }
+    if (!mkv || (m && cluster::IsFinalMigrationPhase(m->phase) && now - m->finished_ms > 5'000)) {
+      const std::string id = st.migration;
+      return UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
+        if (r.status.migration != id) return StatusOr<bool>(false);
+        r.status.migration.clear();
+        if (m && m->phase == "Succeeded") r.status.migrations.push_back(id);
+        if (r.status.phase == WorkloadPhase::kMigrating) r.status.phase = WorkloadPhase::kRunning;
+        return StatusOr<bool>(true);
+      });
+    }
+  }
+
+  if (Occupies(st.phase) && !st.node.empty() && st.migration.empty() && !NodeReady(st.node)) {
+    const std::string node = st.node;
+    Status s = UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
+      if (!Occupies(r.status.phase) || r.status.node != node || !r.status.migration.empty())
+        return StatusOr<bool>(false);
+      r.status.phase = WorkloadPhase::kLost;
+      r.status.message = "node " + node + " lost its lease while running it";
+      return StatusOr<bool>(true);
+    });
+    if (s.ok()) spdlog::warn("workload {} Lost: node {} is NotReady", name, node);
+    return s;
+  }
+
+  if (st.phase == WorkloadPhase::kLost && NodeReady(st.node)) {
+    // The node came back with it still running (only its agent had died).
+    auto nkv = nodes_.Get(options_.keys.Node(st.node));
+    auto n = nkv ? ParseNode(*nkv) : StatusOr<NodeLoad>(NotFoundError("gone"));
+    if (n.ok() && n->workloads.count(name)) {
+      const std::string node = st.node;
+      return UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
+        if (r.status.phase != WorkloadPhase::kLost || r.status.node != node)
+          return StatusOr<bool>(false);
+        r.status.phase = WorkloadPhase::kRunning;
+        r.status.message = "node " + node + " is back and runs it";
+        return StatusOr<bool>(true);
+      });
+    }
+  }
+  return Status::Ok();
+}
+
+Status Controller::ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term) {
+  const std::string key = options_.keys.Migration(id);
+  auto kv = migrations_.Get(key);
+  if (!kv) return Status::Ok();
+  auto m = ParseMigration(*kv);
+  if (!m.ok()) {
+    spdlog::warn("migration record {} is damaged, left alone: {}", key, m.status().message());
+    return Status::Ok();
+  }
+  if (cluster::IsFinalMigrationPhase(m->phase)) {
+    queue_.AddAfter("w/" + m->workload, std::chrono::seconds(6));
+    return Status::Ok();
+  }
+  const int64_t now = clock_.WallMillis();
+  const std::string wkey = options_.keys.Workload(m->workload);
+
+  // Decide whether the controller must end it, and how.
+  std::string phase, error;
+  bool clear_on_workload = false;
+  auto wkv = workloads_.Get(wkey);
+  std::optional<WorkloadRecord> w;
+  if (wkv) {
+    auto parsed = ParseWorkload(*wkv);
+    if (parsed.ok()) w = *parsed;
+  }
+  const bool source_ready = NodeReady(m->source);
+  int64_t source_down_ms = 0;
+  if (!source_ready) {
+    source_down_ms = now - m->updated_ms;
+    if (auto mem = members_.Get(options_.keys.Member(m->source))) {
+      auto member = ParseMember(*mem);
+      if (member.ok() && !member->ready) source_down_ms = now - member->changed_ms;
+    }
+  }
+  const int64_t grace_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(options_.source_lost_grace).count();
+  if (m->phase == "Pending" && (!w || w->status.migration != id)) {
+    phase = "Failed";
+    error = "the workload is gone or no longer waits for this migration";
+  } else if (!source_ready && source_down_ms >= grace_ms) {
+    clear_on_workload = true;
+    if (w && w->status.node == m->target && w->status.migration == id) {
+      phase = "Succeeded";
+      error = "";
+    } else {
+      phase = "Failed";
+      error = "source node " + m->source + " was lost before ownership moved to " + m->target;
+    }
+  } else if (m->phase == "Pending" &&
+             now - m->created_ms >
+                 std::chrono::duration_cast<std::chrono::milliseconds>(options_.order_timeout)
+                     .count()) {
+    phase = "Failed";
+    error = "source " + m->source + " did not pick the order up";
+    clear_on_workload = true;
+  }
+  if (phase.empty()) {
+    // Still the source's to finish: look again later.
+    queue_.AddAfter("m/" + id, std::chrono::seconds(2));
+    return Status::Ok();
+  }
+
+  KMX_RETURN_IF_ERROR(UpdateMigrationRecord(store_, key, term.Fence(), [&](MigrationRecord& r) {
+    if (cluster::IsFinalMigrationPhase(r.phase)) return StatusOr<bool>(false);
+    r.phase = phase;
+    r.error = error;
+    r.updated_ms = r.finished_ms = now;
+    return StatusOr<bool>(true);
+  }));
+  spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload, phase,
+               error.empty() ? "" : ": ", error);
+  if (clear_on_workload || phase == "Failed") {
+    Status s = UpdateWorkloadRecord(store_, wkey, term.Fence(), [&](WorkloadRecord& r) {
+      if (r.status.migration != id) return StatusOr<bool>(false);
+      r.status.migration.clear();
+      if (phase == "Succeeded") {
+        r.status.migrations.push_back(id);
+        r.status.started_ms = now;
+      }
+      if (r.status.phase == WorkloadPhase::kMigrating) r.status.phase = WorkloadPhase::kRunning;
+      return StatusOr<bool>(true);
+    });
+    if (!s.ok() && s.code() != Code::kNotFound) return s;
+  }
+  return Status::Ok();
+}
+
+Status Controller::BalanceRound(const cluster::LeaderTerm& term) {
+  if (!Ready()) return Status::Ok();
+  auto started = clock_.Now();
+  ClusterSnapshot snap = Snapshot();
+  BalanceResult result = Balance(snap, options_.policy, random_);
+  size_t ordered = 0;
+  for (const Decision& d : result.moves) {
+    auto order = Order(d.workload, d.target, d.reason, "policy", term.Fence());
+    if (order.ok()) {
+      ++ordered;
+      spdlog::info("ordered migration {}: {}", order->id, d.reason);
+    } else {
+      spdlog::info("could not order moving {} to {}: {}", d.workload, d.target,
+                   order.status().ToString());
+    }
+  }
+  if (observer_) observer_->OnBalanceRound(Seconds(clock_.Now() - started), ordered);
+  return Status::Ok();
+}
+
+StatusOr<MigrationRecord> Controller::Order(const std::string& workload, const std::string& target,
+                                            const std::string& reason,
+                                            const std::string& requested_by,
+                                            const std::optional<Compare>& fence) {
+  const std::string wkey = options_.keys.Workload(workload);
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(wkey));
+  if (!got.kv) return NotFoundError("no workload named \"" + workload + "\"");
+  auto w = ParseWorkload(*got.kv);
+  if (!w.ok()) return FailedError("workload record is damaged: " + w.status().message());
+  if (!w->status.migration.empty())
+    return ConflictError("workload \"" + workload + "\" is already migrating (" +
+                         w->status.migration + ")");
+  if (w->status.phase != WorkloadPhase::kRunning)
+    return ConflictError("workload \"" + workload + "\" is " +
+                         std::string(cluster::WorkloadPhaseName(w->status.phase)) +
+                         ", not Running");
+  if (w->status.node == target)
+    return ConflictError("workload \"" + workload + "\" already runs on " + target);
+  MigrationRecord m;
+  m.id = RandomId(random_, "m-");
+  m.workload = workload;
+  m.source = w->status.node;
+  m.target = target;
+  m.reason = reason;
+  m.requested_by = requested_by;
+  m.epoch = w->status.epoch;
+  m.created_ms = m.updated_ms = clock_.WallMillis();
+  w->status.migration = m.id;
+  w->status.phase = WorkloadPhase::kMigrating;
+  const std::string mkey = options_.keys.Migration(m.id);
+  Txn txn;
+  txn.compares.push_back(Compare::Unchanged(wkey, got.kv->mod_revision));
+  txn.compares.push_back(Compare::Absent(mkey));
+  if (fence) txn.compares.push_back(*fence);
+  txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationRecordToJson(m).dump()));
+  txn.then_ops.push_back(TxnOp::Put(wkey, cluster::WorkloadRecordToJson(*w).dump()));
+  KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+  if (!r.succeeded) return ConflictError("workload \"" + workload + "\" changed; try again");
+  if (observer_) observer_->OnMigrationOrdered(requested_by);
+  return m;
+}
+
+// ---- the policy's view ------------------------------------------------------
+
+ClusterSnapshot Controller::Snapshot() {
+  ClusterSnapshot snap;
+  snap.now_ms = clock_.WallMillis();
+  std::map<std::string, NodeLoad> loads;
+  for (const auto& [key, kv] : nodes_.Items()) {
+    auto n = ParseNode(kv);
+    if (!n.ok()) continue;
+    std::string name = KeyLayout::NameIn(options_.keys.Nodes(), key);
+    if (name.empty()) continue;
+    loads[name] = *n;
+  }
+  for (const auto& [name, n] : loads) {
+    PolicyNode p;
+    p.name = name;
+    p.ready = true;
+    p.cordoned = NodeCordoned(name);
+    p.cpu_capacity = n.cpu_capacity;
+    p.speed = n.speed;
+    double known = 0;
+    for (const auto& [w, u] : n.workloads) known += u.cpu;
+    p.background_cpu = std::max(0.0, n.cpu_used - known);
+    p.memory_capacity_bytes = n.memory_capacity_bytes;
+    p.memory_available_bytes = n.memory_available_bytes;
+    p.psi_memory_some10 = n.psi_memory_some10;
+    snap.nodes.push_back(std::move(p));
+  }
+  for (const auto& [key, kv] : workloads_.Items()) {
+    auto w = ParseWorkload(kv);
+    if (!w.ok() || !Occupies(w->status.phase) || w->status.node.empty()) continue;
+    PolicyWorkload p;
+    p.name = w->spec.name;
+    p.node = w->status.node;
+    p.created_ms = w->status.created_ms;
+    p.started_ms = w->status.started_ms > 0 ? w->status.started_ms : snap.now_ms;
+    p.migratable = w->spec.migratable;
+    p.pinned = w->spec.pinned;
+    p.migrating = !w->status.migration.empty();
+    // CPU: the owner's measurement once settled; before that, the larger of
+    // it and what the workload used where it came from (or its request).
+    double measured = -1;
+    if (auto it = loads.find(p.node); it != loads.end()) {
+      if (auto u = it->second.workloads.find(p.name); u != it->second.workloads.end()) {
+        measured = u->second.cpu;
+        p.memory_bytes = u->second.memory_bytes;
+      }
+    }
+    double fallback = w->spec.cpus > 0 ? w->spec.cpus : 1.0;
+    {
+      std::lock_guard lock(settled_mu_);
+      if (measured >= 0 && snap.now_ms - p.started_ms >= kSettleMs) {
+        settled_cpu_[p.name] = measured;
+      } else if (auto s = settled_cpu_.find(p.name); s != settled_cpu_.end()) {
+        fallback = s->second;
+      }
+    }
+    p.cpu = snap.now_ms - p.started_ms >= kSettleMs && measured >= 0 ? measured
+                                                                     : std::max(measured, fallback);
+    if (p.memory_bytes == 0) p.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) << 20;
+    snap.workloads.push_back(std::move(p));
+  }
+  for (const auto& [key, kv] : migrations_.Items()) {
+    auto m = ParseMigration(kv);
+    if (!m.ok() || cluster::IsFinalMigrationPhase(m->phase)) continue;
+    snap.in_flight.push_back({m->workload, m->source, m->target});
+  }
+  return snap;
+}
+
+// ---- API --------------------------------------------------------------------
+
+json Controller::DescribeWorkload(const KeyValue& kv) {
+  auto w = ParseWorkload(kv);
+  if (!w.ok()) return {{"key", kv.key}, {"error", w.status().message()}};
+  json j = cluster::WorkloadRecordToJson(*w);
+  j["name"] = w->spec.name;
+  const int64_t now = clock_.WallMillis();
+  j["ageSeconds"] = w->status.created_ms > 0 ? (now - w->status.created_ms) / 1000.0 : 0.0;
+  if (!w->status.node.empty()) {
+    if (auto nkv = nodes_.Get(options_.keys.Node(w->status.node))) {
+      auto n = ParseNode(*nkv);
+      if (n.ok()) {
+        if (auto u = n->workloads.find(w->spec.name); u != n->workloads.end()) {
+          j["usage"] = {{"cpu", u->second.cpu}, {"memoryBytes", u->second.memory_bytes}};
+        }
+      }
+    }
+  }
+  return j;
+}
+
+StatusOr<json> Controller::CreateWorkload(std::string_view body) {
+  KMX_ASSIGN_OR_RETURN(cluster::WorkloadSpec spec, cluster::ParseWorkloadSpec(body));
+  if (!spec.node.empty() && !NodeReady(spec.node) && !members_.Get(options_.keys.Member(spec.node)))
+    return InvalidError("node: no node named \"" + spec.node + "\" in the cluster");
+  if (spec.pinned && spec.node.empty())
+    return InvalidError("pinned: a pinned workload needs \"node\"");
+  WorkloadRecord w;
+  w.spec = spec;
+  w.status.phase = WorkloadPhase::kPending;
+  w.status.created_ms = clock_.WallMillis();
+  w.status.message = "waiting for placement";
+  const std::string key = options_.keys.Workload(spec.name);
+  Txn txn;
+  txn.compares.push_back(Compare::Absent(key));
+  txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(w).dump()));
+  KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+  if (!r.succeeded) return ConflictError("a workload named \"" + spec.name + "\" exists");
+  KeyValue kv;
+  kv.key = key;
+  kv.value = cluster::WorkloadRecordToJson(w).dump();
+  return DescribeWorkload(kv);
+}
+
+json Controller::ListWorkloads() {
+  json items = json::array();
+  for (const auto& [key, kv] : workloads_.Items()) items.push_back(DescribeWorkload(kv));
+  return {{"items", items}};
+}
+
+StatusOr<json> Controller::GetWorkload(const std::string& name) {
+  KMX_RETURN_IF_ERROR(ValidateName(name));
+  auto kv = workloads_.Get(options_.keys.Workload(name));
+  if (!kv) return NotFoundError("no workload named \"" + name + "\"");
+  return DescribeWorkload(*kv);
+}
+
+Status Controller::DeleteWorkload(const std::string& name) {
+  KMX_RETURN_IF_ERROR(ValidateName(name));
+  KMX_ASSIGN_OR_RETURN(DeleteResult r, store_.Delete(options_.keys.Workload(name)));
+  if (r.deleted == 0) return NotFoundError("no workload named \"" + name + "\"");
+  return Status::Ok();
+}
+
+StatusOr<std::string> Controller::WorkloadAgentUrl(const std::string& name) {
+  KMX_RETURN_IF_ERROR(ValidateName(name));
+  auto kv = workloads_.Get(options_.keys.Workload(name));
+  if (!kv) return NotFoundError("no workload named \"" + name + "\"");
+  auto w = ParseWorkload(*kv);
+  if (!w.ok()) return FailedError(w.status().message());
+  if (w->status.node.empty()) return ConflictError("workload \"" + name + "\" is not placed yet");
+  auto nkv = nodes_.Get(options_.keys.Node(w->status.node));
+  if (!nkv) return RetryError("node " + w->status.node + " is NotReady");
+  auto n = ParseNode(*nkv);
+  if (!n.ok() || n->url.empty()) return FailedError("node " + w->status.node + " has no URL");
+  return n->url;
+}
+
+json Controller::DescribeNode(const std::string& name) {
+  json j = {{"name", name}};
+  const int64_t now = clock_.WallMillis();
+  bool cordoned = false;
+  std::optional<NodeMember> member;
+  if (auto mkv = members_.Get(options_.keys.Member(name))) {
+    auto m = ParseMember(*mkv);
+    if (m.ok()) member = *m;
+  }
+  if (member) cordoned = member->cordoned;
+  auto nkv = nodes_.Get(options_.keys.Node(name));
+  j["ready"] = nkv.has_value();
+  j["cordoned"] = cordoned;
+  if (member && !nkv) j["notReadySeconds"] = (now - member->changed_ms) / 1000.0;
+  if (nkv) {
+    auto n = ParseNode(*nkv);
+    if (n.ok()) {
+      json load = cluster::NodeLoadToJson(*n);
+      j["url"] = n->url;
+      j["load"] = n->Load();
+      j["capacity"] = {{"cpus", n->cpu_capacity}, {"memoryBytes", n->memory_capacity_bytes}};
+      j["speed"] = n->speed;
+      j["cpuUsed"] = n->cpu_used;
+      j["runQueue"] = n->run_queue;
+      j["memoryAvailableBytes"] = n->memory_available_bytes;
+      j["psi"] = {{"cpuSome10", load.value("psiCpuSome10", json())},
+                  {"memorySome10", load.value("psiMemorySome10", json())}};
+      j["loadSource"] = n->load_source;
+      j["heartbeatAgeSeconds"] = std::max<int64_t>(0, now - n->updated_ms) / 1000.0;
+      j["usage"] = load["workloads"];
+    }
+  }
+  json owned = json::array();
+  for (const auto& [key, kv] : workloads_.Items()) {
+    auto w = ParseWorkload(kv);
+    if (w.ok() && w->status.node == name) owned.push_back(w->spec.name);
+  }
+  j["workloads"] = owned;
+  return j;
+}
+
+json Controller::ListNodes() {
+  std::set<std::string> names;
+  for (const auto& [key, kv] : nodes_.Items())
+    names.insert(KeyLayout::NameIn(options_.keys.Nodes(), key));
+  for (const auto& [key, kv] : members_.Items())
+    names.insert(KeyLayout::NameIn(options_.keys.Members(), key));
+  names.erase("");
+  ClusterSnapshot snap;
+  json items = json::array();
+  for (const auto& n : names) items.push_back(DescribeNode(n));
+  return {{"items", items}};
+}
+
+StatusOr<json> Controller::GetNode(const std::string& name) {
+  KMX_RETURN_IF_ERROR(ValidateName(name));
+  if (!nodes_.Get(options_.keys.Node(name)) && !members_.Get(options_.keys.Member(name)))
+    return NotFoundError("no node named \"" + name + "\"");
+  return DescribeNode(name);
+}
+
+StatusOr<json> Controller::RequestMigration(std::string_view body) {
+  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
+  std::string workload, target;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() != "workload" && it.key() != "target")
+      return InvalidError("unknown field \"" + it.key() + "\"");
+    if (!it.value().is_string()) return InvalidError(it.key() + ": must be a string");
+  }
+  if (!j.contains("workload")) return InvalidError("workload: required");
+  workload = j["workload"].get<std::string>();
+  if (auto s = ValidateName(workload); !s.ok()) return s.Annotate("workload");
+  if (j.contains("target")) {
+    target = j["target"].get<std::string>();
+    if (auto s = ValidateName(target); !s.ok()) return s.Annotate("target");
+  }
+  auto kv = workloads_.Get(options_.keys.Workload(workload));
+  if (!kv) return NotFoundError("no workload named \"" + workload + "\"");
+  auto w = ParseWorkload(*kv);
+  if (!w.ok()) return FailedError(w.status().message());
+  if (!w->spec.migratable) return ConflictError("workload \"" + workload + "\" is not migratable");
+  if (w->spec.pinned) return ConflictError("workload \"" + workload + "\" is pinned");
+  std::string reason;
+  if (!target.empty()) {
+    if (!NodeReady(target)) {
+      if (!members_.Get(options_.keys.Member(target)))
+        return NotFoundError("no node named \"" + target + "\"");
+      return ConflictError("node " + target + " is NotReady");
+    }
+    if (NodeCordoned(target)) return ConflictError("node " + target + " is cordoned");
+    reason = "requested through the API: move to " + target;
+  } else {
+    ClusterSnapshot snap = Snapshot();
+    for (auto& n : snap.nodes) {
+      if (n.name == w->status.node) n.cordoned = true;
+    }
+    PlacementRequest req;
+    req.cpus = w->spec.cpus;
+    req.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) << 20;
+    auto chosen = Place(snap, req, random_);
+    if (!chosen.ok()) return ConflictError("no node can take it now: " + chosen.status().message());
+    target = *chosen;
+    reason = "requested through the API: the least loaded other node is " + target;
+  }
+  KMX_ASSIGN_OR_RETURN(MigrationRecord m, Order(workload, target, reason, "api", std::nullopt));
+  return cluster::MigrationRecordToJson(m);
+}
+
+json Controller::ListMigrations() {
+  std::vector<json> items;
+  for (const auto& [key, kv] : migrations_.Items()) {
+    auto m = ParseMigration(kv);
+    if (m.ok()) items.push_back(cluster::MigrationRecordToJson(*m));
+  }
+  std::sort(items.begin(), items.end(), [](const json& a, const json& b) {
+    return a.value("createdMs", int64_t{0}) < b.value("createdMs", int64_t{0});
+  });
+  return {{"items", items}};
+}
+
+StatusOr<json> Controller::GetMigration(const std::string& id) {
+  KMX_RETURN_IF_ERROR(ValidateName(id));
+  auto kv = migrations_.Get(options_.keys.Migration(id));
+  if (!kv) return NotFoundError("no migration \"" + id + "\"");
+  auto m = ParseMigration(*kv);
+  if (!m.ok()) return FailedError(m.status().message());
+  return cluster::MigrationRecordToJson(*m);
+}
+
+json Controller::Decisions() {
+  ClusterSnapshot snap = Snapshot();
+  BalanceResult result = Balance(snap, options_.policy, random_);
+  json moves = json::array();
+  for (const Decision& d : result.moves) moves.push_back(DecisionJson(d));
+  json loads = json::object();
+  std::vector<double> l = NodeLoads(snap);
+  for (size_t i = 0; i < snap.nodes.size() && i < l.size(); ++i) loads[snap.nodes[i].name] = l[i];
+  return {{"moves", moves},
+          {"heldBack", result.held_back},
+          {"loads", loads},
+          {"inFlight", snap.in_flight.size()},
+          {"stability", options_.policy.stability}};
+}
+
+json Controller::LeaderInfo() {
+  auto leader = election_.CurrentLeader();
+  return {{"identity", options_.identity},
+          {"leader", leader.ok() ? json(*leader) : json()},
+          {"isLeader", IsLeader()},
+          {"ready", Ready()}};
+}
+
+}  // namespace kmosix::controller

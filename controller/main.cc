@@ -1,0 +1,164 @@
+// kmosix-controller: wires the store, the controller and its REST API.
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
+#include <sstream>
+#include <thread>
+
+#include "controller/api.h"
+#include "controller/controller.h"
+#include "controller/metrics.h"
+#include "etcd/etcd_state_store.h"
+#include "kmosix/clock.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};  // set by SIGTERM/SIGINT only
+
+bool SplitHostPort(const std::string& s, std::string& host, int& port) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  host = s.substr(0, colon);
+  const std::string digits = s.substr(colon + 1);
+  if (digits.empty() || digits.size() > 5 ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  port = std::stoi(digits);
+  return port > 0 && port < 65536;
+}
+
+// "http://a:2379,b:2379" -> {"a:2379", "b:2379"}
+std::vector<std::string> EtcdEndpoints(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (auto p = item.find("://"); p != std::string::npos) item = item.substr(p + 3);
+    while (!item.empty() && item.back() == '/') item.pop_back();
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::string DefaultIdentity() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kmosix-controller: balances the cluster and serves the scheduler REST API"};
+  kmosix::controller::ControllerOptions opts;
+  std::string etcd = "http://127.0.0.1:2379";
+  std::string listen = "127.0.0.1:7800";
+  std::string log_level = "info";
+  int lease_ttl = 5;
+  double balance_interval = 2, min_residency = 30, order_timeout = 60, lost_grace = 5;
+  bool no_balance = false;
+  app.add_option("--etcd", etcd, "etcd endpoints, comma-separated")->capture_default_str();
+  app.add_option("--etcd-prefix", opts.keys.prefix, "key prefix of the cluster's state")
+      ->capture_default_str();
+  app.add_option("--listen", listen, "address:port of the REST API")->capture_default_str();
+  app.add_option("--id", opts.identity, "this replica's name in the election (default host:pid)");
+  app.add_option("--lease-ttl", lease_ttl, "seconds a dead leader keeps the lead")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 300));
+  app.add_option("--balance-interval", balance_interval, "seconds between balancing rounds")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_flag("--no-balance", no_balance, "place workloads but never move them automatically");
+  app.add_option("--stability", opts.policy.stability,
+                 "hysteresis: move only when L_target + stability * l_c < L_source")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 10.0));
+  app.add_option("--min-residency", min_residency,
+                 "seconds a workload stays on a node before it may move again")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
+  app.add_option("--max-migrations", opts.policy.max_cluster,
+                 "automatic migrations in flight in the whole cluster")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--max-per-node", opts.policy.max_per_node,
+                 "automatic migrations in flight per node (as source or target)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--bandwidth-mib", opts.policy.bandwidth_bytes_per_s,
+                 "assumed migration bandwidth (MiB/s), for the age-versus-cost rule")
+      ->check(CLI::Range(1.0, 1e6));
+  app.add_option("--order-timeout", order_timeout,
+                 "seconds before an order its source never picked up is Failed")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 86400.0));
+  app.add_option("--source-lost-grace", lost_grace,
+                 "seconds a migration's source may be NotReady before the controller ends it")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  CLI11_PARSE(app, argc, argv);
+
+  if (opts.identity.empty()) opts.identity = DefaultIdentity();
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [controller " + opts.identity + "] %v");
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(listen, host, port)) {
+    spdlog::critical("--listen must be host:port, got \"{}\"", listen);
+    return 2;
+  }
+  if (opts.keys.prefix.empty() || opts.keys.prefix.back() != '/') {
+    spdlog::critical("--etcd-prefix must end with '/'");
+    return 2;
+  }
+  kmosix::EtcdConfig etcd_config;
+  etcd_config.endpoints = EtcdEndpoints(etcd);
+  if (etcd_config.endpoints.empty()) {
+    spdlog::critical("--etcd: no endpoint in \"{}\"", etcd);
+    return 2;
+  }
+  if (app.count("--bandwidth-mib")) opts.policy.bandwidth_bytes_per_s *= 1024.0 * 1024.0;
+  opts.leader_ttl = std::chrono::seconds(lease_ttl);
+  opts.balance = !no_balance;
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+  opts.balance_interval = ms(balance_interval);
+  opts.policy.min_residency_ms = static_cast<int64_t>(min_residency * 1000);
+  opts.order_timeout = ms(order_timeout);
+  opts.source_lost_grace = ms(lost_grace);
+
+  kmosix::SystemClock clock;
+  kmosix::SystemRandom random;
+  kmosix::EtcdStateStore store(etcd_config);
+  kmosix::controller::ControllerMetrics metrics(opts.identity);
+  kmosix::controller::Controller controller(store, clock, random, opts, &metrics);
+
+  httplib::Server server;
+  kmosix::controller::RegisterControllerRoutes(server, controller, metrics);
+  if (!server.bind_to_port(host, port)) {
+    spdlog::critical("cannot listen on {}", listen);
+    return 1;
+  }
+  std::signal(SIGTERM, [](int) { g_stop = true; });
+  std::signal(SIGINT, [](int) { g_stop = true; });
+  std::signal(SIGPIPE, SIG_IGN);
+  controller.Start();
+  std::thread watchdog([&] {
+    while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    server.stop();
+  });
+  spdlog::info("controller {} serving on {}, etcd {}, prefix {}", opts.identity, listen, etcd,
+               opts.keys.prefix);
+  server.listen_after_bind();
+  g_stop = true;
+  watchdog.join();
+  controller.Stop();
+  spdlog::info("controller {} stopped", opts.identity);
+  return 0;
+}
