@@ -9,169 +9,26 @@
 // loudly without it.
 #include "etcd/etcd_state_store.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "lib/kmosix/state_store_conformance.h"
+#include "support/private_etcd.h"
 
 namespace kmosix::testing {
 namespace {
 
-namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-std::string FindEtcd() {
-  if (const char* env = std::getenv("KMX_ETCD_BIN"); env && *env)
-    return ::access(env, X_OK) == 0 ? env : "";
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "/usr/bin:/bin";
-  size_t start = 0;
-  while (start <= p.size()) {
-    size_t end = p.find(':', start);
-    if (end == std::string::npos) end = p.size();
-    std::string cand = p.substr(start, end - start) + "/etcd";
-    if (::access(cand.c_str(), X_OK) == 0) return cand;
-    start = end + 1;
-  }
-  return "";
-}
+std::string SkipReason() { return EtcdSkipReason(); }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
-
-// One etcd member on loopback, in a private data dir.
-class PrivateEtcd {
- public:
-  PrivateEtcd() : binary_(FindEtcd()) {
-    char tmpl[] = "/tmp/kmx-etcd-XXXXXX";
-    const char* tmpdir = std::getenv("TMPDIR");
-    std::string t = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/kmx-etcd-XXXXXX";
-    std::vector<char> buf(t.begin(), t.end());
-    buf.push_back('\0');
-    char* made = ::mkdtemp(buf.data());
-    dir_ = made ? made : ::mkdtemp(tmpl);
-    client_port_ = FreePort();
-    peer_port_ = FreePort();
-  }
-  ~PrivateEtcd() {
-    Stop();
-    std::error_code ec;
-    if (!dir_.empty() && !std::getenv("KMX_KEEP_ETCD")) fs::remove_all(dir_, ec);
-  }
-
-  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
-  const std::string& dir() const { return dir_; }
-
-  // Starts etcd and waits until it serves requests.
-  bool Start() {
-    if (pid_ > 0) return true;
-    std::string client = "http://127.0.0.1:" + std::to_string(client_port_);
-    std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
-    std::vector<std::string> args = {binary_,
-                                     "--name=kmx",
-                                     "--data-dir=" + dir_ + "/data",
-                                     "--listen-client-urls=" + client,
-                                     "--advertise-client-urls=" + client,
-                                     "--listen-peer-urls=" + peer,
-                                     "--initial-advertise-peer-urls=" + peer,
-                                     "--initial-cluster=kmx=" + peer,
-                                     "--initial-cluster-state=new"};
-    std::string log = dir_ + "/etcd.log";
-    pid_ = ::fork();
-    if (pid_ < 0) return false;
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(binary_.c_str(), argv.data());
-      ::_exit(127);
-    }
-    EtcdConfig cfg;
-    cfg.endpoints = {endpoint()};
-    cfg.dial_timeout = milliseconds(500);
-    cfg.rpc_timeout = milliseconds(2000);
-    EtcdStateStore probe(cfg);
-    auto deadline = std::chrono::steady_clock::now() + seconds(30);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (probe.Get("/kmx-probe").ok()) return true;
-      int st = 0;
-      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    return false;
-  }
-
-  void Stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 100; ++i) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = -1;
-        return;
-      }
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
- private:
-  std::string binary_;
-  std::string dir_;
-  int client_port_ = 0;
-  int peer_port_ = 0;
-  pid_t pid_ = -1;
-};
-
-std::string SkipReason() {
-  if (FindEtcd().empty()) return "etcd binary not found (install etcd-server, or set KMX_ETCD_BIN)";
-  return "";
-}
-
-EtcdConfig TestConfig(const std::string& endpoint) {
-  EtcdConfig cfg;
-  cfg.endpoints = {endpoint};
-  cfg.dial_timeout = milliseconds(1000);
-  cfg.rpc_timeout = milliseconds(3000);
-  cfg.max_reconnect_backoff = milliseconds(500);
-  return cfg;
-}
+EtcdConfig TestConfig(const std::string& endpoint) { return TestEtcdConfig(endpoint); }
 
 // One etcd per test process, shared by the conformance cases; stopped by the
 // test environment's TearDown.
