@@ -119,5 +119,9 @@ struct PlacementRequest {
 // kConflict if it is NotReady/cordoned/full; kRetry if no node fits now.
 StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequest& request,
                             Random& random);
+// The same, with the memory margin (low_memory_fraction of capacity) and the
+// memory PSI threshold taken from `config`; the form above uses PolicyConfig{}.
+StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequest& request,
+                            const PolicyConfig& config, Random& random);
 
 }  // namespace kmosix::controller
