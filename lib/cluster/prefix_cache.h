@@ -7,8 +7,9 @@
 // Ownership: borrows the store and clock. Thread-safety: Run() on one thread;
 // Get/Items/Synced/Revision from any thread. The handler runs on Run()'s
 // thread, without the cache lock held, after the cache was updated.
-// Errors: store errors are retried with backoff inside Run(); Run() returns
-// only after Stop().
+// Errors: store errors are retried with backoff inside Run() (100 ms doubling
+// to 2 s, waited in real time on a condition variable so Stop() is prompt and
+// a FakeClock is never advanced by the cache); Run() returns only after Stop().
 #pragma once
 
 #include <atomic>
@@ -49,6 +50,8 @@ class PrefixCache {
   int64_t Lists() const;
 
  private:
+  bool WaitBackoff(std::chrono::milliseconds d);
+
   StateStore& store_;
   Clock& clock_;
   std::string prefix_;
