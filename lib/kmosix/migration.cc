@@ -22,6 +22,9 @@ constexpr std::array<std::pair<MigrationPhase, std::string_view>, 10> kPhaseName
     {MigrationPhase::kFailed, "Failed"},
 }};
 
+constexpr std::string_view kFrozenSuffix =
+    "; kept frozen here until the target and the ownership ledger answer";
+
 StatusOr<Code> ParseCode(std::string_view s) {
   for (Code c :
        {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed}) {
@@ -167,8 +170,139 @@ MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string
   return Finish(r, MigrationPhase::kRolledBack, persist);
 }
 
+MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string& name,
+                                          const PersistFn& persist) {
+  if (Status s = engine_.Release(name); !s.ok()) {
+    // Ownership moved; the frozen copy never runs again. Recover retries.
+    r.error = s.Annotate("target committed but the source copy could not be released");
+    Enter(r, MigrationPhase::kResolving, persist);
+    return r;
+  }
+  r.error = Status::Ok();
+  r.failed_phase.clear();
+  return Finish(r, MigrationPhase::kSucceeded, persist);
+}
+
+// The order that keeps one owner: the ledger names the target before the
+// target may commit (Transfer, then Commit), and names the source again
+// before the source is thawed (target Aborted, then Revert, then Thaw). The
+// target's commit-or-abort record decides; an unknown answer from the target
+// or the ledger leaves the source frozen until a later call (Recover) gets one.
+MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& name,
+                                         const Status& why, bool restored, const Marks& marks,
+                                         const PersistFn& persist) {
+  OwnershipLedger& ledger = *options_.ledger;
+  // Timings of what ends here (Run passes its marks; Recover has none).
+  auto stamp = [&](bool thawed) {
+    if (marks.commit_start) r.timings.commit = Seconds(clock_.Now() - *marks.commit_start);
+    if (thawed && marks.frozen_at) r.timings.downtime = Seconds(clock_.Now() - *marks.frozen_at);
+  };
+  const auto deadline = clock_.Now() + options_.resolve_timeout;
+  Status cause = why;     // why the migration did not succeed, if it does not
+  bool refused = false;   // the ledger refused the transfer in this call
+  bool known = restored;  // `restored` holds for the first round only
+  Status last;            // the latest unknown answer
+  while (true) {
+    TargetPhase phase = TargetPhase::kUnknown;
+    bool answered = true;
+    if (known) {
+      phase = TargetPhase::kRestored;
+      known = false;
+    } else {
+      auto q = transport_.Query(r.target_url, r.id);
+      if (q.ok()) {
+        phase = *q;
+      } else {
+        answered = false;
+        last = q.status().Annotate("query target");
+      }
+    }
+    if (answered && phase == TargetPhase::kRestored && !refused) {
+      // The target runs an uncommitted copy: move the ownership, then commit.
+      Status t = ledger.Transfer(r);
+      if (t.ok()) {
+        auto c = transport_.Commit(r.target_url, r.id);
+        if (c.ok() && *c == TargetPhase::kCommitted) {
+          stamp(false);
+          return Succeed(r, name, persist);
+        }
+        if (c.ok()) {
+          phase = TargetPhase::kAborted;
+          if (cause.ok()) cause = FailedError("target aborted the migration before the commit");
+        } else {
+          answered = false;
+          last = c.status().Annotate("commit");
+        }
+      } else if (t.code() == Code::kRetry) {
+        answered = false;
+        last = t.Annotate("ownership transfer");
+      } else {
+        refused = true;
+        cause = t.Annotate("ownership transfer refused; not committed");
+        spdlog::warn("migration {} of {}: {}", r.id, r.workload, cause.ToString());
+      }
+    }
+    if (answered && phase != TargetPhase::kAborted && phase != TargetPhase::kCommitted) {
+      // Anything else (unknown id, still receiving, a refused transfer):
+      // make the target decide. Abort is idempotent and remembered.
+      auto a = transport_.Abort(r.target_url, r.id);
+      if (a.ok()) {
+        phase = *a;
+      } else {
+        answered = false;
+        last = a.status().Annotate("abort");
+      }
+    }
+    if (answered && phase == TargetPhase::kCommitted) {
+      stamp(false);
+      return Succeed(r, name, persist);
+    }
+    if (answered) {
+      // Aborted: nothing runs there. Name the source the owner again (unless
+      // this call saw the transfer refused, so it never happened), then thaw.
+      Status rv = refused ? Status::Ok() : ledger.Revert(r);
+      if (rv.code() == Code::kRetry) {
+        last = rv.Annotate("ownership revert");
+      } else {
+        if (!rv.ok()) {
+          spdlog::warn(
+              "migration {} of {}: revert refused ({}); thawing, the owner's fence decides", r.id,
+              r.workload, rv.ToString());
+        }
+        if (cause.ok()) cause = FailedError("target aborted the migration");
+        if (Status s = engine_.Thaw(name); !s.ok()) {
+          r.failed_phase =
+              r.failed_phase.empty() ? std::string(MigrationPhaseName(r.phase)) : r.failed_phase;
+          r.error =
+              cause.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
+          Enter(r, MigrationPhase::kResolving, persist);
+          return r;
+        }
+        if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
+        r.error = cause;
+        stamp(true);
+        return Finish(r, MigrationPhase::kRolledBack, persist);
+      }
+    }
+    if (clock_.Now() >= deadline) break;
+    clock_.SleepFor(options_.retry_interval);
+  }
+  stamp(true);
+  if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
+  if (cause.ok()) cause = FailedError("ownership not settled");
+  // Recover passes the previous error back in: keep one suffix, not a chain.
+  std::string message = cause.message();
+  if (auto cut = message.find(kFrozenSuffix); cut != std::string::npos) message.resize(cut);
+  r.error =
+      Status(cause.code(), message + std::string(kFrozenSuffix) + " (" + last.ToString() + ")");
+  spdlog::error("migration {} of {} unresolved: {}", r.id, r.workload, r.error.ToString());
+  Enter(r, MigrationPhase::kResolving, persist);
+  return r;
+}
+
 MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string& name,
                                           const Status& why, const PersistFn& persist) {
+  if (options_.ledger != nullptr) return Settle(r, name, why, /*restored=*/false, {}, persist);
   if (r.phase != MigrationPhase::kResolving) {
     r.failed_phase = std::string(MigrationPhaseName(r.phase));
     r.error = why;
@@ -224,6 +358,12 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
                 s.code() == Code::kRetry ? s.Annotate("target " + r.target_url + " unreachable")
                                          : InvalidError("target " + r.target_url +
                                                         " is not a kmosix agent: " + s.message()),
+                persist);
+  }
+  if (!r.target_node.empty() && r.target_node != peer->node) {
+    return Fail(r,
+                InvalidError("target " + r.target_url + " is node " + peer->node + ", not " +
+                             r.target_node),
                 persist);
   }
   r.target_node = peer->node;
@@ -287,6 +427,10 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
 
   Enter(r, MigrationPhase::kCommitting, persist);
   const auto commit_start = clock_.Now();
+  if (options_.ledger != nullptr) {
+    return Settle(r, spec.name, Status::Ok(), /*restored=*/true, {&frozen_at, &commit_start},
+                  persist);
+  }
   auto committed = transport_.Commit(r.target_url, r.id);
   if (committed.ok() && *committed == TargetPhase::kCommitted) {
     if (Status s = engine_.Release(spec.name); !s.ok()) {

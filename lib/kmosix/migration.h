@@ -14,6 +14,14 @@
 // the source deletes its frozen copy only after the target said Committed,
 // and thaws it only after the target said Aborted (or never restored).
 //
+// In a cluster the owner of a workload is also recorded outside the two
+// agents (etcd: workloads/<name>.status.node + epoch). With an
+// OwnershipLedger the driver moves that record to the target right before it
+// asks the target to commit, and moves it back before it thaws the source
+// after such a move may have happened; while the ledger cannot say who owns
+// the workload, the source stays frozen (Resolving). Without a ledger
+// (standalone agents) the behaviour is the one above.
+//
 // Ownership: borrows the engine, transport and clock. Thread-safety: one
 // driver may run several migrations concurrently (it keeps no per-migration
 // state); the caller serialises migrations of the same workload.
@@ -86,15 +94,41 @@ struct WorkloadLife {
   std::vector<std::string> history;  // earlier migration ids, oldest first
 };
 
+// The cluster's record of who owns a workload, as the migration driver needs
+// it. Both calls are idempotent and keyed by report.id; report.workload,
+// source_node and target_node name the workload and the two nodes.
+//
+// Transfer (owner := target), called right before the target is asked to commit:
+//   ok         the record names the target for this migration (now, or already);
+//   kConflict  the source does not own the workload for this migration any
+//              more (deleted, marked Lost, another migration): do not commit;
+//   kRetry     the record could not be read or written: outcome unknown.
+// Revert (owner := source), called before the source is thawed after a
+// Transfer may have happened:
+//   ok         the record names the source again (or no other node: deleted);
+//   kRetry     outcome unknown;
+//   kConflict  a third party owns it now (the source is thawed anyway and the
+//              caller's fencing removes it; see MigrationDriver).
+// Ownership: implementations are borrowed by the driver. Thread-safety: called
+// concurrently for different migrations.
+class OwnershipLedger {
+ public:
+  virtual ~OwnershipLedger() = default;
+  virtual Status Transfer(const MigrationReport& report) = 0;
+  virtual Status Revert(const MigrationReport& report) = 0;
+};
+
 class MigrationDriver {
  public:
   struct Options {
     std::string source_url;   // this agent, as the target can reach it
     std::string scratch_dir;  // per-migration scratch dirs are made under it
-    // How long to keep asking a silent target before leaving the workload
-    // frozen in Resolving (the caller retries later with Recover).
+    // How long to keep asking a silent target (or ledger) before leaving the
+    // workload frozen in Resolving (the caller retries later with Recover).
     Clock::Duration resolve_timeout = std::chrono::seconds(30);
     Clock::Duration retry_interval = std::chrono::milliseconds(500);
+    // nullptr: standalone (no ownership record outside the agents).
+    OwnershipLedger* ledger = nullptr;
   };
   // Called with the report every time its phase changes, before the work of
   // the new phase starts: the caller journals it so Recover can finish the
@@ -104,7 +138,9 @@ class MigrationDriver {
   MigrationDriver(CheckpointEngine& engine, Transport& transport, Clock& clock, Options options);
 
   // Runs a migration of `spec` (running here) to report.target_url, whose
-  // id, workload, source_node and target_url the caller filled in.
+  // id, workload, source_node and target_url the caller filled in. If the
+  // caller also filled in target_node, a target answering under another
+  // name is refused (Failed, kInvalid) before anything is frozen.
   MigrationReport Run(const ContainerSpec& spec, MigrationReport report, const PersistFn& persist,
                       const WorkloadLife& life = {});
 
@@ -122,6 +158,18 @@ class MigrationDriver {
   // passes, then thaws or releases accordingly.
   MigrationReport& Resolve(MigrationReport& r, const std::string& name, const Status& why,
                            const PersistFn& persist);
+  // Start marks of the timings Settle finishes (absent when recovering).
+  struct Marks {
+    const Clock::TimePoint* frozen_at = nullptr;
+    const Clock::TimePoint* commit_start = nullptr;
+  };
+  // With a ledger, from Committing/Resolving on: drives the target, the
+  // ledger and the source copy to one owner (see the .cc for the order).
+  // `restored`: the target is known to hold a restored, uncommitted copy.
+  MigrationReport& Settle(MigrationReport& r, const std::string& name, const Status& why,
+                          bool restored, const Marks& marks, const PersistFn& persist);
+  // Release after the target committed; Resolving if the release fails.
+  MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist);
   MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
   std::string ScratchFor(const MigrationReport& r) const;
   void RemoveScratch(const MigrationReport& r) const;

@@ -202,6 +202,34 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   return RestoreReport{r.pid, Seconds(clock_.Now() - start)};
 }
 
+void IncomingMigrations::CommitLocked(Entry& e) {
+  IncomingRecord& r = e.record;
+  Save(r, TargetPhase::kCommitted);
+  if (hooks_.adopt) hooks_.adopt(r.offer, r.pid);
+}
+
+bool IncomingMigrations::AskOracleLocked(Entry& e, const std::string& when) {
+  IncomingRecord& r = e.record;
+  auto owned = hooks_.owned_here(r);
+  if (!owned.ok()) {
+    spdlog::warn(
+        "incoming migration {} of {} ({}): cannot tell who owns it ({}); kept running "
+        "uncommitted, asking again later",
+        r.offer.id, r.offer.spec.name, when, owned.status().ToString());
+    return false;
+  }
+  if (*owned) {
+    spdlog::warn(
+        "incoming migration {} of {} ({}): the cluster names this node the owner; "
+        "committing without the source",
+        r.offer.id, r.offer.spec.name, when);
+    CommitLocked(e);
+  } else {
+    AbortLocked(e, when + "; the cluster does not name this node the owner");
+  }
+  return true;
+}
+
 StatusOr<TargetPhase> IncomingMigrations::Commit(const std::string& id) {
   auto e = Find(id);
   if (!e) return NotFoundError("no migration " + id + " here");
@@ -209,8 +237,7 @@ StatusOr<TargetPhase> IncomingMigrations::Commit(const std::string& id) {
   IncomingRecord& r = e->record;
   if (IsFinalPhase(r.phase)) return r.phase;
   if (r.phase != TargetPhase::kRestored) return WrongPhase(r, "Restored");
-  Save(r, TargetPhase::kCommitted);
-  if (hooks_.adopt) hooks_.adopt(r.offer, r.pid);
+  CommitLocked(*e);
   return TargetPhase::kCommitted;
 }
 
@@ -255,8 +282,13 @@ void IncomingMigrations::ExpireIdle() {
     if (!lock.owns_lock()) continue;  // busy, so not idle
     if (IsFinalPhase(e->record.phase)) continue;
     if (now - e->record.touched >= options_.idle_timeout) {
-      AbortLocked(*e, "no progress from the source for " +
-                          std::to_string(Seconds(options_.idle_timeout)) + " s");
+      const std::string why = "no progress from the source for " +
+                              std::to_string(Seconds(options_.idle_timeout)) + " s";
+      if (e->record.phase == TargetPhase::kRestored && hooks_.owned_here) {
+        (void)AskOracleLocked(*e, why);  // not answered: asked again next time
+      } else {
+        AbortLocked(*e, why);
+      }
     }
   }
 }
@@ -289,10 +321,19 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
       entries_[e->record.offer.id] = e;
     }
     std::lock_guard lock(e->mu);
-    if (!IsFinalPhase(e->record.phase)) {
-      if (hooks_.reserve) (void)hooks_.reserve(e->record.offer.spec.name);
-      AbortLocked(*e, "agent restarted before the commit");
+    if (IsFinalPhase(e->record.phase)) continue;
+    if (hooks_.reserve) (void)hooks_.reserve(e->record.offer.spec.name);
+    if (e->record.phase == TargetPhase::kRestored && hooks_.owned_here) {
+      auto info = runtime_.Inspect(e->record.offer.spec.name);
+      if (info.ok() && info->state == TaskState::kRunning) {
+        if (!AskOracleLocked(*e, "agent restarted before the commit")) {
+          // Unanswered: the next ExpireIdle asks again.
+          e->record.touched = clock_.Now() - options_.idle_timeout;
+        }
+        continue;
+      }
     }
+    AbortLocked(*e, "agent restarted before the commit");
   }
 }
 

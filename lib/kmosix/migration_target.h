@@ -61,6 +61,14 @@ class IncomingMigrations final : public MigrationTarget {
     std::function<void(const MigrationOffer& offer, uint32_t pid)> adopt;
     // Durably records a record's new phase (called before answering).
     std::function<void(const IncomingRecord& record)> persist;
+    // Optional ownership oracle (cluster mode): does the cluster's record of
+    // the workload name this node as its owner for this migration? Asked, with
+    // the record's lock held, for a Restored (running, uncommitted) copy that
+    // the source stopped talking about: true -> commit here as if the source
+    // had asked (the source may have died after moving the ownership); false
+    // -> abort; an error -> keep it Restored and ask again at the next
+    // ExpireIdle. Unset: such a copy is aborted after idle_timeout.
+    std::function<StatusOr<bool>(const IncomingRecord& record)> owned_here;
   };
 
   IncomingMigrations(CheckpointEngine& engine, ContainerRuntime& runtime, Clock& clock,
@@ -76,7 +84,8 @@ class IncomingMigrations final : public MigrationTarget {
   StatusOr<TargetPhase> Abort(const std::string& id) override;
   StatusOr<TargetPhase> Query(const std::string& id) override;
 
-  // Aborts migrations idle past the timeout. Call periodically.
+  // Aborts migrations idle past the timeout (a Restored one is first put to
+  // the owned_here oracle, if set). Call periodically.
   void ExpireIdle();
   // Forgets finished records (and abort tombstones) untouched for `age`;
   // returns their ids so the caller can drop what it persisted. `age` must be
@@ -85,6 +94,8 @@ class IncomingMigrations final : public MigrationTarget {
   std::vector<std::string> ForgetFinished(Clock::Duration age);
   // After a restart: takes back persisted records. Unfinished ones are
   // aborted (their source resumes the workload); committed ones are kept.
+  // With an owned_here oracle, a Restored one whose task still runs is put to
+  // it (commit / abort / keep asking, as in ExpireIdle).
   void Recover(std::vector<IncomingRecord> records);
   std::vector<IncomingRecord> List();
 
@@ -97,6 +108,11 @@ class IncomingMigrations final : public MigrationTarget {
   void Save(IncomingRecord& r, TargetPhase phase);
   // Kills and removes the copy here, records Aborted. Caller holds e.mu.
   void AbortLocked(Entry& e, const std::string& why);
+  // Records Committed and adopts. Caller holds e.mu; the record is Restored.
+  void CommitLocked(Entry& e);
+  // Puts a Restored record to the owned_here oracle and acts on the answer:
+  // true if it committed or aborted, false if it is still Restored.
+  bool AskOracleLocked(Entry& e, const std::string& when);
 
   CheckpointEngine& engine_;
   ContainerRuntime& runtime_;

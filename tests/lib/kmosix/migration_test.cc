@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 #include "fakes/fake_clock.h"
@@ -45,6 +46,7 @@ class MigrationTest : public ::testing::Test {
     hooks.unreserve = [this](const std::string& n) { reserved_.erase(n); };
     hooks.adopt = [this](const MigrationOffer& o, uint32_t) { adopted_.push_back(o.spec.name); };
     hooks.persist = [this](const IncomingRecord& r) { target_phases_.push_back(r.phase); };
+    hooks_ = hooks;
     incoming_ = std::make_unique<IncomingMigrations>(target_engine_, target_, clock_, topts, hooks);
     transport_ = std::make_unique<FakeTransport>(incoming_.get());
     MigrationDriver::Options dopts{"http://node1", root_ / "source-scratch",
@@ -60,6 +62,20 @@ class MigrationTest : public ::testing::Test {
     for (int i = 0; i < 42; ++i) source_.Tick("work");
   }
   void TearDown() override { fs::remove_all(root_); }
+
+  // Rebuilds the target (same runtime and hooks) with an ownership oracle,
+  // and the transport and a standalone driver over it.
+  void UseTargetOracle(std::function<StatusOr<bool>(const IncomingRecord&)> oracle) {
+    IncomingMigrations::Options topts{"node2", "test", root_ / "target-scratch", root_ / "logs",
+                                      std::chrono::seconds(60)};
+    IncomingMigrations::Hooks hooks = hooks_;
+    hooks.owned_here = std::move(oracle);
+    incoming_ = std::make_unique<IncomingMigrations>(target_engine_, target_, clock_, topts, hooks);
+    transport_ = std::make_unique<FakeTransport>(incoming_.get());
+    MigrationDriver::Options dopts{"http://node1", root_ / "source-scratch",
+                                   std::chrono::seconds(5), std::chrono::milliseconds(500)};
+    driver_ = std::make_unique<MigrationDriver>(source_engine_, *transport_, clock_, dopts);
+  }
 
   MigrationReport Migrate() {
     MigrationReport r;
@@ -93,6 +109,7 @@ class MigrationTest : public ::testing::Test {
   FakeRuntime target_{"node2", "/tmp/kmx-fake-layers-" + std::to_string(::getpid())};
   StopAndCopyEngine source_engine_{source_, clock_};
   StopAndCopyEngine target_engine_{target_, clock_};
+  IncomingMigrations::Hooks hooks_;
   std::unique_ptr<IncomingMigrations> incoming_;
   std::unique_ptr<FakeTransport> transport_;
   std::unique_ptr<MigrationDriver> driver_;
@@ -336,6 +353,405 @@ TEST_F(MigrationTest, FinishedRecordsAreForgottenOnlyAfterTheirAge) {
   std::sort(forgotten.begin(), forgotten.end());
   EXPECT_EQ(forgotten, (std::vector<std::string>{"m-1", "m-7"}));
   EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);
+}
+
+// ---- ownership ledger (cluster mode) -----------------------------------------
+
+// The cluster's ownership record of "work", in memory: Transfer and Revert
+// with the ledger's semantics, plus scripted unknown answers and hooks that
+// see the world at the moment of each call.
+class FakeLedger : public OwnershipLedger {
+ public:
+  std::string node = "node1";
+  std::string migration = "m-1";
+  int64_t epoch = 1;
+  bool deleted = false;
+  // Answers kRetry this many times before doing anything (lost requests).
+  int transfer_unknown = 0;
+  int revert_unknown = 0;
+  // Applies the transfer, then answers kRetry (lost response).
+  bool transfer_answer_lost = false;
+  std::function<void()> on_transfer;
+  std::function<void()> on_revert;
+  std::vector<std::string> calls;
+
+  Status Transfer(const MigrationReport& r) override {
+    calls.push_back("Transfer");
+    if (on_transfer) on_transfer();
+    if (transfer_unknown > 0) {
+      --transfer_unknown;
+      return RetryError("store unreachable");
+    }
+    if (deleted) return ConflictError("workload deleted");
+    if (migration == r.id && node == r.target_node) return Status::Ok();
+    if (migration != r.id || node != r.source_node) {
+      return ConflictError("owner is " + node + " for migration " + migration);
+    }
+    node = r.target_node;
+    ++epoch;
+    if (transfer_answer_lost) return RetryError("answer lost");
+    return Status::Ok();
+  }
+  Status Revert(const MigrationReport& r) override {
+    calls.push_back("Revert");
+    if (on_revert) on_revert();
+    if (revert_unknown > 0) {
+      --revert_unknown;
+      return RetryError("store unreachable");
+    }
+    if (deleted || node == r.source_node) return Status::Ok();
+    if (node == r.target_node && migration == r.id) {
+      node = r.source_node;
+      ++epoch;
+      return Status::Ok();
+    }
+    return ConflictError("owner is " + node);
+  }
+  int Count(const std::string& call) const {
+    return static_cast<int>(std::count(calls.begin(), calls.end(), call));
+  }
+};
+
+class LedgerMigrationTest : public MigrationTest {
+ protected:
+  void SetUp() override {
+    MigrationTest::SetUp();
+    UseDriverLedger(&ledger_);
+  }
+  void UseDriverLedger(OwnershipLedger* ledger) {
+    MigrationDriver::Options dopts{"http://node1", root_ / "source-scratch",
+                                   std::chrono::seconds(5), std::chrono::milliseconds(500), ledger};
+    driver_ = std::make_unique<MigrationDriver>(source_engine_, *transport_, clock_, dopts);
+  }
+  MigrationReport Recover(MigrationReport r) {
+    return driver_->Recover(spec_, std::move(r),
+                            [this](const MigrationReport& rep) { phases_.push_back(rep.phase); });
+  }
+  FakeLedger ledger_;
+};
+
+TEST_F(LedgerMigrationTest, OwnershipMovesToTheTargetBeforeItCommits) {
+  TargetPhase target_at_transfer = TargetPhase::kUnknown;
+  ledger_.on_transfer = [&] { target_at_transfer = *incoming_->Query("m-1"); };
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(target_at_transfer, TargetPhase::kRestored);  // restored, not yet committed
+  EXPECT_EQ(ledger_.node, "node2");
+  EXPECT_EQ(ledger_.epoch, 2);
+  EXPECT_EQ(ledger_.calls, std::vector<std::string>{"Transfer"});
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, UnknownTransferIsRetriedUntilItAnswers) {
+  ledger_.transfer_unknown = 2;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.Count("Transfer"), 3);
+  EXPECT_EQ(ledger_.node, "node2");
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, TransferStillUnknownKeepsTheSourceFrozenUntilRecover) {
+  ledger_.transfer_unknown = 1000;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  EXPECT_EQ(r.error.code(), Code::kFailed);
+  EXPECT_NE(r.error.message().find("kept frozen"), std::string::npos) << r.error.message();
+  // Nobody runs it for now, and nothing was decided: the target's copy is
+  // restored but uncommitted; the source's is frozen.
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_TRUE(adopted_.empty());
+  // Recovering again while still unknown changes nothing (and the message
+  // does not grow).
+  const std::string message = r.error.message();
+  r = Recover(r);
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  EXPECT_EQ(r.error.message().size(), message.size());
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);
+  // The store is back: the next Recover transfers and commits.
+  ledger_.transfer_unknown = 0;
+  r = Recover(r);
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node2");
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, TransferAnswerLostIsSettledByAskingAgain) {
+  ledger_.transfer_answer_lost = true;  // applied, but the driver never heard
+  ledger_.on_transfer = [&] {
+    if (ledger_.Count("Transfer") == 2) ledger_.transfer_answer_lost = false;
+  };
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.epoch, 2);  // moved once
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, RefusedTransferAbortsTheTargetAndThawsWithoutRevert) {
+  ledger_.migration = "m-other";  // the controller moved on to another order
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.error.code(), Code::kConflict);
+  EXPECT_NE(r.error.message().find("ownership transfer refused"), std::string::npos)
+      << r.error.message();
+  EXPECT_EQ(r.failed_phase, "Committing");
+  EXPECT_EQ(ledger_.calls, std::vector<std::string>{"Transfer"});
+  EXPECT_EQ(ledger_.node, "node1");
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(LedgerMigrationTest, TransferOfADeletedWorkloadIsRefused) {
+  ledger_.deleted = true;
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.error.code(), Code::kConflict);
+  ExpectTargetClean();
+}
+
+TEST_F(LedgerMigrationTest, CommitAnswerLostAfterTransferEndsSucceeded) {
+  transport_->DropResponse("Commit");  // target committed; the source never heard
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node2");
+  EXPECT_EQ(ledger_.Count("Revert"), 0);
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, CommitRequestLostIsCommittedOnTheNextRound) {
+  transport_->DropRequest("Commit");
+  int rounds = 0;
+  ledger_.on_transfer = [&] {
+    if (++rounds == 2) transport_->Heal();
+  };
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.epoch, 2);
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, TargetAbortedAfterTransferRevertsBeforeThawing) {
+  // The target gives up on its copy (say, its idle timeout) just after the
+  // ownership moved: the commit is answered Aborted.
+  ledger_.on_transfer = [&] { ASSERT_TRUE(incoming_->Abort("m-1").ok()); };
+  TaskState source_at_revert = TaskState::kUnknown;
+  ledger_.on_revert = [&] { source_at_revert = source_.State("work"); };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(ledger_.calls, (std::vector<std::string>{"Transfer", "Revert"}));
+  EXPECT_EQ(source_at_revert, TaskState::kPaused);  // reverted while still frozen
+  EXPECT_EQ(ledger_.node, "node1");
+  EXPECT_EQ(ledger_.epoch, 3);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(LedgerMigrationTest, UnknownRevertKeepsTheSourceFrozenUntilRecover) {
+  ledger_.on_transfer = [&] { ASSERT_TRUE(incoming_->Abort("m-1").ok()); };
+  ledger_.revert_unknown = 1000;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);  // never thawed while it may be node2's
+  EXPECT_EQ(ledger_.node, "node2");
+  ExpectTargetClean();
+  ledger_.revert_unknown = 0;
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node1");
+  ExpectRunsOnceOn(source_, 42);
+}
+
+TEST_F(LedgerMigrationTest, FailureBeforeRestoreNeedsNoLedger) {
+  transport_->CutTransfer();
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_TRUE(ledger_.calls.empty());
+  ExpectRunsOnceOn(source_, 42);
+}
+
+TEST_F(LedgerMigrationTest, LostRestoreAnswerGoesForwardThroughTheLedger) {
+  transport_->DropResponse("Restore");  // restored there; the source never heard
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node2");
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, TargetAnsweringUnderAnotherNameIsRefusedBeforeFreezing) {
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "work";
+  r.source_node = "node1";
+  r.target_node = "node3";  // what the order said; the URL answers as node2
+  r.target_url = "http://node2";
+  r = driver_->Run(spec_, r, {});
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_EQ(r.error.code(), Code::kInvalid);
+  EXPECT_EQ(source_.Calls("Pause"), 0);
+  ExpectRunsOnceOn(source_, 42);
+}
+
+// The source dies after the ownership moved and before the commit: the
+// target asks the ownership oracle and keeps the workload; the source, back,
+// follows the target.
+TEST_F(LedgerMigrationTest, SourceSilentAfterTransferTargetAdoptsThroughTheOracle) {
+  UseTargetOracle([this](const IncomingRecord& rec) -> StatusOr<bool> {
+    return ledger_.node == "node2" && ledger_.migration == rec.offer.id;
+  });
+  UseDriverLedger(&ledger_);
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Query");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  EXPECT_EQ(ledger_.node, "node2");
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  transport_->Heal();
+  r = Recover(r);
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+}
+
+// ---- target-side ownership oracle --------------------------------------------
+
+TEST_F(MigrationTest, IdleRestoredCopyOwnedHereIsCommitted) {
+  int asked = 0;
+  UseTargetOracle([&](const IncomingRecord& rec) -> StatusOr<bool> {
+    ++asked;
+    EXPECT_EQ(rec.offer.id, "m-1");
+    return true;
+  });
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  incoming_->ExpireIdle();  // not idle yet: not asked
+  EXPECT_EQ(asked, 0);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  EXPECT_EQ(target_phases_.back(), TargetPhase::kCommitted);
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, {});
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded);
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(MigrationTest, IdleRestoredCopyNotOwnedHereIsAborted) {
+  UseTargetOracle([](const IncomingRecord&) -> StatusOr<bool> { return false; });
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kAborted);
+  ExpectTargetClean();
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, {});
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectRunsOnceOn(source_, 42);
+}
+
+TEST_F(MigrationTest, OracleThatCannotTellKeepsTheCopyAndAsksAgain) {
+  StatusOr<bool> answer = RetryError("store unreachable");
+  int asked = 0;
+  UseTargetOracle([&](const IncomingRecord&) -> StatusOr<bool> {
+    ++asked;
+    return answer;
+  });
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  incoming_->ExpireIdle();
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_EQ(target_.State("work"), TaskState::kRunning);
+  answer = true;
+  incoming_->ExpireIdle();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+}
+
+TEST_F(MigrationTest, OracleIsNotAskedBeforeTheCopyRuns) {
+  int asked = 0;
+  UseTargetOracle([&](const IncomingRecord&) -> StatusOr<bool> {
+    ++asked;
+    return true;
+  });
+  transport_->DropRequest("Send");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kRolledBack);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  EXPECT_EQ(asked, 0);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, TargetRestartPutsARunningRestoredCopyToTheOracle) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  auto records = incoming_->List();
+  // Restarted target, and the cluster says it owns the workload now.
+  UseTargetOracle([](const IncomingRecord&) -> StatusOr<bool> { return true; });
+  incoming_->Recover(records);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  EXPECT_EQ(target_.State("work"), TaskState::kRunning);
+}
+
+TEST_F(MigrationTest, TargetRestartAbortsARestoredCopyTheClusterGaveBack) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  auto records = incoming_->List();
+  UseTargetOracle([](const IncomingRecord&) -> StatusOr<bool> { return false; });
+  incoming_->Recover(records);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kAborted);
+  EXPECT_FALSE(target_.Has("work"));
+}
+
+TEST_F(MigrationTest, TargetRestartWithAnOracleThatCannotTellAsksAgainAtTheNextExpiry) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  auto records = incoming_->List();
+  StatusOr<bool> answer = RetryError("store unreachable");
+  UseTargetOracle([&](const IncomingRecord&) -> StatusOr<bool> { return answer; });
+  incoming_->Recover(records);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_TRUE(reserved_.contains("work"));  // the name stays taken
+  answer = true;
+  incoming_->ExpireIdle();  // no need to wait a whole idle timeout again
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+}
+
+TEST_F(MigrationTest, TargetRestartAbortsARestoredCopyWhoseTaskIsGone) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  auto records = incoming_->List();
+  ASSERT_TRUE(target_.Delete("work").ok());  // the node rebooted, say
+  int asked = 0;
+  UseTargetOracle([&](const IncomingRecord&) -> StatusOr<bool> {
+    ++asked;
+    return true;
+  });
+  incoming_->Recover(records);
+  EXPECT_EQ(asked, 0);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kAborted);
 }
 
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
