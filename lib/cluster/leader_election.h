@@ -8,7 +8,9 @@
 // Thread-safety: Run() is called from one thread; Stop(), IsLeader(),
 // CurrentLeader() from any thread.
 // Errors: Run() only returns when stopped; store errors are retried with
-// backoff (a term in progress ends when its lease is lost).
+// backoff (a term in progress ends when its lease is lost). Backoff (100 ms
+// doubling to 2 s) waits in real time on a condition variable, so Stop() is
+// prompt and a FakeClock is never advanced by the election.
 #pragma once
 
 #include <atomic>
@@ -61,6 +63,11 @@ class LeaderElection {
 
  private:
   class Term;
+  struct Session;
+  bool WaitBackoff(std::chrono::milliseconds d);
+  bool WaitForVacancy(Session& session, int64_t lease, int64_t* ours);
+  void Monitor(Term& term);
+
   StateStore& store_;
   Clock& clock_;
   Options options_;
@@ -68,7 +75,8 @@ class LeaderElection {
   std::atomic<bool> leader_{false};
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  Term* term_ = nullptr;  // current term, guarded by mu_
+  Term* term_ = nullptr;        // current term, guarded by mu_
+  Watcher* watcher_ = nullptr;  // campaign's watch on the key, guarded by mu_
 };
 
 }  // namespace kmosix::cluster

@@ -1,7 +1,9 @@
 // Test helper: a StateStore decorator that lets a test cut one client off the
 // store (Block(): its reads, watches and writes answer kRetry while other
 // clients of the inner store carry on) and break that client's open watches
-// with a chosen status (BreakWatches()), deterministically.
+// with a chosen status (BreakWatches()), deterministically; and make the
+// client's keep-alives stop refreshing without telling it (DropKeepAlives(),
+// a frozen or partitioned process: its leases expire after their TTL).
 //
 // Ownership: borrows the inner store (it must outlive this and every watcher
 // handed out). Thread-safety: thread-safe, like the inner store.
@@ -10,6 +12,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "kmosix/state_store.h"
@@ -28,6 +31,19 @@ class GatedStore : public StateStore {
       if (auto s = weak.lock()) s->Break(status);
     }
     watches_.clear();
+  }
+  // Stops refreshing every keep-alive handed out so far (their status() stays
+  // ok: the client is not told, as when it is frozen); the leases then expire.
+  void DropKeepAlives() {
+    std::vector<std::shared_ptr<KeepAliveState>> all;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& weak : keepalives_) {
+        if (auto s = weak.lock()) all.push_back(s);
+      }
+      keepalives_.clear();
+    }
+    for (auto& s : all) s->Drop();
   }
   int64_t watches_opened() const { return watches_opened_; }
   int64_t lists() const { return lists_; }
@@ -89,7 +105,14 @@ class GatedStore : public StateStore {
   StatusOr<std::unique_ptr<LeaseKeepAlive>> KeepAlive(int64_t id,
                                                       LeaseLostCallback on_lost = {}) override {
     KMX_RETURN_IF_ERROR(Gate());
-    return inner_.KeepAlive(id, std::move(on_lost));
+    KMX_ASSIGN_OR_RETURN(auto inner, inner_.KeepAlive(id, std::move(on_lost)));
+    auto state = std::make_shared<KeepAliveState>(std::move(inner));
+    {
+      std::lock_guard lock(mu_);
+      std::erase_if(keepalives_, [](const auto& k) { return k.expired(); });
+      keepalives_.push_back(state);
+    }
+    return std::unique_ptr<LeaseKeepAlive>(std::make_unique<GatedKeepAlive>(state));
   }
 
  private:
@@ -131,6 +154,44 @@ class GatedStore : public StateStore {
     std::shared_ptr<WatchState> s_;
   };
 
+  struct KeepAliveState {
+    explicit KeepAliveState(std::unique_ptr<LeaseKeepAlive> k)
+        : inner(std::move(k)), id(inner->lease()) {}
+    std::shared_ptr<LeaseKeepAlive> Inner() const {
+      std::lock_guard lock(mu);
+      return inner;
+    }
+    void Drop() {
+      std::shared_ptr<LeaseKeepAlive> dropped;
+      {
+        std::lock_guard lock(mu);
+        dropped.swap(inner);
+      }
+    }
+    mutable std::mutex mu;
+    std::shared_ptr<LeaseKeepAlive> inner;
+    const int64_t id;
+  };
+
+  class GatedKeepAlive : public LeaseKeepAlive {
+   public:
+    explicit GatedKeepAlive(std::shared_ptr<KeepAliveState> s) : s_(std::move(s)) {}
+    int64_t lease() const override { return s_->id; }
+    Status status() const override {
+      auto inner = s_->Inner();
+      return inner ? inner->status() : Status::Ok();
+    }
+    Status WaitLost(std::chrono::milliseconds timeout) override {
+      auto inner = s_->Inner();
+      if (inner) return inner->WaitLost(timeout);
+      std::this_thread::sleep_for(timeout);
+      return Status::Ok();
+    }
+
+   private:
+    std::shared_ptr<KeepAliveState> s_;
+  };
+
   Status Gate() const {
     if (blocked_) return RetryError("gated store: blocked by the test");
     return Status::Ok();
@@ -142,6 +203,7 @@ class GatedStore : public StateStore {
   std::atomic<int64_t> lists_{0};
   std::mutex mu_;
   std::vector<std::weak_ptr<WatchState>> watches_;
+  std::vector<std::weak_ptr<KeepAliveState>> keepalives_;
 };
 
 }  // namespace kmosix::testing
