@@ -55,6 +55,8 @@ struct Model {
   std::vector<int> owner;                           // per workload: node index or -1
   std::vector<char> in_flight;                      // per workload
   std::vector<int> involved;                        // per node: in-flight migrations
+  std::vector<double> arriving;   // per node: memory of in-flight workloads headed there
+  std::vector<double> departing;  // per node: memory of in-flight workloads leaving it
   int cluster_in_flight = 0;
 
   int Find(std::string_view name) const {
@@ -72,6 +74,8 @@ Model BuildModel(const ClusterSnapshot& s) {
   m.denom_ok.resize(n);
   m.load.resize(n);
   m.involved.assign(n, 0);
+  m.arriving.assign(n, 0);
+  m.departing.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
     const PolicyNode& node = s.nodes[i];
     if (!m.index.emplace(node.name, static_cast<int>(i)).second) m.duplicate[i] = 1;
@@ -109,6 +113,12 @@ Model BuildModel(const ClusterSnapshot& s) {
     m.owner[i] = owner;
     m.counts_on[i] = on;
     if (on >= 0) m.load[on] += Sane(wl.cpu) / m.denom[on];
+    // The target's reported memory does not show an arriving workload yet,
+    // nor the source's the memory it will get back.
+    if (on >= 0 && on != owner) {
+      m.arriving[on] += static_cast<double>(wl.memory_bytes);
+      if (owner >= 0) m.departing[owner] += static_cast<double>(wl.memory_bytes);
+    }
   }
   return m;
 }
@@ -117,8 +127,10 @@ double MemoryMargin(const PolicyNode& n, const PolicyConfig& c) {
   return Sane(c.low_memory_fraction) * static_cast<double>(n.memory_capacity_bytes);
 }
 
-bool MemoryLow(const PolicyNode& n, const PolicyConfig& c) {
-  return static_cast<double>(n.memory_available_bytes) < MemoryMargin(n, c);
+// Short of memory by the numbers: available (plus what in-flight migrations
+// will free) under the margin.
+bool MemoryLow(const PolicyNode& n, const PolicyConfig& c, double departing) {
+  return static_cast<double>(n.memory_available_bytes) + departing < MemoryMargin(n, c);
 }
 
 bool PsiHigh(const PolicyNode& n, const PolicyConfig& c) {
@@ -126,12 +138,13 @@ bool PsiHigh(const PolicyNode& n, const PolicyConfig& c) {
 }
 
 // "(available 50 MiB < 10% of 1024 MiB, memory psi some10 25.0% >= 20.0%)"
-std::string ShortWhy(const PolicyNode& n, const PolicyConfig& c) {
+std::string ShortWhy(const PolicyNode& n, const PolicyConfig& c, double departing) {
   std::string why;
-  if (MemoryLow(n, c)) {
-    why = Fmt("available %.0f MiB < %g%% of %.0f MiB",
-              MiB(static_cast<double>(n.memory_available_bytes)), c.low_memory_fraction * 100,
-              MiB(static_cast<double>(n.memory_capacity_bytes)));
+  if (MemoryLow(n, c, departing)) {
+    why = Fmt("available %.0f MiB", MiB(static_cast<double>(n.memory_available_bytes)));
+    if (departing > 0) why += Fmt(" + %.0f MiB leaving", MiB(departing));
+    why += Fmt(" < %g%% of %.0f MiB", c.low_memory_fraction * 100,
+               MiB(static_cast<double>(n.memory_capacity_bytes)));
   }
   if (PsiHigh(n, c)) {
     if (!why.empty()) why += ", ";
@@ -198,11 +211,14 @@ class Balancer {
     count_ = m_.involved;
     cluster_ = m_.cluster_in_flight;
     moved_.assign(w, 0);
-    reserved_.assign(n, 0);
+    reserved_ = m_.arriving;
     freed_.assign(n, 0);
     margin_.resize(n);
     short_.assign(n, 0);
     target_ok_.assign(n, 0);
+    role_.assign(n, kNone);
+    out_.assign(n, {});
+    in_.assign(n, {});
     tie_.resize(n);
     in_targets_.assign(n, 0);
     in_sources_.assign(n, 0);
@@ -211,7 +227,7 @@ class Balancer {
     for (int i = 0; i < n; ++i) {
       const PolicyNode& node = N(i);
       margin_[i] = MemoryMargin(node, c_);
-      short_[i] = MemoryLow(node, c_) || PsiHigh(node, c_);
+      short_[i] = MemoryLow(node, c_, m_.departing[i]) || PsiHigh(node, c_);
       target_ok_[i] =
           node.ready && !node.cordoned && !short_[i] && m_.denom_ok[i] && !m_.duplicate[i];
       tie_[i] = random_.Next();
@@ -222,7 +238,7 @@ class Balancer {
   // ---- bookkeeping --------------------------------------------------------
   void UpdateTarget(int n) {
     if (in_targets_[n]) targets_.erase(Entry{target_key_[n], tie_[n], n});
-    in_targets_[n] = target_ok_[n] && count_[n] < c_.max_per_node;
+    in_targets_[n] = target_ok_[n] && count_[n] < c_.max_per_node && role_[n] != kSource;
     if (in_targets_[n]) {
       target_key_[n] = m_.load[n];
       targets_.insert(Entry{target_key_[n], tie_[n], n});
@@ -273,13 +289,20 @@ class Balancer {
     ++count_[b];
     ++cluster_;
     moved_[w] = 1;
-    for (int n : {a, b}) {
-      UpdateTarget(n);
-      if (in_sources_[n]) {
-        RemoveSource(n);
-        if (count_[n] < c_.max_per_node) InsertSource(n);
-      }
+    // A node either sheds or receives within a round, never both.
+    role_[a] = kSource;
+    role_[b] = kTarget;
+    UpdateTarget(a);
+    UpdateTarget(b);
+    RemoveSource(b);
+    if (in_sources_[a]) {
+      RemoveSource(a);
+      if (count_[a] < c_.max_per_node) InsertSource(a);
     }
+    const bool memory = d.kind == Decision::Kind::kMemory;
+    out_[a].push_back(static_cast<int>(round_moves_.size()));
+    if (!memory) in_[b].push_back(static_cast<int>(round_moves_.size()));
+    round_moves_.push_back({w, a, b, memory});
     result_.moves.push_back(std::move(d));
   }
 
@@ -292,7 +315,8 @@ class Balancer {
     if (shorts.empty()) return;
     auto fraction = [&](int i) {
       double cap = static_cast<double>(N(i).memory_capacity_bytes);
-      return cap > 0 ? static_cast<double>(N(i).memory_available_bytes) / cap : 1.0;
+      return cap > 0 ? (static_cast<double>(N(i).memory_available_bytes) + m_.departing[i]) / cap
+                     : 1.0;
     };
     std::sort(shorts.begin(), shorts.end(), [&](int x, int y) {
       double fx = fraction(x), fy = fraction(y);
@@ -305,17 +329,17 @@ class Balancer {
     std::vector<int> cands;
     for (int src : shorts) {
       const PolicyNode& node = N(src);
-      const std::string why = ShortWhy(node, c_);
+      const std::string why = ShortWhy(node, c_, m_.departing[src]);
       if (cluster_ >= c_.max_cluster) {
         Held(
-            Fmt("memory: node %s short of memory (%s): cluster limit reached (%d in flight, "
+            Fmt("memory: %s short of memory (%s): cluster limit reached (%d in flight, "
                 "max %d)",
                 Name(src), why.c_str(), cluster_, c_.max_cluster));
         return;
       }
       if (count_[src] >= c_.max_per_node) {
         Held(
-            Fmt("memory: node %s short of memory (%s): node limit reached (%d migration(s) "
+            Fmt("memory: %s short of memory (%s): node limit reached (%d migration(s) "
                 "involving it, max %d)",
                 Name(src), why.c_str(), count_[src], c_.max_per_node));
         continue;
@@ -336,12 +360,11 @@ class Balancer {
         if (Cpu(x) != Cpu(y)) return Cpu(x) > Cpu(y);
         return x < y;
       });
-      const bool low = MemoryLow(node, c_);
+      const bool low = MemoryLow(node, c_, m_.departing[src]);
       int shed = 0, held = 0;
       for (int w : cands) {
-        bool still_short = (low && static_cast<double>(node.memory_available_bytes) + freed_[src] <
-                                       margin_[src]) ||
-                           (!low && shed == 0);
+        const bool still_short =
+            (low && MemoryLow(node, c_, m_.departing[src] + freed_[src])) || (!low && shed == 0);
         if (!still_short || cluster_ >= c_.max_cluster || count_[src] >= c_.max_per_node) break;
         int dst = -1;
         if (Mem(w) < max_room) {
@@ -354,7 +377,7 @@ class Balancer {
         }
         if (dst < 0) {
           if (held++ < kMaxHeldPerNode)
-            Held(Fmt("memory: node %s short of memory (%s): no target with room for %s (%.0f MiB)",
+            Held(Fmt("memory: %s short of memory (%s): no target with room for %s (%.0f MiB)",
                      Name(src), why.c_str(), W(w).name.c_str(), MiB(Mem(w))));
           continue;
         }
@@ -367,7 +390,7 @@ class Balancer {
         d.target_load = m_.load[dst];
         d.workload_load = Contribution(w, dst);
         d.reason = Fmt(
-            "memory: node %s short of memory (%s) -> %s (%.0f MiB, %.2f cores) to node %s "
+            "memory: %s short of memory (%s) -> %s (%.0f MiB, %.2f cores) to %s "
             "(available %.0f MiB, load %.2f)",
             Name(src), why.c_str(), W(w).name.c_str(), MiB(Mem(w)), Cpu(w), Name(dst),
             MiB(static_cast<double>(N(dst).memory_available_bytes) - reserved_[dst]), m_.load[dst]);
@@ -376,7 +399,7 @@ class Balancer {
       }
       if (cands.empty()) {
         Held(
-            Fmt("memory: node %s short of memory (%s): no movable workload (%d within min "
+            Fmt("memory: %s short of memory (%s): no movable workload (%d within min "
                 "residency)",
                 Name(src), why.c_str(), settling));
       }
@@ -387,7 +410,8 @@ class Balancer {
   void Even() {
     const int n = static_cast<int>(s_.nodes.size());
     for (int i = 0; i < n; ++i)
-      if (N(i).ready && !m_.duplicate[i] && start_[i + 1] > start_[i]) InsertSource(i);
+      if (N(i).ready && !m_.duplicate[i] && role_[i] != kTarget && start_[i + 1] > start_[i])
+        InsertSource(i);
 
     while (!sources_.empty()) {
       const int a = sources_.begin()->idx;
@@ -395,7 +419,7 @@ class Balancer {
       auto first = FirstTarget(a);
       if (first == targets_.end()) {
         Held(
-            Fmt("cpu: node %s load %.2f: no eligible target (ready, uncordoned, not short of "
+            Fmt("cpu: %s load %.2f: no eligible target (ready, uncordoned, not short of "
                 "memory, under the migration limit)",
                 Name(a), la));
         return;
@@ -403,15 +427,15 @@ class Balancer {
       if (la - first->load < c_.min_gain) return;  // balanced, within noise
       if (cluster_ >= c_.max_cluster) {
         Held(
-            Fmt("cpu: cluster limit reached (%d migration(s) in flight, max %d): node %s load "
-                "%.2f, node %s load %.2f",
+            Fmt("cpu: cluster limit reached (%d migration(s) in flight, max %d): %s load "
+                "%.2f, %s load %.2f",
                 cluster_, c_.max_cluster, Name(a), la, Name(first->idx), first->load));
         return;
       }
       RemoveSource(a);
       if (count_[a] >= c_.max_per_node) {
         Held(
-            Fmt("cpu: node %s load %.2f: node limit reached (%d migration(s) involving it, max "
+            Fmt("cpu: %s load %.2f: node limit reached (%d migration(s) involving it, max "
                 "%d)",
                 Name(a), la, count_[a], c_.max_per_node));
         continue;
@@ -420,25 +444,61 @@ class Balancer {
     }
   }
 
-  // Whether moving w from a to b passes the hysteresis and gains enough.
+  // Whether moving w from a to b passes the hysteresis and gains enough, and
+  // keeps the round consistent.
   bool Passes(int w, int a, int b) const {
     const double la = m_.load[a], lb = m_.load[b];
     const double cb = Contribution(w, b);
     if (!(lb + c_.stability * cb < la)) return false;
-    return la - std::max(la - Contribution(w, a), lb + cb) >= c_.min_gain;
+    return Gain(la, lb, Contribution(w, a), cb) >= c_.min_gain && Consistent(w, a, b);
+  }  // After the move, no move of this round (this one included) may look worth
+  // undoing, or a later move from the same source or to the same target could
+  // set up a move straight back in the next round: for each CPU move c: x -> y,
+  // L_y <= L_x + stability * l_c(x); for each memory move c out of x, x still
+  // has no room for c.
+  bool Consistent(int w, int a, int b) const {
+    const double la = m_.load[a] - Contribution(w, a);
+    const double lb = m_.load[b] + Contribution(w, b);
+    auto ok = [&](double target_load, double source_load, double back) {
+      return target_load <= source_load + c_.stability * back - kTieEpsilon;
+    };
+    if (!ok(lb, la, Contribution(w, a))) return false;
+    for (int k : out_[a]) {
+      const RoundMove& c = round_moves_[k];
+      if (c.memory) {
+        // (A node under memory pressure is no target while it lasts.)
+        if (!PsiHigh(N(a), c_) && Room(a) + m_.departing[a] + freed_[a] + Mem(w) > Mem(c.w))
+          return false;
+      } else if (!ok(c.b == b ? lb : m_.load[c.b], la, Contribution(c.w, a))) {
+        return false;
+      }
+    }
+    for (int k : in_[b]) {
+      const RoundMove& c = round_moves_[k];
+      if (!ok(lb, c.a == a ? la : m_.load[c.a], Contribution(c.w, c.a))) return false;
+    }
+    return true;
+  }
+  // How much closer the move brings the two loads (0 for an idle workload).
+  static double Gain(double la, double lb, double ca, double cb) {
+    return (la - lb) - std::fabs((la - ca) - (lb + cb));
   }
   // Why Passes(w, a, b) is false ("" if it is true).
   std::string Why(int w, int a, int b) const {
     const double la = m_.load[a], lb = m_.load[b];
     const double ca = Contribution(w, a), cb = Contribution(w, b);
     if (!(lb + c_.stability * cb < la)) {
-      return Fmt("hysteresis not met for %s to node %s: %.2f + %g x %.2f = %.2f >= %.2f",
+      return Fmt("hysteresis not met for %s to %s: %.2f + %g x %.2f = %.2f >= %.2f",
                  W(w).name.c_str(), Name(b), lb, c_.stability, cb, lb + c_.stability * cb, la);
     }
-    const double gain = la - std::max(la - ca, lb + cb);
+    const double gain = Gain(la, lb, ca, cb);
     if (gain < c_.min_gain) {
-      return Fmt("moving %s to node %s gains %.3f < min gain %.3f", W(w).name.c_str(), Name(b),
-                 gain, c_.min_gain);
+      return Fmt("moving %s to %s evens the loads by %.3f < min gain %.3f", W(w).name.c_str(),
+                 Name(b), gain, c_.min_gain);
+    }
+    if (!Consistent(w, a, b)) {
+      return Fmt("moving %s to %s would make an earlier move of this round worth undoing",
+                 W(w).name.c_str(), Name(b));
     }
     return {};
   }
@@ -500,11 +560,11 @@ class Balancer {
       d.source_load = la;
       d.target_load = m_.load[b];
       d.workload_load = Contribution(best, b);
-      d.reason = Fmt(
-          "cpu: node %s load %.2f > node %s load %.2f + %g x %.2f (workload %s: %.2f cores, age "
-          "%.0f s, on node %s for %.0f s)",
-          Name(a), la, Name(b), d.target_load, c_.stability, d.workload_load, d.workload.c_str(),
-          Cpu(best), Secs(Age(best)), Name(a), Secs(Residency(best)));
+      d.reason =
+          Fmt("cpu: %s load %.2f > %s load %.2f + %g x %.2f (workload %s: %.2f cores, age "
+              "%.0f s, on %s for %.0f s)",
+              Name(a), la, Name(b), d.target_load, c_.stability, d.workload_load,
+              d.workload.c_str(), Cpu(best), Secs(Age(best)), Name(a), Secs(Residency(best)));
       Apply(std::move(d), best, a, b);
       return true;
     }
@@ -519,14 +579,14 @@ class Balancer {
       if (!Passes(w, a, b0)) continue;
       std::string gate;
       if (!ResidencyOk(w)) {
-        gate = Fmt("on node %s for %.0f s < min residency %.0f s", Name(a), Secs(Residency(w)),
+        gate = Fmt("on %s for %.0f s < min residency %.0f s", Name(a), Secs(Residency(w)),
                    Secs(c_.min_residency_ms));
       } else {
         gate =
             Fmt("too young: age %.0f s <= migration cost %.1f s", Secs(Age(w)), CostMs(w) / 1000.0);
       }
       Held(
-          Fmt("cpu: node %s load %.2f: %s (%.2f cores) would go to node %s (load %.2f) but is "
+          Fmt("cpu: %s load %.2f: %s (%.2f cores) would go to %s (load %.2f) but is "
               "%s",
               Name(a), la, W(w).name.c_str(), Cpu(w), Name(b0), m_.load[b0], gate.c_str()));
       ++lines;
@@ -539,15 +599,15 @@ class Balancer {
       std::string why = Why(w, a, b0);
       if (why.empty()) {
         // Passed hysteresis on b0 but no target had memory for any candidate.
-        why = Fmt("no memory on node %s for %s (%.0f MiB; room %.0f MiB)", Name(b0),
-                  W(w).name.c_str(), MiB(Mem(w)), MiB(std::max(0.0, Room(b0))));
+        why = Fmt("no memory on %s for %s (%.0f MiB; room %.0f MiB)", Name(b0), W(w).name.c_str(),
+                  MiB(Mem(w)), MiB(std::max(0.0, Room(b0))));
       }
-      Held(Fmt("cpu: node %s load %.2f: %s", Name(a), la, why.c_str()));
+      Held(Fmt("cpu: %s load %.2f: %s", Name(a), la, why.c_str()));
       ++lines;
     }
     if (lines == 0 && pool.empty() && fixed + migrating > 0) {
       Held(
-          Fmt("cpu: node %s load %.2f: no movable workload (%d pinned or non-migratable, %d "
+          Fmt("cpu: %s load %.2f: no movable workload (%d pinned or non-migratable, %d "
               "migrating)",
               Name(a), la, fixed, migrating));
     }
@@ -572,6 +632,14 @@ class Balancer {
   std::vector<char> in_targets_, in_sources_;
   std::vector<double> target_key_, source_key_;
   std::vector<int> cands_, gated_;
+  enum Role : char { kNone, kSource, kTarget };
+  std::vector<char> role_;  // this round's role of each node
+  struct RoundMove {
+    int w, a, b;
+    bool memory;
+  };
+  std::vector<RoundMove> round_moves_;      // this round's decisions
+  std::vector<std::vector<int>> out_, in_;  // by source / by target (CPU moves only)
 };
 
 }  // namespace
@@ -599,7 +667,8 @@ StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequ
   const double mem = static_cast<double>(request.memory_bytes);
   auto room = [&](int i) {
     const PolicyNode& n = snapshot.nodes[static_cast<size_t>(i)];
-    return static_cast<double>(n.memory_available_bytes) - MemoryMargin(n, config);
+    return static_cast<double>(n.memory_available_bytes) - m.arriving[static_cast<size_t>(i)] -
+           MemoryMargin(n, config);
   };
   auto fits = [&](int i) {
     const PolicyNode& n = snapshot.nodes[static_cast<size_t>(i)];

@@ -16,6 +16,10 @@
 //      (l_c(B): c's load as it would weigh on B), when c has lived longer than
 //      its estimated migration cost (memory / bandwidth), and when c has been
 //      on A for at least min_residency.
+//   Decisions are applied to the working loads one by one, so a round may
+//   emit several; within a round a node either sheds or receives, and no move
+//   may leave an earlier CPU move of the round worth undoing (so the next
+//   round, on the resulting loads, never sends a workload straight back).
 //   Never moved: pinned or non-migratable workloads, workloads already
 //   migrating; never chosen as targets: NotReady or cordoned nodes, nodes
 //   without memory for c. Limits: at most max_per_node migrations involving a
@@ -44,7 +48,8 @@ struct PolicyConfig {
   int max_cluster = 2;
   double low_memory_fraction = 0.10;
   double memory_psi_threshold = 20.0;  // % some10
-  // Loads closer than this are equal (ignores measurement noise).
+  // Loads closer than this are equal (ignores measurement noise): a move must
+  // bring the source's and target's loads at least this much closer.
   double min_gain = 0.05;
 };
 
