@@ -12,84 +12,17 @@
 #include "cluster/records.h"
 #include "fakes/fake_clock.h"
 #include "fakes/fake_state_store.h"
+#include "lib/cluster/candidate.h"
 
 namespace kmosix::cluster {
 namespace {
 
+using kmosix::testing::Candidate;
+using kmosix::testing::Eventually;
 using kmosix::testing::FakeClock;
 using kmosix::testing::FakeStateStore;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-// Waits (generously, in real time) for `pred`.
-template <typename Pred>
-bool Eventually(Pred pred, std::chrono::milliseconds timeout = seconds(20)) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  return pred();
-}
-
-// An election on its own thread; lead() records the term and holds it until
-// it is lost (or, if `give_up` is set, returns at once).
-class Candidate {
- public:
-  Candidate(StateStore& store, Clock& clock, const std::string& key, const std::string& id,
-            bool give_up_at_first = false)
-      : election(store, clock, LeaderElection::Options{key, id, seconds(5)}),
-        identity(id),
-        give_up(give_up_at_first) {
-    thread_ = std::thread([this] {
-      election.Run([this](const LeaderTerm& term) {
-        {
-          std::lock_guard lock(mu_);
-          fences_.push_back(term.Fence());
-          revisions_.push_back(term.revision());
-        }
-        terms_++;
-        leading_++;
-        if (!give_up) {
-          while (!term.WaitLost(milliseconds(50))) {
-          }
-        }
-        EXPECT_TRUE(give_up || term.Lost());
-        leading_--;
-        ended_++;
-      });
-    });
-  }
-  ~Candidate() { StopAndJoin(); }
-  void StopAndJoin() {
-    election.Stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  bool leading() const { return leading_.load() > 0; }
-  int terms() const { return terms_.load(); }
-  int ended() const { return ended_.load(); }
-  Compare LastFence() const {
-    std::lock_guard lock(mu_);
-    return fences_.back();
-  }
-  std::vector<int64_t> Revisions() const {
-    std::lock_guard lock(mu_);
-    return revisions_;
-  }
-
-  LeaderElection election;
-  std::string identity;
-  std::atomic<bool> give_up{false};
-
- private:
-  mutable std::mutex mu_;
-  std::vector<Compare> fences_;
-  std::vector<int64_t> revisions_;
-  std::atomic<int> terms_{0};
-  std::atomic<int> leading_{0};
-  std::atomic<int> ended_{0};
-  std::thread thread_;
-};
 
 class LeaderElectionTest : public ::testing::Test {
  protected:
