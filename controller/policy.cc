@@ -99,9 +99,15 @@ Model BuildModel(const ClusterSnapshot& s) {
   m.counts_on.resize(w);
   m.owner.resize(w);
   m.in_flight.assign(w, 0);
+  std::string_view last_node;  // workloads often come grouped by node
+  int last_owner = -1;
   for (size_t i = 0; i < w; ++i) {
     const PolicyWorkload& wl = s.workloads[i];
-    int owner = m.Find(wl.node);
+    if (i == 0 || wl.node != last_node) {
+      last_node = wl.node;
+      last_owner = m.Find(wl.node);
+    }
+    const int owner = last_owner;
     int on = owner;
     if (!flight_target.empty()) {
       auto it = flight_target.find(wl.name);
