@@ -22,6 +22,9 @@
 #ifndef KMX_DEMO_IMAGE
 #error "KMX_DEMO_IMAGE must be defined (see e2e/CMakeLists.txt)"
 #endif
+#ifndef KMX_CONTROLLER_BIN
+#define KMX_CONTROLLER_BIN ""
+#endif
 
 namespace kmosix::e2e {
 namespace {
@@ -181,6 +184,12 @@ HttpReply HttpPut(const std::string& base, const std::string& path, const std::s
   return FromResult(cli.Put(path, body, "application/json"));
 }
 
+HttpReply HttpPostText(const std::string& base, const std::string& path, const std::string& body,
+                       const std::string& content_type, std::chrono::seconds timeout) {
+  auto cli = MakeClient(base, timeout);
+  return FromResult(cli.Post(path, body, content_type));
+}
+
 // --- the demo's log ------------------------------------------------------------------
 
 std::optional<Tick> ParseTickLine(const std::string& line) {
@@ -318,6 +327,7 @@ WaitResult WaitFor(const std::string& what, Millis timeout,
 
 std::string Cluster::RepoDir() { return EnvOr("KMX_REPO_DIR", KMX_REPO_DIR); }
 std::string Cluster::AgentBinary() { return EnvOr("KMX_AGENT_BIN", KMX_AGENT_BIN); }
+std::string Cluster::ControllerBinary() { return EnvOr("KMX_CONTROLLER_BIN", KMX_CONTROLLER_BIN); }
 std::string Cluster::DemoImagePath() { return EnvOr("KMX_DEMO_IMAGE", KMX_DEMO_IMAGE); }
 
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {}
@@ -354,6 +364,12 @@ std::string Cluster::Up() {
   if (::access(agent.c_str(), X_OK) != 0) {
     return "agent binary " + agent + " is missing or not executable (build target kmosix-agent)";
   }
+  std::string controller = ControllerBinary();
+  if (options_.etcd && options_.controllers > 0 &&
+      (controller.empty() || ::access(controller.c_str(), X_OK) != 0)) {
+    return "controller binary " + (controller.empty() ? std::string("(not built)") : controller) +
+           " is missing or not executable (build target kmosix-controller)";
+  }
   std::string image = DemoImagePath();
   auto built =
       RunCommand(ShellQuote(RepoDir() + "/images/demo/build.sh") + " " + ShellQuote(image));
@@ -369,9 +385,22 @@ std::string Cluster::Up() {
     }
     if (status.exit_code != 0) return "the running cluster is unhealthy:\n" + status.output;
   } else {
-    std::string cmd = "KMOSIX_AGENT=" + ShellQuote(agent) + " " + ClusterScript() + " up --nodes " +
-                      std::to_string(options_.nodes);
+    std::string cmd = "KMOSIX_AGENT=" + ShellQuote(agent);
+    if (!controller.empty()) cmd += " KMOSIX_CONTROLLER=" + ShellQuote(controller);
+    if (options_.node_cpus > 0) cmd += " KMOSIX_NODE_CPUS=" + std::to_string(options_.node_cpus);
+    if (options_.node_memory_mib > 0) {
+      cmd += " KMOSIX_NODE_MEMORY_MIB=" + std::to_string(options_.node_memory_mib);
+    }
+    cmd += " " + ClusterScript() + " up --nodes " + std::to_string(options_.nodes);
     for (const auto& a : options_.agent_args) cmd += " --agent-arg " + ShellQuote(a);
+    if (!options_.etcd) {
+      cmd += " --no-etcd";
+    } else if (options_.controllers <= 0) {
+      cmd += " --no-controllers";
+    } else {
+      cmd += " --controllers " + std::to_string(options_.controllers);
+      for (const auto& a : options_.controller_args) cmd += " --controller-arg " + ShellQuote(a);
+    }
     brought_up_ = true;  // whatever happens now, Down() cleans up
     auto up = RunCommand(cmd);
     if (up.exit_code != 0) {
@@ -386,6 +415,11 @@ std::string Cluster::Up() {
   if (static_cast<int>(nodes_.size()) < options_.nodes) {
     return "the cluster has " + std::to_string(nodes_.size()) + " nodes, " +
            std::to_string(options_.nodes) + " needed";
+  }
+  if (options_.etcd && etcd_url_.empty()) return "the cluster runs without etcd; etcd needed";
+  if (options_.etcd && static_cast<int>(controllers_.size()) < options_.controllers) {
+    return "the cluster has " + std::to_string(controllers_.size()) + " controllers, " +
+           std::to_string(options_.controllers) + " needed";
   }
   for (const auto& a : options_.agent_args) {
     if (a != "--enable-failpoints") continue;
@@ -422,6 +456,21 @@ std::string Cluster::ReadLayout() {
       node.url = n.at("agent_url").get<std::string>();
       node.sock = n.at("containerd_socket").get<std::string>();
       nodes_.push_back(node);
+    }
+    etcd_url_.clear();
+    controllers_.clear();
+    if (j.contains("etcd") && j["etcd"].is_object()) {
+      etcd_url_ = j["etcd"].at("url").get<std::string>();
+    }
+    if (j.contains("controllers") && j["controllers"].is_array()) {
+      int k = 0;
+      for (const auto& c : j["controllers"]) {
+        ControllerProc p;
+        p.index = ++k;
+        p.name = c.at("name").get<std::string>();
+        p.url = c.at("url").get<std::string>();
+        controllers_.push_back(p);
+      }
     }
   } catch (const json::exception& e) {
     return std::string("unexpected scripts/cluster status --json: ") + e.what() + ": " + st.output;
@@ -469,6 +518,57 @@ std::string Cluster::AgentLogTail(const Node& n, int lines) const {
   return "--- " + path + " (last " + std::to_string(lines) + " lines) ---\n" + r.output;
 }
 
+std::string Cluster::ControllerLogTail(const ControllerProc& c, int lines) const {
+  std::string path = LogsDir() + "/" + c.name + ".log";
+  auto r = RunCommand("tail -n " + std::to_string(lines) + " " + ShellQuote(path));
+  return "--- " + path + " (last " + std::to_string(lines) + " lines) ---\n" + r.output;
+}
+
+std::string Cluster::EtcdLogTail(int lines) const {
+  std::string path = LogsDir() + "/etcd.log";
+  auto r = RunCommand("tail -n " + std::to_string(lines) + " " + ShellQuote(path));
+  return "--- " + path + " (last " + std::to_string(lines) + " lines) ---\n" + r.output;
+}
+
+const ControllerProc* Cluster::Leader(std::string* why) const {
+  const ControllerProc* leader = nullptr;
+  int leaders = 0;
+  std::string seen;
+  for (const auto& c : controllers_) {
+    auto r = HttpGet(c.url, "/v1/leader", std::chrono::seconds(3));
+    json j = r.Json();
+    bool leads = r.status == 200 && j.is_object() && j.contains("isLeader") &&
+                 j["isLeader"].is_boolean() && j["isLeader"].get<bool>();
+    if (leads) {
+      leader = &c;
+      ++leaders;
+    }
+    seen += c.name + ": " + r.Describe() + "; ";
+  }
+  if (leaders == 1) return leader;
+  if (why != nullptr) *why = std::to_string(leaders) + " leaders: " + seen;
+  return nullptr;
+}
+
+std::string Cluster::Script(const std::string& args) const {
+  auto r = RunCommand(ClusterScript() + " " + args);
+  if (r.exit_code == 0) return "";
+  return "scripts/cluster " + args + " failed (exit " + std::to_string(r.exit_code) + "):\n" +
+         r.output;
+}
+
+std::string Cluster::KillAgent(int i) const { return Script("kill-agent " + std::to_string(i)); }
+std::string Cluster::StartAgent(int i) const { return Script("start-agent " + std::to_string(i)); }
+std::string Cluster::KillController(int j) const {
+  return Script("kill-controller " + std::to_string(j));
+}
+std::string Cluster::StartController(int j) const {
+  return Script("start-controller " + std::to_string(j));
+}
+std::string Cluster::KillEtcd() const { return Script("kill-etcd"); }
+std::string Cluster::StartEtcd() const { return Script("start-etcd"); }
+std::string Cluster::RestartEtcd() const { return Script("restart-etcd"); }
+
 // --- workloads -------------------------------------------------------------------------
 
 json DemoArgs(const std::vector<std::string>& extra) {
@@ -495,6 +595,33 @@ std::optional<DemoLog> FetchLog(const Node& n, const std::string& name, std::str
     return std::nullopt;
   }
   return ParseDemoLog(r.body);
+}
+
+std::optional<DemoLog> FetchLogFrom(const std::string& base, const std::string& name,
+                                    std::string* error) {
+  auto r = HttpGet(base, "/v1/workloads/" + name + "/logs", std::chrono::seconds(20));
+  if (r.status != 200) {
+    if (error != nullptr)
+      *error = "GET " + base + "/v1/workloads/" + name + "/logs: " + r.Describe();
+    return std::nullopt;
+  }
+  return ParseDemoLog(r.body);
+}
+
+WaitResult WaitForTickAt(const std::string& base, const std::string& name, uint64_t tick,
+                         Millis timeout) {
+  return WaitFor(
+      name + " (logs through " + base + ") to reach tick " + std::to_string(tick), timeout,
+      [&]() -> Observation {
+        std::string err;
+        auto log = FetchLogFrom(base, name, &err);
+        if (!log) return {false, err};
+        if (log->ticks.empty()) return {false, "no tick lines yet"};
+        const Tick& last = log->ticks.back();
+        return {last.tick >= tick, "last tick=" + std::to_string(last.tick) + " (" +
+                                       std::to_string(log->ticks.size()) + " tick lines)"};
+      },
+      Millis(500));
 }
 
 WaitResult WaitForTick(const Node& n, const std::string& name, uint64_t tick, Millis timeout) {
@@ -558,6 +685,58 @@ std::string CheckGoneEverywhere(const Cluster& c, const std::string& name) {
     }
   }
   return problems;
+}
+
+}  // namespace kmosix::e2e
+
+namespace kmosix::e2e {
+
+// --- the controller's REST API ---------------------------------------------------------
+
+json DemoWorkloadSpec(const std::string& name, const std::vector<std::string>& extra,
+                      const std::string& node) {
+  json body = {{"name", name},
+               {"image", Cluster::kDemoImage},
+               {"args", DemoArgs(extra)},
+               {"env", json::object()},
+               {"migratable", true}};
+  if (!node.empty()) body["node"] = node;
+  return body;
+}
+
+std::optional<json> GetObject(const std::string& base, const std::string& path,
+                              std::string* error) {
+  auto r = HttpGet(base, path, std::chrono::seconds(10));
+  json j = r.Json();
+  if (r.status != 200 || !j.is_object()) {
+    if (error != nullptr) *error = "GET " + base + path + ": " + r.Describe();
+    return std::nullopt;
+  }
+  return j;
+}
+
+std::optional<json> GetItems(const std::string& base, const std::string& path, std::string* error) {
+  auto j = GetObject(base, path, error);
+  if (!j) return std::nullopt;
+  if (!j->contains("items") || !(*j)["items"].is_array()) {
+    if (error != nullptr) *error = "GET " + base + path + ": no items array: " + Excerpt(j->dump());
+    return std::nullopt;
+  }
+  return (*j)["items"];
+}
+
+std::string CheckApiError(const HttpReply& r) {
+  if (r.status < 400 || r.status > 499) return "expected a 4xx status, got " + r.Describe();
+  json j = r.Json();
+  if (!j.is_object()) return "the error body is not a JSON object: " + r.Describe();
+  if (!j.contains("code") || !j["code"].is_string() || j["code"].get<std::string>().empty()) {
+    return "the error body has no string \"code\": " + r.Describe();
+  }
+  if (!j.contains("message") || !j["message"].is_string() ||
+      j["message"].get<std::string>().empty()) {
+    return "the error body has no string \"message\": " + r.Describe();
+  }
+  return "";
 }
 
 }  // namespace kmosix::e2e

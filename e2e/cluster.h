@@ -1,14 +1,19 @@
 // End-to-end harness: a local kmosix cluster (scripts/cluster: one network
-// namespace, containerd and kmosix-agent per node), REST helpers for the
-// agents, a parser for the demo workload's tick lines, and a bounded waiter.
+// namespace, containerd and kmosix-agent per node; optionally one etcd and
+// kmosix-controllers on the host), REST helpers for the agents and the
+// controllers, a parser for the demo workload's tick lines, and a bounded
+// waiter.
 //
-// Used by the e2e tests (e2e/migration_e2e_test.cc) and the migration
-// benchmark (bench/migration_bench.cc); deliberately free of GoogleTest.
+// Used by the e2e tests (e2e/migration_e2e_test.cc, e2e/brain_e2e_test.cc) and
+// the migration benchmark (bench/migration_bench.cc); deliberately free of
+// GoogleTest.
 //
 // Paths come from compile definitions (see e2e/CMakeLists.txt):
-//   KMX_REPO_DIR    the source tree (scripts/cluster, images/demo/build.sh)
-//   KMX_AGENT_BIN   the built kmosix-agent (passed to scripts/cluster as KMOSIX_AGENT)
-//   KMX_DEMO_IMAGE  where the demo image tarball is (built if missing)
+//   KMX_REPO_DIR        the source tree (scripts/cluster, images/demo/build.sh)
+//   KMX_AGENT_BIN       the built kmosix-agent (passed to scripts/cluster as KMOSIX_AGENT)
+//   KMX_CONTROLLER_BIN  the built kmosix-controller (as KMOSIX_CONTROLLER); may be
+//                       empty where the controller is not built
+//   KMX_DEMO_IMAGE      where the demo image tarball is (built if missing)
 // Each may be overridden at run time by the environment variable of the same
 // name.
 //
@@ -58,6 +63,10 @@ HttpReply HttpPost(const std::string& base, const std::string& path, const nlohm
                    std::chrono::seconds timeout = std::chrono::seconds(30));
 HttpReply HttpPut(const std::string& base, const std::string& path, const std::string& body = "",
                   std::chrono::seconds timeout = std::chrono::seconds(10));
+// POST of a raw body (malformed JSON for bad-input tests).
+HttpReply HttpPostText(const std::string& base, const std::string& path, const std::string& body,
+                       const std::string& content_type = "application/json",
+                       std::chrono::seconds timeout = std::chrono::seconds(30));
 
 // --- the demo workload's log ----------------------------------------------------
 
@@ -133,9 +142,23 @@ struct Node {
   std::string sock;  // containerd socket
 };
 
+// One kmosix-controller of the cluster (on the host, at the bridge address).
+struct ControllerProc {
+  int index = 0;     // 1-based (scripts/cluster kill-controller J)
+  std::string name;  // "controller1" (also its --id)
+  std::string url;   // "http://10.77.0.1:7800"
+};
+
 struct ClusterOptions {
   int nodes = 2;
   std::vector<std::string> agent_args;  // e.g. {"--enable-failpoints"}
+  // etcd on the host, the agents publishing to it (--etcd ... --load-source
+  // cgroup). Off: `up --no-etcd`, agents alone (the migration e2e).
+  bool etcd = false;
+  int controllers = 0;                       // with etcd; 0: none
+  std::vector<std::string> controller_args;  // e.g. {"--min-residency", "5"}
+  int node_cpus = 0;        // CPU capacity each agent declares (0: the script's default, 1)
+  int node_memory_mib = 0;  // memory capacity each agent declares (0: default, 2048)
   // Use a cluster that is already up instead of failing; never tear it down.
   bool reuse = false;
   // Tear down in Down() (and the destructor) only what Up() brought up.
@@ -167,6 +190,23 @@ class Cluster {
   const Node& node(int index) const { return nodes_.at(index - 1); }
   std::string BridgeAddress() const { return bridge_addr_; }
   std::string LogsDir() const { return data_dir_ + "/logs"; }
+  // "http://10.77.0.1:2379", empty without etcd.
+  std::string EtcdUrl() const { return etcd_url_; }
+  const std::vector<ControllerProc>& Controllers() const { return controllers_; }
+  const ControllerProc& controller(int index) const { return controllers_.at(index - 1); }
+  // The controller that says it leads (GET /v1/leader on each; exactly one
+  // must say so), else nullptr and *why (if given) says what each answered.
+  const ControllerProc* Leader(std::string* why = nullptr) const;
+
+  // Fault injection through scripts/cluster; each returns "" or an error
+  // message with the script's output. Start* wait until the process answers.
+  std::string KillAgent(int node_index) const;
+  std::string StartAgent(int node_index) const;
+  std::string KillController(int index) const;
+  std::string StartController(int index) const;
+  std::string KillEtcd() const;
+  std::string StartEtcd() const;
+  std::string RestartEtcd() const;  // SIGTERM, then start on the same data
 
   // containerd state of `name` on a node, through ctr.
   struct CtrView {
@@ -178,17 +218,23 @@ class Cluster {
 
   // Last lines of a node's agent log, for failure messages.
   std::string AgentLogTail(const Node& n, int lines = 30) const;
+  std::string ControllerLogTail(const ControllerProc& c, int lines = 30) const;
+  std::string EtcdLogTail(int lines = 30) const;
 
   static std::string RepoDir();
   static std::string AgentBinary();
+  static std::string ControllerBinary();
   static std::string DemoImagePath();
 
  private:
   std::string ReadLayout();
+  std::string Script(const std::string& args) const;
 
   ClusterOptions options_;
   bool brought_up_ = false;
   std::vector<Node> nodes_;
+  std::vector<ControllerProc> controllers_;
+  std::string etcd_url_;
   std::string bridge_addr_;
   std::string data_dir_ = "/var/lib/kmosix-cluster";
 };
@@ -211,5 +257,28 @@ WaitResult WaitForTick(const Node& n, const std::string& name, uint64_t tick,
 std::string CheckRunsExactlyOn(const Cluster& c, const std::string& name, const Node& owner);
 // Empty if no node has the workload (agent 404, no container, no task).
 std::string CheckGoneEverywhere(const Cluster& c, const std::string& name);
+
+// --- the controller's REST API (any replica serves it) ------------------------------
+
+// A body for the controller's POST /v1/workloads running the demo:
+// {"name","image":demo,"args","env":{},"migratable":true} plus "node" when given.
+nlohmann::json DemoWorkloadSpec(const std::string& name, const std::vector<std::string>& extra,
+                                const std::string& node = "");
+// GET base+path and its "items" array; std::nullopt (and *error set) when the
+// GET fails or the body has no items array.
+std::optional<nlohmann::json> GetItems(const std::string& base, const std::string& path,
+                                       std::string* error);
+// GET base+path as a JSON object (200 only); std::nullopt and *error otherwise.
+std::optional<nlohmann::json> GetObject(const std::string& base, const std::string& path,
+                                        std::string* error);
+// A workload's logs through any server of GET /v1/workloads/{name}/logs (an
+// agent or a controller, which proxies to the owner).
+std::optional<DemoLog> FetchLogFrom(const std::string& base, const std::string& name,
+                                    std::string* error);
+WaitResult WaitForTickAt(const std::string& base, const std::string& name, uint64_t tick,
+                         std::chrono::milliseconds timeout);
+// Empty if the reply is an API error as the controller must give it: a 4xx
+// status and a JSON object with string "code" and "message"; else what is wrong.
+std::string CheckApiError(const HttpReply& r);
 
 }  // namespace kmosix::e2e
