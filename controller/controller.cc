@@ -338,7 +338,9 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
   // A migration the record points at that is over (or gone): the source
   // normally clears it; do it when the source cannot.
   if (!st.migration.empty()) {
-    auto mkv = migrations_.Get(options_.keys.Migration(st.migration));
+    // Fresh read: the migrations cache may lag behind the workloads cache.
+    KMX_ASSIGN_OR_RETURN(GetResult fresh, store_.Get(options_.keys.Migration(st.migration)));
+    const std::optional<KeyValue>& mkv = fresh.kv;
     std::optional<MigrationRecord> m;
     if (mkv) {
       auto parsed = ParseMigration(*mkv);
@@ -406,7 +408,9 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   // Decide whether the controller must end it, and how.
   std::string phase, error;
   bool clear_on_workload = false;
-  auto wkv = workloads_.Get(wkey);
+  // Fresh read: the workloads cache may lag behind the migrations cache.
+  KMX_ASSIGN_OR_RETURN(GetResult fresh, store_.Get(wkey));
+  const std::optional<KeyValue>& wkv = fresh.kv;
   std::optional<WorkloadRecord> w;
   if (wkv) {
     auto parsed = ParseWorkload(*wkv);
