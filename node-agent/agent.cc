@@ -70,6 +70,23 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
       observer_(observer) {
   IncomingMigrations::Options in_opts{options_.node, options_.version, options_.scratch_dir,
                                       options_.state_dir + "/logs", options_.idle_timeout};
+  incoming_ =
+      std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, TargetHooks());
+  driver_options_.source_url = options_.advertise_url;
+  driver_options_.scratch_dir = options_.scratch_dir;
+  driver_options_.resolve_timeout = options_.resolve_timeout;
+  driver_ = std::make_unique<MigrationDriver>(engine_, transport_, clock_, driver_options_);
+}
+
+void Agent::SetClusterHooks(ClusterHooks hooks) {
+  cluster_ = std::move(hooks);
+  IncomingMigrations::Options in_opts{options_.node, options_.version, options_.scratch_dir,
+                                      options_.state_dir + "/logs", options_.idle_timeout};
+  incoming_ =
+      std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, TargetHooks());
+}
+
+IncomingMigrations::Hooks Agent::TargetHooks() {
   IncomingMigrations::Hooks hooks;
   hooks.reserve = [this](const std::string& name) -> Status {
     std::lock_guard lock(mu_);
@@ -100,12 +117,9 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
       spdlog::error("cannot record incoming migration {}: {}", r.offer.id, s.ToString());
     }
   };
-  incoming_ = std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, hooks);
-  MigrationDriver::Options d_opts;
-  d_opts.source_url = options_.advertise_url;
-  d_opts.scratch_dir = options_.scratch_dir;
-  d_opts.resolve_timeout = options_.resolve_timeout;
-  driver_ = std::make_unique<MigrationDriver>(engine_, transport_, clock_, d_opts);
+  // Arrivals are unmanaged until the cluster link claims them (ClaimManaged).
+  hooks.owned_here = cluster_.owned_here;
+  return hooks;
 }
 
 std::string Agent::WorkloadPath(const std::string& name) const {
@@ -127,14 +141,19 @@ void Agent::SaveWorkload(const Workload& w) {
   j["createdMs"] = w.created_ms;
   j["startedMs"] = w.started_ms;
   j["migrations"] = w.migrations;
+  if (w.managed) {
+    j["managed"] = true;
+    j["epoch"] = w.epoch;
+  }
   if (Status s = WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2)); !s.ok()) {
     spdlog::error("cannot record workload {}: {}", w.spec.name, s.ToString());
   }
 }
 
-void Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec) {
+void Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed) {
   json j = SpecWithLog(spec);
   j["report"] = MigrationReportToJson(r);
+  if (managed) j["managed"] = true;
   if (Status s = WriteFileAtomic(OutPath(r.id), j.dump(2)); !s.ok()) {
     spdlog::error("cannot journal migration {}: {}", r.id, s.ToString());
   }
@@ -174,6 +193,8 @@ Status Agent::Start() {
       w.created_ms = j.value("createdMs", int64_t{0});
       w.started_ms = j.value("startedMs", w.created_ms);
       w.migrations = j.value("migrations", std::vector<std::string>{});
+      w.managed = j.value("managed", false);
+      w.epoch = j.value("epoch", int64_t{0});
     } catch (const json::exception& e) {
       spdlog::error("ignoring workload record {}: {}", path, e.what());
       continue;
@@ -289,10 +310,31 @@ void Agent::RetryUnresolved() {
       spdlog::error("cannot finish migration {}: {}", r.id, spec.status().ToString());
       continue;
     }
+    const auto managed_it = record->find("managed");
+    const bool managed =
+        managed_it != record->end() && managed_it->is_boolean() && managed_it->get<bool>();
+    if (managed && cluster_.ledger == nullptr) {
+      // Only the cluster can say who owns it now: never guess.
+      spdlog::error(
+          "migration {} of managed workload {} is unfinished ({}) and this agent is not "
+          "in cluster mode: left frozen",
+          r.id, r.workload, MigrationPhaseName(r.phase));
+      continue;
+    }
     spdlog::info("finishing interrupted migration {} of {} (phase {})", r.id, r.workload,
                  MigrationPhaseName(r.phase));
-    MigrationReport done = driver_->Recover(
-        *spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, *spec); });
+    auto persist = [this, &spec, managed](const MigrationReport& rep) {
+      SaveOutgoing(rep, *spec, managed);
+    };
+    MigrationReport done;
+    if (managed) {
+      MigrationDriver::Options opts = driver_options_;
+      opts.ledger = cluster_.ledger;
+      MigrationDriver driver(engine_, transport_, clock_, opts);
+      done = driver.Recover(*spec, r, persist);
+    } else {
+      done = driver_->Recover(*spec, r, persist);
+    }
     Finished(done, *spec);
   }
 }
@@ -319,7 +361,6 @@ void Agent::Finished(const MigrationReport& r, const ContainerSpec& spec) {
 
 StatusOr<json> Agent::CreateWorkload(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ParseContainerSpec(body));
-  spec.log_path = LogPath(spec.name);
   auto lock = LockFor(spec.name);
   std::lock_guard guard(*lock);
   {
@@ -328,6 +369,17 @@ StatusOr<json> Agent::CreateWorkload(std::string_view body) {
       return ConflictError("a workload named " + spec.name + " already exists on " + options_.node);
     }
     workloads_[spec.name].state = "creating";
+  }
+  KMX_ASSIGN_OR_RETURN(Workload w, CreateLocked(std::move(spec), false, 0, 0));
+  return Describe(w);
+}
+
+StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, int64_t epoch,
+                                              int64_t created_ms) {
+  spec.log_path = LogPath(spec.name);
+  if (managed) {
+    spec.labels["io.kmosix.managed"] = "true";
+    spec.labels["io.kmosix.epoch"] = std::to_string(epoch);
   }
   auto forget = [&] {
     std::lock_guard l(mu_);
@@ -354,15 +406,17 @@ StatusOr<json> Agent::CreateWorkload(std::string_view body) {
   Workload w;
   w.spec = spec;
   w.state = "running";
-  w.created_ms = clock_.WallMillis();
-  w.started_ms = w.created_ms;
+  w.started_ms = clock_.WallMillis();
+  w.created_ms = created_ms > 0 ? created_ms : w.started_ms;
+  w.managed = managed;
+  w.epoch = epoch;
   {
     std::lock_guard l(mu_);
     workloads_[spec.name] = w;
     SaveWorkload(w);
   }
-  spdlog::info("workload {} started on {}", spec.name, options_.node);
-  return Describe(w);
+  spdlog::info("{}workload {} started on {}", managed ? "managed " : "", spec.name, options_.node);
+  return w;
 }
 
 json Agent::Describe(const Workload& w) {
@@ -372,6 +426,10 @@ json Agent::Describe(const Workload& w) {
   j["createdMs"] = w.created_ms;
   j["startedMs"] = w.started_ms;
   j["migrations"] = w.migrations;
+  if (w.managed) {
+    j["managed"] = true;
+    j["epoch"] = w.epoch;
+  }
   j["pid"] = 0;
   if (w.state == "running" || w.state == "frozen" || w.state == "migrating") {
     auto info = runtime_.Inspect(w.spec.name);
@@ -427,6 +485,10 @@ Status Agent::DeleteWorkload(const std::string& name) {
       return ConflictError("workload " + name +
                            " is frozen while a migration is resolved; try again later");
     }
+    if (it->second.managed) {
+      return ConflictError("workload " + name +
+                           " is managed by the cluster; delete it through the controller");
+    }
     spec = it->second.spec;
   }
   KMX_RETURN_IF_ERROR(runtime_.Delete(name).Annotate("delete"));
@@ -468,6 +530,36 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
   while (target.back() == '/') target.pop_back();
   if (target == options_.advertise_url) return InvalidError("target is this agent");
 
+  MigrationReport r;
+  r.id = RandomId(random_, "m-");
+  r.workload = name;
+  r.source_node = options_.node;
+  r.target_url = target;
+  return RunOutgoing(name, std::move(r), /*managed=*/false, nullptr, {});
+}
+
+StatusOr<MigrationReport> Agent::MigrateManaged(const ManagedMigration& order,
+                                                OwnershipLedger& ledger,
+                                                const MigrationDriver::PersistFn& on_phase) {
+  KMX_RETURN_IF_ERROR(ValidateName(order.id).Annotate("migration id"));
+  std::string target = order.target_url;
+  KMX_RETURN_IF_ERROR(ValidateAgentUrl(target));
+  while (target.back() == '/') target.pop_back();
+  if (target == options_.advertise_url || order.target_node == options_.node) {
+    return InvalidError("target is this agent");
+  }
+  MigrationReport r;
+  r.id = order.id;
+  r.workload = order.workload;
+  r.source_node = options_.node;
+  r.target_node = order.target_node;
+  r.target_url = target;
+  return RunOutgoing(order.workload, std::move(r), /*managed=*/true, &ledger, on_phase);
+}
+
+StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationReport r,
+                                             bool managed, OwnershipLedger* ledger,
+                                             const MigrationDriver::PersistFn& on_phase) {
   auto lock = LockFor(name);
   std::unique_lock guard(*lock, std::try_to_lock);
   if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy");
@@ -483,6 +575,15 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
     if (it->second.state != "running") {
       return ConflictError("workload " + name + " is " + it->second.state + ", not running");
     }
+    if (it->second.managed != managed) {
+      return ConflictError(managed ? "workload " + name + " is not managed by the cluster"
+                                   : "workload " + name +
+                                         " is managed by the cluster; order its migrations "
+                                         "through the controller");
+    }
+    if (managed && outgoing_.contains(r.id)) {
+      return ConflictError("migration " + r.id + " already ran on " + options_.node);
+    }
     spec = it->second.spec;
   }
   auto info = runtime_.Inspect(name);
@@ -490,12 +591,6 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
   if (info->state != TaskState::kRunning) {
     return ConflictError("task of " + name + " is " + std::string(TaskStateName(info->state)));
   }
-
-  MigrationReport r;
-  r.id = RandomId(random_, "m-");
-  r.workload = name;
-  r.source_node = options_.node;
-  r.target_url = target;
   {
     std::lock_guard l(mu_);
     if (outgoing_running_ >= options_.max_outgoing) {
@@ -505,9 +600,20 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_vi
     ++outgoing_running_;
     workloads_[name].state = "migrating";
   }
-  spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, target);
-  MigrationReport done = driver_->Run(
-      spec, r, [this, &spec](const MigrationReport& rep) { SaveOutgoing(rep, spec); }, life);
+  spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, r.target_url);
+  auto persist = [&](const MigrationReport& rep) {
+    SaveOutgoing(rep, spec, managed);
+    if (on_phase) on_phase(rep);
+  };
+  MigrationReport done;
+  if (ledger != nullptr) {
+    MigrationDriver::Options opts = driver_options_;
+    opts.ledger = ledger;
+    MigrationDriver driver(engine_, transport_, clock_, opts);
+    done = driver.Run(spec, r, persist, life);
+  } else {
+    done = driver_->Run(spec, r, persist, life);
+  }
   Finished(done, spec);
   {
     std::lock_guard l(mu_);
@@ -550,6 +656,161 @@ StatusOr<json> Agent::GetMigration(const std::string& id) {
     if (item["id"] == id) return item;
   }
   return NotFoundError("no migration " + id + " on " + options_.node);
+}
+
+LocalWorkload Agent::ToLocal(const Workload& w) const {
+  LocalWorkload l;
+  l.name = w.spec.name;
+  l.state = w.state;
+  l.managed = w.managed;
+  l.epoch = w.epoch;
+  l.created_ms = w.created_ms;
+  l.started_ms = w.started_ms;
+  l.migrations = w.migrations;
+  return l;
+}
+
+StatusOr<LocalWorkload> Agent::StartManaged(const cluster::WorkloadSpec& ws, int64_t epoch,
+                                            int64_t created_ms) {
+  ContainerSpec spec;
+  spec.name = ws.name;
+  spec.image = ws.image;
+  spec.args = ws.args;
+  spec.env = ws.env;
+  spec.memory_mib = ws.memory_mib;
+  spec.cpus = ws.cpus;
+  // The same checks as a REST body.
+  KMX_ASSIGN_OR_RETURN(spec, ContainerSpecFromJson(ContainerSpecToJson(spec)));
+  auto lock = LockFor(spec.name);
+  std::lock_guard guard(*lock);
+  bool replace_lost = false;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(spec.name);
+    if (it != workloads_.end()) {
+      Workload& w = it->second;
+      if (!w.managed) {
+        return ConflictError("an unmanaged workload named " + spec.name + " exists on " +
+                             options_.node);
+      }
+      if (w.state == "running") {
+        if (epoch > w.epoch) {
+          w.epoch = epoch;
+          SaveWorkload(w);
+        }
+        LocalWorkload out = ToLocal(w);
+        auto info = runtime_.Inspect(spec.name);
+        if (info.ok()) {
+          out.task = info->state;
+          out.pid = info->pid;
+          out.exit_status = info->exit_status;
+        }
+        return out;
+      }
+      if (w.state != "lost") {
+        return ConflictError("workload " + spec.name + " is " + w.state + " on " + options_.node);
+      }
+      replace_lost = true;
+      w.state = "creating";
+    } else {
+      workloads_[spec.name].state = "creating";
+    }
+  }
+  if (replace_lost) {
+    spdlog::warn("workload {} was lost on {}; starting it afresh", spec.name, options_.node);
+    (void)runtime_.Delete(spec.name);
+    (void)RemoveFile(WorkloadPath(spec.name));
+  }
+  KMX_ASSIGN_OR_RETURN(Workload w, CreateLocked(std::move(spec), true, epoch, created_ms));
+  LocalWorkload out = ToLocal(w);
+  auto info = runtime_.Inspect(w.spec.name);
+  if (info.ok()) {
+    out.task = info->state;
+    out.pid = info->pid;
+  }
+  return out;
+}
+
+Status Agent::ClaimManaged(const std::string& name, int64_t epoch) {
+  std::lock_guard l(mu_);
+  auto it = workloads_.find(name);
+  if (it == workloads_.end() || it->second.state == "incoming" || it->second.state == "creating") {
+    return NotFoundError("no workload " + name + " on " + options_.node);
+  }
+  Workload& w = it->second;
+  if (w.managed && w.epoch >= epoch) return Status::Ok();
+  if (!w.managed) spdlog::info("workload {} is managed by the cluster from now on", name);
+  w.managed = true;
+  w.epoch = std::max(w.epoch, epoch);
+  SaveWorkload(w);
+  return Status::Ok();
+}
+
+Status Agent::DeleteManaged(const std::string& name) {
+  auto lock = LockFor(name);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy (migrating)");
+  ContainerSpec spec;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || !it->second.managed) {
+      return NotFoundError("no managed workload " + name + " on " + options_.node);
+    }
+    const std::string& state = it->second.state;
+    if (state == "migrating" || state == "frozen" || state == "incoming" || state == "creating") {
+      return ConflictError("workload " + name + " is " + state + " on " + options_.node);
+    }
+    spec = it->second.spec;
+  }
+  KMX_RETURN_IF_ERROR(runtime_.Delete(name).Annotate("delete"));
+  {
+    std::lock_guard l(mu_);
+    workloads_.erase(name);
+  }
+  (void)RemoveFile(WorkloadPath(name));
+  (void)RemoveFile(spec.log_path);
+  spdlog::info("managed workload {} deleted from {}", name, options_.node);
+  return Status::Ok();
+}
+
+std::optional<LocalWorkload> Agent::Local(const std::string& name, bool inspect) {
+  LocalWorkload out;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end()) return std::nullopt;
+    out = ToLocal(it->second);
+    out.name = name;
+  }
+  if (inspect && out.state != "incoming" && out.state != "creating") {
+    auto info = runtime_.Inspect(name);
+    if (info.ok()) {
+      out.task = info->state;
+      out.pid = info->pid;
+      out.exit_status = info->exit_status;
+    } else if (info.status().code() == Code::kNotFound) {
+      out.task = TaskState::kNone;
+    }
+  }
+  return out;
+}
+
+std::vector<LocalWorkload> Agent::ListLocal() {
+  std::vector<LocalWorkload> out;
+  std::lock_guard l(mu_);
+  for (const auto& [name, w] : workloads_) {
+    out.push_back(ToLocal(w));
+    out.back().name = name;
+  }
+  return out;
+}
+
+std::optional<MigrationReport> Agent::OutgoingReport(const std::string& id) {
+  std::lock_guard l(mu_);
+  auto it = outgoing_.find(id);
+  if (it == outgoing_.end()) return std::nullopt;
+  return it->second;
 }
 
 size_t Agent::WorkloadCount() {

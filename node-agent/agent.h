@@ -2,8 +2,18 @@
 // and receives, and their durable records under state_dir. HTTP-free: the
 // REST layer (http_api.h) calls these methods and turns statuses into codes.
 //
+// Cluster mode (cluster_link.h): workloads the cluster (etcd) assigns to this
+// node are *managed*: started with StartManaged, marked so in their local
+// record (plus the container label io.kmosix.managed=true), and tied to the
+// ownership epoch they run under. Managed workloads are moved only by orders
+// from the cluster (MigrateManaged, with an OwnershipLedger) and deleted only
+// by the link (DeleteManaged); the REST API refuses to migrate or delete them
+// (kConflict). Workloads created through the REST API stay unmanaged, as in a
+// standalone agent.
+//
 // State on disk (state_dir):
 //   workloads/<name>.json      spec + record of each workload this node owns
+//                              (+ "managed", "epoch" for managed ones)
 //   migrations/out/<id>.json   journal of outgoing migrations (report + spec)
 //   migrations/in/<id>.json    records of incoming migrations
 //   logs/<name>.log            stdout+stderr of each workload
@@ -16,13 +26,16 @@
 // when containerd is unreachable, kFailed otherwise.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "cluster/records.h"
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
 #include "kmosix/migration.h"
@@ -52,6 +65,40 @@ class MigrationObserver {
  public:
   virtual ~MigrationObserver() = default;
   virtual void OnMigrationFinished(const MigrationReport& report) = 0;
+};
+
+// Installed by the cluster link before Start() (see Agent::SetClusterHooks).
+struct ClusterHooks {
+  // Settles journaled migrations of managed workloads after a restart (and
+  // ones left Resolving). Without it they are left frozen, with an error log.
+  OwnershipLedger* ledger = nullptr;
+  // Target side: IncomingMigrations::Hooks::owned_here.
+  std::function<StatusOr<bool>(const IncomingRecord&)> owned_here;
+};
+
+// A local workload as the cluster link sees it.
+struct LocalWorkload {
+  std::string name;
+  // "running", "migrating", "frozen" (a migration is being resolved),
+  // "incoming" (arriving), "creating", "lost" (its container vanished).
+  std::string state;
+  bool managed = false;
+  int64_t epoch = 0;  // managed: the ownership epoch it runs under (0: not known yet)
+  int64_t created_ms = 0;
+  int64_t started_ms = 0;
+  std::vector<std::string> migrations;  // ids it arrived or left by, oldest first
+  // From the runtime (kUnknown when it was not asked or could not say).
+  TaskState task = TaskState::kUnknown;
+  uint32_t pid = 0;
+  uint32_t exit_status = 0;
+};
+
+// An order to move a managed workload (from migrations/<id> in etcd).
+struct ManagedMigration {
+  std::string id;
+  std::string workload;
+  std::string target_node;  // the target must answer Hello as this node
+  std::string target_url;
 };
 
 class Agent {
@@ -84,6 +131,48 @@ class Agent {
 
   size_t WorkloadCount();
 
+  // ---- cluster mode (used by ClusterLink) ----------------------------------
+  // Installs the hooks; call before Start() (the target side is rebuilt with
+  // the oracle, so no migration may be in flight). Not thread-safe with
+  // anything else.
+  void SetClusterHooks(ClusterHooks hooks);
+
+  // Starts a managed workload from the cluster's spec under ownership `epoch`
+  // (created_ms: when it was first created anywhere; 0 = now). Idempotent: a
+  // managed workload of that name already running here is returned as it is
+  // (its epoch raised to `epoch`); a "lost" one is replaced. kConflict if the
+  // name is taken by an unmanaged workload or one in another state; kInvalid
+  // for a bad spec or an image not on this node; kRetry when containerd is
+  // unreachable; kFailed when the container would not start.
+  StatusOr<LocalWorkload> StartManaged(const cluster::WorkloadSpec& spec, int64_t epoch,
+                                       int64_t created_ms);
+  // Marks a local workload managed (one that arrived by a cluster-ordered
+  // migration) and raises its epoch to `epoch`. kNotFound if not here.
+  Status ClaimManaged(const std::string& name, int64_t epoch);
+  // Deletes a managed workload's local copy (record gone, or fenced).
+  // kConflict while a migration of it is in flight (migrating, frozen,
+  // incoming); kNotFound if there is no managed workload of that name.
+  Status DeleteManaged(const std::string& name);
+  // The local workload (incoming/creating ones included), the runtime asked
+  // for its task when `inspect`; nullopt if unknown here.
+  std::optional<LocalWorkload> Local(const std::string& name, bool inspect = true);
+  // Every local workload, without asking the runtime.
+  std::vector<LocalWorkload> ListLocal();
+
+  // Runs a cluster-ordered migration of a managed workload running here, with
+  // the given id and target, moving the ownership through `ledger`.
+  // `on_phase` is called on this thread after every phase change has been
+  // journaled (it must not call back into the Agent). Errors (nothing ran):
+  // kInvalid (bad id/URL), kNotFound (no such workload here), kConflict (not
+  // managed, not running, busy, or this id already ran here), kRetry
+  // (max_outgoing migrations already leaving; containerd unreachable).
+  // Otherwise the report says how it ended (Resolving: still frozen; Tick
+  // finishes it through the ledger installed with SetClusterHooks).
+  StatusOr<MigrationReport> MigrateManaged(const ManagedMigration& order, OwnershipLedger& ledger,
+                                           const MigrationDriver::PersistFn& on_phase);
+  // The local journal of an outgoing migration (as last persisted).
+  std::optional<MigrationReport> OutgoingReport(const std::string& id);
+
  private:
   struct Workload {
     ContainerSpec spec;
@@ -91,13 +180,25 @@ class Agent {
     int64_t created_ms = 0;  // first started, on any node
     int64_t started_ms = 0;  // started or arrived on this node
     std::vector<std::string> migrations;
+    bool managed = false;  // cluster mode: started or claimed for the cluster
+    int64_t epoch = 0;     // managed: ownership epoch
   };
   std::string WorkloadPath(const std::string& name) const;
   std::string OutPath(const std::string& id) const;
   std::string InPath(const std::string& id) const;
   std::string LogPath(const std::string& name) const;
   void SaveWorkload(const Workload& w);
-  void SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec);
+  void SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed);
+  IncomingMigrations::Hooks TargetHooks();
+  // Creates and starts spec.name (caller holds its lock and reserved the
+  // name with state "creating"); records it on success, forgets it otherwise.
+  StatusOr<Workload> CreateLocked(ContainerSpec spec, bool managed, int64_t epoch,
+                                  int64_t created_ms);
+  // Checks and runs one outgoing migration (REST or cluster order).
+  StatusOr<MigrationReport> RunOutgoing(const std::string& name, MigrationReport r, bool managed,
+                                        OwnershipLedger* ledger,
+                                        const MigrationDriver::PersistFn& on_phase);
+  LocalWorkload ToLocal(const Workload& w) const;
   std::shared_ptr<std::mutex> LockFor(const std::string& name);
   nlohmann::json Describe(const Workload& w);
   void Finished(const MigrationReport& r, const ContainerSpec& spec);
@@ -113,6 +214,8 @@ class Agent {
   MigrationObserver* observer_;
   std::unique_ptr<IncomingMigrations> incoming_;
   std::unique_ptr<MigrationDriver> driver_;
+  MigrationDriver::Options driver_options_;
+  ClusterHooks cluster_;  // set before Start(), read-only after
 
   std::mutex mu_;  // guards the maps below
   std::map<std::string, Workload> workloads_;

@@ -5,14 +5,20 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <thread>
 
 #include "agent.h"
+#include "cluster_link.h"
 #include "containerd/containerd_runtime.h"
+#include "etcd/etcd_state_store.h"
 #include "http_api.h"
 #include "kmosix/clock.h"
 #include "kmosix/spec_json.h"
 #include "kmosix/stop_and_copy.h"
+#include "load_sampler.h"
 #include "metrics.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
@@ -36,6 +42,33 @@ bool SplitHostPort(const std::string& s, std::string& host, int& port) {
   return port > 0 && port < 65536;
 }
 
+// "http://10.77.0.1:2379,10.77.0.2:2379" -> {"10.77.0.1:2379", "10.77.0.2:2379"}.
+std::vector<std::string> EtcdEndpoints(const std::string& flag) {
+  std::vector<std::string> out;
+  std::stringstream in(flag);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    for (const char* scheme : {"http://", "https://"}) {
+      if (item.rfind(scheme, 0) == 0) item = item.substr(std::string(scheme).size());
+    }
+    while (!item.empty() && item.back() == '/') item.pop_back();
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// MemTotal from /proc/meminfo, in bytes (0 if unreadable).
+uint64_t MemTotalBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemTotal:") return kib * 1024;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -48,6 +81,14 @@ int main(int argc, char** argv) {
   int data_port = -1;
   double history_hours = 24;
   bool enable_failpoints = false;
+  std::string etcd;
+  std::string etcd_prefix = "/kmosix/";
+  int lease_ttl = 5;
+  std::string load_source = "host";
+  double cpu_capacity = 0;
+  int64_t memory_capacity_mib = 0;
+  double speed = 1.0;
+  double heartbeat = 10;
   app.add_option("--node", opts.node, "this node's name")->required();
   app.add_option("--listen", listen, "address:port to serve the REST API on")
       ->capture_default_str();
@@ -88,6 +129,33 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   app.add_flag("--enable-failpoints", enable_failpoints,
                "serve /v1/debug/failpoints to inject faults (tests only)");
+  app.add_option("--etcd", etcd,
+                 "comma-separated etcd endpoints (e.g. http://10.77.0.1:2379): join the cluster "
+                 "and take orders from it (absent: standalone)");
+  app.add_option("--etcd-prefix", etcd_prefix, "key prefix of the cluster state in etcd")
+      ->capture_default_str();
+  app.add_option("--lease-ttl", lease_ttl, "seconds this node's key outlives a silent agent")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--load-source", load_source,
+                 "host: the whole machine (/proc); cgroup: this node's cgroup parent against "
+                 "declared capacities (several nodes on one machine)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"host", "cgroup"}));
+  app.add_option("--cpu-capacity", cpu_capacity,
+                 "cores this node offers (required with --load-source cgroup; default: online "
+                 "CPUs)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--memory-capacity-mib", memory_capacity_mib,
+                 "memory this node offers, MiB (--load-source cgroup; default MemTotal)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--speed", speed, "relative CPU speed of this node (1 = reference core)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--heartbeat", heartbeat,
+                 "seconds between load publications when nothing changed materially")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -129,6 +197,60 @@ int main(int argc, char** argv) {
                                      : static_cast<kmosix::Transport&>(http_transport);
   kmosix::agent::AgentMetrics metrics(opts.node);
   kmosix::agent::Agent agent(opts, runtime, engine, transport, clock, random, &metrics);
+
+  // Cluster mode: the link is built (and its hooks installed) before the
+  // agent starts, so recovery already consults the cluster.
+  std::unique_ptr<kmosix::EtcdStateStore> store;
+  std::unique_ptr<kmosix::agent::LoadSampler> sampler;
+  std::unique_ptr<kmosix::agent::ClusterLink> link;
+  if (!etcd.empty()) {
+    kmosix::EtcdConfig etcd_config;
+    etcd_config.endpoints = EtcdEndpoints(etcd);
+    if (etcd_config.endpoints.empty()) {
+      spdlog::critical("--etcd names no endpoint");
+      return 2;
+    }
+    if (etcd_prefix.empty() || etcd_prefix.front() != '/') etcd_prefix = "/" + etcd_prefix;
+    if (etcd_prefix.back() != '/') etcd_prefix += '/';
+    if (load_source == "cgroup") {
+      if (cpu_capacity <= 0) {
+        spdlog::critical("--load-source cgroup needs --cpu-capacity");
+        return 2;
+      }
+      kmosix::agent::CgroupSamplerOptions so;
+      so.cgroup_parent = ctd.cgroup_parent;
+      so.cpu_capacity = cpu_capacity;
+      so.memory_capacity_bytes = memory_capacity_mib > 0
+                                     ? static_cast<uint64_t>(memory_capacity_mib) << 20
+                                     : MemTotalBytes();
+      auto made = kmosix::agent::CgroupLoadSampler::Create(so, clock);
+      if (!made.ok()) {
+        spdlog::critical("load sampler: {}", made.status().ToString());
+        return 2;
+      }
+      sampler = std::move(*made);
+    } else {
+      kmosix::agent::HostSamplerOptions so;
+      so.cgroup_parent = ctd.cgroup_parent;
+      if (cpu_capacity > 0) so.cpu_capacity = cpu_capacity;
+      auto made = kmosix::agent::HostLoadSampler::Create(so, clock);
+      if (!made.ok()) {
+        spdlog::critical("load sampler: {}", made.status().ToString());
+        return 2;
+      }
+      sampler = std::move(*made);
+    }
+    store = std::make_unique<kmosix::EtcdStateStore>(etcd_config);
+    kmosix::agent::ClusterLinkOptions lo;
+    lo.node = opts.node;
+    lo.url = opts.advertise_url;
+    lo.keys.prefix = etcd_prefix;
+    lo.lease_ttl = std::chrono::seconds(lease_ttl);
+    lo.speed = speed;
+    lo.heartbeat = std::chrono::milliseconds(static_cast<int64_t>(heartbeat * 1000));
+    link = std::make_unique<kmosix::agent::ClusterLink>(lo, agent, *store, *sampler, clock, random);
+    agent.SetClusterHooks(link->Hooks());
+  }
   if (auto s = agent.Start(); !s.ok()) {
     spdlog::critical("cannot start: {}", s.ToString());
     return 1;
@@ -168,11 +290,14 @@ int main(int argc, char** argv) {
     }
     server.stop();
   });
-  spdlog::info("agent {} serving on {} (advertised as {}), data channel on port {}", opts.node,
-               listen, opts.advertise_url, data_port);
+  if (link) link->Start();
+  spdlog::info("agent {} serving on {} (advertised as {}), data channel on port {}{}", opts.node,
+               listen, opts.advertise_url, data_port,
+               link ? ", cluster at " + etcd + " under " + etcd_prefix : ", standalone");
   server.listen_after_bind();
   g_stop = true;
   upkeep.join();
+  if (link) link->Stop();
   data_server.Stop();
   spdlog::info("agent {} stopped", opts.node);
   return 0;

@@ -1,0 +1,684 @@
+#include "cluster_link.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace kmosix::agent {
+namespace {
+
+using cluster::MigrationRecord;
+using cluster::WorkloadPhase;
+using cluster::WorkloadRecord;
+
+constexpr char kWorkloadKey[] = "w/";
+constexpr char kMigrationKey[] = "m/";
+
+bool Contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+// A migration of it is in flight here (leaving, being resolved, arriving).
+bool InFlightState(const LocalWorkload& w) {
+  return w.state == "migrating" || w.state == "frozen" || w.state == "incoming" ||
+         w.state == "creating";
+}
+
+// Failures that retrying will not fix.
+bool ForGood(const Status& s) {
+  return s.code() == Code::kInvalid || s.code() == Code::kNotFound || s.code() == Code::kFailed;
+}
+
+std::string ErrorText(const Status& s) { return s.ok() ? "" : s.ToString(); }
+
+}  // namespace
+
+ClusterLink::ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& store,
+                         LoadSampler& sampler, Clock& clock, Random& random)
+    : options_(std::move(options)),
+      agent_(agent),
+      store_(store),
+      sampler_(sampler),
+      clock_(clock),
+      queue_(clock, random, options_.queue),
+      workloads_(store, clock, options_.keys.Workloads()),
+      migrations_(store, clock, options_.keys.Migrations()),
+      nodes_(store, clock, options_.keys.Nodes()) {}
+
+ClusterLink::~ClusterLink() { Stop(); }
+
+ClusterHooks ClusterLink::Hooks() {
+  ClusterHooks hooks;
+  hooks.ledger = this;
+  hooks.owned_here = [this](const IncomingRecord& r) { return OwnedHere(r); };
+  return hooks;
+}
+
+// ---- threads ---------------------------------------------------------------
+
+void ClusterLink::Start() {
+  {
+    std::lock_guard lock(mu_);
+    if (started_ || stopping_) return;
+    started_ = true;
+  }
+  threads_.emplace_back([this] {
+    workloads_.Run(
+        [this](const std::string& k, const std::optional<KeyValue>& kv) { OnWorkloadKey(k, kv); });
+  });
+  threads_.emplace_back([this] {
+    migrations_.Run(
+        [this](const std::string& k, const std::optional<KeyValue>& kv) { OnMigrationKey(k, kv); });
+  });
+  threads_.emplace_back([this] { nodes_.Run([](const std::string&, const auto&) {}); });
+  threads_.emplace_back([this] { WorkerLoop(); });
+  threads_.emplace_back([this] { PublisherLoop(); });
+  spdlog::info("cluster link of {} started (prefix {}, lease TTL {} s)", options_.node,
+               options_.keys.prefix, options_.lease_ttl.count());
+}
+
+void ClusterLink::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  workloads_.Stop();
+  migrations_.Stop();
+  nodes_.Stop();
+  queue_.ShutDown();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  WaitMigrations();
+  std::lock_guard lock(lease_mu_);
+  keepalive_.reset();  // the lease expires a TTL from now
+  if (started_) spdlog::info("cluster link of {} stopped", options_.node);
+}
+
+void ClusterLink::PublisherLoop() {
+  auto last_resync = clock_.Now();
+  bool resynced = false;
+  std::string failing;  // the error last logged, so an outage logs once
+  while (true) {
+    Status s = PublishOnce();
+    if (!s.ok() && s.ToString() != failing) {
+      failing = s.ToString();
+      spdlog::warn("publishing the load of {}: {}", options_.node, failing);
+    } else if (s.ok() && !failing.empty()) {
+      failing.clear();
+      spdlog::info("publishing the load of {} again", options_.node);
+    }
+    // The first resync once the caches have their first list (so a local
+    // workload whose record is gone is noticed after a restart).
+    const bool synced = workloads_.Synced() && migrations_.Synced();
+    if ((synced && !resynced) || clock_.Now() - last_resync >= options_.resync) {
+      resynced = resynced || synced;
+      last_resync = clock_.Now();
+      Resync();
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, options_.sample_interval, [&] { return stopping_ || lease_lost_; });
+    if (stopping_) return;
+    lease_lost_ = false;
+  }
+}
+
+void ClusterLink::WorkerLoop() {
+  while (true) {
+    auto key = queue_.Get(std::chrono::seconds(1));
+    if (!key) {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      continue;
+    }
+    Status s = Reconcile(*key);
+    if (s.ok()) {
+      queue_.Forget(*key);
+    } else if (s.code() == Code::kRetry || s.code() == Code::kConflict) {
+      auto delay = queue_.Retry(*key);
+      spdlog::debug("{}: {} (again in {:.1f} s)", *key, s.ToString(), Seconds(delay));
+    } else {
+      spdlog::warn("{}: {}", *key, s.ToString());
+      queue_.Forget(*key);
+    }
+    queue_.Done(*key);
+  }
+}
+
+void ClusterLink::OnWorkloadKey(const std::string& key, const std::optional<KeyValue>& kv) {
+  const std::string name = cluster::KeyLayout::NameIn(options_.keys.Workloads(), key);
+  if (name.empty()) return;
+  if (kv) {
+    // Other nodes' workloads concern this node only if it has a copy.
+    auto rec = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadRecordFromJson);
+    if (rec.ok() && rec->status.node != options_.node && !agent_.Local(name, /*inspect=*/false)) {
+      return;
+    }
+  }
+  queue_.Add(kWorkloadKey + name);
+}
+
+void ClusterLink::OnMigrationKey(const std::string& key, const std::optional<KeyValue>& kv) {
+  const std::string id = cluster::KeyLayout::NameIn(options_.keys.Migrations(), key);
+  if (id.empty() || !kv) return;
+  auto rec = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationRecordFromJson);
+  if (rec.ok() && rec->source == options_.node) queue_.Add(kMigrationKey + id);
+}
+
+void ClusterLink::Resync() {
+  for (const auto& w : agent_.ListLocal()) queue_.Add(kWorkloadKey + w.name);
+  for (const auto& [key, kv] : workloads_.Items()) OnWorkloadKey(key, kv);
+  for (const auto& [key, kv] : migrations_.Items()) {
+    auto rec = cluster::ParseRecord<MigrationRecord>(kv.value, cluster::MigrationRecordFromJson);
+    if (rec.ok() && rec->source == options_.node && !cluster::IsFinalMigrationPhase(rec->phase)) {
+      queue_.Add(kMigrationKey + rec->id);
+    }
+  }
+}
+
+// ---- lease and load --------------------------------------------------------
+
+int64_t ClusterLink::Lease() const {
+  std::lock_guard lock(lease_mu_);
+  return lease_;
+}
+
+void ClusterLink::DropLease() {
+  std::lock_guard lock(lease_mu_);
+  keepalive_.reset();
+  lease_ = 0;
+}
+
+Status ClusterLink::EnsureLease() {
+  std::lock_guard lock(lease_mu_);
+  if (keepalive_) {
+    Status s = keepalive_->status();
+    if (s.ok()) return Status::Ok();
+    spdlog::warn("lease {} of {} lost ({}); granting a new one", lease_, options_.node,
+                 s.ToString());
+    keepalive_.reset();
+    lease_ = 0;
+  }
+  KMX_ASSIGN_OR_RETURN(LeaseGrant grant, store_.GrantLease(options_.lease_ttl));
+  auto ka = store_.KeepAlive(grant.id, [this](const Status&) {
+    {
+      std::lock_guard l(mu_);
+      lease_lost_ = true;
+    }
+    cv_.notify_all();
+  });
+  if (!ka.ok()) return ka.status().Annotate("keep-alive of lease " + std::to_string(grant.id));
+  keepalive_ = std::move(*ka);
+  lease_ = grant.id;
+  force_publish_ = true;
+  spdlog::info("{} holds lease {} (TTL {} s)", options_.node, grant.id, grant.ttl.count());
+  return Status::Ok();
+}
+
+Status ClusterLink::PublishOnce() {
+  KMX_RETURN_IF_ERROR(EnsureLease());
+  std::vector<std::string> names;
+  for (const auto& w : agent_.ListLocal()) {
+    if (w.state == "running" || w.state == "migrating") names.push_back(w.name);
+  }
+  KMX_ASSIGN_OR_RETURN(LoadSample sample, sampler_.Sample(names));
+  if (!sample.rates_valid) return Status::Ok();  // first sample: no rates yet
+  int64_t lease;
+  {
+    std::lock_guard lock(lease_mu_);
+    const bool due = force_publish_ || !published_ || MateriallyChanged(*published_, sample) ||
+                     clock_.Now() - published_at_ >= options_.heartbeat;
+    if (!due) return Status::Ok();
+    lease = lease_;
+  }
+  cluster::NodeLoad load;
+  load.node = options_.node;
+  load.url = options_.url;
+  load.speed = options_.speed;
+  FillNodeLoad(sample, load);
+  auto put = store_.Put(options_.keys.Node(options_.node), cluster::NodeLoadToJson(load).dump(),
+                        PutOptions{lease});
+  if (!put.ok()) {
+    if (put.status().code() == Code::kNotFound) DropLease();  // re-granted next round
+    return put.status().Annotate("write " + options_.keys.Node(options_.node));
+  }
+  std::lock_guard lock(lease_mu_);
+  published_ = sample;
+  published_at_ = clock_.Now();
+  force_publish_ = false;
+  return Status::Ok();
+}
+
+// ---- record updates --------------------------------------------------------
+
+Status ClusterLink::UpdateWorkload(const std::string& name, const WorkloadChange& change) {
+  const std::string key = options_.keys.Workload(name);
+  for (int attempt = 0; attempt < options_.cas_attempts; ++attempt) {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+    if (!got.kv) return NotFoundError("no record " + key);
+    KMX_ASSIGN_OR_RETURN(WorkloadRecord rec, cluster::ParseRecord<WorkloadRecord>(
+                                                 got.kv->value, cluster::WorkloadRecordFromJson));
+    KMX_ASSIGN_OR_RETURN(bool write, change(rec));
+    if (!write) return Status::Ok();
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(rec).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
+    if (done.succeeded) return Status::Ok();
+  }
+  return RetryError(key + " kept changing");
+}
+
+Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange& change) {
+  const std::string key = options_.keys.Migration(id);
+  for (int attempt = 0; attempt < options_.cas_attempts; ++attempt) {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+    if (!got.kv) return NotFoundError("no record " + key);
+    KMX_ASSIGN_OR_RETURN(MigrationRecord rec, cluster::ParseRecord<MigrationRecord>(
+                                                  got.kv->value, cluster::MigrationRecordFromJson));
+    KMX_ASSIGN_OR_RETURN(bool write, change(rec));
+    if (!write) return Status::Ok();
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::MigrationRecordToJson(rec).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
+    if (done.succeeded) return Status::Ok();
+  }
+  return RetryError(key + " kept changing");
+}
+
+// ---- ledger and oracle -----------------------------------------------------
+
+Status ClusterLink::Transfer(const MigrationReport& r) {
+  Status s = UpdateWorkload(r.workload, [&](WorkloadRecord& rec) -> StatusOr<bool> {
+    auto& st = rec.status;
+    if (st.migration != r.id) {
+      return ConflictError("the workload record names migration \"" + st.migration + "\", not " +
+                           r.id);
+    }
+    if (st.node == r.target_node) return false;  // done already
+    if (st.node != r.source_node) {
+      return ConflictError("the workload is owned by " + st.node + " at epoch " +
+                           std::to_string(st.epoch));
+    }
+    if (st.phase != WorkloadPhase::kRunning && st.phase != WorkloadPhase::kMigrating) {
+      return ConflictError("the workload is " + std::string(cluster::WorkloadPhaseName(st.phase)));
+    }
+    st.node = r.target_node;
+    ++st.epoch;
+    st.phase = WorkloadPhase::kMigrating;
+    st.pid = r.target_pid;
+    st.started_ms = clock_.WallMillis();
+    return true;
+  });
+  if (s.code() == Code::kNotFound) return ConflictError("the workload record was deleted");
+  if (s.code() == Code::kInvalid) return ConflictError(s.message());
+  if (s.ok()) {
+    spdlog::info("migration {}: ownership of {} moved to {}", r.id, r.workload, r.target_node);
+  }
+  return s;
+}
+
+Status ClusterLink::Revert(const MigrationReport& r) {
+  Status s = UpdateWorkload(r.workload, [&](WorkloadRecord& rec) -> StatusOr<bool> {
+    auto& st = rec.status;
+    if (st.node == r.source_node) return false;
+    if (st.node != r.target_node || st.migration != r.id) {
+      return ConflictError("the workload is owned by " + st.node + " at epoch " +
+                           std::to_string(st.epoch) + " (migration \"" + st.migration + "\")");
+    }
+    st.node = r.source_node;
+    ++st.epoch;
+    st.pid = 0;
+    return true;
+  });
+  if (s.code() == Code::kNotFound) return Status::Ok();  // deleted: nobody else owns it
+  if (s.code() == Code::kInvalid) return ConflictError(s.message());
+  if (s.ok())
+    spdlog::info("migration {}: ownership of {} is back with {}", r.id, r.workload, r.source_node);
+  return s;
+}
+
+StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(record.offer.spec.name)));
+  if (!got.kv) return false;
+  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadRecordFromJson);
+  if (!rec.ok()) return false;
+  const auto& st = rec->status;
+  return st.node == options_.node &&
+         (st.migration == record.offer.id || Contains(st.migrations, record.offer.id));
+}
+
+// ---- reconcilers -----------------------------------------------------------
+
+Status ClusterLink::Reconcile(const std::string& key) {
+  if (key.rfind(kWorkloadKey, 0) == 0) return ReconcileWorkload(key.substr(2));
+  if (key.rfind(kMigrationKey, 0) == 0) return ReconcileMigration(key.substr(2));
+  return InvalidError("unknown queue key " + key);
+}
+
+Status ClusterLink::ReconcileWorkload(const std::string& name) {
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(name)));
+  std::optional<LocalWorkload> local = agent_.Local(name);
+  const bool in_flight = local && InFlightState(*local);
+  if (!got.kv) {
+    if (!local || !local->managed) return Status::Ok();
+    if (in_flight) return RetryError("record gone; waiting for the migration of " + name);
+    spdlog::warn("workload {} has no record in the cluster any more: deleting it here", name);
+    return agent_.DeleteManaged(name);
+  }
+  auto parsed =
+      cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadRecordFromJson);
+  if (!parsed.ok()) {
+    spdlog::warn("ignoring unreadable record of workload {}: {}", name, parsed.status().ToString());
+    return Status::Ok();
+  }
+  const WorkloadRecord& rec = *parsed;
+  const auto& st = rec.status;
+  if (!st.migration.empty()) queue_.Add(kMigrationKey + st.migration);
+
+  if (st.node != options_.node) {
+    if (local && local->managed && !in_flight) {
+      if (st.epoch > local->epoch) {
+        spdlog::warn(
+            "fencing workload {}: the cluster gave it to {} at epoch {} (ours: {}); "
+            "deleting the copy here",
+            name, st.node, st.epoch, local->epoch);
+        return agent_.DeleteManaged(name);
+      }
+      spdlog::warn("workload {} runs here at epoch {} but the cluster names {} at epoch {}", name,
+                   local->epoch, st.node, st.epoch);
+    }
+    return Status::Ok();
+  }
+
+  // The cluster names this node the owner.
+  if (local && !local->managed) {
+    if (in_flight) return Status::Ok();
+    const bool arrived =
+        !local->migrations.empty() && (local->migrations.back() == st.migration ||
+                                       Contains(st.migrations, local->migrations.back()));
+    if (!arrived) {
+      if (st.phase != WorkloadPhase::kScheduled) return Status::Ok();
+      return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+        if (now.status.node != options_.node || now.status.epoch != st.epoch ||
+            now.status.phase != WorkloadPhase::kScheduled) {
+          return false;
+        }
+        now.status.phase = WorkloadPhase::kFailed;
+        now.status.message =
+            "a workload named " + name + " not managed by the cluster runs on " + options_.node;
+        return true;
+      });
+    }
+    KMX_RETURN_IF_ERROR(agent_.ClaimManaged(name, st.epoch));
+    local = agent_.Local(name);
+  } else if (local && local->managed && !in_flight && local->epoch < st.epoch) {
+    KMX_RETURN_IF_ERROR(agent_.ClaimManaged(name, st.epoch));
+    local->epoch = st.epoch;
+  }
+  if (local && InFlightState(*local)) return Status::Ok();
+
+  switch (st.phase) {
+    case WorkloadPhase::kScheduled:
+      return StartHere(rec);  // idempotent: a copy running here is just reported
+    case WorkloadPhase::kRunning:
+      if (!st.migration.empty()) return Status::Ok();  // the migration's end frees it
+      if (local && local->state == "running" && local->task == TaskState::kStopped) {
+        return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+          if (now.status.node != options_.node || now.status.epoch != st.epoch ||
+              now.status.phase != WorkloadPhase::kRunning || !now.status.migration.empty()) {
+            return false;
+          }
+          now.status.phase = WorkloadPhase::kExited;
+          now.status.message =
+              "exited on " + options_.node + " with status " + std::to_string(local->exit_status);
+          return true;
+        });
+      }
+      if (!local || local->state == "lost") {
+        spdlog::warn("workload {} should run here (epoch {}) but does not: starting it", name,
+                     st.epoch);
+        return StartHere(rec);
+      }
+      return Status::Ok();
+    default:
+      // Migrating: never started here (the migration decides); Pending, Lost,
+      // Failed, Exited: the controller's to act on.
+      return Status::Ok();
+  }
+}
+
+Status ClusterLink::StartHere(const WorkloadRecord& rec) {
+  const std::string& name = rec.spec.name;
+  const int64_t epoch = rec.status.epoch;
+  auto started = agent_.StartManaged(rec.spec, epoch, rec.status.created_ms);
+  if (!started.ok()) {
+    if (!ForGood(started.status())) return started.status();
+    spdlog::warn("workload {} cannot start on {}: {}", name, options_.node,
+                 started.status().ToString());
+    return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+      if (now.status.node != options_.node || now.status.epoch != epoch) return false;
+      now.status.phase = WorkloadPhase::kFailed;
+      now.status.message = "cannot start on " + options_.node + ": " + started.status().ToString();
+      return true;
+    });
+  }
+  const LocalWorkload& w = *started;
+  return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+    auto& st = now.status;
+    // Changed meanwhile (new owner, migration): the next event decides.
+    if (st.node != options_.node || st.epoch != epoch || !st.migration.empty()) return false;
+    if (st.phase != WorkloadPhase::kScheduled && st.phase != WorkloadPhase::kRunning) return false;
+    if (st.phase == WorkloadPhase::kRunning && st.pid == w.pid && st.started_ms == w.started_ms) {
+      return false;
+    }
+    st.phase = WorkloadPhase::kRunning;
+    st.pid = w.pid;
+    st.started_ms = w.started_ms;
+    st.message.clear();
+    return true;
+  });
+}
+
+bool ClusterLink::InFlight(const std::string& id) {
+  std::lock_guard lock(mu_);
+  return running_.contains(id);
+}
+
+StatusOr<std::string> ClusterLink::NodeUrl(const std::string& node) {
+  std::optional<KeyValue> kv;
+  if (nodes_.Synced()) {
+    kv = nodes_.Get(options_.keys.Node(node));
+  } else {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Node(node)));
+    kv = got.kv;
+  }
+  if (!kv) return NotFoundError("node " + node + " is not in the cluster");
+  KMX_ASSIGN_OR_RETURN(cluster::NodeLoad load, cluster::ParseRecord<cluster::NodeLoad>(
+                                                   kv->value, cluster::NodeLoadFromJson));
+  if (load.url.empty()) return NotFoundError("node " + node + " publishes no URL");
+  return load.url;
+}
+
+Status ClusterLink::ReconcileMigration(const std::string& id) {
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Migration(id)));
+  if (!got.kv) return Status::Ok();
+  auto parsed =
+      cluster::ParseRecord<MigrationRecord>(got.kv->value, cluster::MigrationRecordFromJson);
+  if (!parsed.ok()) {
+    spdlog::warn("ignoring unreadable record of migration {}: {}", id, parsed.status().ToString());
+    return Status::Ok();
+  }
+  const MigrationRecord& rec = *parsed;
+  if (rec.source != options_.node || InFlight(id)) return Status::Ok();
+  std::optional<MigrationReport> journal = agent_.OutgoingReport(id);
+  if (cluster::IsFinalMigrationPhase(rec.phase)) {
+    // Ended: make sure the workload record lets go of it.
+    Status s = FinishWorkload(rec.workload, id, journal ? &*journal : nullptr);
+    return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
+  }
+  if (journal) {
+    if (IsFinal(journal->phase)) {
+      KMX_RETURN_IF_ERROR(WriteReport(*journal));
+      Status s = FinishWorkload(rec.workload, id, &*journal);
+      return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
+    }
+    // The agent is still resolving it (Tick): mirror the phase, look again.
+    if (MigrationPhaseName(journal->phase) != rec.phase) KMX_RETURN_IF_ERROR(WriteReport(*journal));
+    queue_.AddAfter(kMigrationKey + id, options_.journal_poll);
+    return Status::Ok();
+  }
+  if (rec.phase != "Pending") {
+    spdlog::warn("migration {} of {} is {} in the cluster but has no journal here", id,
+                 rec.workload, rec.phase);
+    Status s = UpdateMigration(id, [&](MigrationRecord& now) -> StatusOr<bool> {
+      if (cluster::IsFinalMigrationPhase(now.phase) || now.source != options_.node) return false;
+      now.phase = "Failed";
+      now.error = "source has no record of this migration";
+      now.updated_ms = now.finished_ms = clock_.WallMillis();
+      return true;
+    });
+    if (!s.ok() && s.code() != Code::kNotFound) return s;
+    s = FinishWorkload(rec.workload, id, nullptr);
+    return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
+  }
+
+  // A Pending order for this node: only once the workload record agrees.
+  KMX_ASSIGN_OR_RETURN(GetResult w, store_.Get(options_.keys.Workload(rec.workload)));
+  if (!w.kv) return RefuseOrder(rec, "workload " + rec.workload + " does not exist");
+  auto wrec = cluster::ParseRecord<WorkloadRecord>(w.kv->value, cluster::WorkloadRecordFromJson);
+  if (!wrec.ok()) return Status::Ok();  // unreadable: its next version requeues us
+  if (wrec->status.node != options_.node || wrec->status.migration != id) {
+    return Status::Ok();  // not (yet) ours to run: the workload's next change requeues us
+  }
+  if (rec.target.empty() || rec.target == options_.node) {
+    return RefuseOrder(rec, "bad target \"" + rec.target + "\"");
+  }
+  auto url = NodeUrl(rec.target);
+  if (!url.ok()) {
+    if (url.status().code() == Code::kRetry) return url.status();
+    return RefuseOrder(rec, "target node not ready (" + url.status().message() + ")");
+  }
+  Launch(rec, *url);
+  return Status::Ok();
+}
+
+Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& why) {
+  spdlog::warn("migration {} of {} refused: {}", rec.id, rec.workload, why);
+  Status s = UpdateMigration(rec.id, [&](MigrationRecord& now) -> StatusOr<bool> {
+    if (now.phase != "Pending") return false;
+    now.phase = "Failed";
+    now.error = why;
+    now.updated_ms = now.finished_ms = clock_.WallMillis();
+    return true;
+  });
+  if (!s.ok() && s.code() != Code::kNotFound) return s;
+  s = FinishWorkload(rec.workload, rec.id, nullptr);
+  return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
+}
+
+void ClusterLink::Launch(const MigrationRecord& rec, const std::string& url) {
+  std::lock_guard lock(mu_);
+  if (stopping_ || running_.contains(rec.id)) return;
+  running_.insert(rec.id);
+  // Finished threads are joined on the next launch and by WaitMigrations.
+  threads_of_migrations_.emplace_back([this, rec, url] { RunMigration(rec, url); });
+}
+
+void ClusterLink::RunMigration(MigrationRecord rec, std::string url) {
+  ManagedMigration order{rec.id, rec.workload, rec.target, url};
+  spdlog::info("migration {}: moving {} to {} ({}), ordered by {}: {}", rec.id, rec.workload,
+               rec.target, url, rec.requested_by, rec.reason);
+  auto done = agent_.MigrateManaged(order, *this, [this](const MigrationReport& r) {
+    if (Status s = WriteReport(r); !s.ok()) {
+      // Level-based: the final state is written from the journal later.
+      spdlog::warn("migration {}: phase {} not written: {}", r.id, MigrationPhaseName(r.phase),
+                   s.ToString());
+    }
+  });
+  const std::string key = kMigrationKey + rec.id;
+  if (!done.ok()) {
+    const Status& s = done.status();
+    if (ForGood(s)) {
+      if (Status w = RefuseOrder(rec, s.ToString()); !w.ok()) {
+        spdlog::warn("migration {}: {}", rec.id, w.ToString());
+      }
+    } else {
+      spdlog::info("migration {} of {} not started yet: {}", rec.id, rec.workload, s.ToString());
+    }
+    {
+      std::lock_guard lock(mu_);
+      running_.erase(rec.id);
+    }
+    cv_.notify_all();
+    if (!ForGood(s)) queue_.Retry(key);
+    return;
+  }
+  if (IsFinal(done->phase)) {
+    if (Status s = FinishWorkload(rec.workload, rec.id, &*done); !s.ok()) {
+      spdlog::warn("migration {}: workload record not updated: {}", rec.id, s.ToString());
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    running_.erase(rec.id);
+  }
+  cv_.notify_all();
+  // Whatever was not written (store down, still Resolving) is picked up here.
+  queue_.Add(key);
+  queue_.Add(kWorkloadKey + rec.workload);
+}
+
+void ClusterLink::WaitMigrations() {
+  std::vector<std::thread> threads;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return running_.empty(); });
+    threads.swap(threads_of_migrations_);
+  }
+  for (auto& t : threads) t.join();
+}
+
+Status ClusterLink::WriteReport(const MigrationReport& r) {
+  const std::string phase(MigrationPhaseName(r.phase));
+  const bool final = IsFinal(r.phase);
+  return UpdateMigration(r.id, [&](MigrationRecord& now) -> StatusOr<bool> {
+    if (cluster::IsFinalMigrationPhase(now.phase)) return false;  // never overwritten
+    now.phase = phase;
+    now.updated_ms = clock_.WallMillis();
+    now.report = MigrationReportToJson(r);
+    if (final) {
+      now.finished_ms = r.finished_ms > 0 ? r.finished_ms : now.updated_ms;
+      now.error = ErrorText(r.error);
+    }
+    return true;
+  });
+}
+
+Status ClusterLink::FinishWorkload(const std::string& workload, const std::string& id,
+                                   const MigrationReport* report) {
+  return UpdateWorkload(workload, [&](WorkloadRecord& rec) -> StatusOr<bool> {
+    auto& st = rec.status;
+    if (st.migration != id) return false;
+    st.migration.clear();
+    if (report != nullptr && !Contains(st.migrations, id)) st.migrations.push_back(id);
+    if (report != nullptr && report->phase == MigrationPhase::kSucceeded) {
+      if (st.node == report->target_node) {
+        st.phase = WorkloadPhase::kRunning;
+        st.pid = report->target_pid;
+        st.started_ms = clock_.WallMillis();
+      }
+    } else if (st.node == options_.node && st.phase == WorkloadPhase::kMigrating) {
+      // It runs here again (or never stopped); if not, the workload's
+      // reconciler starts it.
+      st.phase = WorkloadPhase::kRunning;
+      auto local = agent_.Local(workload);
+      if (local && local->task == TaskState::kRunning) st.pid = local->pid;
+    }
+    return true;
+  });
+}
+
+}  // namespace kmosix::agent

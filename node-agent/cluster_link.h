@@ -1,0 +1,224 @@
+// ClusterLink: the node agent in cluster mode. It joins the cluster through
+// the StateStore (etcd) and takes its orders from there (the controller
+// writes them; see lib/cluster/records.h for the keys and records):
+//
+//   nodes/<node>      this node's NodeLoad (node, url = the agent's advertise
+//                     URL, speed, sampled figures), written under a lease of
+//                     `lease_ttl` kept alive in the background. Sampled every
+//                     `sample_interval`; written when the sample changed
+//                     materially (load_sampler.h) or `heartbeat` passed since
+//                     the last write, and at once after a new lease was
+//                     granted (a lost lease is re-granted and the key
+//                     rewritten). On Stop the lease is NOT revoked: the key
+//                     vanishes a TTL later (a restarting agent keeps its
+//                     workloads running meanwhile).
+//   workloads/<name>  read; status written by CAS (Compare::Unchanged on the
+//                     key's mod_revision, re-read and retried on conflict):
+//                     - status.node == this node, phase Scheduled (or Running
+//                       with no migration but not running here, e.g. lost in
+//                       a restart): the workload is started here
+//                       (Agent::StartManaged at status.epoch), then phase :=
+//                       Running, pid, startedMs := now, message := "".
+//                       A start that fails for good (kInvalid: bad spec or
+//                       image not on this node; kNotFound; kFailed): phase :=
+//                       Failed, message := the error. Never started when
+//                       status.node names another node, nor while Migrating.
+//                     - a managed local workload whose task ended by itself
+//                       (Running, no migration): phase := Exited, message.
+//                     - a managed local workload whose record is gone: its
+//                       local copy is deleted. One whose record names another
+//                       node at a higher epoch, with no migration of it in
+//                       flight here: fenced (local copy deleted, warning).
+//                     - an unmanaged local workload that arrived by the
+//                       migration the record names (status.migration or
+//                       status.migrations): claimed (managed, record's epoch).
+//   migrations/<id>   orders with source == this node:
+//                     - phase Pending, workload record status.node == this
+//                       node and status.migration == id: run asynchronously
+//                       (Agent::MigrateManaged, this link as the ownership
+//                       ledger) to nodes/<target>.url; no such node: phase :=
+//                       Failed, error "target node not ready". Busy
+//                       (max_outgoing, workload busy): retried with backoff.
+//                     - while it runs, every phase change is written (phase,
+//                       updatedMs, report = MigrationReportToJson); at the end
+//                       phase, updatedMs, finishedMs, report, error ("" or
+//                       "code: message"). A final phase is never overwritten.
+//                     - then the workload record: migration := "", id
+//                       appended to status.migrations (if the migration ran),
+//                       phase := Running (on success on the target: pid :=
+//                       the target's pid, startedMs := now).
+//                     - a non-final, non-Pending record (e.g. after a restart
+//                       of this agent): the local journal decides. Final
+//                       there: written as above. Still being resolved here:
+//                       its phase is mirrored and it is looked at again every
+//                       `journal_poll`. No journal entry: written Failed
+//                       "source has no record of this migration" - the journal
+//                       is written before the record leaves Pending, so the
+//                       journal is gone (state dir lost) and nothing of the
+//                       migration runs here; the workload record's ownership
+//                       (moved or not by the ledger) stays the truth.
+//
+// Ownership ledger (OwnershipLedger, for the migration driver):
+//   Transfer: workloads/<name> with status.migration == id and node ==
+//     target: ok; node == source and phase Running/Migrating: CAS node :=
+//     target, epoch + 1, phase Migrating, pid := the target's, startedMs :=
+//     now; anything else (record gone or unreadable, another migration,
+//     another owner, Lost/Failed/Exited): kConflict. Store errors: kRetry.
+//   Revert: node == source (or the record is gone): ok; node == target and
+//     migration == id: CAS node := source, epoch + 1 (phase stays Migrating);
+//     else kConflict. Store errors: kRetry.
+// Target oracle (Agent ClusterHooks::owned_here): workloads/<name> names this
+//   node with status.migration == the offer's id (or the id already in
+//   status.migrations): true; record gone, unreadable or naming another
+//   node/migration: false; store error: the error (ask again later).
+//
+// Everything is keyed and level-based: one WorkQueue of "w/<name>" and
+// "m/<id>", fed by list-then-watch caches of workloads/, migrations/ and
+// nodes/ and by a periodic resync (every `resync`: every local workload and
+// every cached key that concerns this node). Reconcilers read the current
+// state (a fresh Get before every CAS) and are idempotent; an agent killed at
+// any line converges when it comes back.
+//
+// Ownership: borrows the agent, store, sampler, clock and random; owns its
+// threads (publisher, queue worker, three caches, one per running
+// migration). Thread-safety: all public methods may be called from any
+// thread. Start/Stop once each. Errors: as values; store errors inside the
+// threads are retried (with the queue's per-key backoff).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent.h"
+#include "cluster/prefix_cache.h"
+#include "cluster/records.h"
+#include "cluster/work_queue.h"
+#include "kmosix/clock.h"
+#include "kmosix/migration.h"
+#include "kmosix/state_store.h"
+#include "load_sampler.h"
+
+namespace kmosix::agent {
+
+struct ClusterLinkOptions {
+  std::string node;
+  std::string url;  // the agent's advertise URL, published in nodes/<node>
+  cluster::KeyLayout keys;
+  std::chrono::seconds lease_ttl{5};
+  double speed = 1.0;  // relative speed factor, published
+  Clock::Duration sample_interval = std::chrono::seconds(1);
+  Clock::Duration heartbeat = std::chrono::seconds(10);
+  Clock::Duration resync = std::chrono::seconds(30);
+  // How often a migration still being resolved by the agent is looked at.
+  Clock::Duration journal_poll = std::chrono::seconds(2);
+  // CAS rounds (re-read after a conflict) before giving up with kRetry.
+  int cas_attempts = 10;
+  cluster::WorkQueue::Options queue;
+};
+
+class ClusterLink final : public OwnershipLedger {
+ public:
+  ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& store, LoadSampler& sampler,
+              Clock& clock, Random& random);
+  ~ClusterLink() override;  // Stop()
+  ClusterLink(const ClusterLink&) = delete;
+  ClusterLink& operator=(const ClusterLink&) = delete;
+
+  // The hooks to install with agent.SetClusterHooks() before agent.Start().
+  ClusterHooks Hooks();
+
+  // Starts the publisher, the caches and the queue worker.
+  void Start();
+  // Stops them, waits for running migrations to end (they run to an end or to
+  // Resolving), and stops keeping the lease alive (it then expires).
+  void Stop();
+
+  // ---- steps (the threads call these; tests may call them directly) --------
+  // One publisher round: (re)grants the lease if there is none or it was
+  // lost, samples, and writes nodes/<node> when due.
+  Status PublishOnce();
+  // Reconciles one queue key ("w/<name>" or "m/<id>") against fresh reads.
+  // kRetry/kConflict: try again later (the worker backs off).
+  Status Reconcile(const std::string& key);
+  // Queues every key that concerns this node (see the file comment).
+  void Resync();
+  // Blocks until no migration started by this link is running.
+  void WaitMigrations();
+  // The lease nodes/<node> is written under (0: none yet).
+  int64_t Lease() const;
+
+  // ---- OwnershipLedger and target oracle (see the file comment) ------------
+  Status Transfer(const MigrationReport& report) override;
+  Status Revert(const MigrationReport& report) override;
+  StatusOr<bool> OwnedHere(const IncomingRecord& record);
+
+ private:
+  // A change to a record: false = nothing to write; an error aborts.
+  using WorkloadChange = std::function<StatusOr<bool>(cluster::WorkloadRecord&)>;
+  using MigrationChange = std::function<StatusOr<bool>(cluster::MigrationRecord&)>;
+  // Read, change, CAS on mod_revision; re-read on conflict. kNotFound if the
+  // key is absent; kInvalid if unreadable; kRetry for store errors.
+  Status UpdateWorkload(const std::string& name, const WorkloadChange& change);
+  Status UpdateMigration(const std::string& id, const MigrationChange& change);
+
+  Status EnsureLease();
+  void DropLease();
+  Status ReconcileWorkload(const std::string& name);
+  Status ReconcileMigration(const std::string& id);
+  Status StartHere(const cluster::WorkloadRecord& rec);
+  // The order cannot run: written Failed (from Pending only), workload freed.
+  Status RefuseOrder(const cluster::MigrationRecord& rec, const std::string& why);
+  void Launch(const cluster::MigrationRecord& rec, const std::string& url);
+  void RunMigration(cluster::MigrationRecord rec, std::string url);
+  // Mirrors a report into migrations/<id> (final fields when final).
+  Status WriteReport(const MigrationReport& report);
+  // Frees the workload record of migration `id` (see the file comment).
+  Status FinishWorkload(const std::string& workload, const std::string& id,
+                        const MigrationReport* report);
+  StatusOr<std::string> NodeUrl(const std::string& node);
+  bool InFlight(const std::string& id);
+  void OnWorkloadKey(const std::string& key, const std::optional<KeyValue>& kv);
+  void OnMigrationKey(const std::string& key, const std::optional<KeyValue>& kv);
+  void PublisherLoop();
+  void WorkerLoop();
+
+  const ClusterLinkOptions options_;
+  Agent& agent_;
+  StateStore& store_;
+  LoadSampler& sampler_;
+  Clock& clock_;
+  cluster::WorkQueue queue_;
+  cluster::PrefixCache workloads_;
+  cluster::PrefixCache migrations_;
+  cluster::PrefixCache nodes_;
+
+  // Lease and publishing state.
+  mutable std::mutex lease_mu_;
+  std::unique_ptr<LeaseKeepAlive> keepalive_;
+  int64_t lease_ = 0;
+  bool force_publish_ = true;
+  std::optional<LoadSample> published_;
+  Clock::TimePoint published_at_{};
+
+  // Threads.
+  std::mutex mu_;
+  std::condition_variable cv_;  // stop, lease lost, migration ended
+  bool started_ = false;
+  bool stopping_ = false;
+  bool lease_lost_ = false;
+  std::set<std::string> running_;                   // migrations this link runs now
+  std::vector<std::thread> threads_;                // publisher, worker, caches
+  std::vector<std::thread> threads_of_migrations_;  // joined by WaitMigrations
+};
+
+}  // namespace kmosix::agent

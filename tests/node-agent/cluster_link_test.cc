@@ -1,0 +1,646 @@
+// The agent in cluster mode (ClusterLink) over the in-memory StateStore, with
+// two real Agents on fake runtimes (node1, node2; the fake transport carries
+// node1's migrations to node2) and a fake load sampler. Reconcilers are
+// driven step by step (Reconcile, PublishOnce); one test runs the threads.
+#include "cluster_link.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "agent.h"
+#include "fake_load_sampler.h"
+#include "fakes/fake_clock.h"
+#include "fakes/fake_runtime.h"
+#include "fakes/fake_state_store.h"
+#include "fakes/fake_transport.h"
+#include "kmosix/stop_and_copy.h"
+
+namespace kmosix::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using cluster::MigrationRecord;
+using cluster::WorkloadPhase;
+using cluster::WorkloadRecord;
+using testing::FakeClock;
+using testing::FakeLoadSampler;
+using testing::FakeRuntime;
+using testing::FakeStateStore;
+using testing::FakeTransport;
+
+constexpr char kImage[] = "kmosix.local/demo:latest";
+
+// One node: runtime, engine, agent and link.
+struct Node {
+  Node(const std::string& name, const fs::path& root, FakeClock& clock, Random& random,
+       StateStore& store, Transport& transport, const std::string& layers)
+      : runtime(name, layers), engine(runtime, clock) {
+    runtime.AddImage(kImage);
+    AgentOptions opts;
+    opts.node = name;
+    opts.advertise_url = "http://" + name + ":7700";
+    opts.state_dir = root / name / "state";
+    opts.scratch_dir = root / name / "scratch";
+    opts.resolve_timeout = std::chrono::seconds(5);
+    agent = std::make_unique<Agent>(opts, runtime, engine, transport, clock, random, nullptr);
+    ClusterLinkOptions lo;
+    lo.node = name;
+    lo.url = opts.advertise_url;
+    lo.speed = 1.5;
+    lo.sample_interval = std::chrono::milliseconds(20);
+    link = std::make_unique<ClusterLink>(lo, *agent, store, sampler, clock, random);
+    agent->SetClusterHooks(link->Hooks());
+  }
+  FakeRuntime runtime;
+  StopAndCopyEngine engine;
+  FakeLoadSampler sampler;
+  std::unique_ptr<Agent> agent;
+  std::unique_ptr<ClusterLink> link;
+};
+
+class ClusterLinkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("kmx-link-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    const std::string layers = (root_ / "layers").string();
+    node2_ = std::make_unique<Node>("node2", root_, clock_, random_, store_, no_transport_, layers);
+    to_node2_ = std::make_unique<FakeTransport>(&node2_->agent->Target());
+    node1_ = std::make_unique<Node>("node1", root_, clock_, random_, store_, *to_node2_, layers);
+    ASSERT_TRUE(node1_->agent->Start().ok());
+    ASSERT_TRUE(node2_->agent->Start().ok());
+  }
+  void TearDown() override {
+    node1_.reset();
+    node2_.reset();
+    fs::remove_all(root_);
+  }
+
+  // ---- records ----
+  WorkloadRecord Workload(const std::string& node, WorkloadPhase phase, int64_t epoch,
+                          const std::string& migration = "") {
+    WorkloadRecord w;
+    w.spec.name = "work";
+    w.spec.image = kImage;
+    w.spec.args = {"/bin/tick"};
+    w.status.node = node;
+    w.status.phase = phase;
+    w.status.epoch = epoch;
+    w.status.migration = migration;
+    w.status.created_ms = 1234;
+    return w;
+  }
+  void Put(const WorkloadRecord& w) {
+    ASSERT_TRUE(
+        store_.Put(keys_.Workload(w.spec.name), cluster::WorkloadRecordToJson(w).dump()).ok());
+  }
+  void Put(const MigrationRecord& m) {
+    ASSERT_TRUE(store_.Put(keys_.Migration(m.id), cluster::MigrationRecordToJson(m).dump()).ok());
+  }
+  void PutNode(const std::string& node, const std::string& url) {
+    cluster::NodeLoad n;
+    n.node = node;
+    n.url = url;
+    ASSERT_TRUE(store_.Put(keys_.Node(node), cluster::NodeLoadToJson(n).dump()).ok());
+  }
+  std::optional<KeyValue> Raw(const std::string& key) {
+    auto got = store_.Get(key);
+    EXPECT_TRUE(got.ok());
+    return got.ok() ? got->kv : std::nullopt;
+  }
+  WorkloadRecord GetWorkload(const std::string& name = "work") {
+    auto kv = Raw(keys_.Workload(name));
+    EXPECT_TRUE(kv.has_value());
+    if (!kv) return {};
+    auto w = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadRecordFromJson);
+    EXPECT_TRUE(w.ok()) << w.status().ToString();
+    return w.ok() ? *w : WorkloadRecord{};
+  }
+  MigrationRecord GetMigration(const std::string& id) {
+    auto kv = Raw(keys_.Migration(id));
+    EXPECT_TRUE(kv.has_value());
+    if (!kv) return {};
+    auto m = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationRecordFromJson);
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    return m.ok() ? *m : MigrationRecord{};
+  }
+  MigrationRecord Order(const std::string& id, const std::string& target = "node2") {
+    MigrationRecord m;
+    m.id = id;
+    m.workload = "work";
+    m.source = "node1";
+    m.target = target;
+    m.phase = "Pending";
+    m.reason = "test";
+    m.requested_by = "api";
+    m.epoch = 3;
+    return m;
+  }
+  // "work" running on node1 as the cluster's, at epoch 3.
+  void RunWorkOnNode1() {
+    Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+    ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+    ASSERT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+    for (int i = 0; i < 7; ++i) node1_->runtime.Tick("work");
+  }
+  MigrationReport Report(const std::string& id) {
+    MigrationReport r;
+    r.id = id;
+    r.workload = "work";
+    r.source_node = "node1";
+    r.target_node = "node2";
+    r.target_pid = 4242;
+    return r;
+  }
+
+  fs::path root_;
+  FakeClock clock_;
+  SystemRandom random_;
+  FakeStateStore store_{clock_};
+  FakeTransport no_transport_{nullptr};
+  std::unique_ptr<FakeTransport> to_node2_;
+  std::unique_ptr<Node> node2_;
+  std::unique_ptr<Node> node1_;
+  cluster::KeyLayout keys_;
+};
+
+// ---- publishing --------------------------------------------------------------
+
+TEST_F(ClusterLinkTest, PublishesTheNodeLoadUnderALease) {
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  const int64_t lease = node1_->link->Lease();
+  ASSERT_NE(lease, 0);
+  auto kv = Raw(keys_.Node("node1"));
+  ASSERT_TRUE(kv.has_value());
+  EXPECT_EQ(kv->lease, lease);
+  auto load = cluster::ParseRecord<cluster::NodeLoad>(kv->value, cluster::NodeLoadFromJson);
+  ASSERT_TRUE(load.ok()) << load.status().ToString();
+  EXPECT_EQ(load->node, "node1");
+  EXPECT_EQ(load->url, "http://node1:7700");
+  EXPECT_EQ(load->speed, 1.5);
+  EXPECT_EQ(load->cpu_capacity, 4);
+  EXPECT_EQ(load->cpu_used, 1.0);
+  EXPECT_EQ(load->load_source, "host");
+
+  // Nothing changed, no heartbeat due: not written again.
+  const int64_t rev = kv->mod_revision;
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_EQ(Raw(keys_.Node("node1"))->mod_revision, rev);
+  // A material change is written at once.
+  node1_->sampler.SetCpu(3.0);
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  auto changed = Raw(keys_.Node("node1"));
+  EXPECT_GT(changed->mod_revision, rev);
+  // And the heartbeat writes it anyway.
+  clock_.Advance(std::chrono::seconds(11));
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_GT(Raw(keys_.Node("node1"))->mod_revision, changed->mod_revision);
+  EXPECT_EQ(node1_->link->Lease(), lease);
+}
+
+TEST_F(ClusterLinkTest, PublishesRunningWorkloadsUsage) {
+  RunWorkOnNode1();
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  auto load = cluster::ParseRecord<cluster::NodeLoad>(Raw(keys_.Node("node1"))->value,
+                                                      cluster::NodeLoadFromJson);
+  ASSERT_TRUE(load.ok());
+  EXPECT_TRUE(load->workloads.contains("work"));
+}
+
+TEST_F(ClusterLinkTest, RepublishesUnderANewLeaseAfterTheLeaseIsLost) {
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  const int64_t lease = node1_->link->Lease();
+  ASSERT_TRUE(store_.RevokeLease(lease).ok());
+  EXPECT_FALSE(Raw(keys_.Node("node1")).has_value());  // the key went with it
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  const int64_t again = node1_->link->Lease();
+  EXPECT_NE(again, 0);
+  EXPECT_NE(again, lease);
+  auto kv = Raw(keys_.Node("node1"));
+  ASSERT_TRUE(kv.has_value());
+  EXPECT_EQ(kv->lease, again);
+}
+
+TEST_F(ClusterLinkTest, StoreOutageIsAnErrorAndTheNextRoundRecovers) {
+  store_.SetUnavailable(true);
+  EXPECT_EQ(node1_->link->PublishOnce().code(), Code::kRetry);
+  store_.SetUnavailable(false);
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_TRUE(Raw(keys_.Node("node1")).has_value());
+}
+
+// ---- workloads ----------------------------------------------------------------
+
+TEST_F(ClusterLinkTest, StartsAScheduledWorkloadAssignedToItAndWritesRunning) {
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  auto local = node1_->agent->Local("work");
+  ASSERT_TRUE(local.has_value());
+  EXPECT_TRUE(local->managed);
+  EXPECT_EQ(local->epoch, 3);
+  EXPECT_EQ(local->created_ms, 1234);  // first created in the cluster
+  EXPECT_EQ(w.status.pid, local->pid);
+  EXPECT_GT(w.status.pid, 0u);
+  EXPECT_EQ(w.status.started_ms, local->started_ms);
+  // Level-based: reconciling again changes nothing.
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), 1);
+  // The REST API keeps its hands off a managed workload.
+  EXPECT_EQ(node1_->agent->DeleteWorkload("work").code(), Code::kConflict);
+  EXPECT_EQ(node1_->agent->Migrate("work", R"({"target":"http://node2:7700"})").status().code(),
+            Code::kConflict);
+}
+
+TEST_F(ClusterLinkTest, AStartThatFailsForGoodMarksTheWorkloadFailed) {
+  WorkloadRecord w = Workload("node1", WorkloadPhase::kScheduled, 3);
+  w.spec.image = "kmosix.local/missing:latest";
+  Put(w);
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  WorkloadRecord now = GetWorkload();
+  EXPECT_EQ(now.status.phase, WorkloadPhase::kFailed);
+  EXPECT_NE(now.status.message.find("missing"), std::string::npos) << now.status.message;
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+}
+
+TEST_F(ClusterLinkTest, AStartThatMayWorkLaterIsRetried) {
+  node1_->runtime.Fail("ImageExists", RetryError("containerd unreachable"));
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  EXPECT_EQ(node1_->link->Reconcile("w/work").code(), Code::kRetry);
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kScheduled);
+  node1_->runtime.Fail("ImageExists", Status::Ok());
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
+TEST_F(ClusterLinkTest, IgnoresWorkloadsOfOtherNodes) {
+  Put(Workload("node2", WorkloadPhase::kScheduled, 3));
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+  // Not while it migrates to this node either: the migration decides.
+  Put(Workload("node1", WorkloadPhase::kMigrating, 4, "m-9"));
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+}
+
+TEST_F(ClusterLinkTest, RestartsAWorkloadThatShouldRunHereButWasLost) {
+  RunWorkOnNode1();
+  // The node lost the container (say, a reboot) and the agent restarted.
+  ASSERT_TRUE(node1_->runtime.Delete("work").ok());
+  Agent again(node1_->agent->Options(), node1_->runtime, node1_->engine, *to_node2_, clock_,
+              random_, nullptr);
+  ClusterLinkOptions lo;
+  lo.node = "node1";
+  lo.url = "http://node1:7700";
+  ClusterLink link(lo, again, store_, node1_->sampler, clock_, random_);
+  again.SetClusterHooks(link.Hooks());
+  ASSERT_TRUE(again.Start().ok());
+  ASSERT_EQ(again.Local("work")->state, "lost");
+  ASSERT_TRUE(link.Reconcile("w/work").ok());
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(again.Local("work")->state, "running");
+  EXPECT_EQ(GetWorkload().status.pid, again.Local("work")->pid);
+}
+
+TEST_F(ClusterLinkTest, DeletesALocalManagedWorkloadWhoseRecordWasDeleted) {
+  RunWorkOnNode1();
+  // An unmanaged workload (REST) has no record and stays.
+  ASSERT_TRUE(
+      node1_->agent->CreateWorkload(R"({"name":"mine","image":"kmosix.local/demo:latest"})").ok());
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  ASSERT_TRUE(node1_->link->Reconcile("w/mine").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+  EXPECT_TRUE(node1_->runtime.Has("mine"));
+}
+
+TEST_F(ClusterLinkTest, FencesACopyTheClusterGaveToAnotherNode) {
+  RunWorkOnNode1();
+  // Same epoch, another node: inconsistent, but not a newer owner: kept.
+  Put(Workload("node2", WorkloadPhase::kRunning, 3));
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_TRUE(node1_->runtime.Has("work"));
+  // A later epoch names node2 (say it was marked Lost and rescheduled).
+  Put(Workload("node2", WorkloadPhase::kScheduled, 4));
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
+TEST_F(ClusterLinkTest, AnUnmanagedWorkloadOfTheSameNameFailsTheScheduling) {
+  ASSERT_TRUE(
+      node1_->agent->CreateWorkload(R"({"name":"work","image":"kmosix.local/demo:latest"})").ok());
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kFailed);
+  EXPECT_FALSE(node1_->agent->Local("work")->managed);
+}
+
+// ---- migrations ----------------------------------------------------------------
+
+TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  WatchOptions wo;
+  wo.key = keys_.Migration("m-1");
+  auto watch = store_.Watch(wo);
+  ASSERT_TRUE(watch.ok());
+
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Succeeded");
+  EXPECT_EQ(m.error, "");
+  EXPECT_GT(m.finished_ms, 0);
+  EXPECT_EQ(m.reason, "test");  // the order's fields are kept
+  ASSERT_TRUE(m.report.is_object());
+  EXPECT_EQ(m.report["phase"], "Succeeded");
+  EXPECT_EQ(m.report["targetNode"], "node2");
+  // Every phase was written, in order.
+  std::vector<std::string> phases;
+  while (true) {
+    auto events = (*watch)->Next(std::chrono::milliseconds(50));
+    ASSERT_TRUE(events.ok());
+    if (events->empty()) break;
+    for (const auto& e : *events) {
+      auto rec =
+          cluster::ParseRecord<MigrationRecord>(e.kv.value, cluster::MigrationRecordFromJson);
+      ASSERT_TRUE(rec.ok());
+      phases.push_back(rec->phase);
+    }
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"Preparing", "Checkpointing", "Transferring",
+                                              "Restoring", "Committing", "Succeeded"}));
+  // The workload record: owned by node2 at a new epoch, free again.
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.migrations, std::vector<std::string>{"m-1"});
+  // Runs once, on node2, with its state.
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node2_->runtime.Counter("work"), 7);
+  auto arrived = node2_->agent->Local("work");
+  ASSERT_TRUE(arrived.has_value());
+  EXPECT_EQ(w.status.pid, arrived->pid);
+  // node2 takes it over as the cluster's; node1 has nothing left to do.
+  EXPECT_FALSE(arrived->managed);
+  ASSERT_TRUE(node2_->link->Reconcile("w/work").ok());
+  arrived = node2_->agent->Local("work");
+  EXPECT_TRUE(arrived->managed);
+  EXPECT_EQ(arrived->epoch, 4);
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+}
+
+TEST_F(ClusterLinkTest, AnOrderRunsOnlyOnceTheWorkloadRecordAgrees) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Order("m-1"));  // the workload record does not name m-1 yet
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_EQ(GetMigration("m-1").phase, "Pending");
+  EXPECT_EQ(node1_->runtime.Calls("Pause"), 0);
+}
+
+TEST_F(ClusterLinkTest, AnOrderToAMissingNodeFails) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_NE(m.error.find("target node not ready"), std::string::npos) << m.error;
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_TRUE(w.status.migrations.empty());  // it never ran
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+}
+
+TEST_F(ClusterLinkTest, AFailedMigrationFreesTheWorkloadAndKeepsItHere) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->CutTransfer();
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_NE(m.error, "");
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.migrations, std::vector<std::string>{"m-1"});
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+}
+
+TEST_F(ClusterLinkTest, AfterARestartTheJournalDecidesWhatTheRecordSays) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = "Committing";  // the last phase written before the agent went down
+  Put(order);
+  // The migration ended while the store did not hear of it.
+  auto done = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700"},
+                                            *node1_->link, {});
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->phase, MigrationPhase::kSucceeded);
+  ASSERT_EQ(GetMigration("m-1").phase, "Committing");
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Succeeded");
+  EXPECT_EQ(m.report["phase"], "Succeeded");
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.migrations, std::vector<std::string>{"m-1"});
+  // A final record is never rewritten.
+  const int64_t rev = Raw(keys_.Migration("m-1"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  EXPECT_EQ(Raw(keys_.Migration("m-1"))->mod_revision, rev);
+}
+
+TEST_F(ClusterLinkTest, AnOrderInProgressWithoutAJournalHereIsFailed) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = "Transferring";
+  Put(order);
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_EQ(m.error, "source has no record of this migration");
+  EXPECT_EQ(GetWorkload().status.migration, "");
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+}
+
+// ---- ledger and oracle -----------------------------------------------------------
+
+TEST_F(ClusterLinkTest, TransferMovesTheOwnerOnceAndIsIdempotent) {
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  ASSERT_TRUE(node1_->link->Transfer(Report("m-1")).ok());
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kMigrating);
+  EXPECT_EQ(w.status.pid, 4242u);
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Transfer(Report("m-1")).ok());
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+}
+
+TEST_F(ClusterLinkTest, TransferIsRefusedWhenTheRecordChanged) {
+  // Another migration.
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-2"));
+  EXPECT_EQ(node1_->link->Transfer(Report("m-1")).code(), Code::kConflict);
+  // Another owner (a later epoch).
+  Put(Workload("node3", WorkloadPhase::kRunning, 5, "m-1"));
+  EXPECT_EQ(node1_->link->Transfer(Report("m-1")).code(), Code::kConflict);
+  // Marked Lost.
+  Put(Workload("node1", WorkloadPhase::kLost, 3, "m-1"));
+  EXPECT_EQ(node1_->link->Transfer(Report("m-1")).code(), Code::kConflict);
+  // Deleted.
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  EXPECT_EQ(node1_->link->Transfer(Report("m-1")).code(), Code::kConflict);
+  // None of it wrote anything.
+  EXPECT_FALSE(Raw(keys_.Workload("work")).has_value());
+}
+
+TEST_F(ClusterLinkTest, LedgerAnswersRetryWhenTheStoreIsUnreachable) {
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  store_.SetUnavailable(true);
+  EXPECT_EQ(node1_->link->Transfer(Report("m-1")).code(), Code::kRetry);
+  EXPECT_EQ(node1_->link->Revert(Report("m-1")).code(), Code::kRetry);
+  store_.SetUnavailable(false);
+  EXPECT_EQ(GetWorkload().status.node, "node1");
+}
+
+TEST_F(ClusterLinkTest, RevertGivesTheWorkloadBackToTheSource) {
+  Put(Workload("node2", WorkloadPhase::kMigrating, 4, "m-1"));
+  ASSERT_TRUE(node1_->link->Revert(Report("m-1")).ok());
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 5);
+  EXPECT_EQ(w.status.migration, "m-1");  // still in flight until its end is written
+  // Already the source's: ok, nothing written.
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Revert(Report("m-1")).ok());
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+  // Owned by a third node: refused.
+  Put(Workload("node3", WorkloadPhase::kRunning, 6));
+  EXPECT_EQ(node1_->link->Revert(Report("m-1")).code(), Code::kConflict);
+  // Deleted: nobody else owns it.
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  EXPECT_TRUE(node1_->link->Revert(Report("m-1")).ok());
+}
+
+TEST_F(ClusterLinkTest, TheOracleSaysWhetherTheClusterNamesThisNode) {
+  IncomingRecord rec;
+  rec.offer.id = "m-1";
+  rec.offer.spec.name = "work";
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  EXPECT_FALSE(*node2_->link->OwnedHere(rec));  // not moved yet
+  Put(Workload("node2", WorkloadPhase::kMigrating, 4, "m-1"));
+  EXPECT_TRUE(*node2_->link->OwnedHere(rec));
+  WorkloadRecord done = Workload("node2", WorkloadPhase::kRunning, 4);
+  done.status.migrations = {"m-1"};
+  Put(done);
+  EXPECT_TRUE(*node2_->link->OwnedHere(rec));  // the source already wrote the end
+  Put(Workload("node2", WorkloadPhase::kMigrating, 6, "m-2"));
+  EXPECT_FALSE(*node2_->link->OwnedHere(rec));
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  EXPECT_FALSE(*node2_->link->OwnedHere(rec));
+  store_.SetUnavailable(true);
+  EXPECT_EQ(node2_->link->OwnedHere(rec).status().code(), Code::kRetry);
+  store_.SetUnavailable(false);
+}
+
+// The source goes silent after the ownership moved: the target keeps the
+// workload (oracle), and the source, back, follows.
+TEST_F(ClusterLinkTest, TargetKeepsTheWorkloadWhenTheSourceFallsSilentAfterTheTransfer) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  to_node2_->DropRequest("Commit");
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700"},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kResolving);
+  EXPECT_EQ(GetWorkload().status.node, "node2");
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kPaused);
+  clock_.Advance(std::chrono::seconds(121));
+  node2_->agent->Tick();  // idle: asks the oracle, commits
+  EXPECT_EQ(node2_->agent->Local("work")->state, "running");
+  to_node2_->Heal();
+  clock_.Advance(std::chrono::seconds(6));
+  node1_->agent->Tick();  // retries the unresolved migration through the ledger
+  auto journal = node1_->agent->OutgoingReport("m-1");
+  ASSERT_TRUE(journal.has_value());
+  EXPECT_EQ(journal->phase, MigrationPhase::kSucceeded);
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node2_->runtime.Counter("work"), 7);
+}
+
+// ---- the threads -------------------------------------------------------------------
+
+// Polls `done` for up to 20 s of real time (a deadline against hangs, not a
+// speed assertion).
+template <typename F>
+bool Eventually(F done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
+  node1_->link->Start();
+  ASSERT_TRUE(Eventually([&] { return Raw(keys_.Node("node1")).has_value(); }));
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  ASSERT_TRUE(Eventually([&] { return GetWorkload().status.phase == WorkloadPhase::kRunning; }));
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  ASSERT_TRUE(Eventually([&] { return !node1_->runtime.Has("work"); }));
+  // A lost lease is replaced and the node key written again.
+  const int64_t lease = node1_->link->Lease();
+  ASSERT_TRUE(store_.RevokeLease(lease).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto kv = Raw(keys_.Node("node1"));
+    return kv.has_value() && kv->lease != lease;
+  }));
+  node1_->link->Stop();
+}
+
+}  // namespace
+}  // namespace kmosix::agent
