@@ -42,7 +42,7 @@ std::string Fmt(const char* fmt, ...) {
 // Measurements that are negative or not finite count as zero.
 double Sane(double v) { return std::isfinite(v) && v > 0 ? v : 0; }
 double MiB(double bytes) { return bytes / kMiB; }
-double Secs(int64_t ms) { return static_cast<double>(ms) / 1000.0; }
+double Secs(double ms) { return ms / 1000.0; }
 
 // The load view of a snapshot, shared by Balance, NodeLoads and Place.
 struct Model {
@@ -274,13 +274,18 @@ class Balancer {
     const PolicyWorkload& wl = W(w);
     return !moved_[w] && !m_.in_flight[w] && !wl.migrating && wl.migratable && !wl.pinned;
   }
-  int64_t Residency(int w) const { return s_.now_ms - W(w).started_ms; }
-  int64_t Age(int w) const { return s_.now_ms - W(w).created_ms; }
+  // In ms, as doubles (no overflow on odd timestamps).
+  double Residency(int w) const {
+    return static_cast<double>(s_.now_ms) - static_cast<double>(W(w).started_ms);
+  }
+  double Age(int w) const {
+    return static_cast<double>(s_.now_ms) - static_cast<double>(W(w).created_ms);
+  }
   double CostMs(int w) const {
     return c_.bandwidth_bytes_per_s > 0 ? Mem(w) / c_.bandwidth_bytes_per_s * 1000.0 : 0.0;
   }
-  bool ResidencyOk(int w) const { return Residency(w) >= c_.min_residency_ms; }
-  bool AgeOk(int w) const { return static_cast<double>(Age(w)) > CostMs(w); }
+  bool ResidencyOk(int w) const { return Residency(w) >= static_cast<double>(c_.min_residency_ms); }
+  bool AgeOk(int w) const { return Age(w) > CostMs(w); }
   bool Full() const { return result_.held_back.size() >= kMaxHeldBack; }
   void Held(std::string line) {
     if (!Full()) result_.held_back.push_back(std::move(line));
@@ -586,7 +591,7 @@ class Balancer {
       std::string gate;
       if (!ResidencyOk(w)) {
         gate = Fmt("on %s for %.0f s < min residency %.0f s", Name(a), Secs(Residency(w)),
-                   Secs(c_.min_residency_ms));
+                   Secs(static_cast<double>(c_.min_residency_ms)));
       } else {
         gate =
             Fmt("too young: age %.0f s <= migration cost %.1f s", Secs(Age(w)), CostMs(w) / 1000.0);

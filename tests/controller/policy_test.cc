@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -456,6 +457,35 @@ TEST(PolicyTest, EmptySnapshotIsHarmless) {
   BalanceResult r = Balance(ClusterSnapshot{}, PolicyConfig{}, random);
   EXPECT_TRUE(r.moves.empty());
   EXPECT_TRUE(NodeLoads(ClusterSnapshot{}).empty());
+}
+
+TEST(PolicyTest, OddInputsAreHarmless) {
+  // Duplicate names, unknown nodes, NaN/negative numbers, extreme timestamps,
+  // zero capacity: no crash, no move onto a broken node, finite loads.
+  std::vector<PolicyNode> nodes = {Node("a"), Node("a"), Node("zero", 0), Node("nan"), Node("ok")};
+  nodes[3].background_cpu = NAN;
+  nodes[3].speed = NAN;
+  nodes[4].psi_memory_some10 = NAN;
+  std::vector<PolicyWorkload> ws;
+  for (int i = 0; i < 6; ++i) ws.push_back(Wl("w" + std::to_string(i), "a", 0.5));
+  ws[0].cpu = NAN;
+  ws[1].cpu = -3;
+  ws[2].created_ms = INT64_MIN;
+  ws[2].started_ms = INT64_MIN;
+  ws[3].created_ms = INT64_MAX;
+  ws.push_back(Wl("lost", "nowhere", 1.0));
+  auto s = Snap(nodes, ws, {{"ghost", "nowhere", "a"}, {"w5", "a", "nowhere"}});
+  s.now_ms = INT64_MAX;
+  PolicyConfig c;
+  c.max_cluster = 10;
+  c.max_per_node = 10;
+  FakeRandom random;
+  BalanceResult r = Balance(s, c, random);
+  for (const Decision& d : r.moves) EXPECT_EQ(d.target, "ok") << d.reason;
+  for (double l : NodeLoads(s)) EXPECT_TRUE(std::isfinite(l));
+  auto placed = Place(s, PlacementRequest{1, 0, ""}, random);
+  ASSERT_TRUE(placed.ok()) << placed.status().ToString();
+  EXPECT_TRUE(*placed == "a" || *placed == "ok") << *placed;
 }
 
 TEST(PolicyTest, HeldBackIsBounded) {
