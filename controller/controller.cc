@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <string_view>
+#include <unordered_map>
 
 #include "kmosix/spec_json.h"
 
@@ -30,9 +32,6 @@ StatusOr<WorkloadRecord> ParseWorkload(const KeyValue& kv) {
 }
 StatusOr<MigrationRecord> ParseMigration(const KeyValue& kv) {
   return cluster::ParseRecord<MigrationRecord>(kv.value, &cluster::MigrationRecordFromJson);
-}
-StatusOr<NodeLoad> ParseNode(const KeyValue& kv) {
-  return cluster::ParseRecord<NodeLoad>(kv.value, &cluster::NodeLoadFromJson);
 }
 StatusOr<NodeMember> ParseMember(const KeyValue& kv) {
   return cluster::ParseRecord<NodeMember>(kv.value, &cluster::NodeMemberFromJson);
@@ -77,20 +76,77 @@ Controller::~Controller() { Stop(); }
 void Controller::Start() {
   if (started_.exchange(true)) return;
   const KeyLayout& k = options_.keys;
-  auto watch = [this](cluster::PrefixCache& cache, std::string dir, std::string kind) {
+  auto watch = [this](cluster::PrefixCache& cache, std::string dir, char kind) {
     threads_.emplace_back([this, &cache, dir, kind] {
-      cache.Run([this, dir, kind](const std::string& key, const std::optional<KeyValue>&) {
+      cache.Run([this, dir, kind](const std::string& key, const std::optional<KeyValue>& now) {
         std::string name = KeyLayout::NameIn(dir, key);
-        if (!name.empty()) Enqueue(kind, name);
+        if (!name.empty()) OnChange(kind, name, now);
       });
     });
   };
-  watch(nodes_, k.Nodes(), "n/");
-  watch(members_, k.Members(), "n/");
-  watch(workloads_, k.Workloads(), "w/");
-  watch(migrations_, k.Migrations(), "m/");
+  watch(nodes_, k.Nodes(), 'n');
+  watch(members_, k.Members(), 'c');
+  watch(workloads_, k.Workloads(), 'w');
+  watch(migrations_, k.Migrations(), 'm');
   threads_.emplace_back(
       [this] { election_.Run([this](const cluster::LeaderTerm& term) { Lead(term); }); });
+}
+
+namespace {
+// Decodes a stored record into `into` (erasing it when deleted or damaged).
+template <typename T>
+void Decode(std::map<std::string, T>& into, const std::string& name,
+            const std::optional<KeyValue>& now, StatusOr<T> (*from_json)(const json&)) {
+  if (!now) {
+    into.erase(name);
+    return;
+  }
+  auto parsed = cluster::ParseRecord<T>(now->value, from_json);
+  if (!parsed.ok()) {
+    spdlog::warn("record {} is damaged, ignored: {}", now->key, parsed.status().message());
+    into.erase(name);
+    return;
+  }
+  into[name] = std::move(*parsed);
+}
+}  // namespace
+
+void Controller::OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now) {
+  std::vector<std::string> items;
+  {
+    std::lock_guard lock(view_mu_);
+    switch (kind) {
+      case 'n': {
+        const bool was = view_.nodes.count(name) > 0;
+        Decode(view_.nodes, name, now, &cluster::NodeLoadFromJson);
+        // Load updates are frequent; only readiness changes concern the
+        // node's workloads and migrations.
+        if (was == (view_.nodes.count(name) > 0)) break;
+        items.push_back("n/" + name);
+        for (const auto& [w, rec] : view_.workloads) {
+          if (rec.status.node == name) items.push_back("w/" + w);
+        }
+        for (const auto& [id, m] : view_.migrations) {
+          if (!cluster::IsFinalMigrationPhase(m.phase) && (m.source == name || m.target == name))
+            items.push_back("m/" + id);
+        }
+        break;
+      }
+      case 'c':
+        Decode(view_.members, name, now, &cluster::NodeMemberFromJson);
+        items.push_back("n/" + name);
+        break;
+      case 'w':
+        Decode(view_.workloads, name, now, &cluster::WorkloadRecordFromJson);
+        items.push_back("w/" + name);
+        break;
+      case 'm':
+        Decode(view_.migrations, name, now, &cluster::MigrationRecordFromJson);
+        items.push_back("m/" + name);
+        break;
+    }
+  }
+  for (const auto& item : items) queue_.Add(item);
 }
 
 void Controller::Stop() {
@@ -113,34 +169,16 @@ bool Controller::Ready() const {
   return nodes_.Synced() && members_.Synced() && workloads_.Synced() && migrations_.Synced();
 }
 
-void Controller::Enqueue(const std::string& kind, const std::string& key) {
-  queue_.Add(kind + key);
-  if (kind == "n/") {
-    // A node's readiness decides its workloads' and migrations' fate.
-    std::string dir = options_.keys.Workloads();
-    for (const auto& [k, kv] : workloads_.Items()) {
-      auto w = ParseWorkload(kv);
-      if (w.ok() && w->status.node == key) queue_.Add("w/" + w->spec.name);
-    }
-    for (const auto& [k, kv] : migrations_.Items()) {
-      auto m = ParseMigration(kv);
-      if (m.ok() && !cluster::IsFinalMigrationPhase(m->phase) &&
-          (m->source == key || m->target == key))
-        queue_.Add("m/" + m->id);
-    }
-  }
-}
-
 void Controller::EnqueueAll() {
-  const KeyLayout& k = options_.keys;
-  for (const auto& [key, kv] : nodes_.Items()) queue_.Add("n/" + KeyLayout::NameIn(k.Nodes(), key));
-  for (const auto& [key, kv] : members_.Items())
-    queue_.Add("n/" + KeyLayout::NameIn(k.Members(), key));
-  for (const auto& [key, kv] : workloads_.Items())
-    queue_.Add("w/" + KeyLayout::NameIn(k.Workloads(), key));
-  for (const auto& [key, kv] : migrations_.Items())
-    queue_.Add("m/" + KeyLayout::NameIn(k.Migrations(), key));
-  queue_.Add("balance");
+  std::vector<std::string> items = {"balance"};
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [n, v] : view_.nodes) items.push_back("n/" + n);
+    for (const auto& [n, v] : view_.members) items.push_back("n/" + n);
+    for (const auto& [n, v] : view_.workloads) items.push_back("w/" + n);
+    for (const auto& [id, v] : view_.migrations) items.push_back("m/" + id);
+  }
+  for (const auto& item : items) queue_.Add(item);
 }
 
 void Controller::Lead(const cluster::LeaderTerm& term) {
@@ -248,15 +286,39 @@ Status UpdateMigrationRecord(StateStore& store, const std::string& key,
 
 }  // namespace
 
-bool Controller::NodeReady(const std::string& node) {
-  return nodes_.Get(options_.keys.Node(node)).has_value();
-}
+bool Controller::NodeReady(const std::string& node) { return CachedNode(node).has_value(); }
 
 bool Controller::NodeCordoned(const std::string& node) {
-  auto kv = members_.Get(options_.keys.Member(node));
-  if (!kv) return false;
-  auto m = ParseMember(*kv);
-  return m.ok() && m->cordoned;
+  auto m = CachedMember(node);
+  return m && m->cordoned;
+}
+
+std::optional<WorkloadRecord> Controller::CachedWorkload(const std::string& name) const {
+  std::lock_guard lock(view_mu_);
+  auto it = view_.workloads.find(name);
+  if (it == view_.workloads.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<MigrationRecord> Controller::CachedMigration(const std::string& id) const {
+  std::lock_guard lock(view_mu_);
+  auto it = view_.migrations.find(id);
+  if (it == view_.migrations.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<NodeLoad> Controller::CachedNode(const std::string& name) const {
+  std::lock_guard lock(view_mu_);
+  auto it = view_.nodes.find(name);
+  if (it == view_.nodes.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<NodeMember> Controller::CachedMember(const std::string& name) const {
+  std::lock_guard lock(view_mu_);
+  auto it = view_.members.find(name);
+  if (it == view_.members.end()) return std::nullopt;
+  return it->second;
 }
 
 // ---- reconcilers (leader only) ---------------------------------------------
@@ -290,13 +352,8 @@ Status Controller::ReconcileNode(const std::string& node, const cluster::LeaderT
 
 Status Controller::ReconcileWorkload(const std::string& name, const cluster::LeaderTerm& term) {
   const std::string key = options_.keys.Workload(name);
-  auto kv = workloads_.Get(key);
-  if (!kv) return Status::Ok();
-  auto w = ParseWorkload(*kv);
-  if (!w.ok()) {
-    spdlog::warn("workload record {} is damaged, left alone: {}", key, w.status().message());
-    return Status::Ok();
-  }
+  auto w = CachedWorkload(name);
+  if (!w) return Status::Ok();  // gone, or damaged (logged when cached)
   const int64_t now = clock_.WallMillis();
   const WorkloadStatus& st = w->status;
 
@@ -373,9 +430,8 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
 
   if (st.phase == WorkloadPhase::kLost && NodeReady(st.node)) {
     // The node came back with it still running (only its agent had died).
-    auto nkv = nodes_.Get(options_.keys.Node(st.node));
-    auto n = nkv ? ParseNode(*nkv) : StatusOr<NodeLoad>(NotFoundError("gone"));
-    if (n.ok() && n->workloads.count(name)) {
+    auto n = CachedNode(st.node);
+    if (n && n->workloads.count(name)) {
       const std::string node = st.node;
       return UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
         if (r.status.phase != WorkloadPhase::kLost || r.status.node != node)
@@ -391,13 +447,8 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
 
 Status Controller::ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term) {
   const std::string key = options_.keys.Migration(id);
-  auto kv = migrations_.Get(key);
-  if (!kv) return Status::Ok();
-  auto m = ParseMigration(*kv);
-  if (!m.ok()) {
-    spdlog::warn("migration record {} is damaged, left alone: {}", key, m.status().message());
-    return Status::Ok();
-  }
+  auto m = CachedMigration(id);
+  if (!m) return Status::Ok();  // gone, or damaged (logged when cached)
   if (cluster::IsFinalMigrationPhase(m->phase)) {
     queue_.AddAfter("w/" + m->workload, std::chrono::seconds(6));
     return Status::Ok();
@@ -420,10 +471,8 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   int64_t source_down_ms = 0;
   if (!source_ready) {
     source_down_ms = now - m->updated_ms;
-    if (auto mem = members_.Get(options_.keys.Member(m->source))) {
-      auto member = ParseMember(*mem);
-      if (member.ok() && !member->ready) source_down_ms = now - member->changed_ms;
-    }
+    if (auto member = CachedMember(m->source); member && !member->ready)
+      source_down_ms = now - member->changed_ms;
   }
   const int64_t grace_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(options_.source_lost_grace).count();
@@ -545,19 +594,15 @@ StatusOr<MigrationRecord> Controller::Order(const std::string& workload, const s
 ClusterSnapshot Controller::Snapshot() {
   ClusterSnapshot snap;
   snap.now_ms = clock_.WallMillis();
-  std::map<std::string, NodeLoad> loads;
-  for (const auto& [key, kv] : nodes_.Items()) {
-    auto n = ParseNode(kv);
-    if (!n.ok()) continue;
-    std::string name = KeyLayout::NameIn(options_.keys.Nodes(), key);
-    if (name.empty()) continue;
-    loads[name] = *n;
-  }
-  for (const auto& [name, n] : loads) {
+  std::lock_guard view_lock(view_mu_);
+  std::lock_guard settled_lock(settled_mu_);
+  snap.nodes.reserve(view_.nodes.size());
+  for (const auto& [name, n] : view_.nodes) {
     PolicyNode p;
     p.name = name;
     p.ready = true;
-    p.cordoned = NodeCordoned(name);
+    auto member = view_.members.find(name);
+    p.cordoned = member != view_.members.end() && member->second.cordoned;
     p.cpu_capacity = n.cpu_capacity;
     p.speed = n.speed;
     double known = 0;
@@ -568,65 +613,76 @@ ClusterSnapshot Controller::Snapshot() {
     p.psi_memory_some10 = n.psi_memory_some10;
     snap.nodes.push_back(std::move(p));
   }
-  for (const auto& [key, kv] : workloads_.Items()) {
-    auto w = ParseWorkload(kv);
-    if (!w.ok() || !Occupies(w->status.phase) || w->status.node.empty()) continue;
+  std::unordered_map<std::string_view, const NodeLoad*> node_of;
+  node_of.reserve(view_.nodes.size());
+  for (const auto& [name, n] : view_.nodes) node_of.emplace(name, &n);
+  snap.workloads.reserve(view_.workloads.size());
+  // settled_cpu_ and view_.workloads are both sorted by name: walk them together.
+  auto settled_it = settled_cpu_.begin();
+  for (const auto& [name, w] : view_.workloads) {
+    while (settled_it != settled_cpu_.end() && settled_it->first < name)
+      settled_it = settled_cpu_.erase(settled_it);  // workload gone
+    const bool have_settled = settled_it != settled_cpu_.end() && settled_it->first == name;
+    if (!Occupies(w.status.phase) || w.status.node.empty()) {
+      if (have_settled) ++settled_it;
+      continue;
+    }
     PolicyWorkload p;
-    p.name = w->spec.name;
-    p.node = w->status.node;
-    p.created_ms = w->status.created_ms;
-    p.started_ms = w->status.started_ms > 0 ? w->status.started_ms : snap.now_ms;
-    p.migratable = w->spec.migratable;
-    p.pinned = w->spec.pinned;
-    p.migrating = !w->status.migration.empty();
-    // CPU: the owner's measurement once settled; before that, the larger of
-    // it and what the workload used where it came from (or its request).
+    p.name = name;
+    p.node = w.status.node;
+    p.created_ms = w.status.created_ms;
+    p.started_ms = w.status.started_ms > 0 ? w.status.started_ms : snap.now_ms;
+    p.migratable = w.spec.migratable;
+    p.pinned = w.spec.pinned;
+    p.migrating = !w.status.migration.empty();
+    // CPU: the owner's measurement once settled (agents smooth their
+    // samples, so a fresh arrival reads low for a while); before that, what
+    // it used where it settled last, else its request (1 core if none).
     double measured = -1;
-    if (auto it = loads.find(p.node); it != loads.end()) {
-      if (auto u = it->second.workloads.find(p.name); u != it->second.workloads.end()) {
+    if (auto n = node_of.find(p.node); n != node_of.end()) {
+      if (auto u = n->second->workloads.find(name); u != n->second->workloads.end()) {
         measured = u->second.cpu;
         p.memory_bytes = u->second.memory_bytes;
       }
     }
-    double fallback = w->spec.cpus > 0 ? w->spec.cpus : 1.0;
-    {
-      std::lock_guard lock(settled_mu_);
-      if (measured >= 0 && snap.now_ms - p.started_ms >= kSettleMs) {
-        settled_cpu_[p.name] = measured;
-      } else if (auto s = settled_cpu_.find(p.name); s != settled_cpu_.end()) {
-        fallback = s->second;
+    const bool settled = measured >= 0 && snap.now_ms - p.started_ms >= kSettleMs;
+    if (settled) {
+      p.cpu = measured;
+      if (have_settled) {
+        settled_it->second = measured;
+      } else {
+        settled_it = settled_cpu_.emplace_hint(settled_it, name, measured);
       }
+      ++settled_it;
+    } else if (have_settled) {
+      p.cpu = std::max(measured, settled_it->second);
+      ++settled_it;
+    } else {
+      p.cpu = std::max(measured, w.spec.cpus > 0 ? w.spec.cpus : 1.0);
     }
-    p.cpu = snap.now_ms - p.started_ms >= kSettleMs && measured >= 0 ? measured
-                                                                     : std::max(measured, fallback);
-    if (p.memory_bytes == 0) p.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) << 20;
+    if (p.memory_bytes == 0) p.memory_bytes = static_cast<uint64_t>(w.spec.memory_mib) << 20;
     snap.workloads.push_back(std::move(p));
   }
-  for (const auto& [key, kv] : migrations_.Items()) {
-    auto m = ParseMigration(kv);
-    if (!m.ok() || cluster::IsFinalMigrationPhase(m->phase)) continue;
-    snap.in_flight.push_back({m->workload, m->source, m->target});
+  settled_cpu_.erase(settled_it, settled_cpu_.end());
+  for (const auto& [id, m] : view_.migrations) {
+    if (cluster::IsFinalMigrationPhase(m.phase)) continue;
+    snap.in_flight.push_back({m.workload, m.source, m.target});
   }
   return snap;
 }
 
 // ---- API --------------------------------------------------------------------
 
-json Controller::DescribeWorkload(const KeyValue& kv) {
-  auto w = ParseWorkload(kv);
-  if (!w.ok()) return {{"key", kv.key}, {"error", w.status().message()}};
-  json j = cluster::WorkloadRecordToJson(*w);
-  j["name"] = w->spec.name;
+json Controller::DescribeWorkload(const WorkloadRecord& w) {
+  json j = cluster::WorkloadRecordToJson(w);
+  j["name"] = w.spec.name;
   const int64_t now = clock_.WallMillis();
-  j["ageSeconds"] = w->status.created_ms > 0 ? (now - w->status.created_ms) / 1000.0 : 0.0;
-  if (!w->status.node.empty()) {
-    if (auto nkv = nodes_.Get(options_.keys.Node(w->status.node))) {
-      auto n = ParseNode(*nkv);
-      if (n.ok()) {
-        if (auto u = n->workloads.find(w->spec.name); u != n->workloads.end()) {
-          j["usage"] = {{"cpu", u->second.cpu}, {"memoryBytes", u->second.memory_bytes}};
-        }
-      }
+  j["ageSeconds"] = w.status.created_ms > 0 ? (now - w.status.created_ms) / 1000.0 : 0.0;
+  if (!w.status.node.empty()) {
+    std::lock_guard lock(view_mu_);
+    if (auto n = view_.nodes.find(w.status.node); n != view_.nodes.end()) {
+      if (auto u = n->second.workloads.find(w.spec.name); u != n->second.workloads.end())
+        j["usage"] = {{"cpu", u->second.cpu}, {"memoryBytes", u->second.memory_bytes}};
     }
   }
   return j;
@@ -634,7 +690,7 @@ json Controller::DescribeWorkload(const KeyValue& kv) {
 
 StatusOr<json> Controller::CreateWorkload(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(cluster::WorkloadSpec spec, cluster::ParseWorkloadSpec(body));
-  if (!spec.node.empty() && !NodeReady(spec.node) && !members_.Get(options_.keys.Member(spec.node)))
+  if (!spec.node.empty() && !NodeReady(spec.node) && !CachedMember(spec.node))
     return InvalidError("node: no node named \"" + spec.node + "\" in the cluster");
   if (spec.pinned && spec.node.empty())
     return InvalidError("pinned: a pinned workload needs \"node\"");
@@ -649,23 +705,25 @@ StatusOr<json> Controller::CreateWorkload(std::string_view body) {
   txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(w).dump()));
   KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
   if (!r.succeeded) return ConflictError("a workload named \"" + spec.name + "\" exists");
-  KeyValue kv;
-  kv.key = key;
-  kv.value = cluster::WorkloadRecordToJson(w).dump();
-  return DescribeWorkload(kv);
+  return DescribeWorkload(w);
 }
 
 json Controller::ListWorkloads() {
+  std::vector<WorkloadRecord> records;
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [name, w] : view_.workloads) records.push_back(w);
+  }
   json items = json::array();
-  for (const auto& [key, kv] : workloads_.Items()) items.push_back(DescribeWorkload(kv));
+  for (const auto& w : records) items.push_back(DescribeWorkload(w));
   return {{"items", items}};
 }
 
 StatusOr<json> Controller::GetWorkload(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
-  auto kv = workloads_.Get(options_.keys.Workload(name));
-  if (!kv) return NotFoundError("no workload named \"" + name + "\"");
-  return DescribeWorkload(*kv);
+  auto w = CachedWorkload(name);
+  if (!w) return NotFoundError("no workload named \"" + name + "\"");
+  return DescribeWorkload(*w);
 }
 
 Status Controller::DeleteWorkload(const std::string& name) {
@@ -677,54 +735,45 @@ Status Controller::DeleteWorkload(const std::string& name) {
 
 StatusOr<std::string> Controller::WorkloadAgentUrl(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
-  auto kv = workloads_.Get(options_.keys.Workload(name));
-  if (!kv) return NotFoundError("no workload named \"" + name + "\"");
-  auto w = ParseWorkload(*kv);
-  if (!w.ok()) return FailedError(w.status().message());
+  auto w = CachedWorkload(name);
+  if (!w) return NotFoundError("no workload named \"" + name + "\"");
   if (w->status.node.empty()) return ConflictError("workload \"" + name + "\" is not placed yet");
-  auto nkv = nodes_.Get(options_.keys.Node(w->status.node));
-  if (!nkv) return RetryError("node " + w->status.node + " is NotReady");
-  auto n = ParseNode(*nkv);
-  if (!n.ok() || n->url.empty()) return FailedError("node " + w->status.node + " has no URL");
+  auto n = CachedNode(w->status.node);
+  if (!n) return RetryError("node " + w->status.node + " is NotReady");
+  if (n->url.empty()) return FailedError("node " + w->status.node + " has no URL");
   return n->url;
 }
 
 json Controller::DescribeNode(const std::string& name) {
   json j = {{"name", name}};
   const int64_t now = clock_.WallMillis();
-  bool cordoned = false;
-  std::optional<NodeMember> member;
-  if (auto mkv = members_.Get(options_.keys.Member(name))) {
-    auto m = ParseMember(*mkv);
-    if (m.ok()) member = *m;
-  }
-  if (member) cordoned = member->cordoned;
-  auto nkv = nodes_.Get(options_.keys.Node(name));
-  j["ready"] = nkv.has_value();
-  j["cordoned"] = cordoned;
-  if (member && !nkv) j["notReadySeconds"] = (now - member->changed_ms) / 1000.0;
-  if (nkv) {
-    auto n = ParseNode(*nkv);
-    if (n.ok()) {
-      json load = cluster::NodeLoadToJson(*n);
-      j["url"] = n->url;
-      j["load"] = n->Load();
-      j["capacity"] = {{"cpus", n->cpu_capacity}, {"memoryBytes", n->memory_capacity_bytes}};
-      j["speed"] = n->speed;
-      j["cpuUsed"] = n->cpu_used;
-      j["runQueue"] = n->run_queue;
-      j["memoryAvailableBytes"] = n->memory_available_bytes;
-      j["psi"] = {{"cpuSome10", load.value("psiCpuSome10", json())},
-                  {"memorySome10", load.value("psiMemorySome10", json())}};
-      j["loadSource"] = n->load_source;
-      j["heartbeatAgeSeconds"] = std::max<int64_t>(0, now - n->updated_ms) / 1000.0;
-      j["usage"] = load["workloads"];
-    }
+  std::lock_guard lock(view_mu_);
+  auto member = view_.members.find(name);
+  auto n = view_.nodes.find(name);
+  const bool ready = n != view_.nodes.end();
+  j["ready"] = ready;
+  j["cordoned"] = member != view_.members.end() && member->second.cordoned;
+  if (member != view_.members.end() && !ready)
+    j["notReadySeconds"] = (now - member->second.changed_ms) / 1000.0;
+  if (ready) {
+    const NodeLoad& l = n->second;
+    json load = cluster::NodeLoadToJson(l);
+    j["url"] = l.url;
+    j["load"] = l.Load();
+    j["capacity"] = {{"cpus", l.cpu_capacity}, {"memoryBytes", l.memory_capacity_bytes}};
+    j["speed"] = l.speed;
+    j["cpuUsed"] = l.cpu_used;
+    j["runQueue"] = l.run_queue;
+    j["memoryAvailableBytes"] = l.memory_available_bytes;
+    j["psi"] = {{"cpuSome10", load.value("psiCpuSome10", json())},
+                {"memorySome10", load.value("psiMemorySome10", json())}};
+    j["loadSource"] = l.load_source;
+    j["heartbeatAgeSeconds"] = std::max<int64_t>(0, now - l.updated_ms) / 1000.0;
+    j["usage"] = load["workloads"];
   }
   json owned = json::array();
-  for (const auto& [key, kv] : workloads_.Items()) {
-    auto w = ParseWorkload(kv);
-    if (w.ok() && w->status.node == name) owned.push_back(w->spec.name);
+  for (const auto& [w, rec] : view_.workloads) {
+    if (rec.status.node == name) owned.push_back(w);
   }
   j["workloads"] = owned;
   return j;
@@ -732,12 +781,11 @@ json Controller::DescribeNode(const std::string& name) {
 
 json Controller::ListNodes() {
   std::set<std::string> names;
-  for (const auto& [key, kv] : nodes_.Items())
-    names.insert(KeyLayout::NameIn(options_.keys.Nodes(), key));
-  for (const auto& [key, kv] : members_.Items())
-    names.insert(KeyLayout::NameIn(options_.keys.Members(), key));
-  names.erase("");
-  ClusterSnapshot snap;
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [n, v] : view_.nodes) names.insert(n);
+    for (const auto& [n, v] : view_.members) names.insert(n);
+  }
   json items = json::array();
   for (const auto& n : names) items.push_back(DescribeNode(n));
   return {{"items", items}};
@@ -745,7 +793,7 @@ json Controller::ListNodes() {
 
 StatusOr<json> Controller::GetNode(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
-  if (!nodes_.Get(options_.keys.Node(name)) && !members_.Get(options_.keys.Member(name)))
+  if (!CachedNode(name) && !CachedMember(name))
     return NotFoundError("no node named \"" + name + "\"");
   return DescribeNode(name);
 }
@@ -765,17 +813,14 @@ StatusOr<json> Controller::RequestMigration(std::string_view body) {
     target = j["target"].get<std::string>();
     if (auto s = ValidateName(target); !s.ok()) return s.Annotate("target");
   }
-  auto kv = workloads_.Get(options_.keys.Workload(workload));
-  if (!kv) return NotFoundError("no workload named \"" + workload + "\"");
-  auto w = ParseWorkload(*kv);
-  if (!w.ok()) return FailedError(w.status().message());
+  auto w = CachedWorkload(workload);
+  if (!w) return NotFoundError("no workload named \"" + workload + "\"");
   if (!w->spec.migratable) return ConflictError("workload \"" + workload + "\" is not migratable");
   if (w->spec.pinned) return ConflictError("workload \"" + workload + "\" is pinned");
   std::string reason;
   if (!target.empty()) {
     if (!NodeReady(target)) {
-      if (!members_.Get(options_.keys.Member(target)))
-        return NotFoundError("no node named \"" + target + "\"");
+      if (!CachedMember(target)) return NotFoundError("no node named \"" + target + "\"");
       return ConflictError("node " + target + " is NotReady");
     }
     if (NodeCordoned(target)) return ConflictError("node " + target + " is cordoned");
@@ -798,23 +843,23 @@ StatusOr<json> Controller::RequestMigration(std::string_view body) {
 }
 
 json Controller::ListMigrations() {
-  std::vector<json> items;
-  for (const auto& [key, kv] : migrations_.Items()) {
-    auto m = ParseMigration(kv);
-    if (m.ok()) items.push_back(cluster::MigrationRecordToJson(*m));
+  std::vector<MigrationRecord> records;
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [id, m] : view_.migrations) records.push_back(m);
   }
-  std::sort(items.begin(), items.end(), [](const json& a, const json& b) {
-    return a.value("createdMs", int64_t{0}) < b.value("createdMs", int64_t{0});
+  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
+    return a.created_ms != b.created_ms ? a.created_ms < b.created_ms : a.id < b.id;
   });
+  json items = json::array();
+  for (const auto& m : records) items.push_back(cluster::MigrationRecordToJson(m));
   return {{"items", items}};
 }
 
 StatusOr<json> Controller::GetMigration(const std::string& id) {
   KMX_RETURN_IF_ERROR(ValidateName(id));
-  auto kv = migrations_.Get(options_.keys.Migration(id));
-  if (!kv) return NotFoundError("no migration \"" + id + "\"");
-  auto m = ParseMigration(*kv);
-  if (!m.ok()) return FailedError(m.status().message());
+  auto m = CachedMigration(id);
+  if (!m) return NotFoundError("no migration \"" + id + "\"");
   return cluster::MigrationRecordToJson(*m);
 }
 

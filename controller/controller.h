@@ -106,8 +106,14 @@ class Controller {
 
  private:
   void Lead(const cluster::LeaderTerm& term);
-  void Enqueue(const std::string& prefix_kind, const std::string& key);
+  // Cache handler: decodes the record into view_ and queues what it concerns.
+  // kind: 'n' nodes/, 'c' members/, 'w' workloads/, 'm' migrations/.
+  void OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now);
   void EnqueueAll();
+  std::optional<cluster::WorkloadRecord> CachedWorkload(const std::string& name) const;
+  std::optional<cluster::MigrationRecord> CachedMigration(const std::string& id) const;
+  std::optional<cluster::NodeLoad> CachedNode(const std::string& name) const;
+  std::optional<cluster::NodeMember> CachedMember(const std::string& name) const;
   Status Reconcile(const std::string& item, const cluster::LeaderTerm& term);
   Status ReconcileWorkload(const std::string& name, const cluster::LeaderTerm& term);
   Status ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term);
@@ -121,7 +127,7 @@ class Controller {
   // Node readiness as the controller sees it: the agent's lease-bound key.
   bool NodeReady(const std::string& node);
   bool NodeCordoned(const std::string& node);
-  nlohmann::json DescribeWorkload(const KeyValue& kv);
+  nlohmann::json DescribeWorkload(const cluster::WorkloadRecord& w);
   nlohmann::json DescribeNode(const std::string& name);
 
   StateStore& store_;
@@ -136,6 +142,16 @@ class Controller {
   cluster::PrefixCache migrations_;
   cluster::WorkQueue queue_;
   cluster::LeaderElection election_;
+
+  // The caches' records, decoded once per change (reads never parse JSON).
+  struct View {
+    std::map<std::string, cluster::NodeLoad> nodes;
+    std::map<std::string, cluster::NodeMember> members;
+    std::map<std::string, cluster::WorkloadRecord> workloads;
+    std::map<std::string, cluster::MigrationRecord> migrations;
+  };
+  mutable std::mutex view_mu_;
+  View view_;
 
   std::mutex settled_mu_;
   std::map<std::string, double> settled_cpu_;  // workload -> cores, once settled

@@ -105,10 +105,14 @@ void PrefixCache::Run(const Handler& on_change) {
         items_ = std::move(fresh);
         revision_ = listed->revision;
         ++lists_;
+      }
+      for (const auto& [key, now] : changes) on_change(key, now);
+      {
+        // Synced once the handler has seen the whole first list.
+        std::lock_guard lock(mu_);
         synced_ = true;
         cv_.notify_all();
       }
-      for (const auto& [key, now] : changes) on_change(key, now);
       watch_from = listed->revision + 1;
       need_list = false;
     }

@@ -39,7 +39,8 @@ class PrefixCache {
   void Run(const Handler& on_change);
   void Stop();
 
-  // Blocks until the first list is in the cache or `timeout` passes.
+  // Blocks until the first list is in the cache and the handler has been
+  // called for every key of it, or `timeout` passes.
   bool WaitSynced(std::chrono::milliseconds timeout) const;
   bool Synced() const;
   std::optional<KeyValue> Get(const std::string& key) const;
