@@ -23,9 +23,10 @@ using cluster::WorkloadStatus;
 using nlohmann::json;
 
 constexpr int kCasAttempts = 8;
-// A workload's CPU figure is trusted once it ran this long on its node (the
-// agents smooth their samples; a fresh arrival reads low for a few seconds).
-constexpr int64_t kSettleMs = 10'000;
+// A workload's CPU figure is trusted once it ran this long on its node: the
+// agent's first rate needs two samples a second apart, then publishing lags
+// by up to a second. Before that the figure it had on its last node counts.
+constexpr int64_t kSettleMs = 3'000;
 
 StatusOr<WorkloadRecord> ParseWorkload(const KeyValue& kv) {
   return cluster::ParseRecord<WorkloadRecord>(kv.value, &cluster::WorkloadRecordFromJson);
