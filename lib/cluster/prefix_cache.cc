@@ -20,8 +20,8 @@ using Change = std::pair<std::string, std::optional<KeyValue>>;
 
 }  // namespace
 
-PrefixCache::PrefixCache(StateStore& store, Clock& clock, std::string prefix)
-    : store_(store), clock_(clock), prefix_(std::move(prefix)) {}
+PrefixCache::PrefixCache(StateStore& store, Clock& clock, std::string prefix, bool keep_values)
+    : store_(store), clock_(clock), prefix_(std::move(prefix)), keep_values_(keep_values) {}
 
 void PrefixCache::Stop() {
   std::lock_guard lock(mu_);
@@ -72,6 +72,13 @@ bool PrefixCache::WaitBackoff(std::chrono::milliseconds d) {
   return !stopped_;
 }
 
+KeyValue PrefixCache::Stored(const KeyValue& kv) const {
+  if (keep_values_) return kv;
+  KeyValue meta = kv;
+  meta.value.clear();
+  return meta;
+}
+
 void PrefixCache::Run(const Handler& on_change) {
   milliseconds backoff = kFirstBackoff;
   auto back_off = [&] {
@@ -95,9 +102,10 @@ void PrefixCache::Run(const Handler& on_change) {
         std::map<std::string, KeyValue> fresh;
         for (auto& kv : listed->kvs) fresh.emplace(kv.key, std::move(kv));
         std::lock_guard lock(mu_);
-        for (const auto& [key, kv] : fresh) {
+        for (auto& [key, kv] : fresh) {
           auto old = items_.find(key);
-          if (old == items_.end() || !(old->second == kv)) changes.emplace_back(key, kv);
+          if (old == items_.end() || !(old->second == Stored(kv))) changes.emplace_back(key, kv);
+          if (!keep_values_) kv.value.clear();
         }
         for (const auto& [key, _] : items_) {
           if (!fresh.contains(key)) changes.emplace_back(key, std::nullopt);
@@ -162,7 +170,7 @@ void PrefixCache::Run(const Handler& on_change) {
           auto it = items_.find(e.kv.key);
           if (e.type == WatchEvent::Type::kPut) {
             if (it != items_.end() && it->second.mod_revision >= e.kv.mod_revision) continue;
-            items_[e.kv.key] = e.kv;
+            items_[e.kv.key] = Stored(e.kv);
             changes.emplace_back(e.kv.key, e.kv);
           } else if (it != items_.end() && it->second.mod_revision < e.kv.mod_revision) {
             items_.erase(it);

@@ -31,7 +31,10 @@ class PrefixCache {
   // key, and the key's value now (nullopt: deleted).
   using Handler = std::function<void(const std::string& key, const std::optional<KeyValue>& now)>;
 
-  PrefixCache(StateStore& store, Clock& clock, std::string prefix);
+  // keep_values = false: the cache keeps each key's metadata only (Get/Items
+  // return empty values), for owners that decode values in the handler and
+  // keep their own copy; the handler still gets the full value.
+  PrefixCache(StateStore& store, Clock& clock, std::string prefix, bool keep_values = true);
 
   // Lists, then watches, until Stop(). Calls `on_change` for every key added,
   // changed or deleted (after a relist: for every key that differs from the
@@ -56,6 +59,8 @@ class PrefixCache {
   StateStore& store_;
   Clock& clock_;
   std::string prefix_;
+  bool keep_values_ = true;
+  KeyValue Stored(const KeyValue& kv) const;  // what items_ keeps of kv
   std::atomic<bool> stopped_{false};
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;

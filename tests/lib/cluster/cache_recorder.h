@@ -72,8 +72,8 @@ inline std::map<std::string, std::string> ValuesOf(const std::map<std::string, K
 
 class RunningCache {
  public:
-  RunningCache(StateStore& store, Clock& clock, const std::string& prefix)
-      : cache(store, clock, prefix), thread_([this] {
+  RunningCache(StateStore& store, Clock& clock, const std::string& prefix, bool keep_values = true)
+      : cache(store, clock, prefix, keep_values), thread_([this] {
           cache.Run(
               [this](const std::string& k, const std::optional<KeyValue>& v) { recorder(k, v); });
         }) {}

@@ -185,6 +185,31 @@ TEST_F(PrefixCacheTest, RelistAfterCompactionReportsTheDiffIncludingDeletions) {
   EXPECT_TRUE(rc.recorder.WaitState(want));
 }
 
+TEST_F(PrefixCacheTest, WithoutValuesKeepsMetadataAndStillDiffsOnRelist) {
+  GatedStore gated(store);
+  ASSERT_TRUE(store.Put("/p/a", "v1").ok());
+  ASSERT_TRUE(store.Put("/p/b", "v1").ok());
+  RunningCache rc(gated, clock, "/p/", /*keep_values=*/false);
+  ASSERT_TRUE(rc.recorder.WaitState({{"/p/a", "v1"}, {"/p/b", "v1"}}));  // handler: full values
+  auto a = rc.cache.Get("/p/a");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->value, "") << "the cache keeps no values";
+  EXPECT_GT(a->mod_revision, 0);
+  rc.recorder.Clear();
+
+  ASSERT_TRUE(WaitWatches(gated, 1));
+  gated.Block(true);
+  gated.BreakWatches(RetryError("connection lost"));
+  ASSERT_TRUE(store.Put("/p/a", "v2").ok());
+  ASSERT_TRUE(store.Compact(store.revision()).ok());
+  gated.Block(false);
+  ASSERT_TRUE(rc.recorder.WaitState({{"/p/a", "v2"}, {"/p/b", "v1"}}));
+  // Only a changed on the relist: b's metadata matched, so it was not reported again.
+  ASSERT_EQ(rc.recorder.Events().size(), 1u);
+  EXPECT_EQ(rc.recorder.Events()[0].key, "/p/a");
+  EXPECT_EQ(rc.recorder.Events()[0].now->value, "v2");
+}
+
 TEST_F(PrefixCacheTest, WatchEndingInConflictRelists) {
   GatedStore gated(store);
   ASSERT_TRUE(store.Put("/p/a", "1").ok());
