@@ -3,40 +3,20 @@
 #include <spdlog/spdlog.h>
 
 #include "kmosix/spec_json.h"
+#include "transport_http/rest.h"
 
 namespace kmosix::controller {
 namespace {
 
 using nlohmann::json;
+using rest::Reply;
+using rest::ReplyError;
+using rest::ReplyOr;
 
 constexpr size_t kMaxBody = 64 * 1024;
 
-void Reply(httplib::Response& res, int status, const json& body) {
-  res.status = status;
-  res.set_content(body.dump(2) + "\n", "application/json");
-}
-
-void ReplyError(httplib::Response& res, const Status& s) {
-  Reply(res, HttpStatus(s.code()), ErrorJson(s));
-}
-
-template <typename T>
-void ReplyOr(httplib::Response& res, const StatusOr<T>& v, int ok_status = 200) {
-  if (v.ok()) {
-    Reply(res, ok_status, *v);
-  } else {
-    ReplyError(res, v.status());
-  }
-}
-
 bool BodyRejected(const httplib::Request& req, httplib::Response& res) {
-  if (req.body.size() > kMaxBody) {
-    ReplyError(res,
-               InvalidError("request body larger than " + std::to_string(kMaxBody) + " bytes"));
-    res.status = 413;
-    return true;
-  }
-  return false;
+  return rest::BodyTooLarge(req, res, kMaxBody);
 }
 
 // Splits "http://host:port" into the scheme+authority httplib wants.
@@ -121,26 +101,7 @@ void RegisterControllerRoutes(httplib::Server& server, Controller& controller,
     Reply(res, 200, controller.Decisions());
   });
 
-  server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    Status s = res.status == 404   ? NotFoundError("no route " + req.method + " " + req.path)
-               : res.status == 413 ? InvalidError("request body too large")
-               : res.status == 405 ? InvalidError("method not allowed")
-                                   : InvalidError("bad request");
-    res.set_content(ErrorJson(s).dump() + "\n", "application/json");
-  });
-  server.set_exception_handler(
-      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-        std::string what = "internal error";
-        try {
-          if (ep) std::rethrow_exception(ep);
-        } catch (const std::exception& e) {
-          what = e.what();
-        } catch (...) {
-        }
-        spdlog::error("{} {}: {}", req.method, req.path, what);
-        Reply(res, 500, ErrorJson(FailedError(what)));
-      });
+  rest::InstallJsonErrorHandlers(server);
 }
 
 }  // namespace kmosix::controller

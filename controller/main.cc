@@ -14,35 +14,11 @@
 #include "controller/metrics.h"
 #include "etcd/etcd_state_store.h"
 #include "kmosix/clock.h"
+#include "transport_http/rest.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};  // set by SIGTERM/SIGINT only
-
-bool SplitHostPort(const std::string& s, std::string& host, int& port) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  host = s.substr(0, colon);
-  const std::string digits = s.substr(colon + 1);
-  if (digits.empty() || digits.size() > 5 ||
-      digits.find_first_not_of("0123456789") != std::string::npos)
-    return false;
-  port = std::stoi(digits);
-  return port > 0 && port < 65536;
-}
-
-// "http://a:2379,b:2379" -> {"a:2379", "b:2379"}
-std::vector<std::string> EtcdEndpoints(const std::string& list) {
-  std::vector<std::string> out;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (auto p = item.find("://"); p != std::string::npos) item = item.substr(p + 3);
-    while (!item.empty() && item.back() == '/') item.pop_back();
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 std::string DefaultIdentity() {
   char host[256] = {0};
@@ -110,7 +86,7 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [controller " + opts.identity + "] %v");
   std::string host;
   int port = 0;
-  if (!SplitHostPort(listen, host, port)) {
+  if (!kmosix::rest::SplitHostPort(listen, host, port)) {
     spdlog::critical("--listen must be host:port, got \"{}\"", listen);
     return 2;
   }
@@ -119,7 +95,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   kmosix::EtcdConfig etcd_config;
-  etcd_config.endpoints = EtcdEndpoints(etcd);
+  etcd_config.endpoints = kmosix::ParseEtcdEndpoints(etcd);
   if (etcd_config.endpoints.empty()) {
     spdlog::critical("--etcd: no endpoint in \"{}\"", etcd);
     return 2;

@@ -23,39 +23,11 @@
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
 #include "transport_http/peer_server.h"
+#include "transport_http/rest.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};  // set by SIGTERM/SIGINT only
-
-bool SplitHostPort(const std::string& s, std::string& host, int& port) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  host = s.substr(0, colon);
-  try {
-    size_t used = 0;
-    port = std::stoi(s.substr(colon + 1), &used);
-    if (used != s.size() - colon - 1) return false;
-  } catch (...) {
-    return false;
-  }
-  return port > 0 && port < 65536;
-}
-
-// "http://10.77.0.1:2379,10.77.0.2:2379" -> {"10.77.0.1:2379", "10.77.0.2:2379"}.
-std::vector<std::string> EtcdEndpoints(const std::string& flag) {
-  std::vector<std::string> out;
-  std::stringstream in(flag);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    for (const char* scheme : {"http://", "https://"}) {
-      if (item.rfind(scheme, 0) == 0) item = item.substr(std::string(scheme).size());
-    }
-    while (!item.empty() && item.back() == '/') item.pop_back();
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 // MemTotal from /proc/meminfo, in bytes (0 if unreadable).
 uint64_t MemTotalBytes() {
@@ -162,7 +134,7 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [" + opts.node + "] %v");
   std::string host;
   int port = 0;
-  if (!SplitHostPort(listen, host, port)) {
+  if (!kmosix::rest::SplitHostPort(listen, host, port)) {
     spdlog::critical("--listen must be host:port, got \"{}\"", listen);
     return 2;
   }
@@ -205,7 +177,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<kmosix::agent::ClusterLink> link;
   if (!etcd.empty()) {
     kmosix::EtcdConfig etcd_config;
-    etcd_config.endpoints = EtcdEndpoints(etcd);
+    etcd_config.endpoints = kmosix::ParseEtcdEndpoints(etcd);
     if (etcd_config.endpoints.empty()) {
       spdlog::critical("--etcd names no endpoint");
       return 2;

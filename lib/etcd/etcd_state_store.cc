@@ -16,6 +16,24 @@
 
 namespace kmosix {
 
+std::vector<std::string> ParseEtcdEndpoints(const std::string& flag) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= flag.size()) {
+    size_t comma = flag.find(',', start);
+    std::string item =
+        flag.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    for (const char* scheme : {"http://", "https://"}) {
+      if (item.rfind(scheme, 0) == 0) item = item.substr(std::string(scheme).size());
+    }
+    while (!item.empty() && item.back() == '/') item.pop_back();
+    if (!item.empty()) out.push_back(item);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 namespace pb = ::etcdserverpb;
 using Millis = std::chrono::milliseconds;
 

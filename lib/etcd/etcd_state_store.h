@@ -70,6 +70,10 @@ struct EtcdConfig {
   std::chrono::milliseconds max_reconnect_backoff{1000};
 };
 
+// A --etcd flag: "http://10.77.0.1:2379,10.77.0.2:2379" -> {"10.77.0.1:2379",
+// "10.77.0.2:2379"} (scheme and trailing slashes dropped, empty items skipped).
+std::vector<std::string> ParseEtcdEndpoints(const std::string& flag);
+
 class EtcdStateStore : public StateStore {
  public:
   // Does not connect yet (channels connect lazily); never fails.

@@ -1,0 +1,58 @@
+#include "transport_http/rest.h"
+
+#include <spdlog/spdlog.h>
+
+namespace kmosix::rest {
+
+void Reply(httplib::Response& res, int status, const nlohmann::json& body) {
+  res.status = status;
+  res.set_content(body.dump(2) + "\n", "application/json");
+}
+
+void ReplyError(httplib::Response& res, const Status& s) {
+  Reply(res, HttpStatus(s.code()), ErrorJson(s));
+}
+
+bool BodyTooLarge(const httplib::Request& req, httplib::Response& res, size_t max) {
+  if (req.body.size() <= max) return false;
+  ReplyError(res, InvalidError("request body larger than " + std::to_string(max) + " bytes"));
+  res.status = 413;
+  return true;
+}
+
+void InstallJsonErrorHandlers(httplib::Server& server) {
+  server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    Status s = res.status == 404   ? NotFoundError("no route " + req.method + " " + req.path)
+               : res.status == 413 ? InvalidError("request body too large")
+               : res.status == 405 ? InvalidError("method not allowed")
+                                   : InvalidError("bad request");
+    res.set_content(ErrorJson(s).dump() + "\n", "application/json");
+  });
+  server.set_exception_handler(
+      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "internal error";
+        try {
+          if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        spdlog::error("{} {}: {}", req.method, req.path, what);
+        Reply(res, 500, ErrorJson(FailedError(what)));
+      });
+}
+
+bool SplitHostPort(const std::string& s, std::string& host, int& port) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  const std::string digits = s.substr(colon + 1);
+  if (digits.empty() || digits.size() > 5 ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  host = s.substr(0, colon);
+  port = std::stoi(digits);
+  return port > 0 && port < 65536;
+}
+
+}  // namespace kmosix::rest
