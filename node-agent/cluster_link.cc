@@ -365,6 +365,16 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
   if (!got.kv) {
     if (!local || !local->managed) return Status::Ok();
     if (in_flight) return RetryError("record gone; waiting for the migration of " + name);
+    // Only a cluster that knows this node may take its workloads away: under
+    // a wrong --etcd-prefix every record looks deleted.
+    KMX_ASSIGN_OR_RETURN(GetResult member, store_.Get(options_.keys.Member(options_.node)));
+    if (!member.kv) {
+      spdlog::error(
+          "workload {} is managed here but {} has no record of it, nor of this node; keeping it "
+          "(wrong --etcd-prefix?)",
+          name, options_.keys.prefix);
+      return Status::Ok();
+    }
     spdlog::warn("workload {} has no record in the cluster any more: deleting it here", name);
     return agent_.DeleteManaged(name);
   }

@@ -314,8 +314,21 @@ TEST_F(ClusterLinkTest, RestartsAWorkloadThatShouldRunHereButWasLost) {
   EXPECT_EQ(GetWorkload().status.pid, again.Local("work")->pid);
 }
 
+TEST_F(ClusterLinkTest, KeepsManagedWorkloadsWhenTheClusterDoesNotKnowThisNode) {
+  RunWorkOnNode1();
+  // No members/node1: this prefix never knew the node (a wrong --etcd-prefix
+  // looks exactly like this); its workloads are not taken away.
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_TRUE(node1_->runtime.Has("work"));
+  EXPECT_TRUE(node1_->agent->Local("work").has_value());
+}
+
 TEST_F(ClusterLinkTest, DeletesALocalManagedWorkloadWhoseRecordWasDeleted) {
   RunWorkOnNode1();
+  cluster::NodeMember member;
+  member.node = "node1";
+  ASSERT_TRUE(store_.Put(keys_.Member("node1"), cluster::NodeMemberToJson(member).dump()).ok());
   // An unmanaged workload (REST) has no record and stays.
   ASSERT_TRUE(
       node1_->agent->CreateWorkload(R"({"name":"mine","image":"kmosix.local/demo:latest"})").ok());
@@ -627,6 +640,9 @@ bool Eventually(F done) {
 TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
   node1_->link->Start();
   ASSERT_TRUE(Eventually([&] { return Raw(keys_.Node("node1")).has_value(); }));
+  cluster::NodeMember member;  // what the controller writes when it sees the node
+  member.node = "node1";
+  ASSERT_TRUE(store_.Put(keys_.Member("node1"), cluster::NodeMemberToJson(member).dump()).ok());
   Put(Workload("node1", WorkloadPhase::kScheduled, 3));
   ASSERT_TRUE(Eventually([&] { return GetWorkload().status.phase == WorkloadPhase::kRunning; }));
   EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
