@@ -43,8 +43,6 @@
 // cluster (not root, CRIU unusable, etcd missing: the reason is printed); 1 a
 // step failed (cluster did not come up, a workload did not run, a hot spot did
 // not settle; the tables list the problems); 2 usage.
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -65,6 +63,7 @@
 
 namespace {
 
+using kmosix::e2e::ArmDownOnSignal;
 using kmosix::e2e::CheckGoneEverywhere;
 using kmosix::e2e::Cluster;
 using kmosix::e2e::ClusterOptions;
@@ -74,6 +73,7 @@ using kmosix::e2e::GetObject;
 using kmosix::e2e::HttpDelete;
 using kmosix::e2e::HttpGet;
 using kmosix::e2e::HttpPost;
+using kmosix::e2e::InstallDownOnSignal;
 using kmosix::e2e::Observation;
 using kmosix::e2e::RunCommand;
 using kmosix::e2e::ShellQuote;
@@ -347,24 +347,6 @@ std::string KeyGroup(const std::string& key) {
   const std::string top = rest.substr(0, slash);
   if (top == "nodes" || top == "members") return rest;
   return top + "/";
-}
-
-// --- teardown on SIGINT/SIGTERM ------------------------------------------------------
-
-volatile sig_atomic_t g_down_armed = 0;
-const char* g_down_script = nullptr;  // points into a string that lives forever
-
-void DownOnSignal(int sig) {
-  if (g_down_armed != 0 && g_down_script != nullptr) {
-    pid_t p = ::fork();
-    if (p == 0) {
-      ::execl("/bin/bash", "bash", g_down_script, "down", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    if (p > 0) ::waitpid(p, nullptr, 0);
-  }
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);
 }
 
 // --- results ------------------------------------------------------------------------------
@@ -970,16 +952,13 @@ int main(int argc, char** argv) {
   opts.reuse = args.reuse;
   opts.keep = args.keep;
   Cluster cluster(opts);
-  static const std::string script = Cluster::RepoDir() + "/scripts/cluster";
-  g_down_script = script.c_str();
-  g_down_armed = (args.reuse || args.keep) ? 0 : 1;
-  ::signal(SIGINT, DownOnSignal);
-  ::signal(SIGTERM, DownOnSignal);
+  InstallDownOnSignal();
+  ArmDownOnSignal(!args.reuse && !args.keep);
   Progress("bringing up " + std::to_string(kNodes) + " nodes, etcd and " +
            std::to_string(kControllers) + " controllers");
   if (std::string err = cluster.Up(); !err.empty()) {
     std::fprintf(stderr, "kmosix-brain-bench: cluster: %s\n", err.c_str());
-    g_down_armed = 0;
+    ArmDownOnSignal(false);
     (void)cluster.Down();
     return 1;
   }
@@ -1004,7 +983,7 @@ int main(int argc, char** argv) {
   if (!runs.empty()) PrintHot(runs, args.quiet_s);
   std::fflush(stdout);
   if (!args.json_out.empty()) WriteJson(args.json_out, wins, runs);
-  g_down_armed = 0;
+  ArmDownOnSignal(false);
   if (std::string err = cluster.Down(); !err.empty()) {
     std::fprintf(stderr, "%s\n", err.c_str());
   }

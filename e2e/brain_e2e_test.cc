@@ -29,8 +29,6 @@
 // which ctest reports as a skip). Deadlines are generous bounds on waits,
 // never assertions about speed; the figures are printed.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -74,23 +72,6 @@ Cluster* g_cluster = nullptr;
 std::string g_skip_reason;  // capability missing: skip
 std::string g_up_error;     // cluster did not come up: fail
 
-// --- teardown on signals (ctest's timeout, Ctrl-C) ------------------------------------
-volatile sig_atomic_t g_cluster_up = 0;
-const char* g_down_script = nullptr;  // points into a string that lives forever
-
-void DownOnSignal(int sig) {
-  if (g_cluster_up != 0 && g_down_script != nullptr) {
-    pid_t p = ::fork();
-    if (p == 0) {
-      ::execl("/bin/bash", "bash", g_down_script, "down", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    if (p > 0) ::waitpid(p, nullptr, 0);
-  }
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);
-}
-
 bool ClusterTestsSelected() {
   const auto* unit = ::testing::UnitTest::GetInstance();
   for (int i = 0; i < unit->total_test_suite_count(); ++i) {
@@ -113,10 +94,7 @@ class BrainEnvironment : public ::testing::Environment {
                 << g_skip_reason << " ***\n\n";
       return;
     }
-    static const std::string script = Cluster::RepoDir() + "/scripts/cluster";
-    g_down_script = script.c_str();
-    ::signal(SIGINT, DownOnSignal);
-    ::signal(SIGTERM, DownOnSignal);
+    InstallDownOnSignal();
     ClusterOptions opts;
     opts.nodes = kNodes;
     opts.etcd = true;
@@ -127,19 +105,19 @@ class BrainEnvironment : public ::testing::Environment {
     opts.node_cpus = 1;
     opts.node_memory_mib = 2048;
     cluster_ = std::make_unique<Cluster>(opts);
-    g_cluster_up = 1;
+    ArmDownOnSignal(true);
     g_up_error = cluster_->Up();
     if (g_up_error.empty()) {
       g_cluster = cluster_.get();
     } else {
-      g_cluster_up = 0;
+      ArmDownOnSignal(false);
     }
   }
   void TearDown() override {
     if (!cluster_) return;
     g_cluster = nullptr;
     std::string err = cluster_->Down();
-    g_cluster_up = 0;
+    ArmDownOnSignal(false);
     if (!err.empty()) ADD_FAILURE() << err;
   }
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -738,5 +739,34 @@ std::string CheckApiError(const HttpReply& r) {
   }
   return "";
 }
+
+// --- teardown on signals -----------------------------------------------------
+
+namespace {
+volatile sig_atomic_t g_down_armed = 0;
+const char* g_down_script = nullptr;  // points into a string that lives forever
+
+void DownOnSignal(int sig) {
+  if (g_down_armed != 0 && g_down_script != nullptr) {
+    pid_t p = ::fork();
+    if (p == 0) {
+      ::execl("/bin/bash", "bash", g_down_script, "down", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    if (p > 0) ::waitpid(p, nullptr, 0);
+  }
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+}  // namespace
+
+void InstallDownOnSignal() {
+  static const std::string script = Cluster::RepoDir() + "/scripts/cluster";
+  g_down_script = script.c_str();
+  ::signal(SIGINT, DownOnSignal);
+  ::signal(SIGTERM, DownOnSignal);
+}
+
+void ArmDownOnSignal(bool armed) { g_down_armed = armed ? 1 : 0; }
 
 }  // namespace kmosix::e2e

@@ -132,6 +132,14 @@ WaitResult WaitFor(const std::string& what, std::chrono::milliseconds timeout,
                    const std::function<Observation()>& probe,
                    std::chrono::milliseconds interval = std::chrono::milliseconds(200));
 
+// --- teardown on signals (ctest's timeout, Ctrl-C) ---------------------------
+// Installs SIGINT/SIGTERM handlers that, while armed, run `scripts/cluster
+// down` before the process dies of the signal (so an interrupted run leaves no
+// cluster behind). Call once; arm after the cluster is up, disarm after it was
+// torn down (or when it must be kept).
+void InstallDownOnSignal();
+void ArmDownOnSignal(bool armed);
+
 // --- the cluster ---------------------------------------------------------------
 
 struct Node {

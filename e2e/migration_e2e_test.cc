@@ -12,8 +12,6 @@
 // Downtime is measured from the demo's ticks and reported (RecordProperty and
 // a "[ downtime ]" line), never asserted.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -39,23 +37,6 @@ Cluster* g_cluster = nullptr;
 std::string g_skip_reason;  // capability missing: skip
 std::string g_up_error;     // cluster did not come up: fail
 
-// --- teardown on signals (ctest's timeout, Ctrl-C) ------------------------------------
-volatile sig_atomic_t g_cluster_up = 0;
-const char* g_down_script = nullptr;  // points into a string that lives forever
-
-void DownOnSignal(int sig) {
-  if (g_cluster_up != 0 && g_down_script != nullptr) {
-    pid_t p = ::fork();
-    if (p == 0) {
-      ::execl("/bin/bash", "bash", g_down_script, "down", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    if (p > 0) ::waitpid(p, nullptr, 0);
-  }
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);
-}
-
 // Whether any test that needs the cluster is going to run: the suites named
 // *E2E (MigrationE2E here, AgentKillE2E in agent_kill_e2e_test.cc).
 bool ClusterTestsSelected() {
@@ -78,27 +59,24 @@ class ClusterEnvironment : public ::testing::Environment {
                 << g_skip_reason << " ***\n\n";
       return;
     }
-    static const std::string script = Cluster::RepoDir() + "/scripts/cluster";
-    g_down_script = script.c_str();
-    ::signal(SIGINT, DownOnSignal);
-    ::signal(SIGTERM, DownOnSignal);
+    InstallDownOnSignal();
     ClusterOptions opts;
     opts.nodes = 2;
     opts.agent_args = {"--enable-failpoints"};
     cluster_ = std::make_unique<Cluster>(opts);
-    g_cluster_up = 1;
+    ArmDownOnSignal(true);
     g_up_error = cluster_->Up();
     if (g_up_error.empty()) {
       g_cluster = cluster_.get();
     } else {
-      g_cluster_up = 0;  // Up() already tore down what it started
+      ArmDownOnSignal(false);  // Up() already tore down what it started
     }
   }
   void TearDown() override {
     if (!cluster_) return;
     g_cluster = nullptr;
     std::string err = cluster_->Down();
-    g_cluster_up = 0;
+    ArmDownOnSignal(false);
     if (!err.empty()) ADD_FAILURE() << err;
   }
 
