@@ -288,39 +288,43 @@ Status UpdateMigrationRecord(StateStore& store, const std::string& key,
 
 }  // namespace
 
-bool Controller::NodeReady(const std::string& node) { return CachedNode(node).has_value(); }
+namespace {
+// A copy of m[key] (nullopt if absent), read under `mu`.
+template <typename T>
+std::optional<T> CopyOut(std::mutex& mu, const std::map<std::string, T>& m,
+                         const std::string& key) {
+  std::lock_guard lock(mu);
+  auto it = m.find(key);
+  if (it == m.end()) return std::nullopt;
+  return it->second;
+}
+}  // namespace
+
+bool Controller::NodeReady(const std::string& node) {
+  std::lock_guard lock(view_mu_);
+  return view_.nodes.count(node) > 0;
+}
 
 bool Controller::NodeCordoned(const std::string& node) {
-  auto m = CachedMember(node);
-  return m && m->cordoned;
+  std::lock_guard lock(view_mu_);
+  auto it = view_.members.find(node);
+  return it != view_.members.end() && it->second.cordoned;
 }
 
 std::optional<WorkloadRecord> Controller::CachedWorkload(const std::string& name) const {
-  std::lock_guard lock(view_mu_);
-  auto it = view_.workloads.find(name);
-  if (it == view_.workloads.end()) return std::nullopt;
-  return it->second;
+  return CopyOut(view_mu_, view_.workloads, name);
 }
 
 std::optional<MigrationRecord> Controller::CachedMigration(const std::string& id) const {
-  std::lock_guard lock(view_mu_);
-  auto it = view_.migrations.find(id);
-  if (it == view_.migrations.end()) return std::nullopt;
-  return it->second;
+  return CopyOut(view_mu_, view_.migrations, id);
 }
 
 std::optional<NodeLoad> Controller::CachedNode(const std::string& name) const {
-  std::lock_guard lock(view_mu_);
-  auto it = view_.nodes.find(name);
-  if (it == view_.nodes.end()) return std::nullopt;
-  return it->second;
+  return CopyOut(view_mu_, view_.nodes, name);
 }
 
 std::optional<NodeMember> Controller::CachedMember(const std::string& name) const {
-  std::lock_guard lock(view_mu_);
-  auto it = view_.members.find(name);
-  if (it == view_.members.end()) return std::nullopt;
-  return it->second;
+  return CopyOut(view_mu_, view_.members, name);
 }
 
 // ---- reconcilers (leader only) ---------------------------------------------
