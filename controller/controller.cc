@@ -8,6 +8,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "controller/requests.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix::controller {
@@ -805,20 +806,9 @@ StatusOr<json> Controller::GetNode(const std::string& name) {
 }
 
 StatusOr<json> Controller::RequestMigration(std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  std::string workload, target;
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() != "workload" && it.key() != "target")
-      return InvalidError("unknown field \"" + it.key() + "\"");
-    if (!it.value().is_string()) return InvalidError(it.key() + ": must be a string");
-  }
-  if (!j.contains("workload")) return InvalidError("workload: required");
-  workload = j["workload"].get<std::string>();
-  if (auto s = ValidateName(workload); !s.ok()) return s.Annotate("workload");
-  if (j.contains("target")) {
-    target = j["target"].get<std::string>();
-    if (auto s = ValidateName(target); !s.ok()) return s.Annotate("target");
-  }
+  KMX_ASSIGN_OR_RETURN(MigrationRequest request, ParseMigrationRequest(body));
+  const std::string& workload = request.workload;
+  std::string target = request.target;
   auto w = CachedWorkload(workload);
   if (!w) return NotFoundError("no workload named \"" + workload + "\"");
   if (!w->spec.migratable) return ConflictError("workload \"" + workload + "\" is not migratable");

@@ -1,0 +1,2 @@
+// Bearer-token authentication and roles for the controller API (being written).
+#pragma once

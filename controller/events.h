@@ -1,0 +1,2 @@
+// Cluster events for GET /v1/events (being written).
+#pragma once
