@@ -377,14 +377,16 @@ json MigrationRecordToJson(const MigrationRecord& m) {
           {"updatedMs", m.updated_ms},
           {"finishedMs", m.finished_ms},
           {"report", m.report},
-          {"error", m.error}};
+          {"error", m.error},
+          {"cancelRequestedMs", m.cancel_requested_ms},
+          {"cancelledBy", m.cancelled_by}};
 }
 
 StatusOr<MigrationRecord> MigrationRecordFromJson(const json& j) {
   Fields f(j, "migration record");
-  KMX_RETURN_IF_ERROR(
-      f.Check({"id", "workload", "source", "target", "phase", "reason", "requestedBy", "epoch",
-               "createdMs", "updatedMs", "finishedMs", "report", "error"}));
+  KMX_RETURN_IF_ERROR(f.Check({"id", "workload", "source", "target", "phase", "reason",
+                               "requestedBy", "epoch", "createdMs", "updatedMs", "finishedMs",
+                               "report", "error", "cancelRequestedMs", "cancelledBy"}));
   MigrationRecord m;
   KMX_RETURN_IF_ERROR(f.Name("id", m.id, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Name("workload", m.workload, /*required=*/true, /*allow_empty=*/false));
@@ -405,6 +407,8 @@ StatusOr<MigrationRecord> MigrationRecordFromJson(const json& j) {
     m.report = *r;
   }
   KMX_RETURN_IF_ERROR(f.String("error", m.error));
+  KMX_RETURN_IF_ERROR(f.Int("cancelRequestedMs", m.cancel_requested_ms));
+  KMX_RETURN_IF_ERROR(f.String("cancelledBy", m.cancelled_by));
   return m;
 }
 

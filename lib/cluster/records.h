@@ -56,18 +56,18 @@ struct WorkloadUsage {
 
 struct NodeLoad {
   std::string node;
-  std::string url;           // agent REST base URL, e.g. http://10.77.0.11:7700
-  std::string load_source;   // "host" or "cgroup"
-  double cpu_capacity = 1;   // cores this node offers (declared or counted)
-  double speed = 1;          // relative speed factor (1 = reference core)
-  double cpu_used = 0;       // cores in use on the node, all of it (smoothed)
-  double run_queue = 0;      // runnable tasks (host: loadavg 1 min; cgroup: estimate)
+  std::string url;          // agent REST base URL, e.g. http://10.77.0.11:7700
+  std::string load_source;  // "host" or "cgroup"
+  double cpu_capacity = 1;  // cores this node offers (declared or counted)
+  double speed = 1;         // relative speed factor (1 = reference core)
+  double cpu_used = 0;      // cores in use on the node, all of it (smoothed)
+  double run_queue = 0;     // runnable tasks (host: loadavg 1 min; cgroup: estimate)
   uint64_t memory_capacity_bytes = 0;
   uint64_t memory_available_bytes = 0;
-  std::optional<double> psi_cpu_some10;     // % of time, /proc/pressure or cgroup
-  std::optional<double> psi_memory_some10;  // absent where the kernel has no PSI
+  std::optional<double> psi_cpu_some10;            // % of time, /proc/pressure or cgroup
+  std::optional<double> psi_memory_some10;         // absent where the kernel has no PSI
   std::map<std::string, WorkloadUsage> workloads;  // by workload name, running here
-  int64_t updated_ms = 0;    // wall clock of the sample
+  int64_t updated_ms = 0;                          // wall clock of the sample
   // Normalised CPU load: cpu_used / (cpu_capacity * speed).
   double Load() const;
 };
@@ -115,8 +115,8 @@ struct WorkloadStatus {
   int64_t epoch = 0;      // bumped by every owner change
   std::string migration;  // id of the migration in flight ("" = none)
   uint32_t pid = 0;
-  int64_t created_ms = 0;  // record created
-  int64_t started_ms = 0;  // started/arrived on its current node
+  int64_t created_ms = 0;               // record created
+  int64_t started_ms = 0;               // started/arrived on its current node
   std::vector<std::string> migrations;  // finished migration ids, oldest first
   std::string message;                  // why Failed/Lost, or last event
 };
@@ -150,6 +150,11 @@ struct MigrationRecord {
   int64_t finished_ms = 0;
   nlohmann::json report;  // MigrationReportToJson once the source ran it (else null)
   std::string error;      // why it failed/rolled back ("" otherwise)
+  // Set by DELETE /v1/migrations/{id}: the source stops before the commit
+  // point and rolls back. Only written while the workload record still names
+  // the source (ownership not transferred), so a set flag means "never commit".
+  int64_t cancel_requested_ms = 0;  // 0: not cancelled
+  std::string cancelled_by;         // who asked ("api", "drain"...)
 };
 nlohmann::json MigrationRecordToJson(const MigrationRecord& m);
 StatusOr<MigrationRecord> MigrationRecordFromJson(const nlohmann::json& j);
