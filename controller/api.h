@@ -1,26 +1,44 @@
-// The controller's REST API (JSON under /v1) on a cpp-httplib server:
-//   POST   /v1/workloads                 create (the controller places it)
-//   GET    /v1/workloads[/{name}]        list / describe (node, phase, epoch, age, migrations)
-//   DELETE /v1/workloads/{name}          stop it wherever it runs
-//   GET    /v1/workloads/{name}/logs     its logs, from the node that runs it (text/plain)
-//   GET    /v1/nodes[/{name}]            load vector, capacity, speed, readiness, heartbeat age
-//   POST   /v1/migrations                {"workload","target"?}
-//   GET    /v1/migrations[/{id}]         phase, source, target, reason, timings, bytes
-//   GET    /v1/decisions                 what the balancer would do now (dry run)
-//   GET    /v1/leader                    who leads
-//   GET    /healthz, /readyz, /metrics
+// The controller's REST API (JSON under /v1) on a cpp-httplib server. The
+// routes, with their request and response bodies, are documented in the
+// OpenAPI 3 document controller/openapi.json, which the server also serves at
+// /openapi.json; tests/controller/api_test.cc checks that the two match.
+//
+//   workloads   POST/GET /v1/workloads, GET/DELETE /v1/workloads/{name},
+//               GET /v1/workloads/{name}/logs, POST .../{name}/pin, .../unpin
+//   nodes       GET /v1/nodes[/{name}], POST /v1/nodes/{name}/cordon|uncordon|drain
+//   migrations  POST/GET /v1/migrations, GET/DELETE /v1/migrations/{id} (cancel)
+//   cluster     GET /v1/decisions, /v1/leader, /v1/events (server-sent events)
+//   operations  GET /healthz, /readyz, /metrics, /openapi.json
 // Errors are JSON {"code","message"} with a 4xx/5xx status; bodies are
-// size-limited. Borrows the controller and metrics; the server owns threads.
+// size-limited and unknown fields rejected. Authentication is installed
+// separately (controller/auth.h).
+//
+// Ownership: borrows the controller and metrics, which must outlive the
+// server; the server owns its threads. Thread-safety: handlers run
+// concurrently on the server's pool.
 #pragma once
 
 #include <httplib.h>
+
+#include <string>
+#include <vector>
 
 #include "controller/controller.h"
 #include "controller/metrics.h"
 
 namespace kmosix::controller {
 
-void RegisterControllerRoutes(httplib::Server& server, Controller& controller,
-                              ControllerMetrics& metrics);
+// One registered route, as the OpenAPI document names it.
+struct Route {
+  std::string method;  // "GET", "POST", "DELETE"
+  std::string path;    // OpenAPI template, e.g. "/v1/workloads/{name}"
+};
+
+// Registers every route on `server` and returns them.
+std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller& controller,
+                                            ControllerMetrics& metrics);
+
+// The OpenAPI document (controller/openapi.json, compiled in).
+const std::string& OpenApiDocument();
 
 }  // namespace kmosix::controller

@@ -112,6 +112,19 @@ void Decode(std::map<std::string, T>& into, const std::string& name,
   }
   into[name] = std::move(*parsed);
 }
+
+// The record under `name` (a copy for "before", a pointer for "after").
+template <typename T>
+std::optional<T> CopyOf(const std::map<std::string, T>& m, const std::string& name) {
+  auto it = m.find(name);
+  if (it == m.end()) return std::nullopt;
+  return it->second;
+}
+template <typename T>
+const T* PointerTo(const std::map<std::string, T>& m, const std::string& name) {
+  auto it = m.find(name);
+  return it == m.end() ? nullptr : &it->second;
+}
 }  // namespace
 
 void Controller::OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now) {
@@ -135,18 +148,30 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
         }
         break;
       }
-      case 'c':
+      case 'c': {
+        auto before = CopyOf(view_.members, name);
         Decode(view_.members, name, now, &cluster::NodeMemberFromJson);
+        if (members_.Synced())
+          PublishMemberEvents(before ? &*before : nullptr, PointerTo(view_.members, name));
         items.push_back("n/" + name);
         break;
-      case 'w':
+      }
+      case 'w': {
+        auto before = CopyOf(view_.workloads, name);
         Decode(view_.workloads, name, now, &cluster::WorkloadRecordFromJson);
+        if (workloads_.Synced())
+          PublishWorkloadEvents(before ? &*before : nullptr, PointerTo(view_.workloads, name));
         items.push_back("w/" + name);
         break;
-      case 'm':
+      }
+      case 'm': {
+        auto before = CopyOf(view_.migrations, name);
         Decode(view_.migrations, name, now, &cluster::MigrationRecordFromJson);
+        if (migrations_.Synced())
+          PublishMigrationEvents(before ? &*before : nullptr, PointerTo(view_.migrations, name));
         items.push_back("m/" + name);
         break;
+      }
     }
   }
   for (const auto& item : items) queue_.Add(item);
@@ -154,6 +179,7 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
 
 void Controller::Stop() {
   if (stopped_.exchange(true)) return;
+  events_.Close();
   election_.Stop();
   queue_.ShutDown();
   nodes_.Stop();
@@ -880,6 +906,250 @@ json Controller::LeaderInfo() {
           {"leader", leader.ok() ? json(*leader) : json()},
           {"isLeader", IsLeader()},
           {"ready", Ready()}};
+}
+
+// ---- API: operator actions ---------------------------------------------------
+
+StatusOr<json> Controller::CancelMigration(const std::string& id) {
+  KMX_RETURN_IF_ERROR(ValidateName(id));
+  const std::string mkey = options_.keys.Migration(id);
+  for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
+    KMX_ASSIGN_OR_RETURN(GetResult mgot, store_.Get(mkey));
+    if (!mgot.kv) return NotFoundError("no migration \"" + id + "\"");
+    auto m = ParseMigration(*mgot.kv);
+    if (!m.ok()) return FailedError("migration record is damaged: " + m.status().message());
+    if (cluster::IsFinalMigrationPhase(m->phase))
+      return ConflictError("migration " + id + " already ended: " + m->phase);
+    if (m->phase == "Committing" || m->phase == "Resolving")
+      return ConflictError("too late to cancel migration " + id + ": it is " + m->phase);
+    if (m->cancel_requested_ms > 0) return cluster::MigrationRecordToJson(*m);  // asked already
+    // The cancel must land before the ownership moves: the source's transfer
+    // of ownership compares this record too, so one of the two writes loses.
+    const std::string wkey = options_.keys.Workload(m->workload);
+    KMX_ASSIGN_OR_RETURN(GetResult wgot, store_.Get(wkey));
+    if (wgot.kv) {
+      auto w = ParseWorkload(*wgot.kv);
+      if (!w.ok()) return FailedError("workload record is damaged: " + w.status().message());
+      if (w->status.node != m->source || w->status.migration != id) {
+        return ConflictError("too late to cancel migration " + id + ": the workload record names " +
+                             (w->status.node.empty() ? std::string("no node") : w->status.node) +
+                             (w->status.migration == id ? " already" : " and another migration"));
+      }
+    }
+    m->cancel_requested_ms = m->updated_ms = clock_.WallMillis();
+    m->cancelled_by = "api";
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(mkey, mgot.kv->mod_revision));
+    txn.compares.push_back(wgot.kv ? Compare::Unchanged(wkey, wgot.kv->mod_revision)
+                                   : Compare::Absent(wkey));
+    txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationRecordToJson(*m).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+    if (r.succeeded) {
+      spdlog::info("migration {} of {}: cancel requested through the API (phase {})", id,
+                   m->workload, m->phase);
+      return cluster::MigrationRecordToJson(*m);
+    }
+  }
+  return ConflictError("migration " + id + " keeps changing; try again");
+}
+
+StatusOr<json> Controller::SetCordoned(const std::string& node, bool cordoned) {
+  KMX_RETURN_IF_ERROR(ValidateName(node));
+  const std::string key = options_.keys.Member(node);
+  Status s = UpdateRecord<NodeMember>(store_, key, &cluster::NodeMemberFromJson,
+                                      &cluster::NodeMemberToJson, std::nullopt,
+                                      [&](NodeMember& m) -> StatusOr<bool> {
+                                        if (m.cordoned == cordoned) return false;
+                                        m.cordoned = cordoned;
+                                        return true;
+                                      });
+  if (s.code() == Code::kNotFound) {
+    // A live node the leader has not recorded yet: record it here.
+    if (!NodeReady(node)) return NotFoundError("no node named \"" + node + "\"");
+    NodeMember m;
+    m.node = node;
+    m.ready = true;
+    m.changed_ms = clock_.WallMillis();
+    m.cordoned = cordoned;
+    Txn txn;
+    txn.compares.push_back(Compare::Absent(key));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::NodeMemberToJson(m).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+    if (!r.succeeded) return ConflictError("node " + node + " changed; try again");
+    s = Status::Ok();
+  }
+  KMX_RETURN_IF_ERROR(s);
+  spdlog::info("node {} {}", node, cordoned ? "cordoned" : "uncordoned");
+  json j = DescribeNode(node);
+  j["cordoned"] = cordoned;  // the cache may not have seen the write yet
+  return j;
+}
+
+StatusOr<json> Controller::SetPinned(const std::string& workload, bool pinned) {
+  KMX_RETURN_IF_ERROR(ValidateName(workload));
+  WorkloadRecord after;
+  Status s = UpdateWorkloadRecord(
+      store_, options_.keys.Workload(workload), std::nullopt,
+      [&](WorkloadRecord& r) -> StatusOr<bool> {
+        after = r;
+        if (r.spec.pinned == pinned) return false;
+        if (pinned && r.status.node.empty())
+          return ConflictError("workload \"" + workload + "\" is not placed yet");
+        r.spec.pinned = pinned;
+        after = r;
+        return true;
+      });
+  if (s.code() == Code::kNotFound) return NotFoundError("no workload named \"" + workload + "\"");
+  KMX_RETURN_IF_ERROR(s);
+  return DescribeWorkload(after);
+}
+
+StatusOr<json> Controller::Drain(const std::string& node, std::string_view body) {
+  KMX_RETURN_IF_ERROR(ValidateName(node));
+  KMX_ASSIGN_OR_RETURN(DrainRequest request, ParseDrainRequest(body));
+  KMX_RETURN_IF_ERROR(SetCordoned(node, true).status());
+
+  std::vector<WorkloadRecord> here;
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [name, w] : view_.workloads) {
+      if (w.status.node == node && Occupies(w.status.phase)) here.push_back(w);
+    }
+  }
+  ClusterSnapshot snap = Snapshot();
+  for (auto& n : snap.nodes) {
+    if (n.name == node) n.cordoned = true;
+  }
+  json ordered = json::array(), in_flight = json::array(), not_moved = json::array();
+  auto refuse = [&](const std::string& w, const std::string& why) {
+    not_moved.push_back({{"workload", w}, {"reason", why}});
+  };
+  for (const WorkloadRecord& w : here) {
+    const std::string& name = w.spec.name;
+    if (!w.status.migration.empty()) {
+      in_flight.push_back({{"workload", name}, {"migration", w.status.migration}});
+      continue;
+    }
+    if (w.status.phase != WorkloadPhase::kRunning) {
+      refuse(name, std::string(cluster::WorkloadPhaseName(w.status.phase)) +
+                       ", not Running yet: drain again once it runs");
+      continue;
+    }
+    if (!w.spec.migratable) {
+      refuse(name, "not migratable (migratable=false)");
+      continue;
+    }
+    if (w.spec.pinned && !request.include_pinned) {
+      refuse(name, "pinned (unpin it, or drain with includePinned)");
+      continue;
+    }
+    PlacementRequest req;
+    req.cpus = w.spec.cpus;
+    req.memory_bytes = static_cast<uint64_t>(w.spec.memory_mib) << 20;
+    auto target = Place(snap, req, random_);
+    if (!target.ok()) {
+      refuse(name, "no node can take it: " + target.status().message());
+      continue;
+    }
+    auto order = Order(name, *target, "drain of node " + node + ": " + *target + " can take it",
+                       "drain", std::nullopt);
+    if (!order.ok()) {
+      refuse(name, order.status().message());
+      continue;
+    }
+    ordered.push_back({{"workload", name}, {"migration", order->id}, {"target", *target}});
+    // Later placements of this drain see it on its target already.
+    for (auto& p : snap.workloads) {
+      if (p.name == name) p.node = *target;
+    }
+  }
+  spdlog::info("drain of {}: {} ordered, {} already moving, {} not moved", node, ordered.size(),
+               in_flight.size(), not_moved.size());
+  return json{{"node", node},
+              {"cordoned", true},
+              {"ordered", ordered},
+              {"inFlight", in_flight},
+              {"notMoved", not_moved}};
+}
+
+// ---- events -------------------------------------------------------------------
+
+void Controller::PublishWorkloadEvents(const WorkloadRecord* before, const WorkloadRecord* after) {
+  const int64_t now = clock_.WallMillis();
+  if (after == nullptr) {
+    if (before != nullptr) {
+      events_.Publish(
+          "workload.deleted", now,
+          {{"workload", before->spec.name}, {"node", before->status.node}, {"message", "deleted"}});
+    }
+    return;
+  }
+  const WorkloadStatus& st = after->status;
+  auto fields = [&](const std::string& message) {
+    return json{{"workload", after->spec.name},
+                {"node", st.node},
+                {"phase", std::string(cluster::WorkloadPhaseName(st.phase))},
+                {"message", message}};
+  };
+  if (before == nullptr) {
+    events_.Publish("workload.created", now, fields("created from image " + after->spec.image));
+    return;
+  }
+  if (before->status.node.empty() && !st.node.empty()) {
+    events_.Publish("workload.placed", now, fields(st.message));
+  } else if (before->status.phase != st.phase) {
+    events_.Publish("workload.phase", now, fields(st.message));
+  }
+  if (before->spec.pinned != after->spec.pinned) {
+    events_.Publish(after->spec.pinned ? "workload.pinned" : "workload.unpinned", now,
+                    fields(after->spec.pinned ? "pinned to " + st.node : "unpinned"));
+  }
+}
+
+void Controller::PublishMigrationEvents(const MigrationRecord* before,
+                                        const MigrationRecord* after) {
+  if (after == nullptr) return;  // records are kept; a delete is housekeeping
+  const int64_t now = clock_.WallMillis();
+  auto fields = [&](const std::string& message) {
+    json j = {{"migration", after->id},  {"workload", after->workload}, {"source", after->source},
+              {"target", after->target}, {"phase", after->phase},       {"message", message}};
+    return j;
+  };
+  if (before == nullptr) {
+    json j = fields(after->reason);
+    j["requestedBy"] = after->requested_by;
+    events_.Publish("migration.created", now, std::move(j));
+    if (after->phase == "Pending") return;
+  }
+  if (before != nullptr && before->cancel_requested_ms == 0 && after->cancel_requested_ms > 0) {
+    events_.Publish("migration.cancelling", now,
+                    fields("cancel requested by " + after->cancelled_by));
+  }
+  if (before == nullptr || before->phase != after->phase) {
+    json j = fields(after->error);
+    if (cluster::IsFinalMigrationPhase(after->phase) && after->report.is_object()) {
+      if (auto t = after->report.find("timings"); t != after->report.end() && t->is_object())
+        j["downtimeSeconds"] = t->value("downtime", 0.0);
+    }
+    events_.Publish("migration.phase", now, std::move(j));
+  }
+}
+
+void Controller::PublishMemberEvents(const NodeMember* before, const NodeMember* after) {
+  if (after == nullptr) return;
+  const int64_t now = clock_.WallMillis();
+  auto publish = [&](const std::string& type, const std::string& message) {
+    events_.Publish(type, now, {{"node", after->node}, {"message", message}});
+  };
+  if (before == nullptr) publish("node.joined", "joined the cluster");
+  if ((before == nullptr ? true : before->ready) != after->ready) {
+    publish(after->ready ? "node.ready" : "node.notready",
+            after->ready ? "Ready" : "NotReady: its agent's lease expired");
+  }
+  if ((before != nullptr && before->cordoned) != after->cordoned) {
+    publish(after->cordoned ? "node.cordoned" : "node.uncordoned",
+            after->cordoned ? "takes no arrivals" : "takes arrivals again");
+  }
 }
 
 }  // namespace kmosix::controller

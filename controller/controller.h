@@ -36,6 +36,7 @@
 #include "cluster/prefix_cache.h"
 #include "cluster/records.h"
 #include "cluster/work_queue.h"
+#include "controller/events.h"
 #include "controller/policy.h"
 #include "kmosix/clock.h"
 #include "kmosix/state_store.h"
@@ -97,8 +98,20 @@ class Controller {
   StatusOr<nlohmann::json> RequestMigration(std::string_view body);
   nlohmann::json ListMigrations();
   StatusOr<nlohmann::json> GetMigration(const std::string& id);
+  // Asks the source to stop a migration before its commit point (it rolls
+  // back). kConflict once the ownership moved (committing) or it ended.
+  StatusOr<nlohmann::json> CancelMigration(const std::string& id);
+  // Cordon: the node takes no arrivals (placements, migrations).
+  StatusOr<nlohmann::json> SetCordoned(const std::string& node, bool cordoned);
+  // Pinned workloads stay where they are (no automatic or API moves).
+  StatusOr<nlohmann::json> SetPinned(const std::string& workload, bool pinned);
+  // Cordons the node and orders every movable workload off it (body: see
+  // controller/requests.h DrainRequest); reports what was not moved and why.
+  StatusOr<nlohmann::json> Drain(const std::string& node, std::string_view body);
   // What the balancer would do now, with reasons, without doing it.
   nlohmann::json Decisions();
+  // Placements, phases, readiness, as this replica's caches see them change.
+  EventHub& Events() { return events_; }
   nlohmann::json LeaderInfo();
 
   // The policy's view of the cluster now (from the caches).
@@ -109,6 +122,12 @@ class Controller {
   // Cache handler: decodes the record into view_ and queues what it concerns.
   // kind: 'n' nodes/, 'c' members/, 'w' workloads/, 'm' migrations/.
   void OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now);
+  // Publishes the events a record change means (view_mu_ held).
+  void PublishWorkloadEvents(const cluster::WorkloadRecord* before,
+                             const cluster::WorkloadRecord* after);
+  void PublishMigrationEvents(const cluster::MigrationRecord* before,
+                              const cluster::MigrationRecord* after);
+  void PublishMemberEvents(const cluster::NodeMember* before, const cluster::NodeMember* after);
   void EnqueueAll();
   std::optional<cluster::WorkloadRecord> CachedWorkload(const std::string& name) const;
   std::optional<cluster::MigrationRecord> CachedMigration(const std::string& id) const;
@@ -152,6 +171,8 @@ class Controller {
   };
   mutable std::mutex view_mu_;
   View view_;
+
+  EventHub events_;
 
   std::mutex settled_mu_;
   std::map<std::string, double> settled_cpu_;  // workload -> cores, once settled

@@ -14,132 +14,10 @@
 #include <thread>
 
 #include "cluster/records.h"
-#include "fakes/fake_clock.h"
-#include "fakes/fake_state_store.h"
+#include "controller/controller_fixture.h"
 
 namespace kmosix::controller {
 namespace {
-
-using cluster::KeyLayout;
-using cluster::MigrationRecord;
-using cluster::NodeLoad;
-using cluster::WorkloadPhase;
-using cluster::WorkloadRecord;
-using nlohmann::json;
-
-class SeqRandom : public Random {
- public:
-  uint64_t Next() override { return next_ += 0x9e3779b97f4a7c15ULL; }
-
- private:
-  uint64_t next_ = 1;
-};
-
-bool Eventually(const std::function<bool()>& pred,
-                std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
-
-class ControllerTest : public ::testing::Test {
- protected:
-  ControllerTest() : store_(store_clock_) {}
-  ~ControllerTest() override {
-    for (auto& c : controllers_) c->Stop();
-  }
-
-  ControllerOptions Options(const std::string& id) {
-    ControllerOptions o;
-    o.identity = id;
-    o.balance_interval = std::chrono::milliseconds(100);
-    o.leader_ttl = std::chrono::seconds(2);
-    o.order_timeout = std::chrono::seconds(2);
-    o.source_lost_grace = std::chrono::milliseconds(200);
-    o.policy.min_residency_ms = 0;
-    return o;
-  }
-
-  Controller& StartController(ControllerOptions o) {
-    controllers_.push_back(std::make_unique<Controller>(store_, clock_, random_, o, nullptr));
-    controllers_.back()->Start();
-    return *controllers_.back();
-  }
-
-  // An agent's node record, under its own lease (revoke it to "kill" the agent).
-  int64_t PublishNode(const std::string& name, double cpu_used,
-                      std::map<std::string, cluster::WorkloadUsage> usage = {}, int64_t lease = 0) {
-    if (lease == 0) {
-      auto grant = store_.GrantLease(std::chrono::seconds(5));
-      EXPECT_TRUE(grant.ok());
-      lease = grant->id;
-    }
-    NodeLoad n;
-    n.node = name;
-    n.url = "http://" + name + ":7700";
-    n.load_source = "cgroup";
-    n.cpu_capacity = 1;
-    n.cpu_used = cpu_used;
-    n.memory_capacity_bytes = 8ULL << 30;
-    n.memory_available_bytes = 6ULL << 30;
-    n.workloads = std::move(usage);
-    n.updated_ms = clock_.WallMillis();
-    PutOptions po;
-    po.lease = lease;
-    EXPECT_TRUE(store_.Put(keys_.Node(name), cluster::NodeLoadToJson(n).dump(), po).ok());
-    return lease;
-  }
-
-  std::optional<WorkloadRecord> Workload(const std::string& name) {
-    auto got = store_.Get(keys_.Workload(name));
-    if (!got.ok() || !got->kv) return std::nullopt;
-    auto w = cluster::ParseRecord<WorkloadRecord>(got->kv->value, &cluster::WorkloadRecordFromJson);
-    if (!w.ok()) return std::nullopt;
-    return *w;
-  }
-
-  std::vector<MigrationRecord> Migrations() {
-    std::vector<MigrationRecord> out;
-    auto list = store_.List(keys_.Migrations());
-    if (!list.ok()) return out;
-    for (const auto& kv : list->kvs) {
-      auto m = cluster::ParseRecord<MigrationRecord>(kv.value, &cluster::MigrationRecordFromJson);
-      if (m.ok()) out.push_back(*m);
-    }
-    return out;
-  }
-
-  // What an agent does once it runs a workload it was assigned.
-  void MarkRunning(const std::string& name, int64_t started_ms) {
-    auto got = store_.Get(keys_.Workload(name));
-    ASSERT_TRUE(got.ok() && got->kv);
-    auto w = cluster::ParseRecord<WorkloadRecord>(got->kv->value, &cluster::WorkloadRecordFromJson);
-    ASSERT_TRUE(w.ok());
-    w->status.phase = WorkloadPhase::kRunning;
-    w->status.started_ms = started_ms;
-    ASSERT_TRUE(store_.Put(keys_.Workload(name), cluster::WorkloadRecordToJson(*w).dump()).ok());
-  }
-
-  void Create(Controller& c, const json& body) {
-    auto r = c.CreateWorkload(body.dump());
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-  }
-
-  size_t KeyCount() {
-    auto l = store_.List("");
-    return l.ok() ? l->kvs.size() : 0;
-  }
-
-  testing::FakeClock store_clock_;
-  SystemClock clock_;
-  SeqRandom random_;
-  testing::FakeStateStore store_;
-  KeyLayout keys_;
-  std::vector<std::unique_ptr<Controller>> controllers_;
-};
 
 TEST_F(ControllerTest, PlacesOnTheLeastLoadedNodeOrTheRequestedOne) {
   PublishNode("n1", 0.9);
@@ -388,6 +266,250 @@ TEST_F(ControllerTest, BadInputIsRefusedAndChangesNothing) {
   EXPECT_EQ(c.GetNode("ghost").status().code(), Code::kNotFound);
   EXPECT_EQ(KeyCount(), keys) << "a refused request changed the store";
   EXPECT_TRUE(Migrations().empty());
+}
+
+// ---- operator actions: cancel, cordon, pin, drain; events ----------------------
+
+class OperatorTest : public ControllerTest {
+ protected:
+  // n1..n3 idle; returns the leader once `workloads` run on n1.
+  Controller& StartWith(const std::vector<json>& workloads) {
+    PublishNode("n1", 0.1);
+    PublishNode("n2", 0.1);
+    PublishNode("n3", 0.1);
+    auto o = Options("c1");
+    o.order_timeout = std::chrono::seconds(60);
+    o.balance = false;
+    Controller& c = StartController(o);
+    EXPECT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+    for (json w : workloads) {
+      w["node"] = "n1";
+      w["image"] = "demo";
+      Create(c, w);
+      const std::string name = w["name"];
+      EXPECT_TRUE(Eventually([&] {
+        auto r = Workload(name);
+        return r && r->status.phase == WorkloadPhase::kScheduled;
+      }));
+      MarkRunning(name, clock_.WallMillis());
+      EXPECT_TRUE(Eventually([&] {
+        auto g = c.GetWorkload(name);
+        return g.ok() && (*g)["status"]["phase"] == "Running";
+      }));
+    }
+    return c;
+  }
+
+  // Rewrites a stored record the way an agent would.
+  void EditWorkload(const std::string& name, const std::function<void(WorkloadRecord&)>& edit) {
+    auto w = Workload(name);
+    ASSERT_TRUE(w);
+    edit(*w);
+    ASSERT_TRUE(store_.Put(keys_.Workload(name), cluster::WorkloadRecordToJson(*w).dump()).ok());
+  }
+  void EditMigration(const std::string& id, const std::function<void(MigrationRecord&)>& edit) {
+    for (auto m : Migrations()) {
+      if (m.id != id) continue;
+      edit(m);
+      ASSERT_TRUE(store_.Put(keys_.Migration(id), cluster::MigrationRecordToJson(m).dump()).ok());
+      return;
+    }
+    FAIL() << "no migration " << id;
+  }
+  std::optional<MigrationRecord> Migration(const std::string& id) {
+    for (auto m : Migrations()) {
+      if (m.id == id) return m;
+    }
+    return std::nullopt;
+  }
+};
+
+TEST_F(OperatorTest, CancelIsAcceptedOnlyBeforeOwnershipMoves) {
+  Controller& c = StartWith({{{"name", "w1"}}, {{"name", "w2"}}, {{"name", "w3"}}});
+  auto order = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  ASSERT_TRUE(order.ok()) << order.status().ToString();
+  const std::string id = (*order)["id"];
+
+  auto cancelled = c.CancelMigration(id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status().ToString();
+  EXPECT_GT((*cancelled)["cancelRequestedMs"].get<int64_t>(), 0);
+  EXPECT_EQ((*cancelled)["cancelledBy"], "api");
+  auto stored = Migration(id);
+  ASSERT_TRUE(stored);
+  EXPECT_GT(stored->cancel_requested_ms, 0);
+  EXPECT_EQ(stored->phase, "Pending") << "the source, not the controller, ends it";
+  const int64_t first = stored->cancel_requested_ms;
+  ASSERT_TRUE(c.CancelMigration(id).ok()) << "asking twice is fine";
+  EXPECT_EQ(Migration(id)->cancel_requested_ms, first);
+
+  // Ownership already moved (the source's Transfer happened): too late.
+  auto order2 = c.RequestMigration(R"({"workload":"w2","target":"n3"})");
+  ASSERT_TRUE(order2.ok());
+  const std::string id2 = (*order2)["id"];
+  EditMigration(id2, [](MigrationRecord& m) { m.phase = "Restoring"; });
+  EditWorkload("w2", [](WorkloadRecord& w) {
+    w.status.node = "n3";
+    ++w.status.epoch;
+  });
+  auto late = c.CancelMigration(id2);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), Code::kConflict);
+  EXPECT_NE(late.status().message().find("too late"), std::string::npos) << late.status().message();
+  EXPECT_EQ(Migration(id2)->cancel_requested_ms, 0) << "a refused cancel wrote something";
+
+  // Committing and ended migrations cannot be cancelled either.
+  auto order3 = c.RequestMigration(R"({"workload":"w3","target":"n2"})");
+  ASSERT_TRUE(order3.ok());
+  const std::string id3 = (*order3)["id"];
+  EditMigration(id3, [](MigrationRecord& m) { m.phase = "Committing"; });
+  EXPECT_EQ(c.CancelMigration(id3).status().code(), Code::kConflict);
+  EditMigration(id3, [](MigrationRecord& m) { m.phase = "Succeeded"; });
+  EXPECT_EQ(c.CancelMigration(id3).status().code(), Code::kConflict);
+  EXPECT_EQ(Migration(id3)->cancel_requested_ms, 0);
+
+  EXPECT_EQ(c.CancelMigration("m-none").status().code(), Code::kNotFound);
+  EXPECT_EQ(c.CancelMigration("../x").status().code(), Code::kInvalid);
+}
+
+TEST_F(OperatorTest, CordonedNodeTakesNoArrivals) {
+  Controller& c = StartWith({{{"name", "w1"}}});
+  auto n = c.SetCordoned("n2", true);
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_TRUE((*n)["cordoned"].get<bool>());
+  ASSERT_TRUE(c.SetCordoned("n3", true).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetNode("n3");
+    return g.ok() && (*g)["cordoned"].get<bool>();
+  }));
+  // n1 is busier than the cordoned nodes but the only one left.
+  Create(c, {{"name", "fresh"}, {"image", "demo"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("fresh");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  EXPECT_EQ(Workload("fresh")->status.node, "n1");
+  auto refused = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  EXPECT_EQ(refused.status().code(), Code::kConflict);
+  EXPECT_NE(refused.status().message().find("cordoned"), std::string::npos);
+
+  auto un = c.SetCordoned("n2", false);
+  ASSERT_TRUE(un.ok());
+  EXPECT_FALSE((*un)["cordoned"].get<bool>());
+  ASSERT_TRUE(
+      Eventually([&] { return c.RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
+  EXPECT_EQ(c.SetCordoned("ghost", true).status().code(), Code::kNotFound);
+  EXPECT_EQ(c.SetCordoned("Bad_Name", true).status().code(), Code::kInvalid);
+}
+
+TEST_F(OperatorTest, PinnedWorkloadIsNotMovedUntilUnpinned) {
+  Controller& c = StartWith({{{"name", "w1"}}});
+  auto pinned = c.SetPinned("w1", true);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().ToString();
+  EXPECT_TRUE((*pinned)["spec"]["pinned"].get<bool>());
+  EXPECT_TRUE(Workload("w1")->spec.pinned);
+  ASSERT_TRUE(Eventually([&] { return (*c.GetWorkload("w1"))["spec"]["pinned"].get<bool>(); }));
+  auto refused = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  EXPECT_EQ(refused.status().code(), Code::kConflict);
+  EXPECT_TRUE(Migrations().empty());
+
+  auto unpinned = c.SetPinned("w1", false);
+  ASSERT_TRUE(unpinned.ok());
+  EXPECT_FALSE(Workload("w1")->spec.pinned);
+  ASSERT_TRUE(
+      Eventually([&] { return c.RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
+  EXPECT_EQ(c.SetPinned("ghost", true).status().code(), Code::kNotFound);
+}
+
+TEST_F(OperatorTest, DrainMovesWhatCanMoveAndSaysWhyNotForTheRest) {
+  Controller& c = StartWith({{{"name", "a"}},
+                             {{"name", "b"}},
+                             {{"name", "fixed"}, {"migratable", false}},
+                             {{"name", "stay"}, {"pinned", true}}});
+  const size_t keys = KeyCount();
+  auto bad = c.Drain("n1", R"({"includePinned":"yes"})");
+  EXPECT_EQ(bad.status().code(), Code::kInvalid);
+  EXPECT_EQ(c.Drain("n1", R"({"force":true})").status().code(), Code::kInvalid);
+  EXPECT_EQ(c.Drain("ghost", "").status().code(), Code::kNotFound);
+  EXPECT_EQ(KeyCount(), keys) << "a refused drain changed the store";
+
+  auto report = c.Drain("n1", "");
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE((*report)["cordoned"].get<bool>());
+  std::map<std::string, std::string> ordered, not_moved;
+  for (const auto& o : (*report)["ordered"]) ordered[o["workload"]] = o["target"];
+  for (const auto& o : (*report)["notMoved"]) not_moved[o["workload"]] = o["reason"];
+  ASSERT_EQ(ordered.size(), 2u) << report->dump();
+  EXPECT_NE(ordered["a"], ordered["b"]) << "two idle targets: one each";
+  for (const auto& [w, target] : ordered) EXPECT_TRUE(target == "n2" || target == "n3") << target;
+  ASSERT_EQ(not_moved.size(), 2u) << report->dump();
+  EXPECT_NE(not_moved["fixed"].find("not migratable"), std::string::npos);
+  EXPECT_NE(not_moved["stay"].find("pinned"), std::string::npos);
+  for (const auto& m : Migrations()) EXPECT_EQ(m.requested_by, "drain");
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetNode("n1");
+    return g.ok() && (*g)["cordoned"].get<bool>();
+  }));
+
+  // Again, with pinned ones too: a and b are on their way already.
+  ASSERT_TRUE(Eventually([&] {
+    auto w = c.GetWorkload("b");
+    return w.ok() && !(*w)["status"]["migration"].get<std::string>().empty();
+  }));
+  auto again = c.Drain("n1", R"({"includePinned":true})");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ((*again)["inFlight"].size(), 2u) << again->dump();
+  ASSERT_EQ((*again)["ordered"].size(), 1u) << again->dump();
+  EXPECT_EQ((*again)["ordered"][0]["workload"], "stay");
+  EXPECT_EQ(Migrations().size(), 3u);
+}
+
+TEST_F(OperatorTest, EventsReportPlacementsPhasesAndReadiness) {
+  PublishNode("n1", 0.1);
+  int64_t lease2 = PublishNode("n2", 0.1);
+  auto o = Options("c1");
+  o.balance = false;
+  o.order_timeout = std::chrono::seconds(60);
+  Controller& c = StartController(o);
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  ASSERT_TRUE(Eventually([&] {
+    auto n = c.GetNode("n2");
+    return n.ok() && c.ListNodes()["items"].size() == 2;
+  }));
+  int64_t cursor = c.Events().LastId();
+  std::vector<json> seen;
+  auto saw = [&](const std::string& type, const std::string& key, const std::string& value) {
+    return Eventually([&] {
+      for (const Event& e : c.Events().Wait(cursor, std::chrono::milliseconds(50)).events) {
+        cursor = e.id;
+        seen.push_back(e.data);
+      }
+      for (const auto& d : seen) {
+        if (d["type"] == type && d.value(key, "") == value) return true;
+      }
+      return false;
+    });
+  };
+  Create(c, {{"name", "w1"}, {"image", "demo"}, {"node", "n1"}});
+  EXPECT_TRUE(saw("workload.created", "workload", "w1"));
+  EXPECT_TRUE(saw("workload.placed", "node", "n1"));
+  MarkRunning("w1", clock_.WallMillis());
+  EXPECT_TRUE(saw("workload.phase", "phase", "Running"));
+  auto order = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  ASSERT_TRUE(order.ok());
+  const std::string id = (*order)["id"];
+  EXPECT_TRUE(saw("migration.created", "migration", id));
+  EditMigration(id, [](MigrationRecord& m) { m.phase = "Checkpointing"; });
+  EXPECT_TRUE(saw("migration.phase", "phase", "Checkpointing"));
+  ASSERT_TRUE(c.CancelMigration(id).ok());
+  EXPECT_TRUE(saw("migration.cancelling", "migration", id));
+  ASSERT_TRUE(c.SetCordoned("n1", true).ok());
+  EXPECT_TRUE(saw("node.cordoned", "node", "n1"));
+  ASSERT_TRUE(store_.RevokeLease(lease2).ok());
+  EXPECT_TRUE(saw("node.notready", "node", "n2"));
+  ASSERT_TRUE(c.DeleteWorkload("w1").ok());
+  EXPECT_TRUE(saw("workload.deleted", "workload", "w1"));
+  for (size_t i = 1; i < seen.size(); ++i)
+    EXPECT_GT(seen[i]["id"].get<int64_t>(), seen[i - 1]["id"].get<int64_t>());
 }
 
 }  // namespace
