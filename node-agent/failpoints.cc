@@ -7,7 +7,8 @@
 namespace kmosix::agent {
 
 bool Failpoints::Known(const std::string& name) {
-  return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang";
+  return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang" ||
+         name == "restore.hang";
 }
 
 void Failpoints::Arm(const std::string& name) {
@@ -64,15 +65,24 @@ Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landin
   return inner_.Restore(spec, landing);
 }
 
-StatusOr<TargetPhase> FailpointTransport::Commit(const std::string& t, const std::string& id) {
-  if (fp_.IsArmed("commit.hang")) {
-    spdlog::warn("failpoint commit.hang: migration {} waits before its commit", id);
-    const auto deadline = clock_.Now() + std::chrono::seconds(300);
-    while (fp_.IsArmed("commit.hang") && clock_.Now() < deadline) {
-      clock_.SleepFor(std::chrono::milliseconds(100));
-    }
-    spdlog::warn("failpoint commit.hang released for migration {}", id);
+// Both hangs wait while armed (at most 300 s), then go on.
+void FailpointTransport::HangWhileArmed(const std::string& name, const std::string& id) {
+  if (!fp_.IsArmed(name)) return;
+  spdlog::warn("failpoint {}: migration {} waits", name, id);
+  const auto deadline = clock_.Now() + std::chrono::seconds(300);
+  while (fp_.IsArmed(name) && clock_.Now() < deadline) {
+    clock_.SleepFor(std::chrono::milliseconds(100));
   }
+  spdlog::warn("failpoint {} released for migration {}", name, id);
+}
+
+StatusOr<RestoreReport> FailpointTransport::Restore(const std::string& t, const std::string& id) {
+  HangWhileArmed("restore.hang", id);
+  return inner_.Restore(t, id);
+}
+
+StatusOr<TargetPhase> FailpointTransport::Commit(const std::string& t, const std::string& id) {
+  HangWhileArmed("commit.hang", id);
   return inner_.Commit(t, id);
 }
 

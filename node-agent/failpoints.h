@@ -7,6 +7,10 @@
 //                            commit, until this failpoint is disarmed (at most
 //                            300 s): its workload frozen, the target's copy
 //                            restored and uncommitted; a window to kill agents in
+//   restore.hang             the source waits, before asking the target to
+//                            restore, until disarmed (at most 300 s): the
+//                            workload frozen, its images on the target, the
+//                            migration in phase Restoring; a window to cancel in
 // Thread-safe.
 #pragma once
 
@@ -67,9 +71,7 @@ class FailpointTransport final : public Transport {
                                const std::vector<Section>& s) override {
     return inner_.Send(t, id, s);
   }
-  StatusOr<RestoreReport> Restore(const std::string& t, const std::string& id) override {
-    return inner_.Restore(t, id);
-  }
+  StatusOr<RestoreReport> Restore(const std::string& t, const std::string& id) override;
   StatusOr<TargetPhase> Commit(const std::string& t, const std::string& id) override;
   StatusOr<TargetPhase> Abort(const std::string& t, const std::string& id) override {
     return inner_.Abort(t, id);
@@ -79,6 +81,8 @@ class FailpointTransport final : public Transport {
   }
 
  private:
+  void HangWhileArmed(const std::string& name, const std::string& id);
+
   Transport& inner_;
   Failpoints& fp_;
   Clock& clock_;
