@@ -554,12 +554,14 @@ StatusOr<MigrationReport> Agent::MigrateManaged(const ManagedMigration& order,
   r.source_node = options_.node;
   r.target_node = order.target_node;
   r.target_url = target;
-  return RunOutgoing(order.workload, std::move(r), /*managed=*/true, &ledger, on_phase);
+  return RunOutgoing(order.workload, std::move(r), /*managed=*/true, &ledger, on_phase,
+                     order.cancelled);
 }
 
 StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationReport r,
                                              bool managed, OwnershipLedger* ledger,
-                                             const MigrationDriver::PersistFn& on_phase) {
+                                             const MigrationDriver::PersistFn& on_phase,
+                                             const MigrationDriver::CancelFn& cancelled) {
   auto lock = LockFor(name);
   std::unique_lock guard(*lock, std::try_to_lock);
   if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy");
@@ -610,9 +612,9 @@ StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationR
     MigrationDriver::Options opts = driver_options_;
     opts.ledger = ledger;
     MigrationDriver driver(engine_, transport_, clock_, opts);
-    done = driver.Run(spec, r, persist, life);
+    done = driver.Run(spec, r, persist, life, cancelled);
   } else {
-    done = driver_->Run(spec, r, persist, life);
+    done = driver_->Run(spec, r, persist, life, cancelled);
   }
   Finished(done, spec);
   {

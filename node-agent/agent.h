@@ -99,6 +99,10 @@ struct ManagedMigration {
   std::string workload;
   std::string target_node;  // the target must answer Hello as this node
   std::string target_url;
+  // Polled by the migration driver at its check points (MigrationDriver::Run);
+  // true = cancel (Failed before the freeze, RolledBack after it). Empty:
+  // never cancelled. Called on the migration's thread; must not block.
+  MigrationDriver::CancelFn cancelled;
 };
 
 class Agent {
@@ -168,6 +172,8 @@ class Agent {
   // (max_outgoing migrations already leaving; containerd unreachable).
   // Otherwise the report says how it ended (Resolving: still frozen; Tick
   // finishes it through the ledger installed with SetClusterHooks).
+  // order.cancelled, if set, is passed to the driver: a cancelled order ends
+  // Failed or RolledBack (the ledger must refuse its Transfer too).
   StatusOr<MigrationReport> MigrateManaged(const ManagedMigration& order, OwnershipLedger& ledger,
                                            const MigrationDriver::PersistFn& on_phase);
   // The local journal of an outgoing migration (as last persisted).
@@ -197,7 +203,8 @@ class Agent {
   // Checks and runs one outgoing migration (REST or cluster order).
   StatusOr<MigrationReport> RunOutgoing(const std::string& name, MigrationReport r, bool managed,
                                         OwnershipLedger* ledger,
-                                        const MigrationDriver::PersistFn& on_phase);
+                                        const MigrationDriver::PersistFn& on_phase,
+                                        const MigrationDriver::CancelFn& cancelled = {});
   LocalWorkload ToLocal(const Workload& w) const;
   std::shared_ptr<std::mutex> LockFor(const std::string& name);
   nlohmann::json Describe(const Workload& w);

@@ -31,6 +31,12 @@ bool ForGood(const Status& s) {
 
 std::string ErrorText(const Status& s) { return s.ok() ? "" : s.ToString(); }
 
+bool Cancelled(const MigrationRecord& m) { return m.cancel_requested_ms > 0; }
+
+std::string CancelText(const MigrationRecord& m) {
+  return m.cancelled_by.empty() ? "cancelled" : "cancelled by " + m.cancelled_by;
+}
+
 }  // namespace
 
 ClusterLink::ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& store,
@@ -253,16 +259,31 @@ Status ClusterLink::PublishOnce() {
 // ---- record updates --------------------------------------------------------
 
 Status ClusterLink::UpdateWorkload(const std::string& name, const WorkloadChange& change) {
+  return UpdateWorkloadGuarded(
+      name, "", [&](WorkloadRecord& rec, const std::optional<KeyValue>&) { return change(rec); });
+}
+
+Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
+                                          const GuardedWorkloadChange& change) {
   const std::string key = options_.keys.Workload(name);
   for (int attempt = 0; attempt < options_.cas_attempts; ++attempt) {
+    std::optional<KeyValue> guard;
+    if (!guard_key.empty()) {
+      KMX_ASSIGN_OR_RETURN(GetResult g, store_.Get(guard_key));
+      guard = std::move(g.kv);
+    }
     KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
     if (!got.kv) return NotFoundError("no record " + key);
     KMX_ASSIGN_OR_RETURN(WorkloadRecord rec, cluster::ParseRecord<WorkloadRecord>(
                                                  got.kv->value, cluster::WorkloadRecordFromJson));
-    KMX_ASSIGN_OR_RETURN(bool write, change(rec));
+    KMX_ASSIGN_OR_RETURN(bool write, change(rec, guard));
     if (!write) return Status::Ok();
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    if (!guard_key.empty()) {
+      // An absent key has mod_revision 0 (etcd compares the zero value).
+      txn.compares.push_back(Compare::Unchanged(guard_key, guard ? guard->mod_revision : 0));
+    }
     txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(rec).dump()));
     KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
     if (done.succeeded) return Status::Ok();
@@ -291,13 +312,25 @@ Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange
 // ---- ledger and oracle -----------------------------------------------------
 
 Status ClusterLink::Transfer(const MigrationReport& r) {
-  Status s = UpdateWorkload(r.workload, [&](WorkloadRecord& rec) -> StatusOr<bool> {
+  // The migration record is read in every round and must be unchanged when
+  // the workload record is written: a cancel written in between fails the
+  // CAS, and the next round sees it.
+  const std::string order_key = options_.keys.Migration(r.id);
+  auto change = [&](WorkloadRecord& rec, const std::optional<KeyValue>& order) -> StatusOr<bool> {
     auto& st = rec.status;
     if (st.migration != r.id) {
       return ConflictError("the workload record names migration \"" + st.migration + "\", not " +
                            r.id);
     }
-    if (st.node == r.target_node) return false;  // done already
+    // Done already: past the commit point (a cancel cannot have been accepted
+    // after it, and refusing now would thaw a source that no longer owns it).
+    if (st.node == r.target_node) return false;
+    if (order) {  // absent: no order to cancel it (e.g. a test or a deleted record)
+      auto m =
+          cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationRecordFromJson);
+      if (!m.ok()) return ConflictError("migration record unreadable: " + m.status().message());
+      if (Cancelled(*m)) return ConflictError("migration " + CancelText(*m));
+    }
     if (st.node != r.source_node) {
       return ConflictError("the workload is owned by " + st.node + " at epoch " +
                            std::to_string(st.epoch));
@@ -311,7 +344,8 @@ Status ClusterLink::Transfer(const MigrationReport& r) {
     st.pid = r.target_pid;
     st.started_ms = clock_.WallMillis();
     return true;
-  });
+  };
+  Status s = UpdateWorkloadGuarded(r.workload, order_key, change);
   if (s.code() == Code::kNotFound) return ConflictError("the workload record was deleted");
   if (s.code() == Code::kInvalid) return ConflictError(s.message());
   if (s.ok()) {
@@ -497,6 +531,14 @@ bool ClusterLink::InFlight(const std::string& id) {
   return running_.contains(id);
 }
 
+bool ClusterLink::CancelInFlight(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = running_.find(id);
+  if (it == running_.end()) return false;
+  it->second->store(true);
+  return true;
+}
+
 StatusOr<std::string> ClusterLink::NodeUrl(const std::string& node) {
   std::optional<KeyValue> kv;
   if (nodes_.Synced()) {
@@ -522,7 +564,12 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
     return Status::Ok();
   }
   const MigrationRecord& rec = *parsed;
-  if (rec.source != options_.node || InFlight(id)) return Status::Ok();
+  if (rec.source != options_.node) return Status::Ok();
+  if (Cancelled(rec) && !cluster::IsFinalMigrationPhase(rec.phase) && CancelInFlight(id)) {
+    spdlog::info("migration {} of {} {}: rolling it back", id, rec.workload, CancelText(rec));
+    return Status::Ok();
+  }
+  if (InFlight(id)) return Status::Ok();
   std::optional<MigrationReport> journal = agent_.OutgoingReport(id);
   if (cluster::IsFinalMigrationPhase(rec.phase)) {
     // Ended: make sure the workload record lets go of it.
@@ -554,6 +601,10 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
     s = FinishWorkload(rec.workload, id, nullptr);
     return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
   }
+
+  // A cancelled order never runs (the controller cancels only while the
+  // workload record names this node and this migration).
+  if (Cancelled(rec)) return RefuseOrder(rec, CancelText(rec));
 
   // A Pending order for this node: only once the workload record agrees.
   KMX_ASSIGN_OR_RETURN(GetResult w, store_.Get(options_.keys.Workload(rec.workload)));
@@ -592,13 +643,16 @@ Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& w
 void ClusterLink::Launch(const MigrationRecord& rec, const std::string& url) {
   std::lock_guard lock(mu_);
   if (stopping_ || running_.contains(rec.id)) return;
-  running_.insert(rec.id);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  running_.emplace(rec.id, cancel);
   // Finished threads are joined on the next launch and by WaitMigrations.
-  threads_of_migrations_.emplace_back([this, rec, url] { RunMigration(rec, url); });
+  threads_of_migrations_.emplace_back([this, rec, url, cancel] { RunMigration(rec, url, cancel); });
 }
 
-void ClusterLink::RunMigration(MigrationRecord rec, std::string url) {
-  ManagedMigration order{rec.id, rec.workload, rec.target, url};
+void ClusterLink::RunMigration(MigrationRecord rec, std::string url,
+                               std::shared_ptr<std::atomic<bool>> cancel) {
+  ManagedMigration order{rec.id, rec.workload, rec.target, url,
+                         [cancel] { return cancel->load(); }};
   spdlog::info("migration {}: moving {} to {} ({}), ordered by {}: {}", rec.id, rec.workload,
                rec.target, url, rec.requested_by, rec.reason);
   auto done = agent_.MigrateManaged(order, *this, [this](const MigrationReport& r) {

@@ -39,6 +39,13 @@
 //                       ledger) to nodes/<target>.url; no such node: phase :=
 //                       Failed, error "target node not ready". Busy
 //                       (max_outgoing, workload busy): retried with backoff.
+//                     - cancelled (cancelRequestedMs > 0) while Pending and
+//                       not launched: never run; phase := Failed, error
+//                       "cancelled by <cancelledBy>", workload record freed.
+//                       Cancelled while it runs here: the driver's cancel
+//                       check fires at its next check point (Failed before
+//                       the freeze, RolledBack after it; see
+//                       MigrationDriver::Run); the end is written as below.
 //                     - while it runs, every phase change is written (phase,
 //                       updatedMs, report = MigrationReportToJson); at the end
 //                       phase, updatedMs, finishedMs, report, error ("" or
@@ -60,9 +67,13 @@
 //
 // Ownership ledger (OwnershipLedger, for the migration driver):
 //   Transfer: workloads/<name> with status.migration == id and node ==
-//     target: ok; node == source and phase Running/Migrating: CAS node :=
-//     target, epoch + 1, phase Migrating, pid := the target's, startedMs :=
-//     now; anything else (record gone or unreadable, another migration,
+//     target: ok; migrations/<id> cancelled (or unreadable): kConflict;
+//     node == source and phase Running/Migrating: CAS node := target,
+//     epoch + 1, phase Migrating, pid := the target's, startedMs := now, in
+//     a transaction that also requires migrations/<id> unchanged since it
+//     was read (so a cancel the controller writes meanwhile fails the CAS and
+//     the re-read refuses: once a cancel is accepted the migration never
+//     commits); anything else (record gone or unreadable, another migration,
 //     another owner, Lost/Failed/Exited): kConflict. Store errors: kRetry.
 //   Revert: node == source (or the record is gone): ok; node == target and
 //     migration == id: CAS node := source, epoch + 1 (phase stays Migrating);
@@ -94,7 +105,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -169,6 +179,13 @@ class ClusterLink final : public OwnershipLedger {
   // Read, change, CAS on mod_revision; re-read on conflict. kNotFound if the
   // key is absent; kInvalid if unreadable; kRetry for store errors.
   Status UpdateWorkload(const std::string& name, const WorkloadChange& change);
+  // UpdateWorkload that also reads `guard_key` in every round (before the
+  // workload record) and passes it to the change (nullopt: absent); the CAS
+  // then also requires the guard key unchanged (still absent).
+  using GuardedWorkloadChange =
+      std::function<StatusOr<bool>(cluster::WorkloadRecord&, const std::optional<KeyValue>&)>;
+  Status UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
+                               const GuardedWorkloadChange& change);
   Status UpdateMigration(const std::string& id, const MigrationChange& change);
 
   Status EnsureLease();
@@ -179,7 +196,8 @@ class ClusterLink final : public OwnershipLedger {
   // The order cannot run: written Failed (from Pending only), workload freed.
   Status RefuseOrder(const cluster::MigrationRecord& rec, const std::string& why);
   void Launch(const cluster::MigrationRecord& rec, const std::string& url);
-  void RunMigration(cluster::MigrationRecord rec, std::string url);
+  void RunMigration(cluster::MigrationRecord rec, std::string url,
+                    std::shared_ptr<std::atomic<bool>> cancel);
   // Mirrors a report into migrations/<id> (final fields when final).
   Status WriteReport(const MigrationReport& report);
   // Frees the workload record of migration `id` (see the file comment).
@@ -187,6 +205,8 @@ class ClusterLink final : public OwnershipLedger {
                         const MigrationReport* report);
   StatusOr<std::string> NodeUrl(const std::string& node);
   bool InFlight(const std::string& id);
+  // Raises the cancel flag of a migration running here; false if none runs.
+  bool CancelInFlight(const std::string& id);
   void OnWorkloadKey(const std::string& key, const std::optional<KeyValue>& kv);
   void OnMigrationKey(const std::string& key, const std::optional<KeyValue>& kv);
   void PublisherLoop();
@@ -216,7 +236,8 @@ class ClusterLink final : public OwnershipLedger {
   bool started_ = false;
   bool stopping_ = false;
   bool lease_lost_ = false;
-  std::set<std::string> running_;                   // migrations this link runs now
+  // Migrations this link runs now -> their cancel flag (read by the driver).
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> running_;
   std::vector<std::thread> threads_;                // publisher, worker, caches
   std::vector<std::thread> threads_of_migrations_;  // joined by WaitMigrations
 };

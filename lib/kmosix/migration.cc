@@ -190,7 +190,7 @@ MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string&
 // or the ledger leaves the source frozen until a later call (Recover) gets one.
 MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& name,
                                          const Status& why, bool restored, const Marks& marks,
-                                         const PersistFn& persist) {
+                                         const PersistFn& persist, bool cancelled) {
   OwnershipLedger& ledger = *options_.ledger;
   // Timings of what ends here (Run passes its marks; Recover has none).
   auto stamp = [&](bool thawed) {
@@ -198,8 +198,9 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
     if (thawed && marks.frozen_at) r.timings.downtime = Seconds(clock_.Now() - *marks.frozen_at);
   };
   const auto deadline = clock_.Now() + options_.resolve_timeout;
-  Status cause = why;     // why the migration did not succeed, if it does not
-  bool refused = false;   // the ledger refused the transfer in this call
+  Status cause = why;  // why the migration did not succeed, if it does not
+  // The ledger refused the transfer in this call (or a cancel forbids it).
+  bool refused = cancelled;
   bool known = restored;  // `restored` holds for the first round only
   Status last;            // the latest unknown answer
   while (true) {
@@ -345,7 +346,10 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
 }
 
 MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport r,
-                                     const PersistFn& persist, const WorkloadLife& life) {
+                                     const PersistFn& persist, const WorkloadLife& life,
+                                     const CancelFn& cancelled) {
+  auto cancel_now = [&] { return cancelled && cancelled(); };
+  const Status kCancelled = FailedError("migration cancelled");
   const auto start = clock_.Now();
   r.started_ms = clock_.WallMillis();
   Enter(r, MigrationPhase::kPreparing, persist);
@@ -373,12 +377,17 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   MigrationOffer offer{r.id, r.source_node,   options_.source_url,
                        spec, life.created_ms, life.history};
   offer.spec.log_path.clear();
+  if (cancel_now()) return Fail(r, kCancelled, persist);  // check 1: nothing asked yet
   if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.
     if (s.code() == Code::kRetry) (void)transport_.Abort(r.target_url, r.id);
     return Fail(r, s.Annotate("target refused"), persist);
   }
   r.timings.prepare = Seconds(clock_.Now() - start);
+  if (cancel_now()) {  // check 2: prepared there, nothing frozen here
+    (void)transport_.Abort(r.target_url, r.id);
+    return Fail(r, kCancelled, persist);
+  }
 
   Enter(r, MigrationPhase::kCheckpointing, persist);
   std::error_code ec;
@@ -399,17 +408,21 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   }
   r.timings.freeze = capture->freeze_seconds;
   r.timings.checkpoint = capture->checkpoint_seconds;
+  // Checks 3 and 4: frozen here, nothing restored there.
+  auto roll_back = [&](const Status& why) -> MigrationReport {
+    RollBack(r, spec.name, why, persist);
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return r;
+  };
+  if (cancel_now()) return roll_back(kCancelled);
 
   Enter(r, MigrationPhase::kTransferring, persist);
   auto sent = transport_.Send(r.target_url, r.id, capture->sections);
-  if (!sent.ok()) {
-    RollBack(r, spec.name, sent.status().Annotate("transfer"), persist);
-    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
-    return r;
-  }
+  if (!sent.ok()) return roll_back(sent.status().Annotate("transfer"));
   r.bytes = sent->bytes;
   r.files = sent->files;
   r.timings.transfer = sent->seconds;
+  if (cancel_now()) return roll_back(kCancelled);
 
   Enter(r, MigrationPhase::kRestoring, persist);
   const auto restore_start = clock_.Now();
@@ -424,6 +437,17 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     return r;
   }
   r.target_pid = restored->pid;
+  if (cancel_now()) {
+    // Check 5: the target runs an uncommitted copy. Make it abort (never
+    // transfer or commit), then thaw here.
+    if (options_.ledger != nullptr) {
+      return Settle(r, spec.name, kCancelled, /*restored=*/true, {&frozen_at, nullptr}, persist,
+                    /*cancelled=*/true);
+    }
+    Resolve(r, spec.name, kCancelled, persist);
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return r;
+  }
 
   Enter(r, MigrationPhase::kCommitting, persist);
   const auto commit_start = clock_.Now();

@@ -22,6 +22,16 @@
 // the workload, the source stays frozen (Resolving). Without a ledger
 // (standalone agents) the behaviour is the one above.
 //
+// Cancellation: Run takes an optional CancelFn, polled at fixed check points
+// (see Run). A cancel seen before the target was asked to Prepare, or before
+// the workload was frozen, ends Failed (nothing changed; the target aborted);
+// one seen after the checkpoint, the transfer or the restore ends through
+// the rollback path (target aborted, source thawed: RolledBack), the error
+// FailedError("migration cancelled"). It is not polled from the commit on:
+// a cancel must also be refused by the ledger's Transfer (ClusterLink reads
+// the migration record in the same transaction), since one that lands after
+// the last check would otherwise be missed.
+//
 // Ownership: borrows the engine, transport and clock. Thread-safety: one
 // driver may run several migrations concurrently (it keeps no per-migration
 // state); the caller serialises migrations of the same workload.
@@ -134,6 +144,10 @@ class MigrationDriver {
   // the new phase starts: the caller journals it so Recover can finish the
   // migration after a crash.
   using PersistFn = std::function<void(const MigrationReport&)>;
+  // Polled by Run on its thread at the check points; true = cancel. Must be
+  // cheap and must not block (e.g. an atomic<bool> set by another thread).
+  // Empty: never cancelled.
+  using CancelFn = std::function<bool()>;
 
   MigrationDriver(CheckpointEngine& engine, Transport& transport, Clock& clock, Options options);
 
@@ -141,8 +155,12 @@ class MigrationDriver {
   // id, workload, source_node and target_url the caller filled in. If the
   // caller also filled in target_node, a target answering under another
   // name is refused (Failed, kInvalid) before anything is frozen.
+  // `cancelled` is polled (1) right before the target's Prepare and (2)
+  // before the freeze: true -> Failed; (3) after the checkpoint, (4) after the
+  // transfer and (5) after the restore, before Committing: true -> target
+  // aborted, source thawed, RolledBack. Never from Committing on.
   MigrationReport Run(const ContainerSpec& spec, MigrationReport report, const PersistFn& persist,
-                      const WorkloadLife& life = {});
+                      const WorkloadLife& life = {}, const CancelFn& cancelled = {});
 
   // Finishes a journaled migration that was interrupted (agent restart) or
   // left Resolving. Safe to call repeatedly.
@@ -166,8 +184,10 @@ class MigrationDriver {
   // With a ledger, from Committing/Resolving on: drives the target, the
   // ledger and the source copy to one owner (see the .cc for the order).
   // `restored`: the target is known to hold a restored, uncommitted copy.
+  // `cancelled`: never transfer or commit in this call (abort, then thaw).
   MigrationReport& Settle(MigrationReport& r, const std::string& name, const Status& why,
-                          bool restored, const Marks& marks, const PersistFn& persist);
+                          bool restored, const Marks& marks, const PersistFn& persist,
+                          bool cancelled = false);
   // Release after the target committed; Resolving if the release fails.
   MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist);
   MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);

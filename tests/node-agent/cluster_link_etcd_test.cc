@@ -1,7 +1,8 @@
 // ClusterLink against a real etcd (private, on free loopback ports) with the
 // fake runtime: the node key lives under the agent's lease and vanishes a TTL
 // after the link stops; a workload the cluster schedules here is started and
-// reported Running through etcd.
+// reported Running through etcd; Transfer's ownership CAS also compares the
+// migration record, so a cancel written in between is refused.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include "fake_load_sampler.h"
 #include "fakes/fake_runtime.h"
 #include "fakes/fake_transport.h"
+#include "gated_state_store.h"
 #include "kmosix/stop_and_copy.h"
 #include "support/private_etcd.h"
 
@@ -24,6 +26,7 @@ using testing::EtcdSkipReason;
 using testing::FakeLoadSampler;
 using testing::FakeRuntime;
 using testing::FakeTransport;
+using testing::GatedStateStore;
 using testing::PrivateEtcd;
 using testing::TestEtcdConfig;
 
@@ -114,6 +117,102 @@ TEST(ClusterLinkEtcdTest, NodeKeyLivesUnderTheLeaseAndWorkloadsStart) {
   }));
   EXPECT_EQ(store.LeaseTimeToLive(lease).status().code(), Code::kNotFound);
   link.reset();
+  fs::remove_all(root);
+}
+
+// A cancel written after Transfer read the records and before its CAS makes
+// the real etcd transaction fail (it compares the migration record's
+// mod_revision); the re-read refuses. A missing migration record compares as
+// mod_revision 0 and does not stop a transfer.
+TEST(ClusterLinkEtcdTest, TransferComparesTheMigrationRecord) {
+  if (auto why = EtcdSkipReason(); !why.empty()) GTEST_SKIP() << "ETCD TEST SKIPPED: " << why;
+  PrivateEtcd etcd;
+  ASSERT_TRUE(etcd.Start()) << "log: " << etcd.dir() << "/etcd.log";
+  EtcdStateStore etcd_store(TestEtcdConfig(etcd.endpoint()));
+  GatedStateStore store(etcd_store);
+
+  const fs::path root =
+      fs::temp_directory_path() / ("kmx-link-etcd-transfer-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  SystemClock clock;
+  SystemRandom random;
+  FakeRuntime runtime("node1", (root / "layers").string());
+  StopAndCopyEngine engine(runtime, clock);
+  FakeTransport transport(nullptr);
+  AgentOptions opts;
+  opts.node = "node1";
+  opts.advertise_url = "http://127.0.0.1:7700";
+  opts.state_dir = root / "state";
+  opts.scratch_dir = root / "scratch";
+  Agent agent(opts, runtime, engine, transport, clock, random, nullptr);
+  FakeLoadSampler sampler;
+  ClusterLinkOptions lo;
+  lo.node = "node1";
+  lo.url = opts.advertise_url;
+  lo.keys.prefix = "/kmx-link-transfer-test/";
+  ClusterLink link(lo, agent, store, sampler, clock, random);
+  const cluster::KeyLayout& keys = lo.keys;
+
+  auto put_workload = [&](const std::string& migration) {
+    cluster::WorkloadRecord w;
+    w.spec.name = "work";
+    w.spec.image = kImage;
+    w.status.node = "node1";
+    w.status.phase = cluster::WorkloadPhase::kMigrating;
+    w.status.epoch = 1;
+    w.status.migration = migration;
+    ASSERT_TRUE(store.Put(keys.Workload("work"), cluster::WorkloadRecordToJson(w).dump()).ok());
+  };
+  auto get_workload = [&] {
+    auto got = store.Get(keys.Workload("work"));
+    EXPECT_TRUE(got.ok() && got->kv);
+    auto rec = cluster::ParseRecord<cluster::WorkloadRecord>(
+        got.ok() && got->kv ? got->kv->value : std::string(), cluster::WorkloadRecordFromJson);
+    EXPECT_TRUE(rec.ok());
+    return rec.ok() ? *rec : cluster::WorkloadRecord{};
+  };
+  cluster::MigrationRecord order;
+  order.id = "m-1";
+  order.workload = "work";
+  order.source = "node1";
+  order.target = "node2";
+  order.phase = "Restoring";
+  put_workload("m-1");
+  ASSERT_TRUE(store.Put(keys.Migration("m-1"), cluster::MigrationRecordToJson(order).dump()).ok());
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "work";
+  r.source_node = "node1";
+  r.target_node = "node2";
+  r.target_pid = 77;
+
+  int transfers = 0;
+  store.before_commit = [&](const Txn& txn) {
+    if (!GatedStateStore::Compares(txn, keys.Workload("work")) ||
+        !GatedStateStore::Compares(txn, keys.Migration("m-1")) || ++transfers != 1) {
+      return;
+    }
+    cluster::MigrationRecord cancelled = order;  // the controller's write
+    cancelled.cancel_requested_ms = 5555;
+    cancelled.cancelled_by = "api";
+    EXPECT_TRUE(
+        etcd_store.Put(keys.Migration("m-1"), cluster::MigrationRecordToJson(cancelled).dump())
+            .ok());
+  };
+  Status s = link.Transfer(r);
+  EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+  EXPECT_NE(s.message().find("cancelled by api"), std::string::npos) << s.ToString();
+  EXPECT_EQ(transfers, 1);  // etcd refused that CAS; the re-read refused the transfer
+  EXPECT_EQ(get_workload().status.node, "node1");
+  EXPECT_EQ(get_workload().status.epoch, 1);
+
+  // Another migration with no record at all: the compare holds, it moves.
+  store.before_commit = {};
+  put_workload("m-2");
+  r.id = "m-2";
+  ASSERT_TRUE(link.Transfer(r).ok());
+  EXPECT_EQ(get_workload().status.node, "node2");
+  EXPECT_EQ(get_workload().status.epoch, 2);
   fs::remove_all(root);
 }
 

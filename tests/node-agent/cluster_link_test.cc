@@ -15,6 +15,7 @@
 #include "fakes/fake_runtime.h"
 #include "fakes/fake_state_store.h"
 #include "fakes/fake_transport.h"
+#include "gated_state_store.h"
 #include "kmosix/stop_and_copy.h"
 
 namespace kmosix::agent {
@@ -29,6 +30,8 @@ using testing::FakeLoadSampler;
 using testing::FakeRuntime;
 using testing::FakeStateStore;
 using testing::FakeTransport;
+using testing::Gate;
+using testing::GatedStateStore;
 
 constexpr char kImage[] = "kmosix.local/demo:latest";
 
@@ -68,9 +71,9 @@ class ClusterLinkTest : public ::testing::Test {
              ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     const std::string layers = (root_ / "layers").string();
-    node2_ = std::make_unique<Node>("node2", root_, clock_, random_, store_, no_transport_, layers);
+    node2_ = std::make_unique<Node>("node2", root_, clock_, random_, gated_, no_transport_, layers);
     to_node2_ = std::make_unique<FakeTransport>(&node2_->agent->Target());
-    node1_ = std::make_unique<Node>("node1", root_, clock_, random_, store_, *to_node2_, layers);
+    node1_ = std::make_unique<Node>("node1", root_, clock_, random_, gated_, *to_node2_, layers);
     ASSERT_TRUE(node1_->agent->Start().ok());
     ASSERT_TRUE(node2_->agent->Start().ok());
   }
@@ -147,6 +150,26 @@ class ClusterLinkTest : public ::testing::Test {
     ASSERT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
     for (int i = 0; i < 7; ++i) node1_->runtime.Tick("work");
   }
+  // What the controller's DELETE /v1/migrations/{id} writes (here without
+  // its compares), straight into the store.
+  void CancelInStore(const std::string& id) {
+    MigrationRecord m = GetMigration(id);
+    m.cancel_requested_ms = 5555;
+    m.cancelled_by = "api";
+    Put(m);
+  }
+  // The phase a transaction writes into migrations/<id> ("" if none).
+  std::string PhaseWritten(const Txn& txn, const std::string& id) {
+    std::string value = GatedStateStore::PutValue(txn, keys_.Migration(id));
+    if (value.empty()) return "";
+    auto m = cluster::ParseRecord<MigrationRecord>(value, cluster::MigrationRecordFromJson);
+    return m.ok() ? m->phase : "";
+  }
+  // Transfer's CAS: the workload record, guarded by the migration record.
+  bool IsTransfer(const Txn& txn, const std::string& id) {
+    return GatedStateStore::Compares(txn, keys_.Workload("work")) &&
+           GatedStateStore::Compares(txn, keys_.Migration(id));
+  }
   MigrationReport Report(const std::string& id) {
     MigrationReport r;
     r.id = id;
@@ -161,6 +184,7 @@ class ClusterLinkTest : public ::testing::Test {
   FakeClock clock_;
   SystemRandom random_;
   FakeStateStore store_{clock_};
+  GatedStateStore gated_{store_};  // what the links use
   FakeTransport no_transport_{nullptr};
   std::unique_ptr<FakeTransport> to_node2_;
   std::unique_ptr<Node> node2_;
@@ -481,7 +505,7 @@ TEST_F(ClusterLinkTest, AfterARestartTheJournalDecidesWhatTheRecordSays) {
   order.phase = "Committing";  // the last phase written before the agent went down
   Put(order);
   // The migration ended while the store did not hear of it.
-  auto done = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700"},
+  auto done = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
                                             *node1_->link, {});
   ASSERT_TRUE(done.ok());
   ASSERT_EQ(done->phase, MigrationPhase::kSucceeded);
@@ -603,7 +627,7 @@ TEST_F(ClusterLinkTest, TargetKeepsTheWorkloadWhenTheSourceFallsSilentAfterTheTr
   to_node2_->DropRequest("Commit");
   to_node2_->DropRequest("Query");
   to_node2_->DropRequest("Abort");
-  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700"},
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
                                          *node1_->link, {});
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->phase, MigrationPhase::kResolving);
@@ -618,6 +642,177 @@ TEST_F(ClusterLinkTest, TargetKeepsTheWorkloadWhenTheSourceFallsSilentAfterTheTr
   auto journal = node1_->agent->OutgoingReport("m-1");
   ASSERT_TRUE(journal.has_value());
   EXPECT_EQ(journal->phase, MigrationPhase::kSucceeded);
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node2_->runtime.Counter("work"), 7);
+}
+
+// ---- cancellation ---------------------------------------------------------------
+
+TEST_F(ClusterLinkTest, ACancelledPendingOrderIsRefusedAndNeverLaunched) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.cancel_requested_ms = 5555;
+  order.cancelled_by = "api";
+  Put(order);
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_EQ(m.error, "cancelled by api");
+  EXPECT_GT(m.finished_ms, 0);
+  EXPECT_EQ(m.cancel_requested_ms, 5555);
+  EXPECT_EQ(m.cancelled_by, "api");
+  // Never launched: no journal, nothing frozen, the target never heard of it.
+  EXPECT_FALSE(node1_->agent->OutgoingReport("m-1").has_value());
+  EXPECT_EQ(node1_->runtime.Calls("Pause"), 0);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_TRUE(w.status.migrations.empty());
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  // Level-based: reconciling again writes nothing.
+  const int64_t rev = Raw(keys_.Migration("m-1"))->mod_revision;
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_EQ(Raw(keys_.Migration("m-1"))->mod_revision, rev);
+  EXPECT_EQ(node1_->runtime.Calls("Pause"), 0);
+}
+
+TEST_F(ClusterLinkTest, ACancelWhileTheMigrationRunsRollsItBack) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  // Hold the migration thread right after it wrote Checkpointing.
+  Gate reached;
+  Gate proceed;
+  gated_.after_commit = [&](const Txn& txn, const StatusOr<TxnResult>&) {
+    if (PhaseWritten(txn, "m-1") != "Checkpointing") return;
+    reached.Open();
+    proceed.Wait();
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  ASSERT_TRUE(reached.Wait());
+  CancelInStore("m-1");                                // the controller accepts the cancel
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());  // what its watch event triggers
+  proceed.Open();
+  node1_->link->WaitMigrations();
+
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_NE(m.error.find("cancelled"), std::string::npos) << m.error;
+  EXPECT_EQ(m.report["failedPhase"], "Checkpointing");
+  EXPECT_EQ(m.cancelled_by, "api");  // the cancel fields survive the report writes
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.migrations, std::vector<std::string>{"m-1"});
+  // Runs once, here, with its state; the target let go of its copy.
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node1_->runtime.Counter("work"), 7);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+  EXPECT_EQ(w.status.pid, node1_->agent->Local("work")->pid);
+}
+
+TEST_F(ClusterLinkTest, TransferRefusesACancelledMigration) {
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = "Restoring";
+  order.cancel_requested_ms = 5555;
+  order.cancelled_by = "drain";
+  Put(order);
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  Status s = node1_->link->Transfer(Report("m-1"));
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_NE(s.message().find("cancelled by drain"), std::string::npos) << s.ToString();
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+  // Once the ownership moved, a flag set later (the controller refuses that)
+  // does not undo it: Transfer stays idempotent.
+  Put(Workload("node2", WorkloadPhase::kMigrating, 4, "m-1"));
+  EXPECT_TRUE(node1_->link->Transfer(Report("m-1")).ok());
+}
+
+// The race: a cancel written after Transfer read the records and before its
+// CAS fails the CAS (it compares the migration record too); the re-read sees
+// the cancel and refuses.
+TEST_F(ClusterLinkTest, TransferRefusesACancelWrittenBetweenItsReadAndItsWrite) {
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = "Restoring";
+  Put(order);
+  int transfers = 0;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (IsTransfer(txn, "m-1") && ++transfers == 1) CancelInStore("m-1");
+  };
+  Status s = node1_->link->Transfer(Report("m-1"));
+  EXPECT_EQ(s.code(), Code::kConflict);
+  EXPECT_NE(s.message().find("cancelled by api"), std::string::npos) << s.ToString();
+  EXPECT_EQ(transfers, 1);  // one CAS, which failed; the re-read refused
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+}
+
+// The same race inside a whole migration: the driver's last check passed, the
+// cancel lands before the ownership CAS; the migration rolls back.
+TEST_F(ClusterLinkTest, ACancelThatLandsAfterTheLastCheckStillStopsTheCommit) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  int transfers = 0;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (IsTransfer(txn, "m-1") && ++transfers == 1) CancelInStore("m-1");
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_EQ(transfers, 1);
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_NE(m.error.find("cancelled by api"), std::string::npos) << m.error;
+  EXPECT_EQ(m.report["failedPhase"], "Committing");
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node1_->runtime.Counter("work"), 7);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+}
+
+// After the ownership CAS the controller refuses a cancel; even a flag that
+// reaches the link then changes nothing: the migration commits.
+TEST_F(ClusterLinkTest, ACancelThatArrivesAfterTheTransferDoesNotStopTheCommit) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  bool flagged = false;
+  gated_.after_commit = [&](const Txn& txn, const StatusOr<TxnResult>& r) {
+    if (flagged || !IsTransfer(txn, "m-1") || !r.ok() || !r->succeeded) return;
+    flagged = true;
+    CancelInStore("m-1");
+    EXPECT_TRUE(node1_->link->Reconcile("m/m-1").ok());  // raises the driver's flag
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_TRUE(flagged);
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, "Succeeded");
+  EXPECT_EQ(m.error, "");
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.migration, "");
   EXPECT_FALSE(node1_->runtime.Has("work"));
   EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
   EXPECT_EQ(node2_->runtime.Counter("work"), 7);

@@ -77,14 +77,28 @@ class MigrationTest : public ::testing::Test {
     driver_ = std::make_unique<MigrationDriver>(source_engine_, *transport_, clock_, dopts);
   }
 
-  MigrationReport Migrate() {
+  MigrationReport Migrate(const MigrationDriver::CancelFn& cancelled = {}) {
     MigrationReport r;
     r.id = "m-1";
     r.workload = "work";
     r.source_node = "node1";
     r.target_url = "http://node2";
-    return driver_->Run(spec_, r,
-                        [this](const MigrationReport& rep) { phases_.push_back(rep.phase); });
+    return driver_->Run(
+        spec_, r, [this](const MigrationReport& rep) { phases_.push_back(rep.phase); }, {},
+        cancelled);
+  }
+  // Runs a migration whose cancel check answers true from its n-th poll on
+  // (1-based; the driver polls at five points, see MigrationDriver::Run).
+  MigrationReport MigrateCancelledAtCheck(int n) {
+    polls_ = 0;
+    return Migrate([this, n] { return ++polls_ >= n; });
+  }
+  bool Entered(MigrationPhase p) const {
+    return std::find(phases_.begin(), phases_.end(), p) != phases_.end();
+  }
+  void ExpectCancelled(const MigrationReport& r) {
+    EXPECT_EQ(r.error.code(), Code::kFailed);
+    EXPECT_NE(r.error.message().find("cancelled"), std::string::npos) << r.error.ToString();
   }
 
   // The invariant: exactly one running copy, carrying the state it had.
@@ -118,6 +132,7 @@ class MigrationTest : public ::testing::Test {
   std::vector<std::string> adopted_;
   std::vector<MigrationPhase> phases_;
   std::vector<TargetPhase> target_phases_;
+  int polls_ = 0;  // MigrateCancelledAtCheck
 };
 
 TEST_F(MigrationTest, HappyPathMovesStateAndRemovesSourceCopy) {
@@ -356,6 +371,83 @@ TEST_F(MigrationTest, FinishedRecordsAreForgottenOnlyAfterTheirAge) {
 }
 
 // ---- ownership ledger (cluster mode) -----------------------------------------
+
+// ---- cancellation -------------------------------------------------------------
+
+TEST_F(MigrationTest, UncancelledRunPollsTheCancelCheckAtFivePoints) {
+  int polls = 0;
+  MigrationReport r = Migrate([&] {
+    ++polls;
+    return false;
+  });
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(polls, 5);
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(MigrationTest, CancelBeforePrepareFailsAndTheTargetNeverHearsOfIt) {
+  MigrationReport r = MigrateCancelledAtCheck(1);
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_EQ(r.failed_phase, "Preparing");
+  ExpectCancelled(r);
+  EXPECT_TRUE(target_phases_.empty());  // never prepared
+  EXPECT_EQ(source_.Calls("Pause"), 0);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, CancelBeforeTheFreezeFailsAndAbortsThePreparedTarget) {
+  MigrationReport r = MigrateCancelledAtCheck(2);
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_EQ(r.failed_phase, "Preparing");
+  ExpectCancelled(r);
+  EXPECT_FALSE(Entered(MigrationPhase::kCheckpointing));
+  ASSERT_FALSE(target_phases_.empty());
+  EXPECT_EQ(target_phases_.back(), TargetPhase::kAborted);
+  EXPECT_EQ(source_.Calls("Pause"), 0);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, CancelAfterTheCheckpointRollsBack) {
+  MigrationReport r = MigrateCancelledAtCheck(3);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.failed_phase, "Checkpointing");
+  ExpectCancelled(r);
+  EXPECT_FALSE(Entered(MigrationPhase::kTransferring));
+  EXPECT_EQ(source_.Calls("Pause"), 1);
+  EXPECT_EQ(target_phases_.back(), TargetPhase::kAborted);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+  EXPECT_FALSE(fs::exists(root_ / "source-scratch" / "out-m-1"));
+}
+
+TEST_F(MigrationTest, CancelAfterTheTransferRollsBack) {
+  MigrationReport r = MigrateCancelledAtCheck(4);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.failed_phase, "Transferring");
+  ExpectCancelled(r);
+  EXPECT_GT(r.bytes, 0u);  // it was sent, never restored
+  EXPECT_FALSE(Entered(MigrationPhase::kRestoring));
+  EXPECT_EQ(target_phases_.back(), TargetPhase::kAborted);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, CancelAfterTheRestoreAbortsTheTargetCopyAndThaws) {
+  MigrationReport r = MigrateCancelledAtCheck(5);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.failed_phase, "Restoring");
+  ExpectCancelled(r);
+  EXPECT_FALSE(Entered(MigrationPhase::kCommitting));
+  EXPECT_EQ(target_phases_.back(), TargetPhase::kAborted);
+  EXPECT_TRUE(adopted_.empty());
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+  // It still runs and counts here.
+  source_.Tick("work");
+  EXPECT_EQ(source_.Counter("work"), 43);
+}
 
 // The cluster's ownership record of "work", in memory: Transfer and Revert
 // with the ledger's semantics, plus scripted unknown answers and hooks that
@@ -616,6 +708,37 @@ TEST_F(LedgerMigrationTest, SourceSilentAfterTransferTargetAdoptsThroughTheOracl
   transport_->Heal();
   r = Recover(r);
   ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LedgerMigrationTest, CancelAfterTheRestoreNeverTransfersOrCommits) {
+  MigrationReport r = MigrateCancelledAtCheck(5);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  EXPECT_EQ(r.failed_phase, "Restoring");
+  ExpectCancelled(r);
+  EXPECT_TRUE(ledger_.calls.empty());  // no Transfer, so no Revert either
+  EXPECT_EQ(ledger_.node, "node1");
+  EXPECT_FALSE(Entered(MigrationPhase::kCommitting));
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+// The check is not polled from the commit point on: a cancel that arrives
+// once the ownership moved (the controller refuses it then) changes nothing.
+TEST_F(LedgerMigrationTest, CancelAfterTheTransferChangesNothing) {
+  bool cancelled = false;
+  int polls_after = 0;
+  ledger_.on_transfer = [&] { cancelled = true; };
+  MigrationReport r = Migrate([&] {
+    if (cancelled) ++polls_after;
+    return cancelled;
+  });
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(polls_after, 0);
+  EXPECT_EQ(ledger_.node, "node2");
+  EXPECT_EQ(ledger_.Count("Revert"), 0);
   EXPECT_FALSE(source_.Has("work"));
   ExpectRunsOnceOn(target_, 42);
 }
