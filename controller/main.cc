@@ -1,15 +1,22 @@
-// kmosix-controller: wires the store, the controller and its REST API.
+// kmosix-controller: wires the store, the controller and its REST API, served
+// over TLS (--tls-cert/--tls-key) with bearer tokens (--token-file) unless
+// --no-tls / --no-auth say otherwise; without either it refuses to start
+// (exit 2).
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
+#include <memory>
 #include <sstream>
 #include <thread>
 
 #include "controller/api.h"
+#include "controller/auth.h"
 #include "controller/controller.h"
 #include "controller/metrics.h"
 #include "etcd/etcd_state_store.h"
@@ -37,6 +44,8 @@ int main(int argc, char** argv) {
   int lease_ttl = 5;
   double balance_interval = 2, min_residency = 30, order_timeout = 60, lost_grace = 5;
   bool no_balance = false;
+  std::string token_file, tls_cert, tls_key;
+  bool no_auth = false, no_tls = false;
   app.add_option("--etcd", etcd, "etcd endpoints, comma-separated")->capture_default_str();
   app.add_option("--etcd-prefix", opts.keys.prefix, "key prefix of the cluster's state")
       ->capture_default_str();
@@ -76,6 +85,15 @@ int main(int argc, char** argv) {
                  "seconds a migration's source may be NotReady before the controller ends it")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--token-file", token_file,
+                 "bearer tokens, CSV lines TOKEN,ROLE,NAME (ROLE admin or read-only); re-read "
+                 "when it changes. Required unless --no-auth");
+  app.add_flag("--no-auth", no_auth,
+               "serve the API without tokens (anyone may change the cluster)");
+  app.add_option("--tls-cert", tls_cert,
+                 "PEM certificate (chain) of the API. Required unless --no-tls");
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert. Required unless --no-tls");
+  app.add_flag("--no-tls", no_tls, "serve the API over plain HTTP");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -100,6 +118,62 @@ int main(int argc, char** argv) {
     spdlog::critical("--etcd: no endpoint in \"{}\"", etcd);
     return 2;
   }
+  // Secure by default: authentication and TLS are on unless explicitly declined.
+  if (no_auth && !token_file.empty()) {
+    spdlog::critical("--no-auth and --token-file contradict each other; give one");
+    return 2;
+  }
+  if (!no_auth && token_file.empty()) {
+    spdlog::critical(
+        "authentication is on by default: give --token-file PATH (CSV lines TOKEN,ROLE,NAME) or "
+        "--no-auth to serve the API without it");
+    return 2;
+  }
+  if (no_tls && (!tls_cert.empty() || !tls_key.empty())) {
+    spdlog::critical("--no-tls and --tls-cert/--tls-key contradict each other; give one");
+    return 2;
+  }
+  if (!no_tls && (tls_cert.empty() || tls_key.empty())) {
+    spdlog::critical(
+        "TLS is on by default: give --tls-cert PATH and --tls-key PATH (PEM) or --no-tls to serve "
+        "plain HTTP");
+    return 2;
+  }
+  for (const std::string* f : {&tls_cert, &tls_key}) {
+    if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
+      spdlog::critical("cannot read {}: {}", *f, std::strerror(errno));
+      return 2;
+    }
+  }
+  kmosix::SystemClock clock;
+  std::unique_ptr<kmosix::controller::Authenticator> auth;
+  if (!no_auth) {
+    auto loaded = kmosix::controller::Authenticator::Load(token_file, clock);
+    if (!loaded.ok()) {
+      spdlog::critical("--token-file: {}", loaded.status().message());
+      return 2;
+    }
+    auth = std::move(loaded).value();
+  } else {
+    spdlog::warn("--no-auth: the API is open; anyone who can reach {} can change the cluster",
+                 listen);
+  }
+  std::unique_ptr<httplib::Server> server;
+  if (!no_tls) {
+    auto tls = std::make_unique<httplib::SSLServer>(tls_cert.c_str(), tls_key.c_str());
+    if (!tls->is_valid()) {
+      spdlog::critical(
+          "cannot use --tls-cert {} / --tls-key {} (not PEM, or the key does not match the "
+          "certificate)",
+          tls_cert, tls_key);
+      return 2;
+    }
+    server = std::move(tls);
+  } else {
+    spdlog::warn("--no-tls: the API (and its bearer tokens) travel in plain HTTP");
+    server = std::make_unique<httplib::Server>();
+  }
+
   if (app.count("--bandwidth-mib")) opts.policy.bandwidth_bytes_per_s *= 1024.0 * 1024.0;
   opts.leader_ttl = std::chrono::seconds(lease_ttl);
   opts.balance = !no_balance;
@@ -109,15 +183,14 @@ int main(int argc, char** argv) {
   opts.order_timeout = ms(order_timeout);
   opts.source_lost_grace = ms(lost_grace);
 
-  kmosix::SystemClock clock;
   kmosix::SystemRandom random;
   kmosix::EtcdStateStore store(etcd_config);
   kmosix::controller::ControllerMetrics metrics(opts.identity);
   kmosix::controller::Controller controller(store, clock, random, opts, &metrics);
 
-  httplib::Server server;
-  kmosix::controller::RegisterControllerRoutes(server, controller, metrics);
-  if (!server.bind_to_port(host, port)) {
+  kmosix::controller::RegisterControllerRoutes(*server, controller, metrics);
+  if (auth) kmosix::controller::InstallAuth(*server, *auth);
+  if (!server->bind_to_port(host, port)) {
     spdlog::critical("cannot listen on {}", listen);
     return 1;
   }
@@ -127,11 +200,12 @@ int main(int argc, char** argv) {
   controller.Start();
   std::thread watchdog([&] {
     while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    server.stop();
+    server->stop();
   });
-  spdlog::info("controller {} serving on {}, etcd {}, prefix {}", opts.identity, listen, etcd,
+  spdlog::info("controller {} serving on {}://{} ({}), etcd {}, prefix {}", opts.identity,
+               no_tls ? "http" : "https", listen, no_auth ? "no auth" : "bearer tokens", etcd,
                opts.keys.prefix);
-  server.listen_after_bind();
+  server->listen_after_bind();
   g_stop = true;
   watchdog.join();
   controller.Stop();
