@@ -220,11 +220,11 @@ std::string_view AuthDecision::CodeName() const {
     case Verdict::kAllowed:
       return "";
     case Verdict::kForbidden:
-      return "Forbidden";
+      return "permission_denied";
     case Verdict::kUnauthenticated:
       break;
   }
-  return "Unauthenticated";
+  return "unauthenticated";
 }
 
 Authenticator::Authenticator(TokenSet tokens) : Authenticator(std::move(tokens), "", nullptr, {}) {}

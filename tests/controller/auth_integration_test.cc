@@ -332,12 +332,12 @@ TEST_F(SecureControllerTest, PlainHttpIsNotServed) {
 TEST_F(SecureControllerTest, NoTokenIsUnauthenticated) {
   auto c = Https();
   auto r = c.Get("/v1/workloads");
-  ExpectApiError(r, 401, "Unauthenticated");
+  ExpectApiError(r, 401, "unauthenticated");
   if (r) {
     EXPECT_EQ(r->get_header_value("WWW-Authenticate"), "Bearer realm=\"kmosix\"");
   }
-  ExpectApiError(Https("not-a-known-token-0123456789").Get("/v1/nodes"), 401, "Unauthenticated");
-  ExpectApiError(c.Post("/v1/workloads", Spec("anon"), "application/json"), 401, "Unauthenticated");
+  ExpectApiError(Https("not-a-known-token-0123456789").Get("/v1/nodes"), 401, "unauthenticated");
+  ExpectApiError(c.Post("/v1/workloads", Spec("anon"), "application/json"), 401, "unauthenticated");
   EXPECT_FALSE(EtcdKey(std::string(kPrefix) + "workloads/anon").has_value());
 }
 
@@ -350,10 +350,10 @@ TEST_F(SecureControllerTest, ReadOnlyTokenMayReadButNotWrite) {
     EXPECT_EQ(r->status, 200) << path << ": " << r->body;
   }
   ExpectApiError(viewer.Post("/v1/workloads", Spec("denied"), "application/json"), 403,
-                 "Forbidden");
-  ExpectApiError(viewer.Delete("/v1/workloads/denied"), 403, "Forbidden");
+                 "permission_denied");
+  ExpectApiError(viewer.Delete("/v1/workloads/denied"), 403, "permission_denied");
   ExpectApiError(viewer.Post("/v1/migrations", "{\"workload\":\"denied\"}", "application/json"),
-                 403, "Forbidden");
+                 403, "permission_denied");
   // Nothing was written.
   EXPECT_FALSE(EtcdKey(std::string(kPrefix) + "workloads/denied").has_value());
   auto g = Https(kAdminToken).Get("/v1/workloads/denied");

@@ -147,7 +147,7 @@ TEST(Authenticator, ReadOnlyMayReadButNotWrite) {
   AuthDecision w = auth.Authenticate(std::string("Bearer ") + kViewerToken, true);
   EXPECT_EQ(w.verdict, Verdict::kForbidden);
   EXPECT_EQ(w.HttpStatus(), 403);
-  EXPECT_EQ(w.CodeName(), "Forbidden");
+  EXPECT_EQ(w.CodeName(), "permission_denied");
   EXPECT_EQ(w.name, "dashboard");
   EXPECT_NE(w.message.find("read-only"), std::string::npos) << w.message;
   EXPECT_EQ(w.message.find(kViewerToken), std::string::npos);
@@ -165,7 +165,7 @@ TEST(Authenticator, MissingMalformedOrUnknownTokensAreUnauthenticated) {
       AuthDecision d = auth.Authenticate(h, write);
       EXPECT_EQ(d.verdict, Verdict::kUnauthenticated) << "header '" << h << "'";
       EXPECT_EQ(d.HttpStatus(), 401);
-      EXPECT_EQ(d.CodeName(), "Unauthenticated");
+      EXPECT_EQ(d.CodeName(), "unauthenticated");
       EXPECT_TRUE(d.name.empty());
       EXPECT_FALSE(d.message.empty());
       EXPECT_EQ(d.message.find(admin), std::string::npos);
@@ -361,12 +361,12 @@ TEST_F(AuthServerTest, ProbesAreOpen) {
 
 TEST_F(AuthServerTest, NoTokenOrAnUnknownOneIs401AndChangesNothing) {
   auto anon = Client();
-  ExpectError(anon.Get("/v1/things"), 401, "Unauthenticated");
-  ExpectError(anon.Post("/v1/things", "{\"x\":1}", "application/json"), 401, "Unauthenticated");
+  ExpectError(anon.Get("/v1/things"), 401, "unauthenticated");
+  ExpectError(anon.Post("/v1/things", "{\"x\":1}", "application/json"), 401, "unauthenticated");
   auto stranger = Client("0123456789abcdef0123");
-  ExpectError(stranger.Get("/v1/things"), 401, "Unauthenticated");
-  ExpectError(stranger.Delete("/v1/things"), 401, "Unauthenticated");
-  ExpectError(anon.Get("/v1/no-such-route"), 401, "Unauthenticated");
+  ExpectError(stranger.Get("/v1/things"), 401, "unauthenticated");
+  ExpectError(stranger.Delete("/v1/things"), 401, "unauthenticated");
+  ExpectError(anon.Get("/v1/no-such-route"), 401, "unauthenticated");
   EXPECT_EQ(count_.load(), 0);
 }
 
@@ -378,9 +378,9 @@ TEST_F(AuthServerTest, ReadOnlyTokenMayGetButNotWrite) {
   auto h = viewer.Head("/v1/things");
   ASSERT_TRUE(h);
   EXPECT_EQ(h->status, 200);
-  ExpectError(viewer.Post("/v1/things", "{\"x\":1}", "application/json"), 403, "Forbidden");
-  ExpectError(viewer.Delete("/v1/things"), 403, "Forbidden");
-  ExpectError(viewer.Put("/v1/things", "{}", "application/json"), 403, "Forbidden");
+  ExpectError(viewer.Post("/v1/things", "{\"x\":1}", "application/json"), 403, "permission_denied");
+  ExpectError(viewer.Delete("/v1/things"), 403, "permission_denied");
+  ExpectError(viewer.Put("/v1/things", "{}", "application/json"), 403, "permission_denied");
   EXPECT_EQ(count_.load(), 0);
   EXPECT_TRUE(last_body_.empty());
 }
@@ -407,7 +407,7 @@ TEST_F(AuthServerTest, ADeniedRequestClosesTheConnectionSoItsUnreadBodyIsNeverPa
   std::string body = "GET /v1/things HTTP/1.1\r\nHost: x\r\n\r\n";
   body += std::string(100'000, 'x');
   auto denied = c.Post("/v1/things", body, "text/plain");
-  ExpectError(denied, 403, "Forbidden");
+  ExpectError(denied, 403, "permission_denied");
   if (denied) {
     EXPECT_EQ(denied->get_header_value("Connection"), "close");
   }
