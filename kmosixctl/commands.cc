@@ -304,6 +304,7 @@ int CmdLogs(CommandContext& c, const std::string& name, const LogsOptions& o) {
     warned = false;
     const std::string add = NewLogBytes(shown, *next);
     if (!add.empty()) c.out << add << std::flush;
+    if (!c.out) return kExitOk;  // stdout closed (| head)
     shown = std::move(*next);
   }
   return kExitOk;
@@ -475,6 +476,10 @@ int CmdEvents(CommandContext& c, const EventsOptions& o) {
               }
             }
             c.out << std::flush;
+            if (!c.out) {  // stdout closed (| head): stop
+              done = true;
+              return false;
+            }
             if (!e.id.empty()) last_id = e.id;
             if (o.limit > 0 && ++printed >= o.limit) {
               done = true;

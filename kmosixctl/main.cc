@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -76,6 +77,9 @@ bool LoadConfigFile(const ConfigFileLocation& where, std::optional<FileConfig>* 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A TLS peer that closed first (an early 401/403) makes the close_notify
+  // write fail with EPIPE; a closed stdout (| head) is noticed by the writers.
+  ::signal(SIGPIPE, SIG_IGN);
   CLI::App app{
       "kmosixctl: the command line of kmosix, the cluster that live-migrates running containers\n"
       "(openMosix for containers). Talks to the controller's REST API."};

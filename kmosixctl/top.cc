@@ -501,14 +501,16 @@ int RunTop(ApiClient& client, TopScreen& screen, Clock& clock, const TopOptions&
 
 namespace {
 
-void WriteAll(const std::string& s) {
+// False when stdout is gone (a closed pipe).
+bool WriteAll(const std::string& s) {
   size_t off = 0;
   while (off < s.size()) {
     ssize_t n = ::write(STDOUT_FILENO, s.data() + off, s.size() - off);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // stdout gone: nothing to do
+    if (n <= 0) return false;
     off += static_cast<size_t>(n);
   }
+  return true;
 }
 
 class TerminalScreen final : public TopScreen {
@@ -566,7 +568,7 @@ class TerminalScreen final : public TopScreen {
 
   void Draw(const std::string& frame) override {
     if (!interactive_) {
-      WriteAll(frame + "\n");
+      if (!WriteAll(frame + "\n")) closed_ = true;
       return;
     }
     // Home, each line cleared to its end, then the rest of the screen.
@@ -580,10 +582,11 @@ class TerminalScreen final : public TopScreen {
       start = nl + 1;
     }
     out += "\x1b[J";
-    WriteAll(out);
+    if (!WriteAll(out)) closed_ = true;
   }
 
   Wake Wait(std::chrono::milliseconds timeout) override {
+    if (closed_) return Wake::kQuit;  // nobody reads the frames any more
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -636,6 +639,7 @@ class TerminalScreen final : public TopScreen {
   bool color_ = false;
   bool began_ = false;
   bool raw_ = false;
+  bool closed_ = false;
   struct termios saved_ {};
   sigset_t old_mask_{};
   int sigfd_ = -1;

@@ -368,6 +368,20 @@ TEST(CommandsTest, EventsJsonPrintsEachEventsDataAndStopsAtTheLimit) {
             "{\"id\":1,\"type\":\"node.ready\"}\n{\"id\":2,\"type\":\"node.cordoned\"}\n");
 }
 
+TEST(CommandsTest, EventsStopWhenStdoutIsGone) {
+  Harness h;
+  h.http.On("GET", "/v1/events",
+            {.status = 200,
+             .body = "",
+             .content_type = "text/event-stream",
+             .chunks = {"data: {\"id\":1}\n\n", "data: {\"id\":2}\n\n"}});
+  h.out.setstate(std::ios::badbit);  // as after EPIPE on a closed pipe
+  EventsOptions o;
+  o.max_reconnects = 5;
+  EXPECT_EQ(CmdEvents(h.ctx, o), kExitOk);
+  EXPECT_EQ(h.http.Calls().size(), 1u);
+}
+
 TEST(CommandsTest, EventsThatNeverConnectFailWithTheExitCode) {
   Harness h;
   h.http.Fail("https://c1:7800", TransportFailure::kConnect, "could not connect");
