@@ -1,5 +1,5 @@
 // Parsers of the controller API's request bodies (pure; fuzzed in
-// tests/controller/request_fuzz.cc). Every parser rejects malformed JSON,
+// tests/controller/requests_fuzz.cc). Every parser rejects malformed JSON,
 // unknown fields and wrong types with kInvalid and a message naming the field.
 // Thread-safety: stateless functions.
 #pragma once
