@@ -84,7 +84,6 @@ int main(int argc, char** argv) {
       "kmosixctl: the command line of kmosix, the cluster that live-migrates running containers\n"
       "(openMosix for containers). Talks to the controller's REST API."};
   app.name("kmosixctl");
-  app.footer(kFooter);
   app.require_subcommand(1, 1);
   app.fallthrough();
   app.set_version_flag("--version", std::string("kmosixctl 0.1.0"));
@@ -232,6 +231,18 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   top->add_flag("--no-events", top_no_events, "do not follow the event stream");
   top->footer("Keys: q quits, space refreshes. Bars: capacity-normalised load, 1.0 = full node.");
+
+  // Every command's help says where the connection options are (set before
+  // the main footer, which subcommands would otherwise inherit whole).
+  for (CLI::App* sub : app.get_subcommands({})) {
+    std::string footer = sub->get_footer();
+    if (!footer.empty()) footer += "\n\n";
+    sub->footer(footer +
+                "Global options, before or after the command: -s/--server URL[,URL...], --token,\n"
+                "--ca-file, --insecure-skip-tls-verify, --config, -o table|json, --timeout S.\n"
+                "Environment, config file and exit codes: kmosixctl --help.");
+  }
+  app.footer(kFooter);
 
   try {
     app.parse(argc, argv);
