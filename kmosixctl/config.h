@@ -16,8 +16,8 @@
 // Everything here is pure: the caller reads the environment and the file and
 // passes them in (see main.cc). Thread-safety: value types and stateless
 // functions. Errors: kInvalid with a message naming the source and the field
-// (exit code 2, usage), kNotFound for a named config file that is missing
-// (reported by the caller when it cannot read it).
+// (main.cc exits 2, usage); a named config file that cannot be read is
+// reported by the caller, which reads it.
 #pragma once
 
 #include <map>
