@@ -68,6 +68,7 @@ using kmosix::e2e::CheckGoneEverywhere;
 using kmosix::e2e::Cluster;
 using kmosix::e2e::ClusterOptions;
 using kmosix::e2e::DemoWorkloadSpec;
+using kmosix::e2e::Endpoint;
 using kmosix::e2e::GetItems;
 using kmosix::e2e::GetObject;
 using kmosix::e2e::HttpDelete;
@@ -392,13 +393,14 @@ class Bench {
  public:
   Bench(Cluster& c, const Args& args) : c_(c), args_(args) {}
 
-  // A controller to talk to: the leader if there is one, else any that answers.
-  std::string Api() const {
-    if (const auto* l = c_.Leader()) return l->url;
+  // A controller to talk to (URL, CA, admin token): the leader if there is
+  // one, else any that answers.
+  Endpoint Api() const {
+    if (const auto* l = c_.Leader()) return *l;
     for (const auto& ctl : c_.Controllers()) {
-      if (HttpGet(ctl.url, "/healthz", seconds(2)).status == 200) return ctl.url;
+      if (HttpGet(ctl, "/healthz", seconds(2)).status == 200) return ctl;
     }
-    return c_.controller(1).url;
+    return c_.controller(1);
   }
 
   // One leader and every node Ready.
@@ -410,7 +412,7 @@ class Bench {
           const auto* l = c_.Leader(&why);
           if (l == nullptr) return {false, why};
           std::string err;
-          auto items = GetItems(l->url, "/v1/nodes", &err);
+          auto items = GetItems(*l, "/v1/nodes", &err);
           if (!items) return {false, err};
           int ready = 0;
           for (const auto& n : *items) ready += n.value("ready", false) ? 1 : 0;
@@ -422,7 +424,7 @@ class Bench {
 
   std::string Create(const std::vector<std::string>& names, const std::vector<std::string>& demo,
                      const std::string& node) {
-    const std::string api = Api();
+    const Endpoint api = Api();
     for (const auto& name : names) {
       auto r = HttpPost(api, "/v1/workloads", DemoWorkloadSpec(name, demo, node));
       if (r.status != 201) return "POST /v1/workloads " + name + ": " + r.Describe();
@@ -451,7 +453,7 @@ class Bench {
   }
 
   std::string DeleteAll(const std::vector<std::string>& names) {
-    const std::string api = Api();
+    const Endpoint api = Api();
     for (const auto& name : names) {
       auto r = HttpDelete(api, "/v1/workloads/" + name);
       if (r.status != 200 && r.status != 404) {
@@ -670,7 +672,7 @@ class Bench {
         "the hot spot on node1 to be relieved and the cluster to settle", kSettleTimeout,
         [&]() -> Observation {
           std::string e;
-          const std::string api = Api();
+          const Endpoint api = Api();
           if (visible_ms < 0) {
             if (auto nodes = GetItems(api, "/v1/nodes", &e)) {
               for (const auto& n : *nodes) {

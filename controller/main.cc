@@ -170,7 +170,8 @@ int main(int argc, char** argv) {
     }
     server = std::move(tls);
   } else {
-    spdlog::warn("--no-tls: the API (and its bearer tokens) travel in plain HTTP");
+    spdlog::warn("--no-tls: the API{} travels in plain HTTP",
+                 no_auth ? "" : " (bearer tokens too)");
     server = std::make_unique<httplib::Server>();
   }
 

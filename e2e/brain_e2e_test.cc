@@ -6,7 +6,8 @@
 // controllers' REST API, the way a scheduler would.
 //
 //   BadInput     every endpoint: malformed JSON, unknown fields, unknown
-//                names, missing fields -> 4xx JSON {"code","message"}, nothing
+//                names, missing fields -> 4xx JSON {"code","message"}; writes
+//                without a token (401) or with the read-only one (403); nothing
 //                changed
 //   (a) HotSpot  four CPU-bound demos on node1 are spread (no node holds more
 //                than two), each keeps its counter across its migration, and
@@ -208,14 +209,14 @@ class BrainE2E : public ::testing::Test {
     }
   }
 
-  // A controller URL to talk to: the leader if there is one, else the first
-  // one that answers.
-  std::string Api() const {
-    if (const ControllerProc* l = c_->Leader()) return l->url;
+  // A controller to talk to (URL, CA, admin token): the leader if there is
+  // one, else the first one that answers.
+  Endpoint Api() const {
+    if (const ControllerProc* l = c_->Leader()) return *l;
     for (const auto& ctl : c_->Controllers()) {
-      if (HttpGet(ctl.url, "/healthz", seconds(2)).status == 200) return ctl.url;
+      if (HttpGet(ctl, "/healthz", seconds(2)).status == 200) return ctl;
     }
-    return c_->controller(1).url;
+    return c_->controller(1);
   }
 
   const ControllerProc* AwaitLeader(milliseconds timeout) {
@@ -299,7 +300,7 @@ class BrainE2E : public ::testing::Test {
   }
 
   // Waits until the migration is in a final phase; returns its record.
-  json AwaitMigrationEnd(const std::string& base, const std::string& id, milliseconds timeout) {
+  json AwaitMigrationEnd(const Endpoint& base, const std::string& id, milliseconds timeout) {
     json last;
     auto w = WaitFor(
         "migration " + id + " to end", timeout,
@@ -474,19 +475,44 @@ TEST_F(BrainE2E, BadInputOnEveryEndpointIsRejectedAndChangesNothing) {
     for (const Case& tc : cases) {
       HttpReply r;
       if (tc.method == "POST") {
-        r = HttpPostText(ctl.url, tc.path, tc.body);
+        r = HttpPostText(ctl, tc.path, tc.body);
       } else if (tc.method == "GET") {
-        r = HttpGet(ctl.url, tc.path);
+        r = HttpGet(ctl, tc.path);
       } else if (tc.method == "DELETE") {
-        r = HttpDelete(ctl.url, tc.path);
+        r = HttpDelete(ctl, tc.path);
       } else {
-        r = HttpPut(ctl.url, tc.path, tc.body);
+        r = HttpPut(ctl, tc.path, tc.body);
       }
       const std::string where = ctl.name + ": " + tc.method + " " + tc.path + " (" + tc.what + ")";
       EXPECT_EQ(CheckApiError(r), "") << where;
       if (tc.status != 0) {
         EXPECT_EQ(r.status, tc.status) << where << ": " << r.Describe();
       }
+    }
+  }
+
+  // The secure cluster: writes without a token (401) or with the read-only one
+  // (403) are refused too; the read-only token reads.
+  if (c_->Secure()) {
+    for (const auto& ctl : c_->Controllers()) {
+      const Endpoint anon(ctl.url, ctl.ca_file, "");
+      const Endpoint viewer = c_->ReadOnly(ctl);
+      const std::vector<std::pair<std::string, HttpReply>> denied = {
+          {"anonymous GET /v1/workloads", HttpGet(anon, "/v1/workloads")},
+          {"anonymous POST /v1/workloads",
+           HttpPost(anon, "/v1/workloads", DemoWorkloadSpec("bad8", kLight, "node2"))},
+          {"read-only POST /v1/workloads",
+           HttpPost(viewer, "/v1/workloads", DemoWorkloadSpec("bad8", kLight, "node2"))},
+          {"read-only DELETE /v1/workloads/probe", HttpDelete(viewer, "/v1/workloads/probe")},
+          {"read-only POST /v1/migrations",
+           HttpPost(viewer, "/v1/migrations", {{"workload", "probe"}, {"target", "node2"}})},
+      };
+      for (const auto& [what, r] : denied) {
+        EXPECT_EQ(CheckApiError(r), "") << ctl.name << ": " << what;
+        const int want = what.rfind("anonymous", 0) == 0 ? 401 : 403;
+        EXPECT_EQ(r.status, want) << ctl.name << ": " << what << ": " << r.Describe();
+      }
+      EXPECT_EQ(HttpGet(viewer, "/v1/workloads/probe").status, 200) << ctl.name;
     }
   }
 
@@ -506,7 +532,8 @@ TEST_F(BrainE2E, BadInputOnEveryEndpointIsRejectedAndChangesNothing) {
   EXPECT_EQ((*probe_after)["spec"], (*probe_before)["spec"]);
   EXPECT_EQ(CheckRunsExactlyOn(*c_, "probe", c_->node(1)), "");
   // The names the bad requests used were never created anywhere.
-  for (const char* name : {"bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "nope"}) {
+  for (const char* name :
+       {"bad1", "bad2", "bad3", "bad4", "bad5", "bad6", "bad7", "bad8", "nope"}) {
     EXPECT_EQ(HttpGet(Api(), std::string("/v1/workloads/") + name).status, 404) << name;
   }
 }
@@ -690,7 +717,7 @@ TEST_F(BrainE2E, ControllerKilledMidMigrationTheOtherTakesOver) {
   ASSERT_NE(other, nullptr);
   const uint64_t pre = LastTick("big");
 
-  auto r = HttpPost(leader->url, "/v1/migrations", {{"workload", "big"}, {"target", "node3"}});
+  auto r = HttpPost(*leader, "/v1/migrations", {{"workload", "big"}, {"target", "node3"}});
   ASSERT_EQ(r.status, 201) << r.Describe();
   const std::string id = Str(r.Json(), "id");
   ASSERT_FALSE(id.empty()) << r.body;
@@ -705,7 +732,7 @@ TEST_F(BrainE2E, ControllerKilledMidMigrationTheOtherTakesOver) {
   auto in_flight = WaitFor(
       "migration " + id + " to be in Checkpointing..Committing", milliseconds(60'000),
       [&]() -> Observation {
-        auto m = HttpGet(leader->url, "/v1/migrations/" + id, seconds(2));
+        auto m = HttpGet(*leader, "/v1/migrations/" + id, seconds(2));
         std::string phase = Str(m.Json(), "phase");
         phase_at_kill = phase;
         return {kill_phases.contains(phase), "phase=" + phase};
@@ -721,7 +748,7 @@ TEST_F(BrainE2E, ControllerKilledMidMigrationTheOtherTakesOver) {
   auto takeover = WaitFor(
       other->name + " to lead", milliseconds((kLeaseTtlSeconds + 30) * 1000),
       [&]() -> Observation {
-        auto l = HttpGet(other->url, "/v1/leader", seconds(2));
+        auto l = HttpGet(*other, "/v1/leader", seconds(2));
         json j = l.Json();
         return {j.is_object() && j.value("isLeader", false), l.Describe()};
       },
@@ -731,7 +758,7 @@ TEST_F(BrainE2E, ControllerKilledMidMigrationTheOtherTakesOver) {
       "[ brain ] %s leads %.1f s after the kill\n", other->name.c_str(),
       std::chrono::duration_cast<milliseconds>(SteadyClock::now() - killed_at).count() / 1000.0);
 
-  json m = AwaitMigrationEnd(other->url, id, kMigrationTimeout);
+  json m = AwaitMigrationEnd(*other, id, kMigrationTimeout);
   const std::string phase = Str(m, "phase");
   ASSERT_TRUE(phase == "Succeeded" || phase == "RolledBack") << m.dump();
   std::printf("[ brain ] migration %s ended %s%s%s\n", id.c_str(), phase.c_str(),
@@ -863,7 +890,7 @@ TEST_F(BrainE2E, EtcdRestartedAgentsAndControllersCarryOn) {
     auto ready = WaitFor(
         ctl.name + " /readyz", milliseconds(60'000),
         [&]() -> Observation {
-          auto r = HttpGet(ctl.url, "/readyz", seconds(2));
+          auto r = HttpGet(ctl, "/readyz", seconds(2));
           return {r.status == 200, r.Describe()};
         },
         milliseconds(500));

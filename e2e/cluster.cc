@@ -54,13 +54,45 @@ std::string Excerpt(const std::string& s, size_t max = 600) {
 
 std::string ClusterScript() { return ShellQuote(Cluster::RepoDir() + "/scripts/cluster"); }
 
-httplib::Client MakeClient(const std::string& base, std::chrono::seconds timeout) {
-  httplib::Client cli(base);
+httplib::Client MakeClient(const Endpoint& base, std::chrono::seconds timeout) {
+  // An https client writes its TLS close_notify after the answer; a server
+  // that already closed (it answered 401/403/413 without reading the body)
+  // makes that write fail with EPIPE, which must not kill the process.
+  ::signal(SIGPIPE, SIG_IGN);
+  httplib::Client cli(base.url);
   cli.set_connection_timeout(std::min<time_t>(timeout.count(), 5), 0);
   cli.set_read_timeout(timeout.count(), 0);
   cli.set_write_timeout(timeout.count(), 0);
   cli.set_keep_alive(false);
+  if (!base.ca_file.empty()) cli.set_ca_cert_path(base.ca_file.c_str());
+  cli.enable_server_certificate_verification(true);
+  if (!base.token.empty()) cli.set_bearer_token_auth(base.token.c_str());
   return cli;
+}
+
+// The value of a line "[export ]NAME=VALUE" as a shell reads it: plain
+// characters, '...' quoted parts and backslash escapes (what scripts/cluster
+// env prints).
+std::string ShellUnquote(const std::string& v) {
+  std::string out;
+  bool quoted = false;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const char c = v[i];
+    if (quoted) {
+      if (c == '\'') {
+        quoted = false;
+      } else {
+        out += c;
+      }
+    } else if (c == '\'') {
+      quoted = true;
+    } else if (c == '\\' && i + 1 < v.size()) {
+      out += v[++i];
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 HttpReply FromResult(const httplib::Result& res) {
@@ -162,30 +194,29 @@ std::string HttpReply::Describe() const {
   return "HTTP " + std::to_string(status) + " " + Excerpt(Trim(body));
 }
 
-HttpReply HttpGet(const std::string& base, const std::string& path, std::chrono::seconds timeout) {
+HttpReply HttpGet(const Endpoint& base, const std::string& path, std::chrono::seconds timeout) {
   auto cli = MakeClient(base, timeout);
   return FromResult(cli.Get(path));
 }
 
-HttpReply HttpDelete(const std::string& base, const std::string& path,
-                     std::chrono::seconds timeout) {
+HttpReply HttpDelete(const Endpoint& base, const std::string& path, std::chrono::seconds timeout) {
   auto cli = MakeClient(base, timeout);
   return FromResult(cli.Delete(path));
 }
 
-HttpReply HttpPost(const std::string& base, const std::string& path, const json& body,
+HttpReply HttpPost(const Endpoint& base, const std::string& path, const json& body,
                    std::chrono::seconds timeout) {
   auto cli = MakeClient(base, timeout);
   return FromResult(cli.Post(path, body.dump(), "application/json"));
 }
 
-HttpReply HttpPut(const std::string& base, const std::string& path, const std::string& body,
+HttpReply HttpPut(const Endpoint& base, const std::string& path, const std::string& body,
                   std::chrono::seconds timeout) {
   auto cli = MakeClient(base, timeout);
   return FromResult(cli.Put(path, body, "application/json"));
 }
 
-HttpReply HttpPostText(const std::string& base, const std::string& path, const std::string& body,
+HttpReply HttpPostText(const Endpoint& base, const std::string& path, const std::string& body,
                        const std::string& content_type, std::chrono::seconds timeout) {
   auto cli = MakeClient(base, timeout);
   return FromResult(cli.Post(path, body, content_type));
@@ -401,6 +432,7 @@ std::string Cluster::Up() {
     } else {
       cmd += " --controllers " + std::to_string(options_.controllers);
       for (const auto& a : options_.controller_args) cmd += " --controller-arg " + ShellQuote(a);
+      if (options_.insecure) cmd += " --insecure";
     }
     brought_up_ = true;  // whatever happens now, Down() cleans up
     auto up = RunCommand(cmd);
@@ -476,7 +508,42 @@ std::string Cluster::ReadLayout() {
   } catch (const json::exception& e) {
     return std::string("unexpected scripts/cluster status --json: ") + e.what() + ": " + st.output;
   }
+  // The controllers' CA and tokens (empty when they run --insecure).
+  ca_file_.clear();
+  admin_token_.clear();
+  readonly_token_.clear();
+  if (!controllers_.empty()) {
+    auto env = RunCommand(ClusterScript() + " env 2>/dev/null");
+    if (env.exit_code != 0) {
+      return "scripts/cluster env (exit " + std::to_string(env.exit_code) + ") said: " + env.output;
+    }
+    std::istringstream in(env.output);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("export ", 0) == 0) line = line.substr(7);
+      auto eq = line.find('=');
+      if (eq == std::string::npos) continue;
+      const std::string key = line.substr(0, eq), value = ShellUnquote(line.substr(eq + 1));
+      if (key == "KMOSIX_CA_FILE") ca_file_ = value;
+      if (key == "KMOSIX_TOKEN") admin_token_ = value;
+      if (key == "KMOSIX_READONLY_TOKEN") readonly_token_ = value;
+    }
+    const bool https = controllers_.front().url.rfind("https://", 0) == 0;
+    if (https && (ca_file_.empty() || admin_token_.empty() || readonly_token_.empty())) {
+      return "the controllers serve https but scripts/cluster env gave no CA file or tokens:\n" +
+             env.output;
+    }
+    for (auto& c : controllers_) {
+      c.ca_file = ca_file_;
+      c.token = admin_token_;
+    }
+  }
   return "";
+}
+
+std::map<std::string, std::string> Cluster::CtlEnv() const {
+  std::string servers;
+  for (const auto& c : controllers_) servers += (servers.empty() ? "" : ",") + c.url;
+  return {{"KMOSIX_SERVER", servers}, {"KMOSIX_TOKEN", admin_token_}, {"KMOSIX_CA_FILE", ca_file_}};
 }
 
 std::string Cluster::Down() {
@@ -536,7 +603,7 @@ const ControllerProc* Cluster::Leader(std::string* why) const {
   int leaders = 0;
   std::string seen;
   for (const auto& c : controllers_) {
-    auto r = HttpGet(c.url, "/v1/leader", std::chrono::seconds(3));
+    auto r = HttpGet(c, "/v1/leader", std::chrono::seconds(3));
     json j = r.Json();
     bool leads = r.status == 200 && j.is_object() && j.contains("isLeader") &&
                  j["isLeader"].is_boolean() && j["isLeader"].get<bool>();
@@ -598,21 +665,21 @@ std::optional<DemoLog> FetchLog(const Node& n, const std::string& name, std::str
   return ParseDemoLog(r.body);
 }
 
-std::optional<DemoLog> FetchLogFrom(const std::string& base, const std::string& name,
+std::optional<DemoLog> FetchLogFrom(const Endpoint& base, const std::string& name,
                                     std::string* error) {
   auto r = HttpGet(base, "/v1/workloads/" + name + "/logs", std::chrono::seconds(20));
   if (r.status != 200) {
     if (error != nullptr)
-      *error = "GET " + base + "/v1/workloads/" + name + "/logs: " + r.Describe();
+      *error = "GET " + base.url + "/v1/workloads/" + name + "/logs: " + r.Describe();
     return std::nullopt;
   }
   return ParseDemoLog(r.body);
 }
 
-WaitResult WaitForTickAt(const std::string& base, const std::string& name, uint64_t tick,
+WaitResult WaitForTickAt(const Endpoint& base, const std::string& name, uint64_t tick,
                          Millis timeout) {
   return WaitFor(
-      name + " (logs through " + base + ") to reach tick " + std::to_string(tick), timeout,
+      name + " (logs through " + base.url + ") to reach tick " + std::to_string(tick), timeout,
       [&]() -> Observation {
         std::string err;
         auto log = FetchLogFrom(base, name, &err);
@@ -705,22 +772,22 @@ json DemoWorkloadSpec(const std::string& name, const std::vector<std::string>& e
   return body;
 }
 
-std::optional<json> GetObject(const std::string& base, const std::string& path,
-                              std::string* error) {
+std::optional<json> GetObject(const Endpoint& base, const std::string& path, std::string* error) {
   auto r = HttpGet(base, path, std::chrono::seconds(10));
   json j = r.Json();
   if (r.status != 200 || !j.is_object()) {
-    if (error != nullptr) *error = "GET " + base + path + ": " + r.Describe();
+    if (error != nullptr) *error = "GET " + base.url + path + ": " + r.Describe();
     return std::nullopt;
   }
   return j;
 }
 
-std::optional<json> GetItems(const std::string& base, const std::string& path, std::string* error) {
+std::optional<json> GetItems(const Endpoint& base, const std::string& path, std::string* error) {
   auto j = GetObject(base, path, error);
   if (!j) return std::nullopt;
   if (!j->contains("items") || !(*j)["items"].is_array()) {
-    if (error != nullptr) *error = "GET " + base + path + ": no items array: " + Excerpt(j->dump());
+    if (error != nullptr)
+      *error = "GET " + base.url + path + ": no items array: " + Excerpt(j->dump());
     return std::nullopt;
   }
   return (*j)["items"];

@@ -17,6 +17,13 @@
 // Each may be overridden at run time by the environment variable of the same
 // name.
 //
+// The controllers are secure unless ClusterOptions::insecure: HTTPS with a
+// certificate of the cluster's own CA and bearer tokens. The harness reads the
+// CA and the tokens from `scripts/cluster env`; a ControllerProc is an
+// Endpoint carrying the CA and the admin token, so every request made with it
+// is authenticated (ReadOnlyToken() for read-only checks, CtlEnv() for a
+// kmosixctl run).
+//
 // Thread-safety: Cluster is used from one thread; the free functions are
 // thread-safe.
 #pragma once
@@ -24,6 +31,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -44,6 +52,21 @@ std::string ShellQuote(const std::string& s);
 
 // --- HTTP --------------------------------------------------------------------
 
+// Where a request goes: a base URL ("http://host:port" or "https://host:port")
+// and, for a secure controller, the CA its certificate is checked against and
+// the bearer token sent. A plain URL string converts to one without either.
+struct Endpoint {
+  std::string url;
+  std::string ca_file;  // PEM CA bundle for https ("" : the system's CAs)
+  std::string token;    // "Authorization: Bearer <token>" ("" : no header)
+
+  Endpoint() = default;
+  Endpoint(std::string u) : url(std::move(u)) {}  // NOLINT: implicit by design
+  Endpoint(const char* u) : url(u) {}             // NOLINT: implicit by design
+  Endpoint(std::string u, std::string ca, std::string tok)
+      : url(std::move(u)), ca_file(std::move(ca)), token(std::move(tok)) {}
+};
+
 struct HttpReply {
   int status = 0;  // 0: no answer (see error)
   std::string body;
@@ -54,17 +77,18 @@ struct HttpReply {
   std::string Describe() const;
 };
 
-// base: "http://host:port"; path: "/v1/...". timeout bounds connect and read.
-HttpReply HttpGet(const std::string& base, const std::string& path,
+// base: where to (a URL or an Endpoint); path: "/v1/...". timeout bounds
+// connect and read.
+HttpReply HttpGet(const Endpoint& base, const std::string& path,
                   std::chrono::seconds timeout = std::chrono::seconds(10));
-HttpReply HttpDelete(const std::string& base, const std::string& path,
+HttpReply HttpDelete(const Endpoint& base, const std::string& path,
                      std::chrono::seconds timeout = std::chrono::seconds(30));
-HttpReply HttpPost(const std::string& base, const std::string& path, const nlohmann::json& body,
+HttpReply HttpPost(const Endpoint& base, const std::string& path, const nlohmann::json& body,
                    std::chrono::seconds timeout = std::chrono::seconds(30));
-HttpReply HttpPut(const std::string& base, const std::string& path, const std::string& body = "",
+HttpReply HttpPut(const Endpoint& base, const std::string& path, const std::string& body = "",
                   std::chrono::seconds timeout = std::chrono::seconds(10));
 // POST of a raw body (malformed JSON for bad-input tests).
-HttpReply HttpPostText(const std::string& base, const std::string& path, const std::string& body,
+HttpReply HttpPostText(const Endpoint& base, const std::string& path, const std::string& body,
                        const std::string& content_type = "application/json",
                        std::chrono::seconds timeout = std::chrono::seconds(30));
 
@@ -151,10 +175,11 @@ struct Node {
 };
 
 // One kmosix-controller of the cluster (on the host, at the bridge address).
-struct ControllerProc {
+// As an Endpoint: url "https://10.77.0.1:7800" ("http://..." when insecure),
+// the cluster CA and the admin token.
+struct ControllerProc : Endpoint {
   int index = 0;     // 1-based (scripts/cluster kill-controller J)
   std::string name;  // "controller1" (also its --id)
-  std::string url;   // "http://10.77.0.1:7800"
 };
 
 struct ClusterOptions {
@@ -171,6 +196,8 @@ struct ClusterOptions {
   bool reuse = false;
   // Tear down in Down() (and the destructor) only what Up() brought up.
   bool keep = false;
+  // `up --insecure`: controllers on plain HTTP without tokens.
+  bool insecure = false;
 };
 
 class Cluster {
@@ -202,6 +229,18 @@ class Cluster {
   std::string EtcdUrl() const { return etcd_url_; }
   const std::vector<ControllerProc>& Controllers() const { return controllers_; }
   const ControllerProc& controller(int index) const { return controllers_.at(index - 1); }
+  // The controllers' security, from `scripts/cluster env` (all empty when
+  // they run --insecure): the CA file, the admin and the read-only token.
+  bool Secure() const { return !admin_token_.empty(); }
+  std::string CaFile() const { return ca_file_; }
+  std::string AdminToken() const { return admin_token_; }
+  std::string ReadOnlyToken() const { return readonly_token_; }
+  // `c` with the read-only token instead of the admin one.
+  Endpoint ReadOnly(const ControllerProc& c) const { return {c.url, ca_file_, readonly_token_}; }
+  // The environment for a kmosixctl run against the cluster: KMOSIX_SERVER
+  // (every controller URL, comma-separated), KMOSIX_TOKEN (admin) and
+  // KMOSIX_CA_FILE (the last two empty when insecure).
+  std::map<std::string, std::string> CtlEnv() const;
   // The controller that says it leads (GET /v1/leader on each; exactly one
   // must say so), else nullptr and *why (if given) says what each answered.
   const ControllerProc* Leader(std::string* why = nullptr) const;
@@ -244,6 +283,7 @@ class Cluster {
   std::vector<ControllerProc> controllers_;
   std::string etcd_url_;
   std::string bridge_addr_;
+  std::string ca_file_, admin_token_, readonly_token_;
   std::string data_dir_ = "/var/lib/kmosix-cluster";
 };
 
@@ -274,16 +314,16 @@ nlohmann::json DemoWorkloadSpec(const std::string& name, const std::vector<std::
                                 const std::string& node = "");
 // GET base+path and its "items" array; std::nullopt (and *error set) when the
 // GET fails or the body has no items array.
-std::optional<nlohmann::json> GetItems(const std::string& base, const std::string& path,
+std::optional<nlohmann::json> GetItems(const Endpoint& base, const std::string& path,
                                        std::string* error);
 // GET base+path as a JSON object (200 only); std::nullopt and *error otherwise.
-std::optional<nlohmann::json> GetObject(const std::string& base, const std::string& path,
+std::optional<nlohmann::json> GetObject(const Endpoint& base, const std::string& path,
                                         std::string* error);
 // A workload's logs through any server of GET /v1/workloads/{name}/logs (an
 // agent or a controller, which proxies to the owner).
-std::optional<DemoLog> FetchLogFrom(const std::string& base, const std::string& name,
+std::optional<DemoLog> FetchLogFrom(const Endpoint& base, const std::string& name,
                                     std::string* error);
-WaitResult WaitForTickAt(const std::string& base, const std::string& name, uint64_t tick,
+WaitResult WaitForTickAt(const Endpoint& base, const std::string& name, uint64_t tick,
                          std::chrono::milliseconds timeout);
 // Empty if the reply is an API error as the controller must give it: a 4xx
 // status and a JSON object with string "code" and "message"; else what is wrong.
