@@ -23,6 +23,12 @@
 //                and the workload Running again
 //   (d) EtcdRestarted  agents and controllers carry on: fresh heartbeats,
 //                a new workload runs, a migration through the API succeeds
+//   (e) Cancel   a migration held in Restoring (agent failpoint) is cancelled
+//                through DELETE /v1/migrations/{id}: it rolls back, the
+//                workload keeps running on its source once, counter intact
+//       Drain    pinned and non-migratable workloads stay (with reasons), the
+//                node is cordoned (no arrivals), unpinned it moves off with
+//                its counter; uncordon lets arrivals in again
 //
 // The cluster comes up once for the binary (BrainEnvironment) and is torn
 // down at the end, on failure and on SIGINT/SIGTERM. A machine that cannot
@@ -103,6 +109,8 @@ class BrainEnvironment : public ::testing::Environment {
     // A workload may move again 5 s after it arrived (default 30 s), so the
     // hot spot settles within a test's patience.
     opts.controller_args = {"--min-residency", "5"};
+    // restore.hang holds a migration in Restoring for the cancel test.
+    opts.agent_args = {"--enable-failpoints"};
     opts.node_cpus = 1;
     opts.node_memory_mib = 2048;
     cluster_ = std::make_unique<Cluster>(opts);
@@ -923,6 +931,115 @@ TEST_F(BrainE2E, EtcdRestartedAgentsAndControllersCarryOn) {
   EXPECT_EQ(CheckRunsExactlyOn(*c_, "d-after", NodeNamed(target)), "");
   CheckCounter("d-after", pre);
   CheckCounter("d-before", LastTick("d-before"));
+}
+
+// --- (e) operators: cancel a migration, drain / cordon / pin --------------------------------
+
+TEST_F(BrainE2E, CancelledMigrationRollsBackAndTheWorkloadKeepsCounting) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("cancel-me", {"--mem", "64", "--verify-mib", "8"}, "node1"));
+  const Node& source = NodeNamed("node1");
+  // Hold the source before it asks the target to restore: a window in which
+  // the workload is frozen and its images are on node2, the order Restoring.
+  auto armed = HttpPut(source.url, "/v1/debug/failpoints/restore.hang", "{}");
+  ASSERT_EQ(armed.status, 200) << armed.Describe();
+  struct Disarm {
+    std::string url;
+    ~Disarm() { (void)HttpDelete(url, "/v1/debug/failpoints/restore.hang"); }
+  } disarm{source.url};
+  const uint64_t pre = LastTick("cancel-me");
+
+  auto r = HttpPost(Api(), "/v1/migrations", {{"workload", "cancel-me"}, {"target", "node2"}});
+  ASSERT_EQ(r.status, 201) << r.Describe();
+  const std::string id = Str(r.Json(), "id");
+  auto restoring = WaitFor(
+      "migration " + id + " to be Restoring (held by the failpoint)", milliseconds(60'000),
+      [&]() -> Observation {
+        std::string err;
+        auto m = GetObject(Api(), "/v1/migrations/" + id, &err);
+        if (!m) return {false, err};
+        return {Str(*m, "phase") == "Restoring", "phase=" + Str(*m, "phase")};
+      },
+      milliseconds(100));
+  ASSERT_TRUE(restoring.ok) << restoring.message;
+
+  // A read-only token may not cancel; nothing changes.
+  auto denied = HttpDelete(c_->ReadOnly(c_->controller(1)), "/v1/migrations/" + id);
+  EXPECT_EQ(denied.status, 403) << denied.Describe();
+  auto cancel = HttpDelete(Api(), "/v1/migrations/" + id);
+  ASSERT_EQ(cancel.status, 202) << cancel.Describe();
+  EXPECT_GT(Int(cancel.Json(), "cancelRequestedMs"), 0) << cancel.body;
+  EXPECT_EQ(Str(cancel.Json(), "cancelledBy"), "api") << cancel.body;
+  EXPECT_EQ(HttpDelete(Api(), "/v1/migrations/" + id).status, 202) << "asking twice is fine";
+  (void)HttpDelete(source.url, "/v1/debug/failpoints/restore.hang");
+
+  json m = AwaitMigrationEnd(Api(), id, kMigrationTimeout);
+  EXPECT_EQ(Str(m, "phase"), "RolledBack") << m.dump();
+  EXPECT_NE(Str(m, "error").find("cancel"), std::string::npos) << m.dump();
+  json w = AwaitWorkload("cancel-me", {"Running"}, milliseconds(60'000), "node1");
+  EXPECT_EQ(StatusStr(w, "node"), "node1") << w.dump();
+  EXPECT_EQ(CheckRunsExactlyOn(*c_, "cancel-me", source), "");
+  CheckCounter("cancel-me", pre);
+  // Over: too late to cancel.
+  auto late = HttpDelete(Api(), "/v1/migrations/" + id);
+  EXPECT_EQ(late.status, 409) << late.Describe();
+  EXPECT_EQ(CheckApiError(late), "");
+}
+
+TEST_F(BrainE2E, DrainMovesWhatMayMoveCordonAndPinHoldTheRest) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("drain-a", kLight, "node2"));
+  json fixed = DemoWorkloadSpec("drain-fixed", kLight, "node2");
+  fixed["migratable"] = false;
+  ASSERT_NO_FATAL_FAILURE(Create(fixed));
+  AwaitWorkload("drain-fixed", {"Running"}, kRunningTimeout, "node2");
+  struct Uncordon {
+    Endpoint api;
+    ~Uncordon() { (void)HttpPost(api, "/v1/nodes/node2/uncordon", json::object()); }
+  } uncordon{Api()};
+  const uint64_t pre = LastTick("drain-a");
+
+  // Pinned: drain leaves it, and says why.
+  auto pin = HttpPost(Api(), "/v1/workloads/drain-a/pin", json::object());
+  ASSERT_EQ(pin.status, 200) << pin.Describe();
+  EXPECT_TRUE(pin.Json()["spec"].value("pinned", false)) << pin.body;
+  auto drain = HttpPost(Api(), "/v1/nodes/node2/drain", json::object());
+  ASSERT_EQ(drain.status, 200) << drain.Describe();
+  json report = drain.Json();
+  EXPECT_TRUE(report.value("cordoned", false)) << drain.body;
+  EXPECT_TRUE(report["ordered"].empty()) << drain.body;
+  std::map<std::string, std::string> why;
+  for (const auto& n : report["notMoved"]) why[Str(n, "workload")] = Str(n, "reason");
+  EXPECT_NE(why["drain-a"].find("pinned"), std::string::npos) << drain.body;
+  EXPECT_NE(why["drain-fixed"].find("not migratable"), std::string::npos) << drain.body;
+  std::string err;
+  auto node2 = NodeView("node2", &err);
+  ASSERT_TRUE(node2.has_value()) << err;
+  EXPECT_TRUE(node2->value("cordoned", false)) << node2->dump();
+  // Cordoned: no arrivals, even asked for.
+  auto refused = HttpPost(Api(), "/v1/nodes/node2/drain", {{"includePinned", "yes"}});
+  EXPECT_EQ(refused.status, 400) << refused.Describe();
+
+  // Unpinned, drained again: it moves off node2 with its counter.
+  ASSERT_EQ(HttpPost(Api(), "/v1/workloads/drain-a/unpin", json::object()).status, 200);
+  drain = HttpPost(Api(), "/v1/nodes/node2/drain", json::object());
+  ASSERT_EQ(drain.status, 200) << drain.Describe();
+  report = drain.Json();
+  ASSERT_EQ(report["ordered"].size(), 1u) << drain.body;
+  const std::string id = Str(report["ordered"][0], "migration");
+  const std::string target = Str(report["ordered"][0], "target");
+  EXPECT_TRUE(target == "node1" || target == "node3") << drain.body;
+  json m = AwaitMigrationEnd(Api(), id, kMigrationTimeout);
+  ASSERT_EQ(Str(m, "phase"), "Succeeded") << m.dump();
+  EXPECT_EQ(Str(m, "requestedBy"), "drain") << m.dump();
+  AwaitWorkload("drain-a", {"Running"}, milliseconds(60'000), target);
+  EXPECT_EQ(CheckRunsExactlyOn(*c_, "drain-a", NodeNamed(target)), "");
+  CheckCounter("drain-a", pre);
+  auto back = HttpPost(Api(), "/v1/migrations", {{"workload", "drain-a"}, {"target", "node2"}});
+  EXPECT_EQ(back.status, 409) << "node2 is cordoned: " << back.Describe();
+
+  auto un = HttpPost(Api(), "/v1/nodes/node2/uncordon", json::object());
+  ASSERT_EQ(un.status, 200) << un.Describe();
+  EXPECT_FALSE(un.Json().value("cordoned", true)) << un.body;
+  EXPECT_EQ(StatusStr(*Workload("drain-fixed", &err), "node"), "node2") << "it never moves";
 }
 
 }  // namespace
