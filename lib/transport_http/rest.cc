@@ -26,7 +26,11 @@ void InstallJsonErrorHandlers(httplib::Server& server) {
     Status s = res.status == 404   ? NotFoundError("no route " + req.method + " " + req.path)
                : res.status == 413 ? InvalidError("request body too large")
                : res.status == 405 ? InvalidError("method not allowed")
-                                   : InvalidError("bad request");
+               : (req.method == "POST" || req.method == "PUT") &&
+                       !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")
+                   ? InvalidError("bad request: a " + req.method +
+                                  " needs a body or \"Content-Length: 0\" (curl: -d '' or -d '{}')")
+                   : InvalidError("bad request");
     res.set_content(ErrorJson(s).dump() + "\n", "application/json");
   });
   server.set_exception_handler(
