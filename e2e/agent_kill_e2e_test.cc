@@ -294,13 +294,8 @@ int TargetPhaseRank(const std::string& phase) {
 class AgentKillE2E : public ::testing::Test {
  protected:
   void SetUp() override {
-    SharedClusterState shared = SharedCluster();
-    if (!shared.skip_reason.empty()) {
-      GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: " << shared.skip_reason;
-    }
-    ASSERT_TRUE(shared.up_error.empty()) << "the e2e cluster did not come up:\n" << shared.up_error;
-    ASSERT_NE(shared.cluster, nullptr);
-    c_ = shared.cluster;
+    c_ = ClusterForTest();
+    if (c_ == nullptr) return;
     a_ = &c_->node(1);
     b_ = &c_->node(2);
     // A test that failed earlier left nothing armed; say so if it did.

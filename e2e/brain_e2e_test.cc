@@ -30,7 +30,7 @@
 //                node is cordoned (no arrivals), unpinned it moves off with
 //                its counter; uncordon lets arrivals in again
 //
-// The cluster comes up once for the binary (BrainEnvironment) and is torn
+// The cluster comes up once for the binary (ClusterEnvironment) and is torn
 // down at the end, on failure and on SIGINT/SIGTERM. A machine that cannot
 // run it makes every test skip with the reason (and "KMOSIX-E2E-SKIPPED",
 // which ctest reports as a skip). Deadlines are generous bounds on waits,
@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "cluster.h"
+#include "e2e_environment.h"
 
 namespace kmosix::e2e {
 namespace {
@@ -75,65 +76,6 @@ const std::vector<std::string> kCpuBound = {"--mem", "128",           "--verify-
 // A light demo: ticks every 100 ms, verifies 4 MiB per tick.
 const std::vector<std::string> kLight = {"--mem", "16", "--verify-mib", "4"};
 
-Cluster* g_cluster = nullptr;
-std::string g_skip_reason;  // capability missing: skip
-std::string g_up_error;     // cluster did not come up: fail
-
-bool ClusterTestsSelected() {
-  const auto* unit = ::testing::UnitTest::GetInstance();
-  for (int i = 0; i < unit->total_test_suite_count(); ++i) {
-    const auto* suite = unit->GetTestSuite(i);
-    if (std::string(suite->name()).ends_with("E2E") && suite->test_to_run_count() > 0) return true;
-  }
-  return false;
-}
-
-class BrainEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (!ClusterTestsSelected()) return;
-    g_skip_reason = Cluster::MissingCapability();
-    if (g_skip_reason.empty() && RunCommand("command -v etcd").exit_code != 0) {
-      g_skip_reason = "etcd not found on PATH";
-    }
-    if (!g_skip_reason.empty()) {
-      std::cerr << "\n*** KMOSIX-E2E-SKIPPED: this machine cannot run the e2e cluster: "
-                << g_skip_reason << " ***\n\n";
-      return;
-    }
-    InstallDownOnSignal();
-    ClusterOptions opts;
-    opts.nodes = kNodes;
-    opts.etcd = true;
-    opts.controllers = kControllers;
-    // A workload may move again 5 s after it arrived (default 30 s), so the
-    // hot spot settles within a test's patience.
-    opts.controller_args = {"--min-residency", "5"};
-    // restore.hang holds a migration in Restoring for the cancel test.
-    opts.agent_args = {"--enable-failpoints"};
-    opts.node_cpus = 1;
-    opts.node_memory_mib = 2048;
-    cluster_ = std::make_unique<Cluster>(opts);
-    ArmDownOnSignal(true);
-    g_up_error = cluster_->Up();
-    if (g_up_error.empty()) {
-      g_cluster = cluster_.get();
-    } else {
-      ArmDownOnSignal(false);
-    }
-  }
-  void TearDown() override {
-    if (!cluster_) return;
-    g_cluster = nullptr;
-    std::string err = cluster_->Down();
-    ArmDownOnSignal(false);
-    if (!err.empty()) ADD_FAILURE() << err;
-  }
-
- private:
-  std::unique_ptr<Cluster> cluster_;
-};
-
 int64_t WallMs() {
   return std::chrono::duration_cast<milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -158,10 +100,8 @@ bool IsFinalPhase(const std::string& p) {
 class BrainE2E : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!g_skip_reason.empty()) GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: " << g_skip_reason;
-    ASSERT_TRUE(g_up_error.empty()) << "the e2e cluster did not come up:\n" << g_up_error;
-    ASSERT_NE(g_cluster, nullptr);
-    c_ = g_cluster;
+    c_ = ClusterForTest();
+    if (c_ == nullptr) return;
     // Every test starts from a whole cluster: one leader, every node Ready.
     ASSERT_NE(AwaitLeader(milliseconds(60'000)), nullptr);
     for (const auto& n : c_->Nodes()) {
@@ -1047,6 +987,17 @@ TEST_F(BrainE2E, DrainMovesWhatMayMoveCordonAndPinHoldTheRest) {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::BrainEnvironment);
+  kmosix::e2e::ClusterOptions opts;
+  opts.nodes = kmosix::e2e::kNodes;
+  opts.etcd = true;
+  opts.controllers = kmosix::e2e::kControllers;
+  // A workload may move again 5 s after it arrived (default 30 s), so the
+  // hot spot settles within a test's patience.
+  opts.controller_args = {"--min-residency", "5"};
+  // restore.hang holds a migration in Restoring for the cancel test.
+  opts.agent_args = {"--enable-failpoints"};
+  opts.node_cpus = 1;
+  opts.node_memory_mib = 2048;
+  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
   return RUN_ALL_TESTS();
 }

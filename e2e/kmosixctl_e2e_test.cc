@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "cluster.h"
+#include "e2e_environment.h"
 
 #ifndef KMX_CTL_BIN
 #error "KMX_CTL_BIN must be defined (see e2e/CMakeLists.txt)"
@@ -58,53 +59,8 @@ constexpr auto kRunningTimeout = milliseconds(120'000);
 // A light demo: ticks every 100 ms, verifies 4 MiB of its 16 per tick.
 const char* kDemoArgs = "/bin/kmosix-demo --mem 16 --verify-mib 4";
 
+// The binary's cluster (ClusterEnvironment), set by the fixture's SetUp.
 Cluster* g_cluster = nullptr;
-std::string g_skip_reason;
-std::string g_up_error;
-
-class CtlEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    g_skip_reason = Cluster::MissingCapability();
-    if (g_skip_reason.empty() && RunCommand("command -v etcd").exit_code != 0) {
-      g_skip_reason = "etcd not found on PATH";
-    }
-    if (g_skip_reason.empty() && Cluster::ControllerBinary().empty()) {
-      g_skip_reason = "kmosix-controller is not built";
-    }
-    if (!g_skip_reason.empty()) {
-      std::cerr << "\n*** KMOSIX-E2E-SKIPPED: this machine cannot run the e2e cluster: "
-                << g_skip_reason << " ***\n\n";
-      return;
-    }
-    InstallDownOnSignal();
-    ClusterOptions opts;
-    opts.nodes = kNodes;
-    opts.etcd = true;
-    opts.controllers = kControllers;
-    opts.controller_args = {"--no-balance"};
-    opts.node_cpus = 1;
-    opts.node_memory_mib = 2048;
-    cluster_ = std::make_unique<Cluster>(opts);
-    ArmDownOnSignal(true);
-    g_up_error = cluster_->Up();
-    if (g_up_error.empty()) {
-      g_cluster = cluster_.get();
-    } else {
-      ArmDownOnSignal(false);
-    }
-  }
-  void TearDown() override {
-    if (!cluster_) return;
-    g_cluster = nullptr;
-    std::string err = cluster_->Down();
-    ArmDownOnSignal(false);
-    if (!err.empty()) ADD_FAILURE() << err;
-  }
-
- private:
-  std::unique_ptr<Cluster> cluster_;
-};
 
 // ---- running kmosixctl ---------------------------------------------------------
 
@@ -227,9 +183,8 @@ std::string OtherNode(const std::string& not_this) {
 class KmosixctlE2E : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!g_skip_reason.empty()) GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: " << g_skip_reason;
-    ASSERT_TRUE(g_up_error.empty()) << "cluster did not come up: " << g_up_error;
-    ASSERT_NE(g_cluster, nullptr);
+    g_cluster = ClusterForTest();
+    if (g_cluster == nullptr) return;
     ASSERT_TRUE(g_cluster->Secure()) << "the cluster is expected to run with TLS and tokens";
   }
   void TearDown() override {
@@ -616,6 +571,13 @@ TEST_F(KmosixctlE2E, Cleanup) {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::CtlEnvironment);
+  kmosix::e2e::ClusterOptions opts;
+  opts.nodes = kmosix::e2e::kNodes;
+  opts.etcd = true;
+  opts.controllers = kmosix::e2e::kControllers;
+  opts.controller_args = {"--no-balance"};
+  opts.node_cpus = 1;
+  opts.node_memory_mib = 2048;
+  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
   return RUN_ALL_TESTS();
 }

@@ -2,7 +2,7 @@
 // real agents, containerd, runc and CRIU, the demo workload
 // (images/demo/kmosix-demo.c) as the thing being migrated.
 //
-// The cluster comes up once for the binary (ClusterEnvironment) with
+// The cluster comes up once for the binary (ClusterEnvironment, e2e_environment.h) with
 // --enable-failpoints and is torn down at the end, on failure, and on
 // SIGINT/SIGTERM. A machine that cannot run it makes every test skip with the
 // reason (and "KMOSIX-E2E-SKIPPED", which ctest reports as a skip).
@@ -33,57 +33,6 @@ constexpr auto kTickTimeout = std::chrono::milliseconds(90'000);
 constexpr auto kMigrateTimeout = seconds(600);
 constexpr uint64_t kTicksAfter = 20;  // ticks to watch after each step
 
-Cluster* g_cluster = nullptr;
-std::string g_skip_reason;  // capability missing: skip
-std::string g_up_error;     // cluster did not come up: fail
-
-// Whether any test that needs the cluster is going to run: the suites named
-// *E2E (MigrationE2E here, AgentKillE2E in agent_kill_e2e_test.cc).
-bool ClusterTestsSelected() {
-  const auto* unit = ::testing::UnitTest::GetInstance();
-  for (int i = 0; i < unit->total_test_suite_count(); ++i) {
-    const auto* suite = unit->GetTestSuite(i);
-    const std::string name = suite->name();
-    if (name.ends_with("E2E") && suite->test_to_run_count() > 0) return true;
-  }
-  return false;
-}
-
-class ClusterEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (!ClusterTestsSelected()) return;  // e.g. --gtest_filter=DemoLogParser.*
-    g_skip_reason = Cluster::MissingCapability();
-    if (!g_skip_reason.empty()) {
-      std::cerr << "\n*** KMOSIX-E2E-SKIPPED: this machine cannot run the e2e cluster: "
-                << g_skip_reason << " ***\n\n";
-      return;
-    }
-    InstallDownOnSignal();
-    ClusterOptions opts;
-    opts.nodes = 2;
-    opts.agent_args = {"--enable-failpoints"};
-    cluster_ = std::make_unique<Cluster>(opts);
-    ArmDownOnSignal(true);
-    g_up_error = cluster_->Up();
-    if (g_up_error.empty()) {
-      g_cluster = cluster_.get();
-    } else {
-      ArmDownOnSignal(false);  // Up() already tore down what it started
-    }
-  }
-  void TearDown() override {
-    if (!cluster_) return;
-    g_cluster = nullptr;
-    std::string err = cluster_->Down();
-    ArmDownOnSignal(false);
-    if (!err.empty()) ADD_FAILURE() << err;
-  }
-
- private:
-  std::unique_ptr<Cluster> cluster_;
-};
-
 int PortOf(const std::string& url) { return std::stoi(url.substr(url.rfind(':') + 1)); }
 
 struct Migration {
@@ -100,10 +49,8 @@ struct Migration {
 class MigrationE2E : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!g_skip_reason.empty()) GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: " << g_skip_reason;
-    ASSERT_TRUE(g_up_error.empty()) << "the e2e cluster did not come up:\n" << g_up_error;
-    ASSERT_NE(g_cluster, nullptr);
-    c_ = g_cluster;
+    c_ = ClusterForTest();
+    if (c_ == nullptr) return;
     a_ = &c_->node(1);
     b_ = &c_->node(2);
   }
@@ -512,12 +459,13 @@ TEST(Waiter, ReportsWhatItSawOnTimeout) {
 
 }  // namespace
 
-SharedClusterState SharedCluster() { return {g_cluster, g_skip_reason, g_up_error}; }
-
 }  // namespace kmosix::e2e
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment);
+  kmosix::e2e::ClusterOptions opts;
+  opts.nodes = 2;
+  opts.agent_args = {"--enable-failpoints"};
+  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
   return RUN_ALL_TESTS();
 }
