@@ -8,6 +8,7 @@
 // back (source: Thaw; target: Discard).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,16 +19,33 @@ namespace kmosix {
 
 // One named part of a captured container, as laid out on disk. A transfer
 // sends every section; the receiver maps each name to a directory or file.
+//
+// Source side, a capture may still be in the making while it is sent (the
+// dump streams straight into the transfer):
+// - `pipes`: `path` is a directory of named pipes (FIFOs) that a producer
+//   (CRIU) writes while the transfer runs. Each pipe a writer opened is sent
+//   as a regular file whose size is not known in advance, in the order the
+//   producer fills them; pipes never opened once `producer_done()` is true are
+//   not sent. The receiver lands them as regular files.
+// - `before_read`: called once, right before the section is walked; an error
+//   ends the transfer with that error (used to wait for the producer to finish
+//   the files a pipes section does not carry).
 struct Section {
-  std::string name;  // "criu", "rootfs", "log"
+  std::string name;  // "criu", "criu-pages", "rootfs", "log"
   std::string path;  // directory (or single file when is_file)
   bool is_file = false;
+  bool pipes = false;
+  std::function<bool()> producer_done;  // required when pipes
+  std::function<Status()> before_read;
 };
 
 struct Capture {
   std::vector<Section> sections;
   double freeze_seconds = 0;      // pause
-  double checkpoint_seconds = 0;  // CRIU dump
+  double checkpoint_seconds = 0;  // CRIU dump, when it ended before Freeze returned
+  // Set when the dump streams during the transfer: its duration, to be read
+  // once the transfer has ended.
+  std::function<double()> streamed_checkpoint_seconds;
 };
 
 // Where a target wants each section written. Sections it does not name are

@@ -4,8 +4,12 @@
 // CRIU images or an overlayfs upperdir, or a single file) as one byte stream:
 //
 //   stream   := header record* end
-//   header   := "KMXSTRM\0" u32 version(=1) u32 flags(=0) u64 files u64 bytes  (32 bytes)
-//               files/bytes: declared totals (regular files, payload bytes)
+//   header   := "KMXSTRM\0" u32 version(=1) u32 flags u64 files u64 bytes  (32 bytes)
+//               flags 0: files/bytes are the declared totals (regular files,
+//               payload bytes) and bind the stream;
+//               flags kOpenTotals (1): the totals were not known when the
+//               stream began (a section was still being produced); files and
+//               bytes must be 0 and only the end record's counts bind.
 //   record   := u32 length (1..kMaxRecordSize) then `length` bytes whose first
 //               byte is the record type:
 //     1 section: u8 is_file, u16 n, name[n]
@@ -15,6 +19,10 @@
 //                u16 m, value[m]) xattrs, u64 size (0 unless a regular file)
 //                A regular file entry is followed by `size` content bytes and
 //                the 32-byte SHA-256 of those bytes.
+//                A chunked file entry (kind 6, open-totals streams only) has
+//                size 0 and is followed by chunks, each u32 n (1..kMaxChunk)
+//                then n content bytes, ended by u32 0, then the 32-byte
+//                SHA-256 of the whole content. It lands as a regular file.
 //     3 end:     u64 entries, u64 files, u64 bytes, 32-byte SHA-256 of the
 //                header and of every record (length prefix included) before
 //                the end record (file contents and digests excluded).
@@ -23,7 +31,10 @@
 //   one regular-file entry with path "".
 //
 // Entry kinds: regular file, directory, symlink, overlay whiteout (char device
-// 0:0) and fifo. Other device nodes and sockets are rejected by the encoder.
+// 0:0), fifo and chunked file. Other device nodes and sockets are rejected by
+// the encoder. A section with `pipes` (checkpoint.h) is sent as its root
+// directory entry then one chunked file per pipe a writer opened; the encoder
+// only then walks the next section (after its `before_read`).
 // The only xattr carried is trusted.overlay.opaque (overlay opaque
 // directories). Hard links are sent as independent copies.
 //
@@ -36,6 +47,7 @@
 // missing source section. Errors are sticky: after one, every call returns it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -51,6 +63,8 @@ namespace kmosix {
 inline constexpr uint32_t kTransferStreamVersion = 1;
 inline constexpr size_t kTransferHeaderSize = 32;
 inline constexpr uint32_t kMaxRecordSize = 16 * 1024;
+inline constexpr uint32_t kOpenTotals = 1;  // header flag
+inline constexpr uint32_t kMaxChunk = 64 << 20;
 
 enum class EntryKind : uint8_t {
   kFile = 1,
@@ -58,12 +72,18 @@ enum class EntryKind : uint8_t {
   kSymlink = 3,
   kWhiteout = 4,  // overlayfs whiteout: character device 0:0
   kFifo = 5,
+  kChunkedFile = 6,
 };
 
 struct EncoderOptions {
   // Largest single read(2) of a file body; Read() never reads more than its
   // caller's buffer either.
   size_t max_read = 1 << 20;
+  // Pipes sections: how often producer_done() is asked while no pipe has
+  // data, and how long nothing may happen (no data, no writer) before the
+  // stream fails with kFailed "producer stalled".
+  std::chrono::milliseconds pipe_poll{5};
+  std::chrono::milliseconds pipe_stall{60000};
 };
 
 // Produces the stream for a list of sections, pulled by the caller:
@@ -76,6 +96,9 @@ class StreamEncoder {
   // Walks every section (metadata only) to plan the stream and compute its
   // declared totals. kNotFound if a section path is missing, kInvalid for an
   // unsupported file type or a section whose kind does not match is_file.
+  // When a section has `pipes` or `before_read`, the stream has open totals:
+  // each section is walked only when the stream reaches it (errors above then
+  // come from Read), and Read may block until a pipe has data.
   static StatusOr<std::unique_ptr<StreamEncoder>> Create(std::vector<Section> sections,
                                                          EncoderOptions options = {});
   ~StreamEncoder();
@@ -88,6 +111,10 @@ class StreamEncoder {
   StatusOr<size_t> Read(char* buf, size_t n);
 
   bool done() const;
+  // Whether the stream's length and totals were known at Create (no section
+  // with pipes or before_read). The three accessors below are meaningful only
+  // then; stats() once done() always gives what was sent.
+  bool sized() const;
   // Exact length of the whole stream in bytes.
   uint64_t stream_size() const { return stream_size_; }
   // Declared totals: regular files and their payload bytes.
