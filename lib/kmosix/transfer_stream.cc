@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -189,6 +190,8 @@ std::string_view KindName(EntryKind k) {
       return "whiteout";
     case EntryKind::kFifo:
       return "fifo";
+    case EntryKind::kChunkedFile:
+      return "chunked file";
   }
   return "?";
 }
@@ -265,6 +268,7 @@ struct StreamEncoder::Planned {
   bool opaque = false;
   std::string opaque_value;
   uint64_t size = 0;
+  UniqueFd pipe;  // a chunked file's pipe, until it is sent
 
   std::string Record(const std::vector<Section>& sections) const {
     if (is_section) return SectionRecord(sections[section].name, sections[section].is_file);
@@ -301,6 +305,74 @@ StatusOr<std::optional<std::string>> ReadOpaque(const std::string& path) {
   return std::optional<std::string>(std::string(buf, static_cast<size_t>(n)));
 }
 
+// The names in directory `abs` but "." and "..", sorted.
+StatusOr<std::vector<std::string>> ListDir(const std::string& abs) {
+  DIR* dir = ::opendir(abs.c_str());
+  if (dir == nullptr) return FailedError("opendir " + abs + ": " + ErrnoText(errno));
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* de = ::readdir(dir)) {
+    std::string_view n = de->d_name;
+    if (n != "." && n != "..") names.emplace_back(n);
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return FailedError("readdir " + abs + ": " + ErrnoText(err));
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Polls `fds` for POLLIN until one has data or hang-up (a writer came and
+// went) and returns its index. Each poll lasts pipe_poll; when one times out,
+// -1 if `done` (may be null) says the producer finished and a last look finds
+// nothing, else that time counts as idle, up to pipe_stall (kFailed).
+StatusOr<int> WaitPipes(std::vector<struct pollfd>& fds, const EncoderOptions& o,
+                        const std::function<bool()>* done) {
+  const int64_t tick = std::max<int64_t>(1, o.pipe_poll.count());
+  int64_t idle = 0;
+  for (;;) {
+    int r = ::poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(tick, 1 << 30)));
+    if (r == 0 && done != nullptr && (*done)()) {
+      r = ::poll(fds.data(), fds.size(), 0);  // a writer may have finished just before
+      if (r == 0) return -1;
+    }
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return FailedError("poll: " + ErrnoText(errno));
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents != 0) return static_cast<int>(i);
+    }
+    idle += tick;
+    if (idle >= o.pipe_stall.count()) {
+      return FailedError("producer stalled: no data for " + std::to_string(idle) + " ms");
+    }
+  }
+}
+
+// Reads up to `want` bytes from a non-blocking pipe: as much as it holds once
+// it holds something, waiting (WaitPipes) while it is empty. 0 means the
+// writer closed it.
+StatusOr<size_t> ReadPipe(int fd, char* dst, size_t want, const EncoderOptions& o,
+                          const std::string& label) {
+  size_t got = 0;
+  while (got < want) {
+    ssize_t r = ::read(fd, dst + got, want - got);
+    if (r > 0) {
+      got += static_cast<size_t>(r);
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno != EAGAIN) return FailedError("read " + label + ": " + ErrnoText(errno));
+    if (got > 0) break;
+    std::vector<struct pollfd> fds = {{fd, POLLIN, 0}};
+    // No writer right now: the end, if one came and went (POLLHUP).
+    if (r == 0 && ::poll(fds.data(), 1, 0) == 1 && (fds[0].revents & POLLHUP) != 0) break;
+    KMX_RETURN_IF_ERROR(WaitPipes(fds, o, nullptr).status());
+  }
+  return got;
+}
+
 }  // namespace
 
 StreamEncoder::StreamEncoder(std::vector<Section> sections, EncoderOptions options)
@@ -323,9 +395,8 @@ StatusOr<std::unique_ptr<StreamEncoder>> StreamEncoder::Create(std::vector<Secti
 }
 
 Status StreamEncoder::Plan() {
-  std::set<std::string> names;
   auto add_entry = [&](size_t section, std::string rel, const std::string& abs,
-                       const struct stat& st) -> Status {
+                       const struct stat& st, bool pipe) -> Status {
     Planned p;
     p.section = section;
     p.mode = st.st_mode & 07777;
@@ -334,7 +405,14 @@ Status StreamEncoder::Plan() {
     p.mtime_ns = MtimeNs(st);
     p.path = std::move(rel);
     if (p.path.size() > kMaxPath) return InvalidError("path too long: " + abs);
-    if (S_ISREG(st.st_mode)) {
+    if (pipe) {
+      // Non-blocking, so that neither we nor a writer's open waits for the other.
+      int fd = ::open(abs.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) return FailedError("open " + abs + ": " + ErrnoText(errno));
+      p.pipe.Reset(fd);
+      ::fcntl(fd, F_SETPIPE_SZ, 1 << 20);  // fewer, larger reads; best effort
+      p.kind = EntryKind::kChunkedFile;
+    } else if (S_ISREG(st.st_mode)) {
       p.kind = EntryKind::kFile;
       p.size = static_cast<uint64_t>(st.st_size);
       total_files_ += 1;
@@ -369,26 +447,15 @@ Status StreamEncoder::Plan() {
       return InvalidError("cannot stream " + abs + ": " + what + " is not supported");
     }
     stream_size_ += 4 + p.Record(sections_).size();
-    entries_ += 1;
     plan_.push_back(std::move(p));
     return Status::Ok();
   };
 
   // Depth-first, sorted, pre-order walk of abs (whose relative path is rel).
+  // A pipes section instead gets one chunked file per FIFO directly in it.
   std::function<Status(size_t, const std::string&, const std::string&)> walk =
       [&](size_t section, const std::string& abs, const std::string& rel) -> Status {
-    DIR* dir = ::opendir(abs.c_str());
-    if (dir == nullptr) return FailedError("opendir " + abs + ": " + ErrnoText(errno));
-    std::vector<std::string> children;
-    errno = 0;
-    while (struct dirent* de = ::readdir(dir)) {
-      std::string_view n = de->d_name;
-      if (n != "." && n != "..") children.emplace_back(n);
-    }
-    int err = errno;
-    ::closedir(dir);
-    if (err != 0) return FailedError("readdir " + abs + ": " + ErrnoText(err));
-    std::sort(children.begin(), children.end());
+    KMX_ASSIGN_OR_RETURN(std::vector<std::string> children, ListDir(abs));
     for (const std::string& child : children) {
       std::string child_abs = abs + "/" + child;
       std::string child_rel = rel.empty() ? child : rel + "/" + child;
@@ -396,19 +463,37 @@ Status StreamEncoder::Plan() {
       if (::lstat(child_abs.c_str(), &st) != 0) {
         return FailedError("lstat " + child_abs + ": " + ErrnoText(errno));
       }
-      KMX_RETURN_IF_ERROR(add_entry(section, child_rel, child_abs, st));
+      if (sections_[section].pipes) {
+        if (S_ISFIFO(st.st_mode))
+          KMX_RETURN_IF_ERROR(add_entry(section, child, child_abs, st, true));
+        continue;
+      }
+      KMX_RETURN_IF_ERROR(add_entry(section, child_rel, child_abs, st, false));
       if (S_ISDIR(st.st_mode)) KMX_RETURN_IF_ERROR(walk(section, child_abs, child_rel));
     }
     return Status::Ok();
   };
 
-  stream_size_ = kTransferHeaderSize + 4 + kEndRecordSize;
-  for (size_t i = 0; i < sections_.size(); ++i) {
-    const Section& s = sections_[i];
-    if (s.name.empty() || s.name.size() > kMaxSectionName || HasNul(s.name)) {
-      return InvalidError("bad section name \"" + s.name + "\"");
+  if (state_ == State::kStart) {  // from Create
+    stream_size_ = kTransferHeaderSize + 4 + kEndRecordSize;
+    std::set<std::string> names;
+    for (const Section& s : sections_) {
+      if (s.name.empty() || s.name.size() > kMaxSectionName || HasNul(s.name)) {
+        return InvalidError("bad section name \"" + s.name + "\"");
+      }
+      if (!names.insert(s.name).second) return InvalidError("duplicate section \"" + s.name + "\"");
+      if (s.pipes && (s.is_file || !s.producer_done)) {
+        return InvalidError("section " + s.name + ": pipes need a directory and producer_done");
+      }
     }
-    if (!names.insert(s.name).second) return InvalidError("duplicate section \"" + s.name + "\"");
+    // Open totals: each section is planned when the stream reaches it.
+    if (!sized()) return Status::Ok();
+  }
+  size_t first = plan_.empty() ? 0 : plan_.back().section + 1;
+  size_t last = sized() ? sections_.size() : std::min(first + 1, sections_.size());
+  for (size_t i = first; i < last; ++i) {
+    const Section& s = sections_[i];
+    if (s.before_read) KMX_RETURN_IF_ERROR(s.before_read());
     Planned sec;
     sec.is_section = true;
     sec.section = i;
@@ -426,17 +511,22 @@ Status StreamEncoder::Plan() {
       if (!S_ISREG(st.st_mode)) {
         return InvalidError("section " + s.name + ": " + root + " is not a regular file");
       }
-      KMX_RETURN_IF_ERROR(add_entry(i, "", root, st));
+      KMX_RETURN_IF_ERROR(add_entry(i, "", root, st, false));
     } else {
       if (!S_ISDIR(st.st_mode)) {
         return InvalidError("section " + s.name + ": " + root + " is not a directory");
       }
-      KMX_RETURN_IF_ERROR(add_entry(i, "", root, st));
+      KMX_RETURN_IF_ERROR(add_entry(i, "", root, st, false));
       KMX_RETURN_IF_ERROR(walk(i, root, ""));
     }
     sections_[i].path = root;
   }
   return Status::Ok();
+}
+
+bool StreamEncoder::sized() const {
+  return std::none_of(sections_.begin(), sections_.end(),
+                      [](const Section& s) { return s.pipes || s.before_read; });
 }
 
 bool StreamEncoder::done() const {
@@ -447,14 +537,16 @@ Status StreamEncoder::NextRecord() {
   if (state_ == State::kStart) {
     pending_.append(kMagic, sizeof(kMagic));
     PutU32(pending_, kTransferStreamVersion);
-    PutU32(pending_, 0);
-    PutU64(pending_, total_files_);
-    PutU64(pending_, total_bytes_);
+    PutU32(pending_, sized() ? 0 : kOpenTotals);
+    PutU64(pending_, sized() ? total_files_ : 0);
+    PutU64(pending_, sized() ? total_bytes_ : 0);
     record_sha_->sha.Update(pending_);
     state_ = State::kRecords;
     return Status::Ok();
   }
   if (next_ == plan_.size()) {
+    size_t planned = plan_.empty() ? 0 : plan_.back().section + 1;
+    if (planned < sections_.size()) return Plan();  // open totals: the next section
     std::string end;
     PutU8(end, kRecEnd);
     PutU64(end, entries_);
@@ -466,10 +558,31 @@ Status StreamEncoder::NextRecord() {
     state_ = State::kDone;
     return Status::Ok();
   }
-  const Planned& p = plan_[next_++];
+  if (plan_[next_].pipe.valid()) {
+    // A pipes section: the rest of the plan are its unsent pipes. Send the
+    // first one a writer fills; at the end, drop those nobody opened.
+    std::vector<struct pollfd> fds;
+    for (size_t i = next_; i < plan_.size(); ++i) fds.push_back({plan_[i].pipe.get(), POLLIN, 0});
+    const Section& s = sections_[plan_[next_].section];
+    KMX_ASSIGN_OR_RETURN(int ready, WaitPipes(fds, options_, &s.producer_done));
+    if (ready < 0) {
+      plan_.erase(plan_.begin() + static_cast<ptrdiff_t>(next_), plan_.end());
+      return Status::Ok();
+    }
+    std::swap(plan_[next_], plan_[next_ + static_cast<size_t>(ready)]);
+  }
+  Planned& p = plan_[next_++];
   pending_ = Frame(p.Record(sections_));
   record_sha_->sha.Update(pending_);
-  if (p.is_section || p.kind != EntryKind::kFile) return Status::Ok();
+  if (p.is_section) return Status::Ok();
+  entries_ += 1;
+  if (p.kind == EntryKind::kChunkedFile) {
+    fd_ = p.pipe.Release();
+    body_sha_->sha.Reset();
+    state_ = State::kBody;
+    return Status::Ok();
+  }
+  if (p.kind != EntryKind::kFile) return Status::Ok();
 
   const Section& s = sections_[p.section];
   std::string abs = p.path.empty() ? s.path : s.path + "/" + p.path;
@@ -489,36 +602,71 @@ Status StreamEncoder::NextRecord() {
 }
 
 StatusOr<size_t> StreamEncoder::ReadBody(char* buf, size_t n) {
-  if (body_left_ == 0) {
-    Digest d = body_sha_->sha.Final();
-    pending_.assign(reinterpret_cast<const char*>(d.data()), d.size());
-    ::close(fd_);
-    fd_ = -1;
-    stats_.files += 1;
-    state_ = State::kRecords;
-    return size_t{0};
-  }
-  size_t want = static_cast<size_t>(std::min<uint64_t>({n, body_left_, options_.max_read}));
-  ssize_t got;
-  do {
-    got = ::read(fd_, buf, want);
-  } while (got < 0 && errno == EINTR);
   const Planned& p = plan_[next_ - 1];
-  if (got < 0) {
-    return FailedError("read " + sections_[p.section].name + "/" + p.path + ": " +
-                       ErrnoText(errno));
+  auto label = [&] { return sections_[p.section].name + "/" + p.path; };
+  if (p.kind == EntryKind::kChunkedFile) {
+    if (n < 5) {  // no room for a chunk: make one in pending_
+      std::string chunk(4 + std::min<size_t>(options_.max_read, 64 << 10), '\0');
+      KMX_ASSIGN_OR_RETURN(size_t k, ReadBody(chunk.data(), chunk.size()));
+      chunk.resize(k);
+      if (k > 0) pending_ = std::move(chunk);
+      return size_t{0};
+    }
+    // The content goes straight into buf after the chunk's length.
+    size_t want = std::min({n - 4, options_.max_read, size_t{kMaxChunk}});
+    KMX_ASSIGN_OR_RETURN(size_t got, ReadPipe(fd_, buf + 4, want, options_, label()));
+    if (got > 0) {
+      std::string len;
+      PutU32(len, static_cast<uint32_t>(got));
+      std::memcpy(buf, len.data(), 4);
+      body_sha_->sha.Update(buf + 4, got);
+      stats_.bytes += got;
+      return 4 + got;
+    }
+    PutU32(pending_, 0);  // the writer closed the pipe: end of the chunks
+  } else if (body_left_ > 0) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>({n, body_left_, options_.max_read}));
+    ssize_t got;
+    do {
+      got = ::read(fd_, buf, want);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) return FailedError("read " + label() + ": " + ErrnoText(errno));
+    if (got == 0) return FailedError(label() + " shrank while streaming");
+    body_sha_->sha.Update(buf, static_cast<size_t>(got));
+    body_left_ -= static_cast<uint64_t>(got);
+    stats_.bytes += static_cast<uint64_t>(got);
+    return static_cast<size_t>(got);
   }
-  if (got == 0) {
-    return FailedError(sections_[p.section].name + "/" + p.path + " shrank while streaming");
-  }
-  body_sha_->sha.Update(buf, static_cast<size_t>(got));
-  body_left_ -= static_cast<uint64_t>(got);
-  stats_.bytes += static_cast<uint64_t>(got);
-  return static_cast<size_t>(got);
+  Digest d = body_sha_->sha.Final();
+  pending_.append(reinterpret_cast<const char*>(d.data()), d.size());
+  ::close(fd_);
+  fd_ = -1;
+  stats_.files += 1;
+  state_ = State::kRecords;
+  return size_t{0};
 }
 
 StatusOr<size_t> StreamEncoder::Read(char* buf, size_t n) {
   if (!error_.ok()) return error_;
+  // Whether the next step may wait for a producer: Read then first returns
+  // what it has.
+  auto may_wait = [&](size_t room) {
+    std::vector<struct pollfd> fds;
+    if (state_ == State::kBody) {
+      if (plan_[next_ - 1].kind != EntryKind::kChunkedFile) return false;
+      if (room < 5) return true;
+      fds.push_back({fd_, POLLIN, 0});
+    } else if (next_ < plan_.size()) {
+      for (size_t i = next_; i < plan_.size() && plan_[i].pipe.valid(); ++i) {
+        fds.push_back({plan_[i].pipe.get(), POLLIN, 0});
+      }
+      if (fds.empty()) return false;
+    } else {
+      size_t planned = plan_.empty() ? 0 : plan_.back().section + 1;
+      return planned < sections_.size() && static_cast<bool>(sections_[planned].before_read);
+    }
+    return ::poll(fds.data(), fds.size(), 0) == 0;
+  };
   size_t out = 0;
   while (out < n) {
     if (pending_off_ < pending_.size()) {
@@ -530,7 +678,7 @@ StatusOr<size_t> StreamEncoder::Read(char* buf, size_t n) {
     }
     pending_.clear();
     pending_off_ = 0;
-    if (state_ == State::kDone) break;
+    if (state_ == State::kDone || (out > 0 && may_wait(n - out))) break;
     Status s;
     if (state_ == State::kBody) {
       auto got = ReadBody(buf + out, n - out);
@@ -546,6 +694,7 @@ StatusOr<size_t> StreamEncoder::Read(char* buf, size_t n) {
       error_ = s;
       if (fd_ >= 0) ::close(fd_);
       fd_ = -1;
+      plan_.clear();  // closes the pipes: their writers get EPIPE
       return error_;
     }
   }
@@ -597,7 +746,7 @@ Status WriteAll(int fd, const char* p, size_t n, const std::string& label) {
 }  // namespace
 
 struct StreamDecoder::Impl {
-  enum class State { kHeader, kLength, kRecord, kDigest, kBody, kDone, kFailed };
+  enum class State { kHeader, kLength, kRecord, kChunkLength, kDigest, kBody, kDone, kFailed };
 
   Landing landing;
   DecoderOptions options;
@@ -607,6 +756,7 @@ struct StreamDecoder::Impl {
   size_t need = kTransferHeaderSize;
   std::string length_bytes;  // the current record's length prefix
   Sha256 record_sha;
+  bool open_totals = false;  // header flag kOpenTotals: no declared totals
   uint64_t declared_files = 0;
   uint64_t declared_bytes = 0;
   uint64_t entries = 0;
@@ -630,6 +780,7 @@ struct StreamDecoder::Impl {
   UniqueFd file;
   uint64_t body_left = 0;
   uint64_t file_size = 0;
+  bool chunked = false;  // kChunkedFile: body_left is the current chunk's
   Sha256 body_sha;
   std::string file_label;
   Meta file_meta;
@@ -674,10 +825,12 @@ struct StreamDecoder::Impl {
         consumed += k;
         body_left -= k;
         if (body_left == 0) {
-          s = FlushBody();
+          s = chunked ? Status::Ok() : EndOfBody();
           if (!s.ok()) return Fail(s);
-          state = State::kDigest;
-          need = kDigestSize;
+          if (chunked) {
+            state = State::kChunkLength;
+            need = 4;
+          }
         }
         continue;
       }
@@ -739,6 +892,8 @@ struct StreamDecoder::Impl {
             return InvalidError("unknown record type " + std::to_string(type));
         }
       }
+      case State::kChunkLength:
+        return OnChunkLength(item);
       case State::kDigest:
         return OnDigest(item);
       default:
@@ -758,7 +913,13 @@ struct StreamDecoder::Impl {
     if (version != kTransferStreamVersion) {
       return InvalidError("unsupported transfer stream version " + std::to_string(version));
     }
-    if (flags != 0) return InvalidError("unsupported transfer stream flags");
+    if (flags != 0 && flags != kOpenTotals) {
+      return InvalidError("unsupported transfer stream flags");
+    }
+    open_totals = flags == kOpenTotals;
+    if (open_totals && (declared_files != 0 || declared_bytes != 0)) {
+      return InvalidError("a stream with open totals declares totals");
+    }
     if (options.max_files != 0 && declared_files > options.max_files) {
       return InvalidError("stream declares " + std::to_string(declared_files) +
                           " files, the limit is " + std::to_string(options.max_files));
@@ -852,10 +1013,14 @@ struct StreamDecoder::Impl {
     }
     uint64_t size = r.Uint(8);
     if (!r.ok() || !r.at_end()) return InvalidError("malformed entry record");
-    if (kind_raw < 1 || kind_raw > 5) {
+    if (kind_raw < 1 || kind_raw > 6) {
       return InvalidError("unknown entry kind " + std::to_string(kind_raw));
     }
     EntryKind kind = static_cast<EntryKind>(kind_raw);
+    if (kind == EntryKind::kChunkedFile && !open_totals) {
+      return InvalidError("chunked file in a stream with declared totals");
+    }
+    bool regular = kind == EntryKind::kFile || kind == EntryKind::kChunkedFile;
     if (cur < 0) return InvalidError("entry before any section");
     KMX_RETURN_IF_ERROR(ValidatePath(path));
     std::string label = Label(path);
@@ -889,7 +1054,7 @@ struct StreamDecoder::Impl {
 
     const Section& s = landing.sections[cur];
     if (s.is_file) {
-      if (cur_entries != 0 || !path.empty() || kind != EntryKind::kFile) {
+      if (cur_entries != 0 || !path.empty() || !regular) {
         return InvalidError("file section " + s.name + " must hold exactly one file");
       }
     } else if (path.empty()) {
@@ -899,16 +1064,14 @@ struct StreamDecoder::Impl {
     }
     cur_entries += 1;
 
-    if (kind == EntryKind::kFile) {
-      if (announced_files + 1 > declared_files) {
-        return InvalidError("more files than the " + std::to_string(declared_files) + " declared");
+    if (regular) {
+      uint64_t max_files = open_totals ? options.max_files : declared_files;
+      if ((!open_totals || max_files != 0) && announced_files + 1 > max_files) {
+        return InvalidError("more files than the " + std::to_string(max_files) +
+                            (open_totals ? " allowed" : " declared"));
       }
-      if (size > declared_bytes - announced_bytes) {
-        return InvalidError("file " + label + " goes beyond the " + std::to_string(declared_bytes) +
-                            " bytes declared");
-      }
+      KMX_RETURN_IF_ERROR(Announce(size, label));
       announced_files += 1;
-      announced_bytes += size;
       int fd;
       if (s.is_file) {
         fd = ::open(s.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -928,9 +1091,13 @@ struct StreamDecoder::Impl {
       file_meta = std::move(m);
       body_left = size;
       file_size = size;
+      chunked = kind == EntryKind::kChunkedFile;
       body_sha.Reset();
       wlen = 0;
-      if (size == 0) {
+      if (chunked) {
+        state = State::kChunkLength;
+        need = 4;
+      } else if (size == 0) {
         state = State::kDigest;
         need = kDigestSize;
       } else {
@@ -1031,6 +1198,39 @@ struct StreamDecoder::Impl {
     return WriteAll(file.get(), wbuf.data(), n, file_label);
   }
 
+  // Counts `size` more payload bytes against the declared total, or the
+  // limit when the stream has open totals.
+  Status Announce(uint64_t size, const std::string& label) {
+    uint64_t max_bytes = open_totals ? options.max_bytes : declared_bytes;
+    if ((!open_totals || max_bytes != 0) && size > max_bytes - announced_bytes) {
+      return InvalidError("file " + label + " goes beyond the " + std::to_string(max_bytes) +
+                          (open_totals ? " bytes allowed" : " bytes declared"));
+    }
+    announced_bytes += size;
+    return Status::Ok();
+  }
+
+  Status EndOfBody() {
+    KMX_RETURN_IF_ERROR(FlushBody());
+    state = State::kDigest;
+    need = kDigestSize;
+    return Status::Ok();
+  }
+
+  Status OnChunkLength(const std::string& item) {
+    uint64_t n = ByteReader(item).Uint(4);
+    if (n == 0) return EndOfBody();
+    if (n > kMaxChunk) {
+      return InvalidError("chunk of " + std::to_string(n) + " bytes in " + file_label +
+                          " is larger than " + std::to_string(kMaxChunk));
+    }
+    KMX_RETURN_IF_ERROR(Announce(n, file_label));
+    body_left = n;
+    file_size += n;
+    state = State::kBody;
+    return Status::Ok();
+  }
+
   Status OnDigest(const std::string& item) {
     Digest d = body_sha.Final();
     if (std::memcmp(d.data(), item.data(), kDigestSize) != 0) {
@@ -1060,7 +1260,7 @@ struct StreamDecoder::Impl {
                           std::to_string(n_files) + " files, " + std::to_string(n_bytes) +
                           " bytes) do not match the stream");
     }
-    if (n_files != declared_files || n_bytes != declared_bytes) {
+    if (!open_totals && (n_files != declared_files || n_bytes != declared_bytes)) {
       return InvalidError("stream carried " + std::to_string(n_files) + " files and " +
                           std::to_string(n_bytes) + " bytes but declared " +
                           std::to_string(declared_files) + " and " +
