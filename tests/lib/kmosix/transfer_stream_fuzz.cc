@@ -9,18 +9,21 @@
 //    "fuzz") with the main() below, which runs every file of the given
 //    corpus directories and, with --generate DIR, writes the seed corpus.
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kmosix/transfer_stream.h"
@@ -47,6 +50,7 @@ void DecodeOne(const uint8_t* data, size_t size) {
   fs::create_directories(land);
   kmosix::Landing landing{{{"rootfs", land + "/rootfs", false},
                            {"criu", land + "/criu", false},
+                           {"criu-pages", land + "/criu", false},
                            {"log", land + "/log.txt", true}}};
   kmosix::DecoderOptions options;
   options.max_bytes = 16 << 20;
@@ -150,6 +154,53 @@ int Generate(const std::string& out) {
   s = valid;
   s[8] = 2;  // version
   Put(out, "bad-version", s);
+
+  // Open totals: CRIU's page images through pipes (pages-1 then the empty
+  // pages-2; pages-3 never opened), the rest of the images after the dump.
+  std::string pipes = src + "/pipes";
+  fs::create_directories(pipes);
+  for (const char* name : {"pages-1.img", "pages-2.img", "pages-3.img"}) {
+    ::mkfifo((pipes + "/" + name).c_str(), 0600);
+  }
+  std::atomic<bool> done{false};
+  const std::string pages(3000, 'Q');  // one atomic write, so one chunk
+  std::thread writer([&] {
+    int fd = ::open((pipes + "/pages-1.img").c_str(), O_WRONLY | O_CLOEXEC);
+    if (::write(fd, pages.data(), pages.size()) != static_cast<ssize_t>(pages.size())) std::abort();
+    ::close(fd);
+    ::close(::open((pipes + "/pages-2.img").c_str(), O_WRONLY | O_CLOEXEC));
+    done = true;
+  });
+  kmosix::Section pipes_section;
+  pipes_section.name = "criu-pages";
+  pipes_section.path = pipes;
+  pipes_section.pipes = true;
+  pipes_section.producer_done = [&] { return done.load(); };
+  kmosix::Section rest;
+  rest.name = "criu";
+  rest.path = src + "/criu-rest";
+  rest.before_read = [&] {
+    writer.join();
+    fs::create_directories(rest.path);
+    std::ofstream(rest.path + "/core-1.img") << "core";
+    return kmosix::Status::Ok();
+  };
+  std::string open = Encode({pipes_section, rest, {"log", src + "/log.txt", true}});
+  Put(out, "open-valid", open);
+  size_t chunk = open.find(pages);
+  Put(out, "open-truncated-chunk", open.substr(0, chunk + pages.size() / 2));
+  s = open;
+  s[chunk + 10] ^= 1;
+  Put(out, "open-flipped-chunk", s);
+  s = open;
+  s[chunk - 1] = 0x7f;  // chunk length far beyond kMaxChunk
+  Put(out, "open-huge-chunk", s);
+  s = open;
+  s[16] = 1;  // declared files in an open-totals header
+  Put(out, "open-declared", s);
+  s = open;
+  s[12] = 0;  // chunked files in a stream with declared totals
+  Put(out, "open-chunked-in-sized", s);
   fs::remove_all(src);
   std::printf("wrote seeds to %s\n", out.c_str());
   return 0;

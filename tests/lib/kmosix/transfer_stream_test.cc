@@ -6,17 +6,22 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kmosix {
@@ -116,7 +121,8 @@ class TransferStreamTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(tmp_); }
 
   // Pulls the whole stream with reads of random sizes.
-  std::string EncodeAll(const std::vector<Section>& sections, uint32_t seed = 1) {
+  std::string EncodeAll(const std::vector<Section>& sections, uint32_t seed = 1,
+                        TransferStats* stats = nullptr) {
     auto enc = StreamEncoder::Create(sections);
     EXPECT_TRUE(enc.ok()) << enc.status().ToString();
     if (!enc.ok()) return "";
@@ -131,9 +137,12 @@ class TransferStreamTest : public ::testing::Test {
       out.append(buf.data(), *n);
     }
     EXPECT_TRUE((*enc)->done());
-    EXPECT_EQ(out.size(), (*enc)->stream_size());
-    EXPECT_EQ((*enc)->stats().files, (*enc)->total_files());
-    EXPECT_EQ((*enc)->stats().bytes, (*enc)->total_bytes());
+    if (stats != nullptr) *stats = (*enc)->stats();
+    if ((*enc)->sized()) {
+      EXPECT_EQ(out.size(), (*enc)->stream_size());
+      EXPECT_EQ((*enc)->stats().files, (*enc)->total_files());
+      EXPECT_EQ((*enc)->stats().bytes, (*enc)->total_bytes());
+    }
     return out;
   }
 
@@ -394,10 +403,11 @@ TEST_F(TransferStreamTest, EncoderFailsWhenAFileShrinks) {
 
 class Builder {
  public:
-  explicit Builder(uint64_t files = 0, uint64_t bytes = 0, uint32_t version = 1) {
+  explicit Builder(uint64_t files = 0, uint64_t bytes = 0, uint32_t version = 1,
+                   uint32_t flags = 0) {
     header_.append("KMXSTRM", 8);
     U32(header_, version);
-    U32(header_, 0);
+    U32(header_, flags);
     U64(header_, files);
     U64(header_, bytes);
     out_ = header_;
@@ -436,6 +446,21 @@ class Builder {
   Builder& File(std::string_view path, std::string_view content) {
     Entry(1, path, "", content.size());
     out_.append(content);
+    out_.append(Sha256Of(content));
+    files_++;
+    bytes_ += content.size();
+    return *this;
+  }
+  // A chunked file (kind 6) whose content comes in `chunks`.
+  Builder& Chunked(std::string_view path, const std::vector<std::string>& chunks) {
+    Entry(6, path);
+    std::string content;
+    for (const std::string& c : chunks) {
+      U32(out_, static_cast<uint32_t>(c.size()));
+      out_.append(c);
+      content += c;
+    }
+    U32(out_, 0);
     out_.append(Sha256Of(content));
     files_++;
     bytes_ += content.size();
@@ -627,6 +652,417 @@ TEST_F(TransferStreamTest, ErrorsAreSticky) {
   EXPECT_EQ(dec.Feed(good.data(), good.size()).code(), Code::kInvalid);
   EXPECT_EQ(dec.Finish().code(), Code::kInvalid);
   EXPECT_FALSE(dec.complete());
+}
+
+// ---------------------------------------------------------------------------
+// Open totals: sections produced while they are sent.
+
+Builder Open() { return Builder(0, 0, 1, kOpenTotals); }
+
+// A section of pipes that `done` says are all written.
+Section PipesSection(std::string name, std::string path, std::function<bool()> done) {
+  Section s;
+  s.name = std::move(name);
+  s.path = std::move(path);
+  s.pipes = true;
+  s.producer_done = std::move(done);
+  return s;
+}
+
+// A section walked only after `before_read`.
+Section LateSection(std::string name, std::string path, std::function<Status()> before_read,
+                    bool is_file = false) {
+  Section s;
+  s.name = std::move(name);
+  s.path = std::move(path);
+  s.is_file = is_file;
+  s.before_read = std::move(before_read);
+  return s;
+}
+
+// Opens `path` for writing (blocking until the encoder opened it too).
+int OpenWriter(const std::string& path) { return ::open(path.c_str(), O_WRONLY | O_CLOEXEC); }
+
+// Reads until an error or the end (ok).
+Status ReadUntilError(StreamEncoder& enc, std::string* out = nullptr) {
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    auto n = enc.Read(buf.data(), buf.size());
+    if (!n.ok()) return n.status();
+    if (*n == 0) return Status::Ok();
+    if (out != nullptr) out->append(buf.data(), *n);
+  }
+}
+
+TEST_F(TransferStreamTest, PipesSectionRoundTrip) {
+  std::string pipes = src_ + "/pipes";
+  std::string criu = src_ + "/criu";
+  fs::create_directories(pipes);
+  fs::create_directories(criu);
+  for (const char* name : {"pages-1.img", "pages-2.img", "pages-3.img"}) {
+    ASSERT_EQ(::mkfifo((pipes + "/" + name).c_str(), 0600), 0);
+  }
+  ASSERT_EQ(::chown((pipes + "/pages-2.img").c_str(), 1234, 5678), 0);
+  ASSERT_EQ(::chmod((pipes + "/pages-2.img").c_str(), 0640), 0);
+  SetMtime(pipes + "/pages-2.img", 1500000000, 42);
+  WriteFile(pipes + "/not-a-pipe", "ignored");
+  std::string big(8 << 20, '\0');
+  std::mt19937_64 rng(5);
+  for (size_t i = 0; i + 8 <= big.size(); i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&big[i], &v, 8);
+  }
+
+  // The producer fills pages-2 (more than a pipe holds, slowly), then
+  // pages-1 (empty); pages-3 is never opened.
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    int fd = OpenWriter(pipes + "/pages-2.img");
+    for (size_t off = 0; fd >= 0 && off < big.size(); off += 256 << 10) {
+      size_t n = std::min<size_t>(256 << 10, big.size() - off);
+      if (::write(fd, big.data() + off, n) != static_cast<ssize_t>(n)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ::close(fd);
+    ::close(OpenWriter(pipes + "/pages-1.img"));
+    done = true;
+  });
+  bool before_read_ran = false;
+  Section pages = PipesSection("criu-pages", pipes, [&] { return done.load(); });
+  Section rest = LateSection("criu", criu, [&] {
+    writer.join();
+    before_read_ran = true;
+    WriteFile(criu + "/core-1.img", "core");
+    return Status::Ok();
+  });
+  TransferStats sent;
+  std::string stream = EncodeAll({pages, rest}, 3, &sent);
+  if (writer.joinable()) writer.join();
+  ASSERT_TRUE(before_read_ran);
+  EXPECT_EQ(sent.files, 3u);
+  EXPECT_EQ(sent.bytes, big.size() + 4);
+
+  // The target lands both sections in one directory.
+  TransferStats got;
+  Landing landing{{{"criu-pages", dst_ + "/criu", false}, {"criu", dst_ + "/criu", false}}};
+  Status s = DecodeAll(stream, landing, 11, &got);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(got.files, 3u);
+  EXPECT_EQ(got.bytes, big.size() + 4);
+  EXPECT_TRUE(ReadFile(dst_ + "/criu/pages-2.img") == big);
+  EXPECT_EQ(Hex(Sha256Of(ReadFile(dst_ + "/criu/pages-2.img"))), Hex(Sha256Of(big)));
+  EXPECT_TRUE(fs::is_regular_file(dst_ + "/criu/pages-1.img"));
+  EXPECT_EQ(fs::file_size(dst_ + "/criu/pages-1.img"), 0u);
+  EXPECT_FALSE(fs::exists(dst_ + "/criu/pages-3.img"));
+  EXPECT_FALSE(fs::exists(dst_ + "/criu/not-a-pipe"));
+  EXPECT_EQ(ReadFile(dst_ + "/criu/core-1.img"), "core");
+  struct stat st {};
+  ASSERT_EQ(::lstat((dst_ + "/criu/pages-2.img").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(st.st_uid, 1234u);
+  EXPECT_EQ(st.st_gid, 5678u);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1500000000);
+  // Sent in the order the producer filled them.
+  size_t at2 = stream.find("pages-2.img");
+  size_t at1 = stream.find("pages-1.img");
+  ASSERT_NE(at1, std::string::npos);
+  EXPECT_LT(at2, at1);
+  EXPECT_EQ(stream.find("pages-3.img"), std::string::npos);
+}
+
+TEST_F(TransferStreamTest, PipesSectionWithWholeReads) {
+  std::string pipes = src_ + "/pipes";
+  fs::create_directories(pipes);
+  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
+  std::string content(3 << 20, 'z');
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    int fd = OpenWriter(pipes + "/p");
+    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    ::close(fd);
+    done = true;
+  });
+  Section pages = PipesSection("criu", pipes, [&] { return done.load(); });
+  std::string stream = EncodeAll({pages}, /*seed=*/0);
+  writer.join();
+  Status s = DecodeAll(stream, DstLanding(), 0);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(ReadFile(dst_ + "/criu/p") == content);
+}
+
+TEST_F(TransferStreamTest, SizedOnlyWithoutPipesOrBeforeRead) {
+  fs::create_directories(src_ + "/c");
+  auto enc = StreamEncoder::Create({{"criu", src_ + "/c", false}});
+  ASSERT_TRUE(enc.ok());
+  EXPECT_TRUE((*enc)->sized());
+  enc = StreamEncoder::Create({LateSection("criu", src_ + "/c", [] { return Status::Ok(); })});
+  ASSERT_TRUE(enc.ok());
+  EXPECT_FALSE((*enc)->sized());
+  enc = StreamEncoder::Create({PipesSection("criu", src_ + "/c", [] { return true; })});
+  ASSERT_TRUE(enc.ok());
+  EXPECT_FALSE((*enc)->sized());
+  // A pipes section needs producer_done and a directory.
+  enc = StreamEncoder::Create({PipesSection("criu", src_ + "/c", nullptr)});
+  EXPECT_EQ(enc.status().code(), Code::kInvalid);
+}
+
+TEST_F(TransferStreamTest, OpenTotalsWalkSectionsWhenReached) {
+  // Paths missing at Create are fine when the stream has open totals; they
+  // must exist when reached.
+  std::string c = src_ + "/late";
+  Section late = LateSection("criu", c, [&] {
+    fs::create_directories(c + "/sub");
+    WriteFile(c + "/sub/f", "late file");
+    return Status::Ok();
+  });
+  Section log{"log", src_ + "/log.txt", true};
+  auto enc = StreamEncoder::Create({late, log});
+  ASSERT_TRUE(enc.ok()) << enc.status().ToString();
+  WriteFile(src_ + "/log.txt", "written after Create");
+  std::string stream = EncodeAll({late, log});
+  Status s = DecodeAll(stream, DstLanding());
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(ReadFile(dst_ + "/criu/sub/f"), "late file");
+  EXPECT_EQ(ReadFile(dst_ + "/log.txt"), "written after Create");
+
+  Section missing = LateSection("rootfs", src_ + "/nope", [] { return Status::Ok(); });
+  enc = StreamEncoder::Create({missing});
+  ASSERT_TRUE(enc.ok());
+  EXPECT_EQ(ReadUntilError(**enc).code(), Code::kNotFound);
+}
+
+TEST_F(TransferStreamTest, BeforeReadErrorFailsRead) {
+  fs::create_directories(src_ + "/c");
+  WriteFile(src_ + "/c/f", "x");
+  int calls = 0;
+  Section sec = LateSection("criu", src_ + "/c", [&] {
+    ++calls;
+    return RetryError("dump failed");
+  });
+  auto enc = StreamEncoder::Create({sec});
+  ASSERT_TRUE(enc.ok());
+  EXPECT_EQ(calls, 0);
+  char buf[4096];
+  Status last;
+  for (int i = 0; i < 10 && last.ok(); ++i) {
+    auto n = (*enc)->Read(buf, sizeof(buf));
+    if (!n.ok()) last = n.status();
+  }
+  EXPECT_EQ(last.code(), Code::kRetry);
+  EXPECT_EQ(last.message(), "dump failed");
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ((*enc)->Read(buf, sizeof(buf)).status().message(), "dump failed");  // sticky
+}
+
+TEST_F(TransferStreamTest, ProducerStalledFails) {
+  std::string pipes = src_ + "/pipes";
+  fs::create_directories(pipes);
+  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
+  EncoderOptions options;
+  options.pipe_poll = std::chrono::milliseconds(1);
+  options.pipe_stall = std::chrono::milliseconds(20);
+  Section sec = PipesSection("criu", pipes, [] { return false; });
+
+  // Nobody ever opens the pipe.
+  auto enc = StreamEncoder::Create({sec}, options);
+  ASSERT_TRUE(enc.ok());
+  Status s = ReadUntilError(**enc);
+  EXPECT_EQ(s.code(), Code::kFailed);
+  EXPECT_NE(s.message().find("producer stalled"), std::string::npos) << s.ToString();
+
+  // A writer sends some bytes, then nothing while keeping the pipe open.
+  enc = StreamEncoder::Create({sec}, options);
+  ASSERT_TRUE(enc.ok());
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    int fd = OpenWriter(pipes + "/p");
+    EXPECT_EQ(::write(fd, "hello", 5), 5);
+    while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ::close(fd);
+  });
+  std::string got;
+  s = ReadUntilError(**enc, &got);
+  stop = true;
+  writer.join();
+  EXPECT_EQ(s.code(), Code::kFailed);
+  EXPECT_NE(s.message().find("producer stalled"), std::string::npos) << s.ToString();
+  EXPECT_NE(got.find("hello"), std::string::npos);
+}
+
+TEST_F(TransferStreamTest, WriterGetsEpipeWhenTheEncoderGoes) {
+  ::signal(SIGPIPE, SIG_IGN);
+  std::string pipes = src_ + "/pipes";
+  fs::create_directories(pipes);
+  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
+  std::atomic<bool> done{false};
+  int write_errno = 0;
+  std::thread writer([&] {
+    int fd = OpenWriter(pipes + "/p");
+    std::string block(64 << 10, 'w');
+    while (::write(fd, block.data(), block.size()) > 0) {
+    }
+    write_errno = errno;
+    ::close(fd);
+    done = true;
+  });
+  auto enc = StreamEncoder::Create({PipesSection("criu", pipes, [&] { return done.load(); })});
+  ASSERT_TRUE(enc.ok());
+  std::vector<char> buf(1 << 20);
+  size_t total = 0;
+  while (total < (4u << 20)) {
+    auto n = (*enc)->Read(buf.data(), buf.size());
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    ASSERT_GT(*n, 0u);
+    total += *n;
+  }
+  enc->reset();  // mid-file
+  writer.join();
+  EXPECT_EQ(write_errno, EPIPE);
+}
+
+TEST_F(TransferStreamTest, TwoSectionsIntoOneDirectory) {
+  fs::create_directories(src_ + "/a/d");
+  fs::create_directories(src_ + "/b/d");
+  WriteFile(src_ + "/a/pages-1.img", "pages");
+  WriteFile(src_ + "/a/d/x", "x");
+  WriteFile(src_ + "/b/core-1.img", "core");
+  WriteFile(src_ + "/b/d/y", "y");
+  Landing landing{{{"criu-pages", dst_ + "/criu", false}, {"criu", dst_ + "/criu", false}}};
+  std::string stream =
+      EncodeAll({{"criu-pages", src_ + "/a", false}, {"criu", src_ + "/b", false}});
+  Status s = DecodeAll(stream, landing);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(ReadFile(dst_ + "/criu/pages-1.img"), "pages");
+  EXPECT_EQ(ReadFile(dst_ + "/criu/core-1.img"), "core");
+  EXPECT_EQ(ReadFile(dst_ + "/criu/d/x"), "x");
+  EXPECT_EQ(ReadFile(dst_ + "/criu/d/y"), "y");
+
+  // The same name in both is still a clash.
+  WriteFile(src_ + "/b/pages-1.img", "again");
+  fs::remove_all(dst_ + "/criu");
+  stream = EncodeAll({{"criu-pages", src_ + "/a", false}, {"criu", src_ + "/b", false}});
+  s = DecodeAll(stream, landing);
+  EXPECT_EQ(s.code(), Code::kInvalid);
+  EXPECT_NE(s.message().find("already exists"), std::string::npos) << s.ToString();
+}
+
+TEST_F(TransferStreamTest, HandBuiltOpenTotalsStreamIsAccepted) {
+  std::string s = Open()
+                      .Section("criu")
+                      .Entry(2, "")
+                      .Chunked("pages", {"hel", "lo", std::string(100000, 'p')})
+                      .Chunked("empty", {})
+                      .File("core", "core")
+                      .Section("log", true)
+                      .Chunked("", {"line\n"})
+                      .End();
+  TransferStats stats;
+  Status st = DecodeAll(s, DstLanding(), 5, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(ReadFile(dst_ + "/criu/pages"), "hello" + std::string(100000, 'p'));
+  EXPECT_EQ(fs::file_size(dst_ + "/criu/empty"), 0u);
+  EXPECT_EQ(ReadFile(dst_ + "/criu/core"), "core");
+  EXPECT_EQ(ReadFile(dst_ + "/log.txt"), "line\n");
+  EXPECT_EQ(stats.files, 4u);
+  EXPECT_EQ(stats.bytes, 100000u + 5 + 4 + 5);
+  struct stat st_buf {};
+  ASSERT_EQ(::lstat((dst_ + "/criu/pages").c_str(), &st_buf), 0);
+  EXPECT_EQ(st_buf.st_mode & 07777, 0644u);
+  EXPECT_EQ(st_buf.st_mtim.tv_sec, 1600000000);
+}
+
+TEST_F(TransferStreamTest, HostileOpenTotalsStreamsAreRejected) {
+  auto huge_chunk = [] {
+    std::string s = Open().Section("criu").Entry(2, "").Entry(6, "p").Partial();
+    Builder::U32(s, kMaxChunk + 1);
+    return s + std::string(100, 'x');
+  };
+  auto digest_mismatch = [] {
+    std::string s = Open().Section("criu").Entry(2, "").Chunked("p", {"abc"}).End();
+    s[s.find("abc") + 1] ^= 1;
+    return s;
+  };
+  auto end_count_mismatch = [] {
+    std::string s = Open().Section("criu").Entry(2, "").Chunked("p", {"abc"}).Partial();
+    std::string r;
+    r.push_back(3);
+    Builder::U64(r, 2);
+    Builder::U64(r, 2);  // files: 1 received
+    Builder::U64(r, 3);
+    r.append(32, '\0');
+    std::string f;
+    Builder::U32(f, static_cast<uint32_t>(r.size()));
+    return s + f + r;
+  };
+  std::vector<HostileCase> cases = {
+      {"chunked in a sized stream",
+       Builder().Section("criu").Entry(2, "").Chunked("p", {"x"}).End(), Code::kInvalid,
+       "declared totals"},
+      {"open totals with files", Builder(1, 0, 1, kOpenTotals).End(), Code::kInvalid,
+       "declares totals"},
+      {"open totals with bytes", Builder(0, 7, 1, kOpenTotals).End(), Code::kInvalid,
+       "declares totals"},
+      {"unknown flags", Builder(0, 0, 1, 2).End(), Code::kInvalid, "flags"},
+      {"chunked with a size", Open().Section("criu").Entry(2, "").Entry(6, "p", "", 3).End(),
+       Code::kInvalid, "has a size"},
+      {"chunk too big", huge_chunk(), Code::kInvalid, "larger than"},
+      {"chunk digest mismatch", digest_mismatch(), Code::kFailed, "checksum mismatch for criu/p"},
+      {"end counts", end_count_mismatch(), Code::kInvalid, "do not match"},
+      {"chunked over a symlink",
+       Open().Section("criu").Entry(2, "").Entry(3, "l", "/x").Chunked("l", {"x"}).End(),
+       Code::kInvalid, "already exists"},
+      {"chunked through a symlink",
+       Open().Section("criu").Entry(2, "").Entry(3, "l", outside_).Chunked("l/p", {"x"}).End(),
+       Code::kInvalid, "not a directory"},
+      {"chunked dotdot", Open().Section("criu").Entry(2, "").Chunked("../p", {"x"}).End(),
+       Code::kInvalid, ".."},
+      {"two files in a file section",
+       Open().Section("log", true).Chunked("", {"x"}).Chunked("", {"y"}).End(), Code::kInvalid,
+       "exactly one file"},
+  };
+  for (const HostileCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    fs::remove_all(dst_);
+    fs::create_directories(dst_);
+    Status s = DecodeAll(c.stream, DstLanding());
+    EXPECT_EQ(s.code(), c.code) << s.ToString();
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << s.ToString();
+    ExpectOutsideEmpty();
+  }
+}
+
+TEST_F(TransferStreamTest, OpenTotalsLimitsAndTruncation) {
+  std::string s =
+      Open().Section("criu").Entry(2, "").Chunked("a", {"xx", "yy"}).Chunked("b", {"z"}).End();
+  DecoderOptions o;
+  o.max_bytes = 5;
+  EXPECT_TRUE(DecodeAll(s, DstLanding(), 1, nullptr, o).ok());
+  fs::remove_all(dst_);
+  fs::create_directories(dst_);
+  o.max_bytes = 3;  // beyond in the second chunk of a
+  Status st = DecodeAll(s, DstLanding(), 1, nullptr, o);
+  EXPECT_EQ(st.code(), Code::kInvalid);
+  EXPECT_NE(st.message().find("beyond the 3 bytes allowed"), std::string::npos) << st.ToString();
+  fs::remove_all(dst_);
+  fs::create_directories(dst_);
+  o = {};
+  o.max_files = 1;
+  st = DecodeAll(s, DstLanding(), 1, nullptr, o);
+  EXPECT_EQ(st.code(), Code::kInvalid);
+  EXPECT_NE(st.message().find("more files than the 1 allowed"), std::string::npos) << st.ToString();
+
+  // Every truncation fails, mid-chunk included.
+  std::string big = Open().Section("criu").Entry(2, "").Chunked("a", {"0123456789"}).End();
+  for (size_t len = 0; len < big.size(); ++len) {
+    fs::remove_all(dst_);
+    fs::create_directories(dst_);
+    st = DecodeAll(std::string_view(big).substr(0, len), DstLanding(), static_cast<uint32_t>(len));
+    ASSERT_FALSE(st.ok()) << len;
+    if (len > big.find("0123")) {
+      EXPECT_NE(st.message().find("truncated"), std::string::npos) << len << st.ToString();
+    }
+  }
 }
 
 }  // namespace
