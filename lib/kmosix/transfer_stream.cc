@@ -464,8 +464,9 @@ Status StreamEncoder::Plan() {
         return FailedError("lstat " + child_abs + ": " + ErrnoText(errno));
       }
       if (sections_[section].pipes) {
-        if (S_ISFIFO(st.st_mode))
+        if (S_ISFIFO(st.st_mode)) {
           KMX_RETURN_IF_ERROR(add_entry(section, child, child_abs, st, true));
+        }
         continue;
       }
       KMX_RETURN_IF_ERROR(add_entry(section, child_rel, child_abs, st, false));
@@ -825,12 +826,8 @@ struct StreamDecoder::Impl {
         consumed += k;
         body_left -= k;
         if (body_left == 0) {
-          s = chunked ? Status::Ok() : EndOfBody();
+          s = chunked ? NextChunk() : EndOfBody();
           if (!s.ok()) return Fail(s);
-          if (chunked) {
-            state = State::kChunkLength;
-            need = 4;
-          }
         }
         continue;
       }
@@ -1094,15 +1091,9 @@ struct StreamDecoder::Impl {
       chunked = kind == EntryKind::kChunkedFile;
       body_sha.Reset();
       wlen = 0;
-      if (chunked) {
-        state = State::kChunkLength;
-        need = 4;
-      } else if (size == 0) {
-        state = State::kDigest;
-        need = kDigestSize;
-      } else {
-        state = State::kBody;
-      }
+      if (chunked) return NextChunk();
+      if (size == 0) return EndOfBody();
+      state = State::kBody;
       return Status::Ok();
     }
 
@@ -1214,6 +1205,12 @@ struct StreamDecoder::Impl {
     KMX_RETURN_IF_ERROR(FlushBody());
     state = State::kDigest;
     need = kDigestSize;
+    return Status::Ok();
+  }
+
+  Status NextChunk() {
+    state = State::kChunkLength;
+    need = 4;
     return Status::Ok();
   }
 
