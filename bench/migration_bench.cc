@@ -1,21 +1,27 @@
 // kmosix-migration-bench: live-migration timings on a local two-node cluster.
 //
-// For each memory size (default 16, 256, 1024 MiB) it starts the demo
-// workload touching that much memory (verifying only --verify-mib per tick so
-// it does not burn CPU), migrates it R times (alternating node1 -> node2 ->
-// node1 ...), and prints the median of each column:
-//   checkpoint, transfer, restore, total: the agent's report (seconds)
+// For each engine (default both, each on a cluster of its own: "files", the
+// dump written into files then sent, as the baseline; "streamed", the
+// transfer reading the dump's page pipes while CRIU dumps) and each memory
+// size (default 16, 256, 1024 MiB) it starts the demo workload touching that
+// much memory (verifying only --verify-mib per tick so it does not burn CPU),
+// migrates it R times (alternating node1 -> node2 -> node1 ...), and prints
+// the median of each column:
+//   checkpoint, transfer, restore, total: the agent's report (seconds;
+//                     streamed, checkpoint and transfer overlap)
 //   downtime (agent): the report's freeze-until-running-on-target
 //   downtime (ticks): the largest gap between the demo's t_ms lines around the
 //                     migration, minus the tick interval
 //   bytes, MB/s (10^6 bytes per transfer second)
-// and the ratio of the tick downtime to the FIELD-NOTES baseline (gRPC,
+// the ratio of the tick downtime to the FIELD-NOTES baseline (gRPC,
 // checkpoint to an image_path directory: 0.92 s @16 MiB, 1.95 s @256 MiB,
-// 8.75 s @1 GiB).
+// 8.75 s @1 GiB), and, with both engines, streamed against files per size.
 //
-//   kmosix-migration-bench [--mem 16,256,1024] [--runs 3] [--interval-ms 100]
-//                          [--verify-mib 1] [--reuse] [--keep] [--json FILE]
-// --reuse: use the cluster that is up (scripts/cluster up) and leave it up.
+//   kmosix-migration-bench [--engine both|files|streamed] [--mem 16,256,1024]
+//                          [--runs 3] [--interval-ms 100] [--verify-mib 1]
+//                          [--reuse] [--keep] [--json FILE]
+// --reuse: use the cluster that is up (scripts/cluster up) and leave it up
+//          (one --engine: the label of what that cluster runs).
 // --keep: leave the cluster this program brought up running.
 // Exit: 0 every migration succeeded; 1 some failed; 2 usage; 3 cannot run here.
 #include <algorithm>
@@ -53,12 +59,22 @@ struct Args {
   bool reuse = false;
   bool keep = false;
   std::string json_out;
+  // Engines measured, each on a cluster of its own, in this order.
+  std::vector<std::string> engines = {"files", "streamed"};
 };
+
+// The agent flags that select an engine ("files": the dump goes into files
+// that are sent after it; "streamed": the transfer reads the dump's pipes).
+std::vector<std::string> EngineArgs(const std::string& engine) {
+  if (engine == "files") return {"--dump-pipes", "0"};
+  return {};
+}
 
 void Usage(int code) {
   std::fprintf(code == 0 ? stdout : stderr,
-               "usage: kmosix-migration-bench [--mem 16,256,1024] [--runs 3] [--interval-ms 100]\n"
-               "                              [--verify-mib 1] [--reuse] [--keep] [--json FILE]\n");
+               "usage: kmosix-migration-bench [--engine both|files|streamed] [--mem 16,256,1024]\n"
+               "                              [--runs 3] [--interval-ms 100] [--verify-mib 1]\n"
+               "                              [--reuse] [--keep] [--json FILE]\n");
   std::exit(code);
 }
 
@@ -95,6 +111,16 @@ Args Parse(int argc, char** argv) {
       a.interval_ms = PositiveInt(value(), "--interval-ms");
     } else if (f == "--verify-mib") {
       a.verify_mib = PositiveInt(value(), "--verify-mib");
+    } else if (f == "--engine") {
+      std::string e = value();
+      if (e == "both") {
+        a.engines = {"files", "streamed"};
+      } else if (e == "files" || e == "streamed") {
+        a.engines = {e};
+      } else {
+        std::fprintf(stderr, "bad value for --engine: %s\n", e.c_str());
+        Usage(2);
+      }
     } else if (f == "--reuse") {
       a.reuse = true;
     } else if (f == "--keep") {
@@ -107,6 +133,10 @@ Args Parse(int argc, char** argv) {
       std::fprintf(stderr, "unknown argument %s\n", f.c_str());
       Usage(2);
     }
+  }
+  if (a.reuse && a.engines.size() > 1) {
+    std::fprintf(stderr, "--reuse measures the cluster as it runs: give --engine files|streamed\n");
+    Usage(2);
   }
   return a;
 }
@@ -133,6 +163,7 @@ struct Run {
 };
 
 struct Row {
+  std::string engine;
   int mib = 0;
   std::vector<Run> runs;
   int failures = 0;
@@ -250,35 +281,52 @@ void PrintTable(const std::vector<Row>& rows, int runs) {
   std::printf("\nkmosix live migration, stop-and-copy, 2 namespace nodes, median of %d run(s)\n\n",
               runs);
   std::printf(
-      "| memory | checkpoint s | transfer s | restore s | downtime (agent) s | downtime (ticks) s |"
-      " total s | bytes | MB/s | baseline s | ticks/baseline |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "| engine | memory | checkpoint s | transfer s | restore s | downtime (agent) s |"
+      " downtime (ticks) s | total s | bytes | MB/s | baseline s | ticks/baseline |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     double tick_dt = MedianOf(row, [](const Run& r) { return r.tick_downtime; });
     auto base = Baseline(row.mib);
     std::string mem = row.mib % 1024 == 0 ? std::to_string(row.mib / 1024) + " GiB"
                                           : std::to_string(row.mib) + " MiB";
-    std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", mem.c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.checkpoint; })).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.transfer; })).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.restore; })).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.agent_downtime; })).c_str(),
-                Fmt(tick_dt).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.total; })).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.bytes; }), 0).c_str(),
-                Fmt(MedianOf(row, [](const Run& r) { return r.mbps; }), 0).c_str(),
-                base ? Fmt(*base).c_str() : "-",
-                base && !std::isnan(tick_dt) ? (Fmt(tick_dt / *base) + "x").c_str() : "-");
+    std::printf(
+        "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.engine.c_str(),
+        mem.c_str(), Fmt(MedianOf(row, [](const Run& r) { return r.checkpoint; })).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.transfer; })).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.restore; })).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.agent_downtime; })).c_str(),
+        Fmt(tick_dt).c_str(), Fmt(MedianOf(row, [](const Run& r) { return r.total; })).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.bytes; }), 0).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.mbps; }), 0).c_str(),
+        base ? Fmt(*base).c_str() : "-",
+        base && !std::isnan(tick_dt) ? (Fmt(tick_dt / *base) + "x").c_str() : "-");
   }
   std::printf(
       "\nbaseline: FIELD-NOTES, gRPC + checkpoint to an image_path directory "
       "(downtime = gap in the ticks).\n");
+  bool compared = false;
+  for (const Row& streamed : rows) {
+    if (streamed.engine != "streamed") continue;
+    for (const Row& files : rows) {
+      if (files.engine != "files" || files.mib != streamed.mib) continue;
+      if (!compared) {
+        std::printf("\nstreamed against files, same run (median downtime, ticks):\n\n");
+        std::printf("| memory | files s | streamed s | streamed/files |\n|---|---|---|---|\n");
+        compared = true;
+      }
+      double f = MedianOf(files, [](const Run& r) { return r.tick_downtime; });
+      double t = MedianOf(streamed, [](const Run& r) { return r.tick_downtime; });
+      std::printf("| %d MiB | %s | %s | %s |\n", streamed.mib, Fmt(f).c_str(), Fmt(t).c_str(),
+                  f > 0 && !std::isnan(t) ? (Fmt(t / f) + "x").c_str() : "-");
+    }
+  }
   bool any_notes = false;
   for (const Row& row : rows) {
     if (row.failures > 0 || !row.notes.empty()) {
       if (!any_notes) std::printf("\nproblems:\n");
       any_notes = true;
-      std::printf("  %d MiB: %d failed migration(s)\n", row.mib, row.failures);
+      std::printf("  %s %d MiB: %d failed migration(s)\n", row.engine.c_str(), row.mib,
+                  row.failures);
       for (const auto& n : row.notes) std::printf("    %s\n", n.c_str());
     }
   }
@@ -298,8 +346,11 @@ void WriteJson(const std::string& path, const std::vector<Row>& rows) {
            {"total", r.total},
            {"bytes", r.bytes}});
     }
-    out.push_back(
-        {{"memoryMiB", row.mib}, {"runs", runs}, {"failures", row.failures}, {"notes", row.notes}});
+    out.push_back({{"engine", row.engine},
+                   {"memoryMiB", row.mib},
+                   {"runs", runs},
+                   {"failures", row.failures},
+                   {"notes", row.notes}});
   }
   std::ofstream(path) << out.dump(2) << "\n";
 }
@@ -312,27 +363,33 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kmosix-migration-bench: cannot run here: %s\n", missing.c_str());
     return 3;
   }
-  ClusterOptions opts;
-  opts.nodes = 2;
-  opts.reuse = args.reuse;
-  opts.keep = args.keep;
-  Cluster cluster(opts);
-  g_cluster = &cluster;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  if (std::string err = cluster.Up(); !err.empty()) {
-    std::fprintf(stderr, "kmosix-migration-bench: cluster: %s\n", err.c_str());
-    return 1;
-  }
   std::vector<Row> rows;
   int failures = 0;
-  for (int mib : args.mem) {
-    rows.push_back(Measure(cluster, args, mib));
-    failures += rows.back().failures;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  for (const std::string& engine : args.engines) {
+    ClusterOptions opts;
+    opts.nodes = 2;
+    opts.reuse = args.reuse;
+    opts.keep = args.keep && engine == args.engines.back();
+    opts.agent_args = EngineArgs(engine);
+    Cluster cluster(opts);
+    g_cluster = &cluster;
+    if (std::string err = cluster.Up(); !err.empty()) {
+      std::fprintf(stderr, "kmosix-migration-bench: cluster (%s): %s\n", engine.c_str(),
+                   err.c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "bench: engine %s\n", engine.c_str());
+    for (int mib : args.mem) {
+      rows.push_back(Measure(cluster, args, mib));
+      rows.back().engine = engine;
+      failures += rows.back().failures;
+    }
+    g_cluster = nullptr;
+    if (std::string err = cluster.Down(); !err.empty()) std::fprintf(stderr, "%s\n", err.c_str());
   }
   PrintTable(rows, args.runs);
   if (!args.json_out.empty()) WriteJson(args.json_out, rows);
-  g_cluster = nullptr;
-  if (std::string err = cluster.Down(); !err.empty()) std::fprintf(stderr, "%s\n", err.c_str());
   return failures == 0 ? 0 : 1;
 }

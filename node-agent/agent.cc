@@ -177,6 +177,10 @@ Status Agent::Start() {
   std::error_code ec;
   fs::create_directories(options_.scratch_dir, ec);
   if (ec) return FailedError("cannot create scratch dir: " + ec.message());
+  // Before any migration is recovered (and a workload thawed).
+  if (Status s = engine_.Recover(options_.scratch_dir); !s.ok()) {
+    spdlog::error("checkpoint engine recovery: {}", s.ToString());
+  }
 
   for (const auto& path : ListFiles(options_.state_dir + "/workloads", ".json")) {
     auto record = ReadRecord(path);

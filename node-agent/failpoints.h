@@ -47,6 +47,7 @@ class FailpointEngine final : public CheckpointEngine {
   StatusOr<Capture> Freeze(const ContainerSpec& spec, const std::string& scratch_dir) override;
   Status Thaw(const std::string& name) override { return inner_.Thaw(name); }
   Status Release(const std::string& name) override { return inner_.Release(name); }
+  Status Recover(const std::string& scratch_root) override { return inner_.Recover(scratch_root); }
   StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) override {
     return inner_.Prepare(spec, scratch_dir);
   }

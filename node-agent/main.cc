@@ -80,6 +80,12 @@ int main(int argc, char** argv) {
                  "TCP port of the data channel that receives migration streams "
                  "(default: the --listen port + 1; 0: streams go over HTTP)")
       ->check(CLI::Range(0, 65535));
+  kmosix::StopAndCopyEngine::Options engine_opts;
+  app.add_option("--dump-pipes", engine_opts.pipes,
+                 "page images of an outgoing dump made pipes the transfer reads while CRIU "
+                 "dumps (one per process; 0: dump into files, then send them)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
   app.add_option("--max-outgoing", opts.max_outgoing,
                  "migrations that may leave this node at once (more get 503)")
       ->capture_default_str()
@@ -156,7 +162,7 @@ int main(int argc, char** argv) {
   kmosix::SystemClock clock;
   kmosix::SystemRandom random;
   kmosix::ContainerdRuntime runtime(ctd);
-  kmosix::StopAndCopyEngine stop_and_copy(runtime, clock);
+  kmosix::StopAndCopyEngine stop_and_copy(runtime, clock, engine_opts);
   kmosix::agent::Failpoints failpoints;
   kmosix::agent::FailpointEngine failpoint_engine(stop_and_copy, failpoints);
   kmosix::CheckpointEngine& engine = enable_failpoints

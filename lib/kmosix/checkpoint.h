@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kmosix/runtime.h"
@@ -31,6 +32,10 @@ namespace kmosix {
 //   ends the transfer with that error (used to wait for the producer to finish
 //   the files a pipes section does not carry).
 struct Section {
+  Section() = default;
+  Section(std::string name, std::string path, bool is_file = false)
+      : name(std::move(name)), path(std::move(path)), is_file(is_file) {}
+
   std::string name;  // "criu", "criu-pages", "rootfs", "log"
   std::string path;  // directory (or single file when is_file)
   bool is_file = false;
@@ -43,8 +48,13 @@ struct Capture {
   std::vector<Section> sections;
   double freeze_seconds = 0;      // pause
   double checkpoint_seconds = 0;  // CRIU dump, when it ended before Freeze returned
-  // Set when the dump streams during the transfer: its duration, to be read
-  // once the transfer has ended.
+  // Set when the dump streams during the transfer (see Section):
+  // - streamed_dump_error: never blocks; the dump's own failure when it
+  //   failed while the transfer was still reading it (the transfer then
+  //   failed with it too), ok otherwise;
+  // - streamed_checkpoint_seconds: the dump's duration, once a transfer has
+  //   read all of the capture.
+  std::function<Status()> streamed_dump_error;
   std::function<double()> streamed_checkpoint_seconds;
 };
 
@@ -60,13 +70,22 @@ class CheckpointEngine {
 
   // Source side. Freezes the running container `spec.name` and captures its
   // state under scratch_dir. On success the container no longer executes on
-  // this node but is kept, frozen, until Release or Thaw. On failure it is
-  // running again (the engine thaws it before returning).
+  // this node but is kept, frozen, until Release or Thaw; the capture may
+  // still be in the making (see Section) and is complete once a transfer has
+  // read all of it. On failure it is running again (the engine thaws it
+  // before returning).
   virtual StatusOr<Capture> Freeze(const ContainerSpec& spec, const std::string& scratch_dir) = 0;
   // Source side, rollback: the frozen container runs again, state intact.
   virtual Status Thaw(const std::string& name) = 0;
   // Source side, after the target committed: deletes the frozen container.
   virtual Status Release(const std::string& name) = 0;
+  // Source side, once at start, before any Thaw: ends what a previous run of
+  // this process left in flight under scratch_root (a dump streaming into
+  // pipes nobody reads any more). Default: nothing to do.
+  virtual Status Recover(const std::string& scratch_root) {
+    (void)scratch_root;
+    return Status::Ok();
+  }
 
   // Target side. Creates the container for `spec` (no task yet) and says
   // where each incoming section must be written (scratch_dir holds what is

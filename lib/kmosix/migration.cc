@@ -151,8 +151,9 @@ MigrationReport& MigrationDriver::Fail(MigrationReport& r, const Status& why,
 }
 
 MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string& name,
-                                           const Status& why, const PersistFn& persist) {
-  r.failed_phase = std::string(MigrationPhaseName(r.phase));
+                                           const Status& why, const PersistFn& persist,
+                                           std::optional<MigrationPhase> failed_in) {
+  r.failed_phase = std::string(MigrationPhaseName(failed_in.value_or(r.phase)));
   r.error = why;
   spdlog::warn("migration {} of {} failed in {}, rolling back: {}", r.id, r.workload,
                r.failed_phase, why.ToString());
@@ -409,8 +410,9 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   r.timings.freeze = capture->freeze_seconds;
   r.timings.checkpoint = capture->checkpoint_seconds;
   // Checks 3 and 4: frozen here, nothing restored there.
-  auto roll_back = [&](const Status& why) -> MigrationReport {
-    RollBack(r, spec.name, why, persist);
+  auto roll_back = [&](const Status& why,
+                       std::optional<MigrationPhase> failed_in = {}) -> MigrationReport {
+    RollBack(r, spec.name, why, persist, failed_in);
     r.timings.downtime = Seconds(clock_.Now() - frozen_at);
     return r;
   };
@@ -418,10 +420,22 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
 
   Enter(r, MigrationPhase::kTransferring, persist);
   auto sent = transport_.Send(r.target_url, r.id, capture->sections);
-  if (!sent.ok()) return roll_back(sent.status().Annotate("transfer"));
+  if (!sent.ok()) {
+    if (capture->streamed_dump_error) {
+      // The dump ran during the transfer: say which of them failed.
+      if (Status dump = capture->streamed_dump_error(); !dump.ok()) {
+        return roll_back(dump, MigrationPhase::kCheckpointing);
+      }
+    }
+    return roll_back(sent.status().Annotate("transfer"));
+  }
   r.bytes = sent->bytes;
   r.files = sent->files;
   r.timings.transfer = sent->seconds;
+  if (capture->streamed_checkpoint_seconds) {
+    // The dump ran during the transfer (and has ended: all of it was read).
+    r.timings.checkpoint = capture->streamed_checkpoint_seconds();
+  }
   if (cancel_now()) return roll_back(kCancelled);
 
   Enter(r, MigrationPhase::kRestoring, persist);

@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -170,8 +171,10 @@ class MigrationDriver {
  private:
   void Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
   MigrationReport& Fail(MigrationReport& r, const Status& why, const PersistFn& persist);
+  // failed_in: the phase to report as failed (default: the current one).
   MigrationReport& RollBack(MigrationReport& r, const std::string& name, const Status& why,
-                            const PersistFn& persist);
+                            const PersistFn& persist,
+                            std::optional<MigrationPhase> failed_in = std::nullopt);
   // Asks the target (Abort, idempotent) until it answers or resolve_timeout
   // passes, then thaws or releases accordingly.
   MigrationReport& Resolve(MigrationReport& r, const std::string& name, const Status& why,

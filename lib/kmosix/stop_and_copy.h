@@ -1,11 +1,29 @@
 // Stop-and-copy CheckpointEngine over a ContainerRuntime (containerd/runc +
-// CRIU): pause the task, dump it with CRIU into a directory while it stays
-// paused, ship the CRIU images, the writable layer and the log; restore from
-// the landed images on the target.
+// CRIU): pause the task, dump it with CRIU while it stays paused, ship the
+// CRIU images, the writable layer and the log; restore from the landed images
+// on the target.
 //
-// Ownership: borrows the runtime and clock. Thread-safety: as the runtime.
-// Errors: the runtime's, annotated with the step.
+// The dump streams: before it starts, the page images CRIU will write
+// (pages-1.img .. pages-N.img, one per dumped process in dump order) are made
+// named pipes, so the transfer reads process memory while CRIU dumps it and
+// the source never stores it (section "criu-pages"); the other, small images
+// follow once the dump has ended (section "criu", behind before_read). A
+// process tree larger than `pipes` dumps its extra page images as files,
+// sent with the small ones. If the reader goes away, CRIU's next write fails
+// with EPIPE and the dump ends cleanly; Thaw first unblocks and waits for a
+// dump still in flight, so a paused task is never resumed under CRIU.
+//
+// Ownership: borrows the runtime and clock; owns one thread per dump in
+// flight (joined by Thaw, Release or the destructor). Thread-safety: calls for
+// different containers may run concurrently. Errors: the runtime's, annotated
+// with the step.
 #pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
@@ -15,18 +33,41 @@ namespace kmosix {
 
 class StopAndCopyEngine final : public CheckpointEngine {
  public:
-  StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock) : runtime_(runtime), clock_(clock) {}
+  struct Options {
+    // Page images made pipes per dump; 0 dumps into files and sends them
+    // after the dump (the engine's first, slower form).
+    int pipes = 8;
+    // Recover: how long to wait for CRIU processes still writing under the
+    // scratch root after their pipes were unblocked.
+    std::chrono::milliseconds recover_wait{10000};
+  };
+  StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock)
+      : StopAndCopyEngine(runtime, clock, Options{}) {}
+  StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock, Options options)
+      : runtime_(runtime), clock_(clock), options_(options) {}
+  ~StopAndCopyEngine() override;
+  StopAndCopyEngine(const StopAndCopyEngine&) = delete;
+  StopAndCopyEngine& operator=(const StopAndCopyEngine&) = delete;
 
   StatusOr<Capture> Freeze(const ContainerSpec& spec, const std::string& scratch_dir) override;
   Status Thaw(const std::string& name) override;
   Status Release(const std::string& name) override;
+  Status Recover(const std::string& scratch_root) override;
   StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) override;
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;
   Status Discard(const std::string& name) override;
 
  private:
+  struct Dump;
+  // Removes the dump in flight for `name` (if any) and waits for it to end,
+  // unblocking its pipes first when `disarm`.
+  void EndDump(const std::string& name, bool disarm);
+
   ContainerRuntime& runtime_;
   Clock& clock_;
+  Options options_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Dump>> dumps_;
 };
 
 }  // namespace kmosix

@@ -408,6 +408,9 @@ Status StreamEncoder::Plan() {
     if (pipe) {
       // Non-blocking, so that neither we nor a writer's open waits for the other.
       int fd = ::open(abs.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+      // Gone: its producer removed it unused (a pipe is only written while
+      // a reader has it open, and we never had).
+      if (fd < 0 && errno == ENOENT) return Status::Ok();
       if (fd < 0) return FailedError("open " + abs + ": " + ErrnoText(errno));
       p.pipe.Reset(fd);
       ::fcntl(fd, F_SETPIPE_SZ, 1 << 20);  // fewer, larger reads; best effort
@@ -461,6 +464,7 @@ Status StreamEncoder::Plan() {
       std::string child_rel = rel.empty() ? child : rel + "/" + child;
       struct stat st {};
       if (::lstat(child_abs.c_str(), &st) != 0) {
+        if (errno == ENOENT && sections_[section].pipes) continue;  // see add_entry
         return FailedError("lstat " + child_abs + ": " + ErrnoText(errno));
       }
       if (sections_[section].pipes) {

@@ -250,11 +250,12 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
   StatusOr<TransferStats> landed = data_port > 0 ? SendOverDataChannel(target, data_port, id, *enc)
                                                  : SendOverHttp(target, id, *enc);
   if (!landed.ok()) return landed.status().Annotate("stream to " + target);
-  if (landed->bytes != enc->total_bytes() || landed->files != enc->total_files()) {
+  const TransferStats sent = enc->stats();
+  if (!enc->done() || landed->bytes != sent.bytes || landed->files != sent.files) {
     return FailedError("stream to " + target + ": peer landed " + std::to_string(landed->files) +
                        " files and " + std::to_string(landed->bytes) + " bytes, " +
-                       std::to_string(enc->total_files()) + " and " +
-                       std::to_string(enc->total_bytes()) + " were sent");
+                       std::to_string(sent.files) + " and " + std::to_string(sent.bytes) +
+                       " were sent");
   }
   landed->seconds = Seconds(clock_->Now() - start);
   return landed;
@@ -275,24 +276,44 @@ StatusOr<TransferStats> HttpTransport::SendOverHttp(const std::string& target,
   KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
   std::vector<char> buf(options_.chunk_size);
   Status local;  // the encoder's error, if it failed
-  // The stream's length is known up front, so it is sent with a
-  // Content-Length rather than chunked: httplib then hands each piece to the
-  // socket without copying it. Either framing is accepted by the server.
-  httplib::Result res = cli->Post(
-      MigrationPath(id, "/stream"), httplib::Headers{}, static_cast<size_t>(enc.stream_size()),
-      [&](size_t /*offset*/, size_t length, httplib::DataSink& sink) {
-        StatusOr<size_t> n = enc.Read(buf.data(), std::min(buf.size(), length));
-        if (!n.ok()) {
-          local = n.status();
-          return false;  // cancels the request: the peer sees a cut stream
-        }
-        if (*n == 0) {
-          local = FailedError("stream ended before its announced length");
-          return false;
-        }
-        return sink.write(buf.data(), *n);
-      },
-      "application/x-kmosix-stream");
+  // A stream whose length is known up front is sent with a Content-Length
+  // (httplib then hands each piece to the socket without copying it), one
+  // still being produced chunked. The server accepts either framing.
+  auto post = [&]() -> httplib::Result {
+    if (enc.sized()) {
+      return cli->Post(
+          MigrationPath(id, "/stream"), httplib::Headers{}, static_cast<size_t>(enc.stream_size()),
+          [&](size_t /*offset*/, size_t length, httplib::DataSink& sink) {
+            StatusOr<size_t> n = enc.Read(buf.data(), std::min(buf.size(), length));
+            if (!n.ok()) {
+              local = n.status();
+              return false;  // cancels the request: the peer sees a cut stream
+            }
+            if (*n == 0) {
+              local = FailedError("stream ended before its announced length");
+              return false;
+            }
+            return sink.write(buf.data(), *n);
+          },
+          "application/x-kmosix-stream");
+    }
+    return cli->Post(
+        MigrationPath(id, "/stream"), httplib::Headers{},
+        [&](size_t /*offset*/, httplib::DataSink& sink) {
+          StatusOr<size_t> n = enc.Read(buf.data(), buf.size());
+          if (!n.ok()) {
+            local = n.status();
+            return false;
+          }
+          if (*n == 0) {
+            sink.done();
+            return true;
+          }
+          return sink.write(buf.data(), *n);
+        },
+        "application/x-kmosix-stream");
+  };
+  httplib::Result res = post();
   if (!local.ok()) return local;
   KMX_ASSIGN_OR_RETURN(json j, Answer(res, "stream", target));
   TransferStats stats;

@@ -1,11 +1,20 @@
 // In-memory ContainerRuntime for unit tests. A container's "memory" is a
 // counter that a test can advance with Tick() while its task runs; a CRIU
 // dump writes it to <image_dir>/state and a restore reads it back, so state
-// travels through the same directories as with the real engine.
+// travels through the same directories as with the real engine. Like CRIU, a
+// dump also writes the "memory" into <image_dir>/pages-1.img when that is a
+// named pipe the engine made (and a restore then checks it), outside the lock
+// since the pipe blocks until read; a vanished reader is an EPIPE error, as
+// CRIU ignores SIGPIPE (so does this process once a FakeRuntime exists).
 // Failures are injected per method with Fail(method, status).
 // Thread-safe.
 #pragma once
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -22,6 +31,7 @@ class FakeRuntime : public ContainerRuntime {
   explicit FakeRuntime(std::string node, std::string layer_root)
       : node_(std::move(node)), layer_root_(std::move(layer_root)) {
     std::filesystem::create_directories(layer_root_);
+    std::signal(SIGPIPE, SIG_IGN);
   }
 
   void AddImage(const std::string& image) {
@@ -32,6 +42,11 @@ class FakeRuntime : public ContainerRuntime {
   void Fail(const std::string& method, Status s) {
     std::lock_guard l(mu_);
     failures_[method] = std::move(s);
+  }
+  // Restores that found (and checked) a page image.
+  int PagesRestored() {
+    std::lock_guard l(mu_);
+    return pages_restored_;
   }
   // Advances the counter of a running task (a paused one does not move).
   void Tick(const std::string& name) {
@@ -123,16 +138,37 @@ class FakeRuntime : public ContainerRuntime {
     return c->layer;
   }
   Status CheckpointTask(const std::string& name, const CheckpointRequest& req) override {
-    std::lock_guard l(mu_);
-    KMX_RETURN_IF_ERROR(Enter("CheckpointTask"));
-    auto* c = Find(name);
-    if (!c) return NotFoundError(name);
-    if (c->task != TaskState::kRunning && c->task != TaskState::kPaused) {
-      return ConflictError("task not running");
+    int64_t counter = 0;
+    {
+      std::lock_guard l(mu_);
+      KMX_RETURN_IF_ERROR(Enter("CheckpointTask"));
+      auto* c = Find(name);
+      if (!c) return NotFoundError(name);
+      if (c->task != TaskState::kRunning && c->task != TaskState::kPaused) {
+        return ConflictError("task not running");
+      }
+      counter = c->counter;
     }
-    std::ofstream(req.image_dir + "/state") << c->counter;
-    if (!req.leave_running) c->task = TaskState::kStopped;
+    const std::string pages = req.image_dir + "/pages-1.img";
+    if (std::filesystem::is_fifo(pages)) {
+      int fd = ::open(pages.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) return FailedError("open pages: " + std::string(std::strerror(errno)));
+      const std::string memory = PagesOf(counter);
+      ssize_t w = ::write(fd, memory.data(), memory.size());
+      int err = errno;
+      ::close(fd);
+      if (w != static_cast<ssize_t>(memory.size())) {
+        return FailedError("write pages: " + std::string(std::strerror(err)));
+      }
+    }
+    std::ofstream(req.image_dir + "/state") << counter;
+    std::lock_guard l(mu_);
+    if (auto* c = Find(name); c && !req.leave_running) c->task = TaskState::kStopped;
     return Status::Ok();
+  }
+  // What a dump of a task at `counter` writes into its page pipe.
+  static std::string PagesOf(int64_t counter) {
+    return "pages at " + std::to_string(counter) + std::string(100000, '.');
   }
   Status RestoreTask(const std::string& name, const RestoreRequest& req) override {
     std::lock_guard l(mu_);
@@ -143,6 +179,13 @@ class FakeRuntime : public ContainerRuntime {
     std::ifstream in(req.image_dir + "/state");
     int64_t counter = -1;
     if (!(in >> counter)) return FailedError("no CRIU images in " + req.image_dir);
+    const std::string pages = req.image_dir + "/pages-1.img";
+    if (std::filesystem::exists(pages)) {
+      std::ifstream p(pages, std::ios::binary);
+      std::string memory(std::istreambuf_iterator<char>(p), {});
+      if (memory != PagesOf(counter)) return FailedError("pages-1.img does not match the dump");
+      pages_restored_++;
+    }
     c->counter = counter;
     c->task = TaskState::kRunning;
     c->pid = next_pid_++;
@@ -186,6 +229,7 @@ class FakeRuntime : public ContainerRuntime {
   std::map<std::string, Status> failures_;
   std::map<std::string, int> calls_;
   uint32_t next_pid_ = 100;
+  int pages_restored_ = 0;
 };
 
 }  // namespace kmosix::testing

@@ -2,14 +2,17 @@
 // MigrationTarget (normally a real IncomingMigrations over a FakeRuntime).
 // Faults: Down() makes the peer unreachable; DropRequest(m) loses a call
 // before delivery; DropResponse(m) delivers it and loses the answer; CutTransfer()
-// cuts the stream after the first section. All of these answer kRetry, as a
-// network failure would. Thread-safe enough for single-threaded tests.
+// cuts the stream after its first section record. All of these answer kRetry,
+// as a network failure would. Send runs the real transfer stream codec
+// (encoder straight into decoder). Thread-safe enough for single-threaded tests.
 #pragma once
 
-#include <filesystem>
+#include <algorithm>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "kmosix/transfer_stream.h"
 #include "kmosix/transport.h"
 
 namespace kmosix::testing {
@@ -45,19 +48,13 @@ class FakeTransport : public Transport {
                                const std::vector<Section>& sections) override {
     KMX_RETURN_IF_ERROR(Before("Send"));
     KMX_ASSIGN_OR_RETURN(Landing landing, target_->BeginReceive(id));
-    TransferStats stats;
-    Status result;
-    for (size_t i = 0; i < sections.size() && result.ok(); ++i) {
-      if (cut_ && i == 1) {
-        result = RetryError("connection reset mid-stream");
-        break;
-      }
-      result = CopySection(sections[i], landing, stats);
-    }
-    Status end = target_->EndReceive(id, result, stats);
+    StreamDecoder decoder(landing);
+    Status result = Stream(sections, decoder);
+    if (result.ok()) result = decoder.Finish();
+    Status end = target_->EndReceive(id, result, decoder.stats());
     if (!result.ok()) return result;
     KMX_RETURN_IF_ERROR(end);
-    return After<TransferStats>("Send", stats);
+    return After<TransferStats>("Send", decoder.stats());
   }
   StatusOr<RestoreReport> Restore(const std::string&, const std::string& id) override {
     KMX_RETURN_IF_ERROR(Before("Restore"));
@@ -86,29 +83,21 @@ class FakeTransport : public Transport {
     if (drop_response_.contains(m)) return RetryError(m + ": response lost");
     return v;
   }
-  static Status CopySection(const Section& s, const Landing& landing, TransferStats& stats) {
-    namespace fs = std::filesystem;
-    for (const auto& l : landing.sections) {
-      if (l.name != s.name) continue;
-      std::error_code ec;
-      if (s.is_file) {
-        fs::copy_file(s.path, l.path, fs::copy_options::overwrite_existing, ec);
-        stats.bytes += fs::file_size(s.path, ec);
-        stats.files++;
-      } else {
-        fs::copy(s.path, l.path, fs::copy_options::recursive | fs::copy_options::overwrite_existing,
-                 ec);
-        for (auto& e : fs::recursive_directory_iterator(s.path)) {
-          if (e.is_regular_file()) {
-            stats.bytes += e.file_size();
-            stats.files++;
-          }
-        }
-      }
-      if (ec) return FailedError("copy " + s.name + ": " + ec.message());
-      return Status::Ok();
+  Status Stream(const std::vector<Section>& sections, StreamDecoder& decoder) {
+    KMX_ASSIGN_OR_RETURN(auto encoder, StreamEncoder::Create(sections));
+    std::vector<char> buf(64 << 10);
+    // The cut falls right after the first section record (header 32 bytes,
+    // length 4, record of 4 + name).
+    const uint64_t cut_at = 32 + 4 + 4 + sections.front().name.size();
+    uint64_t sent = 0;
+    while (true) {
+      size_t want = cut_ ? std::min<uint64_t>(buf.size(), cut_at - sent) : buf.size();
+      if (want == 0) return RetryError("connection reset mid-stream");
+      KMX_ASSIGN_OR_RETURN(size_t n, encoder->Read(buf.data(), want));
+      if (n == 0) return Status::Ok();
+      KMX_RETURN_IF_ERROR(decoder.Feed(buf.data(), n));
+      sent += n;
     }
-    return InvalidError("target has no landing for section " + s.name);
   }
 
   MigrationTarget* target_;

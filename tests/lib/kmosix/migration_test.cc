@@ -3,11 +3,17 @@
 // After every scenario the workload must run exactly once, with its state.
 #include "kmosix/migration.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <filesystem>
 #include <functional>
+#include <thread>
 #include <vector>
 
 #include "fakes/fake_clock.h"
@@ -155,6 +161,44 @@ TEST_F(MigrationTest, HappyPathMovesStateAndRemovesSourceCopy) {
   EXPECT_EQ(line, "tick=1");
   EXPECT_GT(r.files, 0u);
   EXPECT_FALSE(fs::exists(root_ / "source-scratch" / "out-m-1"));
+  // The dump streamed its pages through a pipe; the restore checked them.
+  EXPECT_EQ(target_.PagesRestored(), 1);
+  EXPECT_GE(r.bytes, FakeRuntime::PagesOf(42).size());
+}
+
+TEST_F(MigrationTest, EngineWithoutPipesDumpsIntoFilesFirst) {
+  StopAndCopyEngine files_engine(source_, clock_, {.pipes = 0});
+  MigrationDriver::Options dopts{"http://node1", root_ / "source-scratch", std::chrono::seconds(5),
+                                 std::chrono::milliseconds(500)};
+  driver_ = std::make_unique<MigrationDriver>(files_engine, *transport_, clock_, dopts);
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectRunsOnceOn(target_, 42);
+  EXPECT_EQ(target_.PagesRestored(), 0);
+}
+
+TEST_F(MigrationTest, EngineRecoverUnblocksADumpLeftStreaming) {
+  // A previous run died while CRIU (here a thread) was opening a page pipe
+  // nobody reads: Recover unblocks it and removes the pipes.
+  const fs::path images = root_ / "source-scratch" / "out-m-0" / "criu";
+  fs::create_directories(images);
+  const std::string pipe = (images / "pages-1.img").string();
+  ASSERT_EQ(::mkfifo(pipe.c_str(), 0600), 0);
+  std::atomic<int> write_errno{-1};
+  std::atomic<bool> recovered{false};
+  std::thread writer([&] {
+    int fd = ::open(pipe.c_str(), O_WRONLY | O_CLOEXEC);  // blocks until Recover
+    while (!recovered) std::this_thread::yield();
+    write_errno = ::write(fd, "x", 1) < 0 ? errno : 0;
+    ::close(fd);
+  });
+  SystemClock real_clock;
+  StopAndCopyEngine engine(source_, real_clock);
+  EXPECT_TRUE(engine.Recover((root_ / "source-scratch").string()).ok());
+  recovered = true;
+  writer.join();
+  EXPECT_FALSE(fs::exists(pipe));
+  EXPECT_EQ(write_errno.load(), EPIPE);
 }
 
 TEST_F(MigrationTest, WorkloadLifeTravelsWithTheOffer) {
