@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -186,12 +187,23 @@ TEST_F(MigrationTest, EngineRecoverUnblocksADumpLeftStreaming) {
   ASSERT_EQ(::mkfifo(pipe.c_str(), 0600), 0);
   std::atomic<int> write_errno{-1};
   std::atomic<bool> recovered{false};
+  std::atomic<pid_t> writer_tid{0};
   std::thread writer([&] {
+    writer_tid = static_cast<pid_t>(::syscall(SYS_gettid));
     int fd = ::open(pipe.c_str(), O_WRONLY | O_CLOEXEC);  // blocks until Recover
     while (!recovered) std::this_thread::yield();
-    write_errno = ::write(fd, "x", 1) < 0 ? errno : 0;
-    ::close(fd);
+    write_errno = fd < 0 ? -2 : ::write(fd, "x", 1) < 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);
   });
+  // Recover only once the writer sits in the pipe's open (as CRIU would).
+  while (writer_tid == 0) std::this_thread::yield();
+  const std::string wchan = "/proc/self/task/" + std::to_string(writer_tid.load()) + "/wchan";
+  std::string in;
+  for (int i = 0; i < 10000 && in != "wait_for_partner"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::ifstream(wchan) >> in;
+  }
+  ASSERT_EQ(in, "wait_for_partner") << "the writer never blocked opening the pipe";
   SystemClock real_clock;
   StopAndCopyEngine engine(source_, real_clock);
   EXPECT_TRUE(engine.Recover((root_ / "source-scratch").string()).ok());
