@@ -3,13 +3,16 @@
 #include "transport_http/http_transport.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -60,7 +63,8 @@ class FakeTarget : public MigrationTarget {
       hook = on_begin_receive;
     }
     if (hook) hook();
-    return Landing{{{"criu", land_ + "/criu", false},
+    return Landing{{{"criu-pages", land_ + "/criu", false},
+                    {"criu", land_ + "/criu", false},
                     {"rootfs", land_ + "/rootfs", false},
                     {"log", land_ + "/log.txt", true}}};
   }
@@ -256,6 +260,48 @@ TEST_P(HttpTransportTest, HappyPath) {
   EXPECT_EQ(*transport_.Query(url, "m-1"), TargetPhase::kCommitted);
   EXPECT_EQ(*transport_.Query(url, "m-unknown"), TargetPhase::kUnknown);
   EXPECT_EQ(*transport_.Query(url + "/", "m-1"), TargetPhase::kCommitted);
+}
+
+// A capture still being produced (a dump streaming into pipes, its other
+// files behind before_read) goes over either carrier: chunked over HTTP.
+TEST_P(HttpTransportTest, StreamedCaptureArrivesWhileItIsProduced) {
+  const std::string url = server_->url();
+  ASSERT_TRUE(transport_.Hello(url).ok());
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-1")).ok());
+  const std::string dump = tmp_ + "/dump";
+  fs::create_directories(dump);
+  ASSERT_EQ(::mkfifo((dump + "/pages-1.img").c_str(), 0600), 0);
+  ASSERT_EQ(::mkfifo((dump + "/pages-2.img").c_str(), 0600), 0);  // never written
+  std::atomic<bool> producer_done{false};
+  std::thread producer([&] {
+    int fd = ::open((dump + "/pages-1.img").c_str(), O_WRONLY | O_CLOEXEC);
+    const std::string page(1 << 20, 'm');
+    for (int i = 0; i < 5 && fd >= 0; ++i)
+      ASSERT_EQ(::write(fd, page.data(), page.size()), 1 << 20);
+    ::close(fd);
+    std::ofstream(dump + "/core-1.img") << "core";
+    ::unlink((dump + "/pages-1.img").c_str());
+    ::unlink((dump + "/pages-2.img").c_str());
+    producer_done = true;
+  });
+  Section pages("criu-pages", dump);
+  pages.pipes = true;
+  pages.producer_done = [&] { return producer_done.load(); };
+  Section rest("criu", dump);
+  rest.before_read = [&] {
+    while (!producer_done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return Status::Ok();
+  };
+  auto stats = transport_.Send(url, "m-1", {pages, rest, Section("log", src_ + "/log.txt", true)});
+  producer.join();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->files, 3u);
+  EXPECT_EQ(stats->bytes, (5u << 20) + 4 + 4);
+  EXPECT_EQ(ReadFile(land_ + "/criu/pages-1.img"), std::string(5 << 20, 'm'));
+  EXPECT_EQ(ReadFile(land_ + "/criu/core-1.img"), "core");
+  EXPECT_FALSE(fs::exists(land_ + "/criu/pages-2.img"));
+  ASSERT_EQ(target_->end_results.size(), 1u);
+  EXPECT_TRUE(target_->end_results[0].ok());
 }
 
 TEST_P(HttpTransportTest, PeerErrorsMapBackToCodes) {
