@@ -41,9 +41,27 @@ Status ValidateName(std::string_view name) {
 }
 
 StatusOr<json> ParseJsonObject(std::string_view body) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  // Keys seen so far in each object being parsed; a repeated key would
+  // otherwise silently keep its last value.
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  auto check_keys = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      open_objects.emplace_back();
+    } else if (event == json::parse_event_t::object_end && !open_objects.empty()) {
+      open_objects.pop_back();
+    } else if (event == json::parse_event_t::key && !open_objects.empty() && duplicate.empty() &&
+               !open_objects.back().insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  json j = json::parse(body, check_keys, /*allow_exceptions=*/false);
   if (j.is_discarded()) return InvalidError("request body is not valid JSON");
   if (!j.is_object()) return InvalidError("request body must be a JSON object");
+  if (!duplicate.empty()) {
+    return InvalidError("duplicate key \"" + duplicate.substr(0, 64) + "\" in the request body");
+  }
   return j;
 }
 

@@ -24,7 +24,8 @@ Status ValidateName(std::string_view name);
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body);
 nlohmann::json MigrationOfferToJson(const MigrationOffer& offer);
 
-// Parses a body as a JSON object; kInvalid with the parser's message if not.
+// Parses a body as a JSON object; kInvalid if it is not one, or if any object
+// in it repeats a key.
 StatusOr<nlohmann::json> ParseJsonObject(std::string_view body);
 
 // {"code","message"}
