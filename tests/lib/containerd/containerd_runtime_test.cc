@@ -66,13 +66,6 @@ class StopNodesEnv : public ::testing::Environment {
 };
 [[maybe_unused]] auto* const kEnv = ::testing::AddGlobalTestEnvironment(new StopNodesEnv);
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 bool Exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
@@ -95,26 +88,6 @@ long FirstTick(const std::string& log_path) {
   std::smatch m;
   if (!std::regex_search(s, m, re)) return 0;
   return std::stol(m[1].str());
-}
-
-template <typename Pred>
-bool WaitFor(Pred pred, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return pred();
-}
-
-std::string CriuProblem() {
-  static std::string problem = [] {
-    std::string out;
-    int rc = RunCommand("criu check", &out);
-    if (rc != 0) return "`criu check` failed: " + out;
-    return std::string();
-  }();
-  return problem;
 }
 
 class ContainerdRuntimeTest : public ::testing::Test {

@@ -25,13 +25,6 @@
 namespace kmosix::testing {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 bool Exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
@@ -78,6 +71,13 @@ std::vector<pid_t> PidsWithCmdline(const std::string& must, const std::string& n
 
 }  // namespace
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 int RunCommand(const std::string& cmd, std::string* output) {
   std::string full = cmd + " 2>&1";
   FILE* p = popen(full.c_str(), "r");
@@ -101,6 +101,16 @@ std::string MissingCapability() {
   return "";
 }
 
+std::string CriuProblem() {
+  static const std::string problem = [] {
+    std::string out;
+    int rc = RunCommand("criu check", &out);
+    if (rc != 0) return "`criu check` failed: " + out;
+    return std::string();
+  }();
+  return problem;
+}
+
 PrivateContainerd::PrivateContainerd(std::string tag) : tag_(std::move(tag)) {
   char tmpl[] = "/tmp/kmx-ctd-XXXXXX";
   char* d = mkdtemp(tmpl);
@@ -113,21 +123,27 @@ PrivateContainerd::PrivateContainerd(std::string tag) : tag_(std::move(tag)) {
 
 PrivateContainerd::~PrivateContainerd() { Stop(); }
 
-ContainerdConfig PrivateContainerd::Config() const {
+ContainerdConfig PrivateContainerd::Config(const std::string& ns) const {
   ContainerdConfig c;
   c.socket_path = socket_;
-  c.containerd_namespace = "kmosix";
-  c.node_name = tag_;
-  c.runc_root = runc_root_;
-  c.cgroup_parent = cgroup_parent_;
+  c.containerd_namespace = ns;
+  if (ns == kDefaultNamespace) {
+    c.node_name = tag_;
+    c.runc_root = runc_root_;
+    c.cgroup_parent = cgroup_parent_;
+  } else {
+    c.node_name = tag_ + "-" + ns;
+    c.runc_root = runc_root_ + "-" + ns;
+    c.cgroup_parent = cgroup_parent_ + "-" + ns;
+  }
   c.criu_path = Which("criu");
   c.rpc_timeout = std::chrono::seconds(20);
   c.criu_timeout = std::chrono::seconds(120);
   return c;
 }
 
-std::unique_ptr<ContainerdRuntime> PrivateContainerd::NewRuntime() const {
-  return std::make_unique<ContainerdRuntime>(Config());
+std::unique_ptr<ContainerdRuntime> PrivateContainerd::NewRuntime(const std::string& ns) const {
+  return std::make_unique<ContainerdRuntime>(Config(ns));
 }
 
 std::string PrivateContainerd::Start() {
@@ -179,7 +195,8 @@ std::string PrivateContainerd::DaemonLogTail() const {
   return s.size() > 3000 ? s.substr(s.size() - 3000) : s;
 }
 
-std::string PrivateContainerd::ImportTestImage(const std::string& image_name) {
+std::string PrivateContainerd::ImportTestImage(const std::string& image_name,
+                                               const std::string& ns) {
   static std::mutex mu;
   static std::string tarball;
   {
@@ -196,23 +213,32 @@ std::string PrivateContainerd::ImportTestImage(const std::string& image_name) {
       std::atexit([] { unlink(to_remove.c_str()); });
     }
   }
+  return ImportImage(tarball, ns);
+}
+
+std::string PrivateContainerd::ImportImage(const std::string& tarball, const std::string& ns) {
+  namespaces_.insert(ns);
+  mkdir(Config(ns).runc_root.c_str(), 0700);
   std::string out;
   int rc = RunCommand(
-      "ctr -a " + socket_ + " -n kmosix images import --snapshotter overlayfs " + tarball, &out);
-  if (rc != 0) return "ctr images import failed: " + out;
+      "ctr -a " + socket_ + " -n " + ns + " images import --snapshotter overlayfs " + tarball,
+      &out);
+  if (rc != 0) return "ctr images import of " + tarball + " failed: " + out;
   return "";
 }
 
 void PrivateContainerd::Stop() {
   if (pid_ > 0) {
     // Delete what this daemon runs (kills tasks, removes snapshots).
-    auto cfg = Config();
-    cfg.rpc_timeout = std::chrono::seconds(5);
-    cfg.kill_timeout = std::chrono::seconds(5);
-    ContainerdRuntime rt(cfg);
-    auto list = rt.ListContainers();
-    if (list.ok()) {
-      for (const auto& name : *list) (void)rt.Delete(name);
+    for (const std::string& ns : namespaces_) {
+      auto cfg = Config(ns);
+      cfg.rpc_timeout = std::chrono::seconds(5);
+      cfg.kill_timeout = std::chrono::seconds(5);
+      ContainerdRuntime rt(cfg);
+      auto list = rt.ListContainers();
+      if (list.ok()) {
+        for (const auto& name : *list) (void)rt.Delete(name);
+      }
     }
     kill(pid_, SIGTERM);
     int st;
@@ -233,22 +259,26 @@ void PrivateContainerd::Stop() {
   if (dir_.empty() || !Exists(dir_)) return;
   // Shims of this daemon carry its socket address on their command line.
   for (pid_t p : PidsWithCmdline("containerd-shim", socket_)) kill(p, SIGKILL);
-  // Containers runc still knows under this node's root.
-  if (Exists(runc_root_)) {
+  // Containers runc still knows under the nodes' roots.
+  for (const std::string& ns : namespaces_) {
+    const std::string root = Config(ns).runc_root;
+    if (!Exists(root)) continue;
     std::string ids;
-    if (RunCommand("runc --root " + runc_root_ + " list -q", &ids) == 0) {
+    if (RunCommand("runc --root " + root + " list -q", &ids) == 0) {
       std::istringstream is(ids);
       std::string id;
-      while (is >> id) RunCommand("runc --root " + runc_root_ + " delete --force " + id);
+      while (is >> id) RunCommand("runc --root " + root + " delete --force " + id);
     }
   }
   for (int round = 0; round < 3; ++round) {
     for (const auto& m : MountsUnder(dir_ + "/")) umount2(m.c_str(), MNT_DETACH);
   }
   RunCommand("rm -rf " + dir_);
-  // Cgroup parent in every v1 hierarchy.
-  RunCommand("for h in /sys/fs/cgroup/*; do d=\"$h" + cgroup_parent_ +
-             "\"; [ -d \"$d\" ] && find \"$d\" -depth -type d -exec rmdir {} + ; done; true");
+  // Cgroup parents in every v1 hierarchy.
+  for (const std::string& ns : namespaces_) {
+    RunCommand("for h in /sys/fs/cgroup/*; do d=\"$h" + Config(ns).cgroup_parent +
+               "\"; [ -d \"$d\" ] && find \"$d\" -depth -type d -exec rmdir {} + ; done; true");
+  }
   dir_.clear();
 }
 

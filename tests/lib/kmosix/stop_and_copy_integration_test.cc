@@ -1,0 +1,418 @@
+// Integration test of StopAndCopyEngine's streamed dump over real containerd,
+// runc and CRIU, in one process: one private containerd daemon (own root,
+// state and socket in a temp dir) serves two simulated nodes, the containerd
+// namespaces "src" and "dst", each with its own ContainerdRuntime (runc root,
+// cgroup parent) and its own engine (default options: page images are pipes).
+// The transfer is the real StreamEncoder pumped straight into a StreamDecoder
+// writing the target's landing. The workload is the demo image
+// (images/demo/kmosix-demo.c): a counter kept in process memory that touches
+// and verifies --mem MiB and prints one "tick=..." line per tick.
+//
+// Needs root, containerd/runc/CRIU (`criu check`) and the demo image tarball
+// (ninja kmosix-demo-image); skips loudly when something is missing.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cluster.h"  // the demo's log format: ParseDemoLog, CheckConsecutive
+#include "containerd/containerd_runtime.h"
+#include "kmosix/clock.h"
+#include "kmosix/stop_and_copy.h"
+#include "kmosix/transfer_stream.h"
+#include "private_containerd.h"
+
+#ifndef KMX_DEMO_IMAGE
+#error "KMX_DEMO_IMAGE must point at the demo image tarball"
+#endif
+
+namespace kmosix::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using kmosix::e2e::CheckConsecutive;
+using kmosix::e2e::DemoLog;
+using kmosix::e2e::ParseDemoLog;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr char kDemoImage[] = "kmosix.local/demo:latest";
+constexpr int kMemMib = 64;
+constexpr uint64_t kMiB = 1 << 20;
+
+// Pids (not ours) with a file descriptor, cwd or root under `dir`.
+std::vector<pid_t> PidsWithFilesUnder(const std::string& dir) {
+  std::vector<pid_t> out;
+  const std::string prefix = dir + "/";
+  std::error_code ec;
+  for (const auto& proc : fs::directory_iterator("/proc", ec)) {
+    const std::string name = proc.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = std::stoi(name);
+    if (pid == ::getpid()) continue;
+    bool uses = false;
+    std::error_code fec;
+    for (const auto& fd : fs::directory_iterator(proc.path() / "fd", fec)) {
+      std::error_code lec;
+      if (fs::read_symlink(fd.path(), lec).string().rfind(prefix, 0) == 0 && !lec) uses = true;
+    }
+    std::error_code cec;
+    if (fs::read_symlink(proc.path() / "cwd", cec).string().rfind(prefix, 0) == 0 && !cec)
+      uses = true;
+    if (uses) out.push_back(pid);
+  }
+  return out;
+}
+
+std::string Comm(pid_t pid) {
+  std::string s = ReadFile("/proc/" + std::to_string(pid) + "/comm");
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+// A CRIU process working under `dir` that sleeps opening a FIFO (no reader).
+bool CriuBlockedOnPipeOpen(const std::string& dir) {
+  for (pid_t pid : PidsWithFilesUnder(dir)) {
+    if (Comm(pid) == "criu" &&
+        ReadFile("/proc/" + std::to_string(pid) + "/wchan") == "wait_for_partner") {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string Describe(const std::vector<pid_t>& pids) {
+  std::string s;
+  for (pid_t p : pids) s += std::to_string(p) + "(" + Comm(p) + ") ";
+  return s.empty() ? "none" : s;
+}
+
+// Runs fn on its own thread and waits up to `limit`. If it has not returned
+// by then, *timed_out is set and the processes holding files under
+// `unblock_dir` (CRIU) are killed so that fn can return; the thread is always
+// joined before this returns.
+Status RunBounded(const std::function<Status()>& fn, milliseconds limit,
+                  const std::string& unblock_dir, bool* timed_out) {
+  std::promise<Status> done;
+  std::future<Status> result = done.get_future();
+  std::thread t([&] { done.set_value(fn()); });
+  *timed_out = result.wait_for(limit) != std::future_status::ready;
+  if (*timed_out) {
+    for (pid_t p : PidsWithFilesUnder(unblock_dir)) ::kill(p, SIGKILL);
+  }
+  t.join();
+  return result.get();
+}
+
+uint64_t FileSize(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+bool IsFifo(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+const Section* FindSection(const std::vector<Section>& sections, const std::string& name) {
+  for (const auto& s : sections) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+// Reads the encoder into the decoder (in 64 KiB chunks) until the stream
+// ends or, with `stop_after` > 0, at least that many bytes went through.
+// *sent counts the bytes fed. Bounded: a pipe nobody writes fails the encoder
+// after EncoderOptions::pipe_stall, and CRIU is bounded by criu_timeout.
+Status Pump(StreamEncoder& encoder, StreamDecoder& decoder, uint64_t stop_after, uint64_t* sent) {
+  std::vector<char> buf(64 << 10);
+  *sent = 0;
+  while (stop_after == 0 || *sent < stop_after) {
+    KMX_ASSIGN_OR_RETURN(size_t n, encoder.Read(buf.data(), buf.size()));
+    if (n == 0) return Status::Ok();
+    KMX_RETURN_IF_ERROR(decoder.Feed(buf.data(), n));
+    *sent += n;
+  }
+  return Status::Ok();
+}
+
+class StopAndCopyIntegrationTest : public ::testing::Test {
+ protected:
+  // One daemon per test process (ctest runs each test in its own process).
+  static void SetUpTestSuite() {
+    skip_reason_ = MissingCapability();
+    if (skip_reason_.empty()) skip_reason_ = CriuProblem();
+    if (skip_reason_.empty() && !fs::exists(KMX_DEMO_IMAGE)) {
+      skip_reason_ = std::string("demo image ") + KMX_DEMO_IMAGE +
+                     " missing (build it: ninja kmosix-demo-image)";
+    }
+    if (!skip_reason_.empty()) return;
+    daemon_ = std::make_unique<PrivateContainerd>("sac");
+    start_error_ = daemon_->Start();
+    for (const char* ns : {"src", "dst"}) {
+      if (start_error_.empty()) start_error_ = daemon_->ImportImage(KMX_DEMO_IMAGE, ns);
+    }
+    if (!start_error_.empty()) start_error_ += "\n" + daemon_->DaemonLogTail();
+  }
+  static void TearDownTestSuite() { daemon_.reset(); }
+
+  void SetUp() override {
+    if (!skip_reason_.empty()) {
+      GTEST_SKIP() << "STOP-AND-COPY INTEGRATION SKIPPED: " << skip_reason_;
+    }
+    ASSERT_TRUE(start_error_.empty()) << "private containerd: " << start_error_;
+    src_rt_ = daemon_->NewRuntime("src");
+    dst_rt_ = daemon_->NewRuntime("dst");
+    ASSERT_NE(src_rt_->config().runc_root, dst_rt_->config().runc_root);
+    ASSERT_NE(src_rt_->config().cgroup_parent, dst_rt_->config().cgroup_parent);
+    src_ = std::make_unique<StopAndCopyEngine>(*src_rt_, clock_);
+    dst_ = std::make_unique<StopAndCopyEngine>(*dst_rt_, clock_);
+
+    name_ = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::transform(name_.begin(), name_.end(), name_.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const std::string base = daemon_->dir() + "/" + name_;
+    fs::create_directories(base + "/logs");
+    fs::create_directories(base + "/scratch-src");
+    fs::create_directories(base + "/scratch-dst");
+    src_scratch_ = base + "/scratch-src/m1";
+    dst_scratch_ = base + "/scratch-dst/m1";
+    spec_.name = name_;
+    spec_.image = kDemoImage;
+    spec_.args = {"/bin/kmosix-demo", "--mem", std::to_string(kMemMib)};
+    spec_.memory_mib = 4 * kMemMib;
+    spec_.log_path = base + "/logs/src.log";
+    tspec_ = spec_;
+    tspec_.log_path = base + "/logs/dst.log";
+  }
+
+  void TearDown() override {
+    src_.reset();  // joins a dump still in flight
+    dst_.reset();
+    if (src_rt_) (void)src_rt_->Delete(name_);
+    if (dst_rt_) (void)dst_rt_->Delete(name_);
+  }
+
+  DemoLog Log(const std::string& path) { return ParseDemoLog(ReadFile(path)); }
+  uint64_t LastTick(const std::string& path) {
+    DemoLog l = Log(path);
+    return l.ticks.empty() ? 0 : l.ticks.back().tick;
+  }
+  int64_t LastPasses(const std::string& path) {
+    DemoLog l = Log(path);
+    return l.ticks.empty() ? 0 : l.ticks.back().mem_passes;
+  }
+
+  // Starts the demo on the source and waits for a full memory pass.
+  void StartDemo() {
+    Status s = src_rt_->CreateContainer(spec_);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    s = src_rt_->StartTask(name_);
+    ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << daemon_->DaemonLogTail();
+    ASSERT_TRUE(
+        WaitFor([&] { return LastPasses(spec_.log_path) >= 1 && LastTick(spec_.log_path) >= 5; },
+                seconds(60)))
+        << "demo did not tick: " << ReadFile(spec_.log_path);
+  }
+
+  // The workload's log holds consecutive ticks from 1, started once, with
+  // every memory check passing, through at least a full memory pass after
+  // `passes_at_freeze` and tick `frozen_tick` + 5.
+  void ExpectContinued(const std::string& log_path, uint64_t frozen_tick,
+                       int64_t passes_at_freeze) {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return LastTick(log_path) >= frozen_tick + 5 &&
+                 LastPasses(log_path) >= passes_at_freeze + 2;
+        },
+        seconds(60)))
+        << "ticks did not continue past " << frozen_tick << ": last tick " << LastTick(log_path);
+    DemoLog log = Log(log_path);
+    ASSERT_FALSE(log.ticks.empty()) << ReadFile(log_path);
+    EXPECT_EQ(log.ticks.front().tick, 1u);
+    EXPECT_EQ(CheckConsecutive(log.ticks), "") << "a counter value was lost or repeated";
+    EXPECT_GT(log.ticks.back().tick, frozen_tick);
+    EXPECT_EQ(log.start_lines, 1) << "the workload restarted";
+    EXPECT_EQ(log.corruption_lines, 0) << ReadFile(log_path);
+    EXPECT_EQ(log.malformed_lines, 0);
+    int bad = 0;
+    for (const auto& t : log.ticks) bad += t.mem_ok != 1;
+    EXPECT_EQ(bad, 0) << "ticks with mem_ok != 1";
+    EXPECT_EQ(log.ticks.back().mem_mib, kMemMib);
+  }
+
+  TaskState State(ContainerRuntime& rt) {
+    auto info = rt.Inspect(name_);
+    return info.ok() ? info->state : TaskState::kUnknown;
+  }
+
+  std::string DumpLog() { return ReadFile(src_scratch_ + "/work/dump.log"); }
+  static std::string Tail(const std::string& s, size_t n = 4000) {
+    return s.size() > n ? s.substr(s.size() - n) : s;
+  }
+
+  // Source Thaw, bounded; asserts it returned ok in time and the task runs.
+  void ThawBounded() {
+    bool timed_out = false;
+    Status s =
+        RunBounded([&] { return src_->Thaw(name_); }, seconds(120), src_scratch_, &timed_out);
+    EXPECT_FALSE(timed_out) << "Thaw did not return within 120 s (CRIU killed to unblock it)\n"
+                            << Tail(DumpLog());
+    ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << Tail(DumpLog());
+    EXPECT_EQ(TaskStateName(State(*src_rt_)), TaskStateName(TaskState::kRunning));
+    EXPECT_EQ(Describe(PidsWithFilesUnder(src_scratch_)), "none")
+        << "the dump is still running after Thaw";
+  }
+
+  static inline std::unique_ptr<PrivateContainerd> daemon_;
+  static inline std::string skip_reason_;
+  static inline std::string start_error_;
+
+  SystemClock clock_;
+  std::unique_ptr<ContainerdRuntime> src_rt_, dst_rt_;
+  std::unique_ptr<StopAndCopyEngine> src_, dst_;
+  std::string name_, src_scratch_, dst_scratch_;
+  ContainerSpec spec_, tspec_;
+};
+
+TEST_F(StopAndCopyIntegrationTest, StreamedMigrationKeepsMemoryAndCounter) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo());
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto capture = src_->Freeze(spec_, src_scratch_);
+  ASSERT_TRUE(capture.ok()) << capture.status().ToString();
+  const Section* pages = FindSection(capture->sections, "criu-pages");
+  ASSERT_NE(pages, nullptr) << "the dump does not stream";
+  EXPECT_TRUE(pages->pipes);
+  EXPECT_TRUE(IsFifo(pages->path + "/pages-1.img")) << "page images are not pipes";
+  ASSERT_NE(FindSection(capture->sections, "criu"), nullptr);
+  ASSERT_NE(FindSection(capture->sections, "rootfs"), nullptr);
+  ASSERT_NE(FindSection(capture->sections, "log"), nullptr);
+  std::this_thread::sleep_for(milliseconds(200));  // the shim copies the last lines
+  const uint64_t frozen_tick = LastTick(spec_.log_path);
+  const int64_t passes = LastPasses(spec_.log_path);
+
+  auto landing = dst_->Prepare(tspec_, dst_scratch_);
+  ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+  StreamDecoder decoder(*landing);
+  auto encoder = StreamEncoder::Create(capture->sections);
+  ASSERT_TRUE(encoder.ok()) << encoder.status().ToString();
+  uint64_t sent = 0;
+  Status s = Pump(**encoder, decoder, 0, &sent);
+  ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << Tail(DumpLog());
+  s = decoder.Finish();
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto t1 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(capture->streamed_dump_error().ok()) << capture->streamed_dump_error().ToString();
+  EXPECT_EQ(LastTick(spec_.log_path), frozen_tick) << "source ran while frozen";
+
+  // The memory went through the pipe: landed on the target, never stored on
+  // the source.
+  const uint64_t landed_pages = FileSize(dst_scratch_ + "/criu/pages-1.img");
+  EXPECT_GE(landed_pages, static_cast<uint64_t>(kMemMib) * kMiB);
+  EXPECT_TRUE(fs::exists(dst_scratch_ + "/criu/inventory.img"));
+  for (const auto& e : fs::directory_iterator(src_scratch_ + "/criu")) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("pages-", 0) == 0) {
+      EXPECT_LT(FileSize(e.path().string()), kMiB) << "source stored " << f;
+    }
+  }
+
+  s = dst_->Restore(tspec_, *landing);
+  ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << Tail(ReadFile(dst_scratch_ + "/work/restore.log"));
+  auto t2 = std::chrono::steady_clock::now();
+  EXPECT_EQ(TaskStateName(State(*dst_rt_)), TaskStateName(TaskState::kRunning));
+  s = src_->Release(name_);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(src_rt_->Inspect(name_).status().code(), Code::kNotFound) << "source still there";
+  auto src_list = src_rt_->ListContainers();
+  ASSERT_TRUE(src_list.ok());
+  EXPECT_EQ(std::count(src_list->begin(), src_list->end(), name_), 0);
+
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(tspec_.log_path, frozen_tick, passes));
+  EXPECT_EQ(LastTick(spec_.log_path), frozen_tick) << "the source log moved after Release";
+
+  std::cout << "[ figures  ] stream " << sent << " bytes, pages-1.img " << landed_pages
+            << " bytes; freeze " << capture->freeze_seconds << " s, dump "
+            << capture->streamed_checkpoint_seconds() << " s, freeze+transfer "
+            << std::chrono::duration<double>(t1 - t0).count() << " s, restore "
+            << std::chrono::duration<double>(t2 - t1).count() << " s\n";
+}
+
+TEST_F(StopAndCopyIntegrationTest, StreamCutMidDumpRollsBackIntact) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo());
+
+  auto capture = src_->Freeze(spec_, src_scratch_);
+  ASSERT_TRUE(capture.ok()) << capture.status().ToString();
+  std::this_thread::sleep_for(milliseconds(200));
+  const uint64_t frozen_tick = LastTick(spec_.log_path);
+  const int64_t passes = LastPasses(spec_.log_path);
+
+  auto landing = dst_->Prepare(tspec_, dst_scratch_);
+  ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+  uint64_t sent = 0;
+  {
+    StreamDecoder decoder(*landing);
+    auto encoder = StreamEncoder::Create(capture->sections);
+    ASSERT_TRUE(encoder.ok()) << encoder.status().ToString();
+    Status s = Pump(**encoder, decoder, kMiB, &sent);
+    ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << Tail(DumpLog());
+    EXPECT_GE(sent, kMiB);
+    EXPECT_FALSE((*encoder)->done()) << "the whole capture fit in 1 MiB?";
+    // The reader goes away mid-dump: the encoder closes the pipe it reads.
+  }
+  Status s = dst_->Discard(name_);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(dst_rt_->Inspect(name_).status().code(), Code::kNotFound);
+  // CRIU fails on its next write into the closed pipe; the task it leaves
+  // behind is still paused.
+  EXPECT_TRUE(WaitFor([&] { return PidsWithFilesUnder(src_scratch_).empty(); }, seconds(60)))
+      << "CRIU still running after the reader went away: "
+      << Describe(PidsWithFilesUnder(src_scratch_));
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_EQ(LastTick(spec_.log_path), frozen_tick) << "source ran while frozen";
+  EXPECT_EQ(TaskStateName(State(*src_rt_)), TaskStateName(TaskState::kPaused));
+
+  ASSERT_NO_FATAL_FAILURE(ThawBounded());
+  EXPECT_FALSE(fs::exists(src_scratch_ + "/criu/inventory.img")) << "the dump ran to its end";
+  std::cout << "[ figures  ] cut after " << sent << " stream bytes\n";
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(spec_.log_path, frozen_tick, passes));
+}
+
+TEST_F(StopAndCopyIntegrationTest, ThawBeforeAnyReadEndsTheDump) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo());
+
+  auto capture = src_->Freeze(spec_, src_scratch_);
+  ASSERT_TRUE(capture.ok()) << capture.status().ToString();
+  std::this_thread::sleep_for(milliseconds(200));
+  const uint64_t frozen_tick = LastTick(spec_.log_path);
+  const int64_t passes = LastPasses(spec_.log_path);
+  // No encoder: CRIU sleeps opening its first page pipe.
+  EXPECT_TRUE(WaitFor([&] { return CriuBlockedOnPipeOpen(src_scratch_); }, seconds(60)))
+      << "CRIU never blocked on a page pipe; processes under the scratch dir: "
+      << Describe(PidsWithFilesUnder(src_scratch_)) << "\n"
+      << Tail(DumpLog());
+  EXPECT_EQ(LastTick(spec_.log_path), frozen_tick) << "source ran while frozen";
+
+  ASSERT_NO_FATAL_FAILURE(ThawBounded());
+  EXPECT_TRUE(capture->streamed_dump_error().ok()) << "no reader was told anything";
+  EXPECT_FALSE(fs::exists(src_scratch_ + "/criu/inventory.img")) << "the dump ran to its end";
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(spec_.log_path, frozen_tick, passes));
+}
+
+}  // namespace
+}  // namespace kmosix::testing
