@@ -21,9 +21,11 @@ constexpr milliseconds kPoll{200};
 // campaign loop, the key monitor thread and the keep-alive's on_lost callback.
 class LeaderElection::Term : public LeaderTerm {
  public:
-  Term(std::string key, int64_t revision) : key_(std::move(key)), revision_(revision) {}
+  Term(std::string key, int64_t revision, int64_t lease)
+      : key_(std::move(key)), revision_(revision), lease_(lease) {}
 
   int64_t revision() const override { return revision_; }
+  int64_t lease() const { return lease_; }
   Compare Fence() const override {
     return Compare::CreateRevision(key_, Compare::Op::kEqual, revision_);
   }
@@ -58,6 +60,7 @@ class LeaderElection::Term : public LeaderTerm {
  private:
   const std::string key_;
   const int64_t revision_;
+  const int64_t lease_;
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool lost_ = false;
@@ -153,8 +156,8 @@ bool LeaderElection::WaitForVacancy(Session& session, int64_t lease, int64_t* ou
   return vacant;
 }
 
-// Ends `term` when the leader key is deleted or re-created (create_revision
-// changes). Runs on its own thread until the term is lost.
+// Ends `term` when the leader key is deleted, re-created (create_revision
+// changes) or overwritten without our lease. Runs on its own thread until the term is lost.
 void LeaderElection::Monitor(Term& term) {
   // Judges the term by the key as it is now; returns the revision to watch
   // from next (`fallback` if the store did not answer).
@@ -165,6 +168,8 @@ void LeaderElection::Monitor(Term& term) {
       term.End("leader key deleted");
     } else if (got->kv->create_revision != term.revision()) {
       term.End("leader key re-created by someone else");
+    } else if (got->kv->lease != term.lease()) {
+      term.End("leader key overwritten by someone else");
     }
     return got->revision + 1;
   };
@@ -197,6 +202,8 @@ void LeaderElection::Monitor(Term& term) {
           term.End("leader key deleted");
         } else if (e.kv.create_revision != term.revision()) {
           term.End("leader key re-created by someone else");
+        } else if (e.kv.lease != term.lease()) {
+          term.End("leader key overwritten by someone else");
         }
       }
     }
@@ -254,7 +261,7 @@ void LeaderElection::Run(const std::function<void(const LeaderTerm&)>& lead) {
       }
 
       backoff = kFirstBackoff;
-      auto term = std::make_shared<Term>(options_.key, revision);
+      auto term = std::make_shared<Term>(options_.key, revision, lease);
       {
         std::lock_guard lock(session->mu);
         session->term = term;

@@ -120,12 +120,26 @@ TEST_F(LeaderElectionTest, DeletingTheKeyEndsTheTerm) {
 TEST_F(LeaderElectionTest, KeyRecreatedByAnotherEndsTheTerm) {
   Candidate a(store, clock, key, "a");
   ASSERT_TRUE(Eventually([&] { return a.leading(); }));
-  // An intruder deletes and re-creates the key in one go (same revision).
+  // An intruder deletes and re-creates the key. If `a` campaigns again in
+  // between, the intruder's put overwrites its new key: that ends the new
+  // term too.
   ASSERT_TRUE(store.Commit(Txn{{}, {TxnOp::Delete(key)}, {}}).ok());
   ASSERT_TRUE(store.Put(key, "intruder").ok());
-  ASSERT_TRUE(Eventually([&] { return a.ended() == 1; }));
+  ASSERT_TRUE(Eventually([&] { return a.ended() >= 1 && !a.leading(); }));
   std::this_thread::sleep_for(milliseconds(50));
   EXPECT_FALSE(a.leading());  // the intruder's key (no lease) blocks a new term
+  EXPECT_EQ(*a.election.CurrentLeader(), "intruder");
+  ASSERT_TRUE(store.Delete(key).ok());
+  EXPECT_TRUE(Eventually([&] { return a.leading(); }));
+}
+
+TEST_F(LeaderElectionTest, KeyOverwrittenByAnotherEndsTheTerm) {
+  Candidate a(store, clock, key, "a");
+  ASSERT_TRUE(Eventually([&] { return a.leading(); }));
+  ASSERT_TRUE(store.Put(key, "intruder").ok());  // same create revision, no lease
+  ASSERT_TRUE(Eventually([&] { return a.ended() == 1; }));
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_FALSE(a.leading());
   EXPECT_EQ(*a.election.CurrentLeader(), "intruder");
   ASSERT_TRUE(store.Delete(key).ok());
   EXPECT_TRUE(Eventually([&] { return a.leading(); }));
