@@ -59,8 +59,8 @@ class Router {
 };
 
 // GET /v1/events: server-sent events from the controller's hub.
-void ServeEvents(EventHub& hub, std::atomic<int>& streams, const httplib::Request& req,
-                 httplib::Response& res) {
+void ServeEvents(EventHub& hub, const Clock& clock, std::atomic<int>& streams,
+                 const httplib::Request& req, httplib::Response& res) {
   std::vector<std::string> filters = ParseEventFilter(req.get_param_value("types"));
   std::string since = req.get_header_value("Last-Event-ID");
   if (since.empty()) since = req.get_param_value("since");
@@ -76,12 +76,12 @@ void ServeEvents(EventHub& hub, std::atomic<int>& streams, const httplib::Reques
   }
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
-  auto last_write = std::make_shared<std::chrono::steady_clock::time_point>();
+  auto last_write = std::make_shared<Clock::TimePoint>();
   res.set_chunked_content_provider(
       "text/event-stream",
-      [&hub, filters, cursor, last_write](size_t, httplib::DataSink& sink) mutable {
-        const auto now = std::chrono::steady_clock::now();
-        if (*last_write == std::chrono::steady_clock::time_point{}) {
+      [&hub, &clock, filters, cursor, last_write](size_t, httplib::DataSink& sink) mutable {
+        const auto now = clock.Now();
+        if (*last_write == Clock::TimePoint{}) {
           *last_write = now;
           // Tells the client the stream is open (and proxies to flush).
           if (!sink.write(": kmosix events\n\n", 17)) return false;
@@ -105,10 +105,9 @@ void ServeEvents(EventHub& hub, std::atomic<int>& streams, const httplib::Reques
           cursor = e.id;
           if (EventTypeMatches(e.type, filters)) out += FormatServerSentEvent(e);
         }
-        if (out.empty() && std::chrono::steady_clock::now() - *last_write >= kKeepAlive)
-          out = ": keepalive\n\n";
+        if (out.empty() && clock.Now() - *last_write >= kKeepAlive) out = ": keepalive\n\n";
         if (out.empty()) return true;
-        *last_write = std::chrono::steady_clock::now();
+        *last_write = clock.Now();
         return sink.write(out.data(), out.size());
       },
       [&streams](bool) { streams.fetch_sub(1); });
@@ -213,7 +212,7 @@ std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller&
   r.Add("GET", "/v1/decisions", [&](Req, Res res) { Reply(res, 200, controller.Decisions()); });
   auto streams = std::make_shared<std::atomic<int>>(0);
   r.Add("GET", "/v1/events", [&controller, streams](Req req, Res res) {
-    ServeEvents(controller.Events(), *streams, req, res);
+    ServeEvents(controller.Events(), controller.clock(), *streams, req, res);
   });
 
   rest::InstallJsonErrorHandlers(server);

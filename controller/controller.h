@@ -112,6 +112,8 @@ class Controller {
   nlohmann::json Decisions();
   // Placements, phases, readiness, as this replica's caches see them change.
   EventHub& Events() { return events_; }
+  // The clock the controller runs on (borrowed).
+  Clock& clock() const { return clock_; }
   nlohmann::json LeaderInfo();
 
   // The policy's view of the cluster now (from the caches).
