@@ -10,7 +10,6 @@
 //
 // Needs root, containerd/runc/CRIU (`criu check`) and the demo image tarball
 // (ninja kmosix-demo-image); skips loudly when something is missing.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -53,25 +52,34 @@ constexpr char kDemoImage[] = "kmosix.local/demo:latest";
 constexpr int kMemMib = 64;
 constexpr uint64_t kMiB = 1 << 20;
 
-// Pids (not ours) with a file descriptor, cwd or root under `dir`.
+// Entries of a directory (none on error; never throws, also when the directory
+// vanishes, as /proc/<pid>/fd does).
+std::vector<fs::path> List(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    out.push_back(it->path());
+  }
+  return out;
+}
+
+bool LinksUnder(const fs::path& link, const std::string& prefix) {
+  std::error_code ec;
+  std::string target = fs::read_symlink(link, ec).string();
+  return !ec && target.rfind(prefix, 0) == 0;
+}
+
+// Pids (not ours) with a file descriptor or cwd under `dir`.
 std::vector<pid_t> PidsWithFilesUnder(const std::string& dir) {
   std::vector<pid_t> out;
   const std::string prefix = dir + "/";
-  std::error_code ec;
-  for (const auto& proc : fs::directory_iterator("/proc", ec)) {
-    const std::string name = proc.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = std::stoi(name);
+  for (const fs::path& proc : List("/proc")) {
+    const std::string name = proc.filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
     if (pid == ::getpid()) continue;
-    bool uses = false;
-    std::error_code fec;
-    for (const auto& fd : fs::directory_iterator(proc.path() / "fd", fec)) {
-      std::error_code lec;
-      if (fs::read_symlink(fd.path(), lec).string().rfind(prefix, 0) == 0 && !lec) uses = true;
-    }
-    std::error_code cec;
-    if (fs::read_symlink(proc.path() / "cwd", cec).string().rfind(prefix, 0) == 0 && !cec)
-      uses = true;
+    bool uses = LinksUnder(proc / "cwd", prefix);
+    for (const fs::path& fd : List(proc / "fd")) uses = uses || LinksUnder(fd, prefix);
     if (uses) out.push_back(pid);
   }
   return out;
@@ -325,10 +333,10 @@ TEST_F(StopAndCopyIntegrationTest, StreamedMigrationKeepsMemoryAndCounter) {
   const uint64_t landed_pages = FileSize(dst_scratch_ + "/criu/pages-1.img");
   EXPECT_GE(landed_pages, static_cast<uint64_t>(kMemMib) * kMiB);
   EXPECT_TRUE(fs::exists(dst_scratch_ + "/criu/inventory.img"));
-  for (const auto& e : fs::directory_iterator(src_scratch_ + "/criu")) {
-    const std::string f = e.path().filename().string();
+  for (const fs::path& p : List(src_scratch_ + "/criu")) {
+    const std::string f = p.filename().string();
     if (f.rfind("pages-", 0) == 0) {
-      EXPECT_LT(FileSize(e.path().string()), kMiB) << "source stored " << f;
+      EXPECT_LT(FileSize(p.string()), kMiB) << "source stored " << f;
     }
   }
 
