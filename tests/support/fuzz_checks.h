@@ -87,6 +87,21 @@ inline size_t Depth(const nlohmann::json& root) {
   return deepest;
 }
 
+// Keys of every object in a JSON value, without recursion.
+inline size_t KeysIn(const nlohmann::json& root) {
+  size_t keys = 0;
+  std::vector<const nlohmann::json*> todo = {&root};
+  while (!todo.empty()) {
+    const nlohmann::json* j = todo.back();
+    todo.pop_back();
+    if (j->is_object()) keys += j->size();
+    if (j->is_structured()) {
+      for (const auto& child : *j) todo.push_back(&child);
+    }
+  }
+  return keys;
+}
+
 // The whole contract of a strict JSON body parser
 //   StatusOr<T> parse(std::string_view)
 // on one input:
@@ -94,9 +109,11 @@ inline size_t Depth(const nlohmann::json& root) {
 //  - an accepted value passes `validate` (returns "" or what is wrong), and
 //    round-trips: parse(to_json(v).dump()) is accepted, `equal` to v, and
 //    serialises to the same text again;
-//  - the verdict depends on the JSON value only, not on its spelling: when
-//    the input is JSON, its canonical form (nlohmann's dump) gets the same
-//    verdict and value.
+//  - an object that repeats a key is rejected (nlohmann would keep the last
+//    value);
+//  - otherwise the verdict depends on the JSON value only, not on its
+//    spelling: when the input is JSON, its canonical form (nlohmann's dump)
+//    gets the same verdict and value.
 // `what` names the parser in messages.
 template <typename Parse, typename ToJson, typename Equal, typename Validate>
 void CheckJsonParser(const char* what, std::string_view input, Parse parse, ToJson to_json,
@@ -117,10 +134,21 @@ void CheckJsonParser(const char* what, std::string_view input, Parse parse, ToJs
     std::string text2 = DumpOrFail(to_json(*again), what, 0, input);
     if (text2 != text) Fail(what, 0, "JSON not stable: " + text + " then " + text2, input);
   }
-  nlohmann::json j = nlohmann::json::parse(input, nullptr, /*allow_exceptions=*/false);
+  // A repeated key shows as more key events while parsing than keys kept.
+  size_t key_events = 0;
+  auto count_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json&) {
+    if (event == nlohmann::json::parse_event_t::key) ++key_events;
+    return true;
+  };
+  nlohmann::json j = nlohmann::json::parse(input, count_keys, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return;
+  if (key_events != KeysIn(j)) {
+    if (got.ok()) Fail(what, 0, "accepted an object that repeats a key", input);
+    return;
+  }
   // dump() recurses: leave out deep values (the parsers themselves never dump
   // their input, and nlohmann parses and destroys without recursion).
-  if (j.is_discarded() || Depth(j) > 200) return;
+  if (Depth(j) > 200) return;
   std::string canonical = DumpOrFail(j, what, 0, input);
   auto other = parse(canonical);
   if (other.ok() != got.ok()) {
