@@ -48,8 +48,10 @@ class FailpointEngine final : public CheckpointEngine {
   Status Thaw(const std::string& name) override { return inner_.Thaw(name); }
   Status Release(const std::string& name) override { return inner_.Release(name); }
   Status Recover(const std::string& scratch_root) override { return inner_.Recover(scratch_root); }
-  StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) override {
-    return inner_.Prepare(spec, scratch_dir);
+  uint64_t MemoryBytes(const std::string& name) override { return inner_.MemoryBytes(name); }
+  StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
+                            uint64_t memory_bytes) override {
+    return inner_.Prepare(spec, scratch_dir, memory_bytes);
   }
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;
   Status Discard(const std::string& name) override { return inner_.Discard(name); }

@@ -86,6 +86,13 @@ int main(int argc, char** argv) {
                  "dumps (one per process; 0: dump into files, then send them)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
+  uint64_t prefault_max_mib = engine_opts.prefault_max_bytes >> 20;
+  app.add_option("--prefault-max-mib", prefault_max_mib,
+                 "memory an incoming migration faults in before the source freezes and frees "
+                 "right before its restore, at most (0: none; it never takes the memory the "
+                 "landing needs)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 30));
   app.add_option("--max-outgoing", opts.max_outgoing,
                  "migrations that may leave this node at once (more get 503)")
       ->capture_default_str()
@@ -162,6 +169,7 @@ int main(int argc, char** argv) {
   kmosix::SystemClock clock;
   kmosix::SystemRandom random;
   kmosix::ContainerdRuntime runtime(ctd);
+  engine_opts.prefault_max_bytes = prefault_max_mib << 20;
   kmosix::StopAndCopyEngine stop_and_copy(runtime, clock, engine_opts);
   kmosix::agent::Failpoints failpoints;
   kmosix::agent::FailpointEngine failpoint_engine(stop_and_copy, failpoints);

@@ -8,6 +8,7 @@
 // back (source: Thaw; target: Discard).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
@@ -87,10 +88,20 @@ class CheckpointEngine {
     return Status::Ok();
   }
 
+  // Source side, before Freeze: the memory the container's processes hold,
+  // a hint of how much the capture carries (0: unknown). Default: 0.
+  virtual uint64_t MemoryBytes(const std::string& name) {
+    (void)name;
+    return 0;
+  }
+
   // Target side. Creates the container for `spec` (no task yet) and says
   // where each incoming section must be written (scratch_dir holds what is
-  // not written in place).
-  virtual StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) = 0;
+  // not written in place). memory_bytes is the source's MemoryBytes (0:
+  // unknown): what the restore will allocate, which the engine may get ready
+  // while the source still runs.
+  virtual StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
+                                    uint64_t memory_bytes) = 0;
   // Target side: restores the task from the landed sections; on success it
   // is running. On failure nothing runs (the container is still there for
   // Discard).

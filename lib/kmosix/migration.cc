@@ -378,6 +378,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   MigrationOffer offer{r.id, r.source_node,   options_.source_url,
                        spec, life.created_ms, life.history};
   offer.spec.log_path.clear();
+  offer.memory_bytes = engine_.MemoryBytes(spec.name);
   if (cancel_now()) return Fail(r, kCancelled, persist);  // check 1: nothing asked yet
   if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.

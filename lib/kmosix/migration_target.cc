@@ -141,7 +141,8 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     return s;
   }
   Save(r, TargetPhase::kPrepared);
-  auto landing = engine_.Prepare(r.offer.spec, options_.scratch_dir + "/in-" + r.offer.id);
+  auto landing = engine_.Prepare(r.offer.spec, options_.scratch_dir + "/in-" + r.offer.id,
+                                 r.offer.memory_bytes);
   if (!landing.ok()) {
     AbortLocked(*entry, landing.status().ToString());
     return landing.status().Annotate("prepare on " + options_.node);

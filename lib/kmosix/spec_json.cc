@@ -126,7 +126,8 @@ json ContainerSpecToJson(const ContainerSpec& spec) {
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
   KMX_RETURN_IF_ERROR(RejectUnknown(
-      j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history"}, "migration offer"));
+      j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history", "memoryBytes"},
+      "migration offer"));
   MigrationOffer offer;
   KMX_ASSIGN_OR_RETURN(offer.id, RequiredString(j, "id"));
   KMX_RETURN_IF_ERROR(ValidateName(offer.id).Annotate("field \"id\""));
@@ -152,6 +153,12 @@ StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
       offer.history.push_back(id.get<std::string>());
     }
   }
+  if (auto m = j.find("memoryBytes"); m != j.end()) {
+    if (!m->is_number_unsigned() || m->get<uint64_t>() > kMaxOfferMemoryBytes) {
+      return InvalidError("field \"memoryBytes\" must be an integer from 0 to 2^50");
+    }
+    offer.memory_bytes = m->get<uint64_t>();
+  }
   return offer;
 }
 
@@ -161,7 +168,8 @@ json MigrationOfferToJson(const MigrationOffer& offer) {
           {"sourceUrl", offer.source_url},
           {"spec", ContainerSpecToJson(offer.spec)},
           {"createdMs", offer.created_ms},
-          {"history", offer.history}};
+          {"history", offer.history},
+          {"memoryBytes", offer.memory_bytes}};
 }
 
 json ErrorJson(const Status& status) {

@@ -20,7 +20,9 @@ StatusOr<ContainerSpec> ContainerSpecFromJson(const nlohmann::json& j);
 nlohmann::json ContainerSpecToJson(const ContainerSpec& spec);  // without log_path
 Status ValidateName(std::string_view name);
 
-// {"id","sourceNode","sourceUrl","spec":{...}}
+// {"id","sourceNode","sourceUrl","spec":{...},"createdMs"?,"history"?,
+//  "memoryBytes"? (0 to kMaxOfferMemoryBytes)}
+inline constexpr uint64_t kMaxOfferMemoryBytes = uint64_t{1} << 50;
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body);
 nlohmann::json MigrationOfferToJson(const MigrationOffer& offer);
 

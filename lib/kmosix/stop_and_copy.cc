@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -267,8 +268,14 @@ Status StopAndCopyEngine::Release(const std::string& name) {
   return runtime_.Delete(name).Annotate("release");
 }
 
+uint64_t StopAndCopyEngine::MemoryBytes(const std::string& name) {
+  auto info = runtime_.Inspect(name);
+  return info.ok() ? ContainerResidentBytes(info->pid) : 0;
+}
+
 StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
-                                             const std::string& scratch_dir) {
+                                             const std::string& scratch_dir,
+                                             uint64_t memory_bytes) {
   KMX_RETURN_IF_ERROR(MakeEmptyDir(scratch_dir + "/criu"));
   KMX_RETURN_IF_ERROR(MakeEmptyDir(scratch_dir + "/work"));
   KMX_RETURN_IF_ERROR(runtime_.CreateContainer(spec).Annotate("create container"));
@@ -276,6 +283,21 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
   if (!layer.ok()) {
     (void)runtime_.Delete(spec.name);
     return layer.status().Annotate("writable layer");
+  }
+  // The landed images will take memory_bytes too (tmpfs): leave room for them.
+  uint64_t prefault = std::min(memory_bytes, options_.prefault_max_bytes);
+  if (prefault > 0) {
+    const uint64_t keep = memory_bytes + (uint64_t{256} << 20);
+    const uint64_t available = MemAvailableBytes().value_or(0);
+    prefault = std::min(prefault, available > keep ? available - keep : 0);
+  }
+  if (prefault > 0) {
+    auto t0 = clock_.Now();
+    PrefaultedMemory memory = PrefaultedMemory::Take(prefault);
+    spdlog::debug("{}: faulted in {} MiB for the restore in {:.2f} s", spec.name,
+                  memory.bytes() >> 20, Seconds(clock_.Now() - t0));
+    std::lock_guard l(mu_);
+    prefaulted_[spec.name] = std::move(memory);
   }
   Landing landing;
   // A streaming source sends the page images as "criu-pages": same place.
@@ -290,6 +312,7 @@ Status StopAndCopyEngine::Restore(const ContainerSpec& spec, const Landing& land
   const Section* images = FindSection(landing, "criu");
   if (images == nullptr) return InvalidError("landing has no criu section");
   const std::string work = fs::path(images->path).parent_path().string() + "/work";
+  ReleasePrefaulted(spec.name);  // the restore allocates next
   KMX_RETURN_IF_ERROR(runtime_.RestoreTask(spec.name, {images->path, work}));
   auto info = runtime_.Inspect(spec.name);
   if (!info.ok()) return info.status().Annotate("inspect after restore");
@@ -300,7 +323,17 @@ Status StopAndCopyEngine::Restore(const ContainerSpec& spec, const Landing& land
   return Status::Ok();
 }
 
+void StopAndCopyEngine::ReleasePrefaulted(const std::string& name) {
+  PrefaultedMemory memory;  // freed on return, outside the lock
+  std::lock_guard l(mu_);
+  if (auto it = prefaulted_.find(name); it != prefaulted_.end()) {
+    memory = std::move(it->second);
+    prefaulted_.erase(it);
+  }
+}
+
 Status StopAndCopyEngine::Discard(const std::string& name) {
+  ReleasePrefaulted(name);
   return runtime_.Delete(name).Annotate("discard");
 }
 

@@ -13,8 +13,14 @@
 // with EPIPE and the dump ends cleanly; Thaw first unblocks and waits for a
 // dump still in flight, so a paused task is never resumed under CRIU.
 //
+// On the target, Prepare faults in as much memory as the source says the
+// container holds (capped, see Options) and frees it right before the
+// restore, so that the restore's allocations, inside the freeze, find pages
+// the guest already has from its host (see kmosix/memory.h).
+//
 // Ownership: borrows the runtime and clock; owns one thread per dump in
-// flight (joined by Thaw, Release or the destructor). Thread-safety: calls for
+// flight (joined by Thaw, Release or the destructor) and the memory held for
+// each prepared restore (freed by Restore, Discard or the destructor). Thread-safety: calls for
 // different containers may run concurrently. Errors: the runtime's, annotated
 // with the step.
 #pragma once
@@ -27,6 +33,7 @@
 
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
+#include "kmosix/memory.h"
 #include "kmosix/runtime.h"
 
 namespace kmosix {
@@ -40,6 +47,9 @@ class StopAndCopyEngine final : public CheckpointEngine {
     // Recover: how long to wait for CRIU processes still writing under the
     // scratch root after their pipes were unblocked.
     std::chrono::milliseconds recover_wait{10000};
+    // Most memory Prepare faults in for one restore; 0: none. Prepare also
+    // leaves MemAvailable minus the expected landing and 256 MiB alone.
+    uint64_t prefault_max_bytes = uint64_t{16} << 30;
   };
   StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock)
       : StopAndCopyEngine(runtime, clock, Options{}) {}
@@ -53,7 +63,9 @@ class StopAndCopyEngine final : public CheckpointEngine {
   Status Thaw(const std::string& name) override;
   Status Release(const std::string& name) override;
   Status Recover(const std::string& scratch_root) override;
-  StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir) override;
+  uint64_t MemoryBytes(const std::string& name) override;
+  StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
+                            uint64_t memory_bytes) override;
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;
   Status Discard(const std::string& name) override;
 
@@ -62,12 +74,14 @@ class StopAndCopyEngine final : public CheckpointEngine {
   // Removes the dump in flight for `name` (if any) and waits for it to end,
   // unblocking its pipes first when `disarm`.
   void EndDump(const std::string& name, bool disarm);
+  void ReleasePrefaulted(const std::string& name);
 
   ContainerRuntime& runtime_;
   Clock& clock_;
   Options options_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Dump>> dumps_;
+  std::map<std::string, PrefaultedMemory> prefaulted_;  // by container name
 };
 
 }  // namespace kmosix

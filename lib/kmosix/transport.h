@@ -33,6 +33,9 @@ struct MigrationOffer {
   // The workload's life so far, kept across moves.
   int64_t created_ms = 0;            // when it was first started, anywhere
   std::vector<std::string> history;  // ids of its earlier migrations, oldest first
+  // Its processes' memory on the source when offered (0: unknown), a hint
+  // for the target (CheckpointEngine::MemoryBytes).
+  uint64_t memory_bytes = 0;
 };
 
 struct TransferStats {

@@ -50,12 +50,16 @@ std::string ValidateSpec(const ContainerSpec& s) {
 
 bool OfferEqual(const MigrationOffer& a, const MigrationOffer& b) {
   return a.id == b.id && a.source_node == b.source_node && a.source_url == b.source_url &&
-         SpecEqual(a.spec, b.spec) && a.created_ms == b.created_ms && a.history == b.history;
+         SpecEqual(a.spec, b.spec) && a.created_ms == b.created_ms && a.history == b.history &&
+         a.memory_bytes == b.memory_bytes;
 }
 
 std::string ValidateOffer(const MigrationOffer& o) {
   if (!ValidateName(o.id).ok()) return "id \"" + o.id + "\"";
   if (o.created_ms < 0) return "createdMs " + std::to_string(o.created_ms);
+  if (o.memory_bytes > kmosix::kMaxOfferMemoryBytes) {
+    return "memoryBytes " + std::to_string(o.memory_bytes);
+  }
   if (o.history.size() > 10000) return std::to_string(o.history.size()) + " history entries";
   for (const std::string& id : o.history) {
     if (!ValidateName(id).ok()) return "history id \"" + id + "\"";

@@ -39,5 +39,33 @@ TEST(ParseJsonObjectTest, ContainerSpecWithARepeatedFieldIsRefused) {
   EXPECT_EQ(spec.status().code(), Code::kInvalid) << spec.status().ToString();
 }
 
+TEST(MigrationOfferTest, MemoryBytesRoundTripsAndIsOptional) {
+  const std::string base =
+      R"({"id":"m-1","sourceNode":"node1","sourceUrl":"http://a","spec":{"name":"w","image":"i"})";
+  auto none = ParseMigrationOffer(base + "}");
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_EQ(none->memory_bytes, 0u);
+
+  auto some = ParseMigrationOffer(base + R"(,"memoryBytes":1073741824})");
+  ASSERT_TRUE(some.ok()) << some.status().ToString();
+  EXPECT_EQ(some->memory_bytes, uint64_t{1} << 30);
+  auto again = ParseMigrationOffer(MigrationOfferToJson(*some).dump());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->memory_bytes, uint64_t{1} << 30);
+  EXPECT_TRUE(ParseMigrationOffer(base + R"(,"memoryBytes":1125899906842624})").ok());  // 2^50
+}
+
+TEST(MigrationOfferTest, BadMemoryBytesIsInvalidAndNamed) {
+  const std::string base =
+      R"({"id":"m-1","sourceNode":"node1","sourceUrl":"http://a","spec":{"name":"w","image":"i"},"memoryBytes":)";
+  for (const char* bad :
+       {"-1", "1.5", "\"1\"", "null", "1125899906842625", "18446744073709551616"}) {
+    auto offer = ParseMigrationOffer(base + bad + "}");
+    ASSERT_EQ(offer.status().code(), Code::kInvalid) << bad;
+    EXPECT_NE(offer.status().message().find("memoryBytes"), std::string::npos)
+        << offer.status().ToString();
+  }
+}
+
 }  // namespace
 }  // namespace kmosix

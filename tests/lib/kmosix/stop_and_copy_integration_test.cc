@@ -299,6 +299,10 @@ class StopAndCopyIntegrationTest : public ::testing::Test {
 
 TEST_F(StopAndCopyIntegrationTest, StreamedMigrationKeepsMemoryAndCounter) {
   ASSERT_NO_FATAL_FAILURE(StartDemo());
+  // What the target is told to get ready: the demo's memory, give or take.
+  const uint64_t memory = src_->MemoryBytes(spec_.name);
+  EXPECT_GE(memory, static_cast<uint64_t>(kMemMib) * kMiB);
+  EXPECT_LT(memory, static_cast<uint64_t>(kMemMib + 64) * kMiB);
 
   auto t0 = std::chrono::steady_clock::now();
   auto capture = src_->Freeze(spec_, src_scratch_);
@@ -314,7 +318,7 @@ TEST_F(StopAndCopyIntegrationTest, StreamedMigrationKeepsMemoryAndCounter) {
   const uint64_t frozen_tick = LastTick(spec_.log_path);
   const int64_t passes = LastPasses(spec_.log_path);
 
-  auto landing = dst_->Prepare(tspec_, dst_scratch_);
+  auto landing = dst_->Prepare(tspec_, dst_scratch_, memory);
   ASSERT_TRUE(landing.ok()) << landing.status().ToString();
   StreamDecoder decoder(*landing);
   auto encoder = StreamEncoder::Create(capture->sections);
@@ -370,7 +374,7 @@ TEST_F(StopAndCopyIntegrationTest, StreamCutMidDumpRollsBackIntact) {
   const uint64_t frozen_tick = LastTick(spec_.log_path);
   const int64_t passes = LastPasses(spec_.log_path);
 
-  auto landing = dst_->Prepare(tspec_, dst_scratch_);
+  auto landing = dst_->Prepare(tspec_, dst_scratch_, 0);
   ASSERT_TRUE(landing.ok()) << landing.status().ToString();
   uint64_t sent = 0;
   {

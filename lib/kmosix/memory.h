@@ -1,0 +1,55 @@
+// Memory of the node and of a container's processes, read from /proc, and
+// memory faulted in ahead of time.
+//
+// Why prefaulting: a virtual machine that hands freed memory back to its
+// host (free page reporting, ballooning) makes the first touch of every page
+// a host fault; restoring 1 GiB then took 3 s here against 0.8 s with pages
+// the guest had touched just before. A migration target therefore faults in
+// as much memory as the restore will need while the source still runs, holds
+// it, and frees it right before the restore, whose allocations then reuse
+// those pages (the kernel hands out recently freed pages first and reports
+// free pages to the host only after a delay).
+//
+// Thread-safety: the functions are pure reads of `proc`; PrefaultedMemory is
+// a move-only owner, not shared. Errors: readers return nullopt/0 when the
+// files are missing or malformed (these figures are hints).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace kmosix {
+
+// Resident anonymous and shared-memory bytes (RssAnon + RssShmem) of every
+// process in the PID namespace of `pid`, roughly what a CRIU dump of that
+// container writes as pages. Only `pid` itself when it shares the caller's
+// PID namespace. 0 when unknown.
+uint64_t ContainerResidentBytes(uint32_t pid, const std::string& proc = "/proc");
+
+// MemAvailable of proc/meminfo in bytes; nullopt when unreadable.
+std::optional<uint64_t> MemAvailableBytes(const std::string& proc = "/proc");
+
+// Anonymous memory mapped and faulted in by Take, given back to the kernel by
+// Release or the destructor.
+class PrefaultedMemory {
+ public:
+  PrefaultedMemory() = default;
+  // Faults in `bytes` (rounded up to pages); holds nothing when bytes is 0 or
+  // the mapping fails.
+  static PrefaultedMemory Take(uint64_t bytes);
+  ~PrefaultedMemory() { Release(); }
+  PrefaultedMemory(PrefaultedMemory&& other) noexcept;
+  PrefaultedMemory& operator=(PrefaultedMemory&& other) noexcept;
+  PrefaultedMemory(const PrefaultedMemory&) = delete;
+  PrefaultedMemory& operator=(const PrefaultedMemory&) = delete;
+
+  uint64_t bytes() const { return bytes_; }
+  void Release();
+
+ private:
+  void* addr_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace kmosix

@@ -1,0 +1,186 @@
+// kmosix/memory.h: /proc readers over fake trees, PrefaultedMemory and the
+// stop-and-copy engine's prefault over this process's real memory.
+#include "kmosix/memory.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "fakes/fake_clock.h"
+#include "fakes/fake_runtime.h"
+#include "kmosix/stop_and_copy.h"
+
+namespace kmosix {
+namespace {
+
+using testing::FakeClock;
+using testing::FakeRuntime;
+namespace fs = std::filesystem;
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+class FakeProc : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("kmx-memory-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // A process `name` (a pid or "self") in PID namespace `ns` with the given
+  // /proc/PID/status text.
+  void Process(const std::string& name, int ns, const std::string& status) {
+    fs::create_directories(root_ / name / "ns");
+    fs::create_symlink("pid:[" + std::to_string(ns) + "]", root_ / name / "ns" / "pid");
+    std::ofstream(root_ / name / "status") << status;
+  }
+  static std::string Status(int anon_kb, int shmem_kb) {
+    return "Name:\tdemo\nVmRSS:\t 999999 kB\nRssAnon:\t " + std::to_string(anon_kb) +
+           " kB\nRssFile:\t 777 kB\nRssShmem:\t " + std::to_string(shmem_kb) + " kB\n";
+  }
+
+  fs::path root_;
+};
+
+TEST_F(FakeProc, ContainerResidentBytesSumsAnonAndShmemOfItsPidNamespace) {
+  Process("self", 1, Status(5000, 0));
+  Process("10", 2, Status(1024, 2048));
+  Process("11", 2, Status(4096, 0));  // a child in the container
+  Process("12", 1, Status(8192, 0));  // a host process
+  Process("13", 3, Status(8192, 0));  // another container
+  fs::create_directories(root_ / "sys");
+  EXPECT_EQ(ContainerResidentBytes(10, root_.string()), (1024 + 2048 + 4096) * 1024u);
+  EXPECT_EQ(ContainerResidentBytes(11, root_.string()), (1024 + 2048 + 4096) * 1024u);
+}
+
+TEST_F(FakeProc, ContainerResidentBytesOfAHostProcessIsItsOwn) {
+  Process("self", 1, Status(5000, 0));
+  Process("12", 1, Status(8192, 16));
+  Process("14", 1, Status(1, 0));
+  EXPECT_EQ(ContainerResidentBytes(12, root_.string()), (8192 + 16) * 1024u);
+}
+
+TEST_F(FakeProc, ContainerResidentBytesIsZeroWhenUnknown) {
+  Process("self", 1, Status(5000, 0));
+  Process("10", 2, "Name:\tdemo\nRssAnon:\tlots kB\n");
+  EXPECT_EQ(ContainerResidentBytes(0, root_.string()), 0u);
+  EXPECT_EQ(ContainerResidentBytes(99, root_.string()), 0u);  // no such process
+  EXPECT_EQ(ContainerResidentBytes(10, root_.string()), 0u);  // malformed status
+}
+
+TEST_F(FakeProc, MemAvailableBytes) {
+  std::ofstream(root_ / "meminfo") << "MemTotal:       24000000 kB\nMemFree:  100 kB\n"
+                                      "MemAvailable:   2048 kB\nBuffers: 1 kB\n";
+  EXPECT_EQ(MemAvailableBytes(root_.string()), std::optional<uint64_t>(2 * kMiB));
+  std::ofstream(root_ / "meminfo") << "MemTotal: 24000000 kB\nMemAvailable: 12 MB\n";
+  EXPECT_EQ(MemAvailableBytes(root_.string()), std::nullopt);
+  fs::remove(root_ / "meminfo");
+  EXPECT_EQ(MemAvailableBytes(root_.string()), std::nullopt);
+}
+
+TEST(MemAvailableBytesTest, ThisHostHasSome) {
+  auto available = MemAvailableBytes();
+  ASSERT_TRUE(available.has_value());
+  EXPECT_GT(*available, 0u);
+}
+
+// This process's RssAnon, in bytes.
+uint64_t OwnResidentBytes() { return ContainerResidentBytes(static_cast<uint32_t>(::getpid())); }
+
+TEST(PrefaultedMemoryTest, HoldsFaultedInPagesUntilReleased) {
+  const uint64_t before = OwnResidentBytes();
+  ASSERT_GT(before, 0u);
+  PrefaultedMemory m = PrefaultedMemory::Take(64 * kMiB);
+  EXPECT_EQ(m.bytes(), 64 * kMiB);
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 60 * kMiB);
+
+  PrefaultedMemory moved = std::move(m);
+  EXPECT_EQ(m.bytes(), 0u);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  EXPECT_EQ(moved.bytes(), 64 * kMiB);
+  moved.Release();
+  EXPECT_EQ(moved.bytes(), 0u);
+  EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
+}
+
+TEST(PrefaultedMemoryTest, ZeroHoldsNothing) {
+  EXPECT_EQ(PrefaultedMemory::Take(0).bytes(), 0u);
+  EXPECT_EQ(PrefaultedMemory::Take(1).bytes(), static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
+}
+
+class PrefaultEngineTest : public ::testing::Test {
+ protected:
+  PrefaultEngineTest() { runtime_.AddImage("demo"); }
+  void TearDown() override {
+    fs::remove_all(scratch_);
+    fs::remove_all(layers_);
+  }
+  ContainerSpec Spec(const std::string& name) {
+    ContainerSpec spec;
+    spec.name = name;
+    spec.image = "demo";
+    return spec;
+  }
+
+  std::string layers_ = "/tmp/kmx-prefault-layers-" + std::to_string(::getpid());
+  std::string scratch_ = "/tmp/kmx-prefault-scratch-" + std::to_string(::getpid());
+  FakeClock clock_;
+  FakeRuntime runtime_{"node2", layers_};
+};
+
+TEST_F(PrefaultEngineTest, PrepareHoldsTheSourcesMemoryAndRestoreFreesItFirst) {
+  StopAndCopyEngine engine(runtime_, clock_);
+  const uint64_t before = OwnResidentBytes();
+  auto landing = engine.Prepare(Spec("w"), scratch_ + "/in-1", 64 * kMiB);
+  ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 60 * kMiB);
+  // No images landed: the restore fails, after the memory was given back.
+  EXPECT_FALSE(engine.Restore(Spec("w"), *landing).ok());
+  EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
+  EXPECT_TRUE(engine.Discard("w").ok());
+}
+
+TEST_F(PrefaultEngineTest, DiscardFreesIt) {
+  StopAndCopyEngine engine(runtime_, clock_);
+  const uint64_t before = OwnResidentBytes();
+  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 64 * kMiB).ok());
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 60 * kMiB);
+  EXPECT_TRUE(engine.Discard("w").ok());
+  EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
+  EXPECT_FALSE(runtime_.Has("w"));
+}
+
+TEST_F(PrefaultEngineTest, NothingWhenDisabledOrUnknown) {
+  StopAndCopyEngine disabled(runtime_, clock_, {.prefault_max_bytes = 0});
+  const uint64_t before = OwnResidentBytes();
+  ASSERT_TRUE(disabled.Prepare(Spec("a"), scratch_ + "/in-a", 64 * kMiB).ok());
+  StopAndCopyEngine engine(runtime_, clock_);
+  ASSERT_TRUE(engine.Prepare(Spec("b"), scratch_ + "/in-b", 0).ok());
+  EXPECT_LT(OwnResidentBytes(), before + 32 * kMiB);
+  EXPECT_TRUE(disabled.Discard("a").ok());
+  EXPECT_TRUE(engine.Discard("b").ok());
+}
+
+TEST_F(PrefaultEngineTest, AtMostTheCap) {
+  StopAndCopyEngine engine(runtime_, clock_, {.prefault_max_bytes = 16 * kMiB});
+  const uint64_t before = OwnResidentBytes();
+  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 256 * kMiB).ok());
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 14 * kMiB);
+  EXPECT_LT(held, before + 64 * kMiB);
+  EXPECT_TRUE(engine.Discard("w").ok());
+}
+
+TEST_F(PrefaultEngineTest, MemoryBytesOfAnUnknownContainerIsZero) {
+  StopAndCopyEngine engine(runtime_, clock_);
+  EXPECT_EQ(engine.MemoryBytes("nobody"), 0u);
+}
+
+}  // namespace
+}  // namespace kmosix
