@@ -1,13 +1,17 @@
 // kmosix-migration-bench: live-migration timings on a local two-node cluster.
 //
-// For each engine (default both, each on a cluster of its own: "files", the
-// dump written into files then sent, as the baseline; "streamed", the
-// transfer reading the dump's page pipes while CRIU dumps) and each memory
+// For each engine (default all three, each on a cluster of its own: "files",
+// the dump written into files then sent, as the baseline; "streamed", the
+// transfer reading the dump's page pipes while CRIU dumps; "prefault", the
+// agent's default: streamed, and the target faults in the restore's memory
+// before the source freezes) and each memory
 // size (default 16, 256, 1024 MiB) it starts the demo workload touching that
 // much memory (verifying only --verify-mib per tick so it does not burn CPU),
-// migrates it R times (alternating node1 -> node2 -> node1 ...), and prints
-// the median of each column:
-//   checkpoint, transfer, restore, total: the agent's report (seconds;
+// migrates it R times (alternating node1 -> node2 -> node1 ...), each after
+// --settle-ms of quiet (a VM that hands freed memory back to its host has
+// done so by then, as between migrations in practice), and prints the median
+// of each column:
+//   prepare, checkpoint, transfer, restore, total: the agent's report (seconds;
 //                     streamed, checkpoint and transfer overlap)
 //   downtime (agent): the report's freeze-until-running-on-target
 //   downtime (ticks): the largest gap between the demo's t_ms lines around the
@@ -15,16 +19,17 @@
 //   bytes, MB/s (10^6 bytes per transfer second)
 // the ratio of the tick downtime to the FIELD-NOTES baseline (gRPC,
 // checkpoint to an image_path directory: 0.92 s @16 MiB, 1.95 s @256 MiB,
-// 8.75 s @1 GiB), and, with both engines, streamed against files per size.
+// 8.75 s @1 GiB), and each engine against the others per size.
 //
-//   kmosix-migration-bench [--engine both|files|streamed] [--mem 16,256,1024]
-//                          [--runs 3] [--interval-ms 100] [--verify-mib 1]
-//                          [--reuse] [--keep] [--json FILE]
+//   kmosix-migration-bench [--engine all|files,streamed,prefault] [--mem 16,256,1024]
+//                          [--runs 3] [--settle-ms 5000] [--interval-ms 100]
+//                          [--verify-mib 1] [--reuse] [--keep] [--json FILE]
 // --reuse: use the cluster that is up (scripts/cluster up) and leave it up
 //          (one --engine: the label of what that cluster runs).
 // --keep: leave the cluster this program brought up running.
 // Exit: 0 every migration succeeded; 1 some failed; 2 usage; 3 cannot run here.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -35,6 +40,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cluster.h"
@@ -55,25 +61,29 @@ struct Args {
   std::vector<int> mem = {16, 256, 1024};
   int runs = 3;
   int interval_ms = 100;
+  int settle_ms = 5000;
   int verify_mib = 1;
   bool reuse = false;
   bool keep = false;
   std::string json_out;
   // Engines measured, each on a cluster of its own, in this order.
-  std::vector<std::string> engines = {"files", "streamed"};
+  std::vector<std::string> engines = {"files", "streamed", "prefault"};
 };
 
 // The agent flags that select an engine ("files": the dump goes into files
-// that are sent after it; "streamed": the transfer reads the dump's pipes).
+// that are sent after it; "streamed": the transfer reads the dump's pipes;
+// "prefault": streamed, and the target prefaults the restore's memory).
 std::vector<std::string> EngineArgs(const std::string& engine) {
-  if (engine == "files") return {"--dump-pipes", "0"};
+  if (engine == "files") return {"--dump-pipes", "0", "--prefault-max-mib", "0"};
+  if (engine == "streamed") return {"--prefault-max-mib", "0"};
   return {};
 }
 
 void Usage(int code) {
   std::fprintf(code == 0 ? stdout : stderr,
-               "usage: kmosix-migration-bench [--engine both|files|streamed] [--mem 16,256,1024]\n"
-               "                              [--runs 3] [--interval-ms 100] [--verify-mib 1]\n"
+               "usage: kmosix-migration-bench [--engine all|files,streamed,prefault]\n"
+               "                              [--mem 16,256,1024] [--runs 3] [--settle-ms 5000]\n"
+               "                              [--interval-ms 100] [--verify-mib 1]\n"
                "                              [--reuse] [--keep] [--json FILE]\n");
   std::exit(code);
 }
@@ -111,15 +121,22 @@ Args Parse(int argc, char** argv) {
       a.interval_ms = PositiveInt(value(), "--interval-ms");
     } else if (f == "--verify-mib") {
       a.verify_mib = PositiveInt(value(), "--verify-mib");
+    } else if (f == "--settle-ms") {
+      std::string v = value();
+      a.settle_ms = v == "0" ? 0 : PositiveInt(v, "--settle-ms");
     } else if (f == "--engine") {
-      std::string e = value();
-      if (e == "both") {
-        a.engines = {"files", "streamed"};
-      } else if (e == "files" || e == "streamed") {
-        a.engines = {e};
-      } else {
-        std::fprintf(stderr, "bad value for --engine: %s\n", e.c_str());
-        Usage(2);
+      std::string list = value();
+      if (list != "all") {
+        a.engines.clear();
+        std::stringstream ss(list);
+        for (std::string e; std::getline(ss, e, ',');) {
+          if (e != "files" && e != "streamed" && e != "prefault") {
+            std::fprintf(stderr, "bad value for --engine: %s\n", e.c_str());
+            Usage(2);
+          }
+          a.engines.push_back(e);
+        }
+        if (a.engines.empty()) Usage(2);
       }
     } else if (f == "--reuse") {
       a.reuse = true;
@@ -135,7 +152,8 @@ Args Parse(int argc, char** argv) {
     }
   }
   if (a.reuse && a.engines.size() > 1) {
-    std::fprintf(stderr, "--reuse measures the cluster as it runs: give --engine files|streamed\n");
+    std::fprintf(stderr,
+                 "--reuse measures the cluster as it runs: give one --engine (its label)\n");
     Usage(2);
   }
   return a;
@@ -156,7 +174,7 @@ std::optional<double> Baseline(int mib) {
 }
 
 struct Run {
-  double checkpoint = 0, transfer = 0, restore = 0, total = 0, agent_downtime = 0;
+  double prepare = 0, checkpoint = 0, transfer = 0, restore = 0, total = 0, agent_downtime = 0;
   double tick_downtime = 0;  // largest gap - interval, seconds
   double bytes = 0;
   double mbps = 0;
@@ -213,6 +231,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
   for (int r = 0; r < args.runs; ++r) {
     const Node& from = *nodes[at];
     const Node& to = *nodes[1 - at];
+    std::this_thread::sleep_for(std::chrono::milliseconds(args.settle_ms));
     auto before = FetchLog(from, name, &err);
     uint64_t pre = before && !before->ticks.empty() ? before->ticks.back().tick : 0;
     auto reply = HttpPost(from.url, "/v1/workloads/" + name + "/migrate", {{"target", to.url}},
@@ -228,6 +247,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
     at = 1 - at;
     Run run;
     const json& t = rep["timings"];
+    run.prepare = t.value("prepare", 0.0);
     run.checkpoint = t.value("checkpoint", 0.0) + t.value("freeze", 0.0);
     run.transfer = t.value("transfer", 0.0);
     run.restore = t.value("restore", 0.0);
@@ -257,10 +277,12 @@ Row Measure(Cluster& c, const Args& args, int mib) {
       }
     }
     std::fprintf(stderr,
-                 "bench: %4d MiB run %d %s->%s: checkpoint %.2f s transfer %.2f s restore %.2f "
+                 "bench: %4d MiB run %d %s->%s: prepare %.2f s checkpoint %.2f s transfer %.2f s "
+                 "restore %.2f "
                  "s downtime %.2f s (ticks %.2f s) total %.2f s, %.0f bytes\n",
-                 mib, r + 1, from.name.c_str(), to.name.c_str(), run.checkpoint, run.transfer,
-                 run.restore, run.agent_downtime, run.tick_downtime, run.total, run.bytes);
+                 mib, r + 1, from.name.c_str(), to.name.c_str(), run.prepare, run.checkpoint,
+                 run.transfer, run.restore, run.agent_downtime, run.tick_downtime, run.total,
+                 run.bytes);
     row.runs.push_back(run);
   }
   for (const auto& n : c.Nodes()) (void)HttpDelete(n.url, "/v1/workloads/" + name);
@@ -281,17 +303,18 @@ void PrintTable(const std::vector<Row>& rows, int runs) {
   std::printf("\nkmosix live migration, stop-and-copy, 2 namespace nodes, median of %d run(s)\n\n",
               runs);
   std::printf(
-      "| engine | memory | checkpoint s | transfer s | restore s | downtime (agent) s |"
+      "| engine | memory | prepare s | checkpoint s | transfer s | restore s | downtime (agent) s |"
       " downtime (ticks) s | total s | bytes | MB/s | baseline s | ticks/baseline |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& row : rows) {
     double tick_dt = MedianOf(row, [](const Run& r) { return r.tick_downtime; });
     auto base = Baseline(row.mib);
     std::string mem = row.mib % 1024 == 0 ? std::to_string(row.mib / 1024) + " GiB"
                                           : std::to_string(row.mib) + " MiB";
     std::printf(
-        "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.engine.c_str(),
-        mem.c_str(), Fmt(MedianOf(row, [](const Run& r) { return r.checkpoint; })).c_str(),
+        "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.engine.c_str(),
+        mem.c_str(), Fmt(MedianOf(row, [](const Run& r) { return r.prepare; })).c_str(),
+        Fmt(MedianOf(row, [](const Run& r) { return r.checkpoint; })).c_str(),
         Fmt(MedianOf(row, [](const Run& r) { return r.transfer; })).c_str(),
         Fmt(MedianOf(row, [](const Run& r) { return r.restore; })).c_str(),
         Fmt(MedianOf(row, [](const Run& r) { return r.agent_downtime; })).c_str(),
@@ -304,20 +327,44 @@ void PrintTable(const std::vector<Row>& rows, int runs) {
   std::printf(
       "\nbaseline: FIELD-NOTES, gRPC + checkpoint to an image_path directory "
       "(downtime = gap in the ticks).\n");
-  bool compared = false;
-  for (const Row& streamed : rows) {
-    if (streamed.engine != "streamed") continue;
-    for (const Row& files : rows) {
-      if (files.engine != "files" || files.mib != streamed.mib) continue;
-      if (!compared) {
-        std::printf("\nstreamed against files, same run (median downtime, ticks):\n\n");
-        std::printf("| memory | files s | streamed s | streamed/files |\n|---|---|---|---|\n");
-        compared = true;
+  // Each engine against the one before it in the list, same run.
+  std::vector<std::string> engines;
+  for (const Row& row : rows) {
+    if (std::find(engines.begin(), engines.end(), row.engine) == engines.end()) {
+      engines.push_back(row.engine);
+    }
+  }
+  auto tick_downtime = [&](const std::string& engine, int mib) {
+    for (const Row& row : rows) {
+      if (row.engine == engine && row.mib == mib) {
+        return MedianOf(row, [](const Run& r) { return r.tick_downtime; });
       }
-      double f = MedianOf(files, [](const Run& r) { return r.tick_downtime; });
-      double t = MedianOf(streamed, [](const Run& r) { return r.tick_downtime; });
-      std::printf("| %d MiB | %s | %s | %s |\n", streamed.mib, Fmt(f).c_str(), Fmt(t).c_str(),
-                  f > 0 && !std::isnan(t) ? (Fmt(t / f) + "x").c_str() : "-");
+    }
+    return static_cast<double>(NAN);
+  };
+  if (engines.size() > 1) {
+    std::printf("\nengines against each other, same run (median downtime, ticks):\n\n| memory |");
+    for (const auto& e : engines) std::printf(" %s s |", e.c_str());
+    for (size_t i = 1; i < engines.size(); ++i) {
+      std::printf(" %s/%s |", engines[i].c_str(), engines[i - 1].c_str());
+    }
+    std::printf("\n|---|");
+    for (size_t i = 0; i < 2 * engines.size() - 1; ++i) std::printf("---|");
+    std::printf("\n");
+    std::vector<int> sizes;
+    for (const Row& row : rows) {
+      if (std::find(sizes.begin(), sizes.end(), row.mib) == sizes.end()) sizes.push_back(row.mib);
+    }
+    for (int mib : sizes) {
+      std::printf("| %d MiB |", mib);
+      for (const auto& e : engines) std::printf(" %s |", Fmt(tick_downtime(e, mib)).c_str());
+      for (size_t i = 1; i < engines.size(); ++i) {
+        double before = tick_downtime(engines[i - 1], mib);
+        double now = tick_downtime(engines[i], mib);
+        std::printf(" %s |",
+                    before > 0 && !std::isnan(now) ? (Fmt(now / before) + "x").c_str() : "-");
+      }
+      std::printf("\n");
     }
   }
   bool any_notes = false;
@@ -338,7 +385,8 @@ void WriteJson(const std::string& path, const std::vector<Row>& rows) {
     json runs = json::array();
     for (const Run& r : row.runs) {
       runs.push_back(
-          {{"checkpoint", r.checkpoint},
+          {{"prepare", r.prepare},
+           {"checkpoint", r.checkpoint},
            {"transfer", r.transfer},
            {"restore", r.restore},
            {"agentDowntime", r.agent_downtime},
