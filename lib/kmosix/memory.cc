@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -78,7 +79,7 @@ std::optional<uint64_t> MemAvailableBytes(const std::string& proc) {
   return std::nullopt;
 }
 
-PrefaultedMemory PrefaultedMemory::Take(uint64_t bytes) {
+PrefaultedMemory PrefaultedMemory::Take(uint64_t bytes, const std::function<bool()>& go_on) {
   PrefaultedMemory m;
   if (bytes == 0) return m;
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -89,22 +90,31 @@ PrefaultedMemory PrefaultedMemory::Take(uint64_t bytes) {
   m.addr_ = addr;
   m.bytes_ = bytes;
   (void)::madvise(addr, bytes, MADV_HUGEPAGE);  // fewer faults; best effort
-  if (::madvise(addr, bytes, MADV_POPULATE_WRITE) != 0) {
-    // Older kernels: touch every page.
-    auto* p = static_cast<volatile char*>(addr);
-    for (uint64_t off = 0; off < bytes; off += page) p[off] = 0;
+  constexpr uint64_t kStep = uint64_t{64} << 20;
+  auto* base = static_cast<char*>(addr);
+  while (m.faulted_ < bytes && (m.faulted_ == 0 || !go_on || go_on())) {
+    const uint64_t n = std::min(kStep, bytes - m.faulted_);
+    char* p = base + m.faulted_;
+    if (::madvise(p, n, MADV_POPULATE_WRITE) != 0) {
+      // Older kernels: touch every page.
+      for (uint64_t off = 0; off < n; off += page) static_cast<volatile char*>(p)[off] = 0;
+    }
+    m.faulted_ += n;
   }
   return m;
 }
 
 PrefaultedMemory::PrefaultedMemory(PrefaultedMemory&& other) noexcept
-    : addr_(std::exchange(other.addr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+    : addr_(std::exchange(other.addr_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      faulted_(std::exchange(other.faulted_, 0)) {}
 
 PrefaultedMemory& PrefaultedMemory::operator=(PrefaultedMemory&& other) noexcept {
   if (this != &other) {
     Release();
     addr_ = std::exchange(other.addr_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
+    faulted_ = std::exchange(other.faulted_, 0);
   }
   return *this;
 }
@@ -113,6 +123,7 @@ void PrefaultedMemory::Release() {
   if (addr_ != nullptr) ::munmap(addr_, bytes_);
   addr_ = nullptr;
   bytes_ = 0;
+  faulted_ = 0;
 }
 
 }  // namespace kmosix

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -35,21 +36,23 @@ std::optional<uint64_t> MemAvailableBytes(const std::string& proc = "/proc");
 class PrefaultedMemory {
  public:
   PrefaultedMemory() = default;
-  // Faults in `bytes` (rounded up to pages); holds nothing when bytes is 0 or
-  // the mapping fails.
-  static PrefaultedMemory Take(uint64_t bytes);
+  // Faults in `bytes` (rounded up to pages), in steps of 64 MiB, and stops
+  // early once `go_on` (when given) returns false between two steps. Holds
+  // nothing when bytes is 0 or the mapping fails.
+  static PrefaultedMemory Take(uint64_t bytes, const std::function<bool()>& go_on = {});
   ~PrefaultedMemory() { Release(); }
   PrefaultedMemory(PrefaultedMemory&& other) noexcept;
   PrefaultedMemory& operator=(PrefaultedMemory&& other) noexcept;
   PrefaultedMemory(const PrefaultedMemory&) = delete;
   PrefaultedMemory& operator=(const PrefaultedMemory&) = delete;
 
-  uint64_t bytes() const { return bytes_; }
+  uint64_t bytes() const { return faulted_; }  // faulted in so far
   void Release();
 
  private:
   void* addr_ = nullptr;
-  uint64_t bytes_ = 0;
+  uint64_t bytes_ = 0;  // mapped
+  uint64_t faulted_ = 0;
 };
 
 }  // namespace kmosix

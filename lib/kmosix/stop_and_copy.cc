@@ -292,8 +292,10 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
     prefault = std::min(prefault, available > keep ? available - keep : 0);
   }
   if (prefault > 0) {
-    auto t0 = clock_.Now();
-    PrefaultedMemory memory = PrefaultedMemory::Take(prefault);
+    const auto t0 = clock_.Now();
+    const auto deadline = t0 + options_.prefault_budget;
+    PrefaultedMemory memory =
+        PrefaultedMemory::Take(prefault, [&] { return clock_.Now() < deadline; });
     spdlog::debug("{}: faulted in {} MiB for the restore in {:.2f} s", spec.name,
                   memory.bytes() >> 20, Seconds(clock_.Now() - t0));
     std::lock_guard l(mu_);

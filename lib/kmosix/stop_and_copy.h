@@ -50,6 +50,9 @@ class StopAndCopyEngine final : public CheckpointEngine {
     // Most memory Prepare faults in for one restore; 0: none. Prepare also
     // leaves MemAvailable minus the expected landing and 256 MiB alone.
     uint64_t prefault_max_bytes = uint64_t{16} << 30;
+    // Prepare stops faulting in after this long (the source waits for its
+    // answer; about 2.4 s per GiB of memory the host took back, here).
+    std::chrono::milliseconds prefault_budget{10000};
   };
   StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock)
       : StopAndCopyEngine(runtime, clock, Options{}) {}

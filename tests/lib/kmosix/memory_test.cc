@@ -107,6 +107,17 @@ TEST(PrefaultedMemoryTest, HoldsFaultedInPagesUntilReleased) {
   EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
 }
 
+TEST(PrefaultedMemoryTest, StopsBetweenStepsWhenToldTo) {
+  const uint64_t before = OwnResidentBytes();
+  int asked = 0;
+  PrefaultedMemory m = PrefaultedMemory::Take(256 * kMiB, [&] { return ++asked < 2; });
+  EXPECT_EQ(m.bytes(), 128 * kMiB);  // the first step always, then one more
+  EXPECT_EQ(asked, 2);
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 120 * kMiB);
+  EXPECT_LT(held, before + 200 * kMiB);
+}
+
 TEST(PrefaultedMemoryTest, ZeroHoldsNothing) {
   EXPECT_EQ(PrefaultedMemory::Take(0).bytes(), 0u);
   EXPECT_EQ(PrefaultedMemory::Take(1).bytes(), static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
@@ -174,6 +185,17 @@ TEST_F(PrefaultEngineTest, AtMostTheCap) {
   const uint64_t held = OwnResidentBytes();
   EXPECT_GE(held, before + 14 * kMiB);
   EXPECT_LT(held, before + 64 * kMiB);
+  EXPECT_TRUE(engine.Discard("w").ok());
+}
+
+TEST_F(PrefaultEngineTest, StopsAtItsTimeBudget) {
+  // The fake clock stands still: a zero budget is over after the first step.
+  StopAndCopyEngine engine(runtime_, clock_, {.prefault_budget = std::chrono::milliseconds(0)});
+  const uint64_t before = OwnResidentBytes();
+  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 512 * kMiB).ok());
+  const uint64_t held = OwnResidentBytes();
+  EXPECT_GE(held, before + 60 * kMiB);
+  EXPECT_LT(held, before + 128 * kMiB);
   EXPECT_TRUE(engine.Discard("w").ok());
 }
 
