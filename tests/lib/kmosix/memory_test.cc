@@ -137,31 +137,37 @@ class PrefaultEngineTest : public ::testing::Test {
     return spec;
   }
 
+  // How much this process's memory grew over engine.Prepare(name, memory).
+  uint64_t GrowthOverPrepare(StopAndCopyEngine& engine, const std::string& name, uint64_t memory) {
+    const uint64_t before = OwnResidentBytes();
+    auto landing = engine.Prepare(Spec(name), scratch_ + "/in-" + name, memory);
+    EXPECT_TRUE(landing.ok()) << landing.status().ToString();
+    if (landing.ok()) landing_ = *landing;
+    const uint64_t after = OwnResidentBytes();
+    return after > before ? after - before : 0;
+  }
+
   std::string layers_ = "/tmp/kmx-prefault-layers-" + std::to_string(::getpid());
   std::string scratch_ = "/tmp/kmx-prefault-scratch-" + std::to_string(::getpid());
   FakeClock clock_;
   FakeRuntime runtime_{"node2", layers_};
+  Landing landing_;
 };
 
 TEST_F(PrefaultEngineTest, PrepareHoldsTheSourcesMemoryAndRestoreFreesItFirst) {
   StopAndCopyEngine engine(runtime_, clock_);
-  const uint64_t before = OwnResidentBytes();
-  auto landing = engine.Prepare(Spec("w"), scratch_ + "/in-1", 64 * kMiB);
-  ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+  EXPECT_GE(GrowthOverPrepare(engine, "w", 64 * kMiB), 60 * kMiB);
   const uint64_t held = OwnResidentBytes();
-  EXPECT_GE(held, before + 60 * kMiB);
   // No images landed: the restore fails, after the memory was given back.
-  EXPECT_FALSE(engine.Restore(Spec("w"), *landing).ok());
+  EXPECT_FALSE(engine.Restore(Spec("w"), landing_).ok());
   EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
   EXPECT_TRUE(engine.Discard("w").ok());
 }
 
 TEST_F(PrefaultEngineTest, DiscardFreesIt) {
   StopAndCopyEngine engine(runtime_, clock_);
-  const uint64_t before = OwnResidentBytes();
-  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 64 * kMiB).ok());
+  EXPECT_GE(GrowthOverPrepare(engine, "w", 64 * kMiB), 60 * kMiB);
   const uint64_t held = OwnResidentBytes();
-  EXPECT_GE(held, before + 60 * kMiB);
   EXPECT_TRUE(engine.Discard("w").ok());
   EXPECT_LE(OwnResidentBytes() + 60 * kMiB, held);
   EXPECT_FALSE(runtime_.Has("w"));
@@ -169,33 +175,27 @@ TEST_F(PrefaultEngineTest, DiscardFreesIt) {
 
 TEST_F(PrefaultEngineTest, NothingWhenDisabledOrUnknown) {
   StopAndCopyEngine disabled(runtime_, clock_, {.prefault_max_bytes = 0});
-  const uint64_t before = OwnResidentBytes();
-  ASSERT_TRUE(disabled.Prepare(Spec("a"), scratch_ + "/in-a", 64 * kMiB).ok());
+  EXPECT_LT(GrowthOverPrepare(disabled, "a", 64 * kMiB), 32 * kMiB);
   StopAndCopyEngine engine(runtime_, clock_);
-  ASSERT_TRUE(engine.Prepare(Spec("b"), scratch_ + "/in-b", 0).ok());
-  EXPECT_LT(OwnResidentBytes(), before + 32 * kMiB);
+  EXPECT_LT(GrowthOverPrepare(engine, "b", 0), 32 * kMiB);
   EXPECT_TRUE(disabled.Discard("a").ok());
   EXPECT_TRUE(engine.Discard("b").ok());
 }
 
 TEST_F(PrefaultEngineTest, AtMostTheCap) {
   StopAndCopyEngine engine(runtime_, clock_, {.prefault_max_bytes = 16 * kMiB});
-  const uint64_t before = OwnResidentBytes();
-  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 256 * kMiB).ok());
-  const uint64_t held = OwnResidentBytes();
-  EXPECT_GE(held, before + 14 * kMiB);
-  EXPECT_LT(held, before + 64 * kMiB);
+  const uint64_t growth = GrowthOverPrepare(engine, "w", 256 * kMiB);
+  EXPECT_GE(growth, 14 * kMiB);
+  EXPECT_LT(growth, 64 * kMiB);
   EXPECT_TRUE(engine.Discard("w").ok());
 }
 
 TEST_F(PrefaultEngineTest, StopsAtItsTimeBudget) {
   // The fake clock stands still: a zero budget is over after the first step.
   StopAndCopyEngine engine(runtime_, clock_, {.prefault_budget = std::chrono::milliseconds(0)});
-  const uint64_t before = OwnResidentBytes();
-  ASSERT_TRUE(engine.Prepare(Spec("w"), scratch_ + "/in-1", 512 * kMiB).ok());
-  const uint64_t held = OwnResidentBytes();
-  EXPECT_GE(held, before + 60 * kMiB);
-  EXPECT_LT(held, before + 128 * kMiB);
+  const uint64_t growth = GrowthOverPrepare(engine, "w", 512 * kMiB);
+  EXPECT_GE(growth, 60 * kMiB);
+  EXPECT_LT(growth, 128 * kMiB);
   EXPECT_TRUE(engine.Discard("w").ok());
 }
 
