@@ -59,8 +59,9 @@ uint64_t ContainerResidentBytes(uint32_t pid, const std::string& proc) {
   const fs::path root(proc);
   const std::string ns = PidNamespace(root / std::to_string(pid));
   if (ns.empty()) return 0;
-  if (ns == PidNamespace(root / "self"))
+  if (ns == PidNamespace(root / "self")) {
     return ResidentBytes(root / std::to_string(pid) / "status");
+  }
   uint64_t sum = 0;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
