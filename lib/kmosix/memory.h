@@ -1,14 +1,15 @@
 // Memory of the node and of a container's processes, read from /proc, and
 // memory faulted in ahead of time.
 //
-// Why prefaulting: a virtual machine that hands freed memory back to its
-// host (free page reporting, ballooning) makes the first touch of every page
-// a host fault; restoring 1 GiB then took 3 s here against 0.8 s with pages
-// the guest had touched just before. A migration target therefore faults in
-// as much memory as the restore will need while the source still runs, holds
-// it, and frees it right before the restore, whose allocations then reuse
-// those pages (the kernel hands out recently freed pages first and reports
-// free pages to the host only after a delay).
+// Why prefaulting: on a virtual machine whose host backs guest memory lazily
+// or takes freed memory back (free page reporting, ballooning), the first
+// touch of a page is a host fault; restoring 1 GiB then took 3 s here
+// against 0.8 s with pages the guest had touched just before. A migration
+// target therefore faults in the memory the landing and the restore will
+// need while the source still runs, and frees it right before each needs
+// it: their allocations then reuse those pages (the kernel hands out
+// recently freed pages first and reports free pages to the host only after
+// a delay).
 //
 // Thread-safety: the functions are pure reads of `proc`; PrefaultedMemory is
 // a move-only owner, not shared. Errors: readers return nullopt/0 when the

@@ -284,22 +284,28 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
     (void)runtime_.Delete(spec.name);
     return layer.status().Annotate("writable layer");
   }
-  // The landed images will take memory_bytes too (tmpfs): leave room for them.
-  uint64_t prefault = std::min(memory_bytes, options_.prefault_max_bytes);
-  if (prefault > 0) {
-    const uint64_t keep = memory_bytes + (uint64_t{256} << 20);
-    const uint64_t available = MemAvailableBytes().value_or(0);
-    prefault = std::min(prefault, available > keep ? available - keep : 0);
-  }
-  if (prefault > 0) {
+  // The landing (tmpfs) and then the restore allocate memory_bytes each
+  // inside the downtime: fault both in now. The restore's share is held until
+  // Restore, the landing's freed on return (the source freezes next).
+  const uint64_t available = MemAvailableBytes().value_or(0);
+  const uint64_t spare = uint64_t{256} << 20;
+  uint64_t room = available > spare ? available - spare : 0;
+  const uint64_t for_restore = std::min({memory_bytes, options_.prefault_max_bytes, room});
+  room -= for_restore;
+  const uint64_t for_landing = std::min({memory_bytes, options_.prefault_max_bytes, room});
+  if (for_restore > 0) {
     const auto t0 = clock_.Now();
     const auto deadline = t0 + options_.prefault_budget;
-    PrefaultedMemory memory =
-        PrefaultedMemory::Take(prefault, [&] { return clock_.Now() < deadline; });
-    spdlog::debug("{}: faulted in {} MiB for the restore in {:.2f} s", spec.name,
-                  memory.bytes() >> 20, Seconds(clock_.Now() - t0));
+    auto in_budget = [&] { return clock_.Now() < deadline; };
+    PrefaultedMemory restore = PrefaultedMemory::Take(for_restore, in_budget);
+    PrefaultedMemory landing = for_landing > 0 && in_budget()
+                                   ? PrefaultedMemory::Take(for_landing, in_budget)
+                                   : PrefaultedMemory();
+    spdlog::debug("{}: faulted in {} MiB for the restore and {} MiB for the landing in {:.2f} s",
+                  spec.name, restore.bytes() >> 20, landing.bytes() >> 20,
+                  Seconds(clock_.Now() - t0));
     std::lock_guard l(mu_);
-    prefaulted_[spec.name] = std::move(memory);
+    prefaulted_[spec.name] = std::move(restore);
   }
   Landing landing;
   // A streaming source sends the page images as "criu-pages": same place.

@@ -14,9 +14,10 @@
 // dump still in flight, so a paused task is never resumed under CRIU.
 //
 // On the target, Prepare faults in as much memory as the source says the
-// container holds (capped, see Options) and frees it right before the
-// restore, so that the restore's allocations, inside the freeze, find pages
-// the guest already has from its host (see kmosix/memory.h).
+// container holds, twice (capped, see Options): one share it frees on return,
+// for the landing images, one it frees right before the restore. So the
+// allocations inside the downtime find pages the guest already has from its
+// host (see kmosix/memory.h).
 //
 // Ownership: borrows the runtime and clock; owns one thread per dump in
 // flight (joined by Thaw, Release or the destructor) and the memory held for
@@ -47,8 +48,8 @@ class StopAndCopyEngine final : public CheckpointEngine {
     // Recover: how long to wait for CRIU processes still writing under the
     // scratch root after their pipes were unblocked.
     std::chrono::milliseconds recover_wait{10000};
-    // Most memory Prepare faults in for one restore; 0: none. Prepare also
-    // leaves MemAvailable minus the expected landing and 256 MiB alone.
+    // Most memory Prepare faults in for one restore, and again for its
+    // landing; 0: none. Prepare leaves 256 MiB of MemAvailable alone.
     uint64_t prefault_max_bytes = uint64_t{16} << 30;
     // Prepare stops faulting in after this long (the source waits for its
     // answer; about 2.4 s per GiB of memory the host took back, here).
