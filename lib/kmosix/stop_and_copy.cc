@@ -298,11 +298,11 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
     const auto deadline = t0 + options_.prefault_budget;
     auto in_budget = [&] { return clock_.Now() < deadline; };
     PrefaultedMemory restore = PrefaultedMemory::Take(for_restore, in_budget);
-    PrefaultedMemory landing = for_landing > 0 && in_budget()
-                                   ? PrefaultedMemory::Take(for_landing, in_budget)
-                                   : PrefaultedMemory();
+    PrefaultedMemory landing_share = for_landing > 0 && in_budget()
+                                         ? PrefaultedMemory::Take(for_landing, in_budget)
+                                         : PrefaultedMemory();
     spdlog::debug("{}: faulted in {} MiB for the restore and {} MiB for the landing in {:.2f} s",
-                  spec.name, restore.bytes() >> 20, landing.bytes() >> 20,
+                  spec.name, restore.bytes() >> 20, landing_share.bytes() >> 20,
                   Seconds(clock_.Now() - t0));
     std::lock_guard l(mu_);
     prefaulted_[spec.name] = std::move(restore);
