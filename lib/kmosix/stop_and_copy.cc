@@ -270,7 +270,7 @@ Status StopAndCopyEngine::Release(const std::string& name) {
 
 uint64_t StopAndCopyEngine::MemoryBytes(const std::string& name) {
   auto info = runtime_.Inspect(name);
-  return info.ok() ? ContainerResidentBytes(info->pid) : 0;
+  return info.ok() ? ContainerResidentBytes(info->pid, options_.proc_root) : 0;
 }
 
 StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
@@ -287,7 +287,7 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
   // The landing (tmpfs) and then the restore allocate memory_bytes each
   // inside the downtime: fault both in now. The restore's share is held until
   // Restore, the landing's freed on return (the source freezes next).
-  const uint64_t available = MemAvailableBytes().value_or(0);
+  const uint64_t available = MemAvailableBytes(options_.proc_root).value_or(0);
   const uint64_t spare = uint64_t{256} << 20;
   uint64_t room = available > spare ? available - spare : 0;
   const uint64_t for_restore = std::min({memory_bytes, options_.prefault_max_bytes, room});

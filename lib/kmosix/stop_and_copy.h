@@ -31,6 +31,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
@@ -54,11 +55,13 @@ class StopAndCopyEngine final : public CheckpointEngine {
     // Prepare stops faulting in after this long (the source waits for its
     // answer; about 2.4 s per GiB of memory the host took back, here).
     std::chrono::milliseconds prefault_budget{10000};
+    // Where MemoryBytes and Prepare read processes and meminfo (tests).
+    std::string proc_root = "/proc";
   };
   StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock)
       : StopAndCopyEngine(runtime, clock, Options{}) {}
   StopAndCopyEngine(ContainerRuntime& runtime, Clock& clock, Options options)
-      : runtime_(runtime), clock_(clock), options_(options) {}
+      : runtime_(runtime), clock_(clock), options_(std::move(options)) {}
   ~StopAndCopyEngine() override;
   StopAndCopyEngine(const StopAndCopyEngine&) = delete;
   StopAndCopyEngine& operator=(const StopAndCopyEngine&) = delete;

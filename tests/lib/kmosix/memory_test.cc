@@ -38,6 +38,10 @@ class FakeProc : public ::testing::Test {
     fs::create_symlink("pid:[" + std::to_string(ns) + "]", root_ / name / "ns" / "pid");
     std::ofstream(root_ / name / "status") << status;
   }
+  void MemAvailableMiB(uint64_t mib) {
+    std::ofstream(root_ / "meminfo")
+        << "MemTotal: 24000000 kB\nMemAvailable:   " << mib * 1024 << " kB\n";
+  }
   static std::string Status(int anon_kb, int shmem_kb) {
     return "Name:\tdemo\nVmRSS:\t 999999 kB\nRssAnon:\t " + std::to_string(anon_kb) +
            " kB\nRssFile:\t 777 kB\nRssShmem:\t " + std::to_string(shmem_kb) + " kB\n";
@@ -123,12 +127,15 @@ TEST(PrefaultedMemoryTest, ZeroHoldsNothing) {
   EXPECT_EQ(PrefaultedMemory::Take(1).bytes(), static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
 }
 
-class PrefaultEngineTest : public ::testing::Test {
+// Over this process's real memory; the tests that give a proc_root read
+// processes and MemAvailable from FakeProc's tree instead.
+class PrefaultEngineTest : public FakeProc {
  protected:
   PrefaultEngineTest() { runtime_.AddImage("demo"); }
   void TearDown() override {
     fs::remove_all(scratch_);
     fs::remove_all(layers_);
+    FakeProc::TearDown();
   }
   ContainerSpec Spec(const std::string& name) {
     ContainerSpec spec;
@@ -197,6 +204,37 @@ TEST_F(PrefaultEngineTest, StopsAtItsTimeBudget) {
   EXPECT_GE(growth, 60 * kMiB);
   EXPECT_LT(growth, 128 * kMiB);
   EXPECT_TRUE(engine.Discard("w").ok());
+}
+
+TEST_F(PrefaultEngineTest, LeavesTheLastQuarterGiBOfMemAvailableAlone) {
+  StopAndCopyEngine engine(runtime_, clock_, {.proc_root = root_.string()});
+  MemAvailableMiB(256 + 80);  // room for the restore's share (64), 16 of the landing's
+  uint64_t growth = GrowthOverPrepare(engine, "a", 64 * kMiB);
+  EXPECT_GE(growth, 60 * kMiB);
+  EXPECT_LT(growth, 100 * kMiB);
+  MemAvailableMiB(256 + 32);  // part of the restore's share
+  growth = GrowthOverPrepare(engine, "b", 64 * kMiB);
+  EXPECT_GE(growth, 28 * kMiB);
+  EXPECT_LT(growth, 48 * kMiB);
+  MemAvailableMiB(200);
+  EXPECT_LT(GrowthOverPrepare(engine, "c", 64 * kMiB), 16 * kMiB);
+  fs::remove(root_ / "meminfo");  // unknown: nothing
+  EXPECT_LT(GrowthOverPrepare(engine, "d", 64 * kMiB), 16 * kMiB);
+  for (const char* name : {"a", "b", "c", "d"}) EXPECT_TRUE(engine.Discard(name).ok());
+}
+
+TEST_F(PrefaultEngineTest, MemoryBytesSumsTheContainersPidNamespace) {
+  ASSERT_TRUE(runtime_.CreateContainer(Spec("w")).ok());
+  ASSERT_TRUE(runtime_.StartTask("w").ok());
+  auto info = runtime_.Inspect("w");
+  ASSERT_TRUE(info.ok());
+  const std::string pid = std::to_string(info->pid);
+  Process("self", 1, Status(5000, 0));
+  Process(pid, 7, Status(2048, 0));
+  Process(std::to_string(info->pid + 1), 7, Status(1024, 512));  // its child
+  Process(std::to_string(info->pid + 2), 1, Status(4096, 0));    // the host's
+  StopAndCopyEngine engine(runtime_, clock_, {.proc_root = root_.string()});
+  EXPECT_EQ(engine.MemoryBytes("w"), (2048 + 1024 + 512) * 1024u);
 }
 
 TEST_F(PrefaultEngineTest, MemoryBytesOfAnUnknownContainerIsZero) {
