@@ -3,8 +3,8 @@
 // For each engine (default all three, each on a cluster of its own: "files",
 // the dump written into files then sent, as the baseline; "streamed", the
 // transfer reading the dump's page pipes while CRIU dumps; "prefault", the
-// agent's default: streamed, and the target faults in the restore's memory
-// before the source freezes) and each memory
+// agent's default: streamed, and the target faults in the memory of the
+// landing and the restore before the source freezes) and each memory
 // size (default 16, 256, 1024 MiB) it starts the demo workload touching that
 // much memory (verifying only --verify-mib per tick so it does not burn CPU),
 // migrates it R times (alternating node1 -> node2 -> node1 ...), each after
@@ -72,7 +72,8 @@ struct Args {
 
 // The agent flags that select an engine ("files": the dump goes into files
 // that are sent after it; "streamed": the transfer reads the dump's pipes;
-// "prefault": streamed, and the target prefaults the restore's memory).
+// "prefault": streamed, and the target prefaults the landing's and the
+// restore's memory).
 std::vector<std::string> EngineArgs(const std::string& engine) {
   if (engine == "files") return {"--dump-pipes", "0", "--prefault-max-mib", "0"};
   if (engine == "streamed") return {"--prefault-max-mib", "0"};
@@ -278,8 +279,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
     }
     std::fprintf(stderr,
                  "bench: %4d MiB run %d %s->%s: prepare %.2f s checkpoint %.2f s transfer %.2f s "
-                 "restore %.2f "
-                 "s downtime %.2f s (ticks %.2f s) total %.2f s, %.0f bytes\n",
+                 "restore %.2f s downtime %.2f s (ticks %.2f s) total %.2f s, %.0f bytes\n",
                  mib, r + 1, from.name.c_str(), to.name.c_str(), run.prepare, run.checkpoint,
                  run.transfer, run.restore, run.agent_downtime, run.tick_downtime, run.total,
                  run.bytes);
@@ -299,9 +299,9 @@ double MedianOf(const Row& row, F f) {
   return Median(v);
 }
 
-void PrintTable(const std::vector<Row>& rows, int runs) {
+void PrintTable(const std::vector<Row>& rows, const Args& args) {
   std::printf("\nkmosix live migration, stop-and-copy, 2 namespace nodes, median of %d run(s)\n\n",
-              runs);
+              args.runs);
   std::printf(
       "| engine | memory | prepare s | checkpoint s | transfer s | restore s | downtime (agent) s |"
       " downtime (ticks) s | total s | bytes | MB/s | baseline s | ticks/baseline |\n");
@@ -328,12 +328,7 @@ void PrintTable(const std::vector<Row>& rows, int runs) {
       "\nbaseline: FIELD-NOTES, gRPC + checkpoint to an image_path directory "
       "(downtime = gap in the ticks).\n");
   // Each engine against the one before it in the list, same run.
-  std::vector<std::string> engines;
-  for (const Row& row : rows) {
-    if (std::find(engines.begin(), engines.end(), row.engine) == engines.end()) {
-      engines.push_back(row.engine);
-    }
-  }
+  const std::vector<std::string>& engines = args.engines;
   auto tick_downtime = [&](const std::string& engine, int mib) {
     for (const Row& row : rows) {
       if (row.engine == engine && row.mib == mib) {
@@ -351,11 +346,7 @@ void PrintTable(const std::vector<Row>& rows, int runs) {
     std::printf("\n|---|");
     for (size_t i = 0; i < 2 * engines.size() - 1; ++i) std::printf("---|");
     std::printf("\n");
-    std::vector<int> sizes;
-    for (const Row& row : rows) {
-      if (std::find(sizes.begin(), sizes.end(), row.mib) == sizes.end()) sizes.push_back(row.mib);
-    }
-    for (int mib : sizes) {
+    for (int mib : args.mem) {
       std::printf("| %d MiB |", mib);
       for (const auto& e : engines) std::printf(" %s |", Fmt(tick_downtime(e, mib)).c_str());
       for (size_t i = 1; i < engines.size(); ++i) {
@@ -437,7 +428,7 @@ int main(int argc, char** argv) {
     g_cluster = nullptr;
     if (std::string err = cluster.Down(); !err.empty()) std::fprintf(stderr, "%s\n", err.c_str());
   }
-  PrintTable(rows, args.runs);
+  PrintTable(rows, args);
   if (!args.json_out.empty()) WriteJson(args.json_out, rows);
   return failures == 0 ? 0 : 1;
 }
