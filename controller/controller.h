@@ -22,16 +22,17 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "api/types.h"
 #include "cluster/leader_election.h"
 #include "cluster/prefix_cache.h"
 #include "cluster/records.h"
@@ -85,36 +86,47 @@ class Controller {
   bool Ready() const;
   std::string Identity() const { return options_.identity; }
 
-  // ---- API (any replica) ----
-  StatusOr<nlohmann::json> CreateWorkload(std::string_view body);
-  nlohmann::json ListWorkloads();
-  StatusOr<nlohmann::json> GetWorkload(const std::string& name);
+  // ---- API (any replica): typed values in and out ----
+  // Validates (api::ValidateWorkloadSpec); kInvalid for an unknown node or
+  // pinned without node; kConflict if the name exists.
+  StatusOr<api::WorkloadView> CreateWorkload(const api::WorkloadSpec& spec);
+  std::vector<api::WorkloadView> ListWorkloads();  // by name
+  StatusOr<api::WorkloadView> GetWorkload(const std::string& name);
   Status DeleteWorkload(const std::string& name);
+  // Pinned workloads stay where they are (no automatic or API moves).
+  StatusOr<api::WorkloadView> SetPinned(const std::string& name, bool pinned);
+  // Non-migratable workloads are never moved (their order is refused).
+  StatusOr<api::WorkloadView> SetMigratable(const std::string& name, bool migratable);
   // The owner agent's URL, for the logs proxy.
   StatusOr<std::string> WorkloadAgentUrl(const std::string& name);
-  nlohmann::json ListNodes();
-  StatusOr<nlohmann::json> GetNode(const std::string& name);
-  // {"workload","target"?}; without target the policy's placement picks one.
-  StatusOr<nlohmann::json> RequestMigration(std::string_view body);
-  nlohmann::json ListMigrations();
-  StatusOr<nlohmann::json> GetMigration(const std::string& id);
+  std::vector<api::NodeView> ListNodes();  // by name
+  StatusOr<api::NodeView> GetNode(const std::string& name);
+  // Cordon: the node takes no arrivals (placements, migrations).
+  StatusOr<api::NodeView> SetCordoned(const std::string& node, bool cordoned);
+  // Without target the policy's placement picks one. A non-empty request.id
+  // makes the order idempotent: an existing migration of that id for the
+  // same workload is answered as it is (kConflict for another workload).
+  StatusOr<api::Migration> RequestMigration(const api::MigrationRequest& request);
+  std::vector<api::Migration> ListMigrations();  // oldest first
+  StatusOr<api::Migration> GetMigration(const std::string& id);
   // Asks the source to stop a migration before its commit point (it rolls
   // back). kConflict once the ownership moved (committing) or it ended.
-  StatusOr<nlohmann::json> CancelMigration(const std::string& id);
-  // Cordon: the node takes no arrivals (placements, migrations).
-  StatusOr<nlohmann::json> SetCordoned(const std::string& node, bool cordoned);
-  // Pinned workloads stay where they are (no automatic or API moves).
-  StatusOr<nlohmann::json> SetPinned(const std::string& workload, bool pinned);
-  // Cordons the node and orders every movable workload off it (body: see
-  // controller/requests.h DrainRequest); reports what was not moved and why.
-  StatusOr<nlohmann::json> Drain(const std::string& node, std::string_view body);
+  StatusOr<api::Migration> CancelMigration(const std::string& id,
+                                           const std::string& cancelled_by = "api");
+  // Cordons the node and orders every movable workload off it; reports what
+  // was not moved and why.
+  StatusOr<api::DrainReport> Drain(const std::string& node, const api::DrainRequest& request);
   // What the balancer would do now, with reasons, without doing it.
-  nlohmann::json Decisions();
+  api::DecisionsView Decisions();
+  api::LeaderInfo Leader();
+  // Called (from the cache threads, no lock held) after every change of a
+  // workload ('w') or migration ('m') record this replica's caches see, with
+  // its name/id. Register before Start().
+  void AddChangeListener(std::function<void(char kind, const std::string& name)> listener);
   // Placements, phases, readiness, as this replica's caches see them change.
   EventHub& Events() { return events_; }
   // The clock the controller runs on (borrowed).
   Clock& clock() const { return clock_; }
-  nlohmann::json LeaderInfo();
 
   // The policy's view of the cluster now (from the caches).
   ClusterSnapshot Snapshot();
@@ -125,31 +137,32 @@ class Controller {
   // kind: 'n' nodes/, 'c' members/, 'w' workloads/, 'm' migrations/.
   void OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now);
   // Publishes the events a record change means (view_mu_ held).
-  void PublishWorkloadEvents(const cluster::WorkloadRecord* before,
-                             const cluster::WorkloadRecord* after);
-  void PublishMigrationEvents(const cluster::MigrationRecord* before,
-                              const cluster::MigrationRecord* after);
-  void PublishMemberEvents(const cluster::NodeMember* before, const cluster::NodeMember* after);
+  void PublishWorkloadEvents(const api::Workload* before, const api::Workload* after);
+  void PublishMigrationEvents(const api::Migration* before, const api::Migration* after);
+  void PublishMemberEvents(const api::NodeMember* before, const api::NodeMember* after);
   void EnqueueAll();
-  std::optional<cluster::WorkloadRecord> CachedWorkload(const std::string& name) const;
-  std::optional<cluster::MigrationRecord> CachedMigration(const std::string& id) const;
-  std::optional<cluster::NodeLoad> CachedNode(const std::string& name) const;
-  std::optional<cluster::NodeMember> CachedMember(const std::string& name) const;
+  std::optional<api::Workload> CachedWorkload(const std::string& name) const;
+  std::optional<api::Migration> CachedMigration(const std::string& id) const;
+  std::optional<api::NodeLoad> CachedNode(const std::string& name) const;
+  std::optional<api::NodeMember> CachedMember(const std::string& name) const;
   Status Reconcile(const std::string& item, const cluster::LeaderTerm& term);
   Status ReconcileWorkload(const std::string& name, const cluster::LeaderTerm& term);
   Status ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term);
   Status ReconcileNode(const std::string& node, const cluster::LeaderTerm& term);
   Status BalanceRound(const cluster::LeaderTerm& term);
   // Writes a Pending order and marks the workload migrating, in one CAS.
-  StatusOr<cluster::MigrationRecord> Order(const std::string& workload, const std::string& target,
-                                           const std::string& reason,
-                                           const std::string& requested_by,
-                                           const std::optional<Compare>& fence);
+  // request.id "" = a new random id; otherwise an existing record of that id
+  // for the same workload is answered as it is.
+  StatusOr<api::Migration> Order(const api::MigrationRequest& request,
+                                 const std::optional<Compare>& fence);
   // Node readiness as the controller sees it: the agent's lease-bound key.
   bool NodeReady(const std::string& node);
   bool NodeCordoned(const std::string& node);
-  nlohmann::json DescribeWorkload(const cluster::WorkloadRecord& w);
-  nlohmann::json DescribeNode(const std::string& name);
+  api::WorkloadView DescribeWorkload(const api::Workload& w);
+  api::NodeView DescribeNode(const std::string& name);
+  // Edits a workload's spec in one CAS; answers its view.
+  StatusOr<api::WorkloadView> UpdateSpec(
+      const std::string& name, const std::function<StatusOr<bool>(api::Workload&)>& mutate);
 
   StateStore& store_;
   Clock& clock_;
@@ -166,15 +179,17 @@ class Controller {
 
   // The caches' records, decoded once per change (reads never parse JSON).
   struct View {
-    std::map<std::string, cluster::NodeLoad> nodes;
-    std::map<std::string, cluster::NodeMember> members;
-    std::map<std::string, cluster::WorkloadRecord> workloads;
-    std::map<std::string, cluster::MigrationRecord> migrations;
+    std::map<std::string, api::NodeLoad> nodes;
+    std::map<std::string, api::NodeMember> members;
+    std::map<std::string, api::Workload> workloads;
+    std::map<std::string, api::Migration> migrations;
   };
   mutable std::mutex view_mu_;
   View view_;
 
   EventHub events_;
+  // Registered before Start(); read-only afterwards.
+  std::vector<std::function<void(char, const std::string&)>> listeners_;
 
   std::mutex settled_mu_;
   std::map<std::string, double> settled_cpu_;  // workload -> cores, once settled

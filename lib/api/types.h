@@ -1,0 +1,301 @@
+// The typed model of the kmosix API: workloads (spec, status), migrations
+// (phases, order, record, report), nodes (load, membership, views), the
+// balancer's policy knobs, and the request/response values of every
+// controller API method. The REST codecs (controller/rest_codec.h,
+// kmosix/spec_json.h), the etcd record codecs (cluster/records.h) and the
+// Kubernetes codecs are faces of these values; nothing here knows HTTP, gRPC,
+// JSON or Kubernetes. Validation lives in api/validate.h.
+//
+// Thread-safety: plain value types and pure functions.
+// Errors: Parse* answer kInvalid naming the unknown value; never throw.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kmosix/status.h"
+
+namespace kmosix::api {
+
+// ---- workloads ---------------------------------------------------------------
+
+// Where a workload came from when it was not created through the REST API:
+// set for workloads mirrored from a Kubernetes MigratableWorkload.
+struct WorkloadOrigin {
+  std::string kind;        // "MigratableWorkload"
+  std::string namespace_;  // Kubernetes namespace
+  std::string name;        // object name in that namespace
+  std::string uid;         // metadata.uid
+  bool operator==(const WorkloadOrigin&) const = default;
+};
+
+struct WorkloadSpec {
+  std::string name;  // DNS-label-like, see ValidateName
+  std::string image;
+  std::vector<std::string> args;  // whole command line; empty = image default
+  std::map<std::string, std::string> env;
+  int64_t memory_mib = 0;  // 0: no limit
+  double cpus = 0;         // 0: no limit
+  bool migratable = true;  // false: never migrate (openMosix "stay")
+  std::string node;        // requested node ("" = controller chooses)
+  bool pinned = false;     // stays where it is (no automatic moves)
+  // Set only by the Kubernetes bridge; REST bodies may not carry it.
+  std::optional<WorkloadOrigin> origin;
+  bool operator==(const WorkloadSpec&) const = default;
+};
+
+enum class WorkloadPhase {
+  kPending,    // accepted, no node yet
+  kScheduled,  // owner chosen (status.node, epoch), agent not yet running it
+  kRunning,    // the owner reports it running
+  kMigrating,  // status.migration is in flight
+  kLost,       // its node died with it (lease expired while it ran there)
+  kFailed,     // the owner could not start it (status.message says why)
+  kExited,     // its process ended on its own
+};
+std::string_view WorkloadPhaseName(WorkloadPhase p);
+StatusOr<WorkloadPhase> ParseWorkloadPhase(std::string_view s);
+
+struct WorkloadStatus {
+  WorkloadPhase phase = WorkloadPhase::kPending;
+  std::string node;       // owner ("" while Pending)
+  int64_t epoch = 0;      // bumped by every owner change
+  std::string migration;  // id of the migration in flight ("" = none)
+  uint32_t pid = 0;
+  int64_t created_ms = 0;               // record created
+  int64_t started_ms = 0;               // started/arrived on its current node
+  std::vector<std::string> migrations;  // finished migration ids, oldest first
+  std::string message;                  // why Failed/Lost, or last event
+  bool operator==(const WorkloadStatus&) const = default;
+};
+
+// workloads/<name> in the store: the spec (written by the API) and the
+// ownership status (node + epoch).
+struct Workload {
+  WorkloadSpec spec;
+  WorkloadStatus status;
+  bool operator==(const Workload&) const = default;
+};
+
+// ---- nodes -------------------------------------------------------------------
+
+struct WorkloadUsage {
+  double cpu = 0;             // cores in use (smoothed)
+  uint64_t memory_bytes = 0;  // resident (cgroup memory.current)
+  bool operator==(const WorkloadUsage&) const = default;
+};
+
+// nodes/<node>: written by the node's agent under its lease.
+struct NodeLoad {
+  std::string node;
+  std::string url;          // agent REST base URL, e.g. http://10.77.0.11:7700
+  std::string load_source;  // "host" or "cgroup"
+  double cpu_capacity = 1;  // cores this node offers (declared or counted)
+  double speed = 1;         // relative speed factor (1 = reference core)
+  double cpu_used = 0;      // cores in use on the node, all of it (smoothed)
+  double run_queue = 0;     // runnable tasks (host: loadavg 1 min; cgroup: estimate)
+  uint64_t memory_capacity_bytes = 0;
+  uint64_t memory_available_bytes = 0;
+  std::optional<double> psi_cpu_some10;            // % of time, /proc/pressure or cgroup
+  std::optional<double> psi_memory_some10;         // absent where the kernel has no PSI
+  std::map<std::string, WorkloadUsage> workloads;  // by workload name, running here
+  int64_t updated_ms = 0;                          // wall clock of the sample
+  // Normalised CPU load: cpu_used / (cpu_capacity * speed).
+  double Load() const;
+  bool operator==(const NodeLoad&) const = default;
+};
+
+// members/<node>: written by the leading controller.
+struct NodeMember {
+  std::string node;
+  bool ready = true;
+  int64_t changed_ms = 0;  // when `ready` last changed
+  bool cordoned = false;   // accepts no arrivals (placements, migrations)
+  bool operator==(const NodeMember&) const = default;
+};
+
+// ---- migrations --------------------------------------------------------------
+
+// The phases of the migration protocol (kmosix/migration.h) and of the
+// migration record; one enum for both.
+enum class MigrationPhase {
+  kPending,
+  kPreparing,
+  kCheckpointing,
+  kTransferring,
+  kRestoring,
+  kCommitting,
+  kResolving,
+  kSucceeded,
+  kRolledBack,
+  kFailed,
+};
+std::string_view MigrationPhaseName(MigrationPhase p);
+StatusOr<MigrationPhase> ParseMigrationPhase(std::string_view s);
+bool IsFinal(MigrationPhase p);  // Succeeded, RolledBack, Failed
+
+struct MigrationTimings {
+  double prepare = 0;     // target checks and creates the container
+  double freeze = 0;      // pause
+  double checkpoint = 0;  // CRIU dump
+  double transfer = 0;    // streaming to the target
+  double restore = 0;     // target restores and confirms running
+  double commit = 0;      // target commits, source releases
+  double downtime = 0;    // from freeze until the target confirmed running
+  double total = 0;
+  bool operator==(const MigrationTimings&) const = default;
+};
+
+// What the source agent's driver reports of one migration.
+struct MigrationReport {
+  std::string id;
+  std::string workload;
+  std::string source_node;
+  std::string target_node;
+  std::string target_url;
+  MigrationPhase phase = MigrationPhase::kPending;
+  // The phase in which it went wrong, and why (empty/ok when it did not).
+  std::string failed_phase;
+  Status error;
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  MigrationTimings timings;
+  uint64_t bytes = 0;
+  uint64_t files = 0;
+  uint32_t target_pid = 0;
+};
+
+// Who ordered a migration (Migration::requested_by).
+inline constexpr std::string_view kRequestedByPolicy = "policy";  // the balancer
+inline constexpr std::string_view kRequestedByApi = "api";        // REST POST /v1/migrations
+inline constexpr std::string_view kRequestedByDrain = "drain";    // a node drain
+inline constexpr std::string_view kRequestedByUser = "user";      // a Kubernetes Migration
+
+// migrations/<id>: the order and its progress.
+struct Migration {
+  std::string id;
+  std::string workload;
+  std::string source;  // node
+  std::string target;  // node
+  MigrationPhase phase = MigrationPhase::kPending;
+  std::string reason;        // why it was ordered, numbers included
+  std::string requested_by;  // "policy", "api", "drain", "user"
+  int64_t epoch = 0;         // workload epoch when ordered (source owned it at)
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
+  int64_t finished_ms = 0;
+  std::optional<MigrationReport> report;  // once the source ran it
+  std::string error;                      // why it failed/rolled back ("" otherwise)
+  // Set by a cancel: the source stops before the commit point and rolls
+  // back. Only written while the workload record still names the source
+  // (ownership not transferred), so a set flag means "never commit".
+  int64_t cancel_requested_ms = 0;  // 0: not cancelled
+  std::string cancelled_by;         // who asked ("api", "drain", "user"...)
+};
+
+// ---- requests and views of the controller API ---------------------------------
+
+// An order to move a workload (POST /v1/migrations; a Kubernetes Migration).
+struct MigrationRequest {
+  std::string workload;
+  std::string target;                                       // "" = the policy picks one
+  std::string requested_by = std::string(kRequestedByApi);  // see Migration::requested_by
+  std::string reason;                                       // "" = the controller words one
+  // "" = the controller makes one up. Otherwise the migration id, and the
+  // order is idempotent: ordering an id that exists for the same workload
+  // answers that record (kConflict if it belongs to another workload).
+  std::string id;
+};
+
+// POST /v1/nodes/{name}/drain.
+struct DrainRequest {
+  bool include_pinned = false;  // move pinned workloads too
+};
+
+struct DrainReport {
+  struct Ordered {
+    std::string workload;
+    std::string migration;
+    std::string target;
+  };
+  struct InFlight {
+    std::string workload;
+    std::string migration;
+  };
+  struct NotMoved {
+    std::string workload;
+    std::string reason;
+  };
+  std::string node;
+  bool cordoned = true;
+  std::vector<Ordered> ordered;
+  std::vector<InFlight> in_flight;
+  std::vector<NotMoved> not_moved;
+};
+
+// A workload as the API shows it.
+struct WorkloadView {
+  Workload workload;
+  double age_seconds = 0;
+  std::optional<WorkloadUsage> usage;  // as its node last reported it
+};
+
+// A node as GET /v1/nodes/{name} shows it.
+struct NodeView {
+  std::string name;
+  bool ready = false;  // its agent holds its lease
+  bool cordoned = false;
+  std::optional<double> not_ready_seconds;  // known member, not ready
+  std::optional<NodeLoad> load;             // present when ready
+  double heartbeat_age_seconds = 0;         // of `load`
+  std::vector<std::string> workloads;       // names of the workloads it owns
+};
+
+// One move the balancer would make.
+struct MoveDecision {
+  enum class Kind { kMemory, kCpu };
+  Kind kind = Kind::kCpu;
+  std::string workload;
+  std::string source;
+  std::string target;
+  double source_load = 0;
+  double target_load = 0;
+  double workload_load = 0;
+  std::string reason;
+};
+
+// GET /v1/decisions: what the balancer would do now, without doing it.
+struct DecisionsView {
+  std::vector<MoveDecision> moves;
+  std::vector<std::string> held_back;   // why other moves were not made
+  std::map<std::string, double> loads;  // by node
+  size_t in_flight = 0;
+  double stability = 0;
+};
+
+// GET /v1/leader.
+struct LeaderInfo {
+  std::string identity;               // this replica
+  std::optional<std::string> leader;  // the leader's identity, if known
+  bool is_leader = false;
+  bool ready = false;
+};
+
+// The balancer's knobs; unset = the controller's flag. A MigrationPolicy
+// (Kubernetes) carries one for the workloads it selects.
+struct PolicySettings {
+  std::optional<bool> enabled;
+  std::optional<double> stability;             // > 1: how much better a move must be
+  std::optional<int64_t> min_residency_ms;     // before a workload moves again
+  std::optional<int> max_per_node;             // migrations in flight per node
+  std::optional<int> max_cluster;              // migrations in flight in the cluster
+  std::optional<double> low_memory_fraction;   // 0..1 of capacity available
+  std::optional<double> memory_psi_threshold;  // % some10, 0..100
+  bool operator==(const PolicySettings&) const = default;
+};
+
+}  // namespace kmosix::api

@@ -1,0 +1,100 @@
+#include "api/validate.h"
+
+#include <cmath>
+#include <string>
+
+namespace kmosix::api {
+namespace {
+
+Status Bad(std::string_view what, std::string_view field, std::string_view must) {
+  return InvalidError("field \"" + std::string(field) + "\" in " + std::string(what) + " must be " +
+                      std::string(must));
+}
+
+Status NameField(std::string_view what, std::string_view field, std::string_view value,
+                 bool allow_empty) {
+  if (value.empty() && allow_empty) return Status::Ok();
+  if (Status s = ValidateName(value); !s.ok()) {
+    return InvalidError("field \"" + std::string(field) + "\" in " + std::string(what) + ": " +
+                        s.message());
+  }
+  return Status::Ok();
+}
+
+bool Finite(double d) { return std::isfinite(d); }
+
+}  // namespace
+
+Status ValidateName(std::string_view name) {
+  if (name.empty() || name.size() > 63) {
+    return InvalidError("name must be 1 to 63 characters");
+  }
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    if (!ok) return InvalidError("name may contain only a-z, 0-9 and '-'");
+  }
+  if (name.front() == '-' || name.back() == '-') {
+    return InvalidError("name must start and end with a letter or digit");
+  }
+  return Status::Ok();
+}
+
+Status ValidateEnvName(std::string_view name) {
+  if (name.empty() || name.find('=') != std::string_view::npos ||
+      name.find('\0') != std::string_view::npos) {
+    return InvalidError("env name \"" + std::string(name) + "\" is not valid");
+  }
+  return Status::Ok();
+}
+
+Status ValidateWorkloadSpec(const WorkloadSpec& s, std::string_view what) {
+  KMX_RETURN_IF_ERROR(NameField(what, "name", s.name, /*allow_empty=*/false));
+  if (s.image.empty() || s.image.size() > kMaxImageBytes)
+    return Bad(what, "image", "1 to 512 characters");
+  if (s.args.size() > kMaxArgs) return Bad(what, "args", "an array of strings");
+  for (const auto& [k, v] : s.env) KMX_RETURN_IF_ERROR(ValidateEnvName(k));
+  if (s.memory_mib < 0) return Bad(what, "memoryMiB", ">= 0");
+  if (s.memory_mib > kMaxMemoryMiB) return Bad(what, "memoryMiB", "at most 2^30");
+  if (!Finite(s.cpus) || s.cpus < 0) return Bad(what, "cpus", "a finite number >= 0");
+  if (s.cpus > kMaxCpus) return Bad(what, "cpus", "at most 4096");
+  KMX_RETURN_IF_ERROR(NameField(what, "node", s.node, /*allow_empty=*/true));
+  if (s.origin) {
+    if (s.origin->kind.empty()) return Bad(what, "origin", "an object with a kind");
+    if (s.origin->name.empty()) return Bad(what, "origin", "an object with a name");
+    if (s.origin->uid.empty()) return Bad(what, "origin", "an object with a uid");
+  }
+  return Status::Ok();
+}
+
+Status ValidateMigrationRequest(const MigrationRequest& r) {
+  if (auto s = ValidateName(r.workload); !s.ok()) return s.Annotate("workload");
+  if (!r.target.empty()) {
+    if (auto s = ValidateName(r.target); !s.ok()) return s.Annotate("target");
+  }
+  if (!r.id.empty()) {
+    if (auto s = ValidateName(r.id); !s.ok()) return s.Annotate("id");
+  }
+  if (r.requested_by != kRequestedByPolicy && r.requested_by != kRequestedByApi &&
+      r.requested_by != kRequestedByDrain && r.requested_by != kRequestedByUser) {
+    return InvalidError("requestedBy: must be one of policy, api, drain, user");
+  }
+  return Status::Ok();
+}
+
+Status ValidatePolicySettings(const PolicySettings& p) {
+  constexpr std::string_view what = "migration policy";
+  if (p.stability && (!Finite(*p.stability) || *p.stability < 1))
+    return Bad(what, "stability", "a number >= 1");
+  if (p.min_residency_ms && *p.min_residency_ms < 0) return Bad(what, "minResidencyMs", ">= 0");
+  if (p.max_per_node && *p.max_per_node < 1) return Bad(what, "maxPerNode", ">= 1");
+  if (p.max_cluster && *p.max_cluster < 1) return Bad(what, "maxCluster", ">= 1");
+  if (p.low_memory_fraction &&
+      (!Finite(*p.low_memory_fraction) || *p.low_memory_fraction < 0 || *p.low_memory_fraction > 1))
+    return Bad(what, "lowMemoryFraction", "a number from 0 to 1");
+  if (p.memory_psi_threshold && (!Finite(*p.memory_psi_threshold) || *p.memory_psi_threshold < 0 ||
+                                 *p.memory_psi_threshold > 100))
+    return Bad(what, "memoryPsiThreshold", "a number from 0 to 100");
+  return Status::Ok();
+}
+
+}  // namespace kmosix::api
