@@ -23,7 +23,7 @@ if [ $# -ne 2 ] || [ ! -x "$1/kubectl" ] || [ ! -r "$2" ]; then
   exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
-k() { "$1/kubectl" --kubeconfig "$2" "${@:3}"; }
+k() { "$1/kubectl" --kubeconfig "$2" --request-timeout=30s "${@:3}"; }
 bin=$1 kubeconfig=$2
 kc() { k "$bin" "$kubeconfig" "$@"; }
 ns=kmosix-crd-check-$$
@@ -78,6 +78,9 @@ contains() {
 }
 
 cleanup() {
+  # Objects first: without kube-controller-manager (a bare test API server)
+  # nothing empties a deleted namespace, which then stays Terminating.
+  kc delete -n "$ns" migratableworkloads.kmosix.io,migrations.kmosix.io --all --wait=false >/dev/null 2>&1
   kc delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1
   kc delete -f "$here/examples/policy.yaml" --ignore-not-found >/dev/null 2>&1
 }
@@ -121,6 +124,12 @@ for f in "$here"/examples/*.yaml; do
   ok "applies: examples/$(basename "$f")" apply -n "$ns" -f "$f"
 done
 
+for f in "$here"/examples/*.yaml; do
+  contains "re-applying examples/$(basename "$f") changes nothing" ' unchanged$' apply -n "$ns" -f "$f"
+  ok "server-side apply (dry run) of examples/$(basename "$f")" \
+    apply -n "$ns" --server-side --force-conflicts --dry-run=server -f "$f"
+done
+
 # --- invalid examples: each refused, with its message --------------------------
 shopt -s nullglob
 invalid=("$here"/examples/invalid/*.yaml)
@@ -158,6 +167,20 @@ ok "changing spec.nodeName" patch "${mw[@]}" --type merge -p '{"spec":{"nodeName
 ok "unpinning and setting migratable=false" \
   patch "${mw[@]}" --type merge -p '{"spec":{"pinned":false,"migratable":false}}'
 ok "changing spec.resources" patch "${mw[@]}" --type merge -p '{"spec":{"resources":{"cpu":"1"}}}'
+ok "pinned with nodeName at creation" create -n "$ns" -f - <<'EOF'
+apiVersion: kmosix.io/v1alpha1
+kind: MigratableWorkload
+metadata: {name: pinned-here}
+spec:
+  image: kmosix.local/demo:latest
+  nodeName: node1
+  pinned: true
+  env: [{name: A, value: "1"}, {name: B, value: "2"}]
+EOF
+ok "reordering spec.env (a list map: the same set)" patch -n "$ns" mw pinned-here --type merge \
+  -p '{"spec":{"env":[{"name":"B","value":"2"},{"name":"A","value":"1"}]}}'
+ok "removing nodeName of a pinned workload after creation" patch -n "$ns" mw pinned-here --type json \
+  -p '[{"op":"remove","path":"/spec/nodeName"}]'
 equals "spec.image unchanged after the refused writes" "kmosix.local/demo:latest" \
   get "${mw[@]}" -o 'jsonpath={.spec.image}'
 refused "changing a Migration's targetNode" "spec is immutable" \
@@ -221,12 +244,14 @@ equals "field selector status.node on MigratableWorkloads (no match)" "" \
 contains "field selector status.node on MigratableWorkloads" 'counter' \
   get -n "$ns" mw --field-selector status.node=node2 -o name
 contains "kubectl explain mw.spec" 'image.*<string> -required-' explain mw.spec
-contains "kubectl explain mw.spec.image describes it" 'Immutable' explain mw.spec.image
+contains "kubectl explain mw.spec.image describes it" 'Required; immutable' explain mw.spec.image
 contains "kubectl explain mig.status.phase" 'commit point' explain mig.status.phase
 contains "kubectl explain mpol.spec" 'stabilityFactor' explain mpol.spec
 
 # --- delete --------------------------------------------------------------------
 ok "delete the examples" delete -n "$ns" -f "$here/examples/counter.yaml" -f "$here/examples/migration.yaml"
+ok "delete pinned-here" delete -n "$ns" mw pinned-here
+equals "nothing left in $ns (no invalid object slipped in)" "" get -n "$ns" mw,mig -o name
 
 if [ "$failures" -gt 0 ]; then
   echo "check.sh: $failures check(s) FAILED" >&2
