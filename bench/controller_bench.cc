@@ -87,7 +87,7 @@ Row Run(int nodes, int per_node, int rounds) {
   cluster::KeyLayout keys;
   const int64_t now = clock.WallMillis();
   for (int n = 0; n < nodes; ++n) {
-    cluster::NodeLoad load;
+    api::NodeLoad load;
     load.node = "node" + std::to_string(n);
     load.url = "http://10.0." + std::to_string(n / 250) + "." + std::to_string(n % 250) + ":7700";
     load.load_source = "host";
@@ -97,20 +97,20 @@ Row Run(int nodes, int per_node, int rounds) {
     double used = 0;
     for (int w = 0; w < per_node; ++w) {
       std::string name = "w" + std::to_string(n) + "-" + std::to_string(w);
-      cluster::WorkloadUsage u{(hot ? 1.0 : 0.3) * random.Unit(), (64ULL + (random.Next() % 512))
+      api::WorkloadUsage u{(hot ? 1.0 : 0.3) * random.Unit(), (64ULL + (random.Next() % 512))
                                                                       << 20};
       used += u.cpu;
       load.workloads[name] = u;
-      cluster::WorkloadRecord rec;
+      api::Workload rec;
       rec.spec.name = name;
       rec.spec.image = "registry.local/batch:1";
       rec.spec.args = {"/bin/sim", "--steps", "100000"};
-      rec.status.phase = cluster::WorkloadPhase::kRunning;
+      rec.status.phase = api::WorkloadPhase::kRunning;
       rec.status.node = load.node;
       rec.status.epoch = 1;
       rec.status.created_ms = now - 3'600'000;
       rec.status.started_ms = now - 3'600'000;
-      (void)store.Put(keys.Workload(name), cluster::WorkloadRecordToJson(rec).dump());
+      (void)store.Put(keys.Workload(name), cluster::WorkloadToJson(rec).dump());
     }
     load.cpu_used = used + 0.2;
     load.memory_available_bytes = 32ULL << 30;

@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "controller/openapi_document.h"  // generated from openapi.json
+#include "controller/rest_codec.h"
 #include "kmosix/spec_json.h"
 #include "transport_http/rest.h"
 
@@ -15,7 +16,13 @@ namespace {
 using nlohmann::json;
 using rest::Reply;
 using rest::ReplyError;
-using rest::ReplyOr;
+
+// Replies with `to_json(*value)` (status `code`) or the error.
+template <typename T, typename F>
+void ReplyWith(httplib::Response& res, const StatusOr<T>& value, F to_json, int code = 200) {
+  if (!value.ok()) return ReplyError(res, value.status());
+  Reply(res, code, to_json(*value));
+}
 
 constexpr size_t kMaxBody = 64 * 1024;
 // Each event stream holds one server thread.
@@ -139,16 +146,21 @@ std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller&
         [&](Req, Res res) { res.set_content(metrics.Render(), "text/plain; version=0.0.4"); });
   r.Add("GET", "/openapi.json",
         [](Req, Res res) { res.set_content(OpenApiDocument(), "application/json"); });
-  r.Add("GET", "/v1/leader", [&](Req, Res res) { Reply(res, 200, controller.LeaderInfo()); });
+  r.Add("GET", "/v1/leader",
+        [&](Req, Res res) { Reply(res, 200, LeaderInfoToJson(controller.Leader())); });
 
   // workloads
   r.Add("POST", "/v1/workloads", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.CreateWorkload(req.body), 201);
+    auto spec = ParseWorkloadSpecBody(req.body);
+    if (!spec.ok()) return ReplyError(res, spec.status());
+    ReplyWith(res, controller.CreateWorkload(*spec), WorkloadViewToJson, 201);
   });
-  r.Add("GET", "/v1/workloads", [&](Req, Res res) { Reply(res, 200, controller.ListWorkloads()); });
-  r.Add("GET", "/v1/workloads/{name}",
-        [&](Req req, Res res) { ReplyOr(res, controller.GetWorkload(req.matches[1])); });
+  r.Add("GET", "/v1/workloads",
+        [&](Req, Res res) { Reply(res, 200, WorkloadListToJson(controller.ListWorkloads())); });
+  r.Add("GET", "/v1/workloads/{name}", [&](Req req, Res res) {
+    ReplyWith(res, controller.GetWorkload(req.matches[1]), WorkloadViewToJson);
+  });
   r.Add("DELETE", "/v1/workloads/{name}", [&](Req req, Res res) {
     Status s = controller.DeleteWorkload(req.matches[1]);
     if (!s.ok()) return ReplyError(res, s);
@@ -172,44 +184,55 @@ std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller&
   });
   r.Add("POST", "/v1/workloads/{name}/pin", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.SetPinned(req.matches[1], true));
+    ReplyWith(res, controller.SetPinned(req.matches[1], true), WorkloadViewToJson);
   });
   r.Add("POST", "/v1/workloads/{name}/unpin", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.SetPinned(req.matches[1], false));
+    ReplyWith(res, controller.SetPinned(req.matches[1], false), WorkloadViewToJson);
   });
 
   // nodes
-  r.Add("GET", "/v1/nodes", [&](Req, Res res) { Reply(res, 200, controller.ListNodes()); });
-  r.Add("GET", "/v1/nodes/{name}",
-        [&](Req req, Res res) { ReplyOr(res, controller.GetNode(req.matches[1])); });
+  r.Add("GET", "/v1/nodes",
+        [&](Req, Res res) { Reply(res, 200, NodeListToJson(controller.ListNodes())); });
+  r.Add("GET", "/v1/nodes/{name}", [&](Req req, Res res) {
+    ReplyWith(res, controller.GetNode(req.matches[1]), NodeViewToJson);
+  });
   r.Add("POST", "/v1/nodes/{name}/cordon", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.SetCordoned(req.matches[1], true));
+    ReplyWith(res, controller.SetCordoned(req.matches[1], true), NodeViewToJson);
   });
   r.Add("POST", "/v1/nodes/{name}/uncordon", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.SetCordoned(req.matches[1], false));
+    ReplyWith(res, controller.SetCordoned(req.matches[1], false), NodeViewToJson);
   });
   r.Add("POST", "/v1/nodes/{name}/drain", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.Drain(req.matches[1], req.body));
+    // The node's name is checked before the body, as it always was.
+    if (Status s = ValidateName(std::string(req.matches[1])); !s.ok()) return ReplyError(res, s);
+    auto request = ParseDrainRequest(req.body);
+    if (!request.ok()) return ReplyError(res, request.status());
+    ReplyWith(res, controller.Drain(req.matches[1], *request), DrainReportToJson);
   });
 
   // migrations
   r.Add("POST", "/v1/migrations", [&](Req req, Res res) {
     if (BodyRejected(req, res)) return;
-    ReplyOr(res, controller.RequestMigration(req.body), 201);
+    auto request = ParseMigrationRequest(req.body);
+    if (!request.ok()) return ReplyError(res, request.status());
+    ReplyWith(res, controller.RequestMigration(*request), MigrationToJson, 201);
   });
   r.Add("GET", "/v1/migrations",
-        [&](Req, Res res) { Reply(res, 200, controller.ListMigrations()); });
-  r.Add("GET", "/v1/migrations/{id}",
-        [&](Req req, Res res) { ReplyOr(res, controller.GetMigration(req.matches[1])); });
-  r.Add("DELETE", "/v1/migrations/{id}",
-        [&](Req req, Res res) { ReplyOr(res, controller.CancelMigration(req.matches[1]), 202); });
+        [&](Req, Res res) { Reply(res, 200, MigrationListToJson(controller.ListMigrations())); });
+  r.Add("GET", "/v1/migrations/{id}", [&](Req req, Res res) {
+    ReplyWith(res, controller.GetMigration(req.matches[1]), MigrationToJson);
+  });
+  r.Add("DELETE", "/v1/migrations/{id}", [&](Req req, Res res) {
+    ReplyWith(res, controller.CancelMigration(req.matches[1]), MigrationToJson, 202);
+  });
 
   // cluster
-  r.Add("GET", "/v1/decisions", [&](Req, Res res) { Reply(res, 200, controller.Decisions()); });
+  r.Add("GET", "/v1/decisions",
+        [&](Req, Res res) { Reply(res, 200, DecisionsToJson(controller.Decisions())); });
   auto streams = std::make_shared<std::atomic<int>>(0);
   r.Add("GET", "/v1/events", [&controller, streams](Req req, Res res) {
     ServeEvents(controller.Events(), controller.clock(), *streams, req, res);

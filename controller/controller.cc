@@ -8,20 +8,21 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "controller/requests.h"
-#include "kmosix/spec_json.h"
+#include "api/validate.h"
 
 namespace kmosix::controller {
 namespace {
 
+using api::MigrationPhase;
+using api::ValidateName;
+using api::NodeLoad;
+using api::NodeMember;
+using api::WorkloadPhase;
+using api::WorkloadStatus;
 using cluster::KeyLayout;
-using cluster::MigrationRecord;
-using cluster::NodeLoad;
-using cluster::NodeMember;
-using cluster::WorkloadPhase;
-using cluster::WorkloadRecord;
-using cluster::WorkloadStatus;
 using nlohmann::json;
+using MigrationRecord = api::Migration;
+using WorkloadRecord = api::Workload;
 
 constexpr int kCasAttempts = 8;
 // A workload's CPU figure is trusted once it ran this long on its node: the
@@ -30,10 +31,10 @@ constexpr int kCasAttempts = 8;
 constexpr int64_t kSettleMs = 3'000;
 
 StatusOr<WorkloadRecord> ParseWorkload(const KeyValue& kv) {
-  return cluster::ParseRecord<WorkloadRecord>(kv.value, &cluster::WorkloadRecordFromJson);
+  return cluster::ParseRecord<WorkloadRecord>(kv.value, &cluster::WorkloadFromJson);
 }
 StatusOr<MigrationRecord> ParseMigration(const KeyValue& kv) {
-  return cluster::ParseRecord<MigrationRecord>(kv.value, &cluster::MigrationRecordFromJson);
+  return cluster::ParseRecord<MigrationRecord>(kv.value, &cluster::MigrationFromJson);
 }
 StatusOr<NodeMember> ParseMember(const KeyValue& kv) {
   return cluster::ParseRecord<NodeMember>(kv.value, &cluster::NodeMemberFromJson);
@@ -44,15 +45,18 @@ bool Occupies(WorkloadPhase p) {
          p == WorkloadPhase::kMigrating;
 }
 
-json DecisionJson(const Decision& d) {
-  return {{"kind", d.kind == Decision::Kind::kMemory ? "memory" : "cpu"},
-          {"workload", d.workload},
-          {"source", d.source},
-          {"target", d.target},
-          {"sourceLoad", d.source_load},
-          {"targetLoad", d.target_load},
-          {"workloadLoad", d.workload_load},
-          {"reason", d.reason}};
+api::MoveDecision MoveOf(const Decision& d) {
+  api::MoveDecision m;
+  m.kind = d.kind == Decision::Kind::kMemory ? api::MoveDecision::Kind::kMemory
+                                             : api::MoveDecision::Kind::kCpu;
+  m.workload = d.workload;
+  m.source = d.source;
+  m.target = d.target;
+  m.source_load = d.source_load;
+  m.target_load = d.target_load;
+  m.workload_load = d.workload_load;
+  m.reason = d.reason;
+  return m;
 }
 
 }  // namespace
@@ -143,7 +147,7 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
           if (rec.status.node == name) items.push_back("w/" + w);
         }
         for (const auto& [id, m] : view_.migrations) {
-          if (!cluster::IsFinalMigrationPhase(m.phase) && (m.source == name || m.target == name))
+          if (!api::IsFinal(m.phase) && (m.source == name || m.target == name))
             items.push_back("m/" + id);
         }
         break;
@@ -158,7 +162,7 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
       }
       case 'w': {
         auto before = CopyOf(view_.workloads, name);
-        Decode(view_.workloads, name, now, &cluster::WorkloadRecordFromJson);
+        Decode(view_.workloads, name, now, &cluster::WorkloadFromJson);
         if (workloads_.Synced())
           PublishWorkloadEvents(before ? &*before : nullptr, PointerTo(view_.workloads, name));
         items.push_back("w/" + name);
@@ -166,7 +170,7 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
       }
       case 'm': {
         auto before = CopyOf(view_.migrations, name);
-        Decode(view_.migrations, name, now, &cluster::MigrationRecordFromJson);
+        Decode(view_.migrations, name, now, &cluster::MigrationFromJson);
         if (migrations_.Synced())
           PublishMigrationEvents(before ? &*before : nullptr, PointerTo(view_.migrations, name));
         items.push_back("m/" + name);
@@ -175,6 +179,13 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
     }
   }
   for (const auto& item : items) queue_.Add(item);
+  if (kind == 'w' || kind == 'm') {
+    for (const auto& listener : listeners_) listener(kind, name);
+  }
+}
+
+void Controller::AddChangeListener(std::function<void(char kind, const std::string& name)> l) {
+  listeners_.push_back(std::move(l));
 }
 
 void Controller::Stop() {
@@ -302,15 +313,15 @@ Status UpdateRecord(StateStore& store, const std::string& key,
 Status UpdateWorkloadRecord(StateStore& store, const std::string& key,
                             const std::optional<Compare>& fence,
                             const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate) {
-  return UpdateRecord<WorkloadRecord>(store, key, &cluster::WorkloadRecordFromJson,
-                                      &cluster::WorkloadRecordToJson, fence, mutate);
+  return UpdateRecord<WorkloadRecord>(store, key, &cluster::WorkloadFromJson,
+                                      &cluster::WorkloadToJson, fence, mutate);
 }
 
 Status UpdateMigrationRecord(StateStore& store, const std::string& key,
                              const std::optional<Compare>& fence,
                              const std::function<StatusOr<bool>(MigrationRecord&)>& mutate) {
-  return UpdateRecord<MigrationRecord>(store, key, &cluster::MigrationRecordFromJson,
-                                       &cluster::MigrationRecordToJson, fence, mutate);
+  return UpdateRecord<MigrationRecord>(store, key, &cluster::MigrationFromJson,
+                                       &cluster::MigrationToJson, fence, mutate);
 }
 
 }  // namespace
@@ -436,12 +447,12 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
       auto parsed = ParseMigration(*mkv);
       if (parsed.ok()) m = *parsed;
     }
-    if (!mkv || (m && cluster::IsFinalMigrationPhase(m->phase) && now - m->finished_ms > 5'000)) {
+    if (!mkv || (m && api::IsFinal(m->phase) && now - m->finished_ms > 5'000)) {
       const std::string id = st.migration;
       return UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
         if (r.status.migration != id) return StatusOr<bool>(false);
         r.status.migration.clear();
-        if (m && m->phase == "Succeeded") r.status.migrations.push_back(id);
+        if (m && m->phase == MigrationPhase::kSucceeded) r.status.migrations.push_back(id);
         if (r.status.phase == WorkloadPhase::kMigrating) r.status.phase = WorkloadPhase::kRunning;
         return StatusOr<bool>(true);
       });
@@ -482,7 +493,7 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   const std::string key = options_.keys.Migration(id);
   auto m = CachedMigration(id);
   if (!m) return Status::Ok();  // gone, or damaged (logged when cached)
-  if (cluster::IsFinalMigrationPhase(m->phase)) {
+  if (api::IsFinal(m->phase)) {
     queue_.AddAfter("w/" + m->workload, std::chrono::seconds(6));
     return Status::Ok();
   }
@@ -490,7 +501,8 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   const std::string wkey = options_.keys.Workload(m->workload);
 
   // Decide whether the controller must end it, and how.
-  std::string phase, error;
+  std::optional<MigrationPhase> phase;
+  std::string error;
   bool clear_on_workload = false;
   // Fresh read: the workloads cache may lag behind the migrations cache.
   KMX_ASSIGN_OR_RETURN(GetResult fresh, store_.Get(wkey));
@@ -509,46 +521,46 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   }
   const int64_t grace_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(options_.source_lost_grace).count();
-  if (m->phase == "Pending" && (!w || w->status.migration != id)) {
-    phase = "Failed";
+  if (m->phase == MigrationPhase::kPending && (!w || w->status.migration != id)) {
+    phase = MigrationPhase::kFailed;
     error = "the workload is gone or no longer waits for this migration";
   } else if (!source_ready && source_down_ms >= grace_ms) {
     clear_on_workload = true;
     if (w && w->status.node == m->target && w->status.migration == id) {
-      phase = "Succeeded";
+      phase = MigrationPhase::kSucceeded;
       error = "";
     } else {
-      phase = "Failed";
+      phase = MigrationPhase::kFailed;
       error = "source node " + m->source + " was lost before ownership moved to " + m->target;
     }
-  } else if (m->phase == "Pending" &&
+  } else if (m->phase == MigrationPhase::kPending &&
              now - m->created_ms >
                  std::chrono::duration_cast<std::chrono::milliseconds>(options_.order_timeout)
                      .count()) {
-    phase = "Failed";
+    phase = MigrationPhase::kFailed;
     error = "source " + m->source + " did not pick the order up";
     clear_on_workload = true;
   }
-  if (phase.empty()) {
+  if (!phase) {
     // Still the source's to finish: look again later.
     queue_.AddAfter("m/" + id, std::chrono::seconds(2));
     return Status::Ok();
   }
 
   KMX_RETURN_IF_ERROR(UpdateMigrationRecord(store_, key, term.Fence(), [&](MigrationRecord& r) {
-    if (cluster::IsFinalMigrationPhase(r.phase)) return StatusOr<bool>(false);
-    r.phase = phase;
+    if (api::IsFinal(r.phase)) return StatusOr<bool>(false);
+    r.phase = *phase;
     r.error = error;
     r.updated_ms = r.finished_ms = now;
     return StatusOr<bool>(true);
   }));
-  spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload, phase,
-               error.empty() ? "" : ": ", error);
-  if (clear_on_workload || phase == "Failed") {
+  spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload,
+               api::MigrationPhaseName(*phase), error.empty() ? "" : ": ", error);
+  if (clear_on_workload || phase == MigrationPhase::kFailed) {
     Status s = UpdateWorkloadRecord(store_, wkey, term.Fence(), [&](WorkloadRecord& r) {
       if (r.status.migration != id) return StatusOr<bool>(false);
       r.status.migration.clear();
-      if (phase == "Succeeded") {
+      if (phase == MigrationPhase::kSucceeded) {
         r.status.migrations.push_back(id);
         r.status.started_ms = now;
       }
@@ -567,7 +579,12 @@ Status Controller::BalanceRound(const cluster::LeaderTerm& term) {
   BalanceResult result = Balance(snap, options_.policy, random_);
   size_t ordered = 0;
   for (const Decision& d : result.moves) {
-    auto order = Order(d.workload, d.target, d.reason, "policy", term.Fence());
+    api::MigrationRequest request;
+    request.workload = d.workload;
+    request.target = d.target;
+    request.reason = d.reason;
+    request.requested_by = std::string(api::kRequestedByPolicy);
+    auto order = Order(request, term.Fence());
     if (order.ok()) {
       ++ordered;
       spdlog::info("ordered migration {}: {}", order->id, d.reason);
@@ -580,46 +597,66 @@ Status Controller::BalanceRound(const cluster::LeaderTerm& term) {
   return Status::Ok();
 }
 
-StatusOr<MigrationRecord> Controller::Order(const std::string& workload, const std::string& target,
-                                            const std::string& reason,
-                                            const std::string& requested_by,
+StatusOr<MigrationRecord> Controller::Order(const api::MigrationRequest& request,
                                             const std::optional<Compare>& fence) {
+  const std::string& workload = request.workload;
+  const std::string& target = request.target;
   const std::string wkey = options_.keys.Workload(workload);
-  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(wkey));
-  if (!got.kv) return NotFoundError("no workload named \"" + workload + "\"");
-  auto w = ParseWorkload(*got.kv);
-  if (!w.ok()) return FailedError("workload record is damaged: " + w.status().message());
-  if (!w->status.migration.empty())
-    return ConflictError("workload \"" + workload + "\" is already migrating (" +
-                         w->status.migration + ")");
-  if (w->status.phase != WorkloadPhase::kRunning)
-    return ConflictError("workload \"" + workload + "\" is " +
-                         std::string(cluster::WorkloadPhaseName(w->status.phase)) +
-                         ", not Running");
-  if (w->status.node == target)
-    return ConflictError("workload \"" + workload + "\" already runs on " + target);
-  MigrationRecord m;
-  m.id = RandomId(random_, "m-");
-  m.workload = workload;
-  m.source = w->status.node;
-  m.target = target;
-  m.reason = reason;
-  m.requested_by = requested_by;
-  m.epoch = w->status.epoch;
-  m.created_ms = m.updated_ms = clock_.WallMillis();
-  w->status.migration = m.id;
-  w->status.phase = WorkloadPhase::kMigrating;
-  const std::string mkey = options_.keys.Migration(m.id);
-  Txn txn;
-  txn.compares.push_back(Compare::Unchanged(wkey, got.kv->mod_revision));
-  txn.compares.push_back(Compare::Absent(mkey));
-  if (fence) txn.compares.push_back(*fence);
-  txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationRecordToJson(m).dump()));
-  txn.then_ops.push_back(TxnOp::Put(wkey, cluster::WorkloadRecordToJson(*w).dump()));
-  KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
-  if (!r.succeeded) return ConflictError("workload \"" + workload + "\" changed; try again");
-  if (observer_) observer_->OnMigrationOrdered(requested_by);
-  return m;
+  for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
+    std::optional<KeyValue> existing;
+    if (!request.id.empty()) {
+      // Idempotent order: the same id for the same workload is the same
+      // migration, whatever became of it.
+      KMX_ASSIGN_OR_RETURN(GetResult mgot, store_.Get(options_.keys.Migration(request.id)));
+      if (mgot.kv) {
+        auto m = ParseMigration(*mgot.kv);
+        if (!m.ok()) return FailedError("migration record is damaged: " + m.status().message());
+        if (m->workload != workload)
+          return ConflictError("migration " + request.id + " exists for workload \"" + m->workload +
+                               "\"");
+        return *m;
+      }
+    }
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(wkey));
+    if (!got.kv) return NotFoundError("no workload named \"" + workload + "\"");
+    auto w = ParseWorkload(*got.kv);
+    if (!w.ok()) return FailedError("workload record is damaged: " + w.status().message());
+    if (!w->status.migration.empty())
+      return ConflictError("workload \"" + workload + "\" is already migrating (" +
+                           w->status.migration + ")");
+    if (w->status.phase != WorkloadPhase::kRunning)
+      return ConflictError("workload \"" + workload + "\" is " +
+                           std::string(api::WorkloadPhaseName(w->status.phase)) + ", not Running");
+    if (w->status.node == target)
+      return ConflictError("workload \"" + workload + "\" already runs on " + target);
+    MigrationRecord m;
+    m.id = request.id.empty() ? RandomId(random_, "m-") : request.id;
+    m.workload = workload;
+    m.source = w->status.node;
+    m.target = target;
+    m.reason = request.reason;
+    m.requested_by = request.requested_by;
+    m.epoch = w->status.epoch;
+    m.created_ms = m.updated_ms = clock_.WallMillis();
+    w->status.migration = m.id;
+    w->status.phase = WorkloadPhase::kMigrating;
+    const std::string mkey = options_.keys.Migration(m.id);
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(wkey, got.kv->mod_revision));
+    txn.compares.push_back(Compare::Absent(mkey));
+    if (fence) txn.compares.push_back(*fence);
+    txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationToJson(m).dump()));
+    txn.then_ops.push_back(TxnOp::Put(wkey, cluster::WorkloadToJson(*w).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+    if (r.succeeded) {
+      if (observer_) observer_->OnMigrationOrdered(request.requested_by);
+      return m;
+    }
+    // With a caller's id, a lost race may be our own order landing twice:
+    // look again (the id's record answers it).
+    if (request.id.empty()) break;
+  }
+  return ConflictError("workload \"" + workload + "\" changed; try again");
 }
 
 // ---- the policy's view ------------------------------------------------------
@@ -698,7 +735,7 @@ ClusterSnapshot Controller::Snapshot() {
   }
   settled_cpu_.erase(settled_it, settled_cpu_.end());
   for (const auto& [id, m] : view_.migrations) {
-    if (cluster::IsFinalMigrationPhase(m.phase)) continue;
+    if (api::IsFinal(m.phase)) continue;
     snap.in_flight.push_back({m.workload, m.source, m.target});
   }
   return snap;
@@ -706,23 +743,23 @@ ClusterSnapshot Controller::Snapshot() {
 
 // ---- API --------------------------------------------------------------------
 
-json Controller::DescribeWorkload(const WorkloadRecord& w) {
-  json j = cluster::WorkloadRecordToJson(w);
-  j["name"] = w.spec.name;
+api::WorkloadView Controller::DescribeWorkload(const WorkloadRecord& w) {
+  api::WorkloadView v;
+  v.workload = w;
   const int64_t now = clock_.WallMillis();
-  j["ageSeconds"] = w.status.created_ms > 0 ? (now - w.status.created_ms) / 1000.0 : 0.0;
+  v.age_seconds = w.status.created_ms > 0 ? (now - w.status.created_ms) / 1000.0 : 0.0;
   if (!w.status.node.empty()) {
     std::lock_guard lock(view_mu_);
     if (auto n = view_.nodes.find(w.status.node); n != view_.nodes.end()) {
       if (auto u = n->second.workloads.find(w.spec.name); u != n->second.workloads.end())
-        j["usage"] = {{"cpu", u->second.cpu}, {"memoryBytes", u->second.memory_bytes}};
+        v.usage = u->second;
     }
   }
-  return j;
+  return v;
 }
 
-StatusOr<json> Controller::CreateWorkload(std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(cluster::WorkloadSpec spec, cluster::ParseWorkloadSpec(body));
+StatusOr<api::WorkloadView> Controller::CreateWorkload(const api::WorkloadSpec& spec) {
+  KMX_RETURN_IF_ERROR(api::ValidateWorkloadSpec(spec));
   if (!spec.node.empty() && !NodeReady(spec.node) && !CachedMember(spec.node))
     return InvalidError("node: no node named \"" + spec.node + "\" in the cluster");
   if (spec.pinned && spec.node.empty())
@@ -735,24 +772,25 @@ StatusOr<json> Controller::CreateWorkload(std::string_view body) {
   const std::string key = options_.keys.Workload(spec.name);
   Txn txn;
   txn.compares.push_back(Compare::Absent(key));
-  txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(w).dump()));
+  txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(w).dump()));
   KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
   if (!r.succeeded) return ConflictError("a workload named \"" + spec.name + "\" exists");
   return DescribeWorkload(w);
 }
 
-json Controller::ListWorkloads() {
+std::vector<api::WorkloadView> Controller::ListWorkloads() {
   std::vector<WorkloadRecord> records;
   {
     std::lock_guard lock(view_mu_);
     for (const auto& [name, w] : view_.workloads) records.push_back(w);
   }
-  json items = json::array();
+  std::vector<api::WorkloadView> items;
+  items.reserve(records.size());
   for (const auto& w : records) items.push_back(DescribeWorkload(w));
-  return {{"items", items}};
+  return items;
 }
 
-StatusOr<json> Controller::GetWorkload(const std::string& name) {
+StatusOr<api::WorkloadView> Controller::GetWorkload(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
   auto w = CachedWorkload(name);
   if (!w) return NotFoundError("no workload named \"" + name + "\"");
@@ -777,76 +815,76 @@ StatusOr<std::string> Controller::WorkloadAgentUrl(const std::string& name) {
   return n->url;
 }
 
-json Controller::DescribeNode(const std::string& name) {
-  json j = {{"name", name}};
+api::NodeView Controller::DescribeNode(const std::string& name) {
+  api::NodeView v;
+  v.name = name;
   const int64_t now = clock_.WallMillis();
   std::lock_guard lock(view_mu_);
   auto member = view_.members.find(name);
   auto n = view_.nodes.find(name);
-  const bool ready = n != view_.nodes.end();
-  j["ready"] = ready;
-  j["cordoned"] = member != view_.members.end() && member->second.cordoned;
-  if (member != view_.members.end() && !ready)
-    j["notReadySeconds"] = (now - member->second.changed_ms) / 1000.0;
-  if (ready) {
-    const NodeLoad& l = n->second;
-    json load = cluster::NodeLoadToJson(l);
-    j["url"] = l.url;
-    j["load"] = l.Load();
-    j["capacity"] = {{"cpus", l.cpu_capacity}, {"memoryBytes", l.memory_capacity_bytes}};
-    j["speed"] = l.speed;
-    j["cpuUsed"] = l.cpu_used;
-    j["runQueue"] = l.run_queue;
-    j["memoryAvailableBytes"] = l.memory_available_bytes;
-    j["psi"] = {{"cpuSome10", load.value("psiCpuSome10", json())},
-                {"memorySome10", load.value("psiMemorySome10", json())}};
-    j["loadSource"] = l.load_source;
-    j["heartbeatAgeSeconds"] = std::max<int64_t>(0, now - l.updated_ms) / 1000.0;
-    j["usage"] = load["workloads"];
+  v.ready = n != view_.nodes.end();
+  v.cordoned = member != view_.members.end() && member->second.cordoned;
+  if (member != view_.members.end() && !v.ready)
+    v.not_ready_seconds = (now - member->second.changed_ms) / 1000.0;
+  if (v.ready) {
+    v.load = n->second;
+    v.heartbeat_age_seconds = std::max<int64_t>(0, now - n->second.updated_ms) / 1000.0;
   }
-  json owned = json::array();
   for (const auto& [w, rec] : view_.workloads) {
-    if (rec.status.node == name) owned.push_back(w);
+    if (rec.status.node == name) v.workloads.push_back(w);
   }
-  j["workloads"] = owned;
-  return j;
+  return v;
 }
 
-json Controller::ListNodes() {
+std::vector<api::NodeView> Controller::ListNodes() {
   std::set<std::string> names;
   {
     std::lock_guard lock(view_mu_);
     for (const auto& [n, v] : view_.nodes) names.insert(n);
     for (const auto& [n, v] : view_.members) names.insert(n);
   }
-  json items = json::array();
+  std::vector<api::NodeView> items;
+  items.reserve(names.size());
   for (const auto& n : names) items.push_back(DescribeNode(n));
-  return {{"items", items}};
+  return items;
 }
 
-StatusOr<json> Controller::GetNode(const std::string& name) {
+StatusOr<api::NodeView> Controller::GetNode(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
   if (!CachedNode(name) && !CachedMember(name))
     return NotFoundError("no node named \"" + name + "\"");
   return DescribeNode(name);
 }
 
-StatusOr<json> Controller::RequestMigration(std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(MigrationRequest request, ParseMigrationRequest(body));
+StatusOr<api::Migration> Controller::RequestMigration(const api::MigrationRequest& request) {
+  KMX_RETURN_IF_ERROR(api::ValidateMigrationRequest(request));
   const std::string& workload = request.workload;
-  std::string target = request.target;
+  if (!request.id.empty()) {
+    // A repeated idempotent order answers the migration it made, whatever
+    // the workload's state is now.
+    if (auto m = CachedMigration(request.id)) {
+      if (m->workload != workload)
+        return ConflictError("migration " + request.id + " exists for workload \"" + m->workload +
+                             "\"");
+      return *m;
+    }
+  }
+  api::MigrationRequest order = request;
   auto w = CachedWorkload(workload);
   if (!w) return NotFoundError("no workload named \"" + workload + "\"");
   if (!w->spec.migratable) return ConflictError("workload \"" + workload + "\" is not migratable");
   if (w->spec.pinned) return ConflictError("workload \"" + workload + "\" is pinned");
-  std::string reason;
-  if (!target.empty()) {
+  const std::string who = request.requested_by == api::kRequestedByUser
+                              ? "requested through Kubernetes"
+                              : "requested through the API";
+  if (!order.target.empty()) {
+    const std::string& target = order.target;
     if (!NodeReady(target)) {
       if (!CachedMember(target)) return NotFoundError("no node named \"" + target + "\"");
       return ConflictError("node " + target + " is NotReady");
     }
     if (NodeCordoned(target)) return ConflictError("node " + target + " is cordoned");
-    reason = "requested through the API: move to " + target;
+    if (order.reason.empty()) order.reason = who + ": move to " + target;
   } else {
     ClusterSnapshot snap = Snapshot();
     for (auto& n : snap.nodes) {
@@ -857,14 +895,14 @@ StatusOr<json> Controller::RequestMigration(std::string_view body) {
     req.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) << 20;
     auto chosen = Place(snap, req, random_);
     if (!chosen.ok()) return ConflictError("no node can take it now: " + chosen.status().message());
-    target = *chosen;
-    reason = "requested through the API: the least loaded other node is " + target;
+    order.target = *chosen;
+    if (order.reason.empty())
+      order.reason = who + ": the least loaded other node is " + order.target;
   }
-  KMX_ASSIGN_OR_RETURN(MigrationRecord m, Order(workload, target, reason, "api", std::nullopt));
-  return cluster::MigrationRecordToJson(m);
+  return Order(order, std::nullopt);
 }
 
-json Controller::ListMigrations() {
+std::vector<api::Migration> Controller::ListMigrations() {
   std::vector<MigrationRecord> records;
   {
     std::lock_guard lock(view_mu_);
@@ -873,44 +911,43 @@ json Controller::ListMigrations() {
   std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
     return a.created_ms != b.created_ms ? a.created_ms < b.created_ms : a.id < b.id;
   });
-  json items = json::array();
-  for (const auto& m : records) items.push_back(cluster::MigrationRecordToJson(m));
-  return {{"items", items}};
+  return records;
 }
 
-StatusOr<json> Controller::GetMigration(const std::string& id) {
+StatusOr<api::Migration> Controller::GetMigration(const std::string& id) {
   KMX_RETURN_IF_ERROR(ValidateName(id));
   auto m = CachedMigration(id);
   if (!m) return NotFoundError("no migration \"" + id + "\"");
-  return cluster::MigrationRecordToJson(*m);
+  return *m;
 }
 
-json Controller::Decisions() {
+api::DecisionsView Controller::Decisions() {
   ClusterSnapshot snap = Snapshot();
   BalanceResult result = Balance(snap, options_.policy, random_);
-  json moves = json::array();
-  for (const Decision& d : result.moves) moves.push_back(DecisionJson(d));
-  json loads = json::object();
+  api::DecisionsView d;
+  for (const Decision& m : result.moves) d.moves.push_back(MoveOf(m));
+  d.held_back = result.held_back;
   std::vector<double> l = NodeLoads(snap);
-  for (size_t i = 0; i < snap.nodes.size() && i < l.size(); ++i) loads[snap.nodes[i].name] = l[i];
-  return {{"moves", moves},
-          {"heldBack", result.held_back},
-          {"loads", loads},
-          {"inFlight", snap.in_flight.size()},
-          {"stability", options_.policy.stability}};
+  for (size_t i = 0; i < snap.nodes.size() && i < l.size(); ++i) d.loads[snap.nodes[i].name] = l[i];
+  d.in_flight = snap.in_flight.size();
+  d.stability = options_.policy.stability;
+  return d;
 }
 
-json Controller::LeaderInfo() {
+api::LeaderInfo Controller::Leader() {
   auto leader = election_.CurrentLeader();
-  return {{"identity", options_.identity},
-          {"leader", leader.ok() ? json(*leader) : json()},
-          {"isLeader", IsLeader()},
-          {"ready", Ready()}};
+  api::LeaderInfo l;
+  l.identity = options_.identity;
+  if (leader.ok()) l.leader = *leader;
+  l.is_leader = IsLeader();
+  l.ready = Ready();
+  return l;
 }
 
 // ---- API: operator actions ---------------------------------------------------
 
-StatusOr<json> Controller::CancelMigration(const std::string& id) {
+StatusOr<api::Migration> Controller::CancelMigration(const std::string& id,
+                                                     const std::string& cancelled_by) {
   KMX_RETURN_IF_ERROR(ValidateName(id));
   const std::string mkey = options_.keys.Migration(id);
   for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
@@ -918,11 +955,12 @@ StatusOr<json> Controller::CancelMigration(const std::string& id) {
     if (!mgot.kv) return NotFoundError("no migration \"" + id + "\"");
     auto m = ParseMigration(*mgot.kv);
     if (!m.ok()) return FailedError("migration record is damaged: " + m.status().message());
-    if (cluster::IsFinalMigrationPhase(m->phase))
-      return ConflictError("migration " + id + " already ended: " + m->phase);
-    if (m->phase == "Committing" || m->phase == "Resolving")
-      return ConflictError("too late to cancel migration " + id + ": it is " + m->phase);
-    if (m->cancel_requested_ms > 0) return cluster::MigrationRecordToJson(*m);  // asked already
+    const std::string phase(api::MigrationPhaseName(m->phase));
+    if (api::IsFinal(m->phase))
+      return ConflictError("migration " + id + " already ended: " + phase);
+    if (m->phase == MigrationPhase::kCommitting || m->phase == MigrationPhase::kResolving)
+      return ConflictError("too late to cancel migration " + id + ": it is " + phase);
+    if (m->cancel_requested_ms > 0) return *m;  // asked already
     // The cancel must land before the ownership moves: the source's transfer
     // of ownership compares this record too, so one of the two writes loses.
     const std::string wkey = options_.keys.Workload(m->workload);
@@ -937,23 +975,23 @@ StatusOr<json> Controller::CancelMigration(const std::string& id) {
       }
     }
     m->cancel_requested_ms = m->updated_ms = clock_.WallMillis();
-    m->cancelled_by = "api";
+    m->cancelled_by = cancelled_by;
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(mkey, mgot.kv->mod_revision));
     txn.compares.push_back(wgot.kv ? Compare::Unchanged(wkey, wgot.kv->mod_revision)
                                    : Compare::Absent(wkey));
-    txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationRecordToJson(*m).dump()));
+    txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationToJson(*m).dump()));
     KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
     if (r.succeeded) {
-      spdlog::info("migration {} of {}: cancel requested through the API (phase {})", id,
-                   m->workload, m->phase);
-      return cluster::MigrationRecordToJson(*m);
+      spdlog::info("migration {} of {}: cancel requested by {} (phase {})", id, m->workload,
+                   cancelled_by, phase);
+      return *m;
     }
   }
   return ConflictError("migration " + id + " keeps changing; try again");
 }
 
-StatusOr<json> Controller::SetCordoned(const std::string& node, bool cordoned) {
+StatusOr<api::NodeView> Controller::SetCordoned(const std::string& node, bool cordoned) {
   KMX_RETURN_IF_ERROR(ValidateName(node));
   const std::string key = options_.keys.Member(node);
   Status s = UpdateRecord<NodeMember>(store_, key, &cluster::NodeMemberFromJson,
@@ -980,33 +1018,49 @@ StatusOr<json> Controller::SetCordoned(const std::string& node, bool cordoned) {
   }
   KMX_RETURN_IF_ERROR(s);
   spdlog::info("node {} {}", node, cordoned ? "cordoned" : "uncordoned");
-  json j = DescribeNode(node);
-  j["cordoned"] = cordoned;  // the cache may not have seen the write yet
-  return j;
+  api::NodeView v = DescribeNode(node);
+  v.cordoned = cordoned;  // the cache may not have seen the write yet
+  return v;
 }
 
-StatusOr<json> Controller::SetPinned(const std::string& workload, bool pinned) {
-  KMX_RETURN_IF_ERROR(ValidateName(workload));
+StatusOr<api::WorkloadView> Controller::UpdateSpec(
+    const std::string& name, const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate) {
+  KMX_RETURN_IF_ERROR(ValidateName(name));
   WorkloadRecord after;
-  Status s = UpdateWorkloadRecord(
-      store_, options_.keys.Workload(workload), std::nullopt,
-      [&](WorkloadRecord& r) -> StatusOr<bool> {
-        after = r;
-        if (r.spec.pinned == pinned) return false;
-        if (pinned && r.status.node.empty())
-          return ConflictError("workload \"" + workload + "\" is not placed yet");
-        r.spec.pinned = pinned;
-        after = r;
-        return true;
-      });
-  if (s.code() == Code::kNotFound) return NotFoundError("no workload named \"" + workload + "\"");
+  Status s = UpdateWorkloadRecord(store_, options_.keys.Workload(name), std::nullopt,
+                                  [&](WorkloadRecord& r) -> StatusOr<bool> {
+                                    after = r;
+                                    KMX_ASSIGN_OR_RETURN(bool write, mutate(r));
+                                    after = r;
+                                    return write;
+                                  });
+  if (s.code() == Code::kNotFound) return NotFoundError("no workload named \"" + name + "\"");
   KMX_RETURN_IF_ERROR(s);
   return DescribeWorkload(after);
 }
 
-StatusOr<json> Controller::Drain(const std::string& node, std::string_view body) {
+StatusOr<api::WorkloadView> Controller::SetPinned(const std::string& workload, bool pinned) {
+  return UpdateSpec(workload, [&](WorkloadRecord& r) -> StatusOr<bool> {
+    if (r.spec.pinned == pinned) return false;
+    if (pinned && r.status.node.empty())
+      return ConflictError("workload \"" + workload + "\" is not placed yet");
+    r.spec.pinned = pinned;
+    return true;
+  });
+}
+
+StatusOr<api::WorkloadView> Controller::SetMigratable(const std::string& workload,
+                                                      bool migratable) {
+  return UpdateSpec(workload, [&](WorkloadRecord& r) -> StatusOr<bool> {
+    if (r.spec.migratable == migratable) return false;
+    r.spec.migratable = migratable;
+    return true;
+  });
+}
+
+StatusOr<api::DrainReport> Controller::Drain(const std::string& node,
+                                             const api::DrainRequest& request) {
   KMX_RETURN_IF_ERROR(ValidateName(node));
-  KMX_ASSIGN_OR_RETURN(DrainRequest request, ParseDrainRequest(body));
   KMX_RETURN_IF_ERROR(SetCordoned(node, true).status());
 
   std::vector<WorkloadRecord> here;
@@ -1020,18 +1074,20 @@ StatusOr<json> Controller::Drain(const std::string& node, std::string_view body)
   for (auto& n : snap.nodes) {
     if (n.name == node) n.cordoned = true;
   }
-  json ordered = json::array(), in_flight = json::array(), not_moved = json::array();
+  api::DrainReport report;
+  report.node = node;
+  report.cordoned = true;
   auto refuse = [&](const std::string& w, const std::string& why) {
-    not_moved.push_back({{"workload", w}, {"reason", why}});
+    report.not_moved.push_back({w, why});
   };
   for (const WorkloadRecord& w : here) {
     const std::string& name = w.spec.name;
     if (!w.status.migration.empty()) {
-      in_flight.push_back({{"workload", name}, {"migration", w.status.migration}});
+      report.in_flight.push_back({name, w.status.migration});
       continue;
     }
     if (w.status.phase != WorkloadPhase::kRunning) {
-      refuse(name, std::string(cluster::WorkloadPhaseName(w.status.phase)) +
+      refuse(name, std::string(api::WorkloadPhaseName(w.status.phase)) +
                        ", not Running yet: drain again once it runs");
       continue;
     }
@@ -1051,25 +1107,25 @@ StatusOr<json> Controller::Drain(const std::string& node, std::string_view body)
       refuse(name, "no node can take it: " + target.status().message());
       continue;
     }
-    auto order = Order(name, *target, "drain of node " + node + ": " + *target + " can take it",
-                       "drain", std::nullopt);
-    if (!order.ok()) {
-      refuse(name, order.status().message());
+    api::MigrationRequest order;
+    order.workload = name;
+    order.target = *target;
+    order.reason = "drain of node " + node + ": " + *target + " can take it";
+    order.requested_by = std::string(api::kRequestedByDrain);
+    auto ordered = Order(order, std::nullopt);
+    if (!ordered.ok()) {
+      refuse(name, ordered.status().message());
       continue;
     }
-    ordered.push_back({{"workload", name}, {"migration", order->id}, {"target", *target}});
+    report.ordered.push_back({name, ordered->id, *target});
     // Later placements of this drain see it on its target already.
     for (auto& p : snap.workloads) {
       if (p.name == name) p.node = *target;
     }
   }
-  spdlog::info("drain of {}: {} ordered, {} already moving, {} not moved", node, ordered.size(),
-               in_flight.size(), not_moved.size());
-  return json{{"node", node},
-              {"cordoned", true},
-              {"ordered", ordered},
-              {"inFlight", in_flight},
-              {"notMoved", not_moved}};
+  spdlog::info("drain of {}: {} ordered, {} already moving, {} not moved", node,
+               report.ordered.size(), report.in_flight.size(), report.not_moved.size());
+  return report;
 }
 
 // ---- events -------------------------------------------------------------------
@@ -1088,7 +1144,7 @@ void Controller::PublishWorkloadEvents(const WorkloadRecord* before, const Workl
   auto fields = [&](const std::string& message) {
     return json{{"workload", after->spec.name},
                 {"node", st.node},
-                {"phase", std::string(cluster::WorkloadPhaseName(st.phase))},
+                {"phase", std::string(api::WorkloadPhaseName(st.phase))},
                 {"message", message}};
   };
   if (before == nullptr) {
@@ -1111,15 +1167,19 @@ void Controller::PublishMigrationEvents(const MigrationRecord* before,
   if (after == nullptr) return;  // records are kept; a delete is housekeeping
   const int64_t now = clock_.WallMillis();
   auto fields = [&](const std::string& message) {
-    json j = {{"migration", after->id},  {"workload", after->workload}, {"source", after->source},
-              {"target", after->target}, {"phase", after->phase},       {"message", message}};
+    json j = {{"migration", after->id},
+              {"workload", after->workload},
+              {"source", after->source},
+              {"target", after->target},
+              {"phase", api::MigrationPhaseName(after->phase)},
+              {"message", message}};
     return j;
   };
   if (before == nullptr) {
     json j = fields(after->reason);
     j["requestedBy"] = after->requested_by;
     events_.Publish("migration.created", now, std::move(j));
-    if (after->phase == "Pending") return;
+    if (after->phase == MigrationPhase::kPending) return;
   }
   if (before != nullptr && before->cancel_requested_ms == 0 && after->cancel_requested_ms > 0) {
     events_.Publish("migration.cancelling", now,
@@ -1127,10 +1187,8 @@ void Controller::PublishMigrationEvents(const MigrationRecord* before,
   }
   if (before == nullptr || before->phase != after->phase) {
     json j = fields(after->error);
-    if (cluster::IsFinalMigrationPhase(after->phase) && after->report.is_object()) {
-      if (auto t = after->report.find("timings"); t != after->report.end() && t->is_object())
-        j["downtimeSeconds"] = t->value("downtime", 0.0);
-    }
+    if (api::IsFinal(after->phase) && after->report)
+      j["downtimeSeconds"] = after->report->timings.downtime;
     events_.Publish("migration.phase", now, std::move(j));
   }
 }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "kmosix/files.h"
+#include "api/validate.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix::agent {
@@ -676,17 +677,11 @@ LocalWorkload Agent::ToLocal(const Workload& w) const {
   return l;
 }
 
-StatusOr<LocalWorkload> Agent::StartManaged(const cluster::WorkloadSpec& ws, int64_t epoch,
+StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t epoch,
                                             int64_t created_ms) {
-  ContainerSpec spec;
-  spec.name = ws.name;
-  spec.image = ws.image;
-  spec.args = ws.args;
-  spec.env = ws.env;
-  spec.memory_mib = ws.memory_mib;
-  spec.cpus = ws.cpus;
-  // The same checks as a REST body.
-  KMX_ASSIGN_OR_RETURN(spec, ContainerSpecFromJson(ContainerSpecToJson(spec)));
+  // The same checks as a REST body: the one validator.
+  KMX_RETURN_IF_ERROR(api::ValidateWorkloadSpec(ws, "workload"));
+  ContainerSpec spec = ContainerSpecFor(ws);
   auto lock = LockFor(spec.name);
   std::lock_guard guard(*lock);
   bool replace_lost = false;

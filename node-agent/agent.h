@@ -148,7 +148,7 @@ class Agent {
   // name is taken by an unmanaged workload or one in another state; kInvalid
   // for a bad spec or an image not on this node; kRetry when containerd is
   // unreachable; kFailed when the container would not start.
-  StatusOr<LocalWorkload> StartManaged(const cluster::WorkloadSpec& spec, int64_t epoch,
+  StatusOr<LocalWorkload> StartManaged(const api::WorkloadSpec& spec, int64_t epoch,
                                        int64_t created_ms);
   // Marks a local workload managed (one that arrived by a cluster-ordered
   // migration) and raises its epoch to `epoch`. kNotFound if not here.

@@ -7,9 +7,9 @@
 namespace kmosix::agent {
 namespace {
 
-using cluster::MigrationRecord;
-using cluster::WorkloadPhase;
-using cluster::WorkloadRecord;
+using MigrationRecord = api::Migration;
+using api::WorkloadPhase;
+using WorkloadRecord = api::Workload;
 
 constexpr char kWorkloadKey[] = "w/";
 constexpr char kMigrationKey[] = "m/";
@@ -157,7 +157,7 @@ void ClusterLink::OnWorkloadKey(const std::string& key, const std::optional<KeyV
   if (name.empty()) return;
   if (kv) {
     // Other nodes' workloads concern this node only if it has a copy.
-    auto rec = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadRecordFromJson);
+    auto rec = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadFromJson);
     if (rec.ok() && rec->status.node != options_.node && !agent_.Local(name, /*inspect=*/false)) {
       return;
     }
@@ -168,7 +168,7 @@ void ClusterLink::OnWorkloadKey(const std::string& key, const std::optional<KeyV
 void ClusterLink::OnMigrationKey(const std::string& key, const std::optional<KeyValue>& kv) {
   const std::string id = cluster::KeyLayout::NameIn(options_.keys.Migrations(), key);
   if (id.empty() || !kv) return;
-  auto rec = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationRecordFromJson);
+  auto rec = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationFromJson);
   if (rec.ok() && rec->source == options_.node) queue_.Add(kMigrationKey + id);
 }
 
@@ -176,8 +176,8 @@ void ClusterLink::Resync() {
   for (const auto& w : agent_.ListLocal()) queue_.Add(kWorkloadKey + w.name);
   for (const auto& [key, kv] : workloads_.Items()) OnWorkloadKey(key, kv);
   for (const auto& [key, kv] : migrations_.Items()) {
-    auto rec = cluster::ParseRecord<MigrationRecord>(kv.value, cluster::MigrationRecordFromJson);
-    if (rec.ok() && rec->source == options_.node && !cluster::IsFinalMigrationPhase(rec->phase)) {
+    auto rec = cluster::ParseRecord<MigrationRecord>(kv.value, cluster::MigrationFromJson);
+    if (rec.ok() && rec->source == options_.node && !api::IsFinal(rec->phase)) {
       queue_.Add(kMigrationKey + rec->id);
     }
   }
@@ -238,7 +238,7 @@ Status ClusterLink::PublishOnce() {
     if (!due) return Status::Ok();
     lease = lease_;
   }
-  cluster::NodeLoad load;
+  api::NodeLoad load;
   load.node = options_.node;
   load.url = options_.url;
   load.speed = options_.speed;
@@ -275,7 +275,7 @@ Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::st
     KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
     if (!got.kv) return NotFoundError("no record " + key);
     KMX_ASSIGN_OR_RETURN(WorkloadRecord rec, cluster::ParseRecord<WorkloadRecord>(
-                                                 got.kv->value, cluster::WorkloadRecordFromJson));
+                                                 got.kv->value, cluster::WorkloadFromJson));
     KMX_ASSIGN_OR_RETURN(bool write, change(rec, guard));
     if (!write) return Status::Ok();
     Txn txn;
@@ -284,7 +284,7 @@ Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::st
       // An absent key has mod_revision 0 (etcd compares the zero value).
       txn.compares.push_back(Compare::Unchanged(guard_key, guard ? guard->mod_revision : 0));
     }
-    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadRecordToJson(rec).dump()));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(rec).dump()));
     KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
     if (done.succeeded) return Status::Ok();
   }
@@ -297,12 +297,12 @@ Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange
     KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
     if (!got.kv) return NotFoundError("no record " + key);
     KMX_ASSIGN_OR_RETURN(MigrationRecord rec, cluster::ParseRecord<MigrationRecord>(
-                                                  got.kv->value, cluster::MigrationRecordFromJson));
+                                                  got.kv->value, cluster::MigrationFromJson));
     KMX_ASSIGN_OR_RETURN(bool write, change(rec));
     if (!write) return Status::Ok();
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
-    txn.then_ops.push_back(TxnOp::Put(key, cluster::MigrationRecordToJson(rec).dump()));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::MigrationToJson(rec).dump()));
     KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
     if (done.succeeded) return Status::Ok();
   }
@@ -327,7 +327,7 @@ Status ClusterLink::Transfer(const MigrationReport& r) {
     if (st.node == r.target_node) return false;
     if (order) {  // absent: no order to cancel it (e.g. a test or a deleted record)
       auto m =
-          cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationRecordFromJson);
+          cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationFromJson);
       if (!m.ok()) return ConflictError("migration record unreadable: " + m.status().message());
       if (Cancelled(*m)) return ConflictError("migration " + CancelText(*m));
     }
@@ -336,7 +336,7 @@ Status ClusterLink::Transfer(const MigrationReport& r) {
                            std::to_string(st.epoch));
     }
     if (st.phase != WorkloadPhase::kRunning && st.phase != WorkloadPhase::kMigrating) {
-      return ConflictError("the workload is " + std::string(cluster::WorkloadPhaseName(st.phase)));
+      return ConflictError("the workload is " + std::string(api::WorkloadPhaseName(st.phase)));
     }
     st.node = r.target_node;
     ++st.epoch;
@@ -377,7 +377,7 @@ Status ClusterLink::Revert(const MigrationReport& r) {
 StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
   KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(record.offer.spec.name)));
   if (!got.kv) return false;
-  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadRecordFromJson);
+  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
   if (!rec.ok()) return false;
   const auto& st = rec->status;
   return st.node == options_.node &&
@@ -413,7 +413,7 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
     return agent_.DeleteManaged(name);
   }
   auto parsed =
-      cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadRecordFromJson);
+      cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
   if (!parsed.ok()) {
     spdlog::warn("ignoring unreadable record of workload {}: {}", name, parsed.status().ToString());
     return Status::Ok();
@@ -548,7 +548,7 @@ StatusOr<std::string> ClusterLink::NodeUrl(const std::string& node) {
     kv = got.kv;
   }
   if (!kv) return NotFoundError("node " + node + " is not in the cluster");
-  KMX_ASSIGN_OR_RETURN(cluster::NodeLoad load, cluster::ParseRecord<cluster::NodeLoad>(
+  KMX_ASSIGN_OR_RETURN(api::NodeLoad load, cluster::ParseRecord<api::NodeLoad>(
                                                    kv->value, cluster::NodeLoadFromJson));
   if (load.url.empty()) return NotFoundError("node " + node + " publishes no URL");
   return load.url;
@@ -558,20 +558,20 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
   KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Migration(id)));
   if (!got.kv) return Status::Ok();
   auto parsed =
-      cluster::ParseRecord<MigrationRecord>(got.kv->value, cluster::MigrationRecordFromJson);
+      cluster::ParseRecord<MigrationRecord>(got.kv->value, cluster::MigrationFromJson);
   if (!parsed.ok()) {
     spdlog::warn("ignoring unreadable record of migration {}: {}", id, parsed.status().ToString());
     return Status::Ok();
   }
   const MigrationRecord& rec = *parsed;
   if (rec.source != options_.node) return Status::Ok();
-  if (Cancelled(rec) && !cluster::IsFinalMigrationPhase(rec.phase) && CancelInFlight(id)) {
+  if (Cancelled(rec) && !api::IsFinal(rec.phase) && CancelInFlight(id)) {
     spdlog::info("migration {} of {} {}: rolling it back", id, rec.workload, CancelText(rec));
     return Status::Ok();
   }
   if (InFlight(id)) return Status::Ok();
   std::optional<MigrationReport> journal = agent_.OutgoingReport(id);
-  if (cluster::IsFinalMigrationPhase(rec.phase)) {
+  if (api::IsFinal(rec.phase)) {
     // Ended: make sure the workload record lets go of it.
     Status s = FinishWorkload(rec.workload, id, journal ? &*journal : nullptr);
     return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
@@ -583,16 +583,16 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
       return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
     }
     // The agent is still resolving it (Tick): mirror the phase, look again.
-    if (MigrationPhaseName(journal->phase) != rec.phase) KMX_RETURN_IF_ERROR(WriteReport(*journal));
+    if (journal->phase != rec.phase) KMX_RETURN_IF_ERROR(WriteReport(*journal));
     queue_.AddAfter(kMigrationKey + id, options_.journal_poll);
     return Status::Ok();
   }
-  if (rec.phase != "Pending") {
+  if (rec.phase != MigrationPhase::kPending) {
     spdlog::warn("migration {} of {} is {} in the cluster but has no journal here", id,
-                 rec.workload, rec.phase);
+                 rec.workload, MigrationPhaseName(rec.phase));
     Status s = UpdateMigration(id, [&](MigrationRecord& now) -> StatusOr<bool> {
-      if (cluster::IsFinalMigrationPhase(now.phase) || now.source != options_.node) return false;
-      now.phase = "Failed";
+      if (api::IsFinal(now.phase) || now.source != options_.node) return false;
+      now.phase = MigrationPhase::kFailed;
       now.error = "source has no record of this migration";
       now.updated_ms = now.finished_ms = clock_.WallMillis();
       return true;
@@ -609,7 +609,7 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
   // A Pending order for this node: only once the workload record agrees.
   KMX_ASSIGN_OR_RETURN(GetResult w, store_.Get(options_.keys.Workload(rec.workload)));
   if (!w.kv) return RefuseOrder(rec, "workload " + rec.workload + " does not exist");
-  auto wrec = cluster::ParseRecord<WorkloadRecord>(w.kv->value, cluster::WorkloadRecordFromJson);
+  auto wrec = cluster::ParseRecord<WorkloadRecord>(w.kv->value, cluster::WorkloadFromJson);
   if (!wrec.ok()) return Status::Ok();  // unreadable: its next version requeues us
   if (wrec->status.node != options_.node || wrec->status.migration != id) {
     return Status::Ok();  // not (yet) ours to run: the workload's next change requeues us
@@ -629,8 +629,8 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
 Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& why) {
   spdlog::warn("migration {} of {} refused: {}", rec.id, rec.workload, why);
   Status s = UpdateMigration(rec.id, [&](MigrationRecord& now) -> StatusOr<bool> {
-    if (now.phase != "Pending") return false;
-    now.phase = "Failed";
+    if (now.phase != MigrationPhase::kPending) return false;
+    now.phase = MigrationPhase::kFailed;
     now.error = why;
     now.updated_ms = now.finished_ms = clock_.WallMillis();
     return true;
@@ -706,13 +706,12 @@ void ClusterLink::WaitMigrations() {
 }
 
 Status ClusterLink::WriteReport(const MigrationReport& r) {
-  const std::string phase(MigrationPhaseName(r.phase));
   const bool final = IsFinal(r.phase);
   return UpdateMigration(r.id, [&](MigrationRecord& now) -> StatusOr<bool> {
-    if (cluster::IsFinalMigrationPhase(now.phase)) return false;  // never overwritten
-    now.phase = phase;
+    if (api::IsFinal(now.phase)) return false;  // never overwritten
+    now.phase = r.phase;
     now.updated_ms = clock_.WallMillis();
-    now.report = MigrationReportToJson(r);
+    now.report = r;
     if (final) {
       now.finished_ms = r.finished_ms > 0 ? r.finished_ms : now.updated_ms;
       now.error = ErrorText(r.error);

@@ -174,8 +174,8 @@ class ClusterLink final : public OwnershipLedger {
 
  private:
   // A change to a record: false = nothing to write; an error aborts.
-  using WorkloadChange = std::function<StatusOr<bool>(cluster::WorkloadRecord&)>;
-  using MigrationChange = std::function<StatusOr<bool>(cluster::MigrationRecord&)>;
+  using WorkloadChange = std::function<StatusOr<bool>(api::Workload&)>;
+  using MigrationChange = std::function<StatusOr<bool>(api::Migration&)>;
   // Read, change, CAS on mod_revision; re-read on conflict. kNotFound if the
   // key is absent; kInvalid if unreadable; kRetry for store errors.
   Status UpdateWorkload(const std::string& name, const WorkloadChange& change);
@@ -183,7 +183,7 @@ class ClusterLink final : public OwnershipLedger {
   // workload record) and passes it to the change (nullopt: absent); the CAS
   // then also requires the guard key unchanged (still absent).
   using GuardedWorkloadChange =
-      std::function<StatusOr<bool>(cluster::WorkloadRecord&, const std::optional<KeyValue>&)>;
+      std::function<StatusOr<bool>(api::Workload&, const std::optional<KeyValue>&)>;
   Status UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
                                const GuardedWorkloadChange& change);
   Status UpdateMigration(const std::string& id, const MigrationChange& change);
@@ -192,11 +192,11 @@ class ClusterLink final : public OwnershipLedger {
   void DropLease();
   Status ReconcileWorkload(const std::string& name);
   Status ReconcileMigration(const std::string& id);
-  Status StartHere(const cluster::WorkloadRecord& rec);
+  Status StartHere(const api::Workload& rec);
   // The order cannot run: written Failed (from Pending only), workload freed.
-  Status RefuseOrder(const cluster::MigrationRecord& rec, const std::string& why);
-  void Launch(const cluster::MigrationRecord& rec, const std::string& url);
-  void RunMigration(cluster::MigrationRecord rec, std::string url,
+  Status RefuseOrder(const api::Migration& rec, const std::string& why);
+  void Launch(const api::Migration& rec, const std::string& url);
+  void RunMigration(api::Migration rec, std::string url,
                     std::shared_ptr<std::atomic<bool>> cancel);
   // Mirrors a report into migrations/<id> (final fields when final).
   Status WriteReport(const MigrationReport& report);

@@ -481,7 +481,7 @@ void SmoothedRate::Feed(uint64_t counter, Clock::TimePoint now, double scale,
 
 // ---- free functions ------------------------------------------------------------
 
-void FillNodeLoad(const LoadSample& s, cluster::NodeLoad& out) {
+void FillNodeLoad(const LoadSample& s, api::NodeLoad& out) {
   out.load_source = s.source;
   out.cpu_capacity = s.cpu_capacity;
   out.cpu_used = s.cpu_used;

@@ -1,6 +1,6 @@
 // Load sampling for the node agent: what this node offers and uses (CPU,
 // run queue, memory, pressure, per-workload usage), published to etcd as a
-// cluster::NodeLoad.
+// api::NodeLoad.
 //
 // Two samplers behind one seam:
 //   HostLoadSampler   - a real node: /proc/stat, /proc/loadavg, /proc/meminfo,
@@ -68,7 +68,7 @@
 
 namespace kmosix::agent {
 
-using WorkloadUsage = cluster::WorkloadUsage;  // {cpu cores smoothed, memory bytes}
+using WorkloadUsage = api::WorkloadUsage;  // {cpu cores smoothed, memory bytes}
 
 struct LoadSample {
   std::string source;       // "host" or "cgroup"
@@ -87,7 +87,7 @@ struct LoadSample {
 // Copies the measured figures into `out`: load_source, cpu_capacity, cpu_used,
 // run_queue, memory, PSI, workloads and updated_ms (= sampled_ms). node, url
 // and speed are left as they are.
-void FillNodeLoad(const LoadSample& sample, cluster::NodeLoad& out);
+void FillNodeLoad(const LoadSample& sample, api::NodeLoad& out);
 
 // When a new sample is worth publishing (the agent also publishes a
 // heartbeat every N seconds regardless).

@@ -4,128 +4,15 @@
 #include <initializer_list>
 #include <limits>
 
+#include "api/validate.h"
+#include "kmosix/json_fields.h"
 #include "kmosix/migration.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix::cluster {
-namespace {
 
 using nlohmann::json;
-
-// Strict reader over one JSON object: every accessor checks the type (and
-// range) and answers kInvalid naming the field; absent optional fields keep
-// the caller's default.
-class Fields {
- public:
-  Fields(const json& j, std::string_view what) : j_(j), what_(what) {}
-
-  Status Check(std::initializer_list<std::string_view> known) const {
-    if (!j_.is_object()) return InvalidError(what_ + " must be a JSON object");
-    for (const auto& [key, _] : j_.items()) {
-      bool found = false;
-      for (std::string_view k : known) found = found || k == key;
-      if (!found) return InvalidError("unknown field \"" + key + "\" in " + what_);
-    }
-    return Status::Ok();
-  }
-
-  const json* Find(const std::string& key) const {
-    auto it = j_.find(key);
-    return it == j_.end() ? nullptr : &*it;
-  }
-
-  Status Missing(const std::string& key) const {
-    return InvalidError("missing field \"" + key + "\" in " + what_);
-  }
-  Status Bad(const std::string& key, std::string_view must) const {
-    return InvalidError("field \"" + key + "\" in " + what_ + " must be " + std::string(must));
-  }
-
-  Status String(const std::string& key, std::string& out, bool required = false) const {
-    const json* v = Find(key);
-    if (v == nullptr) return required ? Missing(key) : Status::Ok();
-    if (!v->is_string()) return Bad(key, "a string");
-    out = v->get<std::string>();
-    return Status::Ok();
-  }
-
-  // A string that is empty (when allowed) or a valid name.
-  Status Name(const std::string& key, std::string& out, bool required, bool allow_empty) const {
-    KMX_RETURN_IF_ERROR(String(key, out, required));
-    if (out.empty() && allow_empty) return Status::Ok();
-    if (Status s = ValidateName(out); !s.ok()) {
-      return InvalidError("field \"" + key + "\" in " + what_ + ": " + s.message());
-    }
-    return Status::Ok();
-  }
-
-  Status Bool(const std::string& key, bool& out) const {
-    const json* v = Find(key);
-    if (v == nullptr) return Status::Ok();
-    if (!v->is_boolean()) return Bad(key, "a boolean");
-    out = v->get<bool>();
-    return Status::Ok();
-  }
-
-  Status Int(const std::string& key, int64_t& out, int64_t min = 0) const {
-    const json* v = Find(key);
-    if (v == nullptr) return Status::Ok();
-    if (!v->is_number_integer()) return Bad(key, "an integer");
-    if (v->is_number_unsigned()) {
-      uint64_t u = v->get<uint64_t>();
-      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return Bad(key, "an integer in range");
-      }
-      out = static_cast<int64_t>(u);
-    } else {
-      out = v->get<int64_t>();
-    }
-    if (out < min) return Bad(key, ">= " + std::to_string(min));
-    return Status::Ok();
-  }
-
-  Status Uint(const std::string& key, uint64_t& out) const {
-    const json* v = Find(key);
-    if (v == nullptr) return Status::Ok();
-    if (!v->is_number_integer()) return Bad(key, "a non-negative integer");
-    if (!v->is_number_unsigned()) {
-      if (v->get<int64_t>() < 0) return Bad(key, "a non-negative integer");
-      out = static_cast<uint64_t>(v->get<int64_t>());
-      return Status::Ok();
-    }
-    out = v->get<uint64_t>();
-    return Status::Ok();
-  }
-
-  Status Number(const std::string& key, double& out) const {
-    const json* v = Find(key);
-    if (v == nullptr) return Status::Ok();
-    if (!v->is_number()) return Bad(key, "a number");
-    double d = v->get<double>();
-    if (!std::isfinite(d) || d < 0) return Bad(key, "a finite number >= 0");
-    out = d;
-    return Status::Ok();
-  }
-
-  // Absent or null -> nullopt.
-  Status OptionalNumber(const std::string& key, std::optional<double>& out) const {
-    const json* v = Find(key);
-    if (v == nullptr || v->is_null()) {
-      out.reset();
-      return Status::Ok();
-    }
-    double d = 0;
-    KMX_RETURN_IF_ERROR(Number(key, d));
-    out = d;
-    return Status::Ok();
-  }
-
- private:
-  const json& j_;
-  std::string what_;
-};
-
-}  // namespace
+using Fields = JsonFields;
 
 std::string KeyLayout::NameIn(const std::string& dir, const std::string& key) {
   if (key.size() <= dir.size() || key.compare(0, dir.size(), dir) != 0) return "";
@@ -136,13 +23,7 @@ std::string KeyLayout::NameIn(const std::string& dir, const std::string& key) {
 
 // ---- NodeLoad --------------------------------------------------------------
 
-double NodeLoad::Load() const {
-  double denom = cpu_capacity * speed;
-  if (!(denom > 0)) return 0;
-  return cpu_used / denom;
-}
-
-json NodeLoadToJson(const NodeLoad& n) {
+json NodeLoadToJson(const api::NodeLoad& n) {
   json workloads = json::object();
   for (const auto& [name, u] : n.workloads) {
     workloads[name] = {{"cpu", u.cpu}, {"memoryBytes", u.memory_bytes}};
@@ -163,12 +44,12 @@ json NodeLoadToJson(const NodeLoad& n) {
   return j;
 }
 
-StatusOr<NodeLoad> NodeLoadFromJson(const json& j) {
+StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
   Fields f(j, "node load");
   KMX_RETURN_IF_ERROR(f.Check({"node", "url", "loadSource", "cpuCapacity", "speed", "cpuUsed",
                                "runQueue", "memoryCapacityBytes", "memoryAvailableBytes",
                                "psiCpuSome10", "psiMemorySome10", "workloads", "updatedMs"}));
-  NodeLoad n;
+  api::NodeLoad n;
   KMX_RETURN_IF_ERROR(f.Name("node", n.node, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.String("url", n.url));
   KMX_RETURN_IF_ERROR(f.String("loadSource", n.load_source));
@@ -184,14 +65,14 @@ StatusOr<NodeLoad> NodeLoadFromJson(const json& j) {
   if (const json* w = f.Find("workloads"); w != nullptr) {
     if (!w->is_object()) return f.Bad("workloads", "an object");
     for (const auto& [name, usage] : w->items()) {
-      if (Status s = ValidateName(name); !s.ok()) {
+      if (Status s = api::ValidateName(name); !s.ok()) {
         return InvalidError("field \"workloads\" in node load: workload \"" + name +
                             "\": " + s.message());
       }
       std::string what = "node load workloads[\"" + name + "\"]";
       Fields u(usage, what);
       KMX_RETURN_IF_ERROR(u.Check({"cpu", "memoryBytes"}));
-      WorkloadUsage wu;
+      api::WorkloadUsage wu;
       KMX_RETURN_IF_ERROR(u.Number("cpu", wu.cpu));
       KMX_RETURN_IF_ERROR(u.Uint("memoryBytes", wu.memory_bytes));
       n.workloads[name] = wu;
@@ -202,15 +83,15 @@ StatusOr<NodeLoad> NodeLoadFromJson(const json& j) {
 
 // ---- NodeMember ------------------------------------------------------------
 
-json NodeMemberToJson(const NodeMember& m) {
+json NodeMemberToJson(const api::NodeMember& m) {
   return {
       {"node", m.node}, {"ready", m.ready}, {"changedMs", m.changed_ms}, {"cordoned", m.cordoned}};
 }
 
-StatusOr<NodeMember> NodeMemberFromJson(const json& j) {
+StatusOr<api::NodeMember> NodeMemberFromJson(const json& j) {
   Fields f(j, "node member");
   KMX_RETURN_IF_ERROR(f.Check({"node", "ready", "changedMs", "cordoned"}));
-  NodeMember m;
+  api::NodeMember m;
   KMX_RETURN_IF_ERROR(f.Name("node", m.node, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Bool("ready", m.ready));
   KMX_RETURN_IF_ERROR(f.Int("changedMs", m.changed_ms));
@@ -220,89 +101,8 @@ StatusOr<NodeMember> NodeMemberFromJson(const json& j) {
 
 // ---- Workloads -------------------------------------------------------------
 
-namespace {
-
-constexpr std::pair<WorkloadPhase, std::string_view> kWorkloadPhases[] = {
-    {WorkloadPhase::kPending, "Pending"}, {WorkloadPhase::kScheduled, "Scheduled"},
-    {WorkloadPhase::kRunning, "Running"}, {WorkloadPhase::kMigrating, "Migrating"},
-    {WorkloadPhase::kLost, "Lost"},       {WorkloadPhase::kFailed, "Failed"},
-    {WorkloadPhase::kExited, "Exited"},
-};
-
-}  // namespace
-
-std::string_view WorkloadPhaseName(WorkloadPhase p) {
-  for (const auto& [phase, name] : kWorkloadPhases) {
-    if (phase == p) return name;
-  }
-  return "Unknown";
-}
-
-StatusOr<WorkloadPhase> ParseWorkloadPhase(std::string_view s) {
-  for (const auto& [phase, name] : kWorkloadPhases) {
-    if (name == s) return phase;
-  }
-  return InvalidError("unknown workload phase \"" + std::string(s) + "\"");
-}
-
-json WorkloadSpecToJson(const WorkloadSpec& s) {
-  json env = json::object();
-  for (const auto& [k, v] : s.env) env[k] = v;
-  return {{"name", s.name},
-          {"image", s.image},
-          {"args", s.args},
-          {"env", std::move(env)},
-          {"memoryMiB", s.memory_mib},
-          {"cpus", s.cpus},
-          {"migratable", s.migratable},
-          {"node", s.node},
-          {"pinned", s.pinned}};
-}
-
-StatusOr<WorkloadSpec> WorkloadSpecFromJson(const json& j) {
-  Fields f(j, "workload spec");
-  KMX_RETURN_IF_ERROR(f.Check(
-      {"name", "image", "args", "env", "memoryMiB", "cpus", "migratable", "node", "pinned"}));
-  WorkloadSpec s;
-  KMX_RETURN_IF_ERROR(f.Name("name", s.name, /*required=*/true, /*allow_empty=*/false));
-  KMX_RETURN_IF_ERROR(f.String("image", s.image, /*required=*/true));
-  if (s.image.empty() || s.image.size() > 512) return f.Bad("image", "1 to 512 characters");
-  if (const json* a = f.Find("args"); a != nullptr) {
-    if (!a->is_array() || a->size() > 4096) return f.Bad("args", "an array of strings");
-    for (const auto& arg : *a) {
-      if (!arg.is_string()) return f.Bad("args", "an array of strings");
-      s.args.push_back(arg.get<std::string>());
-    }
-  }
-  if (const json* e = f.Find("env"); e != nullptr) {
-    if (!e->is_object()) return f.Bad("env", "an object of strings");
-    for (const auto& [k, v] : e->items()) {
-      if (!v.is_string()) return InvalidError("env \"" + k + "\" must be a string");
-      if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
-        return InvalidError("env name \"" + k + "\" is not valid");
-      }
-      s.env[k] = v.get<std::string>();
-    }
-  }
-  KMX_RETURN_IF_ERROR(f.Int("memoryMiB", s.memory_mib));
-  if (s.memory_mib > (int64_t{1} << 30)) return f.Bad("memoryMiB", "at most 2^30");
-  KMX_RETURN_IF_ERROR(f.Number("cpus", s.cpus));
-  if (s.cpus > 4096) return f.Bad("cpus", "at most 4096");
-  KMX_RETURN_IF_ERROR(f.Bool("migratable", s.migratable));
-  KMX_RETURN_IF_ERROR(f.Name("node", s.node, /*required=*/false, /*allow_empty=*/true));
-  KMX_RETURN_IF_ERROR(f.Bool("pinned", s.pinned));
-  return s;
-}
-
-StatusOr<WorkloadSpec> ParseWorkloadSpec(std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  return WorkloadSpecFromJson(j);
-}
-
-namespace {
-
-json WorkloadStatusToJson(const WorkloadStatus& s) {
-  return {{"phase", WorkloadPhaseName(s.phase)},
+json WorkloadStatusToJson(const api::WorkloadStatus& s) {
+  return {{"phase", api::WorkloadPhaseName(s.phase)},
           {"node", s.node},
           {"epoch", s.epoch},
           {"migration", s.migration},
@@ -313,14 +113,16 @@ json WorkloadStatusToJson(const WorkloadStatus& s) {
           {"message", s.message}};
 }
 
-StatusOr<WorkloadStatus> WorkloadStatusFromJson(const json& j) {
+namespace {
+
+StatusOr<api::WorkloadStatus> WorkloadStatusFromJson(const json& j) {
   Fields f(j, "workload status");
   KMX_RETURN_IF_ERROR(f.Check({"phase", "node", "epoch", "migration", "pid", "createdMs",
                                "startedMs", "migrations", "message"}));
-  WorkloadStatus s;
+  api::WorkloadStatus s;
   std::string phase = "Pending";
   KMX_RETURN_IF_ERROR(f.String("phase", phase));
-  auto p = ParseWorkloadPhase(phase);
+  auto p = api::ParseWorkloadPhase(phase);
   if (!p.ok()) return p.status().Annotate("field \"phase\" in workload status");
   s.phase = *p;
   KMX_RETURN_IF_ERROR(f.Name("node", s.node, /*required=*/false, /*allow_empty=*/true));
@@ -345,17 +147,18 @@ StatusOr<WorkloadStatus> WorkloadStatusFromJson(const json& j) {
 
 }  // namespace
 
-json WorkloadRecordToJson(const WorkloadRecord& w) {
-  return {{"spec", WorkloadSpecToJson(w.spec)}, {"status", WorkloadStatusToJson(w.status)}};
+json WorkloadToJson(const api::Workload& w) {
+  return {{"spec", WorkloadSpecToJson(w.spec, SpecFace::kRecord)},
+          {"status", WorkloadStatusToJson(w.status)}};
 }
 
-StatusOr<WorkloadRecord> WorkloadRecordFromJson(const json& j) {
+StatusOr<api::Workload> WorkloadFromJson(const json& j) {
   Fields f(j, "workload record");
   KMX_RETURN_IF_ERROR(f.Check({"spec", "status"}));
-  WorkloadRecord w;
+  api::Workload w;
   const json* spec = f.Find("spec");
   if (spec == nullptr) return f.Missing("spec");
-  KMX_ASSIGN_OR_RETURN(w.spec, WorkloadSpecFromJson(*spec));
+  KMX_ASSIGN_OR_RETURN(w.spec, WorkloadSpecFromJson(*spec, SpecFace::kRecord));
   if (const json* status = f.Find("status"); status != nullptr) {
     KMX_ASSIGN_OR_RETURN(w.status, WorkloadStatusFromJson(*status));
   }
@@ -364,57 +167,55 @@ StatusOr<WorkloadRecord> WorkloadRecordFromJson(const json& j) {
 
 // ---- Migrations ------------------------------------------------------------
 
-json MigrationRecordToJson(const MigrationRecord& m) {
+json MigrationToJson(const api::Migration& m) {
   return {{"id", m.id},
           {"workload", m.workload},
           {"source", m.source},
           {"target", m.target},
-          {"phase", m.phase},
+          {"phase", api::MigrationPhaseName(m.phase)},
           {"reason", m.reason},
           {"requestedBy", m.requested_by},
           {"epoch", m.epoch},
           {"createdMs", m.created_ms},
           {"updatedMs", m.updated_ms},
           {"finishedMs", m.finished_ms},
-          {"report", m.report},
+          {"report", m.report ? MigrationReportToJson(*m.report) : json()},
           {"error", m.error},
           {"cancelRequestedMs", m.cancel_requested_ms},
           {"cancelledBy", m.cancelled_by}};
 }
 
-StatusOr<MigrationRecord> MigrationRecordFromJson(const json& j) {
+StatusOr<api::Migration> MigrationFromJson(const json& j) {
   Fields f(j, "migration record");
   KMX_RETURN_IF_ERROR(f.Check({"id", "workload", "source", "target", "phase", "reason",
                                "requestedBy", "epoch", "createdMs", "updatedMs", "finishedMs",
                                "report", "error", "cancelRequestedMs", "cancelledBy"}));
-  MigrationRecord m;
+  api::Migration m;
   KMX_RETURN_IF_ERROR(f.Name("id", m.id, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Name("workload", m.workload, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Name("source", m.source, /*required=*/false, /*allow_empty=*/true));
   KMX_RETURN_IF_ERROR(f.Name("target", m.target, /*required=*/false, /*allow_empty=*/true));
-  KMX_RETURN_IF_ERROR(f.String("phase", m.phase));
-  if (auto p = ParseMigrationPhase(m.phase); !p.ok()) {
-    return p.status().Annotate("field \"phase\" in migration record");
-  }
+  std::string phase = "Pending";
+  KMX_RETURN_IF_ERROR(f.String("phase", phase));
+  auto p = api::ParseMigrationPhase(phase);
+  if (!p.ok()) return p.status().Annotate("field \"phase\" in migration record");
+  m.phase = *p;
   KMX_RETURN_IF_ERROR(f.String("reason", m.reason));
   KMX_RETURN_IF_ERROR(f.String("requestedBy", m.requested_by));
   KMX_RETURN_IF_ERROR(f.Int("epoch", m.epoch));
   KMX_RETURN_IF_ERROR(f.Int("createdMs", m.created_ms));
   KMX_RETURN_IF_ERROR(f.Int("updatedMs", m.updated_ms));
   KMX_RETURN_IF_ERROR(f.Int("finishedMs", m.finished_ms));
-  if (const json* r = f.Find("report"); r != nullptr) {
-    if (!r->is_null() && !r->is_object()) return f.Bad("report", "null or an object");
-    m.report = *r;
+  if (const json* r = f.Find("report"); r != nullptr && !r->is_null()) {
+    if (!r->is_object()) return f.Bad("report", "null or an object");
+    auto report = MigrationReportFromJson(*r);
+    if (!report.ok()) return report.status().Annotate("field \"report\" in migration record");
+    m.report = std::move(*report);
   }
   KMX_RETURN_IF_ERROR(f.String("error", m.error));
   KMX_RETURN_IF_ERROR(f.Int("cancelRequestedMs", m.cancel_requested_ms));
   KMX_RETURN_IF_ERROR(f.String("cancelledBy", m.cancelled_by));
   return m;
-}
-
-bool IsFinalMigrationPhase(std::string_view phase) {
-  auto p = ParseMigrationPhase(phase);
-  return p.ok() && IsFinal(*p);
 }
 
 }  // namespace kmosix::cluster

@@ -9,19 +9,6 @@
 namespace kmosix {
 namespace {
 
-constexpr std::array<std::pair<MigrationPhase, std::string_view>, 10> kPhaseNames = {{
-    {MigrationPhase::kPending, "Pending"},
-    {MigrationPhase::kPreparing, "Preparing"},
-    {MigrationPhase::kCheckpointing, "Checkpointing"},
-    {MigrationPhase::kTransferring, "Transferring"},
-    {MigrationPhase::kRestoring, "Restoring"},
-    {MigrationPhase::kCommitting, "Committing"},
-    {MigrationPhase::kResolving, "Resolving"},
-    {MigrationPhase::kSucceeded, "Succeeded"},
-    {MigrationPhase::kRolledBack, "RolledBack"},
-    {MigrationPhase::kFailed, "Failed"},
-}};
-
 constexpr std::string_view kFrozenSuffix =
     "; kept frozen here until the target and the ownership ledger answer";
 
@@ -34,25 +21,6 @@ StatusOr<Code> ParseCode(std::string_view s) {
 }
 
 }  // namespace
-
-std::string_view MigrationPhaseName(MigrationPhase p) {
-  for (const auto& [phase, name] : kPhaseNames) {
-    if (phase == p) return name;
-  }
-  return "Unknown";
-}
-
-StatusOr<MigrationPhase> ParseMigrationPhase(std::string_view s) {
-  for (const auto& [phase, name] : kPhaseNames) {
-    if (name == s) return phase;
-  }
-  return InvalidError("unknown migration phase \"" + std::string(s) + "\"");
-}
-
-bool IsFinal(MigrationPhase p) {
-  return p == MigrationPhase::kSucceeded || p == MigrationPhase::kRolledBack ||
-         p == MigrationPhase::kFailed;
-}
 
 nlohmann::json MigrationReportToJson(const MigrationReport& r) {
   const auto& t = r.timings;

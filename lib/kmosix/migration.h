@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "api/types.h"
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
 #include "kmosix/runtime.h"
@@ -52,50 +53,18 @@
 
 namespace kmosix {
 
-enum class MigrationPhase {
-  kPending,
-  kPreparing,
-  kCheckpointing,
-  kTransferring,
-  kRestoring,
-  kCommitting,
-  kResolving,
-  kSucceeded,
-  kRolledBack,
-  kFailed,
-};
-std::string_view MigrationPhaseName(MigrationPhase p);
-StatusOr<MigrationPhase> ParseMigrationPhase(std::string_view s);
-bool IsFinal(MigrationPhase p);
+// The protocol's phases and its report are the API's (api/types.h).
+using api::IsFinal;
+using api::MigrationPhase;
+using api::MigrationPhaseName;
+using api::MigrationReport;
+using api::MigrationTimings;
+using api::ParseMigrationPhase;
 
-struct MigrationTimings {
-  double prepare = 0;     // target checks and creates the container
-  double freeze = 0;      // pause
-  double checkpoint = 0;  // CRIU dump
-  double transfer = 0;    // streaming to the target
-  double restore = 0;     // target restores and confirms running
-  double commit = 0;      // target commits, source releases
-  double downtime = 0;    // from freeze until the target confirmed running
-  double total = 0;
-};
-
-struct MigrationReport {
-  std::string id;
-  std::string workload;
-  std::string source_node;
-  std::string target_node;
-  std::string target_url;
-  MigrationPhase phase = MigrationPhase::kPending;
-  // The phase in which it went wrong, and why (empty/ok when it did not).
-  std::string failed_phase;
-  Status error;
-  int64_t started_ms = 0;
-  int64_t finished_ms = 0;
-  MigrationTimings timings;
-  uint64_t bytes = 0;
-  uint64_t files = 0;
-  uint32_t target_pid = 0;
-};
+// The report's JSON form (the agent's journal, its REST replies and the
+// "report" of the migration record): {"id","workload","sourceNode",
+// "targetNode","target","phase","outcome","startedMs","finishedMs","bytes",
+// "files","targetPid","timings":{...},"error"?,"failedPhase"?}.
 nlohmann::json MigrationReportToJson(const MigrationReport& r);
 StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j);
 

@@ -2,6 +2,17 @@
 
 namespace kmosix {
 
+ContainerSpec ContainerSpecFor(const api::WorkloadSpec& spec) {
+  ContainerSpec c;
+  c.name = spec.name;
+  c.image = spec.image;
+  c.args = spec.args;
+  c.env = spec.env;
+  c.memory_mib = spec.memory_mib;
+  c.cpus = spec.cpus;
+  return c;
+}
+
 std::string_view TaskStateName(TaskState s) {
   switch (s) {
     case TaskState::kNone:

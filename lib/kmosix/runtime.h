@@ -15,11 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "api/types.h"
 #include "kmosix/status.h"
 
 namespace kmosix {
 
-// What to run. Fields mirror the agent's REST body.
+// What the runtime runs: the runtime's part of an api::WorkloadSpec (built
+// from one by ContainerSpecFor) plus where its output goes and its labels.
 struct ContainerSpec {
   std::string name;               // container id, unique per node
   std::string image;              // image reference, already in the node's store
@@ -30,6 +32,9 @@ struct ContainerSpec {
   std::string log_path;    // stdout and stderr are appended to this file
   std::map<std::string, std::string> labels;
 };
+
+// The runtime's part of a workload spec (log_path and labels empty).
+ContainerSpec ContainerSpecFor(const api::WorkloadSpec& spec);
 
 enum class TaskState { kNone, kCreated, kRunning, kPaused, kStopped, kUnknown };
 std::string_view TaskStateName(TaskState s);

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <set>
 
+#include "kmosix/json_fields.h"
+
 namespace kmosix {
 namespace {
 
@@ -25,20 +27,6 @@ StatusOr<std::string> RequiredString(const json& j, const std::string& key) {
 }
 
 }  // namespace
-
-Status ValidateName(std::string_view name) {
-  if (name.empty() || name.size() > 63) {
-    return InvalidError("name must be 1 to 63 characters");
-  }
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-    if (!ok) return InvalidError("name may contain only a-z, 0-9 and '-'");
-  }
-  if (name.front() == '-' || name.back() == '-') {
-    return InvalidError("name must start and end with a letter or digit");
-  }
-  return Status::Ok();
-}
 
 StatusOr<json> ParseJsonObject(std::string_view body) {
   // Keys seen so far in each object being parsed; a repeated key would
@@ -65,48 +53,108 @@ StatusOr<json> ParseJsonObject(std::string_view body) {
   return j;
 }
 
-StatusOr<ContainerSpec> ContainerSpecFromJson(const json& j) {
-  if (!j.is_object()) return InvalidError("workload must be a JSON object");
-  KMX_RETURN_IF_ERROR(
-      RejectUnknown(j, {"name", "image", "args", "env", "memoryMiB", "cpus"}, "workload"));
-  ContainerSpec spec;
-  KMX_ASSIGN_OR_RETURN(spec.name, RequiredString(j, "name"));
-  KMX_RETURN_IF_ERROR(ValidateName(spec.name).Annotate("field \"name\""));
-  KMX_ASSIGN_OR_RETURN(spec.image, RequiredString(j, "image"));
-  if (spec.image.empty() || spec.image.size() > 512) {
-    return InvalidError("field \"image\" must be 1 to 512 characters");
+namespace {
+
+std::string_view SpecWhat(SpecFace face) {
+  return face == SpecFace::kAgent ? "workload" : "workload spec";
+}
+
+api::WorkloadSpec AgentSpecOf(const ContainerSpec& c) {
+  api::WorkloadSpec s;
+  s.name = c.name;
+  s.image = c.image;
+  s.args = c.args;
+  s.env = c.env;
+  s.memory_mib = c.memory_mib;
+  s.cpus = c.cpus;
+  return s;
+}
+
+}  // namespace
+
+StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const json& j, SpecFace face) {
+  const std::string what(SpecWhat(face));
+  JsonFields f(j, what);
+  switch (face) {
+    case SpecFace::kAgent:
+      KMX_RETURN_IF_ERROR(f.Check({"name", "image", "args", "env", "memoryMiB", "cpus"}));
+      break;
+    case SpecFace::kRest:
+      KMX_RETURN_IF_ERROR(f.Check(
+          {"name", "image", "args", "env", "memoryMiB", "cpus", "migratable", "node", "pinned"}));
+      break;
+    case SpecFace::kRecord:
+      KMX_RETURN_IF_ERROR(f.Check({"name", "image", "args", "env", "memoryMiB", "cpus",
+                                   "migratable", "node", "pinned", "origin"}));
+      break;
   }
-  if (auto it = j.find("args"); it != j.end()) {
-    if (!it->is_array()) return InvalidError("field \"args\" must be an array of strings");
-    if (it->size() > 4096) return InvalidError("field \"args\" has too many elements");
-    for (const auto& a : *it) {
-      if (!a.is_string()) return InvalidError("field \"args\" must be an array of strings");
-      spec.args.push_back(a.get<std::string>());
+  api::WorkloadSpec s;
+  KMX_RETURN_IF_ERROR(f.String("name", s.name, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.String("image", s.image, /*required=*/true));
+  if (const json* a = f.Find("args"); a != nullptr) {
+    if (!a->is_array() || a->size() > api::kMaxArgs) return f.Bad("args", "an array of strings");
+    for (const auto& arg : *a) {
+      if (!arg.is_string()) return f.Bad("args", "an array of strings");
+      s.args.push_back(arg.get<std::string>());
     }
   }
-  if (auto it = j.find("env"); it != j.end()) {
-    if (!it->is_object()) return InvalidError("field \"env\" must be an object of strings");
-    for (const auto& [k, v] : it->items()) {
+  if (const json* e = f.Find("env"); e != nullptr) {
+    if (!e->is_object()) return f.Bad("env", "an object of strings");
+    for (const auto& [k, v] : e->items()) {
       if (!v.is_string()) return InvalidError("env \"" + k + "\" must be a string");
-      if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
-        return InvalidError("env name \"" + k + "\" is not valid");
-      }
-      spec.env[k] = v.get<std::string>();
+      s.env[k] = v.get<std::string>();
     }
   }
-  if (auto it = j.find("memoryMiB"); it != j.end()) {
-    if (!it->is_number_integer()) return InvalidError("field \"memoryMiB\" must be an integer");
-    int64_t m = it->get<int64_t>();
-    if (m < 0 || m > (int64_t{1} << 30)) return InvalidError("field \"memoryMiB\" out of range");
-    spec.memory_mib = m;
+  KMX_RETURN_IF_ERROR(f.Int("memoryMiB", s.memory_mib));
+  KMX_RETURN_IF_ERROR(f.Number("cpus", s.cpus));
+  KMX_RETURN_IF_ERROR(f.Bool("migratable", s.migratable));
+  KMX_RETURN_IF_ERROR(f.String("node", s.node));
+  KMX_RETURN_IF_ERROR(f.Bool("pinned", s.pinned));
+  if (const json* o = f.Find("origin"); o != nullptr) {
+    JsonFields of(*o, what + " origin");
+    KMX_RETURN_IF_ERROR(of.Check({"kind", "namespace", "name", "uid"}));
+    api::WorkloadOrigin origin;
+    KMX_RETURN_IF_ERROR(of.String("kind", origin.kind, /*required=*/true));
+    KMX_RETURN_IF_ERROR(of.String("namespace", origin.namespace_));
+    KMX_RETURN_IF_ERROR(of.String("name", origin.name, /*required=*/true));
+    KMX_RETURN_IF_ERROR(of.String("uid", origin.uid, /*required=*/true));
+    s.origin = std::move(origin);
   }
-  if (auto it = j.find("cpus"); it != j.end()) {
-    if (!it->is_number()) return InvalidError("field \"cpus\" must be a number");
-    double c = it->get<double>();
-    if (!std::isfinite(c) || c < 0 || c > 4096) return InvalidError("field \"cpus\" out of range");
-    spec.cpus = c;
+  KMX_RETURN_IF_ERROR(api::ValidateWorkloadSpec(s, what));
+  return s;
+}
+
+StatusOr<api::WorkloadSpec> ParseWorkloadSpec(std::string_view body, SpecFace face) {
+  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
+  return WorkloadSpecFromJson(j, face);
+}
+
+json WorkloadSpecToJson(const api::WorkloadSpec& s, SpecFace face) {
+  json env = json::object();
+  for (const auto& [k, v] : s.env) env[k] = v;
+  json j = {{"name", s.name}, {"image", s.image}, {"args", s.args}, {"env", std::move(env)}};
+  if (face == SpecFace::kAgent) {
+    if (s.memory_mib > 0) j["memoryMiB"] = s.memory_mib;
+    if (s.cpus > 0) j["cpus"] = s.cpus;
+    return j;
   }
-  return spec;
+  j["memoryMiB"] = s.memory_mib;
+  j["cpus"] = s.cpus;
+  j["migratable"] = s.migratable;
+  j["node"] = s.node;
+  j["pinned"] = s.pinned;
+  if (face == SpecFace::kRecord && s.origin) {
+    j["origin"] = {{"kind", s.origin->kind},
+                   {"namespace", s.origin->namespace_},
+                   {"name", s.origin->name},
+                   {"uid", s.origin->uid}};
+  }
+  return j;
+}
+
+StatusOr<ContainerSpec> ContainerSpecFromJson(const json& j) {
+  KMX_ASSIGN_OR_RETURN(api::WorkloadSpec s, WorkloadSpecFromJson(j, SpecFace::kAgent));
+  return ContainerSpecFor(s);
 }
 
 StatusOr<ContainerSpec> ParseContainerSpec(std::string_view body) {
@@ -115,12 +163,7 @@ StatusOr<ContainerSpec> ParseContainerSpec(std::string_view body) {
 }
 
 json ContainerSpecToJson(const ContainerSpec& spec) {
-  json j = {
-      {"name", spec.name}, {"image", spec.image}, {"args", spec.args}, {"env", json::object()}};
-  for (const auto& [k, v] : spec.env) j["env"][k] = v;
-  if (spec.memory_mib > 0) j["memoryMiB"] = spec.memory_mib;
-  if (spec.cpus > 0) j["cpus"] = spec.cpus;
-  return j;
+  return WorkloadSpecToJson(AgentSpecOf(spec), SpecFace::kAgent);
 }
 
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {

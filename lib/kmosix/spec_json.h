@@ -1,24 +1,45 @@
 // JSON forms of the values that cross the REST API and the agent-to-agent
-// protocol. Parsers are strict: unknown fields, wrong types and bad values are
-// kInvalid with a message naming the field; they never throw.
+// protocol, among them the one JSON codec of api::WorkloadSpec, in the field
+// sets of its three faces (SpecFace). Parsers are strict: unknown fields,
+// wrong types and bad values are kInvalid with a message naming the field;
+// values are checked by the one validator (api/validate.h); they never throw.
 // Thread-safety: pure functions.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "api/types.h"
+#include "api/validate.h"
 #include "kmosix/runtime.h"
 #include "kmosix/status.h"
 #include "kmosix/transport.h"
 
 namespace kmosix {
 
-// {"name","image","args":[],"env":{},"memoryMiB"?,"cpus"?}
-// name: DNS-label-like [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
+// Which fields a JSON form of api::WorkloadSpec carries.
+enum class SpecFace {
+  // The agent's body and the migration offer's spec:
+  // {"name","image","args":[],"env":{},"memoryMiB"?,"cpus"?} (0 omitted).
+  kAgent,
+  // The controller's POST /v1/workloads body and its replies: kAgent's plus
+  // "migratable"?,"node"?,"pinned"? (all written). No "origin".
+  kRest,
+  // The etcd record (cluster/records.h): kRest's plus "origin"? =
+  // {"kind","namespace","name","uid"} (written only when set).
+  kRecord,
+};
+StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const nlohmann::json& j, SpecFace face);
+StatusOr<api::WorkloadSpec> ParseWorkloadSpec(std::string_view body, SpecFace face);
+nlohmann::json WorkloadSpecToJson(const api::WorkloadSpec& spec, SpecFace face);
+
+// The agent's face (SpecFace::kAgent) over the runtime's ContainerSpec.
 StatusOr<ContainerSpec> ParseContainerSpec(std::string_view body);
 StatusOr<ContainerSpec> ContainerSpecFromJson(const nlohmann::json& j);
-nlohmann::json ContainerSpecToJson(const ContainerSpec& spec);  // without log_path
-Status ValidateName(std::string_view name);
+nlohmann::json ContainerSpecToJson(const ContainerSpec& spec);  // without log_path, labels
+
+// DNS-label-like [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])? (api/validate.h).
+using api::ValidateName;
 
 // {"id","sourceNode","sourceUrl","spec":{...},"createdMs"?,"history"?,
 //  "memoryBytes"? (0 to kMaxOfferMemoryBytes)}

@@ -186,7 +186,7 @@ TEST_F(ApiTest, OperatorActionsOverHttp) {
   }));
   MarkRunning("w1", clock_.WallMillis());
   ASSERT_TRUE(Eventually(
-      [&] { return (*controller_->GetWorkload("w1"))["status"]["phase"] == "Running"; }));
+      [&] { return (*Rest(*controller_).GetWorkload("w1"))["status"]["phase"] == "Running"; }));
 
   auto pin = cl.Post("/v1/workloads/w1/pin", "", "application/json");
   ASSERT_TRUE(pin);
@@ -203,7 +203,8 @@ TEST_F(ApiTest, OperatorActionsOverHttp) {
   auto uncordon = cl.Post("/v1/nodes/n2/uncordon", "", "application/json");
   ASSERT_TRUE(uncordon);
   EXPECT_FALSE(json::parse(uncordon->body)["cordoned"].get<bool>());
-  ASSERT_TRUE(Eventually([&] { return !(*controller_->GetNode("n2"))["cordoned"].get<bool>(); }));
+  ASSERT_TRUE(
+      Eventually([&] { return !(*Rest(*controller_).GetNode("n2"))["cordoned"].get<bool>(); }));
 
   auto drain = cl.Post("/v1/nodes/n1/drain", "", "application/json");
   ASSERT_TRUE(drain);
@@ -238,15 +239,17 @@ TEST_F(ApiTest, EventStreamDeliversChangesAndResumesFromLastEventId) {
     });
   };
   ASSERT_TRUE(has(": kmosix events"));
-  ASSERT_TRUE(controller_->CreateWorkload(R"({"name":"w1","image":"demo","node":"n1"})").ok());
+  ASSERT_TRUE(
+      Rest(*controller_).CreateWorkload(R"({"name":"w1","image":"demo","node":"n1"})").ok());
   EXPECT_TRUE(has("event: workload.created\ndata: {"));
   EXPECT_TRUE(has("event: workload.placed\n"));
-  ASSERT_TRUE(controller_->SetCordoned("n1", true).ok());
+  ASSERT_TRUE(Rest(*controller_).SetCordoned("n1", true).ok());
   ASSERT_TRUE(controller_->DeleteWorkload("w1").ok());
   EXPECT_TRUE(has("event: workload.deleted\n"));
   stop = true;
   // One more event wakes the reader so it sees `stop`.
-  ASSERT_TRUE(controller_->CreateWorkload(R"({"name":"w2","image":"demo","node":"n2"})").ok());
+  ASSERT_TRUE(
+      Rest(*controller_).CreateWorkload(R"({"name":"w2","image":"demo","node":"n2"})").ok());
   reader.join();
   EXPECT_EQ(received.find("node.cordoned"), std::string::npos) << "the type filter let it through";
 

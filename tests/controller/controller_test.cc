@@ -59,7 +59,7 @@ TEST_F(ControllerTest, NodeLosingItsLeaseGoesNotReadyAndItsWorkloadsLost) {
     return w && w->status.phase == WorkloadPhase::kLost;
   }));
   EXPECT_NE(Workload("w1")->status.message.find("n1"), std::string::npos);
-  auto node = c.GetNode("n1");
+  auto node = Rest(c).GetNode("n1");
   ASSERT_TRUE(node.ok());
   EXPECT_FALSE((*node)["ready"].get<bool>());
 
@@ -71,14 +71,14 @@ TEST_F(ControllerTest, NodeLosingItsLeaseGoesNotReadyAndItsWorkloadsLost) {
   }));
   EXPECT_EQ(Workload("w1")->status.node, "n1");
   ASSERT_TRUE(Eventually([&] {
-    auto n = c.GetNode("n1");
+    auto n = Rest(c).GetNode("n1");
     return n.ok() && (*n)["ready"].get<bool>();
   }));
 }
 
 TEST_F(ControllerTest, HotNodeGetsAMigrationOrderWithItsReason) {
   // n1 runs four busy workloads; n2 and n3 are idle.
-  std::map<std::string, cluster::WorkloadUsage> usage;
+  std::map<std::string, api::WorkloadUsage> usage;
   for (int i = 1; i <= 4; ++i) usage["w" + std::to_string(i)] = {0.5, 1 << 20};
   int64_t lease = PublishNode("n1", 2.0, usage);
   PublishNode("n2", 0.0);
@@ -108,7 +108,7 @@ TEST_F(ControllerTest, HotNodeGetsAMigrationOrderWithItsReason) {
   ASSERT_EQ(ms.size(), 1u) << "max_per_node=1: one move out of n1 at a time";
   EXPECT_EQ(ms[0].source, "n1");
   EXPECT_TRUE(ms[0].target == "n2" || ms[0].target == "n3") << ms[0].target;
-  EXPECT_EQ(ms[0].phase, "Pending");
+  EXPECT_EQ(ms[0].phase, api::MigrationPhase::kPending);
   EXPECT_EQ(ms[0].requested_by, "policy");
   EXPECT_NE(ms[0].reason.find("n1"), std::string::npos) << ms[0].reason;
   auto w = Workload(ms[0].workload);
@@ -128,16 +128,17 @@ TEST_F(ControllerTest, OrderNeverPickedUpFailsAndFreesTheWorkload) {
       Eventually([&] { return Workload("w1")->status.phase == WorkloadPhase::kScheduled; }));
   MarkRunning("w1", clock_.WallMillis());
   ASSERT_TRUE(Eventually([&] {
-    return c.GetWorkload("w1").ok() && (*c.GetWorkload("w1"))["status"]["phase"] == "Running";
+    return Rest(c).GetWorkload("w1").ok() &&
+           (*Rest(c).GetWorkload("w1"))["status"]["phase"] == "Running";
   }));
-  auto order = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  auto order = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
   ASSERT_TRUE(order.ok()) << order.status().ToString();
   const std::string id = (*order)["id"];
   // Nobody runs it (no agent here): after order_timeout it is Failed.
   ASSERT_TRUE(Eventually(
       [&] {
         auto ms = Migrations();
-        return ms.size() == 1 && ms[0].phase == "Failed";
+        return ms.size() == 1 && ms[0].phase == api::MigrationPhase::kFailed;
       },
       std::chrono::seconds(15)));
   EXPECT_NE(Migrations()[0].error.find("did not pick"), std::string::npos) << Migrations()[0].error;
@@ -160,12 +161,12 @@ TEST_F(ControllerTest, SourceLostMidMigrationIsResolvedFromOwnership) {
     MarkRunning(n, clock_.WallMillis());
   }
   ASSERT_TRUE(Eventually([&] {
-    auto a = c.GetWorkload("a"), b = c.GetWorkload("b");
+    auto a = Rest(c).GetWorkload("a"), b = Rest(c).GetWorkload("b");
     return a.ok() && b.ok() && (*a)["status"]["phase"] == "Running" &&
            (*b)["status"]["phase"] == "Running";
   }));
-  auto ma = c.RequestMigration(R"({"workload":"a","target":"n2"})");
-  auto mb = c.RequestMigration(R"({"workload":"b","target":"n3"})");
+  auto ma = Rest(c).RequestMigration(R"({"workload":"a","target":"n2"})");
+  auto mb = Rest(c).RequestMigration(R"({"workload":"b","target":"n3"})");
   ASSERT_TRUE(ma.ok() && mb.ok());
   // The source moved a's ownership to n2 (ledger CAS) and was then lost; b's
   // ownership never moved.
@@ -173,18 +174,16 @@ TEST_F(ControllerTest, SourceLostMidMigrationIsResolvedFromOwnership) {
     auto w = Workload("a");
     w->status.node = "n2";
     w->status.epoch += 1;
-    ASSERT_TRUE(store_.Put(keys_.Workload("a"), cluster::WorkloadRecordToJson(*w).dump()).ok());
+    ASSERT_TRUE(store_.Put(keys_.Workload("a"), cluster::WorkloadToJson(*w).dump()).ok());
     auto m = store_.Get(keys_.Migration((*ma)["id"]));
-    auto rec =
-        cluster::ParseRecord<MigrationRecord>(m->kv->value, &cluster::MigrationRecordFromJson);
-    rec->phase = "Committing";
-    ASSERT_TRUE(
-        store_.Put(keys_.Migration(rec->id), cluster::MigrationRecordToJson(*rec).dump()).ok());
+    auto rec = cluster::ParseRecord<MigrationRecord>(m->kv->value, &cluster::MigrationFromJson);
+    rec->phase = api::MigrationPhase::kCommitting;
+    ASSERT_TRUE(store_.Put(keys_.Migration(rec->id), cluster::MigrationToJson(*rec).dump()).ok());
   }
   ASSERT_TRUE(store_.RevokeLease(lease1).ok());
   auto phase_of = [&](const std::string& id) {
     for (const auto& m : Migrations())
-      if (m.id == id) return m.phase;
+      if (m.id == id) return std::string(api::MigrationPhaseName(m.phase));
     return std::string();
   };
   ASSERT_TRUE(Eventually([&] { return phase_of((*ma)["id"]) == "Succeeded"; }));
@@ -225,7 +224,7 @@ TEST_F(ControllerTest, BadInputIsRefusedAndChangesNothing) {
       Eventually([&] { return Workload("fixed")->status.phase == WorkloadPhase::kScheduled; }));
   MarkRunning("fixed", clock_.WallMillis());
   ASSERT_TRUE(
-      Eventually([&] { return (*c.GetWorkload("fixed"))["status"]["phase"] == "Running"; }));
+      Eventually([&] { return (*Rest(c).GetWorkload("fixed"))["status"]["phase"] == "Running"; }));
   const size_t keys = KeyCount();
 
   struct Case {
@@ -243,7 +242,7 @@ TEST_F(ControllerTest, BadInputIsRefusedAndChangesNothing) {
            {R"({"name":"x","image":"demo","pinned":true})", Code::kInvalid},
            {R"({"name":"fixed","image":"demo"})", Code::kConflict},
        }) {
-    auto r = c.CreateWorkload(k.body);
+    auto r = Rest(c).CreateWorkload(k.body);
     ASSERT_FALSE(r.ok()) << k.body;
     EXPECT_EQ(r.status().code(), k.code) << k.body << " -> " << r.status().ToString();
   }
@@ -255,15 +254,15 @@ TEST_F(ControllerTest, BadInputIsRefusedAndChangesNothing) {
            {R"({"workload":"ghost"})", Code::kNotFound},
            {R"({"workload":"fixed"})", Code::kConflict},  // not migratable
        }) {
-    auto r = c.RequestMigration(k.body);
+    auto r = Rest(c).RequestMigration(k.body);
     ASSERT_FALSE(r.ok()) << k.body;
     EXPECT_EQ(r.status().code(), k.code) << k.body << " -> " << r.status().ToString();
   }
-  EXPECT_EQ(c.GetWorkload("ghost").status().code(), Code::kNotFound);
-  EXPECT_EQ(c.GetWorkload("../etc").status().code(), Code::kInvalid);
+  EXPECT_EQ(Rest(c).GetWorkload("ghost").status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).GetWorkload("../etc").status().code(), Code::kInvalid);
   EXPECT_EQ(c.DeleteWorkload("ghost").code(), Code::kNotFound);
-  EXPECT_EQ(c.GetMigration("m-none").status().code(), Code::kNotFound);
-  EXPECT_EQ(c.GetNode("ghost").status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).GetMigration("m-none").status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).GetNode("ghost").status().code(), Code::kNotFound);
   EXPECT_EQ(KeyCount(), keys) << "a refused request changed the store";
   EXPECT_TRUE(Migrations().empty());
 }
@@ -293,7 +292,7 @@ class OperatorTest : public ControllerTest {
       }));
       MarkRunning(name, clock_.WallMillis());
       EXPECT_TRUE(Eventually([&] {
-        auto g = c.GetWorkload(name);
+        auto g = Rest(c).GetWorkload(name);
         return g.ok() && (*g)["status"]["phase"] == "Running";
       }));
     }
@@ -305,13 +304,13 @@ class OperatorTest : public ControllerTest {
     auto w = Workload(name);
     ASSERT_TRUE(w);
     edit(*w);
-    ASSERT_TRUE(store_.Put(keys_.Workload(name), cluster::WorkloadRecordToJson(*w).dump()).ok());
+    ASSERT_TRUE(store_.Put(keys_.Workload(name), cluster::WorkloadToJson(*w).dump()).ok());
   }
   void EditMigration(const std::string& id, const std::function<void(MigrationRecord&)>& edit) {
     for (auto m : Migrations()) {
       if (m.id != id) continue;
       edit(m);
-      ASSERT_TRUE(store_.Put(keys_.Migration(id), cluster::MigrationRecordToJson(m).dump()).ok());
+      ASSERT_TRUE(store_.Put(keys_.Migration(id), cluster::MigrationToJson(m).dump()).ok());
       return;
     }
     FAIL() << "no migration " << id;
@@ -326,59 +325,59 @@ class OperatorTest : public ControllerTest {
 
 TEST_F(OperatorTest, CancelIsAcceptedOnlyBeforeOwnershipMoves) {
   Controller& c = StartWith({{{"name", "w1"}}, {{"name", "w2"}}, {{"name", "w3"}}});
-  auto order = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  auto order = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
   ASSERT_TRUE(order.ok()) << order.status().ToString();
   const std::string id = (*order)["id"];
 
-  auto cancelled = c.CancelMigration(id);
+  auto cancelled = Rest(c).CancelMigration(id);
   ASSERT_TRUE(cancelled.ok()) << cancelled.status().ToString();
   EXPECT_GT((*cancelled)["cancelRequestedMs"].get<int64_t>(), 0);
   EXPECT_EQ((*cancelled)["cancelledBy"], "api");
   auto stored = Migration(id);
   ASSERT_TRUE(stored);
   EXPECT_GT(stored->cancel_requested_ms, 0);
-  EXPECT_EQ(stored->phase, "Pending") << "the source, not the controller, ends it";
+  EXPECT_EQ(stored->phase, api::MigrationPhase::kPending) << "the source, not the controller, ends it";
   const int64_t first = stored->cancel_requested_ms;
-  ASSERT_TRUE(c.CancelMigration(id).ok()) << "asking twice is fine";
+  ASSERT_TRUE(Rest(c).CancelMigration(id).ok()) << "asking twice is fine";
   EXPECT_EQ(Migration(id)->cancel_requested_ms, first);
 
   // Ownership already moved (the source's Transfer happened): too late.
-  auto order2 = c.RequestMigration(R"({"workload":"w2","target":"n3"})");
+  auto order2 = Rest(c).RequestMigration(R"({"workload":"w2","target":"n3"})");
   ASSERT_TRUE(order2.ok());
   const std::string id2 = (*order2)["id"];
-  EditMigration(id2, [](MigrationRecord& m) { m.phase = "Restoring"; });
+  EditMigration(id2, [](MigrationRecord& m) { m.phase = api::MigrationPhase::kRestoring; });
   EditWorkload("w2", [](WorkloadRecord& w) {
     w.status.node = "n3";
     ++w.status.epoch;
   });
-  auto late = c.CancelMigration(id2);
+  auto late = Rest(c).CancelMigration(id2);
   ASSERT_FALSE(late.ok());
   EXPECT_EQ(late.status().code(), Code::kConflict);
   EXPECT_NE(late.status().message().find("too late"), std::string::npos) << late.status().message();
   EXPECT_EQ(Migration(id2)->cancel_requested_ms, 0) << "a refused cancel wrote something";
 
   // Committing and ended migrations cannot be cancelled either.
-  auto order3 = c.RequestMigration(R"({"workload":"w3","target":"n2"})");
+  auto order3 = Rest(c).RequestMigration(R"({"workload":"w3","target":"n2"})");
   ASSERT_TRUE(order3.ok());
   const std::string id3 = (*order3)["id"];
-  EditMigration(id3, [](MigrationRecord& m) { m.phase = "Committing"; });
-  EXPECT_EQ(c.CancelMigration(id3).status().code(), Code::kConflict);
-  EditMigration(id3, [](MigrationRecord& m) { m.phase = "Succeeded"; });
-  EXPECT_EQ(c.CancelMigration(id3).status().code(), Code::kConflict);
+  EditMigration(id3, [](MigrationRecord& m) { m.phase = api::MigrationPhase::kCommitting; });
+  EXPECT_EQ(Rest(c).CancelMigration(id3).status().code(), Code::kConflict);
+  EditMigration(id3, [](MigrationRecord& m) { m.phase = api::MigrationPhase::kSucceeded; });
+  EXPECT_EQ(Rest(c).CancelMigration(id3).status().code(), Code::kConflict);
   EXPECT_EQ(Migration(id3)->cancel_requested_ms, 0);
 
-  EXPECT_EQ(c.CancelMigration("m-none").status().code(), Code::kNotFound);
-  EXPECT_EQ(c.CancelMigration("../x").status().code(), Code::kInvalid);
+  EXPECT_EQ(Rest(c).CancelMigration("m-none").status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).CancelMigration("../x").status().code(), Code::kInvalid);
 }
 
 TEST_F(OperatorTest, CordonedNodeTakesNoArrivals) {
   Controller& c = StartWith({{{"name", "w1"}}});
-  auto n = c.SetCordoned("n2", true);
+  auto n = Rest(c).SetCordoned("n2", true);
   ASSERT_TRUE(n.ok()) << n.status().ToString();
   EXPECT_TRUE((*n)["cordoned"].get<bool>());
-  ASSERT_TRUE(c.SetCordoned("n3", true).ok());
+  ASSERT_TRUE(Rest(c).SetCordoned("n3", true).ok());
   ASSERT_TRUE(Eventually([&] {
-    auto g = c.GetNode("n3");
+    auto g = Rest(c).GetNode("n3");
     return g.ok() && (*g)["cordoned"].get<bool>();
   }));
   // n1 is busier than the cordoned nodes but the only one left.
@@ -388,36 +387,37 @@ TEST_F(OperatorTest, CordonedNodeTakesNoArrivals) {
     return w && w->status.phase == WorkloadPhase::kScheduled;
   }));
   EXPECT_EQ(Workload("fresh")->status.node, "n1");
-  auto refused = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  auto refused = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
   EXPECT_EQ(refused.status().code(), Code::kConflict);
   EXPECT_NE(refused.status().message().find("cordoned"), std::string::npos);
 
-  auto un = c.SetCordoned("n2", false);
+  auto un = Rest(c).SetCordoned("n2", false);
   ASSERT_TRUE(un.ok());
   EXPECT_FALSE((*un)["cordoned"].get<bool>());
-  ASSERT_TRUE(
-      Eventually([&] { return c.RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
-  EXPECT_EQ(c.SetCordoned("ghost", true).status().code(), Code::kNotFound);
-  EXPECT_EQ(c.SetCordoned("Bad_Name", true).status().code(), Code::kInvalid);
+  ASSERT_TRUE(Eventually(
+      [&] { return Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
+  EXPECT_EQ(Rest(c).SetCordoned("ghost", true).status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).SetCordoned("Bad_Name", true).status().code(), Code::kInvalid);
 }
 
 TEST_F(OperatorTest, PinnedWorkloadIsNotMovedUntilUnpinned) {
   Controller& c = StartWith({{{"name", "w1"}}});
-  auto pinned = c.SetPinned("w1", true);
+  auto pinned = Rest(c).SetPinned("w1", true);
   ASSERT_TRUE(pinned.ok()) << pinned.status().ToString();
   EXPECT_TRUE((*pinned)["spec"]["pinned"].get<bool>());
   EXPECT_TRUE(Workload("w1")->spec.pinned);
-  ASSERT_TRUE(Eventually([&] { return (*c.GetWorkload("w1"))["spec"]["pinned"].get<bool>(); }));
-  auto refused = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  ASSERT_TRUE(
+      Eventually([&] { return (*Rest(c).GetWorkload("w1"))["spec"]["pinned"].get<bool>(); }));
+  auto refused = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
   EXPECT_EQ(refused.status().code(), Code::kConflict);
   EXPECT_TRUE(Migrations().empty());
 
-  auto unpinned = c.SetPinned("w1", false);
+  auto unpinned = Rest(c).SetPinned("w1", false);
   ASSERT_TRUE(unpinned.ok());
   EXPECT_FALSE(Workload("w1")->spec.pinned);
-  ASSERT_TRUE(
-      Eventually([&] { return c.RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
-  EXPECT_EQ(c.SetPinned("ghost", true).status().code(), Code::kNotFound);
+  ASSERT_TRUE(Eventually(
+      [&] { return Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})").ok(); }));
+  EXPECT_EQ(Rest(c).SetPinned("ghost", true).status().code(), Code::kNotFound);
 }
 
 TEST_F(OperatorTest, DrainMovesWhatCanMoveAndSaysWhyNotForTheRest) {
@@ -426,13 +426,13 @@ TEST_F(OperatorTest, DrainMovesWhatCanMoveAndSaysWhyNotForTheRest) {
                              {{"name", "fixed"}, {"migratable", false}},
                              {{"name", "stay"}, {"pinned", true}}});
   const size_t keys = KeyCount();
-  auto bad = c.Drain("n1", R"({"includePinned":"yes"})");
+  auto bad = Rest(c).Drain("n1", R"({"includePinned":"yes"})");
   EXPECT_EQ(bad.status().code(), Code::kInvalid);
-  EXPECT_EQ(c.Drain("n1", R"({"force":true})").status().code(), Code::kInvalid);
-  EXPECT_EQ(c.Drain("ghost", "").status().code(), Code::kNotFound);
+  EXPECT_EQ(Rest(c).Drain("n1", R"({"force":true})").status().code(), Code::kInvalid);
+  EXPECT_EQ(Rest(c).Drain("ghost", "").status().code(), Code::kNotFound);
   EXPECT_EQ(KeyCount(), keys) << "a refused drain changed the store";
 
-  auto report = c.Drain("n1", "");
+  auto report = Rest(c).Drain("n1", "");
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_TRUE((*report)["cordoned"].get<bool>());
   std::map<std::string, std::string> ordered, not_moved;
@@ -446,16 +446,16 @@ TEST_F(OperatorTest, DrainMovesWhatCanMoveAndSaysWhyNotForTheRest) {
   EXPECT_NE(not_moved["stay"].find("pinned"), std::string::npos);
   for (const auto& m : Migrations()) EXPECT_EQ(m.requested_by, "drain");
   ASSERT_TRUE(Eventually([&] {
-    auto g = c.GetNode("n1");
+    auto g = Rest(c).GetNode("n1");
     return g.ok() && (*g)["cordoned"].get<bool>();
   }));
 
   // Again, with pinned ones too: a and b are on their way already.
   ASSERT_TRUE(Eventually([&] {
-    auto w = c.GetWorkload("b");
+    auto w = Rest(c).GetWorkload("b");
     return w.ok() && !(*w)["status"]["migration"].get<std::string>().empty();
   }));
-  auto again = c.Drain("n1", R"({"includePinned":true})");
+  auto again = Rest(c).Drain("n1", R"({"includePinned":true})");
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ((*again)["inFlight"].size(), 2u) << again->dump();
   ASSERT_EQ((*again)["ordered"].size(), 1u) << again->dump();
@@ -472,8 +472,8 @@ TEST_F(OperatorTest, EventsReportPlacementsPhasesAndReadiness) {
   Controller& c = StartController(o);
   ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
   ASSERT_TRUE(Eventually([&] {
-    auto n = c.GetNode("n2");
-    return n.ok() && c.ListNodes()["items"].size() == 2;
+    auto n = Rest(c).GetNode("n2");
+    return n.ok() && Rest(c).ListNodes()["items"].size() == 2;
   }));
   int64_t cursor = c.Events().LastId();
   std::vector<json> seen;
@@ -494,15 +494,15 @@ TEST_F(OperatorTest, EventsReportPlacementsPhasesAndReadiness) {
   EXPECT_TRUE(saw("workload.placed", "node", "n1"));
   MarkRunning("w1", clock_.WallMillis());
   EXPECT_TRUE(saw("workload.phase", "phase", "Running"));
-  auto order = c.RequestMigration(R"({"workload":"w1","target":"n2"})");
+  auto order = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
   ASSERT_TRUE(order.ok());
   const std::string id = (*order)["id"];
   EXPECT_TRUE(saw("migration.created", "migration", id));
-  EditMigration(id, [](MigrationRecord& m) { m.phase = "Checkpointing"; });
+  EditMigration(id, [](MigrationRecord& m) { m.phase = api::MigrationPhase::kCheckpointing; });
   EXPECT_TRUE(saw("migration.phase", "phase", "Checkpointing"));
-  ASSERT_TRUE(c.CancelMigration(id).ok());
+  ASSERT_TRUE(Rest(c).CancelMigration(id).ok());
   EXPECT_TRUE(saw("migration.cancelling", "migration", id));
-  ASSERT_TRUE(c.SetCordoned("n1", true).ok());
+  ASSERT_TRUE(Rest(c).SetCordoned("n1", true).ok());
   EXPECT_TRUE(saw("node.cordoned", "node", "n1"));
   ASSERT_TRUE(store_.RevokeLease(lease2).ok());
   EXPECT_TRUE(saw("node.notready", "node", "n2"));

@@ -1,4 +1,4 @@
-// Fuzz target: the controller's request-body parsers of controller/requests.h.
+// Fuzz target: the controller's request-body parsers of controller/rest_codec.h.
 // Every input goes to both ParseMigrationRequest (POST /v1/migrations) and
 // ParseDrainRequest (POST /v1/nodes/{name}/drain); each must keep the
 // contract of CheckJsonParser (tests/support/fuzz_checks.h): a rejection is
@@ -13,15 +13,15 @@
 #include <string>
 #include <string_view>
 
-#include "controller/requests.h"
+#include "controller/rest_codec.h"
 #include "kmosix/spec_json.h"
 #include "support/fuzz_checks.h"
 
 namespace {
 
 using kmosix::ValidateName;
-using kmosix::controller::DrainRequest;
-using kmosix::controller::MigrationRequest;
+using kmosix::api::DrainRequest;
+using kmosix::api::MigrationRequest;
 using nlohmann::json;
 
 json MigrationToJson(const MigrationRequest& r) {
