@@ -18,9 +18,12 @@
 #include "controller/api.h"
 #include "controller/auth.h"
 #include "controller/controller.h"
+#include "controller/kube/bridge.h"
 #include "controller/metrics.h"
 #include "etcd/etcd_state_store.h"
 #include "kmosix/clock.h"
+#include "kube/config.h"
+#include "kube/http_client.h"
 #include "transport_http/rest.h"
 
 namespace {
@@ -46,6 +49,9 @@ int main(int argc, char** argv) {
   bool no_balance = false;
   std::string token_file, tls_cert, tls_key;
   bool no_auth = false, no_tls = false;
+  std::string kubeconfig, kube_context;
+  bool kube_in_cluster = false;
+  size_t kube_keep_migrations = 10;
   app.add_option("--etcd", etcd, "etcd endpoints, comma-separated")->capture_default_str();
   app.add_option("--etcd-prefix", opts.keys.prefix, "key prefix of the cluster's state")
       ->capture_default_str();
@@ -94,6 +100,15 @@ int main(int argc, char** argv) {
                  "PEM certificate (chain) of the API. Required unless --no-tls");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert. Required unless --no-tls");
   app.add_flag("--no-tls", no_tls, "serve the API over plain HTTP");
+  app.add_option("--kubeconfig", kubeconfig,
+                 "mirror kmosix.io objects (MigratableWorkload, Migration, MigrationPolicy) of "
+                 "the Kubernetes API server this kubeconfig names");
+  app.add_option("--kube-context", kube_context, "context of --kubeconfig (default: current)");
+  app.add_flag("--kube-in-cluster", kube_in_cluster,
+               "mirror kmosix.io objects, reaching the API server with the pod's service account");
+  app.add_option("--kube-keep-migrations", kube_keep_migrations,
+                 "finished Migration objects kept per MigratableWorkload")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -189,6 +204,31 @@ int main(int argc, char** argv) {
   kmosix::controller::ControllerMetrics metrics(opts.identity);
   kmosix::controller::Controller controller(store, clock, random, opts, &metrics);
 
+  // The Kubernetes face: kmosix.io objects mirrored into the cluster's state.
+  std::unique_ptr<kmosix::kube::Client> kube_client;
+  std::unique_ptr<kmosix::bridge::Bridge> bridge;
+  if (!kubeconfig.empty() || kube_in_cluster) {
+    auto config = kube_in_cluster ? kmosix::kube::InClusterConfig()
+                                  : kmosix::kube::LoadKubeconfig(kubeconfig, kube_context);
+    if (!config.ok()) {
+      spdlog::critical("{}: {}", kube_in_cluster ? "--kube-in-cluster" : "--kubeconfig",
+                       config.status().message());
+      return 2;
+    }
+    auto client = kmosix::kube::HttpClient::New(*config, clock);
+    if (!client.ok()) {
+      spdlog::critical("Kubernetes client: {}", client.status().message());
+      return 2;
+    }
+    kube_client = std::move(client).value();
+    kmosix::bridge::BridgeOptions bo;
+    bo.keep_finished = kube_keep_migrations;
+    bo.identity = opts.identity;
+    bridge = std::make_unique<kmosix::bridge::Bridge>(*kube_client, controller, clock, random, bo);
+    bridge->Start();
+    spdlog::info("mirroring kmosix.io objects of {}", config->server);
+  }
+
   kmosix::controller::RegisterControllerRoutes(*server, controller, metrics);
   if (auth) kmosix::controller::InstallAuth(*server, *auth);
   if (!server->bind_to_port(host, port)) {
@@ -209,6 +249,7 @@ int main(int argc, char** argv) {
   server->listen_after_bind();
   g_stop = true;
   watchdog.join();
+  if (bridge) bridge->Stop();
   controller.Stop();
   spdlog::info("controller {} stopped", opts.identity);
   return 0;

@@ -227,8 +227,6 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
   KMX_ASSIGN_OR_RETURN(s.node, OptString(*spec, "nodeName", "spec.nodeName"));
   KMX_ASSIGN_OR_RETURN(s.pinned, OptBool(*spec, "pinned", "spec.pinned", false));
   KMX_ASSIGN_OR_RETURN(s.migratable, OptBool(*spec, "migratable", "spec.migratable", true));
-  if (s.pinned && s.node.empty())
-    return InvalidError("spec.pinned: a pinned workload needs spec.nodeName");
   Status valid = api::ValidateWorkloadSpec(s, "MigratableWorkload");
   if (!valid.ok()) return valid;
   return s;
