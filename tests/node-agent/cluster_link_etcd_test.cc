@@ -87,24 +87,23 @@ TEST(ClusterLinkEtcdTest, NodeKeyLivesUnderTheLeaseAndWorkloadsStart) {
   EXPECT_EQ(kv->lease, link->Lease());
   auto ttl = store.LeaseTimeToLive(kv->lease);
   ASSERT_TRUE(ttl.ok()) << ttl.status().ToString();
-  auto load = cluster::ParseRecord<cluster::NodeLoad>(kv->value, cluster::NodeLoadFromJson);
+  auto load = cluster::ParseRecord<api::NodeLoad>(kv->value, cluster::NodeLoadFromJson);
   ASSERT_TRUE(load.ok()) << load.status().ToString();
   EXPECT_EQ(load->url, "http://127.0.0.1:7700");
 
   // The cluster schedules a workload here: it runs, and etcd says so.
-  cluster::WorkloadRecord w;
+  api::Workload w;
   w.spec.name = "work";
   w.spec.image = kImage;
   w.status.node = "node1";
-  w.status.phase = cluster::WorkloadPhase::kScheduled;
+  w.status.phase = api::WorkloadPhase::kScheduled;
   w.status.epoch = 1;
-  ASSERT_TRUE(store.Put(lo.keys.Workload("work"), cluster::WorkloadRecordToJson(w).dump()).ok());
+  ASSERT_TRUE(store.Put(lo.keys.Workload("work"), cluster::WorkloadToJson(w).dump()).ok());
   ASSERT_TRUE(Eventually([&] {
     auto got = store.Get(lo.keys.Workload("work"));
     if (!got.ok() || !got->kv) return false;
-    auto rec = cluster::ParseRecord<cluster::WorkloadRecord>(got->kv->value,
-                                                             cluster::WorkloadRecordFromJson);
-    return rec.ok() && rec->status.phase == cluster::WorkloadPhase::kRunning;
+    auto rec = cluster::ParseRecord<api::Workload>(got->kv->value, cluster::WorkloadFromJson);
+    return rec.ok() && rec->status.phase == api::WorkloadPhase::kRunning;
   }));
   EXPECT_EQ(runtime.State("work"), TaskState::kRunning);
 
@@ -154,31 +153,31 @@ TEST(ClusterLinkEtcdTest, TransferComparesTheMigrationRecord) {
   const cluster::KeyLayout& keys = lo.keys;
 
   auto put_workload = [&](const std::string& migration) {
-    cluster::WorkloadRecord w;
+    api::Workload w;
     w.spec.name = "work";
     w.spec.image = kImage;
     w.status.node = "node1";
-    w.status.phase = cluster::WorkloadPhase::kMigrating;
+    w.status.phase = api::WorkloadPhase::kMigrating;
     w.status.epoch = 1;
     w.status.migration = migration;
-    ASSERT_TRUE(store.Put(keys.Workload("work"), cluster::WorkloadRecordToJson(w).dump()).ok());
+    ASSERT_TRUE(store.Put(keys.Workload("work"), cluster::WorkloadToJson(w).dump()).ok());
   };
   auto get_workload = [&] {
     auto got = store.Get(keys.Workload("work"));
     EXPECT_TRUE(got.ok() && got->kv);
-    auto rec = cluster::ParseRecord<cluster::WorkloadRecord>(
-        got.ok() && got->kv ? got->kv->value : std::string(), cluster::WorkloadRecordFromJson);
+    auto rec = cluster::ParseRecord<api::Workload>(
+        got.ok() && got->kv ? got->kv->value : std::string(), cluster::WorkloadFromJson);
     EXPECT_TRUE(rec.ok());
-    return rec.ok() ? *rec : cluster::WorkloadRecord{};
+    return rec.ok() ? *rec : api::Workload{};
   };
-  cluster::MigrationRecord order;
+  api::Migration order;
   order.id = "m-1";
   order.workload = "work";
   order.source = "node1";
   order.target = "node2";
-  order.phase = "Restoring";
+  order.phase = api::MigrationPhase::kRestoring;
   put_workload("m-1");
-  ASSERT_TRUE(store.Put(keys.Migration("m-1"), cluster::MigrationRecordToJson(order).dump()).ok());
+  ASSERT_TRUE(store.Put(keys.Migration("m-1"), cluster::MigrationToJson(order).dump()).ok());
   MigrationReport r;
   r.id = "m-1";
   r.workload = "work";
@@ -192,12 +191,11 @@ TEST(ClusterLinkEtcdTest, TransferComparesTheMigrationRecord) {
         !GatedStateStore::Compares(txn, keys.Migration("m-1")) || ++transfers != 1) {
       return;
     }
-    cluster::MigrationRecord cancelled = order;  // the controller's write
+    api::Migration cancelled = order;  // the controller's write
     cancelled.cancel_requested_ms = 5555;
     cancelled.cancelled_by = "api";
     EXPECT_TRUE(
-        etcd_store.Put(keys.Migration("m-1"), cluster::MigrationRecordToJson(cancelled).dump())
-            .ok());
+        etcd_store.Put(keys.Migration("m-1"), cluster::MigrationToJson(cancelled).dump()).ok());
   };
   Status s = link.Transfer(r);
   EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();

@@ -22,9 +22,9 @@ namespace kmosix::agent {
 namespace {
 
 namespace fs = std::filesystem;
-using cluster::MigrationRecord;
-using cluster::WorkloadPhase;
-using cluster::WorkloadRecord;
+using MigrationRecord = api::Migration;
+using api::WorkloadPhase;
+using WorkloadRecord = api::Workload;
 using testing::FakeClock;
 using testing::FakeLoadSampler;
 using testing::FakeRuntime;
@@ -98,14 +98,13 @@ class ClusterLinkTest : public ::testing::Test {
     return w;
   }
   void Put(const WorkloadRecord& w) {
-    ASSERT_TRUE(
-        store_.Put(keys_.Workload(w.spec.name), cluster::WorkloadRecordToJson(w).dump()).ok());
+    ASSERT_TRUE(store_.Put(keys_.Workload(w.spec.name), cluster::WorkloadToJson(w).dump()).ok());
   }
   void Put(const MigrationRecord& m) {
-    ASSERT_TRUE(store_.Put(keys_.Migration(m.id), cluster::MigrationRecordToJson(m).dump()).ok());
+    ASSERT_TRUE(store_.Put(keys_.Migration(m.id), cluster::MigrationToJson(m).dump()).ok());
   }
   void PutNode(const std::string& node, const std::string& url) {
-    cluster::NodeLoad n;
+    api::NodeLoad n;
     n.node = node;
     n.url = url;
     ASSERT_TRUE(store_.Put(keys_.Node(node), cluster::NodeLoadToJson(n).dump()).ok());
@@ -119,7 +118,7 @@ class ClusterLinkTest : public ::testing::Test {
     auto kv = Raw(keys_.Workload(name));
     EXPECT_TRUE(kv.has_value());
     if (!kv) return {};
-    auto w = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadRecordFromJson);
+    auto w = cluster::ParseRecord<WorkloadRecord>(kv->value, cluster::WorkloadFromJson);
     EXPECT_TRUE(w.ok()) << w.status().ToString();
     return w.ok() ? *w : WorkloadRecord{};
   }
@@ -127,7 +126,7 @@ class ClusterLinkTest : public ::testing::Test {
     auto kv = Raw(keys_.Migration(id));
     EXPECT_TRUE(kv.has_value());
     if (!kv) return {};
-    auto m = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationRecordFromJson);
+    auto m = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationFromJson);
     EXPECT_TRUE(m.ok()) << m.status().ToString();
     return m.ok() ? *m : MigrationRecord{};
   }
@@ -137,7 +136,7 @@ class ClusterLinkTest : public ::testing::Test {
     m.workload = "work";
     m.source = "node1";
     m.target = target;
-    m.phase = "Pending";
+    m.phase = api::MigrationPhase::kPending;
     m.reason = "test";
     m.requested_by = "api";
     m.epoch = 3;
@@ -162,8 +161,8 @@ class ClusterLinkTest : public ::testing::Test {
   std::string PhaseWritten(const Txn& txn, const std::string& id) {
     std::string value = GatedStateStore::PutValue(txn, keys_.Migration(id));
     if (value.empty()) return "";
-    auto m = cluster::ParseRecord<MigrationRecord>(value, cluster::MigrationRecordFromJson);
-    return m.ok() ? m->phase : "";
+    auto m = cluster::ParseRecord<MigrationRecord>(value, cluster::MigrationFromJson);
+    return m.ok() ? std::string(api::MigrationPhaseName(m->phase)) : "";
   }
   // Transfer's CAS: the workload record, guarded by the migration record.
   bool IsTransfer(const Txn& txn, const std::string& id) {
@@ -201,7 +200,7 @@ TEST_F(ClusterLinkTest, PublishesTheNodeLoadUnderALease) {
   auto kv = Raw(keys_.Node("node1"));
   ASSERT_TRUE(kv.has_value());
   EXPECT_EQ(kv->lease, lease);
-  auto load = cluster::ParseRecord<cluster::NodeLoad>(kv->value, cluster::NodeLoadFromJson);
+  auto load = cluster::ParseRecord<api::NodeLoad>(kv->value, cluster::NodeLoadFromJson);
   ASSERT_TRUE(load.ok()) << load.status().ToString();
   EXPECT_EQ(load->node, "node1");
   EXPECT_EQ(load->url, "http://node1:7700");
@@ -229,8 +228,8 @@ TEST_F(ClusterLinkTest, PublishesTheNodeLoadUnderALease) {
 TEST_F(ClusterLinkTest, PublishesRunningWorkloadsUsage) {
   RunWorkOnNode1();
   ASSERT_TRUE(node1_->link->PublishOnce().ok());
-  auto load = cluster::ParseRecord<cluster::NodeLoad>(Raw(keys_.Node("node1"))->value,
-                                                      cluster::NodeLoadFromJson);
+  auto load = cluster::ParseRecord<api::NodeLoad>(Raw(keys_.Node("node1"))->value,
+                                                  cluster::NodeLoadFromJson);
   ASSERT_TRUE(load.ok());
   EXPECT_TRUE(load->workloads.contains("work"));
 }
@@ -350,7 +349,7 @@ TEST_F(ClusterLinkTest, KeepsManagedWorkloadsWhenTheClusterDoesNotKnowThisNode) 
 
 TEST_F(ClusterLinkTest, DeletesALocalManagedWorkloadWhoseRecordWasDeleted) {
   RunWorkOnNode1();
-  cluster::NodeMember member;
+  api::NodeMember member;
   member.node = "node1";
   ASSERT_TRUE(store_.Put(keys_.Member("node1"), cluster::NodeMemberToJson(member).dump()).ok());
   // An unmanaged workload (REST) has no record and stays.
@@ -402,13 +401,13 @@ TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
   node1_->link->WaitMigrations();
 
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Succeeded");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded);
   EXPECT_EQ(m.error, "");
   EXPECT_GT(m.finished_ms, 0);
   EXPECT_EQ(m.reason, "test");  // the order's fields are kept
-  ASSERT_TRUE(m.report.is_object());
-  EXPECT_EQ(m.report["phase"], "Succeeded");
-  EXPECT_EQ(m.report["targetNode"], "node2");
+  ASSERT_TRUE(m.report.has_value());
+  EXPECT_EQ(MigrationReportToJson(*m.report)["phase"], "Succeeded");
+  EXPECT_EQ(MigrationReportToJson(*m.report)["targetNode"], "node2");
   // Every phase was written, in order.
   std::vector<std::string> phases;
   while (true) {
@@ -416,10 +415,9 @@ TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
     ASSERT_TRUE(events.ok());
     if (events->empty()) break;
     for (const auto& e : *events) {
-      auto rec =
-          cluster::ParseRecord<MigrationRecord>(e.kv.value, cluster::MigrationRecordFromJson);
+      auto rec = cluster::ParseRecord<MigrationRecord>(e.kv.value, cluster::MigrationFromJson);
       ASSERT_TRUE(rec.ok());
-      phases.push_back(rec->phase);
+      phases.push_back(std::string(api::MigrationPhaseName(rec->phase)));
     }
   }
   EXPECT_EQ(phases, (std::vector<std::string>{"Preparing", "Checkpointing", "Transferring",
@@ -455,7 +453,7 @@ TEST_F(ClusterLinkTest, AnOrderRunsOnlyOnceTheWorkloadRecordAgrees) {
   Put(Order("m-1"));  // the workload record does not name m-1 yet
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   node1_->link->WaitMigrations();
-  EXPECT_EQ(GetMigration("m-1").phase, "Pending");
+  EXPECT_EQ(GetMigration("m-1").phase, api::MigrationPhase::kPending);
   EXPECT_EQ(node1_->runtime.Calls("Pause"), 0);
 }
 
@@ -466,7 +464,7 @@ TEST_F(ClusterLinkTest, AnOrderToAMissingNodeFails) {
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   node1_->link->WaitMigrations();
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kFailed);
   EXPECT_NE(m.error.find("target node not ready"), std::string::npos) << m.error;
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.migration, "");
@@ -485,7 +483,7 @@ TEST_F(ClusterLinkTest, AFailedMigrationFreesTheWorkloadAndKeepsItHere) {
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   node1_->link->WaitMigrations();
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kRolledBack);
   EXPECT_NE(m.error, "");
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.node, "node1");
@@ -502,18 +500,19 @@ TEST_F(ClusterLinkTest, AfterARestartTheJournalDecidesWhatTheRecordSays) {
   PutNode("node2", "http://node2:7700");
   Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
   MigrationRecord order = Order("m-1");
-  order.phase = "Committing";  // the last phase written before the agent went down
+  order.phase =
+      api::MigrationPhase::kCommitting;  // the last phase written before the agent went down
   Put(order);
   // The migration ended while the store did not hear of it.
   auto done = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
                                             *node1_->link, {});
   ASSERT_TRUE(done.ok());
   ASSERT_EQ(done->phase, MigrationPhase::kSucceeded);
-  ASSERT_EQ(GetMigration("m-1").phase, "Committing");
+  ASSERT_EQ(GetMigration("m-1").phase, api::MigrationPhase::kCommitting);
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Succeeded");
-  EXPECT_EQ(m.report["phase"], "Succeeded");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded);
+  EXPECT_EQ(MigrationReportToJson(*m.report)["phase"], "Succeeded");
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.node, "node2");
   EXPECT_EQ(w.status.migration, "");
@@ -528,11 +527,11 @@ TEST_F(ClusterLinkTest, AnOrderInProgressWithoutAJournalHereIsFailed) {
   RunWorkOnNode1();
   Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
   MigrationRecord order = Order("m-1");
-  order.phase = "Transferring";
+  order.phase = api::MigrationPhase::kTransferring;
   Put(order);
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kFailed);
   EXPECT_EQ(m.error, "source has no record of this migration");
   EXPECT_EQ(GetWorkload().status.migration, "");
   EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
@@ -660,7 +659,7 @@ TEST_F(ClusterLinkTest, ACancelledPendingOrderIsRefusedAndNeverLaunched) {
   ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
   node1_->link->WaitMigrations();
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Failed");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kFailed);
   EXPECT_EQ(m.error, "cancelled by api");
   EXPECT_GT(m.finished_ms, 0);
   EXPECT_EQ(m.cancel_requested_ms, 5555);
@@ -705,9 +704,9 @@ TEST_F(ClusterLinkTest, ACancelWhileTheMigrationRunsRollsItBack) {
   node1_->link->WaitMigrations();
 
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kRolledBack);
   EXPECT_NE(m.error.find("cancelled"), std::string::npos) << m.error;
-  EXPECT_EQ(m.report["failedPhase"], "Checkpointing");
+  EXPECT_EQ(MigrationReportToJson(*m.report)["failedPhase"], "Checkpointing");
   EXPECT_EQ(m.cancelled_by, "api");  // the cancel fields survive the report writes
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.node, "node1");
@@ -725,7 +724,7 @@ TEST_F(ClusterLinkTest, ACancelWhileTheMigrationRunsRollsItBack) {
 TEST_F(ClusterLinkTest, TransferRefusesACancelledMigration) {
   Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
   MigrationRecord order = Order("m-1");
-  order.phase = "Restoring";
+  order.phase = api::MigrationPhase::kRestoring;
   order.cancel_requested_ms = 5555;
   order.cancelled_by = "drain";
   Put(order);
@@ -746,7 +745,7 @@ TEST_F(ClusterLinkTest, TransferRefusesACancelledMigration) {
 TEST_F(ClusterLinkTest, TransferRefusesACancelWrittenBetweenItsReadAndItsWrite) {
   Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
   MigrationRecord order = Order("m-1");
-  order.phase = "Restoring";
+  order.phase = api::MigrationPhase::kRestoring;
   Put(order);
   int transfers = 0;
   gated_.before_commit = [&](const Txn& txn) {
@@ -776,9 +775,9 @@ TEST_F(ClusterLinkTest, ACancelThatLandsAfterTheLastCheckStillStopsTheCommit) {
   node1_->link->WaitMigrations();
   EXPECT_EQ(transfers, 1);
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "RolledBack");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kRolledBack);
   EXPECT_NE(m.error.find("cancelled by api"), std::string::npos) << m.error;
-  EXPECT_EQ(m.report["failedPhase"], "Committing");
+  EXPECT_EQ(MigrationReportToJson(*m.report)["failedPhase"], "Committing");
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.node, "node1");
   EXPECT_EQ(w.status.epoch, 3);
@@ -807,7 +806,7 @@ TEST_F(ClusterLinkTest, ACancelThatArrivesAfterTheTransferDoesNotStopTheCommit) 
   node1_->link->WaitMigrations();
   EXPECT_TRUE(flagged);
   MigrationRecord m = GetMigration("m-1");
-  EXPECT_EQ(m.phase, "Succeeded");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded);
   EXPECT_EQ(m.error, "");
   WorkloadRecord w = GetWorkload();
   EXPECT_EQ(w.status.node, "node2");
@@ -835,7 +834,7 @@ bool Eventually(F done) {
 TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
   node1_->link->Start();
   ASSERT_TRUE(Eventually([&] { return Raw(keys_.Node("node1")).has_value(); }));
-  cluster::NodeMember member;  // what the controller writes when it sees the node
+  api::NodeMember member;  // what the controller writes when it sees the node
   member.node = "node1";
   ASSERT_TRUE(store_.Put(keys_.Member("node1"), cluster::NodeMemberToJson(member).dump()).ok());
   Put(Workload("node1", WorkloadPhase::kScheduled, 3));

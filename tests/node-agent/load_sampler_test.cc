@@ -741,7 +741,7 @@ TEST(FillNodeLoadTest, CopiesFiguresKeepsIdentity) {
   LoadSample s = Base();
   s.run_queue = 3;
   s.sampled_ms = 1234;
-  cluster::NodeLoad n;
+  api::NodeLoad n;
   n.node = "node1";
   n.url = "http://10.0.0.1:7700";
   n.speed = 2;

@@ -1,5 +1,5 @@
-// Fuzz target: ParseWorkloadSpec (lib/cluster/records.h), the body of
-// POST /v1/workloads. Beyond CheckJsonParser's contract
+// Fuzz target: ParseWorkloadSpec(body, SpecFace::kRest) (kmosix/spec_json.h),
+// the body of POST /v1/workloads. Beyond CheckJsonParser's contract
 // (tests/support/fuzz_checks.h: kInvalid rejections with a message that
 // serialises; accepted specs round-trip through WorkloadSpecToJson), an
 // accepted spec
@@ -28,8 +28,8 @@ namespace {
 
 using kmosix::ContainerSpec;
 using kmosix::ValidateName;
-using kmosix::cluster::WorkloadRecord;
-using kmosix::cluster::WorkloadSpec;
+using WorkloadRecord = kmosix::api::Workload;
+using kmosix::api::WorkloadSpec;
 
 bool Equal(const WorkloadSpec& a, const WorkloadSpec& b) {
   return a.name == b.name && a.image == b.image && a.args == b.args && a.env == b.env &&
@@ -59,28 +59,28 @@ std::string Validate(const WorkloadSpec& s) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);
-  kmosix::fuzz::CheckJsonParser("ParseWorkloadSpec", in, kmosix::cluster::ParseWorkloadSpec,
-                                kmosix::cluster::WorkloadSpecToJson, Equal, Validate);
-  auto spec = kmosix::cluster::ParseWorkloadSpec(in);
+  auto parse = [](std::string_view body) {
+    return kmosix::ParseWorkloadSpec(body, kmosix::SpecFace::kRest);
+  };
+  auto to_json = [](const WorkloadSpec& s) {
+    return kmosix::WorkloadSpecToJson(s, kmosix::SpecFace::kRest);
+  };
+  kmosix::fuzz::CheckJsonParser("ParseWorkloadSpec", in, parse, to_json, Equal, Validate);
+  auto spec = parse(in);
+  KMX_FUZZ_CHECK(!spec.ok() || !spec->origin, "a REST body set the origin", in);
   if (!spec.ok()) return 0;
 
   WorkloadRecord rec;
   rec.spec = *spec;
-  std::string stored = KMX_FUZZ_DUMP(kmosix::cluster::WorkloadRecordToJson(rec), in);
+  std::string stored = KMX_FUZZ_DUMP(kmosix::cluster::WorkloadToJson(rec), in);
   auto back =
-      kmosix::cluster::ParseRecord<WorkloadRecord>(stored, kmosix::cluster::WorkloadRecordFromJson);
+      kmosix::cluster::ParseRecord<WorkloadRecord>(stored, kmosix::cluster::WorkloadFromJson);
   KMX_FUZZ_CHECK(back.ok(), "stored record rejected: " + back.status().ToString() + ": " + stored,
                  in);
   KMX_FUZZ_CHECK(Equal(back->spec, *spec), "stored record changed the spec: " + stored, in);
 
   // What Agent::StartManaged does with it.
-  ContainerSpec c;
-  c.name = spec->name;
-  c.image = spec->image;
-  c.args = spec->args;
-  c.env = spec->env;
-  c.memory_mib = spec->memory_mib;
-  c.cpus = spec->cpus;
+  ContainerSpec c = kmosix::ContainerSpecFor(*spec);
   auto agent = kmosix::ContainerSpecFromJson(kmosix::ContainerSpecToJson(c));
   KMX_FUZZ_CHECK(agent.ok(), "the agent would refuse it: " + agent.status().ToString(), in);
   return 0;
