@@ -272,7 +272,13 @@ class Balancer {
   bool HasRoom(int n, int w) const { return Room(n) > Mem(w); }
   bool Movable(int w) const {
     const PolicyWorkload& wl = W(w);
-    return !moved_[w] && !m_.in_flight[w] && !wl.migrating && wl.migratable && !wl.pinned;
+    return !moved_[w] && !m_.in_flight[w] && !wl.migrating && wl.migratable && !wl.pinned &&
+           wl.balance;
+  }
+  // The hysteresis factor and minimum residency of w (its policy's, else the config's).
+  double Stab(int w) const { return W(w).stability.value_or(c_.stability); }
+  double MinResidency(int w) const {
+    return static_cast<double>(W(w).min_residency_ms.value_or(c_.min_residency_ms));
   }
   // In ms, as doubles (no overflow on odd timestamps).
   double Residency(int w) const {
@@ -284,7 +290,7 @@ class Balancer {
   double CostMs(int w) const {
     return c_.bandwidth_bytes_per_s > 0 ? Mem(w) / c_.bandwidth_bytes_per_s * 1000.0 : 0.0;
   }
-  bool ResidencyOk(int w) const { return Residency(w) >= static_cast<double>(c_.min_residency_ms); }
+  bool ResidencyOk(int w) const { return Residency(w) >= MinResidency(w); }
   bool AgeOk(int w) const { return Age(w) > CostMs(w); }
   bool Full() const { return result_.held_back.size() >= kMaxHeldBack; }
   void Held(std::string line) {
@@ -460,7 +466,7 @@ class Balancer {
   bool Passes(int w, int a, int b) const {
     const double la = m_.load[a], lb = m_.load[b];
     const double cb = Contribution(w, b);
-    if (!(lb + c_.stability * cb < la)) return false;
+    if (!(lb + Stab(w) * cb < la)) return false;
     return Gain(la, lb, Contribution(w, a), cb) >= c_.min_gain && Consistent(w, a, b);
   }  // After the move, no move of this round (this one included) may look worth
   // undoing, or a later move from the same source or to the same target could
@@ -470,23 +476,23 @@ class Balancer {
   bool Consistent(int w, int a, int b) const {
     const double la = m_.load[a] - Contribution(w, a);
     const double lb = m_.load[b] + Contribution(w, b);
-    auto ok = [&](double target_load, double source_load, double back) {
-      return target_load <= source_load + c_.stability * back - kTieEpsilon;
+    auto ok = [&](double target_load, double source_load, double back, int moved) {
+      return target_load <= source_load + Stab(moved) * back - kTieEpsilon;
     };
-    if (!ok(lb, la, Contribution(w, a))) return false;
+    if (!ok(lb, la, Contribution(w, a), w)) return false;
     for (int k : out_[a]) {
       const RoundMove& c = round_moves_[k];
       if (c.memory) {
         // (A node under memory pressure is no target while it lasts.)
         if (!PsiHigh(N(a), c_) && Room(a) + m_.departing[a] + freed_[a] + Mem(w) > Mem(c.w))
           return false;
-      } else if (!ok(c.b == b ? lb : m_.load[c.b], la, Contribution(c.w, a))) {
+      } else if (!ok(c.b == b ? lb : m_.load[c.b], la, Contribution(c.w, a), c.w)) {
         return false;
       }
     }
     for (int k : in_[b]) {
       const RoundMove& c = round_moves_[k];
-      if (!ok(lb, c.a == a ? la : m_.load[c.a], Contribution(c.w, c.a))) return false;
+      if (!ok(lb, c.a == a ? la : m_.load[c.a], Contribution(c.w, c.a), c.w)) return false;
     }
     return true;
   }
@@ -498,9 +504,9 @@ class Balancer {
   std::string Why(int w, int a, int b) const {
     const double la = m_.load[a], lb = m_.load[b];
     const double ca = Contribution(w, a), cb = Contribution(w, b);
-    if (!(lb + c_.stability * cb < la)) {
+    if (!(lb + Stab(w) * cb < la)) {
       return Fmt("hysteresis not met for %s to %s: %.2f + %g x %.2f = %.2f >= %.2f",
-                 W(w).name.c_str(), Name(b), lb, c_.stability, cb, lb + c_.stability * cb, la);
+                 W(w).name.c_str(), Name(b), lb, Stab(w), cb, lb + Stab(w) * cb, la);
     }
     const double gain = Gain(la, lb, ca, cb);
     if (gain < c_.min_gain) {
@@ -525,7 +531,7 @@ class Balancer {
       const PolicyWorkload& wl = W(w);
       if (m_.in_flight[w] || wl.migrating) {
         ++migrating;
-      } else if (wl.pinned || !wl.migratable) {
+      } else if (wl.pinned || !wl.migratable || !wl.balance) {
         ++fixed;
       } else if (!ResidencyOk(w) || !AgeOk(w)) {
         gated_.push_back(w);
@@ -574,8 +580,8 @@ class Balancer {
       d.reason =
           Fmt("cpu: %s load %.2f > %s load %.2f + %g x %.2f (workload %s: %.2f cores, age "
               "%.0f s, on %s for %.0f s)",
-              Name(a), la, Name(b), d.target_load, c_.stability, d.workload_load,
-              d.workload.c_str(), Cpu(best), Secs(Age(best)), Name(a), Secs(Residency(best)));
+              Name(a), la, Name(b), d.target_load, Stab(best), d.workload_load, d.workload.c_str(),
+              Cpu(best), Secs(Age(best)), Name(a), Secs(Residency(best)));
       Apply(std::move(d), best, a, b);
       return true;
     }
@@ -591,7 +597,7 @@ class Balancer {
       std::string gate;
       if (!ResidencyOk(w)) {
         gate = Fmt("on %s for %.0f s < min residency %.0f s", Name(a), Secs(Residency(w)),
-                   Secs(static_cast<double>(c_.min_residency_ms)));
+                   Secs(MinResidency(w)));
       } else {
         gate =
             Fmt("too young: age %.0f s <= migration cost %.1f s", Secs(Age(w)), CostMs(w) / 1000.0);
@@ -618,7 +624,8 @@ class Balancer {
     }
     if (lines == 0 && pool.empty() && fixed + migrating > 0) {
       Held(
-          Fmt("cpu: %s load %.2f: no movable workload (%d pinned or non-migratable, %d "
+          Fmt("cpu: %s load %.2f: no movable workload (%d pinned, non-migratable or held by a "
+              "MigrationPolicy, %d "
               "migrating)",
               Name(a), la, fixed, migrating));
     }

@@ -75,6 +75,10 @@ struct PolicyWorkload {
   bool migratable = true;
   bool pinned = false;
   bool migrating = false;
+  // A MigrationPolicy's knobs for this workload (unset: PolicyConfig's).
+  bool balance = true;  // false: the balancer never moves it (memory ushering neither)
+  std::optional<double> stability;
+  std::optional<int64_t> min_residency_ms;
 };
 
 struct PolicyMigration {  // in flight

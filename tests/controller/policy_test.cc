@@ -168,7 +168,8 @@ std::vector<Case> Cases() {
     ws[2].migrating = true;
     ws[3].pinned = true;
     Case c = MakeCase("PinnedNonMigratableMigratingNeverMoved", Snap({Node("a"), Node("b")}, ws));
-    c.held = "no movable workload (3 pinned or non-migratable, 1 migrating)";
+    c.held =
+        "no movable workload (3 pinned, non-migratable or held by a MigrationPolicy, 1 migrating)";
     cases.push_back(c);
   }
   {
@@ -392,6 +393,41 @@ TEST(PolicyTest, CpuMoveCarriesItsReasonAndNumbers) {
   EXPECT_EQ(d.reason,
             "cpu: node-a load 2.00 > node-b load 0.00 + 1.3 x 1.00 (workload w3: 1.00 cores, age "
             "42 s, on node-a for 42 s)");
+}
+
+// A MigrationPolicy's knobs apply to the workloads it selects only.
+TEST(PolicyTest, PerWorkloadPolicyKnobs) {
+  FakeRandom random;
+  auto snap = [](PolicyWorkload mover) {
+    PolicyWorkload rest = Wl("rest", "node-a", 0.5);
+    rest.pinned = true;
+    return Snap({Node("node-a"), Node("node-b")}, {mover, rest});
+  };
+  // node-a 1.5 vs node-b 0: moving w (1.0) passes 1.3 but not a factor of 2.
+  PolicyWorkload w = Wl("w", "node-a", 1.0);
+  ASSERT_EQ(Balance(snap(w), PolicyConfig{}, random).moves.size(), 1u);
+  w.stability = 2.0;
+  BalanceResult strict = Balance(snap(w), PolicyConfig{}, random);
+  for (const auto& d : strict.moves) EXPECT_NE(d.workload, "w") << d.reason;
+  w.stability = 1.1;
+  BalanceResult loose = Balance(snap(w), PolicyConfig{}, random);
+  ASSERT_FALSE(loose.moves.empty());
+  EXPECT_NE(loose.moves[0].reason.find("+ 1.1 x"), std::string::npos) << loose.moves[0].reason;
+
+  // Its own minimum residency gates it, and says so.
+  w = Wl("w", "node-a", 1.0);
+  w.started_ms = kNow - 60'000;
+  w.min_residency_ms = 120'000;
+  BalanceResult young = Balance(snap(w), PolicyConfig{}, random);
+  for (const auto& d : young.moves) EXPECT_NE(d.workload, "w");
+  EXPECT_TRUE(AnyContains(young.held_back, "min residency 120 s")) << Join(young.held_back);
+
+  // Balancing disabled for it: never moved, and the dry run says why.
+  w = Wl("w", "node-a", 1.0);
+  w.balance = false;
+  BalanceResult off = Balance(snap(w), PolicyConfig{}, random);
+  EXPECT_TRUE(off.moves.empty());
+  EXPECT_TRUE(AnyContains(off.held_back, "held by a MigrationPolicy")) << Join(off.held_back);
 }
 
 TEST(PolicyTest, MemoryMoveCarriesItsReason) {
