@@ -12,6 +12,9 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
 
 #include <condition_variable>
 #include <memory>
@@ -40,6 +43,40 @@ using KeyPtr = std::unique_ptr<EVP_PKEY, KeyFree>;
 BioPtr MemBio(const std::string& pem) {
   return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
+
+// Blocks SIGPIPE in this thread while a request runs and swallows one that
+// a write to a closed connection raised (OpenSSL writes with write(2), not
+// send(MSG_NOSIGNAL)): the process's signal disposition stays untouched.
+class NoSigpipe {
+ public:
+  NoSigpipe() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  ~NoSigpipe() {
+    if (!was_pending_) {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGPIPE);
+      timespec zero{0, 0};
+      while (sigtimedwait(&set, nullptr, &zero) > 0) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  NoSigpipe(const NoSigpipe&) = delete;
+  NoSigpipe& operator=(const NoSigpipe&) = delete;
+
+ private:
+  sigset_t old_;
+  bool was_pending_ = false;
+};
 
 // Every certificate of a PEM bundle.
 std::vector<X509Ptr> ReadCerts(const std::string& pem) {
@@ -127,6 +164,10 @@ class HttpLibTransport final : public Transport {
  public:
   HttpLibTransport(Config config, Endpoint ep, std::chrono::milliseconds stream_read_timeout)
       : config_(std::move(config)), ep_(std::move(ep)), stream_read_timeout_(stream_read_timeout) {}
+  ~HttpLibTransport() override {
+    NoSigpipe no_sigpipe;  // closing TLS connections writes
+    idle_.clear();
+  }
 
   // Builds one connection; kInvalid if the TLS material is unusable.
   StatusOr<std::unique_ptr<httplib::ClientImpl>> Make(std::chrono::milliseconds read_timeout) {
@@ -172,6 +213,7 @@ class HttpLibTransport final : public Transport {
   }
 
   StatusOr<HttpResponse> Do(const HttpRequest& req) override {
+    NoSigpipe no_sigpipe;
     std::unique_ptr<httplib::ClientImpl> cli;
     {
       std::lock_guard lock(mu_);
@@ -211,6 +253,7 @@ class HttpLibTransport final : public Transport {
   StatusOr<HttpResponse> Stream(const HttpRequest& req, const ChunkHandler& on_chunk,
                                 const std::atomic<bool>& stop) override {
     if (stop.load()) return HttpResponse{0, ""};
+    NoSigpipe no_sigpipe;
     auto made = Make(stream_read_timeout_);
     if (!made.ok()) return made.status();
     std::unique_ptr<httplib::ClientImpl> cli = std::move(*made);
@@ -221,6 +264,7 @@ class HttpLibTransport final : public Transport {
     std::condition_variable cv;
     bool done = false;
     std::thread poller([&] {
+      NoSigpipe poller_no_sigpipe;
       std::unique_lock lock(m);
       while (!done) {
         if (stop.load()) cli->stop();  // shuts the socket down; the read fails at once
