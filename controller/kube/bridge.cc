@@ -78,11 +78,9 @@ void Bridge::Start() {
   migrations_ = std::make_unique<kube::Informer>(
       client_, kube::Migrations(), clock_, random_,
       [this](const std::string& key, const json* obj) { OnMigrationObject(key, obj); });
-  policies_ = std::make_unique<kube::Informer>(client_, kube::MigrationPolicies(), clock_, random_,
-                                               [this](const std::string&, const json*) {
-                                                 // A policy change re-weighs every workload's
-                                                 // knobs; nothing to write.
-                                               });
+  policies_ = std::make_unique<kube::Informer>(
+      client_, kube::MigrationPolicies(), clock_, random_,
+      [this](const std::string& key, const json*) { queue_.Add("mpol/" + key); });
   workloads_->Start();
   migrations_->Start();
   policies_->Start();
@@ -149,6 +147,10 @@ void Bridge::EnqueueAll() {
     auto meta = DecodeMeta(o);
     if (meta.ok()) queue_.Add("mig/" + KeyOf(meta->namespace_, meta->name));
   }
+  for (const json& o : policies_->List()) {
+    auto meta = DecodeMeta(o);
+    if (meta.ok()) queue_.Add("mpol/" + meta->name);
+  }
   for (const api::Migration& m : controller_.ListMigrations()) queue_.Add("m/" + m.id);
   queue_.Add("orphans");
 }
@@ -196,6 +198,7 @@ Status Bridge::Reconcile(const std::string& key) {
   const std::string kind = key.substr(0, slash);
   const std::string rest = key.substr(slash + 1);
   if (kind == "m") return MirrorMigration(rest);
+  if (kind == "mpol") return ReconcilePolicy(rest);
   auto [ns, name] = SplitKey(rest);
   if (kind == "mw") return ReconcileWorkload(ns, name);
   if (kind == "mig") return ReconcileMigration(ns, name);
@@ -496,6 +499,23 @@ Status Bridge::CollectOrphans() {
     if (object) queue_.Add("mw/" + KeyOf(origin->namespace_, origin->name));
   }
   return Status::Ok();
+}
+
+// ---- MigrationPolicy ---------------------------------------------------------------
+
+Status Bridge::ReconcilePolicy(const std::string& name) {
+  std::optional<json> object = policies_->Get(name);
+  if (!object) return Status::Ok();
+  KMX_ASSIGN_OR_RETURN(ObjectMeta meta, DecodeMeta(*object));
+  auto policy = DecodeMigrationPolicy(*object);
+  int64_t matched = 0;
+  if (policy.ok())
+    for (const json& o : workloads_->List())
+      if (auto m = DecodeMeta(o); m.ok() && policy->selector.Matches(m->labels)) ++matched;
+  return WriteStatus(kube::MigrationPolicies(), *object,
+                     MigrationPolicyStatus(StatusOf(*object), meta.generation,
+                                           policy.ok() ? Status::Ok() : policy.status(), matched,
+                                           clock_.WallMillis()));
 }
 
 // ---- writes ------------------------------------------------------------------------

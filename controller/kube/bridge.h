@@ -91,6 +91,7 @@ class Bridge {
   Status ReconcileWorkload(const std::string& ns, const std::string& name);
   Status ReconcileMigration(const std::string& ns, const std::string& name);
   Status MirrorMigration(const std::string& id);
+  Status ReconcilePolicy(const std::string& name);
   Status TrimMigrations(const std::string& ns, const std::string& workload);
   Status CollectOrphans();
   // Adds the finalizer (if missing) and the given labels and annotations, with

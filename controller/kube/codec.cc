@@ -367,6 +367,11 @@ json MigrationStatus(const json& old_status, int64_t generation, const api::Migr
     if (m.report->bytes > 0) s["bytes"] = static_cast<int64_t>(m.report->bytes);
   }
   std::vector<Condition> conds = {{"Accepted", "True", "Ordered", m.reason}};
+  // Past the commit point a delete no longer cancels it.
+  const bool committed =
+      m.phase == api::MigrationPhase::kCommitting || m.phase == api::MigrationPhase::kSucceeded;
+  conds.push_back({"Committed", committed ? "True" : "False", PhaseOf(m),
+                   committed ? "ownership moved to " + m.target : ""});
   if (!final) {
     conds.push_back({"Succeeded", "Unknown", PhaseOf(m), "in flight"});
   } else if (m.phase == api::MigrationPhase::kSucceeded) {
@@ -385,9 +390,11 @@ json MigrationRefusedStatus(const json& old_status, int64_t generation, const st
     s["completionTime"] = *c;
   else
     s["completionTime"] = FormatTime(now_ms);
-  s["conditions"] = MergeConditions(
-      old_status, {{"Accepted", "False", reason, message}, {"Succeeded", "False", reason, message}},
-      generation, now_ms);
+  s["conditions"] = MergeConditions(old_status,
+                                    {{"Accepted", "False", reason, message},
+                                     {"Committed", "False", reason, ""},
+                                     {"Succeeded", "False", reason, message}},
+                                    generation, now_ms);
   return s;
 }
 
@@ -539,6 +546,18 @@ json MigrationPolicyObject(const MigrationPolicy& p) {
           {"kind", "MigrationPolicy"},
           {"metadata", {{"name", p.name}}},
           {"spec", spec}};
+}
+
+json MigrationPolicyStatus(const json& old_status, int64_t generation, const Status& valid,
+                           int64_t matched, int64_t now_ms) {
+  json s = {{"observedGeneration", generation}, {"matchedWorkloads", matched}};
+  s["conditions"] = MergeConditions(
+      old_status,
+      {valid.ok() ? Condition{"Accepted", "True", "Accepted",
+                              "applies to " + std::to_string(matched) + " workload(s)"}
+                  : Condition{"Accepted", "False", "Invalid", valid.message()}},
+      generation, now_ms);
+  return s;
 }
 
 }  // namespace kmosix::bridge

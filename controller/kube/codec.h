@@ -140,5 +140,8 @@ struct MigrationPolicy {
 };
 StatusOr<MigrationPolicy> DecodeMigrationPolicy(const nlohmann::json& object);
 nlohmann::json MigrationPolicyObject(const MigrationPolicy& policy);
+// Its status: Accepted (False with the decoder's message), matchedWorkloads.
+nlohmann::json MigrationPolicyStatus(const nlohmann::json& old_status, int64_t generation,
+                                     const Status& valid, int64_t matched, int64_t now_ms);
 
 }  // namespace kmosix::bridge

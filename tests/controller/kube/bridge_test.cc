@@ -425,6 +425,17 @@ TEST_F(BridgeTest, PolicyForPicksTheMostSpecificMatch) {
     return p && p->stability == 1.5;
   }));
   EXPECT_FALSE(bridges_[0]->PolicyFor("a-rest-workload"));
+  const kube::Resource kPol = kube::MigrationPolicies();
+  ASSERT_TRUE(
+      Eventually([&] { return StatusField(kPol, "", "narrow", "matchedWorkloads") == "1"; }));
+  EXPECT_EQ(Condition(kPol, "", "narrow", "Accepted"), "True/Accepted");
+  // The API server's schema refuses this; the bridge says so if one gets through.
+  bridge::MigrationPolicy bad{"bad", {}, {}};
+  json bad_object = bridge::MigrationPolicyObject(bad);
+  bad_object["spec"]["stabilityFactor"] = 0.5;
+  Apply(kPol, "", bad_object);
+  ASSERT_TRUE(
+      Eventually([&] { return Condition(kPol, "", "bad", "Accepted") == "False/Invalid"; }));
 }
 
 }  // namespace

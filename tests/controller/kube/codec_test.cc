@@ -229,6 +229,10 @@ TEST(KubeCodec, MigrationBothWaysAndItsStatus) {
   EXPECT_DOUBLE_EQ(s["downtimeSeconds"].get<double>(), 0.452);
   EXPECT_EQ(s["bytes"], 33'554'432);
   EXPECT_EQ(s["completionTime"], FormatTime(2'000'000));
+  std::map<std::string, std::string> conds;
+  for (const auto& c : s["conditions"]) conds[c["type"]] = c["status"];
+  EXPECT_EQ(conds, (std::map<std::string, std::string>{
+                       {"Accepted", "True"}, {"Committed", "True"}, {"Succeeded", "True"}}));
   json object = {{"status", s}};
   EXPECT_TRUE(IsFinalMigrationStatus(object));
   m.phase = api::MigrationPhase::kTransferring;
