@@ -53,10 +53,16 @@
 
 namespace kmosix::testing {
 
-// The repo root (from this header's path: <root>/tests/support/...).
+// The repo root: KMX_SOURCE_DIR when the build defines it (ccache with
+// CCACHE_BASEDIR makes __FILE__ relative to the build directory), else from
+// this header's path (<root>/tests/support/...).
 inline std::string KubeRepoRoot() {
+#ifdef KMX_SOURCE_DIR
+  return KMX_SOURCE_DIR;
+#else
   std::filesystem::path p(__FILE__);
   return p.parent_path().parent_path().parent_path().string();
+#endif
 }
 
 // `scripts/kube-tools --print`: the directory the lead's script builds into.
