@@ -433,6 +433,7 @@ std::string Cluster::Up() {
       cmd += " --controllers " + std::to_string(options_.controllers);
       for (const auto& a : options_.controller_args) cmd += " --controller-arg " + ShellQuote(a);
       if (options_.insecure) cmd += " --insecure";
+      if (options_.kube) cmd += " --kube";
     }
     brought_up_ = true;  // whatever happens now, Down() cleans up
     auto up = RunCommand(cmd);
@@ -526,6 +527,12 @@ std::string Cluster::ReadLayout() {
       if (key == "KMOSIX_CA_FILE") ca_file_ = value;
       if (key == "KMOSIX_TOKEN") admin_token_ = value;
       if (key == "KMOSIX_READONLY_TOKEN") readonly_token_ = value;
+      if (key == "KUBECONFIG") kubeconfig_ = value;
+      if (key == "KMX_KUBE_BIN_DIR") kube_bin_dir_ = value;
+    }
+    if (options_.kube && (kubeconfig_.empty() || kube_bin_dir_.empty())) {
+      return "up --kube, but scripts/cluster env gave no KUBECONFIG or KMX_KUBE_BIN_DIR:\n" +
+             env.output;
     }
     const bool https = controllers_.front().url.rfind("https://", 0) == 0;
     if (https && (ca_file_.empty() || admin_token_.empty() || readonly_token_.empty())) {
@@ -634,6 +641,14 @@ std::string Cluster::StartController(int j) const {
   return Script("start-controller " + std::to_string(j));
 }
 std::string Cluster::KillEtcd() const { return Script("kill-etcd"); }
+std::string Cluster::RestartApiserver() const { return Script("restart-apiserver"); }
+
+CommandResult Cluster::Kubectl(const std::string& args, const std::string& stdin_text) const {
+  std::string cmd = "KUBECONFIG=" + ShellQuote(kubeconfig_) + " " +
+                    ShellQuote(kube_bin_dir_ + "/kubectl") + " " + args;
+  if (!stdin_text.empty()) cmd = "printf '%s' " + ShellQuote(stdin_text) + " | " + cmd;
+  return RunCommand(cmd);
+}
 std::string Cluster::StartEtcd() const { return Script("start-etcd"); }
 std::string Cluster::RestartEtcd() const { return Script("restart-etcd"); }
 

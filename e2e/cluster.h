@@ -198,6 +198,9 @@ struct ClusterOptions {
   bool keep = false;
   // `up --insecure`: controllers on plain HTTP without tokens.
   bool insecure = false;
+  // `up --kube`: a real kube-apiserver with the CRDs; the controllers mirror
+  // kmosix.io objects (needs etcd and controllers).
+  bool kube = false;
 };
 
 class Cluster {
@@ -253,7 +256,12 @@ class Cluster {
   std::string StartController(int index) const;
   std::string KillEtcd() const;
   std::string StartEtcd() const;
-  std::string RestartEtcd() const;  // SIGTERM, then start on the same data
+  std::string RestartEtcd() const;       // SIGTERM, then start on the same data
+  std::string RestartApiserver() const;  // with kube: SIGTERM, then start again
+
+  // With kube: runs the cluster's kubectl (KUBECONFIG = the admin's) with
+  // `args` (shell words, quoted by the caller), `stdin_text` on its stdin.
+  CommandResult Kubectl(const std::string& args, const std::string& stdin_text = "") const;
 
   // containerd state of `name` on a node, through ctr.
   struct CtrView {
@@ -284,6 +292,7 @@ class Cluster {
   std::string etcd_url_;
   std::string bridge_addr_;
   std::string ca_file_, admin_token_, readonly_token_;
+  std::string kubeconfig_, kube_bin_dir_;
   std::string data_dir_ = "/var/lib/kmosix-cluster";
 };
 
