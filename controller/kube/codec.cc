@@ -61,10 +61,11 @@ StatusOr<double> ParseQuantity(const json& q, const std::string& path) {
   if (!q.is_string())
     return InvalidError(path + ": must be a quantity (a string like \"500m\" or \"64Mi\")");
   const std::string s = q.get<std::string>();
-  if (s.empty() || s.size() > 64)
+  if (s.empty() || s.size() > 256)
     return InvalidError(path + ": must be a quantity like \"500m\" or \"64Mi\"");
   size_t i = 0;
-  if (s[i] == '+') ++i;
+  const bool negative = s[i] == '-';
+  if (s[i] == '+' || s[i] == '-') ++i;
   const size_t digits_start = i;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
   std::string number = s.substr(digits_start, i - digits_start);
@@ -98,8 +99,34 @@ StatusOr<double> ParseQuantity(const json& q, const std::string& path) {
   }
   double v = std::stod(number) * mult * std::pow(10.0, exp10);
   if (!std::isfinite(v)) return InvalidError(path + ": \"" + s + "\" is out of range");
-  return v;
+  if (negative && v != 0) return InvalidError(path + ": must be a non-negative quantity");
+  return v == 0 ? 0.0 : v;
 }
+
+// Characters (UTF-8 code points), as the schema's maxLength counts them.
+size_t Chars(const std::string& s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// A JSON number with an integral value (the server reads 30.0 as 30).
+bool IsIntegral(const json& v) {
+  if (v.is_number_integer()) return true;
+  if (!v.is_number_float()) return false;
+  const double d = v.get<double>();
+  return std::isfinite(d) && std::floor(d) == d;
+}
+
+// Limits the CRDs' schema (crd/*.yaml) puts on top of api/validate.h, so an
+// object gets the same verdict from the codec as from the API server
+// (tests/controller/kube/crd_schema_test.cc).
+constexpr size_t kMaxCommandItemChars = 4096;
+constexpr size_t kMaxEnvVars = 1024;
+constexpr size_t kMaxEnvNameChars = 256;
+constexpr size_t kMaxEnvValueChars = 4096;
+constexpr size_t kMaxSelectorTerms = 64;
+constexpr size_t kMaxLabelValueChars = 63;
+constexpr size_t kMaxSelectorKeyChars = 317;
 
 std::string PhaseOf(const api::Migration& m) {
   return std::string(api::MigrationPhaseName(m.phase));
@@ -186,6 +213,9 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
                                                 "nodeName", "pinned",  "migratable"};
   for (const auto& [k, v] : spec->items())
     if (!kFields.count(k)) return InvalidError("spec." + k + ": unknown field");
+  // The schema's: the object's own name is a DNS label (WorkloadNameFor
+  // would make a valid kmosix name of almost anything).
+  if (Status n = api::ValidateName(meta.name); !n.ok()) return n.Annotate("metadata.name");
   api::WorkloadSpec s;
   s.name = WorkloadNameFor(meta.namespace_, meta.name);
   s.origin = api::WorkloadOrigin{kOriginKind, meta.namespace_, meta.name, meta.uid};
@@ -196,10 +226,13 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
     for (const auto& a : *c) {
       if (!a.is_string()) return InvalidError("spec.command: must be a list of strings");
       s.args.push_back(a.get<std::string>());
+      if (Chars(s.args.back()) > kMaxCommandItemChars)
+        return InvalidError("spec.command: an item longer than 4096 characters");
     }
   }
   if (const json* e = Child(*spec, "env")) {
     if (!e->is_array()) return InvalidError("spec.env: must be a list of {name, value}");
+    if (e->size() > kMaxEnvVars) return InvalidError("spec.env: at most 1024 variables");
     for (const auto& var : *e) {
       if (!var.is_object()) return InvalidError("spec.env: must be a list of {name, value}");
       KMX_ASSIGN_OR_RETURN(std::string name, OptString(var, "name", "spec.env.name"));
@@ -208,6 +241,10 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
       for (const auto& [k, v] : var.items())
         if (k != "name" && k != "value")
           return InvalidError("spec.env[" + name + "]." + k + ": unknown field");
+      if (Chars(name) > kMaxEnvNameChars)
+        return InvalidError("spec.env.name: at most 256 characters");
+      if (Chars(value) > kMaxEnvValueChars)
+        return InvalidError("spec.env[" + name + "].value: at most 4096 characters");
       if (s.env.count(name)) return InvalidError("spec.env: \"" + name + "\" appears twice");
       s.env[name] = value;
     }
@@ -215,6 +252,7 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
   if (const json* r = Child(*spec, "resources")) {
     if (!r->is_object()) return InvalidError("spec.resources: must be {cpu, memory}");
     for (const auto& [k, v] : r->items()) {
+      if (v.is_null()) continue;  // the API server drops nulls
       if (k == "cpu") {
         KMX_ASSIGN_OR_RETURN(s.cpus, ParseCpuQuantity(v));
       } else if (k == "memory") {
@@ -225,6 +263,8 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
     }
   }
   KMX_ASSIGN_OR_RETURN(s.node, OptString(*spec, "nodeName", "spec.nodeName"));
+  if (Child(*spec, "nodeName") && s.node.empty())
+    return InvalidError("spec.nodeName: must be a node's name (leave it out to let kmosix place)");
   KMX_ASSIGN_OR_RETURN(s.pinned, OptBool(*spec, "pinned", "spec.pinned", false));
   KMX_ASSIGN_OR_RETURN(s.migratable, OptBool(*spec, "migratable", "spec.migratable", true));
   Status valid = api::ValidateWorkloadSpec(s, "MigratableWorkload");
@@ -331,7 +371,7 @@ json MigratableWorkloadStatus(const json& old_status, const WorkloadStatusInput&
 
 StatusOr<MigrationSpec> DecodeMigration(const json& object) {
   KMX_ASSIGN_OR_RETURN(ObjectMeta meta, DecodeMeta(object));
-  (void)meta;
+  if (Status n = api::ValidateName(meta.name); !n.ok()) return n.Annotate("metadata.name");
   const json* spec = Child(object, "spec");
   if (!spec || !spec->is_object()) return InvalidError("spec: missing");
   for (const auto& [k, v] : spec->items())
@@ -340,7 +380,7 @@ StatusOr<MigrationSpec> DecodeMigration(const json& object) {
   KMX_ASSIGN_OR_RETURN(m.workload, OptString(*spec, "workload", "spec.workload"));
   KMX_ASSIGN_OR_RETURN(m.target_node, OptString(*spec, "targetNode", "spec.targetNode"));
   if (Status s = api::ValidateName(m.workload); !s.ok()) return s.Annotate("spec.workload");
-  if (!m.target_node.empty())
+  if (Child(*spec, "targetNode"))
     if (Status s = api::ValidateName(m.target_node); !s.ok()) return s.Annotate("spec.targetNode");
   return m;
 }
@@ -363,7 +403,9 @@ json MigrationStatus(const json& old_status, int64_t generation, const api::Migr
   const bool final = api::IsFinal(m.phase);
   if (final && m.finished_ms > 0) s["completionTime"] = FormatTime(m.finished_ms);
   if (m.report) {
-    if (m.report->timings.downtime > 0) s["downtimeSeconds"] = m.report->timings.downtime;
+    // Milliseconds are what a person reads (kubectl's Downtime column).
+    if (m.report->timings.downtime > 0)
+      s["downtimeSeconds"] = std::round(m.report->timings.downtime * 1000.0) / 1000.0;
     if (m.report->bytes > 0) s["bytes"] = static_cast<int64_t>(m.report->bytes);
   }
   std::vector<Condition> conds = {{"Accepted", "True", "Ordered", m.reason}};
@@ -452,48 +494,76 @@ StatusOr<MigrationPolicy> DecodeMigrationPolicy(const json& object) {
   const json* spec = Child(object, "spec");
   if (!spec) return p;
   if (!spec->is_object()) return InvalidError("spec: must be an object");
-  auto number = [&](const char* key, auto& out, double scale) -> Status {
+  // A number in [lo, hi] (the schema's bounds), integral when `integer`.
+  auto number = [&](const char* key, auto& out, double scale, double lo, double hi,
+                    bool integer) -> Status {
     const json* v = Child(*spec, key);
     if (!v) return Status::Ok();
-    if (!v->is_number()) return InvalidError(std::string("spec.") + key + ": must be a number");
+    const std::string path = std::string("spec.") + key;
+    if (!v->is_number()) return InvalidError(path + ": must be a number");
+    if (integer && !IsIntegral(*v)) return InvalidError(path + ": must be an integer");
+    const double d = v->get<double>();
+    if (!std::isfinite(d) || d < lo || d > hi) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, ": must be from %g to %g", lo, hi);
+      return InvalidError(path + buf);
+    }
     using T = typename std::decay_t<decltype(out)>::value_type;
-    const double d = v->get<double>() * scale;
-    if (!std::isfinite(d) || d < -static_cast<double>(std::numeric_limits<T>::max()) ||
-        d > static_cast<double>(std::numeric_limits<T>::max()))
-      return InvalidError(std::string("spec.") + key + ": out of range");
-    out = static_cast<T>(d);
+    out = static_cast<T>(d * scale);
     return Status::Ok();
   };
   for (const auto& [k, v] : spec->items()) {
+    if (v.is_null()) continue;  // the API server drops nulls
     if (k == "selector") {
-      if (!v.is_object()) return InvalidError("spec.selector: must be a label selector");
+      const std::string sel = "spec.selector";
+      if (!v.is_object()) return InvalidError(sel + ": must be a label selector");
+      for (const auto& [sk, sv] : v.items())
+        if (sk != "matchLabels" && sk != "matchExpressions")
+          return InvalidError(sel + "." + sk + ": unknown field");
       if (const json* ml = Child(v, "matchLabels")) {
-        if (!ml->is_object()) return InvalidError("spec.selector.matchLabels: must be a map");
+        if (!ml->is_object()) return InvalidError(sel + ".matchLabels: must be a map");
+        if (ml->size() > kMaxSelectorTerms)
+          return InvalidError(sel + ".matchLabels: at most 64 labels");
         for (const auto& [lk, lv] : ml->items()) {
           if (!lv.is_string())
-            return InvalidError("spec.selector.matchLabels." + lk + ": must be a string");
+            return InvalidError(sel + ".matchLabels." + lk + ": must be a string");
+          if (Chars(lv.get<std::string>()) > kMaxLabelValueChars)
+            return InvalidError(sel + ".matchLabels." + lk + ": at most 63 characters");
           p.selector.match_labels[lk] = lv.get<std::string>();
         }
       }
       if (const json* me = Child(v, "matchExpressions")) {
-        if (!me->is_array()) return InvalidError("spec.selector.matchExpressions: must be a list");
+        const std::string path = sel + ".matchExpressions";
+        if (!me->is_array()) return InvalidError(path + ": must be a list");
+        if (me->size() > kMaxSelectorTerms) return InvalidError(path + ": at most 64 requirements");
         for (const auto& e : *me) {
+          if (!e.is_object()) return InvalidError(path + ": must be a list of requirements");
+          for (const auto& [ek, ev] : e.items())
+            if (ek != "key" && ek != "operator" && ek != "values")
+              return InvalidError(path + "." + ek + ": unknown field");
           LabelSelector::Expression x;
-          KMX_ASSIGN_OR_RETURN(x.key, OptString(e, "key", "spec.selector.matchExpressions.key"));
-          KMX_ASSIGN_OR_RETURN(x.op,
-                               OptString(e, "operator", "spec.selector.matchExpressions.operator"));
+          KMX_ASSIGN_OR_RETURN(x.key, OptString(e, "key", path + ".key"));
+          if (x.key.empty() || Chars(x.key) > kMaxSelectorKeyChars)
+            return InvalidError(path + ".key: must be 1 to 317 characters");
+          KMX_ASSIGN_OR_RETURN(x.op, OptString(e, "operator", path + ".operator"));
           if (x.op != "In" && x.op != "NotIn" && x.op != "Exists" && x.op != "DoesNotExist")
-            return InvalidError("spec.selector.matchExpressions.operator: \"" + x.op +
+            return InvalidError(path + ".operator: \"" + x.op +
                                 "\" is not In, NotIn, Exists or DoesNotExist");
           if (const json* vals = Child(e, "values")) {
-            if (!vals->is_array())
-              return InvalidError("spec.selector.matchExpressions.values: must be a list");
+            if (!vals->is_array()) return InvalidError(path + ".values: must be a list");
+            if (vals->size() > kMaxSelectorTerms)
+              return InvalidError(path + ".values: at most 64 values");
             for (const auto& s : *vals) {
-              if (!s.is_string())
-                return InvalidError("spec.selector.matchExpressions.values: must be strings");
+              if (!s.is_string()) return InvalidError(path + ".values: must be strings");
+              if (Chars(s.get<std::string>()) > kMaxLabelValueChars)
+                return InvalidError(path + ".values: at most 63 characters each");
               x.values.push_back(s.get<std::string>());
             }
           }
+          if ((x.op == "In" || x.op == "NotIn") == x.values.empty())
+            return InvalidError(path +
+                                ": operators In and NotIn need a non-empty values; Exists and "
+                                "DoesNotExist take no values");
           p.selector.match_expressions.push_back(std::move(x));
         }
       }
@@ -501,17 +571,21 @@ StatusOr<MigrationPolicy> DecodeMigrationPolicy(const json& object) {
       if (!v.is_boolean()) return InvalidError("spec.enabled: must be a boolean");
       p.settings.enabled = v.get<bool>();
     } else if (k == "stabilityFactor") {
-      KMX_RETURN_IF_ERROR(number("stabilityFactor", p.settings.stability, 1));
+      KMX_RETURN_IF_ERROR(number("stabilityFactor", p.settings.stability, 1, 1, 10, false));
     } else if (k == "minResidencySeconds") {
-      KMX_RETURN_IF_ERROR(number("minResidencySeconds", p.settings.min_residency_ms, 1000));
+      KMX_RETURN_IF_ERROR(
+          number("minResidencySeconds", p.settings.min_residency_ms, 1000, 0, 86400, true));
     } else if (k == "maxMigrationsPerNode") {
-      KMX_RETURN_IF_ERROR(number("maxMigrationsPerNode", p.settings.max_per_node, 1));
+      KMX_RETURN_IF_ERROR(number("maxMigrationsPerNode", p.settings.max_per_node, 1, 1, 64, true));
     } else if (k == "maxMigrationsInCluster") {
-      KMX_RETURN_IF_ERROR(number("maxMigrationsInCluster", p.settings.max_cluster, 1));
+      KMX_RETURN_IF_ERROR(
+          number("maxMigrationsInCluster", p.settings.max_cluster, 1, 1, 1024, true));
     } else if (k == "lowMemoryFraction") {
-      KMX_RETURN_IF_ERROR(number("lowMemoryFraction", p.settings.low_memory_fraction, 1));
+      KMX_RETURN_IF_ERROR(
+          number("lowMemoryFraction", p.settings.low_memory_fraction, 1, 0, 0.9, false));
     } else if (k == "memoryPsiThreshold") {
-      KMX_RETURN_IF_ERROR(number("memoryPsiThreshold", p.settings.memory_psi_threshold, 1));
+      KMX_RETURN_IF_ERROR(
+          number("memoryPsiThreshold", p.settings.memory_psi_threshold, 1, 0, 100, false));
     } else {
       return InvalidError("spec." + k + ": unknown field");
     }

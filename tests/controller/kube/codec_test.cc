@@ -218,7 +218,7 @@ TEST(KubeCodec, MigrationBothWaysAndItsStatus) {
   m.created_ms = 1'000'000;
   m.finished_ms = 2'000'000;
   m.report = api::MigrationReport{};
-  m.report->timings.downtime = 0.452;
+  m.report->timings.downtime = 0.4517;  // shown rounded to the millisecond
   m.report->bytes = 33'554'432;
   json s = MigrationStatus(json::object(), 1, m, 3'000'000);
   EXPECT_EQ(s["phase"], "Succeeded");
