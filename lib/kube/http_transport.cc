@@ -208,6 +208,7 @@ class HttpLibTransport final : public Transport {
     cli->set_read_timeout(rs, ru);
     cli->set_write_timeout(rs, ru);
     cli->set_keep_alive(true);
+    cli->set_tcp_nodelay(true);
     cli->set_follow_location(false);
     return cli;
   }
