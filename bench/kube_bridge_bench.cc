@@ -743,6 +743,7 @@ class WorkloadStatusTracker {
     }
     if (!t.running && status.is_object() && status.value("phase", "") == "Running") {
       t.running = true;
+      t.running_at = Steady::now();
       ++running_;
       last_running_ = Steady::now();
       cv_.notify_all();
@@ -771,6 +772,14 @@ class WorkloadStatusTracker {
     }
     return {v, c};
   }
+  // When each object first showed status.phase Running.
+  std::map<std::string, Steady::time_point> RunningTimes() const {
+    std::lock_guard lock(mu_);
+    std::map<std::string, Steady::time_point> out;
+    for (const auto& [n, t] : tracks_)
+      if (t.running) out[n] = t.running_at;
+    return out;
+  }
   // The distribution of real changes per object: changes -> objects.
   std::map<int64_t, int64_t> ChangeHistogram() const {
     std::lock_guard lock(mu_);
@@ -786,6 +795,7 @@ class WorkloadStatusTracker {
     int64_t versions = 0;
     int64_t changes = 0;
     bool running = false;
+    Steady::time_point running_at{};
   };
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -1067,11 +1077,12 @@ int main(int argc, char** argv) {
       flags.nodes, std::thread::hardware_concurrency());
 
   // ---- (a) baseline: the typed API (REST) ----
-  double base_all_running = 0, base_creates = 0, base_process_cpu = 0;
+  double base_all_running = 0, base_creates = 0, base_process_cpu = 0, base_rss_mib = 0;
   std::vector<double> base_order_ms;
   int base_errors = 0;
   {
     malloc_trim(0);
+    const long rss0 = RssKiB();
     const CpuMark m0 = mark();
     std::atomic<int> errors{0};
     auto t0 = Steady::now();
@@ -1087,6 +1098,8 @@ int main(int argc, char** argv) {
     base_all_running = std::chrono::duration<double>(g.last_running - t0).count();
     const CpuMark m1 = mark();
     base_process_cpu = m1.process - m0.process;
+    malloc_trim(0);
+    base_rss_mib = (RssKiB() - rss0) / 1024.0;
     base_errors = errors;
 
     // REST migrations, one at a time: call -> the record in etcd.
@@ -1120,6 +1133,7 @@ int main(int argc, char** argv) {
     t.Add("record changes (phase, node, epoch) per workload",
           Fmt(static_cast<double>(g.changes) / N), "");
     t.Add("process CPU (controller, agents, bench, gRPC)", Fmt(base_process_cpu), "s");
+    t.Add("process RSS growth (controller caches, agents)", Fmt(base_rss_mib, 1), "MiB");
     t.Add("controller threads CPU", Fmt(m1.controller - m0.controller), "s");
     t.Add("bridge threads CPU (idle: no objects)", Fmt(m1.bridge - m0.bridge), "s");
     t.Add("etcd (kmosix) CPU", Fmt(child(m1, m0, "etcd (kmosix)")), "s");
@@ -1154,12 +1168,14 @@ int main(int argc, char** argv) {
     const auto c0 = counting.Snapshot();
     const CpuMark m0 = mark();
     std::atomic<int> errors{0};
+    std::vector<Steady::time_point> returned(static_cast<size_t>(N));
     auto t0 = Steady::now();
     ParallelFor(N, flags.parallel, [&](int th, int i) {
       api::WorkloadSpec spec = Spec("");
       spec.origin = api::WorkloadOrigin{bridge::kOriginKind, kNamespace, Seq("mw-", i), ""};
       auto c = user_http[th]->Create(kube::MigratableWorkloads(), kNamespace,
                                      bridge::MigratableWorkloadObject(spec));
+      returned[static_cast<size_t>(i)] = Steady::now();
       if (!c.ok()) {
         if (++errors <= 3) Note("create: " + c.status().ToString());
       }
@@ -1180,6 +1196,21 @@ int main(int argc, char** argv) {
     const CpuMark m2 = mark();
     const auto c1 = counting.Snapshot();
     const auto [versions, changes] = mw_status.Totals();
+    std::vector<double> to_running_s;
+    double first_running = 0;
+    {
+      const auto times = mw_status.RunningTimes();
+      bool first = true;
+      for (int i = 0; i < N; ++i) {
+        auto it = times.find(Seq("mw-", i));
+        if (it == times.end()) continue;
+        to_running_s.push_back(
+            std::chrono::duration<double>(it->second - returned[static_cast<size_t>(i)]).count());
+        const double since_t0 = std::chrono::duration<double>(it->second - t0).count();
+        first_running = first ? since_t0 : std::min(first_running, since_t0);
+        first = false;
+      }
+    }
 
     auto d = [&](const std::string& k) { return Diff(c1, c0, k); };
     const auto us = d("UpdateStatus migratableworkloads");
@@ -1207,6 +1238,9 @@ int main(int argc, char** argv) {
               " threads, own connections)",
           std::to_string(N - errors) + " ok, " + std::to_string(errors.load()) + " failed", "");
     t.Add("all create calls returned", Fmt(creates), "s");
+    t.Add("first status.phase Running in the API server", Fmt(first_running), "s");
+    t.Add("per workload: create returned -> status.phase Running, p50 / p99",
+          Fmt(Percentile(to_running_s, 0.5)) + " / " + Fmt(Percentile(to_running_s, 0.99)), "s");
     t.Add("all Running in etcd (kmosix records)", Fmt(etcd_all_running), "s");
     t.Add(all ? "all status.phase Running in the API server"
               : "NOT all status.phase Running in the API server (timeout)",
@@ -1230,6 +1264,16 @@ int main(int argc, char** argv) {
     t.Add("all bridge API calls but watches per workload", Fmt(static_cast<double>(calls) / N),
           "(" + std::to_string(conflicts) + " conflicts, " + std::to_string(errs) + " errors)");
     t.Add("mean API call time (bridge)", Fmt(1000 * call_s / std::max<int64_t>(1, calls), 1), "ms");
+    t.Add("bridge time inside API calls (one worker: serial)", Fmt(call_s), "s");
+    for (const auto& [k, v] : c1) {
+      if (k.rfind("Watch", 0) == 0) continue;
+      auto x = d(k);
+      if (x.calls == 0) continue;
+      t.Add("- " + k,
+            std::to_string(x.calls) + " calls, " + Fmt(1000 * x.seconds / x.calls, 1) + " ms mean" +
+                (x.conflicts ? ", " + std::to_string(x.conflicts) + " conflicts" : ""),
+            "");
+    }
     t.Add("bridge threads CPU (worker + 3 informers)", Fmt(bridge_cpu), "s");
     t.Add("bridge CPU per workload", Fmt(1000 * bridge_cpu / N, 2), "ms");
     t.Add("controller threads CPU", Fmt(m2.controller - m0.controller), "s");
@@ -1239,8 +1283,10 @@ int main(int argc, char** argv) {
     t.Add("kube-apiserver CPU", Fmt(child(m2, m0, "kube-apiserver")), "s");
     t.Add("etcd (API server) CPU", Fmt(child(m2, m0, "etcd (API server)")), "s");
     t.Add("etcd (kmosix) CPU", Fmt(child(m2, m0, "etcd (kmosix)")), "s");
-    t.Add("process RSS growth (bridge caches + bench's small trackers)",
+    t.Add("process RSS growth (bridge caches, controller caches, agents, bench's trackers)",
           Fmt((rss1 - rss0) / 1024.0, 1), "MiB");
+    t.Add("process RSS growth (b) - (a): the bridge's share",
+          Fmt((rss1 - rss0) / 1024.0 - base_rss_mib, 1), "MiB");
     t.Add("process RSS now / peak",
           Fmt(RssKiB() / 1024.0, 1) + " / " + Fmt(PeakRssKiB() / 1024.0, 1), "MiB");
     t.Print();
