@@ -320,22 +320,24 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
   }
   if (existing.ok() && (!in.rejected || in.rejected->reason != "NameInUse")) in.view = *existing;
   json status = MigratableWorkloadStatus(StatusOf(*object), in, clock_.WallMillis());
-  // Events on transitions, from the status the object had.
+  // Events on transitions from the status the object had, recorded once the
+  // new status is written (a conflicting write is retried, not re-announced).
   const json& old = StatusOf(*object);
+  std::vector<PendingEvent> events;
   if (in.view) {
     const std::string node = in.view->workload.status.node;
     const std::string phase(api::WorkloadPhaseName(in.view->workload.status.phase));
-    if (!node.empty() && old.value("node", "") != node)
-      Record(res, *object, "Normal", old.value("node", "").empty() ? "Placed" : "Moved",
-             old.value("node", "").empty()
-                 ? "placed on " + node
-                 : "now runs on " + node + " (was " + old.value("node", "") + ")");
+    const std::string was = old.value("node", "");
+    if (!node.empty() && was != node)
+      events.push_back(
+          {res, *object, "Normal", was.empty() ? "Placed" : "Moved",
+           was.empty() ? "placed on " + node : "now runs on " + node + " (was " + was + ")"});
     if (old.value("phase", "") != phase && (phase == "Failed" || phase == "Lost"))
-      Record(res, *object, "Warning", phase, in.view->workload.status.message);
+      events.push_back({res, *object, "Warning", phase, in.view->workload.status.message});
   }
   if (in.rejected && old.value("message", "") != in.rejected->message)
-    Record(res, *object, "Warning", in.rejected->reason, in.rejected->message);
-  KMX_RETURN_IF_ERROR(WriteStatus(res, *object, std::move(status)));
+    events.push_back({res, *object, "Warning", in.rejected->reason, in.rejected->message});
+  KMX_RETURN_IF_ERROR(WriteStatus(res, *object, std::move(status), events));
   return deferred;
 }
 
@@ -417,19 +419,21 @@ Status Bridge::ReconcileMigration(const std::string& ns, const std::string& name
     record = ordered;
   }
   json status = MigrationStatus(old, meta.generation, *record, clock_.WallMillis());
+  std::vector<PendingEvent> events;
   if (old.value("phase", "") != status.value("phase", "") && api::IsFinal(record->phase)) {
     const bool ok = record->phase == api::MigrationPhase::kSucceeded;
     const std::string msg =
         ok ? "moved " + record->source + " -> " + record->target + Downtime(*record)
            : std::string(api::MigrationPhaseName(record->phase)) + ": " + record->error;
-    Record(res, *object, ok ? "Normal" : "Warning",
-           std::string(api::MigrationPhaseName(record->phase)), msg);
+    events.push_back({res, *object, ok ? "Normal" : "Warning",
+                      std::string(api::MigrationPhaseName(record->phase)), msg});
     if (spec.ok())
       if (std::optional<json> mw = workloads_->Get(KeyOf(ns, spec->workload)))
-        Record(kube::MigratableWorkloads(), *mw, ok ? "Normal" : "Warning",
-               ok ? "Migrated" : "MigrationFailed", "migration " + record->id + ": " + msg);
+        events.push_back({kube::MigratableWorkloads(), *mw, ok ? "Normal" : "Warning",
+                          ok ? "Migrated" : "MigrationFailed",
+                          "migration " + record->id + ": " + msg});
   }
-  return WriteStatus(res, *object, std::move(status));
+  return WriteStatus(res, *object, std::move(status), events);
 }
 
 Status Bridge::MirrorMigration(const std::string& id) {
@@ -545,13 +549,16 @@ Status Bridge::RemoveFinalizer(const kube::Resource& r, const json& object) {
   return r2.ok() ? Status::Ok() : r2.status();
 }
 
-Status Bridge::WriteStatus(const kube::Resource& r, const json& object, json status) {
+Status Bridge::WriteStatus(const kube::Resource& r, const json& object, json status,
+                           const std::vector<PendingEvent>& events) {
   if (SameStatus(object, status)) return Status::Ok();
   json updated = object;
   updated["status"] = std::move(status);
   auto w = client_.UpdateStatus(r, updated["metadata"].value("namespace", ""), updated);
   if (!w.ok() && w.status().code() == Code::kNotFound) return Status::Ok();
-  return w.ok() ? Status::Ok() : w.status();
+  if (!w.ok()) return w.status();
+  for (const auto& e : events) Record(e.resource, e.object, e.type, e.reason, e.message);
+  return Status::Ok();
 }
 
 void Bridge::Record(const kube::Resource& r, const json& object, const std::string& type,

@@ -102,7 +102,16 @@ class Bridge {
       const std::map<std::string, std::string>& labels = {},
       const std::map<std::string, std::string>& annotations = {});
   Status RemoveFinalizer(const kube::Resource& r, const nlohmann::json& object);
-  Status WriteStatus(const kube::Resource& r, const nlohmann::json& object, nlohmann::json status);
+  // An Event to record once the status that announces it is written.
+  struct PendingEvent {
+    kube::Resource resource;
+    nlohmann::json object;
+    std::string type, reason, message;
+  };
+  // Writes `status` unless the object has it already (then nothing, and no
+  // events); records `events` after a successful write.
+  Status WriteStatus(const kube::Resource& r, const nlohmann::json& object, nlohmann::json status,
+                     const std::vector<PendingEvent>& events = {});
   void Record(const kube::Resource& r, const nlohmann::json& object, const std::string& type,
               const std::string& reason, const std::string& message);
 

@@ -54,6 +54,9 @@ StatusOr<bool> OptBool(const json& j, const char* key, const std::string& path, 
 // A decimal number with an optional SI/binary suffix, as resource.Quantity.
 StatusOr<double> ParseQuantity(const json& q, const std::string& path) {
   if (q.is_number()) {
+    // int-or-string: the API server refuses 0.5 and 1.0 as JSON numbers.
+    if (!q.is_number_integer())
+      return InvalidError(path + ": a number must be an integer (write \"0.5\" as a string)");
     double v = q.get<double>();
     if (!std::isfinite(v) || v < 0) return InvalidError(path + ": must be a non-negative quantity");
     return v;
@@ -61,7 +64,7 @@ StatusOr<double> ParseQuantity(const json& q, const std::string& path) {
   if (!q.is_string())
     return InvalidError(path + ": must be a quantity (a string like \"500m\" or \"64Mi\")");
   const std::string s = q.get<std::string>();
-  if (s.empty() || s.size() > 256)
+  if (s.empty() || s.size() > 64)
     return InvalidError(path + ": must be a quantity like \"500m\" or \"64Mi\"");
   size_t i = 0;
   const bool negative = s[i] == '-';
@@ -89,11 +92,17 @@ StatusOr<double> ParseQuantity(const json& q, const std::string& path) {
   } else if (!suffix.empty() && (suffix[0] == 'e' || suffix[0] == 'E')) {
     std::string e = suffix.substr(1);
     size_t k = (!e.empty() && (e[0] == '+' || e[0] == '-')) ? 1 : 0;
-    if (e.size() <= k || e.size() > 4 || !std::all_of(e.begin() + k, e.end(), [](char c) {
+    if (e.size() <= k || !std::all_of(e.begin() + k, e.end(), [](char c) {
           return std::isdigit(static_cast<unsigned char>(c));
         }))
       return InvalidError(path + ": \"" + s + "\" is not a quantity");
-    exp10 = std::stod(e);
+    // Leading zeros are allowed ("1e003"), then at most 3 digits: the CRD's
+    // limit (kube-apiserver hangs comparing "1e2147483647").
+    size_t first = e.find_first_not_of('0', k);
+    if (first != std::string::npos && e.size() - first > 3)
+      return InvalidError(path + ": \"" + s + "\" has an exponent of more than 3 digits");
+    exp10 = first == std::string::npos ? 0.0 : std::stod(e.substr(first));
+    if (k == 1 && e[0] == '-') exp10 = -exp10;
   } else {
     return InvalidError(path + ": \"" + s + "\" has an unknown suffix \"" + suffix + "\"");
   }
