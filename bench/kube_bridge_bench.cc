@@ -1071,10 +1071,23 @@ int main(int argc, char** argv) {
 
   std::printf("## kube_bridge_bench: %d workloads, %d nodes, %d migrations, %d parallel clients\n",
               N, flags.nodes, flags.migrations, flags.parallel);
+  std::string commit;
+  if (FILE* p =
+          ::popen(("git -C " + repo + " describe --always --dirty 2>/dev/null").c_str(), "r")) {
+    char buf[128];
+    while (std::fgets(buf, sizeof buf, p)) commit += buf;
+    ::pclose(p);
+  }
+  while (!commit.empty() && commit.back() == '\n') commit.pop_back();
+  double load1 = 0;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load1) != 1) load1 = 0;
+    std::fclose(f);
+  }
   std::printf(
       "\nkube-apiserver 1.37 + etcd (private), kmosix etcd (private), controller + bridge + %d "
-      "simulated agents in this process; %u cores.\n",
-      flags.nodes, std::thread::hardware_concurrency());
+      "simulated agents in this process; %u cores, load average %.1f at start; tree %s.\n",
+      flags.nodes, std::thread::hardware_concurrency(), load1, commit.c_str());
 
   // ---- (a) baseline: the typed API (REST) ----
   double base_all_running = 0, base_creates = 0, base_process_cpu = 0, base_rss_mib = 0;
