@@ -534,6 +534,7 @@ StatusOr<MigrationPolicy> DecodeMigrationPolicy(const json& object) {
         if (ml->size() > kMaxSelectorTerms)
           return InvalidError(sel + ".matchLabels: at most 64 labels");
         for (const auto& [lk, lv] : ml->items()) {
+          if (lv.is_null()) continue;  // the API server drops nulls
           if (!lv.is_string())
             return InvalidError(sel + ".matchLabels." + lk + ": must be a string");
           if (Chars(lv.get<std::string>()) > kMaxLabelValueChars)

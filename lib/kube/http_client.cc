@@ -238,13 +238,22 @@ StatusOr<json> HttpClient::Get(const Resource& r, const std::string& ns, const s
   return SendForObject({"GET", ObjectPath(r, ns, name), {}, "", ""}, r);
 }
 
+std::string HttpClient::WriteQuery() const {
+  std::string q;
+  if (options_.dry_run) q += "&dryRun=All";
+  if (!options_.field_validation.empty())
+    q += "&fieldValidation=" + Escape(options_.field_validation);
+  if (!q.empty()) q[0] = '?';
+  return q;
+}
+
 StatusOr<json> HttpClient::Create(const Resource& r, const std::string& ns, const json& object) {
   if (!object.is_object()) return InvalidError("create " + r.plural + ": not a JSON object");
   auto n = NamespaceFor(r, ns, object);
   if (!n.ok()) return n.status();
   json obj = object;
   FillKind(obj, r);
-  return SendForObject({"POST", CollectionPath(r, *n), {}, obj.dump(), kJson}, r);
+  return SendForObject({"POST", CollectionPath(r, *n) + WriteQuery(), {}, obj.dump(), kJson}, r);
 }
 
 StatusOr<json> HttpClient::Update(const Resource& r, const std::string& ns, const json& object) {
@@ -255,7 +264,7 @@ StatusOr<json> HttpClient::Update(const Resource& r, const std::string& ns, cons
   if (name.empty()) return InvalidError("update " + r.plural + ": metadata.name is missing");
   json obj = object;
   FillKind(obj, r);
-  return SendForObject({"PUT", ObjectPath(r, *n, name), {}, obj.dump(), kJson}, r);
+  return SendForObject({"PUT", ObjectPath(r, *n, name) + WriteQuery(), {}, obj.dump(), kJson}, r);
 }
 
 StatusOr<json> HttpClient::UpdateStatus(const Resource& r, const std::string& ns,
@@ -267,7 +276,8 @@ StatusOr<json> HttpClient::UpdateStatus(const Resource& r, const std::string& ns
   if (name.empty()) return InvalidError("update status " + r.plural + ": metadata.name is missing");
   json obj = object;
   FillKind(obj, r);
-  return SendForObject({"PUT", ObjectPath(r, *n, name, "status"), {}, obj.dump(), kJson}, r);
+  return SendForObject(
+      {"PUT", ObjectPath(r, *n, name, "status") + WriteQuery(), {}, obj.dump(), kJson}, r);
 }
 
 StatusOr<json> HttpClient::MergePatch(const Resource& r, const std::string& ns,
@@ -275,8 +285,12 @@ StatusOr<json> HttpClient::MergePatch(const Resource& r, const std::string& ns,
   if (name.empty()) return InvalidError("patch " + r.plural + ": no name");
   if (!patch.is_object()) return InvalidError("patch " + r.plural + ": not a JSON object");
   if (r.namespaced && ns.empty()) return InvalidError(r.plural + ": a namespace is required");
-  return SendForObject(
-      {"PATCH", ObjectPath(r, ns, name), {}, patch.dump(), "application/merge-patch+json"}, r);
+  return SendForObject({"PATCH",
+                        ObjectPath(r, ns, name) + WriteQuery(),
+                        {},
+                        patch.dump(),
+                        "application/merge-patch+json"},
+                       r);
 }
 
 Status HttpClient::Delete(const Resource& r, const std::string& ns, const std::string& name,

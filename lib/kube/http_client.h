@@ -36,6 +36,13 @@ class HttpClient final : public Client {
   struct Options {
     std::chrono::seconds token_reread{60};
     int watch_timeout_seconds = 300;  // the server ends a watch after this (Ok: watch again)
+    // Writes (Create, Update, UpdateStatus, MergePatch) with dryRun=All: the
+    // server validates and admits them, answers the object it would store,
+    // and stores nothing. For tests that ask the server's verdict.
+    bool dry_run = false;
+    // fieldValidation= on writes ("Strict": unknown or duplicate fields are
+    // refused, as kubectl does; "" = the server's default, which drops them).
+    std::string field_validation;
   };
 
   HttpClient(Config config, std::unique_ptr<Transport> transport, Clock& clock)
@@ -85,6 +92,8 @@ class HttpClient final : public Client {
   StatusOr<nlohmann::json> SendForObject(HttpRequest req, const Resource& r);
   // The Authorization header value ("" = none); `force` re-reads the token file.
   std::string Bearer(bool force);
+  // "?dryRun=All&fieldValidation=..." per Options ("" when neither is set).
+  std::string WriteQuery() const;
   StatusOr<std::string> NamespaceFor(const Resource& r, const std::string& ns,
                                      const nlohmann::json& object) const;
 
