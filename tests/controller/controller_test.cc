@@ -10,7 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
+#include <mutex>
 #include <thread>
 
 #include "cluster/records.h"
@@ -336,7 +338,8 @@ TEST_F(OperatorTest, CancelIsAcceptedOnlyBeforeOwnershipMoves) {
   auto stored = Migration(id);
   ASSERT_TRUE(stored);
   EXPECT_GT(stored->cancel_requested_ms, 0);
-  EXPECT_EQ(stored->phase, api::MigrationPhase::kPending) << "the source, not the controller, ends it";
+  EXPECT_EQ(stored->phase, api::MigrationPhase::kPending)
+      << "the source, not the controller, ends it";
   const int64_t first = stored->cancel_requested_ms;
   ASSERT_TRUE(Rest(c).CancelMigration(id).ok()) << "asking twice is fine";
   EXPECT_EQ(Migration(id)->cancel_requested_ms, first);
@@ -510,6 +513,134 @@ TEST_F(OperatorTest, EventsReportPlacementsPhasesAndReadiness) {
   EXPECT_TRUE(saw("workload.deleted", "workload", "w1"));
   for (size_t i = 1; i < seen.size(); ++i)
     EXPECT_GT(seen[i]["id"].get<int64_t>(), seen[i - 1]["id"].get<int64_t>());
+}
+
+// ---- the typed API the Kubernetes bridge calls ----------------------------------
+
+TEST_F(OperatorTest, IdempotentOrdersByIdAnswerTheSameMigration) {
+  Controller& c = StartWith({{{"name", "w1"}}, {{"name", "w2"}}});
+  api::MigrationRequest r;
+  r.workload = "w1";
+  r.target = "n2";
+  r.requested_by = "user";
+  r.id = "mig-uid-1";
+  auto first = c.RequestMigration(r);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->id, "mig-uid-1");
+  EXPECT_EQ(first->requested_by, "user");
+  EXPECT_EQ(first->source, "n1");
+  EXPECT_EQ(first->reason, "requested through Kubernetes: move to n2");
+  // Asked again (the bridge after a restart): the same record, nothing new,
+  // even though the workload is now busy with it.
+  auto again = c.RequestMigration(r);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->id, first->id);
+  EXPECT_EQ(again->created_ms, first->created_ms);
+  ASSERT_EQ(Migrations().size(), 1u);
+  // The same id for another workload is a conflict, and orders nothing.
+  r.workload = "w2";
+  EXPECT_EQ(c.RequestMigration(r).status().code(), Code::kConflict);
+  EXPECT_EQ(Migrations().size(), 1u);
+  // A caller's reason is kept; bad requests are refused before anything.
+  api::MigrationRequest other;
+  other.workload = "w2";
+  other.target = "n3";
+  other.reason = "nodeName changed to n3";
+  other.requested_by = "user";
+  auto second = c.RequestMigration(other);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->reason, "nodeName changed to n3");
+  EXPECT_NE(second->id, "");
+  other.requested_by = "someone";
+  EXPECT_EQ(c.RequestMigration(other).status().code(), Code::kInvalid);
+  // Cancel names who asked.
+  auto cancelled = c.CancelMigration("mig-uid-1", "user");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status().ToString();
+  EXPECT_EQ(Migration("mig-uid-1")->cancelled_by, "user");
+}
+
+TEST_F(OperatorTest, SetMigratableTakesEffectOnOrders) {
+  Controller& c = StartWith({{{"name", "w1"}}});
+  auto off = c.SetMigratable("w1", false);
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_FALSE(off->workload.spec.migratable);
+  EXPECT_FALSE(Workload("w1")->spec.migratable);
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetWorkload("w1");
+    return g.ok() && !g->workload.spec.migratable;
+  }));
+  api::MigrationRequest r;
+  r.workload = "w1";
+  r.target = "n2";
+  EXPECT_EQ(c.RequestMigration(r).status().code(), Code::kConflict);
+  ASSERT_TRUE(c.SetMigratable("w1", false).ok()) << "setting it again is fine";
+  ASSERT_TRUE(c.SetMigratable("w1", true).ok());
+  ASSERT_TRUE(Eventually([&] { return c.RequestMigration(r).ok(); }));
+  EXPECT_EQ(c.SetMigratable("ghost", true).status().code(), Code::kNotFound);
+  EXPECT_EQ(c.SetMigratable("Bad_Name", true).status().code(), Code::kInvalid);
+}
+
+TEST_F(ControllerTest, TypedCreateValidatesAndKeepsTheOrigin) {
+  PublishNode("n1", 0.1);
+  Controller& c = StartController(Options("c1"));
+  ASSERT_TRUE(Eventually([&] { return c.Ready(); }));
+  api::WorkloadSpec s;
+  s.name = "web";
+  s.image = "demo";
+  s.origin = api::WorkloadOrigin{"MigratableWorkload", "team-a", "web", "uid-7"};
+  auto made = c.CreateWorkload(s);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ(made->workload.spec.origin, s.origin);
+  EXPECT_EQ(made->workload.status.phase, WorkloadPhase::kPending);
+  ASSERT_TRUE(Workload("web"));
+  EXPECT_EQ(Workload("web")->spec.origin, s.origin);
+  EXPECT_EQ(c.CreateWorkload(s).status().code(), Code::kConflict);
+  s.name = "other";
+  s.memory_mib = -1;
+  EXPECT_EQ(c.CreateWorkload(s).status().code(), Code::kInvalid);
+  EXPECT_FALSE(Workload("other"));
+}
+
+TEST_F(ControllerTest, ChangeListenersHearWorkloadAndMigrationRecords) {
+  PublishNode("n1", 0.1);
+  PublishNode("n2", 0.1);
+  auto o = Options("c1");
+  o.balance = false;
+  controllers_.push_back(std::make_unique<Controller>(store_, clock_, random_, o, nullptr));
+  Controller& c = *controllers_.back();
+  std::mutex mu;
+  std::vector<std::string> heard;
+  c.AddChangeListener([&](char kind, const std::string& name) {
+    std::lock_guard lock(mu);
+    heard.push_back(std::string(1, kind) + "/" + name);
+  });
+  c.Start();
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  auto saw = [&](const std::string& item) {
+    std::lock_guard lock(mu);
+    return std::find(heard.begin(), heard.end(), item) != heard.end();
+  };
+  Create(c, {{"name", "w1"}, {"image", "demo"}, {"node", "n1"}});
+  ASSERT_TRUE(Eventually([&] { return saw("w/w1"); }));
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  MarkRunning("w1", clock_.WallMillis());
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetWorkload("w1");
+    return g.ok() && g->workload.status.phase == WorkloadPhase::kRunning;
+  }));
+  api::MigrationRequest r;
+  r.workload = "w1";
+  r.target = "n2";
+  r.id = "m-listen";
+  ASSERT_TRUE(c.RequestMigration(r).ok());
+  EXPECT_TRUE(Eventually([&] { return saw("m/m-listen"); }));
+  std::lock_guard lock(mu);
+  for (const auto& item : heard) {
+    EXPECT_TRUE(item[0] == 'w' || item[0] == 'm') << "only workloads and migrations: " << item;
+  }
 }
 
 }  // namespace
