@@ -1300,6 +1300,18 @@ int main(int argc, char** argv) {
           Fmt((rss1 - rss0) / 1024.0, 1), "MiB");
     t.Add("process RSS growth (b) - (a): the bridge's share",
           Fmt((rss1 - rss0) / 1024.0 - base_rss_mib, 1), "MiB");
+    if (auto one = (*observer_http)->Get(kube::MigratableWorkloads(), kNamespace, Seq("mw-", 0));
+        one.ok()) {
+      const json* mf = nullptr;
+      if (auto m = one->find("metadata"); m != one->end() && m->is_object())
+        if (auto f = m->find("managedFields"); f != m->end()) mf = &*f;
+      t.Add(
+          "one MigratableWorkload as the informer caches it (JSON text; of it "
+          "metadata.managedFields)",
+          std::to_string(one->dump().size()) + " (" + std::to_string(mf ? mf->dump().size() : 0) +
+              ")",
+          "bytes");
+    }
     t.Add("process RSS now / peak",
           Fmt(RssKiB() / 1024.0, 1) + " / " + Fmt(PeakRssKiB() / 1024.0, 1), "MiB");
     t.Print();
