@@ -14,9 +14,9 @@ namespace kmosix::controller {
 namespace {
 
 using api::MigrationPhase;
-using api::ValidateName;
 using api::NodeLoad;
 using api::NodeMember;
+using api::ValidateName;
 using api::WorkloadPhase;
 using api::WorkloadStatus;
 using cluster::KeyLayout;
@@ -576,7 +576,8 @@ Status Controller::BalanceRound(const cluster::LeaderTerm& term) {
   if (!Ready()) return Status::Ok();
   auto started = clock_.Now();
   ClusterSnapshot snap = Snapshot();
-  BalanceResult result = Balance(snap, options_.policy, random_);
+  const PolicyConfig config = ApplyPolicies(snap);
+  BalanceResult result = Balance(snap, config, random_);
   size_t ordered = 0;
   for (const Decision& d : result.moves) {
     api::MigrationRequest request;
@@ -923,15 +924,40 @@ StatusOr<api::Migration> Controller::GetMigration(const std::string& id) {
 
 api::DecisionsView Controller::Decisions() {
   ClusterSnapshot snap = Snapshot();
-  BalanceResult result = Balance(snap, options_.policy, random_);
+  const PolicyConfig config = ApplyPolicies(snap);
+  BalanceResult result = Balance(snap, config, random_);
   api::DecisionsView d;
   for (const Decision& m : result.moves) d.moves.push_back(MoveOf(m));
   d.held_back = result.held_back;
   std::vector<double> l = NodeLoads(snap);
   for (size_t i = 0; i < snap.nodes.size() && i < l.size(); ++i) d.loads[snap.nodes[i].name] = l[i];
   d.in_flight = snap.in_flight.size();
-  d.stability = options_.policy.stability;
+  d.stability = config.stability;
   return d;
+}
+
+PolicyConfig Controller::ApplyPolicies(ClusterSnapshot& snap) const {
+  PolicyConfig config = options_.policy;
+  if (!policy_source_) return config;
+  bool cluster_enabled = true;
+  if (auto c = policy_source_->ForCluster()) {
+    cluster_enabled = c->enabled.value_or(true);
+    if (c->stability) config.stability = *c->stability;
+    if (c->min_residency_ms) config.min_residency_ms = *c->min_residency_ms;
+    if (c->max_per_node) config.max_per_node = *c->max_per_node;
+    if (c->max_cluster) config.max_cluster = *c->max_cluster;
+    if (c->low_memory_fraction) config.low_memory_fraction = *c->low_memory_fraction;
+    if (c->memory_psi_threshold) config.memory_psi_threshold = *c->memory_psi_threshold;
+  }
+  for (PolicyWorkload& w : snap.workloads) {
+    w.balance = cluster_enabled;
+    auto p = policy_source_->ForWorkload(w.name);
+    if (!p) continue;
+    if (p->enabled) w.balance = *p->enabled;
+    if (p->stability) w.stability = *p->stability;
+    if (p->min_residency_ms) w.min_residency_ms = *p->min_residency_ms;
+  }
+  return config;
 }
 
 api::LeaderInfo Controller::Leader() {

@@ -70,6 +70,17 @@ class ControllerObserver {
   virtual void OnReconcile(const std::string& kind, bool ok) = 0;
 };
 
+// Where MigrationPolicy knobs come from (the Kubernetes bridge): those of a
+// workload (its most specific policy) and the cluster-wide ones (a policy
+// that selects every workload). nullopt: the flags. Called from the
+// balancing thread and API threads; implementations are thread-safe.
+class PolicySource {
+ public:
+  virtual ~PolicySource() = default;
+  virtual std::optional<api::PolicySettings> ForWorkload(const std::string& workload) const = 0;
+  virtual std::optional<api::PolicySettings> ForCluster() const = 0;
+};
+
 class Controller {
  public:
   Controller(StateStore& store, Clock& clock, Random& random, ControllerOptions options,
@@ -123,6 +134,9 @@ class Controller {
   // workload ('w') or migration ('m') record this replica's caches see, with
   // its name/id. Register before Start().
   void AddChangeListener(std::function<void(char kind, const std::string& name)> listener);
+  // The balancer's per-workload and cluster knobs beyond the flags (borrowed;
+  // it must outlive the controller). Set before Start().
+  void SetPolicySource(const PolicySource* source) { policy_source_ = source; }
   // Placements, phases, readiness, as this replica's caches see them change.
   EventHub& Events() { return events_; }
   // The clock the controller runs on (borrowed).
@@ -190,6 +204,10 @@ class Controller {
   EventHub events_;
   // Registered before Start(); read-only afterwards.
   std::vector<std::function<void(char, const std::string&)>> listeners_;
+  const PolicySource* policy_source_ = nullptr;  // set before Start()
+  // The flags with the policy source's knobs applied: cluster-wide ones to
+  // the returned config, per-workload ones to `snap`'s workloads.
+  PolicyConfig ApplyPolicies(ClusterSnapshot& snap) const;
 
   std::mutex settled_mu_;
   std::map<std::string, double> settled_cpu_;  // workload -> cores, once settled

@@ -70,6 +70,7 @@ Bridge::~Bridge() { Stop(); }
 
 void Bridge::Start() {
   if (started_.exchange(true)) return;
+  controller_.SetPolicySource(this);
   controller_.AddChangeListener(
       [this](char kind, const std::string& name) { OnControllerChange(kind, name); });
   workloads_ = std::make_unique<kube::Informer>(
@@ -592,7 +593,7 @@ void Bridge::Record(const kube::Resource& r, const json& object, const std::stri
                   meta->name, created.status().ToString());
 }
 
-std::optional<api::PolicySettings> Bridge::PolicyFor(const std::string& workload) const {
+std::optional<api::PolicySettings> Bridge::ForWorkload(const std::string& workload) const {
   std::string key;
   {
     std::lock_guard lock(mu_);
@@ -615,6 +616,15 @@ std::optional<api::PolicySettings> Bridge::PolicyFor(const std::string& workload
   }
   if (!best) return std::nullopt;
   return best->settings;
+}
+
+std::optional<api::PolicySettings> Bridge::ForCluster() const {
+  if (!policies_) return std::nullopt;
+  for (const json& o : policies_->List()) {  // sorted by name
+    auto p = DecodeMigrationPolicy(o);
+    if (p.ok() && p->selector.Terms() == 0) return p->settings;
+  }
+  return std::nullopt;
 }
 
 }  // namespace kmosix::bridge

@@ -64,7 +64,7 @@ struct BridgeOptions {
   std::string identity;  // reportingInstance of Events
 };
 
-class Bridge {
+class Bridge : public controller::PolicySource {
  public:
   Bridge(kube::Client& client, controller::Controller& controller, Clock& clock, Random& random,
          BridgeOptions options);
@@ -77,9 +77,12 @@ class Bridge {
   // Every informer has listed once.
   bool Synced() const;
 
-  // The policy settings that apply to a kmosix workload (MigrationPolicy
-  // objects matching its MigratableWorkload's labels); nullopt = the flags.
-  std::optional<api::PolicySettings> PolicyFor(const std::string& workload) const;
+  // PolicySource: the knobs of the most specific MigrationPolicy matching a
+  // workload's MigratableWorkload labels (nullopt for REST workloads and
+  // unmatched ones), and those of the policy that selects everything (empty
+  // selector; the first by name if several).
+  std::optional<api::PolicySettings> ForWorkload(const std::string& workload) const override;
+  std::optional<api::PolicySettings> ForCluster() const override;
 
  private:
   void Run();

@@ -421,10 +421,12 @@ TEST_F(BridgeTest, PolicyForPicksTheMostSpecificMatch) {
   Apply(kube::MigrationPolicies(), "", bridge::MigrationPolicyObject(narrow));
   const std::string wname = WorkloadNameFor("default", "counter");
   ASSERT_TRUE(Eventually([&] {
-    auto p = bridges_[0]->PolicyFor(wname);
+    auto p = bridges_[0]->ForWorkload(wname);
     return p && p->stability == 1.5;
   }));
-  EXPECT_FALSE(bridges_[0]->PolicyFor("a-rest-workload"));
+  EXPECT_FALSE(bridges_[0]->ForWorkload("a-rest-workload"));
+  ASSERT_TRUE(bridges_[0]->ForCluster());
+  EXPECT_EQ(bridges_[0]->ForCluster()->stability, 2.0);  // the one selecting everything
   const kube::Resource kPol = kube::MigrationPolicies();
   ASSERT_TRUE(
       Eventually([&] { return StatusField(kPol, "", "narrow", "matchedWorkloads") == "1"; }));
@@ -436,6 +438,37 @@ TEST_F(BridgeTest, PolicyForPicksTheMostSpecificMatch) {
   Apply(kPol, "", bad_object);
   ASSERT_TRUE(
       Eventually([&] { return Condition(kPol, "", "bad", "Accepted") == "False/Invalid"; }));
+}
+
+TEST_F(BridgeTest, MigrationPolicyReachesTheBalancer) {
+  PublishNode("node2", 0.0);
+  Controller& c = StartReplica("c1");
+  const std::string wname = WorkloadNameFor("default", "counter");
+  const int64_t lease = PublishNode("node1", 0.1);
+  Apply(kMW, "default", Workload("counter", "node1"));
+  RunWhenScheduled(wname);
+  // node1 runs it at a full core: the balancer would move it to node2.
+  PublishNode("node1", 1.5, {{wname, {1.0, 64 << 20}}}, lease);
+  auto moves = [&] {
+    std::vector<std::string> out;
+    for (const auto& m : c.Decisions().moves) out.push_back(m.workload);
+    return out;
+  };
+  ASSERT_TRUE(Eventually([&] { return moves() == std::vector<std::string>{wname}; }));
+  bridge::MigrationPolicy off{"render-stays", {}, {}};
+  off.selector.match_labels = {{"team", "render"}};
+  off.settings.enabled = false;
+  Apply(kube::MigrationPolicies(), "", bridge::MigrationPolicyObject(off));
+  ASSERT_TRUE(Eventually([&] { return moves().empty(); }));
+  bool said = false;
+  for (const auto& line : c.Decisions().held_back)
+    said |= line.find("held by a MigrationPolicy") != std::string::npos;
+  EXPECT_TRUE(said);
+  // A cluster-wide policy (empty selector) sets the stability the dry run reports.
+  bridge::MigrationPolicy all{"everyone", {}, {}};
+  all.settings.stability = 1.7;
+  Apply(kube::MigrationPolicies(), "", bridge::MigrationPolicyObject(all));
+  ASSERT_TRUE(Eventually([&] { return c.Decisions().stability == 1.7; }));
 }
 
 }  // namespace
