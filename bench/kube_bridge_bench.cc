@@ -51,6 +51,7 @@
 // Needs kube-apiserver and kubectl (scripts/kube-tools), etcd and openssl;
 // without them it says SKIPPED and why, and exits 0.
 #include <malloc.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -945,6 +946,8 @@ int main(int argc, char** argv) {
     std::printf("kube_bridge_bench SKIPPED: %s\n", why.c_str());
     return 0;
   }
+  // Logs go to stderr: stdout is the tables.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("kube-bridge-bench"));
   spdlog::set_level(spdlog::level::warn);
   const int N = flags.workloads;
 
