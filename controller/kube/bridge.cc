@@ -228,7 +228,10 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
       Record(res, *object, "Normal", "Stopping",
              "workload " + wname + " deleted; its node stops it");
     }
-    // Let go once no node reports it running any more.
+    // Let go once no node reports it running any more (unless the name is
+    // another's: a REST workload or an older object's, which this delete
+    // does not stop).
+    if (existing.ok() && !ours) return RemoveFinalizer(res, *object);
     for (const api::NodeView& n : controller_.ListNodes()) {
       if (n.load && n.load->workloads.count(wname)) {
         queue_.AddAfter("mw/" + KeyOf(ns, name), options_.wait_poll);
@@ -410,10 +413,10 @@ Status Bridge::ReconcileMigration(const std::string& ns, const std::string& name
       const std::string reason = code == Code::kNotFound  ? "NotFound"
                                  : code == Code::kInvalid ? "Invalid"
                                                           : "Refused";
-      Record(res, *object, "Warning", reason, ordered.status().message());
       return WriteStatus(res, *object,
                          MigrationRefusedStatus(old, meta.generation, reason,
-                                                ordered.status().message(), clock_.WallMillis()));
+                                                ordered.status().message(), clock_.WallMillis()),
+                         {{res, *object, "Warning", reason, ordered.status().message()}});
     }
     Record(res, *object, "Normal", "Ordered",
            "migration " + ordered->id + ": " + ordered->source + " -> " + ordered->target);
