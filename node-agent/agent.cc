@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "kmosix/files.h"
 #include "api/validate.h"
+#include "kmosix/files.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix::agent {
@@ -34,6 +34,18 @@ Status ValidateAgentUrl(const std::string& url) {
     if (!ok) return InvalidError("field \"target\" must be scheme://host[:port], without a path");
   }
   return Status::Ok();
+}
+
+// The agent face of a runtime spec (SpecFace::kAgent's fields).
+api::WorkloadSpec AgentSpecOf(const ContainerSpec& c) {
+  api::WorkloadSpec s;
+  s.name = c.name;
+  s.image = c.image;
+  s.args = c.args;
+  s.env = c.env;
+  s.memory_mib = c.memory_mib;
+  s.cpus = c.cpus;
+  return s;
 }
 
 json SpecWithLog(const ContainerSpec& spec) {
@@ -364,8 +376,10 @@ void Agent::Finished(const MigrationReport& r, const ContainerSpec& spec) {
   if (IsFinal(r.phase) && observer_ != nullptr) observer_->OnMigrationFinished(r);
 }
 
-StatusOr<json> Agent::CreateWorkload(std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(ContainerSpec spec, ParseContainerSpec(body));
+StatusOr<api::AgentWorkloadView> Agent::CreateWorkload(const api::WorkloadSpec& ws) {
+  // The agent's face of the one validator (as its REST body parser).
+  KMX_RETURN_IF_ERROR(api::ValidateWorkloadSpec(ws, "workload"));
+  ContainerSpec spec = ContainerSpecFor(ws);
   auto lock = LockFor(spec.name);
   std::lock_guard guard(*lock);
   {
@@ -376,7 +390,7 @@ StatusOr<json> Agent::CreateWorkload(std::string_view body) {
     workloads_[spec.name].state = "creating";
   }
   KMX_ASSIGN_OR_RETURN(Workload w, CreateLocked(std::move(spec), false, 0, 0));
-  return Describe(w);
+  return View(w);
 }
 
 StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, int64_t epoch,
@@ -424,31 +438,29 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
   return w;
 }
 
-json Agent::Describe(const Workload& w) {
-  json j = ContainerSpecToJson(w.spec);
-  j["node"] = options_.node;
-  j["state"] = w.state;
-  j["createdMs"] = w.created_ms;
-  j["startedMs"] = w.started_ms;
-  j["migrations"] = w.migrations;
-  if (w.managed) {
-    j["managed"] = true;
-    j["epoch"] = w.epoch;
-  }
-  j["pid"] = 0;
+api::AgentWorkloadView Agent::View(const Workload& w) {
+  api::AgentWorkloadView v;
+  v.spec = AgentSpecOf(w.spec);
+  v.node = options_.node;
+  v.state = w.state;
+  v.created_ms = w.created_ms;
+  v.started_ms = w.started_ms;
+  v.migrations = w.migrations;
+  v.managed = w.managed;
+  v.epoch = w.managed ? w.epoch : 0;
   if (w.state == "running" || w.state == "frozen" || w.state == "migrating") {
     auto info = runtime_.Inspect(w.spec.name);
     if (info.ok()) {
-      j["pid"] = info->pid;
-      j["task"] = TaskStateName(info->state);
+      v.pid = info->pid;
+      v.task = std::string(TaskStateName(info->state));
     } else {
-      j["task"] = "unknown";
+      v.task = std::string(TaskStateName(TaskState::kUnknown));
     }
   }
-  return j;
+  return v;
 }
 
-json Agent::ListWorkloads() {
+api::AgentWorkloadList Agent::ListWorkloads() {
   std::vector<Workload> all;
   {
     std::lock_guard lock(mu_);
@@ -456,12 +468,13 @@ json Agent::ListWorkloads() {
       if (w.state != "incoming" && w.state != "creating") all.push_back(w);
     }
   }
-  json items = json::array();
-  for (const auto& w : all) items.push_back(Describe(w));
-  return {{"node", options_.node}, {"items", items}};
+  api::AgentWorkloadList list;
+  list.node = options_.node;
+  for (const auto& w : all) list.items.push_back(View(w));
+  return list;
 }
 
-StatusOr<json> Agent::GetWorkload(const std::string& name) {
+StatusOr<api::AgentWorkloadView> Agent::GetWorkload(const std::string& name) {
   Workload w;
   {
     std::lock_guard lock(mu_);
@@ -472,7 +485,7 @@ StatusOr<json> Agent::GetWorkload(const std::string& name) {
     }
     w = it->second;
   }
-  return Describe(w);
+  return View(w);
 }
 
 Status Agent::DeleteWorkload(const std::string& name) {
@@ -522,15 +535,9 @@ StatusOr<std::string> Agent::Logs(const std::string& name) {
   return text;
 }
 
-StatusOr<MigrationReport> Agent::Migrate(const std::string& name, std::string_view body) {
-  KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
-  for (const auto& [key, _] : j.items()) {
-    if (key != "target") return InvalidError("unknown field \"" + key + "\" in migration request");
-  }
-  if (!j.contains("target") || !j["target"].is_string()) {
-    return InvalidError("field \"target\" (string) is required");
-  }
-  std::string target = j["target"].get<std::string>();
+StatusOr<MigrationReport> Agent::Migrate(const std::string& name,
+                                         const api::AgentMigrateRequest& request) {
+  std::string target = request.target;
   KMX_RETURN_IF_ERROR(ValidateAgentUrl(target));
   while (target.back() == '/') target.pop_back();
   if (target == options_.advertise_url) return InvalidError("target is this agent");
@@ -632,35 +639,39 @@ StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationR
   return done;
 }
 
-json Agent::ListMigrations() {
-  json items = json::array();
+api::AgentMigrationList Agent::ListMigrations() {
+  api::AgentMigrationList list;
+  list.node = options_.node;
   {
     std::lock_guard lock(mu_);
     for (const auto& [_, r] : outgoing_) {
-      json j = MigrationReportToJson(r);
-      j["role"] = "source";
-      items.push_back(j);
+      api::AgentMigrationView v;
+      v.role = api::AgentMigrationView::Role::kSource;
+      v.report = r;
+      list.items.push_back(std::move(v));
     }
   }
   for (const auto& rec : incoming_->List()) {
     if (rec.offer.spec.name.empty()) continue;  // tombstone of an unknown id
-    items.push_back({{"id", rec.offer.id},
-                     {"role", "target"},
-                     {"workload", rec.offer.spec.name},
-                     {"sourceNode", rec.offer.source_node},
-                     {"targetNode", options_.node},
-                     {"phase", TargetPhaseName(rec.phase)},
-                     {"bytes", rec.stats.bytes},
-                     {"files", rec.stats.files},
-                     {"error", rec.error}});
+    api::AgentMigrationView v;
+    v.role = api::AgentMigrationView::Role::kTarget;
+    v.incoming.id = rec.offer.id;
+    v.incoming.workload = rec.offer.spec.name;
+    v.incoming.source_node = rec.offer.source_node;
+    v.incoming.target_node = options_.node;
+    v.incoming.phase = std::string(TargetPhaseName(rec.phase));
+    v.incoming.bytes = rec.stats.bytes;
+    v.incoming.files = rec.stats.files;
+    v.incoming.error = rec.error;
+    list.items.push_back(std::move(v));
   }
-  return {{"node", options_.node}, {"items", items}};
+  return list;
 }
 
-StatusOr<json> Agent::GetMigration(const std::string& id) {
-  json all = ListMigrations();
-  for (const auto& item : all["items"]) {
-    if (item["id"] == id) return item;
+StatusOr<api::AgentMigrationView> Agent::GetMigration(const std::string& id) {
+  api::AgentMigrationList all = ListMigrations();
+  for (auto& item : all.items) {
+    if (item.id() == id) return std::move(item);
   }
   return NotFoundError("no migration " + id + " on " + options_.node);
 }

@@ -1,6 +1,9 @@
 // The node agent's core: the workloads of this node, the migrations it sends
-// and receives, and their durable records under state_dir. HTTP-free: the
-// REST layer (http_api.h) calls these methods and turns statuses into codes.
+// and receives, and their durable records under state_dir. HTTP- and
+// JSON-free at its API: it takes and returns typed values (api/types.h); the
+// REST layer (http_api.h) parses bodies and renders replies with
+// rest_codec.h and turns statuses into codes. (Its records on disk keep
+// their JSON codecs.)
 //
 // Cluster mode (cluster_link.h): workloads the cluster (etcd) assigns to this
 // node are *managed*: started with StartManaged, marked so in their local
@@ -30,11 +33,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "api/types.h"
 #include "cluster/records.h"
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
@@ -119,19 +122,35 @@ class Agent {
   MigrationTarget& Target() { return *incoming_; }
   const AgentOptions& Options() const { return options_; }
 
-  StatusOr<nlohmann::json> CreateWorkload(std::string_view body);
-  nlohmann::json ListWorkloads();
-  StatusOr<nlohmann::json> GetWorkload(const std::string& name);
+  // ---- the agent's own API (its REST face: http_api.h, rest_codec.h) ------
+  // Creates and starts an unmanaged workload from the agent face of `spec`
+  // (name, image, args, env, memory_mib, cpus; the other fields are not the
+  // agent's and are ignored), checked by api::ValidateWorkloadSpec. kInvalid
+  // for a bad spec or an image not on this node, kConflict for a name in use,
+  // kRetry when containerd is unreachable, kFailed when it would not start;
+  // nothing is left behind on an error.
+  StatusOr<api::AgentWorkloadView> CreateWorkload(const api::WorkloadSpec& spec);
+  // Every workload here (incoming and half-created ones excluded), by name;
+  // the runtime is asked for each one's task.
+  api::AgentWorkloadList ListWorkloads();
+  // kNotFound if there is no such workload here (or it is still arriving).
+  StatusOr<api::AgentWorkloadView> GetWorkload(const std::string& name);
   Status DeleteWorkload(const std::string& name);
   StatusOr<std::string> Logs(const std::string& name);
 
-  // Migrates a workload to {"target":"http://host:port"}. Bad input or an
-  // unusable target: an error and nothing changed. Otherwise the migration
-  // runs to an end; the report says how it ended (its `error` is set unless
-  // it succeeded).
-  StatusOr<MigrationReport> Migrate(const std::string& name, std::string_view body);
-  nlohmann::json ListMigrations();
-  StatusOr<nlohmann::json> GetMigration(const std::string& id);
+  // Migrates an unmanaged workload to the agent at request.target. Bad input
+  // or an unusable target (kInvalid: not an http(s)://host[:port] URL, this
+  // agent itself), an unknown workload (kNotFound), a busy, managed or
+  // stopped one (kConflict), too many migrations leaving (kRetry): an error
+  // and nothing changed. Otherwise the migration runs to an end; the report
+  // says how it ended (its `error` is set unless it succeeded).
+  StatusOr<MigrationReport> Migrate(const std::string& name,
+                                    const api::AgentMigrateRequest& request);
+  // The migrations this agent sent (their latest reports, by id), then the
+  // ones it received, within the history period.
+  api::AgentMigrationList ListMigrations();
+  // One of ListMigrations' items; kNotFound if there is none with that id.
+  StatusOr<api::AgentMigrationView> GetMigration(const std::string& id);
 
   size_t WorkloadCount();
 
@@ -207,7 +226,8 @@ class Agent {
                                         const MigrationDriver::CancelFn& cancelled = {});
   LocalWorkload ToLocal(const Workload& w) const;
   std::shared_ptr<std::mutex> LockFor(const std::string& name);
-  nlohmann::json Describe(const Workload& w);
+  // The API's view of a local workload (asks the runtime for its task).
+  api::AgentWorkloadView View(const Workload& w);
   void Finished(const MigrationReport& r, const ContainerSpec& spec);
   void RetryUnresolved();
   void ForgetOldMigrations();

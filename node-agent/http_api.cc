@@ -2,16 +2,21 @@
 
 #include <spdlog/spdlog.h>
 
-#include "kmosix/spec_json.h"
+#include "rest_codec.h"
 #include "transport_http/rest.h"
 
 namespace kmosix::agent {
 namespace {
 
-using nlohmann::json;
 using rest::Reply;
 using rest::ReplyError;
-using rest::ReplyOr;
+
+// Replies with `to_json(*value)` (status `code`) or the error.
+template <typename T, typename F>
+void ReplyWith(httplib::Response& res, const StatusOr<T>& value, F to_json, int code = 200) {
+  if (!value.ok()) return ReplyError(res, value.status());
+  Reply(res, code, to_json(*value));
+}
 
 // Workload and migration bodies are small. (The transport's stream route reads
 // its body incrementally and is not limited this way.)
@@ -25,7 +30,7 @@ bool BodyTooLarge(const httplib::Request& req, httplib::Response& res) {
 
 void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metrics) {
   server.Get("/healthz", [&](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, {{"status", "ok"}, {"node", agent.Options().node}});
+    Reply(res, 200, HealthToJson(agent.Options().node));
   });
   server.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
     metrics.SetWorkloads(static_cast<double>(agent.WorkloadCount()));
@@ -33,19 +38,21 @@ void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metr
   });
   server.Post("/v1/workloads", [&](const httplib::Request& req, httplib::Response& res) {
     if (BodyTooLarge(req, res)) return;
-    ReplyOr(res, agent.CreateWorkload(req.body), 201);
+    auto spec = ParseWorkloadBody(req.body);
+    if (!spec.ok()) return ReplyError(res, spec.status());
+    ReplyWith(res, agent.CreateWorkload(*spec), AgentWorkloadViewToJson, 201);
   });
   server.Get("/v1/workloads", [&](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, agent.ListWorkloads());
+    Reply(res, 200, AgentWorkloadListToJson(agent.ListWorkloads()));
   });
   server.Get(R"(/v1/workloads/([^/]+))", [&](const httplib::Request& req, httplib::Response& res) {
-    ReplyOr(res, agent.GetWorkload(req.matches[1]));
+    ReplyWith(res, agent.GetWorkload(req.matches[1]), AgentWorkloadViewToJson);
   });
   server.Delete(R"(/v1/workloads/([^/]+))",
                 [&](const httplib::Request& req, httplib::Response& res) {
                   Status s = agent.DeleteWorkload(req.matches[1]);
                   if (s.ok()) {
-                    Reply(res, 200, {{"deleted", std::string(req.matches[1])}});
+                    Reply(res, 200, DeletedToJson(req.matches[1]));
                   } else {
                     ReplyError(res, s);
                   }
@@ -59,20 +66,17 @@ void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metr
   server.Post(R"(/v1/workloads/([^/]+)/migrate)",
               [&](const httplib::Request& req, httplib::Response& res) {
                 if (BodyTooLarge(req, res)) return;
-                auto report = agent.Migrate(req.matches[1], req.body);
+                auto request = ParseMigrateBody(req.body);
+                if (!request.ok()) return ReplyError(res, request.status());
+                auto report = agent.Migrate(req.matches[1], *request);
                 if (!report.ok()) return ReplyError(res, report.status());
-                json body = MigrationReportToJson(*report);
-                if (report->error.ok()) return Reply(res, 200, body);
-                // The report says what happened; code and message say why.
-                body["code"] = CodeName(report->error.code());
-                body["message"] = report->error.message();
-                Reply(res, HttpStatus(report->error.code()), body);
+                Reply(res, MigrateReplyStatus(*report), MigrateReplyToJson(*report));
               });
   server.Get("/v1/migrations", [&](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, agent.ListMigrations());
+    Reply(res, 200, AgentMigrationListToJson(agent.ListMigrations()));
   });
   server.Get(R"(/v1/migrations/([^/]+))", [&](const httplib::Request& req, httplib::Response& res) {
-    ReplyOr(res, agent.GetMigration(req.matches[1]));
+    ReplyWith(res, agent.GetMigration(req.matches[1]), AgentMigrationViewToJson);
   });
 
   rest::InstallJsonErrorHandlers(server);

@@ -7,6 +7,8 @@
 //   GET    /v1/migrations[/{id}]
 //   GET    /healthz, /metrics
 // plus the agent-to-agent routes of the transport (/v1/peer/...).
+// The only JSON speaker of the agent's API: each route parses its body with
+// rest_codec.h, calls the agent's typed method and renders the reply.
 // Errors are JSON {"code","message"} with a 4xx/5xx status; request bodies
 // are size-limited. Borrows the agent and metrics; the server owns threads.
 #pragma once

@@ -1,10 +1,11 @@
 // The typed model of the kmosix API: workloads (spec, status), migrations
 // (phases, order, record, report), nodes (load, membership, views), the
 // balancer's policy knobs, and the request/response values of every
-// controller API method. The REST codecs (controller/rest_codec.h,
-// kmosix/spec_json.h), the etcd record codecs (cluster/records.h) and the
-// Kubernetes codecs are faces of these values; nothing here knows HTTP, gRPC,
-// JSON or Kubernetes. Validation lives in api/validate.h.
+// controller API method and of a node agent's API. The REST codecs
+// (controller/rest_codec.h, node-agent/rest_codec.h, kmosix/spec_json.h), the
+// etcd record codecs (cluster/records.h) and the Kubernetes codecs are faces
+// of these values; nothing here knows HTTP, gRPC, JSON or Kubernetes.
+// Validation lives in api/validate.h.
 //
 // Thread-safety: plain value types and pure functions.
 // Errors: Parse* answer kInvalid naming the unknown value; never throw.
@@ -296,6 +297,72 @@ struct PolicySettings {
   std::optional<double> low_memory_fraction;   // 0..1 of capacity available
   std::optional<double> memory_psi_threshold;  // % some10, 0..100
   bool operator==(const PolicySettings&) const = default;
+};
+
+// ---- requests and views of a node agent's API ---------------------------------
+// (node-agent/agent.h; its REST face is node-agent/rest_codec.h.) Workloads
+// created on an agent directly carry only the agent face of a WorkloadSpec
+// (name, image, args, env, memory_mib, cpus: SpecFace::kAgent).
+
+// POST /v1/workloads/{name}/migrate on an agent: live-migrate it there.
+struct AgentMigrateRequest {
+  std::string target;  // base URL of the target agent: http(s)://host[:port][/]
+};
+
+// A workload as an agent's GET /v1/workloads/{name} shows it.
+struct AgentWorkloadView {
+  WorkloadSpec spec;  // the agent face's fields; the others at their defaults
+  std::string node;   // this agent's node
+  // "running", "migrating", "frozen" (a migration is being resolved), "lost"
+  // (its container vanished).
+  std::string state;
+  int64_t created_ms = 0;               // first started, on any node
+  int64_t started_ms = 0;               // started or arrived on this node
+  std::vector<std::string> migrations;  // ids it arrived or left by, oldest first
+  bool managed = false;                 // cluster mode: run for the cluster
+  int64_t epoch = 0;                    // managed: the ownership epoch it runs under
+  uint32_t pid = 0;                     // 0: no task, or not asked
+  // The runtime's task state ("none", "created", "running", "paused",
+  // "stopped", "unknown" when it could not say); absent when the runtime was
+  // not asked (a workload neither running, migrating nor frozen).
+  std::optional<std::string> task;
+};
+
+// GET /v1/workloads on an agent.
+struct AgentWorkloadList {
+  std::string node;
+  std::vector<AgentWorkloadView> items;  // by name
+};
+
+// A migration an agent received (its target side), as its GET /v1/migrations
+// shows it.
+struct AgentIncomingMigration {
+  std::string id;
+  std::string workload;
+  std::string source_node;
+  std::string target_node;  // this agent's node
+  // The target protocol's phase (kmosix::TargetPhaseName: "Prepared",
+  // "Receiving", ..., "Committed", "Aborted").
+  std::string phase;
+  uint64_t bytes = 0;  // received so far
+  uint64_t files = 0;
+  std::string error;  // why it aborted ("" otherwise)
+};
+
+// One migration an agent took part in.
+struct AgentMigrationView {
+  enum class Role { kSource, kTarget };
+  Role role = Role::kSource;
+  MigrationReport report;           // kSource: the report of one it sent
+  AgentIncomingMigration incoming;  // kTarget: the record of one it received
+  const std::string& id() const { return role == Role::kSource ? report.id : incoming.id; }
+};
+
+// GET /v1/migrations on an agent: the ones it sent (by id), then the ones it
+// received.
+struct AgentMigrationList {
+  std::string node;
+  std::vector<AgentMigrationView> items;
 };
 
 }  // namespace kmosix::api

@@ -212,7 +212,7 @@ TEST_F(ApiTest, RecordsSurviveARestart) {
   ASSERT_TRUE(again.Start().ok());
   auto got = again.GetWorkload("w1");
   ASSERT_TRUE(got.ok());
-  EXPECT_EQ((*got)["state"], "running");
+  EXPECT_EQ(got->state, "running");
 }
 
 TEST_F(ApiTest, FinishedMigrationsAreForgottenAfterTheHistoryPeriod) {
@@ -269,14 +269,14 @@ TEST_F(ApiTest, MigrationsBeyondTheLimitAreRefused) {
   opts.max_outgoing = 1;
   Agent limited(opts, runtime_, engine_, gate, clock_, random_, nullptr);
   ASSERT_TRUE(limited.Start().ok());
-  const std::string body = R"({"target":"http://10.9.9.9:80"})";
-  std::thread first([&] { (void)limited.Migrate("w1", body); });
+  const api::AgentMigrateRequest to{.target = "http://10.9.9.9:80"};
+  std::thread first([&] { (void)limited.Migrate("w1", to); });
   gate.AwaitEntered();
-  auto refused = limited.Migrate("w2", body);
+  auto refused = limited.Migrate("w2", to);
   EXPECT_EQ(refused.status().code(), Code::kRetry) << refused.status().ToString();
   gate.Open();
   first.join();
-  auto after = limited.Migrate("w2", body);  // the slot is free again
+  auto after = limited.Migrate("w2", to);  // the slot is free again
   ASSERT_TRUE(after.ok()) << after.status().ToString();
   EXPECT_EQ(after->error.code(), Code::kInvalid);
   EXPECT_EQ(runtime_.State("w2"), TaskState::kRunning);

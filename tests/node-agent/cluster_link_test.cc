@@ -17,6 +17,7 @@
 #include "fakes/fake_transport.h"
 #include "gated_state_store.h"
 #include "kmosix/stop_and_copy.h"
+#include "rest_face.h"
 
 namespace kmosix::agent {
 namespace {
@@ -32,6 +33,9 @@ using testing::FakeStateStore;
 using testing::FakeTransport;
 using testing::Gate;
 using testing::GatedStateStore;
+
+// Unmanaged workloads come in as REST bodies, as on a real agent.
+AgentRestFace Rest(Agent& agent) { return AgentRestFace(agent); }
 
 constexpr char kImage[] = "kmosix.local/demo:latest";
 
@@ -281,8 +285,9 @@ TEST_F(ClusterLinkTest, StartsAScheduledWorkloadAssignedToItAndWritesRunning) {
   EXPECT_EQ(node1_->runtime.Calls("StartTask"), 1);
   // The REST API keeps its hands off a managed workload.
   EXPECT_EQ(node1_->agent->DeleteWorkload("work").code(), Code::kConflict);
-  EXPECT_EQ(node1_->agent->Migrate("work", R"({"target":"http://node2:7700"})").status().code(),
-            Code::kConflict);
+  EXPECT_EQ(
+      Rest(*node1_->agent).Migrate("work", R"({"target":"http://node2:7700"})").status().code(),
+      Code::kConflict);
 }
 
 TEST_F(ClusterLinkTest, AStartThatFailsForGoodMarksTheWorkloadFailed) {
@@ -353,8 +358,9 @@ TEST_F(ClusterLinkTest, DeletesALocalManagedWorkloadWhoseRecordWasDeleted) {
   member.node = "node1";
   ASSERT_TRUE(store_.Put(keys_.Member("node1"), cluster::NodeMemberToJson(member).dump()).ok());
   // An unmanaged workload (REST) has no record and stays.
-  ASSERT_TRUE(
-      node1_->agent->CreateWorkload(R"({"name":"mine","image":"kmosix.local/demo:latest"})").ok());
+  ASSERT_TRUE(Rest(*node1_->agent)
+                  .CreateWorkload(R"({"name":"mine","image":"kmosix.local/demo:latest"})")
+                  .ok());
   ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
   ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
   ASSERT_TRUE(node1_->link->Reconcile("w/mine").ok());
@@ -377,8 +383,9 @@ TEST_F(ClusterLinkTest, FencesACopyTheClusterGaveToAnotherNode) {
 }
 
 TEST_F(ClusterLinkTest, AnUnmanagedWorkloadOfTheSameNameFailsTheScheduling) {
-  ASSERT_TRUE(
-      node1_->agent->CreateWorkload(R"({"name":"work","image":"kmosix.local/demo:latest"})").ok());
+  ASSERT_TRUE(Rest(*node1_->agent)
+                  .CreateWorkload(R"({"name":"work","image":"kmosix.local/demo:latest"})")
+                  .ok());
   Put(Workload("node1", WorkloadPhase::kScheduled, 3));
   ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
   EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kFailed);
