@@ -97,6 +97,14 @@ void Informer::Backoff() {
   Sleep(std::chrono::nanoseconds(half + jitter));
 }
 
+// metadata.managedFields is half of a small object's JSON and nothing here
+// reads it: the cache drops it (as client-go's transform does). A write of a
+// cached object without it leaves the server's untouched.
+static void DropManagedFields(json& object) {
+  if (auto m = object.find("metadata"); m != object.end() && m->is_object())
+    m->erase("managedFields");
+}
+
 Status Informer::Relist() {
   auto list = client_.List(resource_, options_.ns, options_.list);
   if (!list.ok()) return list.status();
@@ -104,6 +112,7 @@ Status Informer::Relist() {
   for (auto& item : list->items) {
     std::string key = KeyOf(item);
     if (Meta(item, "name").empty()) continue;
+    DropManagedFields(item);
     fresh[key] = std::move(item);
   }
   // What changed across the relist, reported after the cache is replaced.
@@ -170,7 +179,7 @@ void Informer::Run() {
               if (ev.type == EventType::kDeleted) {
                 cache_.erase(key);
               } else {
-                cache_[key] = ev.object;
+                DropManagedFields(cache_[key] = ev.object);
               }
             }
             failures_ = 0;
