@@ -57,11 +57,13 @@ class ApiTest : public ::testing::Test {
   }
 
   // Sends a request and checks the status and, for errors, the JSON shape.
+  // `client`: another agent's server (default: this fixture's).
   json Call(const std::string& method, const std::string& path, const std::string& body,
-            int want_status) {
-    httplib::Result res = method == "POST"     ? client_->Post(path, body, "application/json")
-                          : method == "DELETE" ? client_->Delete(path)
-                                               : client_->Get(path);
+            int want_status, httplib::Client* client = nullptr) {
+    httplib::Client& c = client != nullptr ? *client : *client_;
+    httplib::Result res = method == "POST"     ? c.Post(path, body, "application/json")
+                          : method == "DELETE" ? c.Delete(path)
+                                               : c.Get(path);
     EXPECT_TRUE(res) << method << " " << path << ": no answer";
     if (!res) return {};
     EXPECT_EQ(res->status, want_status) << method << " " << path << ": " << res->body;
@@ -112,6 +114,209 @@ TEST_F(ApiTest, CreateGetListDelete) {
   Call("DELETE", "/v1/workloads/w1", "", 200);
   Call("GET", "/v1/workloads/w1", "", 404);
   EXPECT_FALSE(runtime_.Has("w1"));
+}
+
+// The exact JSON of every reply, keys and values, as the README, kmosixctl
+// and the e2e tests read them: a change here is a change of the REST API.
+// node0 (its own runtime, server and agent) migrates w1 to this fixture's
+// agent (node1) over the fake transport; both sides are asked.
+TEST_F(ApiTest, RepliesKeepTheirExactForm) {
+  FakeRuntime runtime0{"node0", "/tmp/kmx-api-layers-" + std::to_string(::getpid())};
+  runtime0.AddImage(kImage);
+  StopAndCopyEngine engine0{runtime0, clock_};
+  FakeTransport to_node1{&agent_->Target()};
+  AgentOptions opts;
+  opts.node = "node0";
+  opts.advertise_url = "http://node0:7700";
+  opts.state_dir = root_ / "state0";
+  opts.scratch_dir = root_ / "scratch0";
+  AgentMetrics metrics0{"node0"};
+  Agent node0(opts, runtime0, engine0, to_node1, clock_, random_, &metrics0);
+  ASSERT_TRUE(node0.Start().ok());
+  httplib::Server server0;
+  RegisterApiRoutes(server0, node0, metrics0);
+  const int port0 = server0.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port0, 0);
+  std::thread thread0([&] { server0.listen_after_bind(); });
+  while (!server0.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  httplib::Client c0("127.0.0.1", port0);
+  struct Stop {
+    httplib::Server& s;
+    std::thread& t;
+    ~Stop() {
+      s.stop();
+      t.join();
+    }
+  } stop{server0, thread0};
+
+  EXPECT_EQ(Call("GET", "/healthz", "", 200, &c0), json({{"status", "ok"}, {"node", "node0"}}));
+  EXPECT_EQ(Call("GET", "/v1/workloads", "", 200, &c0),
+            json({{"node", "node0"}, {"items", json::array()}}));
+  EXPECT_EQ(Call("GET", "/v1/migrations", "", 200, &c0),
+            json({{"node", "node0"}, {"items", json::array()}}));
+
+  const int64_t created_ms = clock_.WallMillis();
+  json created = Call("POST", "/v1/workloads",
+                      R"({"name":"w1","image":"kmosix.local/demo:latest","args":["/bin/sh"],
+                          "env":{"A":"1"},"memoryMiB":64,"cpus":0.5})",
+                      201, &c0);
+  auto info = runtime0.Inspect("w1");
+  ASSERT_TRUE(info.ok());
+  const json spec = {{"name", "w1"},        {"image", kImage}, {"args", {"/bin/sh"}},
+                     {"env", {{"A", "1"}}}, {"memoryMiB", 64}, {"cpus", 0.5}};
+  json want = spec;
+  want.update({{"node", "node0"},
+               {"state", "running"},
+               {"createdMs", created_ms},
+               {"startedMs", created_ms},
+               {"migrations", json::array()},
+               {"pid", info->pid},
+               {"task", "running"}});
+  EXPECT_EQ(created, want);
+  EXPECT_EQ(Call("GET", "/v1/workloads/w1", "", 200, &c0), want);
+  EXPECT_EQ(Call("GET", "/v1/workloads", "", 200, &c0),
+            json({{"node", "node0"}, {"items", {want}}}));
+  // Without memoryMiB and cpus (0: no limit) the spec leaves them out.
+  json bare = Call("POST", "/v1/workloads", R"({"name":"w0","image":"kmosix.local/demo:latest"})",
+                   201, &c0);
+  EXPECT_FALSE(bare.contains("memoryMiB"));
+  EXPECT_FALSE(bare.contains("cpus"));
+  EXPECT_EQ(bare["args"], json::array());
+  EXPECT_EQ(bare["env"], json::object());
+  EXPECT_EQ(Call("DELETE", "/v1/workloads/w0", "", 200, &c0), json({{"deleted", "w0"}}));
+
+  clock_.Advance(std::chrono::seconds(1));
+  json report =
+      Call("POST", "/v1/workloads/w1/migrate", R"({"target":"http://node1:7700"})", 200, &c0);
+  ASSERT_TRUE(report.is_object());
+  json want_report = {{"id", report["id"]},
+                      {"workload", "w1"},
+                      {"sourceNode", "node0"},
+                      {"targetNode", "node1"},
+                      {"target", "http://node1:7700"},
+                      {"phase", "Succeeded"},
+                      {"outcome", "Succeeded"},
+                      {"startedMs", created_ms + 1000},
+                      {"finishedMs", report["finishedMs"]},
+                      {"bytes", report["bytes"]},
+                      {"files", report["files"]},
+                      {"targetPid", report["targetPid"]},
+                      {"timings", report["timings"]}};
+  EXPECT_EQ(report, want_report);
+  EXPECT_GT(report["bytes"].get<uint64_t>(), 0u);
+  json timings = report["timings"];
+  for (const char* key :
+       {"prepare", "freeze", "checkpoint", "transfer", "restore", "commit", "downtime", "total"}) {
+    EXPECT_TRUE(timings.contains(key) && timings[key].is_number()) << key;
+    timings.erase(key);
+  }
+  EXPECT_EQ(timings, json::object());
+  const std::string id = report["id"];
+
+  json sent = want_report;
+  sent["role"] = "source";
+  EXPECT_EQ(Call("GET", "/v1/migrations", "", 200, &c0),
+            json({{"node", "node0"}, {"items", {sent}}}));
+  EXPECT_EQ(Call("GET", "/v1/migrations/" + id, "", 200, &c0), sent);
+  EXPECT_EQ(Call("GET", "/v1/workloads", "", 200, &c0),
+            json({{"node", "node0"}, {"items", json::array()}}));
+
+  const json received = {{"id", id},
+                         {"role", "target"},
+                         {"workload", "w1"},
+                         {"sourceNode", "node0"},
+                         {"targetNode", "node1"},
+                         {"phase", "Committed"},
+                         {"bytes", report["bytes"]},
+                         {"files", report["files"]},
+                         {"error", ""}};
+  EXPECT_EQ(Call("GET", "/v1/migrations", "", 200),
+            json({{"node", "node1"}, {"items", {received}}}));
+  EXPECT_EQ(Call("GET", "/v1/migrations/" + id, "", 200), received);
+  json arrived = spec;
+  arrived.update({{"node", "node1"},
+                  {"state", "running"},
+                  {"createdMs", created_ms},
+                  {"startedMs", report["finishedMs"]},
+                  {"migrations", {id}},
+                  {"pid", report["targetPid"]},
+                  {"task", "running"}});
+  EXPECT_EQ(Call("GET", "/v1/workloads/w1", "", 200), arrived);
+
+  // A migration that fails: the report, its error, and code and message.
+  Call("POST", "/v1/workloads", R"({"name":"w2","image":"kmosix.local/demo:latest"})", 201);
+  json failed = Call("POST", "/v1/workloads/w2/migrate", R"({"target":"http://10.9.9.9:80"})", 400);
+  ASSERT_TRUE(failed.is_object());
+  EXPECT_EQ(failed["phase"], "Failed");
+  EXPECT_EQ(failed["outcome"], "Failed");
+  EXPECT_EQ(failed["code"], "invalid_argument");
+  EXPECT_EQ(failed["error"], json({{"code", "invalid_argument"}, {"message", failed["message"]}}));
+  EXPECT_TRUE(failed["failedPhase"].is_string());
+  for (const char* key : {"id", "workload", "sourceNode", "targetNode", "target", "phase",
+                          "outcome", "startedMs", "finishedMs", "bytes", "files", "targetPid",
+                          "timings", "error", "failedPhase", "code", "message"}) {
+    EXPECT_TRUE(failed.contains(key)) << key;
+    failed.erase(key);
+  }
+  EXPECT_EQ(failed, json::object());
+
+  // Refusals: {"code","message"} exactly.
+  auto refusal = [&](const std::string& method, const std::string& path, const std::string& body,
+                     int status, const std::string& code, const std::string& message) {
+    EXPECT_EQ(Call(method, path, body, status), json({{"code", code}, {"message", message}}))
+        << method << " " << path << " " << body;
+  };
+  refusal("POST", "/v1/workloads/w2/migrate", "{", 400, "invalid_argument",
+          "request body is not valid JSON");
+  refusal("POST", "/v1/workloads/w2/migrate", "[]", 400, "invalid_argument",
+          "request body must be a JSON object");
+  refusal("POST", "/v1/workloads/w2/migrate", R"({"target":"http://x:1","extra":true})", 400,
+          "invalid_argument", "unknown field \"extra\" in migration request");
+  refusal("POST", "/v1/workloads/w2/migrate", R"({"target":7})", 400, "invalid_argument",
+          "field \"target\" (string) is required");
+  refusal("POST", "/v1/workloads/w2/migrate", R"({"target":"ftp://h:1"})", 400, "invalid_argument",
+          "field \"target\" must be an http:// or https:// URL of an agent");
+  refusal("POST", "/v1/workloads/w2/migrate", R"({"target":"http://10.0.0.1:1/v1/x"})", 400,
+          "invalid_argument", "field \"target\" must be scheme://host[:port], without a path");
+  refusal("POST", "/v1/workloads/w2/migrate", R"({"target":"http://127.0.0.1:1/"})", 400,
+          "invalid_argument", "target is this agent");
+  refusal("POST", "/v1/workloads/nope/migrate", R"({"target":"http://node0:7700"})", 404,
+          "not_found", "no workload nope on node1");
+  refusal("POST", "/v1/workloads", R"({"name":"w2","image":"kmosix.local/demo:latest"})", 409,
+          "conflict", "a workload named w2 already exists on node1");
+  refusal("POST", "/v1/workloads", R"({"name":"w3","image":"kmosix.local/demo:latest","x":1})", 400,
+          "invalid_argument", "unknown field \"x\" in workload");
+  refusal("POST", "/v1/workloads", R"({"name":"w3","image":"no/such:image"})", 400,
+          "invalid_argument", "image no/such:image is not present on node node1 (import it first)");
+  refusal("GET", "/v1/workloads/nope", "", 404, "not_found", "no workload nope on node1");
+  refusal("DELETE", "/v1/workloads/nope", "", 404, "not_found", "no workload nope on node1");
+  refusal("GET", "/v1/migrations/m-nope", "", 404, "not_found", "no migration m-nope on node1");
+}
+
+// The typed methods check their values themselves, without the codec.
+TEST_F(ApiTest, TypedMethodsRefuseBadValues) {
+  api::WorkloadSpec spec;
+  spec.name = "W_1";
+  spec.image = kImage;
+  EXPECT_EQ(agent_->CreateWorkload(spec).status().code(), Code::kInvalid);
+  spec.name = "w1";
+  spec.cpus = -1;
+  EXPECT_EQ(agent_->CreateWorkload(spec).status().code(), Code::kInvalid);
+  ExpectNothingChanged(0);
+  spec.cpus = 0;
+  auto created = agent_->CreateWorkload(spec);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->spec, spec);
+  EXPECT_EQ(created->state, "running");
+  EXPECT_EQ(created->task, "running");
+  for (const char* target :
+       {"ftp://10.0.0.1:1", "http://10.0.0.1:1/v1/x", "", "http://127.0.0.1:1"}) {
+    auto refused = agent_->Migrate("w1", {.target = target});
+    EXPECT_EQ(refused.status().code(), Code::kInvalid) << target;
+  }
+  ExpectNothingChanged(1);
+  EXPECT_EQ(agent_->GetMigration("m-0").status().code(), Code::kNotFound);
+  EXPECT_TRUE(agent_->ListMigrations().items.empty());
 }
 
 TEST_F(ApiTest, BadWorkloadBodiesAreRejectedAndChangeNothing) {
