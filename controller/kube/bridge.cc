@@ -12,14 +12,6 @@ using nlohmann::json;
 
 constexpr char kAnnotationNodeName[] = "kmosix.io/observed-node-name";
 
-// At most `max` bytes of `s`, not cutting a UTF-8 sequence.
-std::string Truncate(const std::string& s, size_t max) {
-  if (s.size() <= max) return s;
-  size_t n = max;
-  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  return s.substr(0, n);
-}
-
 std::string KeyOf(const std::string& ns, const std::string& name) { return ns + "/" + name; }
 
 // "mw/ns/name" -> {"ns", "name"}.
@@ -64,7 +56,8 @@ Bridge::Bridge(kube::Client& client, controller::Controller& controller, Clock& 
       clock_(clock),
       random_(random),
       options_(std::move(options)),
-      queue_(clock, random) {}
+      queue_(clock, random),
+      recorder_(client, clock, random, options_.identity) {}
 
 Bridge::~Bridge() { Stop(); }
 
@@ -82,6 +75,7 @@ void Bridge::Start() {
   policies_ = std::make_unique<kube::Informer>(
       client_, kube::MigrationPolicies(), clock_, random_,
       [this](const std::string& key, const json*) { queue_.Add("mpol/" + key); });
+  recorder_.Start();
   workloads_->Start();
   migrations_->Start();
   policies_->Start();
@@ -95,6 +89,7 @@ void Bridge::Stop() {
   if (workloads_) workloads_->Stop();
   if (migrations_) migrations_->Stop();
   if (policies_) policies_->Stop();
+  recorder_.Stop();
 }
 
 bool Bridge::Synced() const {
@@ -567,33 +562,7 @@ Status Bridge::WriteStatus(const kube::Resource& r, const json& object, json sta
 
 void Bridge::Record(const kube::Resource& r, const json& object, const std::string& type,
                     const std::string& reason, const std::string& message) {
-  auto meta = DecodeMeta(object);
-  if (!meta.ok()) return;
-  const std::string now = FormatTime(clock_.WallMillis());
-  json event = {{"apiVersion", "v1"},
-                {"kind", "Event"},
-                {"metadata",
-                 {{"name", RandomId(random_, meta->name + ".")}, {"namespace", meta->namespace_}}},
-                {"involvedObject",
-                 {{"apiVersion", r.ApiVersion()},
-                  {"kind", r.kind},
-                  {"namespace", meta->namespace_},
-                  {"name", meta->name},
-                  {"uid", meta->uid},
-                  {"resourceVersion", meta->resource_version}}},
-                {"reason", reason},
-                {"message", Truncate(message, 1024)},
-                {"type", type},
-                {"source", {{"component", "kmosix-controller"}}},
-                {"reportingComponent", "kmosix.io/controller"},
-                {"reportingInstance", options_.identity},
-                {"firstTimestamp", now},
-                {"lastTimestamp", now},
-                {"count", 1}};
-  auto created = client_.Create(kube::CoreEvents(), meta->namespace_, event);
-  if (!created.ok())
-    spdlog::debug("kube bridge: event {} on {}/{} not recorded: {}", reason, meta->namespace_,
-                  meta->name, created.status().ToString());
+  recorder_.Record(r, object, type, reason, message);
 }
 
 std::optional<api::PolicySettings> Bridge::ForWorkload(const std::string& workload) const {

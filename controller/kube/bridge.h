@@ -48,6 +48,7 @@
 #include "cluster/work_queue.h"
 #include "controller/controller.h"
 #include "controller/kube/codec.h"
+#include "controller/kube/recorder.h"
 #include "kmosix/clock.h"
 #include "kube/client.h"
 #include "kube/informer.h"
@@ -128,6 +129,7 @@ class Bridge : public controller::PolicySource {
   std::unique_ptr<kube::Informer> migrations_;
   std::unique_ptr<kube::Informer> policies_;
   cluster::WorkQueue queue_;
+  EventRecorder recorder_;
 
   mutable std::mutex mu_;
   std::map<std::string, std::string> workload_keys_;   // kmosix name -> "mw/ns/name"
