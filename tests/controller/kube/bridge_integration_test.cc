@@ -184,6 +184,11 @@ class BridgeIntegrationTest : public ::testing::Test {
         }
       }
     }
+    if (observer_) {
+      for (const auto& name : policies_) {
+        (void)observer_->Delete(kube::MigrationPolicies(), "", name, "");
+      }
+    }
     replicas_.clear();
   }
 
@@ -413,6 +418,7 @@ class BridgeIntegrationTest : public ::testing::Test {
   cluster::KeyLayout keys_;
   std::unique_ptr<kube::HttpClient> observer_;  // the test's own view of the API server
   std::string ns_;
+  std::vector<std::string> policies_;  // cluster-scoped: deleted by name
   std::vector<std::unique_ptr<Replica>> replicas_;
 };
 
@@ -535,6 +541,107 @@ TEST_F(BridgeIntegrationTest, WorkloadsAndMigrationsThroughKubectl) {
   EXPECT_TRUE(NoStatusStuck());
 }
 
+TEST_F(BridgeIntegrationTest, SpecChangesPoliciesAndMirroredMigrations) {
+  PublishNode("node1");
+  PublishNode("node2");
+  Replica& r = StartReplica("c1");
+  ASSERT_TRUE(Eventually([&] { return r.controller->IsLeader() && r.bridge->Synced(); }));
+  std::string out;
+  ASSERT_EQ(KubectlApply(Workload("render", "node1"), &out), 0) << out;
+  const std::string wname = WorkloadNameFor(ns_, "render");
+  RunWhenScheduled(wname);
+  ASSERT_TRUE(Eventually([&] { return StatusField(kMW, "render", "phase") == "Running"; }));
+
+  // --- a MigrationPolicy: accepted, matched, handed to the balancer.
+  const std::string pol = ns_ + "-render";
+  policies_.push_back(pol);
+  json policy = {{"apiVersion", "kmosix.io/v1alpha1"},
+                 {"kind", "MigrationPolicy"},
+                 {"metadata", {{"name", pol}}},
+                 {"spec",
+                  {{"selector", {{"matchLabels", {{"team", "render"}}}}},
+                   {"stabilityFactor", 2.5},
+                   {"minResidencySeconds", 30}}}};
+  ASSERT_EQ(KubectlApply(policy, &out), 0) << out;
+  ASSERT_TRUE(Eventually([&] {
+    return Kubectl({"get", "mpol", pol, "-o",
+                    "jsonpath={.status.matchedWorkloads} "
+                    "{.status.conditions[?(@.type==\"Accepted\")].status}"},
+                   &out) == 0 &&
+           out == "1 True";
+  })) << out;
+  ASSERT_TRUE(Eventually([&] {
+    auto p = r.bridge->ForWorkload(wname);
+    return p && p->stability == 2.5 && p->min_residency_ms == 30000;
+  }));
+  json bad_policy = policy;
+  bad_policy["metadata"]["name"] = pol + "-bad";
+  bad_policy["spec"]["stabilityFactor"] = 0.5;
+  EXPECT_NE(KubectlApply(bad_policy, &out), 0) << "stabilityFactor below 1 passed the schema";
+
+  // --- pinned and migratable reach the record; image stays immutable.
+  ASSERT_EQ(Kubectl({"patch", "-n", ns_, "mw", "render", "--type", "merge", "-p",
+                     R"({"spec":{"migratable":false}})"},
+                    &out),
+            0)
+      << out;
+  ASSERT_TRUE(Eventually([&] { return !WorkloadRecord(wname)->spec.migratable; }));
+  ASSERT_EQ(Kubectl({"patch", "-n", ns_, "mw", "render", "--type", "merge", "-p",
+                     R"({"spec":{"migratable":true}})"},
+                    &out),
+            0)
+      << out;
+  ASSERT_TRUE(Eventually([&] { return WorkloadRecord(wname)->spec.migratable; }));
+  EXPECT_NE(Kubectl({"patch", "-n", ns_, "mw", "render", "--type", "merge", "-p",
+                     R"({"spec":{"image":"kmosix.local/other:latest"}})"},
+                    &out),
+            0);
+  EXPECT_NE(out.find("spec.image is immutable"), std::string::npos) << out;
+  EXPECT_EQ(WorkloadRecord(wname)->spec.image, "kmosix.local/demo:latest");
+
+  // --- spec.nodeName changed: exactly one move there.
+  ASSERT_EQ(Kubectl({"patch", "-n", ns_, "mw", "render", "--type", "merge", "-p",
+                     R"({"spec":{"nodeName":"node2"}})"},
+                    &out),
+            0)
+      << out;
+  ASSERT_TRUE(Eventually([&] { return MigrationRecords().size() == 1; }));
+  const api::Migration move = MigrationRecords()[0];
+  EXPECT_EQ(move.target, "node2");
+  EXPECT_EQ(move.requested_by, "user");
+  Succeed(move.id);
+  ASSERT_TRUE(Eventually([&] { return StatusField(kMW, "render", "node") == "node2"; }));
+  std::this_thread::sleep_for(seconds(2));  // several resyncs
+  EXPECT_EQ(MigrationRecords().size(), 1u) << "the nodeName move was ordered again";
+
+  // --- a migration kmosix orders itself (as the REST API would): mirrored
+  // as a labelled Migration object, once.
+  api::MigrationRequest req;
+  req.workload = wname;
+  req.target = "node1";
+  req.requested_by = std::string(api::kRequestedByApi);
+  req.reason = "asked over REST";
+  auto ordered = r.controller->RequestMigration(req);
+  ASSERT_TRUE(ordered.ok()) << ordered.status().ToString();
+  ASSERT_TRUE(Eventually([&] { return Object(kMig, ordered->id).has_value(); })) << "not mirrored";
+  EXPECT_EQ(Jsonpath("mig", ordered->id, "{.metadata.labels.kmosix\\.io/requested-by}"), "api");
+  EXPECT_EQ(Jsonpath("mig", ordered->id, "{.spec.workload}"), "render");
+  Succeed(ordered->id);
+  ASSERT_TRUE(Eventually([&] { return StatusField(kMig, ordered->id, "phase") == "Succeeded"; }));
+  ASSERT_TRUE(Eventually([&] { return StatusField(kMW, "render", "migrations") == "2"; }));
+  auto migs = observer_->List(kMig, ns_, {});
+  ASSERT_TRUE(migs.ok());
+  EXPECT_EQ(migs->items.size(), 1u) << "one object for the mirrored migration, none for the move";
+
+  // --- quiet: MigratableWorkload, mirrored Migration and MigrationPolicy
+  // statuses are all settled; several resyncs write nothing.
+  ASSERT_TRUE(Eventually([&] { return bool(NoStatusStuck()); })) << NoStatusStuck().message();
+  std::this_thread::sleep_for(seconds(1));
+  const int quiet = r.client->status_writes.load();
+  std::this_thread::sleep_for(seconds(3));
+  EXPECT_EQ(r.client->status_writes.load(), quiet) << "status written with nothing changed";
+}
+
 TEST_F(BridgeIntegrationTest, ApiServerRestartAndNewReplicaDuplicateAndLoseNothing) {
   PublishNode("node1");
   PublishNode("node2");
@@ -570,7 +677,15 @@ TEST_F(BridgeIntegrationTest, ApiServerRestartAndNewReplicaDuplicateAndLoseNothi
   // Killed as soon as it ordered (its status write may or may not be done).
   ASSERT_TRUE(Eventually([&] { return MigrationRecord(m2).has_value(); }, seconds(60)));
   a.Kill();
-  ASSERT_EQ(KubectlApply(Workload("delta", "node2"), &out), 0) << out;  // while no one leads
+  // While no one leads: a user applies a workload, and another is deleted
+  // with its finalizer forced away (kmosix never saw the delete).
+  ASSERT_EQ(KubectlApply(Workload("delta", "node2"), &out), 0) << out;
+  ASSERT_EQ(Kubectl({"patch", "-n", ns_, "mw", "gamma", "--type", "merge", "-p",
+                     R"({"metadata":{"finalizers":null}})"},
+                    &out),
+            0)
+      << out;
+  ASSERT_EQ(Kubectl({"delete", "-n", ns_, "mw", "gamma"}, &out), 0) << out;
   Replica& b = StartReplica("c2");
   ASSERT_TRUE(Eventually([&] { return b.controller->IsLeader() && b.bridge->Synced(); }));
   RunWhenScheduled(WorkloadNameFor(ns_, "delta"));
@@ -580,6 +695,8 @@ TEST_F(BridgeIntegrationTest, ApiServerRestartAndNewReplicaDuplicateAndLoseNothi
   ASSERT_TRUE(Eventually([&] { return StatusField(kMig, "move-beta", "phase") == "Succeeded"; }));
   ASSERT_TRUE(Eventually([&] { return StatusField(kMW, "delta", "phase") == "Running"; }));
   ASSERT_TRUE(Eventually([&] { return StatusField(kMW, "beta", "node") == "node1"; }));
+  ASSERT_TRUE(Eventually([&] { return !WorkloadRecord(WorkloadNameFor(ns_, "gamma")); }))
+      << "the orphan of the force-deleted object still runs";
   EXPECT_EQ(StatusField(kMW, "alpha", "node"), "node2");
   EXPECT_EQ(StatusField(kMW, "alpha", "migrations"), "1");
   (void)beta_source;
@@ -588,8 +705,7 @@ TEST_F(BridgeIntegrationTest, ApiServerRestartAndNewReplicaDuplicateAndLoseNothi
   std::map<std::string, int> records;  // MW name -> etcd records
   for (const auto& w : WorkloadRecords())
     if (w.spec.origin && w.spec.origin->namespace_ == ns_) ++records[w.spec.origin->name];
-  EXPECT_EQ(records,
-            (std::map<std::string, int>{{"alpha", 1}, {"beta", 1}, {"delta", 1}, {"gamma", 1}}));
+  EXPECT_EQ(records, (std::map<std::string, int>{{"alpha", 1}, {"beta", 1}, {"delta", 1}}));
   std::map<std::string, int> orders;  // migration id -> records
   for (const auto& m : MigrationRecords()) ++orders[m.id];
   EXPECT_EQ(orders, (std::map<std::string, int>{{m1, 1}, {m2, 1}}));
