@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "api/validate.h"
 
 namespace kmosix::bridge {
@@ -280,6 +282,79 @@ TEST(KubeCodec, PolicyBothWaysAndSelectors) {
   bad = o;
   bad["spec"]["selector"]["matchExpressions"][0]["operator"] = "Near";
   EXPECT_EQ(DecodeMigrationPolicy(bad).status().code(), Code::kInvalid);
+}
+
+// The limits the CRDs' schema has on top of api/validate.h, so the codec's
+// verdict is the API server's (kube_crd_schema_test checks the two agree on a
+// real server; these pin them where no server runs).
+TEST(KubeCodec, SchemaLimitsAtAndPastEachBound) {
+  auto mw = [](const std::function<void(json&)>& change) {
+    json o = Counter();
+    change(o);
+    return DecodeMigratableWorkload(o).status();
+  };
+  EXPECT_TRUE(mw([](json& o) { o["metadata"]["name"] = std::string(63, 'a'); }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["metadata"]["name"] = std::string(64, 'a'); }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["metadata"]["name"] = "-a"; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["command"] = {std::string(4096, 'x')}; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["command"] = {std::string(4097, 'x')}; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["env"][0]["name"] = std::string(256, 'N'); }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["env"][0]["name"] = std::string(257, 'N'); }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["env"][0]["value"] = std::string(4096, 'v'); }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["env"][0]["value"] = std::string(4097, 'v'); }).ok());
+  EXPECT_FALSE(mw([](json& o) {
+                 json env = json::array();
+                 for (int i = 0; i < 1025; ++i) env.push_back({{"name", "V" + std::to_string(i)}});
+                 o["spec"]["env"] = env;
+               }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["nodeName"] = ""; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["resources"]["cpu"] = nullptr; }).ok());
+  // int-or-string: integers and quantity strings; -0 is 0; exponents of 3 digits.
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["resources"]["cpu"] = 2; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["cpu"] = 0.5; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["cpu"] = 1.0; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "-0"; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "-1m"; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "1e003"; }).ok());
+  EXPECT_TRUE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "1e-999"; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "1e2147483647"; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["cpu"] = "1e1.5"; }).ok());
+  EXPECT_FALSE(mw([](json& o) { o["spec"]["resources"]["memory"] = std::string(65, '1'); }).ok());
+
+  json mig = MigrationObject("default", "move", {"counter", "node2"});
+  EXPECT_TRUE(DecodeMigration(mig).ok());
+  mig["spec"]["targetNode"] = "";
+  EXPECT_FALSE(DecodeMigration(mig).ok());
+  mig["spec"]["targetNode"] = nullptr;  // the server drops nulls: the policy picks
+  EXPECT_TRUE(DecodeMigration(mig).ok());
+  mig["metadata"]["name"] = "a.b";
+  EXPECT_FALSE(DecodeMigration(mig).ok());
+
+  auto pol = [](const json& spec) {
+    return DecodeMigrationPolicy({{"metadata", {{"name", "p"}}}, {"spec", spec}}).status();
+  };
+  EXPECT_TRUE(pol({{"stabilityFactor", 10}}).ok());
+  EXPECT_FALSE(pol({{"stabilityFactor", 10.01}}).ok());
+  EXPECT_TRUE(pol({{"minResidencySeconds", 86400}}).ok());
+  EXPECT_FALSE(pol({{"minResidencySeconds", 86401}}).ok());
+  EXPECT_FALSE(pol({{"minResidencySeconds", 1.5}}).ok());
+  EXPECT_TRUE(pol({{"minResidencySeconds", 30.0}}).ok());
+  EXPECT_FALSE(pol({{"maxMigrationsPerNode", 65}}).ok());
+  EXPECT_FALSE(pol({{"maxMigrationsInCluster", 1025}}).ok());
+  EXPECT_TRUE(pol({{"lowMemoryFraction", 0.9}}).ok());
+  EXPECT_FALSE(pol({{"lowMemoryFraction", 0.91}}).ok());
+  EXPECT_TRUE(pol({{"enabled", nullptr}, {"selector", nullptr}}).ok());
+  EXPECT_FALSE(pol({{"selector", {{"match", 1}}}}).ok());
+  EXPECT_FALSE(
+      pol({{"selector",
+            {{"matchExpressions", {{{"key", "a"}, {"operator", "Exists"}, {"values", {"x"}}}}}}}})
+          .ok());
+  EXPECT_FALSE(
+      pol({{"selector", {{"matchExpressions", {{{"key", "a"}, {"operator", "In"}}}}}}}).ok());
+  EXPECT_FALSE(
+      pol({{"selector", {{"matchExpressions", {{{"key", ""}, {"operator", "Exists"}}}}}}}).ok());
+  EXPECT_TRUE(pol({{"selector", {{"matchLabels", {{"app", nullptr}}}}}}).ok());
+  EXPECT_FALSE(pol({{"selector", {{"matchLabels", {{"app", std::string(64, 'v')}}}}}}).ok());
 }
 
 }  // namespace
