@@ -36,18 +36,6 @@ Status ValidateAgentUrl(const std::string& url) {
   return Status::Ok();
 }
 
-// The agent face of a runtime spec (SpecFace::kAgent's fields).
-api::WorkloadSpec AgentSpecOf(const ContainerSpec& c) {
-  api::WorkloadSpec s;
-  s.name = c.name;
-  s.image = c.image;
-  s.args = c.args;
-  s.env = c.env;
-  s.memory_mib = c.memory_mib;
-  s.cpus = c.cpus;
-  return s;
-}
-
 json SpecWithLog(const ContainerSpec& spec) {
   json j = ContainerSpecToJson(spec);
   return {{"spec", j}, {"logPath", spec.log_path}};
@@ -440,7 +428,7 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
 
 api::AgentWorkloadView Agent::View(const Workload& w) {
   api::AgentWorkloadView v;
-  v.spec = AgentSpecOf(w.spec);
+  v.spec = WorkloadSpecOf(w.spec);
   v.node = options_.node;
   v.state = w.state;
   v.created_ms = w.created_ms;

@@ -13,6 +13,17 @@ ContainerSpec ContainerSpecFor(const api::WorkloadSpec& spec) {
   return c;
 }
 
+api::WorkloadSpec WorkloadSpecOf(const ContainerSpec& c) {
+  api::WorkloadSpec s;
+  s.name = c.name;
+  s.image = c.image;
+  s.args = c.args;
+  s.env = c.env;
+  s.memory_mib = c.memory_mib;
+  s.cpus = c.cpus;
+  return s;
+}
+
 std::string_view TaskStateName(TaskState s) {
   switch (s) {
     case TaskState::kNone:

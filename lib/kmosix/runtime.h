@@ -35,6 +35,9 @@ struct ContainerSpec {
 
 // The runtime's part of a workload spec (log_path and labels empty).
 ContainerSpec ContainerSpecFor(const api::WorkloadSpec& spec);
+// The inverse, for the agent's face of a spec: name, image, args, env,
+// memory and cpus (the rest of api::WorkloadSpec is the cluster's).
+api::WorkloadSpec WorkloadSpecOf(const ContainerSpec& c);
 
 enum class TaskState { kNone, kCreated, kRunning, kPaused, kStopped, kUnknown };
 std::string_view TaskStateName(TaskState s);

@@ -59,17 +59,6 @@ std::string_view SpecWhat(SpecFace face) {
   return face == SpecFace::kAgent ? "workload" : "workload spec";
 }
 
-api::WorkloadSpec AgentSpecOf(const ContainerSpec& c) {
-  api::WorkloadSpec s;
-  s.name = c.name;
-  s.image = c.image;
-  s.args = c.args;
-  s.env = c.env;
-  s.memory_mib = c.memory_mib;
-  s.cpus = c.cpus;
-  return s;
-}
-
 }  // namespace
 
 StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const json& j, SpecFace face) {
@@ -163,7 +152,7 @@ StatusOr<ContainerSpec> ParseContainerSpec(std::string_view body) {
 }
 
 json ContainerSpecToJson(const ContainerSpec& spec) {
-  return WorkloadSpecToJson(AgentSpecOf(spec), SpecFace::kAgent);
+  return WorkloadSpecToJson(WorkloadSpecOf(spec), SpecFace::kAgent);
 }
 
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
