@@ -134,9 +134,11 @@ class Controller {
   // workload ('w') or migration ('m') record this replica's caches see, with
   // its name/id. Register before Start().
   void AddChangeListener(std::function<void(char kind, const std::string& name)> listener);
-  // The balancer's per-workload and cluster knobs beyond the flags (borrowed;
-  // it must outlive the controller). Set before Start().
-  void SetPolicySource(const PolicySource* source) { policy_source_ = source; }
+  // The balancer's per-workload and cluster knobs beyond the flags (shared:
+  // a source that goes away first answers nullopt). Set before Start().
+  void SetPolicySource(std::shared_ptr<const PolicySource> source) {
+    policy_source_ = std::move(source);
+  }
   // Placements, phases, readiness, as this replica's caches see them change.
   EventHub& Events() { return events_; }
   // The clock the controller runs on (borrowed).
@@ -204,7 +206,7 @@ class Controller {
   EventHub events_;
   // Registered before Start(); read-only afterwards.
   std::vector<std::function<void(char, const std::string&)>> listeners_;
-  const PolicySource* policy_source_ = nullptr;  // set before Start()
+  std::shared_ptr<const PolicySource> policy_source_;  // set before Start()
   // The flags with the policy source's knobs applied: cluster-wide ones to
   // the returned config, per-workload ones to `snap`'s workloads.
   PolicyConfig ApplyPolicies(ClusterSnapshot& snap) const;

@@ -63,9 +63,12 @@ Bridge::~Bridge() { Stop(); }
 
 void Bridge::Start() {
   if (started_.exchange(true)) return;
-  controller_.SetPolicySource(this);
-  controller_.AddChangeListener(
-      [this](char kind, const std::string& name) { OnControllerChange(kind, name); });
+  link_->bridge = this;
+  controller_.SetPolicySource(link_);
+  controller_.AddChangeListener([link = link_](char kind, const std::string& name) {
+    std::lock_guard lock(link->mu);
+    if (link->bridge) link->bridge->OnControllerChange(kind, name);
+  });
   workloads_ = std::make_unique<kube::Informer>(
       client_, kube::MigratableWorkloads(), clock_, random_,
       [this](const std::string& key, const json* obj) { OnWorkloadObject(key, obj); });
@@ -83,6 +86,10 @@ void Bridge::Start() {
 }
 
 void Bridge::Stop() {
+  {
+    std::lock_guard lock(link_->mu);
+    link_->bridge = nullptr;
+  }
   if (stop_.exchange(true)) return;
   queue_.ShutDown();
   if (worker_.joinable()) worker_.join();
@@ -588,6 +595,16 @@ std::optional<api::PolicySettings> Bridge::ForWorkload(const std::string& worklo
   }
   if (!best) return std::nullopt;
   return best->settings;
+}
+
+std::optional<api::PolicySettings> Bridge::Link::ForWorkload(const std::string& w) const {
+  std::lock_guard lock(mu);
+  return bridge ? bridge->ForWorkload(w) : std::nullopt;
+}
+
+std::optional<api::PolicySettings> Bridge::Link::ForCluster() const {
+  std::lock_guard lock(mu);
+  return bridge ? bridge->ForCluster() : std::nullopt;
 }
 
 std::optional<api::PolicySettings> Bridge::ForCluster() const {

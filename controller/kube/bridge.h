@@ -65,7 +65,7 @@ struct BridgeOptions {
   std::string identity;  // reportingInstance of Events
 };
 
-class Bridge : public controller::PolicySource {
+class Bridge {
  public:
   Bridge(kube::Client& client, controller::Controller& controller, Clock& clock, Random& random,
          BridgeOptions options);
@@ -78,14 +78,24 @@ class Bridge : public controller::PolicySource {
   // Every informer has listed once.
   bool Synced() const;
 
-  // PolicySource: the knobs of the most specific MigrationPolicy matching a
-  // workload's MigratableWorkload labels (nullopt for REST workloads and
-  // unmatched ones), and those of the policy that selects everything (empty
-  // selector; the first by name if several).
-  std::optional<api::PolicySettings> ForWorkload(const std::string& workload) const override;
-  std::optional<api::PolicySettings> ForCluster() const override;
+  // The bridge is the controller's PolicySource: the knobs of the most
+  // specific MigrationPolicy matching a workload's MigratableWorkload labels
+  // (nullopt for REST workloads and unmatched ones), and those of the policy
+  // that selects everything (empty selector; the first by name if several).
+  std::optional<api::PolicySettings> ForWorkload(const std::string& workload) const;
+  std::optional<api::PolicySettings> ForCluster() const;
 
  private:
+  // What the controller holds of the bridge (its change listener and policy
+  // source): Stop() cuts it, so a controller that outlives the bridge never
+  // calls into it.
+  struct Link : controller::PolicySource {
+    mutable std::mutex mu;
+    Bridge* bridge = nullptr;
+    std::optional<api::PolicySettings> ForWorkload(const std::string& w) const override;
+    std::optional<api::PolicySettings> ForCluster() const override;
+  };
+
   void Run();
   void EnqueueAll();
   void OnWorkloadObject(const std::string& key, const nlohmann::json* object);
@@ -135,6 +145,7 @@ class Bridge : public controller::PolicySource {
   std::map<std::string, std::string> workload_keys_;   // kmosix name -> "mw/ns/name"
   std::map<std::string, std::string> migration_keys_;  // migration id -> "mig/ns/name"
 
+  std::shared_ptr<Link> link_ = std::make_shared<Link>();
   std::atomic<bool> stop_{false};
   std::atomic<bool> started_{false};
   std::thread worker_;
