@@ -22,7 +22,11 @@ StatusOr<api::MigrationRequest> ParseMigrationRequest(std::string_view body) {
   if (!j.contains("workload")) return InvalidError("workload: required");
   api::MigrationRequest r;
   r.workload = j["workload"].get<std::string>();
-  if (j.contains("target")) r.target = j["target"].get<std::string>();
+  if (j.contains("target")) {
+    // Present means a node: "" is not "the policy picks" (leave it out for that).
+    r.target = j["target"].get<std::string>();
+    if (auto s = api::ValidateName(r.target); !s.ok()) return s.Annotate("target");
+  }
   KMX_RETURN_IF_ERROR(api::ValidateMigrationRequest(r));
   return r;
 }

@@ -54,6 +54,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         return a.include_pinned == b.include_pinned;
       },
       [](const DrainRequest&) { return std::string(); });
+  // A present target names a node: "" is refused, not read as "no target".
+  {
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("target") && j["target"].is_string() &&
+        j["target"].get<std::string>().empty()) {
+      KMX_FUZZ_CHECK(!kmosix::controller::ParseMigrationRequest(in).ok(),
+                     "an empty target was accepted", in);
+    }
+  }
   // An empty (or blank) drain body means {}.
   if (in.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     auto r = kmosix::controller::ParseDrainRequest(in);

@@ -209,6 +209,9 @@ TEST(RestCodecTest, RequestBodies) {
       controller::ParseMigrationRequest(R"({"workload":"web","requestedBy":"user"})").status(),
       "requestedBy");
   ExpectInvalid(controller::ParseMigrationRequest(R"({"target":"n2"})").status(), "workload");
+  // A present target must name a node (brain_e2e's "empty target" case).
+  ExpectInvalid(controller::ParseMigrationRequest(R"({"workload":"web","target":""})").status(),
+                "target");
   ExpectInvalid(controller::ParseMigrationRequest(R"({"workload":"W"})").status(), "workload");
 
   auto d = controller::ParseDrainRequest("");
