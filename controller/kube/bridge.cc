@@ -77,7 +77,7 @@ void Bridge::Start() {
       [this](const std::string& key, const json* obj) { OnMigrationObject(key, obj); });
   policies_ = std::make_unique<kube::Informer>(
       client_, kube::MigrationPolicies(), clock_, random_,
-      [this](const std::string& key, const json*) { queue_.Add("mpol/" + key); });
+      [this](const std::string& key, const json*) { OnPolicyObject(key); });
   recorder_.Start();
   workloads_->Start();
   migrations_->Start();
@@ -108,9 +108,16 @@ void Bridge::OnWorkloadObject(const std::string& key, const json* object) {
   auto [ns, name] = SplitKey(key);
   {
     std::lock_guard lock(mu_);
-    workload_keys_[WorkloadNameFor(ns, name)] = "mw/" + key;
+    const std::string wname = WorkloadNameFor(ns, name);
+    if (!object) {
+      workloads_by_name_.erase(wname);
+    } else {
+      KnownWorkload& w = workloads_by_name_[wname];
+      w.key = "mw/" + key;
+      auto meta = DecodeMeta(*object);
+      w.labels = meta.ok() ? meta->labels : std::map<std::string, std::string>{};
+    }
   }
-  (void)object;
   queue_.Add("mw/" + key);
 }
 
@@ -123,18 +130,38 @@ void Bridge::OnMigrationObject(const std::string& key, const json* object) {
           label != meta->labels.end() ? label->second : MigrationIdFor(meta->uid);
       std::lock_guard lock(mu_);
       migration_keys_[id] = "mig/" + key;
+      migration_ids_[key] = id;
     }
     // A finished migration may push an older one of its workload out.
     if (auto spec = DecodeMigration(*object); spec.ok() && IsFinalMigrationStatus(*object))
       queue_.Add("trim/" + SplitKey(key).first + "/" + spec->workload);
+  } else {
+    std::lock_guard lock(mu_);
+    if (auto it = migration_ids_.find(key); it != migration_ids_.end()) {
+      migration_keys_.erase(it->second);
+      migration_ids_.erase(it);
+    }
   }
   queue_.Add("mig/" + key);
+}
+
+void Bridge::OnPolicyObject(const std::string& key) {
+  // Decoded once per change: the balancer asks for every workload each round.
+  std::vector<MigrationPolicy> decoded;
+  for (const json& o : policies_->List())  // sorted by name
+    if (auto p = DecodeMigrationPolicy(o); p.ok()) decoded.push_back(std::move(*p));
+  {
+    std::lock_guard lock(mu_);
+    policies_by_name_ = std::move(decoded);
+  }
+  queue_.Add("mpol/" + key);
 }
 
 void Bridge::OnControllerChange(char kind, const std::string& name) {
   std::lock_guard lock(mu_);
   if (kind == 'w') {
-    if (auto it = workload_keys_.find(name); it != workload_keys_.end()) queue_.Add(it->second);
+    if (auto it = workloads_by_name_.find(name); it != workloads_by_name_.end())
+      queue_.Add(it->second.key);
   } else if (kind == 'm') {
     queue_.Add("m/" + name);
     if (auto it = migration_keys_.find(name); it != migration_keys_.end()) queue_.Add(it->second);
@@ -142,19 +169,14 @@ void Bridge::OnControllerChange(char kind, const std::string& name) {
 }
 
 void Bridge::EnqueueAll() {
-  for (const json& o : workloads_->List()) {
-    auto meta = DecodeMeta(o);
-    if (meta.ok()) queue_.Add("mw/" + KeyOf(meta->namespace_, meta->name));
-  }
-  for (const json& o : migrations_->List()) {
-    auto meta = DecodeMeta(o);
-    if (meta.ok()) queue_.Add("mig/" + KeyOf(meta->namespace_, meta->name));
-  }
-  for (const json& o : policies_->List()) {
-    auto meta = DecodeMeta(o);
-    if (meta.ok()) queue_.Add("mpol/" + meta->name);
-  }
-  for (const api::Migration& m : controller_.ListMigrations()) queue_.Add("m/" + m.id);
+  for (const json& o : workloads_->List()) queue_.Add("mw/" + kube::Informer::KeyOf(o));
+  for (const json& o : migrations_->List()) queue_.Add("mig/" + kube::Informer::KeyOf(o));
+  for (const json& o : policies_->List()) queue_.Add("mpol/" + kube::Informer::KeyOf(o));
+  // Finished records were mirrored (or skipped) when they changed, and the
+  // controller reports every record once when it starts: only those in
+  // flight need another look.
+  for (const api::Migration& m : controller_.ListMigrations())
+    if (!api::IsFinal(m.phase)) queue_.Add("m/" + m.id);
   queue_.Add("orphans");
 }
 
@@ -573,26 +595,14 @@ void Bridge::Record(const kube::Resource& r, const json& object, const std::stri
 }
 
 std::optional<api::PolicySettings> Bridge::ForWorkload(const std::string& workload) const {
-  std::string key;
-  {
-    std::lock_guard lock(mu_);
-    auto it = workload_keys_.find(workload);
-    if (it == workload_keys_.end()) return std::nullopt;
-    key = it->second.substr(3);
-  }
-  if (!workloads_ || !policies_) return std::nullopt;
-  std::optional<json> object = workloads_->Get(key);
-  if (!object) return std::nullopt;
-  auto meta = DecodeMeta(*object);
-  if (!meta.ok()) return std::nullopt;
-  std::optional<MigrationPolicy> best;
-  for (const json& o : policies_->List()) {
-    auto p = DecodeMigrationPolicy(o);
-    if (!p.ok() || !p->selector.Matches(meta->labels)) continue;
-    if (!best || p->selector.Terms() > best->selector.Terms() ||
-        (p->selector.Terms() == best->selector.Terms() && p->name < best->name))
-      best = *p;
-  }
+  std::lock_guard lock(mu_);
+  auto w = workloads_by_name_.find(workload);
+  if (w == workloads_by_name_.end()) return std::nullopt;
+  const MigrationPolicy* best = nullptr;
+  for (const MigrationPolicy& p : policies_by_name_)  // by name: ties go to the first
+    if (p.selector.Matches(w->second.labels) &&
+        (!best || p.selector.Terms() > best->selector.Terms()))
+      best = &p;
   if (!best) return std::nullopt;
   return best->settings;
 }
@@ -608,11 +618,9 @@ std::optional<api::PolicySettings> Bridge::Link::ForCluster() const {
 }
 
 std::optional<api::PolicySettings> Bridge::ForCluster() const {
-  if (!policies_) return std::nullopt;
-  for (const json& o : policies_->List()) {  // sorted by name
-    auto p = DecodeMigrationPolicy(o);
-    if (p.ok() && p->selector.Terms() == 0) return p->settings;
-  }
+  std::lock_guard lock(mu_);
+  for (const MigrationPolicy& p : policies_by_name_)
+    if (p.selector.Terms() == 0) return p.settings;
   return std::nullopt;
 }
 

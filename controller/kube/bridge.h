@@ -100,6 +100,7 @@ class Bridge {
   void EnqueueAll();
   void OnWorkloadObject(const std::string& key, const nlohmann::json* object);
   void OnMigrationObject(const std::string& key, const nlohmann::json* object);
+  void OnPolicyObject(const std::string& key);
   void OnControllerChange(char kind, const std::string& name);
   Status Reconcile(const std::string& key);
   Status ReconcileWorkload(const std::string& ns, const std::string& name);
@@ -142,8 +143,14 @@ class Bridge {
   EventRecorder recorder_;
 
   mutable std::mutex mu_;
-  std::map<std::string, std::string> workload_keys_;   // kmosix name -> "mw/ns/name"
-  std::map<std::string, std::string> migration_keys_;  // migration id -> "mig/ns/name"
+  struct KnownWorkload {
+    std::string key;                            // "mw/ns/name"
+    std::map<std::string, std::string> labels;  // what MigrationPolicy selectors match
+  };
+  std::map<std::string, KnownWorkload> workloads_by_name_;  // by kmosix name
+  std::map<std::string, std::string> migration_keys_;       // migration id -> "mig/ns/name"
+  std::map<std::string, std::string> migration_ids_;        // "ns/name" -> migration id
+  std::vector<MigrationPolicy> policies_by_name_;           // the valid ones, by name
 
   std::shared_ptr<Link> link_ = std::make_shared<Link>();
   std::atomic<bool> stop_{false};
