@@ -38,6 +38,7 @@
 
 #include "cluster/records.h"
 #include "controller/controller.h"
+#include "controller/kube/agent_records.h"
 #include "controller/kube/bridge.h"
 #include "controller/kube/codec.h"
 #include "etcd/etcd_state_store.h"
@@ -340,32 +341,18 @@ class BridgeIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(m) << "no migration " << id;
     auto w = WorkloadRecord(m->workload);
     ASSERT_TRUE(w);
-    w->status.node = m->target;
-    w->status.epoch += 1;
-    w->status.phase = api::WorkloadPhase::kRunning;
-    w->status.migration.clear();
-    w->status.migrations.push_back(id);
-    w->status.started_ms = clock_.WallMillis();
+    kmosix::testing::SucceedRecords(*w, *m, clock_.WallMillis(), downtime);
     PutWorkload(*w);
-    m->phase = api::MigrationPhase::kSucceeded;
-    m->finished_ms = clock_.WallMillis();
-    m->report = api::MigrationReport{};
-    m->report->timings.downtime = downtime;
-    m->report->bytes = 64 << 20;
     PutMigration(*m);
   }
   // The source agent saw the cancel before the commit point and rolled back.
   void RollBack(const std::string& id) {
     auto m = MigrationRecord(id);
     ASSERT_TRUE(m);
-    m->phase = api::MigrationPhase::kRolledBack;
-    m->error = "cancelled by user";
-    m->finished_ms = clock_.WallMillis();
-    PutMigration(*m);
     auto w = WorkloadRecord(m->workload);
     ASSERT_TRUE(w);
-    w->status.phase = api::WorkloadPhase::kRunning;
-    w->status.migration.clear();
+    kmosix::testing::RollBackRecords(*w, *m, clock_.WallMillis());
+    PutMigration(*m);
     PutWorkload(*w);
   }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "controller/controller_fixture.h"
+#include "controller/kube/agent_records.h"
 #include "controller/kube/codec.h"
 #include "fakes/fake_kube_client.h"
 #include "kube/client.h"
@@ -164,18 +165,8 @@ class BridgeTest : public ControllerTest {
     ASSERT_TRUE(m);
     auto w = ControllerTest::Workload(m->workload);
     ASSERT_TRUE(w);
-    w->status.node = m->target;
-    w->status.epoch += 1;
-    w->status.phase = api::WorkloadPhase::kRunning;
-    w->status.migration.clear();
-    w->status.migrations.push_back(id);
-    w->status.started_ms = clock_.WallMillis();
+    testing::SucceedRecords(*w, *m, clock_.WallMillis(), downtime);
     PutWorkload(*w);
-    m->phase = api::MigrationPhase::kSucceeded;
-    m->finished_ms = clock_.WallMillis();
-    m->report = api::MigrationReport{};
-    m->report->timings.downtime = downtime;
-    m->report->bytes = 64 << 20;
     PutMigration(*m);
   }
 
@@ -342,13 +333,9 @@ TEST_F(BridgeTest, DeletingAMigrationBeforeCommitCancelsIt) {
   // Not final yet: the finalizer holds the object until the source rolled back.
   EXPECT_TRUE(Object(kMig, "default", "move"));
   auto m = MigrationById(id);
-  m->phase = api::MigrationPhase::kRolledBack;
-  m->error = "cancelled by user";
-  m->finished_ms = clock_.WallMillis();
-  PutMigration(*m);
   auto w = ControllerTest::Workload(wname);
-  w->status.phase = api::WorkloadPhase::kRunning;
-  w->status.migration.clear();
+  testing::RollBackRecords(*w, *m, clock_.WallMillis());
+  PutMigration(*m);
   PutWorkload(*w);
   ASSERT_TRUE(Eventually([&] { return !Object(kMig, "default", "move"); }));
   EXPECT_EQ(ControllerTest::Workload(wname)->status.node, "node1");
