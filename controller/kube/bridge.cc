@@ -111,6 +111,7 @@ void Bridge::OnWorkloadObject(const std::string& key, const json* object) {
     const std::string wname = WorkloadNameFor(ns, name);
     if (!object) {
       workloads_by_name_.erase(wname);
+      stopping_.erase(wname);
     } else {
       KnownWorkload& w = workloads_by_name_[wname];
       w.key = "mw/" + key;
@@ -246,23 +247,39 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
 
   if (meta.deleting) {
     if (!meta.HasFinalizer(kFinalizer)) return Status::Ok();
+    // The name is another's (a REST workload or an older object's): this
+    // delete does not stop it.
+    if (existing.ok() && !ours) return ReleaseDeleted(res, *object, wname);
+    Stopping stopping;
+    {
+      std::lock_guard lock(mu_);
+      auto [it, first] = stopping_.try_emplace(wname);
+      if (first) {
+        it->second.since_ms = clock_.WallMillis();
+        // Where it runs; any node while a migration may have put a copy elsewhere.
+        if (ours && existing->workload.status.migration.empty() &&
+            !existing->workload.status.node.empty())
+          it->second.nodes = {existing->workload.status.node};
+      }
+      stopping = it->second;
+    }
     if (ours) {
       Status d = controller_.DeleteWorkload(wname);
       if (!d.ok() && d.code() != Code::kNotFound) return d;
       Record(res, *object, "Normal", "Stopping",
              "workload " + wname + " deleted; its node stops it");
     }
-    // Let go once no node reports it running any more (unless the name is
-    // another's: a REST workload or an older object's, which this delete
-    // does not stop).
-    if (existing.ok() && !ours) return RemoveFinalizer(res, *object);
+    // Let go once no node lists it in a load sampled after the delete.
     for (const api::NodeView& n : controller_.ListNodes()) {
-      if (n.load && n.load->workloads.count(wname)) {
+      const bool may_hold = stopping.nodes.empty() || stopping.nodes.count(n.name) > 0;
+      const bool listed = n.load && n.load->workloads.count(wname) > 0;
+      const bool stale = may_hold && n.ready && (!n.load || n.load->updated_ms < stopping.since_ms);
+      if (listed || stale) {
         queue_.AddAfter("mw/" + KeyOf(ns, name), options_.wait_poll);
         return Status::Ok();
       }
     }
-    return RemoveFinalizer(res, *object);
+    return ReleaseDeleted(res, *object, wname);
   }
 
   if (!meta.HasFinalizer(kFinalizer)) {
@@ -563,6 +580,14 @@ StatusOr<json> Bridge::PatchMetadata(const kube::Resource& r, const json& object
   if (!labels.empty()) patch_meta["labels"] = labels;
   if (!annotations.empty()) patch_meta["annotations"] = annotations;
   return client_.MergePatch(r, meta.namespace_, meta.name, {{"metadata", patch_meta}});
+}
+
+Status Bridge::ReleaseDeleted(const kube::Resource& r, const json& object,
+                              const std::string& wname) {
+  KMX_RETURN_IF_ERROR(RemoveFinalizer(r, object));
+  std::lock_guard lock(mu_);
+  stopping_.erase(wname);
+  return Status::Ok();
 }
 
 Status Bridge::RemoveFinalizer(const kube::Resource& r, const json& object) {

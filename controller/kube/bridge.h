@@ -41,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -117,6 +118,9 @@ class Bridge {
       const std::map<std::string, std::string>& labels = {},
       const std::map<std::string, std::string>& annotations = {});
   Status RemoveFinalizer(const kube::Resource& r, const nlohmann::json& object);
+  // RemoveFinalizer of a deleted MigratableWorkload, forgetting its Stopping.
+  Status ReleaseDeleted(const kube::Resource& r, const nlohmann::json& object,
+                        const std::string& wname);
   // An Event to record once the status that announces it is written.
   struct PendingEvent {
     kube::Resource resource;
@@ -151,6 +155,16 @@ class Bridge {
   std::map<std::string, std::string> migration_keys_;       // migration id -> "mig/ns/name"
   std::map<std::string, std::string> migration_ids_;        // "ns/name" -> migration id
   std::vector<MigrationPolicy> policies_by_name_;           // the valid ones, by name
+  // MigratableWorkloads being deleted, by kmosix name: when this process first
+  // saw the delete (wall ms) and the nodes that may hold a copy (empty: any).
+  // The finalizer goes once none of those nodes lists the workload in a load
+  // sampled after `since_ms`: a load older than the delete may predate the
+  // workload's start and not list it yet.
+  struct Stopping {
+    int64_t since_ms = 0;
+    std::set<std::string> nodes;
+  };
+  std::map<std::string, Stopping> stopping_;
 
   std::shared_ptr<Link> link_ = std::make_shared<Link>();
   std::atomic<bool> stop_{false};

@@ -267,6 +267,25 @@ TEST_F(BridgeTest, DeleteStopsTheWorkloadThenLetsTheObjectGo) {
   ASSERT_TRUE(Eventually([&] { return !Object(kMW, "default", "counter"); }));
 }
 
+// The CI race: the workload started and was deleted before its node sampled
+// it, so no load listed it yet. A load from before the delete says nothing;
+// the object goes only after its node published one sampled after the delete.
+TEST_F(BridgeTest, DeleteWaitsForALoadSampledAfterTheDelete) {
+  const int64_t lease = PublishNode("node1", 0.1);
+  StartReplica("c1");
+  Apply(kMW, "default", Workload("quick"));
+  const std::string wname = WorkloadNameFor("default", "quick");
+  RunWhenScheduled(wname);
+  ASSERT_TRUE(
+      Eventually([&] { return StatusField(kMW, "default", "quick", "phase") == "Running"; }));
+  ASSERT_TRUE(kube_.Delete(kMW, "default", "quick", "").ok());
+  ASSERT_TRUE(Eventually([&] { return !ControllerTest::Workload(wname); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(Object(kMW, "default", "quick")) << "let go on a load older than the delete";
+  PublishNode("node1", 0.05, {}, lease);  // sampled now: the agent stopped it
+  ASSERT_TRUE(Eventually([&] { return !Object(kMW, "default", "quick"); }));
+}
+
 TEST_F(BridgeTest, MigrationObjectOrdersOnceAndReportsTheOutcome) {
   PublishNode("node1", 0.1);
   PublishNode("node2", 0.1);
@@ -406,7 +425,7 @@ TEST_F(BridgeTest, NewLeaderAfterAKillOrdersNothingTwice) {
 }
 
 TEST_F(BridgeTest, CutWatchesAndCompactionLoseNothing) {
-  PublishNode("node1", 0.1);
+  const int64_t lease = PublishNode("node1", 0.1);
   StartReplica("c1");
   Apply(kMW, "default", Workload("a"));
   ASSERT_TRUE(Eventually(
@@ -420,6 +439,7 @@ TEST_F(BridgeTest, CutWatchesAndCompactionLoseNothing) {
   kube_.EndWatches(RetryError("connection reset"));
   ASSERT_TRUE(
       Eventually([&] { return !ControllerTest::Workload(WorkloadNameFor("default", "a")); }));
+  PublishNode("node1", 0.1, {}, lease);  // the agent's next sample, without it
   ASSERT_TRUE(Eventually([&] { return !Object(kMW, "default", "a"); }));
 }
 
