@@ -8,6 +8,8 @@
 #include <exception>
 #include <set>
 
+#include "containerd/seccomp_default.h"
+
 namespace kmosix {
 namespace {
 
@@ -63,12 +65,15 @@ json Mount(const char* dest, const char* type, const char* source,
   return json{{"destination", dest}, {"type", type}, {"source", source}, {"options", options}};
 }
 
+// containerd's default set (oci.defaultUnixCaps) minus CAP_NET_RAW: a
+// workload may not open raw or packet sockets (spoofing, sniffing its
+// neighbours on the bridge). ICMP echo still works through datagram ping
+// sockets where the namespace's net.ipv4.ping_group_range allows them.
 const std::vector<std::string>& DefaultCapabilities() {
   static const std::vector<std::string> caps = {
-      "CAP_CHOWN",   "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",
-      "CAP_MKNOD",   "CAP_NET_RAW",      "CAP_SETGID",           "CAP_SETUID",
-      "CAP_SETFCAP", "CAP_SETPCAP",      "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
-      "CAP_KILL",    "CAP_AUDIT_WRITE"};
+      "CAP_CHOWN",      "CAP_DAC_OVERRIDE", "CAP_FSETID",     "CAP_FOWNER",  "CAP_MKNOD",
+      "CAP_SETGID",     "CAP_SETUID",       "CAP_SETFCAP",    "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+      "CAP_SYS_CHROOT", "CAP_KILL",         "CAP_AUDIT_WRITE"};
   return caps;
 }
 
@@ -209,12 +214,19 @@ StatusOr<nlohmann::json> BuildOciSpec(const ContainerSpec& spec, const OciImageC
     if (!parent.empty() && parent.front() != '/') parent.insert(parent.begin(), '/');
     std::string cgroups_path = (parent.empty() || parent == "/" ? "" : parent) + "/" + spec.name;
 
+    json namespaces =
+        json::array({{{"type", "pid"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}}});
+    if (!options.network_namespace_path.empty()) {
+      if (options.network_namespace_path.front() != '/')
+        return InvalidError("network namespace path must be absolute: " +
+                            options.network_namespace_path);
+      namespaces.push_back({{"type", "network"}, {"path", options.network_namespace_path}});
+    }
     json linux_obj = {
         {"resources", resources},
         {"cgroupsPath", cgroups_path},
-        {"namespaces",
-         json::array(
-             {{{"type", "pid"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}}})},
+        {"namespaces", namespaces},
+        {"seccomp", DefaultSeccompProfile(caps)},
         {"maskedPaths",
          {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",

@@ -36,13 +36,19 @@ StatusOr<std::string> ComputeChainId(const std::vector<std::string>& diff_ids);
 // Node-specific inputs of the runtime spec.
 struct OciSpecOptions {
   std::string cgroup_parent;  // e.g. "/kmosix-node1"; cgroupsPath = parent + "/" + name
+  // Network namespace the container joins (e.g. "/run/netns/kmx_node1_web",
+  // made by WorkloadNetwork); empty: it shares the node's network namespace.
+  std::string network_namespace_path;
   std::map<std::string, std::string> annotations;
 };
 
 // Builds the OCI runtime spec (config.json) for `spec` on top of `image`:
-// containerd-like Linux defaults, namespaces pid/ipc/uts/mount (no network
-// namespace: the container shares the node's netns), default capabilities,
-// RLIMIT_NOFILE 1024, masked and read-only /proc paths, memory and CPU limits.
+// containerd-like Linux defaults, namespaces pid/ipc/uts/mount plus network
+// when options.network_namespace_path is set (joined by path; otherwise the
+// container shares the node's netns), containerd's default capabilities
+// without CAP_NET_RAW (in every set), the runtime's default seccomp profile
+// (seccomp_default.h), RLIMIT_NOFILE 1024, masked and read-only /proc paths,
+// memory and CPU limits.
 // args = spec.args if non-empty, else entrypoint + cmd (kInvalid if both are
 // empty); env = image env overridden/extended by spec.env.
 StatusOr<nlohmann::json> BuildOciSpec(const ContainerSpec& spec, const OciImageConfig& image,

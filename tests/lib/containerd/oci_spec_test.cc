@@ -130,8 +130,87 @@ TEST(BuildOciSpec, NamespacesWithoutNetwork) {
   auto s = BuildOciSpec(BaseSpec(), BaseImage(), {});
   ASSERT_TRUE(s.ok());
   for (const char* t : {"pid", "ipc", "uts", "mount"}) EXPECT_TRUE(HasNamespace(*s, t)) << t;
-  EXPECT_FALSE(HasNamespace(*s, "network")) << "containers share the node's netns";
+  EXPECT_FALSE(HasNamespace(*s, "network")) << "no path: the container shares the node's netns";
   EXPECT_FALSE(HasNamespace(*s, "user"));
+}
+
+TEST(BuildOciSpec, JoinsTheWorkloadNetworkNamespaceByPath) {
+  OciSpecOptions o;
+  o.network_namespace_path = "/run/netns/kmx_node1_web";
+  auto s = BuildOciSpec(BaseSpec(), BaseImage(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  int found = 0;
+  for (const auto& ns : (*s)["linux"]["namespaces"]) {
+    if (ns["type"] != "network") continue;
+    ++found;
+    EXPECT_EQ(ns["path"], "/run/netns/kmx_node1_web") << "runc joins it (and CRIU treats it as "
+                                                         "external) instead of making a new one";
+  }
+  EXPECT_EQ(found, 1);
+  for (const char* t : {"pid", "ipc", "uts", "mount"}) EXPECT_TRUE(HasNamespace(*s, t)) << t;
+  o.network_namespace_path = "run/netns/x";
+  EXPECT_EQ(BuildOciSpec(BaseSpec(), BaseImage(), o).status().code(), Code::kInvalid);
+}
+
+TEST(BuildOciSpec, NoNetRawInAnyCapabilitySet) {
+  auto s = BuildOciSpec(BaseSpec(), BaseImage(), {});
+  ASSERT_TRUE(s.ok());
+  const auto& caps = (*s)["process"]["capabilities"];
+  ASSERT_FALSE(caps.empty());
+  for (const auto& [set, list] : caps.items()) {
+    EXPECT_EQ(std::find(list.begin(), list.end(), "CAP_NET_RAW"), list.end()) << set;
+    // The rest of containerd's default set stays.
+    EXPECT_NE(std::find(list.begin(), list.end(), "CAP_NET_BIND_SERVICE"), list.end()) << set;
+    EXPECT_NE(std::find(list.begin(), list.end(), "CAP_CHOWN"), list.end()) << set;
+  }
+  for (const char* set : {"bounding", "effective", "permitted"}) EXPECT_TRUE(caps.contains(set));
+}
+
+// Names of every syscall a rule with `action` covers, without argument filters.
+std::vector<std::string> Unconditional(const json& seccomp, const std::string& action) {
+  std::vector<std::string> out;
+  for (const auto& r : seccomp["syscalls"]) {
+    if (r["action"] != action || r.contains("args")) continue;
+    for (const auto& n : r["names"]) out.push_back(n.get<std::string>());
+  }
+  return out;
+}
+
+bool Has(const std::vector<std::string>& v, const std::string& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+TEST(BuildOciSpec, DefaultSeccompProfileLikeContainerd) {
+  auto s = BuildOciSpec(BaseSpec(), BaseImage(), {});
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE((*s)["linux"].contains("seccomp"));
+  const json& sc = (*s)["linux"]["seccomp"];
+  EXPECT_EQ(sc["defaultAction"], "SCMP_ACT_ERRNO") << "everything not listed is refused";
+  EXPECT_NE(std::find(sc["architectures"].begin(), sc["architectures"].end(), "SCMP_ARCH_X86_64"),
+            sc["architectures"].end());
+  auto allowed = Unconditional(sc, "SCMP_ACT_ALLOW");
+  // Ordinary programs and what CRIU-restored workloads use.
+  for (const char* ok : {"read", "write", "openat", "mmap", "socket", "connect", "epoll_wait",
+                         "futex", "rt_sigreturn", "exit_group", "arch_prctl", "ptrace", "chroot"})
+    EXPECT_TRUE(Has(allowed, ok)) << ok;
+  // Kernel-wide or namespace-escaping calls stay out for a container without
+  // CAP_SYS_ADMIN and friends.
+  for (const char* no : {"mount", "umount2", "unshare", "setns", "kexec_load", "init_module", "bpf",
+                         "perf_event_open", "keyctl", "add_key", "reboot", "swapon",
+                         "open_by_handle_at", "clone", "clone3", "userfaultfd"})
+    EXPECT_FALSE(Has(allowed, no)) << no;
+  // clone only without namespace flags; clone3 answers ENOSYS (libc falls back).
+  bool clone_masked = false, clone3_enosys = false;
+  for (const auto& r : sc["syscalls"]) {
+    if (r["names"] == json::array({"clone"}) && r.contains("args")) {
+      clone_masked = r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" &&
+                     (r["args"][0]["value"].get<uint64_t>() & 0x40000000ULL) != 0;  // NEWNET
+    }
+    if (r["names"] == json::array({"clone3"}))
+      clone3_enosys = r["action"] == "SCMP_ACT_ERRNO" && r["errnoRet"] == 38;
+  }
+  EXPECT_TRUE(clone_masked);
+  EXPECT_TRUE(clone3_enosys);
 }
 
 TEST(BuildOciSpec, DefaultMountsAndHardening) {
