@@ -105,7 +105,20 @@ void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
   r.error = why;
   r.pid = 0;
   Save(r, TargetPhase::kAborted);
+  ReleaseIntake(r.offer.id);
   if (hooks_.unreserve) hooks_.unreserve(r.offer.spec.name);
+}
+
+void IncomingMigrations::ReleaseIntake(const std::string& id) {
+  if (options_.intake != nullptr) options_.intake->Release(id);
+}
+
+StreamLimits IncomingMigrations::ReceiveLimits(const std::string& id) {
+  auto e = Find(id);
+  if (!e) return {};
+  std::lock_guard lock(e->mu);
+  return options_.intake != nullptr ? options_.intake->LimitsFor(e->record.offer)
+                                    : e->record.offer.stream;
 }
 
 Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
@@ -119,7 +132,16 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     }
     return WrongPhase(existing->record, "new");
   }
+  if (options_.intake != nullptr) {
+    KMX_RETURN_IF_ERROR(options_.intake->CheckOffer(offer_in).Annotate("node " + options_.node));
+    if (Status s = options_.intake->Admit(offer_in.id); !s.ok()) {
+      spdlog::info("incoming migration {} of {} refused: {}", offer_in.id, offer_in.spec.name,
+                   s.message());
+      return s.Annotate("node " + options_.node);
+    }
+  }
   if (Status s = runtime_.ImageExists(offer_in.spec.image); !s.ok()) {
+    ReleaseIntake(offer_in.id);
     if (s.code() == Code::kNotFound) {
       return NotFoundError("image " + offer_in.spec.image + " is not on node " + options_.node);
     }
@@ -128,6 +150,7 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
   auto entry = std::make_shared<Entry>();
   {
     std::lock_guard lock(mu_);
+    // A concurrent Prepare of the same id won: its slot is its own.
     if (entries_.contains(offer_in.id)) return ConflictError("migration id in use");
     entries_[offer_in.id] = entry;
   }
@@ -136,13 +159,18 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
   r.offer = offer_in;
   r.offer.spec.log_path = options_.log_dir + "/" + offer_in.spec.name + ".log";
   if (Status s = hooks_.reserve ? hooks_.reserve(r.offer.spec.name) : Status::Ok(); !s.ok()) {
+    ReleaseIntake(offer_in.id);
     std::lock_guard map_lock(mu_);
     entries_.erase(offer_in.id);
     return s;
   }
   Save(r, TargetPhase::kPrepared);
-  auto landing = engine_.Prepare(r.offer.spec, options_.scratch_dir + "/in-" + r.offer.id,
-                                 r.offer.memory_bytes);
+  // What the engine may fault in ahead comes from the node's shared budget.
+  const uint64_t prefault = options_.intake != nullptr
+                                ? options_.intake->GrantPrefault(r.offer.id, r.offer.memory_bytes)
+                                : r.offer.memory_bytes;
+  auto landing =
+      engine_.Prepare(r.offer.spec, options_.scratch_dir + "/in-" + r.offer.id, prefault);
   if (!landing.ok()) {
     AbortLocked(*entry, landing.status().ToString());
     return landing.status().Annotate("prepare on " + options_.node);
@@ -168,6 +196,7 @@ Status IncomingMigrations::EndReceive(const std::string& id, const Status& resul
   std::lock_guard lock(e->mu);
   if (e->record.phase != TargetPhase::kReceiving) return WrongPhase(e->record, "Receiving");
   if (!result.ok()) {
+    if (IsStreamLimitError(result) && options_.intake != nullptr) options_.intake->CountStreamCut();
     AbortLocked(*e, "transfer failed: " + result.ToString());
     return result;
   }
@@ -197,6 +226,7 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   }
   r.pid = info->pid;
   Save(r, TargetPhase::kRestored);
+  ReleaseIntake(r.offer.id);  // it no longer receives
   // The images are no longer needed once the task runs.
   std::error_code ec;
   fs::remove_all(options_.scratch_dir + "/in-" + r.offer.id, ec);
@@ -206,6 +236,7 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
 void IncomingMigrations::CommitLocked(Entry& e) {
   IncomingRecord& r = e.record;
   Save(r, TargetPhase::kCommitted);
+  ReleaseIntake(r.offer.id);
   if (hooks_.adopt) hooks_.adopt(r.offer, r.pid);
 }
 

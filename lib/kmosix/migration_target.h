@@ -8,9 +8,18 @@
 // Ownership: borrows the engine, runtime and clock; owns its records.
 // Thread-safety: all methods are safe to call concurrently; calls for one id
 // are serialised.
+// Bounded intake (options.intake, intake_limits.h): a Prepare beyond the
+// node's concurrent incoming migrations is refused busy (kRetry with a
+// retry-after, nothing recorded); the slot is held until the record is
+// Restored, Committed or Aborted; the engine's prefault hint comes from the
+// shared budget; the stream is held to ReceiveLimits (the offer's declared
+// bounds under the ceiling) and a stream cut for going beyond them aborts
+// the migration like any failed transfer.
 // Errors: kNotFound for an unknown id, kConflict for a call in the wrong
-// phase or a workload name in use, kInvalid for a bad offer, kFailed for a
-// restore that failed (the record is then Aborted and cleaned up).
+// phase or a workload name in use, kInvalid for a bad offer (or one that
+// declares more than the ceiling), kRetry (busy) when the node receives its
+// limit of migrations, kFailed for a restore that failed (the record is then
+// Aborted and cleaned up).
 #pragma once
 
 #include <functional>
@@ -23,6 +32,7 @@
 
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
+#include "kmosix/intake_limits.h"
 #include "kmosix/runtime.h"
 #include "kmosix/transport.h"
 
@@ -50,6 +60,9 @@ class IncomingMigrations final : public MigrationTarget {
     std::string log_dir;      // <log_dir>/<workload>.log
     // A migration that makes no progress for this long is aborted.
     Clock::Duration idle_timeout = std::chrono::seconds(120);
+    // The node's intake limits (borrowed, must outlive this); nullptr: none
+    // (streams are still held to what their offers declared).
+    IntakeLimiter* intake = nullptr;
   };
   // The agent's workload registry, as the target needs it.
   struct Hooks {
@@ -83,6 +96,9 @@ class IncomingMigrations final : public MigrationTarget {
   StatusOr<TargetPhase> Commit(const std::string& id) override;
   StatusOr<TargetPhase> Abort(const std::string& id) override;
   StatusOr<TargetPhase> Query(const std::string& id) override;
+  // The offer's declared bounds under the intake ceiling; none for an
+  // unknown id (BeginReceive refuses it anyway).
+  StreamLimits ReceiveLimits(const std::string& id) override;
 
   // Aborts migrations idle past the timeout (a Restored one is first put to
   // the owned_here oracle, if set). Call periodically.
@@ -110,6 +126,8 @@ class IncomingMigrations final : public MigrationTarget {
   void AbortLocked(Entry& e, const std::string& why);
   // Records Committed and adopts. Caller holds e.mu; the record is Restored.
   void CommitLocked(Entry& e);
+  // Gives back the intake slot and prefault grant of a migration.
+  void ReleaseIntake(const std::string& id);
   // Puts a Restored record to the owned_here oracle and acts on the answer:
   // true if it committed or aborted, false if it is still Restored.
   bool AskOracleLocked(Entry& e, const std::string& when);

@@ -158,7 +158,7 @@ json ContainerSpecToJson(const ContainerSpec& spec) {
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
   KMX_ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
   KMX_RETURN_IF_ERROR(RejectUnknown(
-      j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history", "memoryBytes"},
+      j, {"id", "sourceNode", "sourceUrl", "spec", "createdMs", "history", "memoryBytes", "stream"},
       "migration offer"));
   MigrationOffer offer;
   KMX_ASSIGN_OR_RETURN(offer.id, RequiredString(j, "id"));
@@ -191,17 +191,38 @@ StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
     }
     offer.memory_bytes = m->get<uint64_t>();
   }
+  if (auto st = j.find("stream"); st != j.end()) {
+    if (!st->is_object()) return InvalidError("field \"stream\" must be an object");
+    KMX_RETURN_IF_ERROR(RejectUnknown(*st, {"files", "bytes", "entries"}, "offer's stream"));
+    for (auto [key, field] : {std::pair<const char*, uint64_t*>{"files", &offer.stream.files},
+                              {"bytes", &offer.stream.bytes},
+                              {"entries", &offer.stream.entries}}) {
+      auto v = st->find(key);
+      if (v == st->end()) continue;
+      if (!v->is_number_unsigned() || v->get<uint64_t>() > kMaxOfferStreamValue) {
+        return InvalidError(std::string("field \"stream.") + key +
+                            "\" must be an integer from 0 to 2^56");
+      }
+      *field = v->get<uint64_t>();
+    }
+  }
   return offer;
 }
 
 json MigrationOfferToJson(const MigrationOffer& offer) {
-  return {{"id", offer.id},
-          {"sourceNode", offer.source_node},
-          {"sourceUrl", offer.source_url},
-          {"spec", ContainerSpecToJson(offer.spec)},
-          {"createdMs", offer.created_ms},
-          {"history", offer.history},
-          {"memoryBytes", offer.memory_bytes}};
+  json j = {{"id", offer.id},
+            {"sourceNode", offer.source_node},
+            {"sourceUrl", offer.source_url},
+            {"spec", ContainerSpecToJson(offer.spec)},
+            {"createdMs", offer.created_ms},
+            {"history", offer.history},
+            {"memoryBytes", offer.memory_bytes}};
+  if (offer.stream != StreamLimits{}) {
+    j["stream"] = {{"files", offer.stream.files},
+                   {"bytes", offer.stream.bytes},
+                   {"entries", offer.stream.entries}};
+  }
+  return j;
 }
 
 json ErrorJson(const Status& status) {

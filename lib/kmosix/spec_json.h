@@ -42,8 +42,11 @@ nlohmann::json ContainerSpecToJson(const ContainerSpec& spec);  // without log_p
 using api::ValidateName;
 
 // {"id","sourceNode","sourceUrl","spec":{...},"createdMs"?,"history"?,
-//  "memoryBytes"? (0 to kMaxOfferMemoryBytes)}
+//  "memoryBytes"? (0 to kMaxOfferMemoryBytes), "stream"? (below)}
 inline constexpr uint64_t kMaxOfferMemoryBytes = uint64_t{1} << 50;
+// Each of "stream": {"files"?, "bytes"?, "entries"?} (MigrationOffer::stream;
+// the object only when one is declared) is 0 to kMaxOfferStreamValue.
+inline constexpr uint64_t kMaxOfferStreamValue = uint64_t{1} << 56;
 StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body);
 nlohmann::json MigrationOfferToJson(const MigrationOffer& offer);
 

@@ -769,6 +769,12 @@ struct StreamDecoder::Impl {
   uint64_t announced_bytes = 0;
   uint64_t consumed = 0;
   TransferStats stats;
+  bool over_limits = false;  // the error is a DecoderOptions limit
+
+  Status OverLimits(std::string message) {
+    over_limits = true;
+    return InvalidError(std::move(message));
+  }
 
   // Sections.
   std::vector<bool> seen;
@@ -922,12 +928,12 @@ struct StreamDecoder::Impl {
       return InvalidError("a stream with open totals declares totals");
     }
     if (options.max_files != 0 && declared_files > options.max_files) {
-      return InvalidError("stream declares " + std::to_string(declared_files) +
-                          " files, the limit is " + std::to_string(options.max_files));
+      return OverLimits("stream declares " + std::to_string(declared_files) +
+                        " files, the limit is " + std::to_string(options.max_files));
     }
     if (options.max_bytes != 0 && declared_bytes > options.max_bytes) {
-      return InvalidError("stream declares " + std::to_string(declared_bytes) +
-                          " bytes, the limit is " + std::to_string(options.max_bytes));
+      return OverLimits("stream declares " + std::to_string(declared_bytes) +
+                        " bytes, the limit is " + std::to_string(options.max_bytes));
     }
     record_sha.Update(item);
     state = State::kLength;
@@ -1049,8 +1055,7 @@ struct StreamDecoder::Impl {
     }
     entries += 1;
     if (options.max_entries != 0 && entries > options.max_entries) {
-      return InvalidError("stream has more than " + std::to_string(options.max_entries) +
-                          " entries");
+      return OverLimits("stream has more than " + std::to_string(options.max_entries) + " entries");
     }
 
     const Section& s = landing.sections[cur];
@@ -1068,8 +1073,9 @@ struct StreamDecoder::Impl {
     if (regular) {
       uint64_t max_files = open_totals ? options.max_files : declared_files;
       if ((!open_totals || max_files != 0) && announced_files + 1 > max_files) {
-        return InvalidError("more files than the " + std::to_string(max_files) +
-                            (open_totals ? " allowed" : " declared"));
+        std::string m = "more files than the " + std::to_string(max_files) +
+                        (open_totals ? " allowed" : " declared");
+        return open_totals ? OverLimits(std::move(m)) : InvalidError(std::move(m));
       }
       KMX_RETURN_IF_ERROR(Announce(size, label));
       announced_files += 1;
@@ -1198,8 +1204,9 @@ struct StreamDecoder::Impl {
   Status Announce(uint64_t size, const std::string& label) {
     uint64_t max_bytes = open_totals ? options.max_bytes : declared_bytes;
     if ((!open_totals || max_bytes != 0) && size > max_bytes - announced_bytes) {
-      return InvalidError("file " + label + " goes beyond the " + std::to_string(max_bytes) +
-                          (open_totals ? " bytes allowed" : " bytes declared"));
+      std::string m = "file " + label + " goes beyond the " + std::to_string(max_bytes) +
+                      (open_totals ? " bytes allowed" : " bytes declared");
+      return open_totals ? OverLimits(std::move(m)) : InvalidError(std::move(m));
     }
     announced_bytes += size;
     return Status::Ok();
@@ -1299,5 +1306,6 @@ Status StreamDecoder::Finish() { return impl_->Finish(); }
 bool StreamDecoder::complete() const { return impl_->state == Impl::State::kDone; }
 TransferStats StreamDecoder::stats() const { return impl_->stats; }
 uint64_t StreamDecoder::consumed() const { return impl_->consumed; }
+bool StreamDecoder::over_limits() const { return impl_->over_limits; }
 
 }  // namespace kmosix

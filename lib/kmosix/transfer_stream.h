@@ -152,7 +152,8 @@ class StreamEncoder {
 };
 
 struct DecoderOptions {
-  // Refuse streams that declare more than this (0 = no limit).
+  // Refuse streams that declare more than this, and cut open-totals streams
+  // that go beyond it (0 = no limit).
   uint64_t max_files = 0;
   uint64_t max_bytes = 0;
   // Refuse streams with more entries of any kind than this (0 = no limit).
@@ -192,6 +193,9 @@ class StreamDecoder {
   TransferStats stats() const;
   // Stream bytes consumed so far.
   uint64_t consumed() const;
+  // Whether the error is one of the DecoderOptions limits (max_files,
+  // max_bytes, max_entries), not a malformed or inconsistent stream.
+  bool over_limits() const;
 
  private:
   struct Impl;

@@ -24,6 +24,15 @@ struct PeerInfo {
   std::string version;
 };
 
+// The most a transfer stream may carry: regular files, their payload bytes,
+// entries of any kind. 0 in a field: not bounded by this value.
+struct StreamLimits {
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+  uint64_t entries = 0;
+  bool operator==(const StreamLimits&) const = default;
+};
+
 // What the source offers the target before it freezes anything.
 struct MigrationOffer {
   std::string id;
@@ -36,6 +45,10 @@ struct MigrationOffer {
   // Its processes' memory on the source when offered (0: unknown), a hint
   // for the target (CheckpointEngine::MemoryBytes).
   uint64_t memory_bytes = 0;
+  // Upper bounds of the stream the source will send (0 fields: not
+  // declared). The target refuses an offer over its own ceiling and cuts a
+  // stream that goes beyond them (the migration then rolls back).
+  StreamLimits stream;
 };
 
 struct TransferStats {
@@ -108,6 +121,12 @@ class MigrationTarget {
   virtual StatusOr<TargetPhase> Commit(const std::string& id) = 0;
   virtual StatusOr<TargetPhase> Abort(const std::string& id) = 0;
   virtual StatusOr<TargetPhase> Query(const std::string& id) = 0;
+  // What the stream of a migration in Receiving may carry at most (the
+  // receiver cuts it beyond that); 0 fields: no bound. Default: none.
+  virtual StreamLimits ReceiveLimits(const std::string& id) {
+    (void)id;
+    return {};
+  }
 };
 
 }  // namespace kmosix

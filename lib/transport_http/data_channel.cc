@@ -18,6 +18,7 @@
 #include <optional>
 #include <vector>
 
+#include "kmosix/intake_limits.h"
 #include "kmosix/spec_json.h"
 #include "transport_http/stream_receiver.h"
 
@@ -268,9 +269,20 @@ void DataServer::AcceptLoop() {
         ++it;
       }
     }
+    if (options_.max_connections > 0 && active_.load() >= options_.max_connections) {
+      refused_.fetch_add(1);
+      Answer(fd, ErrorJson(BusyError("data channel busy: " + std::to_string(active_.load()) +
+                                         " streams in flight, the limit is " +
+                                         std::to_string(options_.max_connections),
+                                     std::chrono::seconds(2))));
+      ::close(fd);
+      continue;
+    }
+    active_.fetch_add(1);
     auto done = std::make_shared<std::atomic<bool>>(false);
     workers_.push_back({std::thread([this, fd, done] {
                           Serve(fd);
+                          active_.fetch_sub(1);
                           done->store(true);
                         }),
                         done});

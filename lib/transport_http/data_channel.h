@@ -9,7 +9,9 @@
 // {"code","message"}, and closes. A target that fails early answers at once
 // and closes; the source then reads that answer instead of a broken pipe.
 //
-// DataServer: owns its listening socket and one thread per connection;
+// DataServer: owns its listening socket and one thread per connection, at
+// most max_connections at once (a connection beyond them is answered busy,
+// kRetry with a retry-after, and closed at once);
 // borrows the target and clock. Start/Stop from one thread; the target is
 // called from connection threads. SendStream: thread-safe, no shared state.
 // Errors: kRetry for connection failures and timeouts (outcome unknown to the
@@ -36,6 +38,7 @@ class DataServer {
     DecoderOptions decoder;
     std::chrono::milliseconds io_timeout{30000};  // a stalled peer is dropped
     size_t buffer_size = 4 << 20;
+    int max_connections = 8;  // streams served at once; 0: no limit
   };
   DataServer(MigrationTarget& target, Clock& clock, Options options);
   ~DataServer();
@@ -45,6 +48,9 @@ class DataServer {
   // Listens on host:port (port 0: a free one) and starts accepting.
   Status Start(const std::string& host, int port);
   int port() const { return port_; }
+  // Connections being served now, and refused for max_connections so far.
+  int active_connections() const { return active_.load(); }
+  uint64_t refused_connections() const { return refused_.load(); }
   // Stops accepting and waits for running streams to end.
   void Stop();
 
@@ -58,6 +64,8 @@ class DataServer {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::atomic<int> active_{0};
+  std::atomic<uint64_t> refused_{0};
   std::thread acceptor_;
   struct Worker {
     std::thread thread;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "kmosix/intake_limits.h"
 #include "kmosix/spec_json.h"
 #include "transport_http/stream_receiver.h"
 
@@ -25,6 +26,8 @@ void Reply(httplib::Response& res, const json& body, int status = 200) {
 }
 
 void ReplyError(httplib::Response& res, const Status& s) {
+  // A busy target (intake limits) says when to ask again.
+  if (auto after = RetryAfterOf(s)) res.set_header("Retry-After", std::to_string(after->count()));
   Reply(res, ErrorJson(s), HttpStatus(s.code()));
 }
 

@@ -12,7 +12,8 @@
 // Ownership: `target` (and options.clock, if set) must outlive the server.
 // Thread-safety: handlers run on the server's threads concurrently; the
 // target must be thread-safe (it is, per its contract). Handlers never throw
-// and answer every error as JSON {"code","message"} with HttpStatus(code).
+// and answer every error as JSON {"code","message"} with HttpStatus(code); a
+// busy refusal (kmosix/intake_limits.h BusyError) is 503 with Retry-After.
 // Note: httplib's server read timeout (Server::set_read_timeout, 5 s by
 // default) bounds how long the source may stall between stream chunks.
 #pragma once

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "kmosix/intake_limits.h"
+
 namespace kmosix {
 
 StreamReceiver::~StreamReceiver() {
@@ -13,6 +15,13 @@ Status StreamReceiver::Begin(const std::string& id) {
   StatusOr<Landing> landing = target_.BeginReceive(id);
   if (!landing.ok()) return result_ = landing.status();
   start_ = clock_.Now();
+  // The target's bounds for this stream (its offer's, under the node's
+  // ceiling) tighten the carrier's own.
+  const StreamLimits own{options_.max_files, options_.max_bytes, options_.max_entries};
+  const StreamLimits limits = TightestLimits(own, target_.ReceiveLimits(id));
+  options_.max_files = limits.files;
+  options_.max_bytes = limits.bytes;
+  options_.max_entries = limits.entries;
   decoder_.emplace(std::move(*landing), options_);
   return Status::Ok();
 }
@@ -31,6 +40,7 @@ void StreamReceiver::Report(const Status& s) {
 Status StreamReceiver::Feed(const char* data, size_t n) {
   if (!result_.ok() || !decoder_) return result_;
   result_ = decoder_->Feed(data, n);
+  if (!result_.ok() && decoder_->over_limits()) result_ = StreamLimitError(result_);
   if (!result_.ok()) {
     spdlog::warn("migration {}: receive failed: {}", id_, result_.ToString());
     Report(result_);  // abort early; the carrier may still be draining

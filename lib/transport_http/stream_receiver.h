@@ -1,7 +1,10 @@
 // Receives one transfer stream for a MigrationTarget, whatever carries it
 // (the HTTP stream route or the raw data channel): Begin moves the migration
 // to Receiving and opens the decoder, Feed decodes, End verifies the end and
-// reports the outcome to the target exactly once.
+// reports the outcome to the target exactly once. The decoder is held to the
+// tightest of the carrier's DecoderOptions and target.ReceiveLimits(id); a
+// stream cut for going beyond them fails with StreamLimitError
+// (kmosix/intake_limits.h).
 // Not thread-safe: one receiver per stream. Internal to this adapter.
 #pragma once
 

@@ -4,7 +4,8 @@
 // before delivery; DropResponse(m) delivers it and loses the answer; CutTransfer()
 // cuts the stream after its first section record. All of these answer kRetry,
 // as a network failure would. Send runs the real transfer stream codec
-// (encoder straight into decoder). Thread-safe enough for single-threaded tests.
+// (encoder straight into decoder), held to target->ReceiveLimits(id).
+// Thread-safe enough for single-threaded tests.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kmosix/intake_limits.h"
 #include "kmosix/transfer_stream.h"
 #include "kmosix/transport.h"
 
@@ -48,8 +50,15 @@ class FakeTransport : public Transport {
                                const std::vector<Section>& sections) override {
     KMX_RETURN_IF_ERROR(Before("Send"));
     KMX_ASSIGN_OR_RETURN(Landing landing, target_->BeginReceive(id));
-    StreamDecoder decoder(landing);
+    // Held to the target's bounds, as the real receiver (stream_receiver.h).
+    const StreamLimits limits = target_->ReceiveLimits(id);
+    DecoderOptions options;
+    options.max_files = limits.files;
+    options.max_bytes = limits.bytes;
+    options.max_entries = limits.entries;
+    StreamDecoder decoder(landing, options);
     Status result = Stream(sections, decoder);
+    if (!result.ok() && decoder.over_limits()) result = StreamLimitError(result);
     if (result.ok()) result = decoder.Finish();
     Status end = target_->EndReceive(id, result, decoder.stats());
     if (!result.ok()) return result;
