@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "agent.h"
 #include "cluster_link.h"
 #include "containerd/containerd_runtime.h"
+#include "containerd/workload_network.h"
 #include "etcd/etcd_state_store.h"
 #include "http_api.h"
 #include "kmosix/clock.h"
@@ -61,6 +63,8 @@ int main(int argc, char** argv) {
   int64_t memory_capacity_mib = 0;
   double speed = 1.0;
   double heartbeat = 10;
+  std::string workload_network = "isolated";
+  kmosix::WorkloadNetworkConfig wn_config;
   app.add_option("--node", opts.node, "this node's name")->required();
   app.add_option("--listen", listen, "address:port to serve the REST API on")
       ->capture_default_str();
@@ -141,6 +145,17 @@ int main(int argc, char** argv) {
                  "seconds between load publications when nothing changed materially")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--workload-network", workload_network,
+                 "isolated: each workload gets its own network namespace on --workload-bridge; "
+                 "host: workloads share the node's network namespace (debugging only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"isolated", "host"}));
+  app.add_option("--workload-cidr", wn_config.cidr,
+                 "IPv4 subnet of this node's workloads (distinct per node; the bridge takes "
+                 "its first address, workloads the rest)")
+      ->capture_default_str();
+  app.add_option("--workload-bridge", wn_config.bridge, "bridge of this node's workloads")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -165,6 +180,27 @@ int main(int argc, char** argv) {
   opts.resolve_timeout = std::chrono::milliseconds(static_cast<int64_t>(resolve_timeout * 1000));
   opts.history = std::chrono::seconds(static_cast<int64_t>(history_hours * 3600));
   ctd.node_name = opts.node;
+
+  kmosix::SystemCommandRunner command_runner;
+  std::unique_ptr<kmosix::WorkloadNetwork> network;
+  if (workload_network == "isolated") {
+    wn_config.node = opts.node;
+    wn_config.lease_file = opts.state_dir + "/workload-network.json";
+    std::error_code ec;
+    std::filesystem::create_directories(opts.state_dir, ec);
+    auto made = kmosix::WorkloadNetwork::Create(wn_config, command_runner);
+    if (!made.ok()) {
+      spdlog::critical("--workload-network isolated: {}", made.status().ToString());
+      return 2;
+    }
+    network = std::move(*made);
+    ctd.network = network.get();
+  } else {
+    spdlog::warn(
+        "!!! --workload-network=host: workloads share this node's network namespace, can reach "
+        "every port it listens on, loopback included (agent, etcd). For debugging only "
+        "!!!");
+  }
 
   kmosix::SystemClock clock;
   kmosix::SystemRandom random;

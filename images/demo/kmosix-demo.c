@@ -37,6 +37,13 @@
  *                      tick, t_ms, mem_ok, mem_mib, mem_passes, child_tick,
  *                      child_alive, file_ok, rootfs_ok, pid.
  *
+ *   --probe-raw-socket  try socket(AF_PACKET, SOCK_RAW), socket(AF_INET,
+ *                      SOCK_RAW, IPPROTO_ICMP) and socket(AF_INET, SOCK_DGRAM,
+ *                      IPPROTO_ICMP), print "demo: raw_packet=<ok|ERRNO>
+ *                      raw_inet=<ok|ERRNO> icmp_dgram=<ok|ERRNO>" (ERRNO like
+ *                      EPERM) and exit 0 (checks that a workload lacks
+ *                      CAP_NET_RAW but may still ping).
+ *
  * SIGTERM/SIGINT: exit 0 (kills the child). Exit 3 on a memory mismatch only
  * with --exit-on-corruption.
  *
@@ -50,7 +57,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -116,7 +127,8 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: kmosix-demo [--mem MiB] [--interval-ms MS] [--ticks N] [--child]\n"
           "                   [--append-file PATH] [--write-rootfs PATH] [--status PATH]\n"
-          "                   [--verify-mib MiB] [--dirty-mib MiB] [--exit-on-corruption]\n");
+          "                   [--verify-mib MiB] [--dirty-mib MiB] [--exit-on-corruption]\n"
+          "       kmosix-demo --probe-raw-socket\n");
   exit(code);
 }
 
@@ -134,6 +146,28 @@ static long arg_long(int argc, char **argv, int *i) {
 static const char *arg_str(int argc, char **argv, int *i) {
   if (*i + 1 >= argc) usage(2);
   return argv[++*i];
+}
+
+static const char *socket_result(int domain, int type, int protocol) {
+  int fd = socket(domain, type, protocol);
+  if (fd >= 0) {
+    close(fd);
+    return "ok";
+  }
+  switch (errno) {
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    default: return strerror(errno);
+  }
+}
+
+static void probe_raw_socket(void) {
+  const char *packet = socket_result(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+  const char *inet = socket_result(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+  const char *dgram = socket_result(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+  printf("demo: raw_packet=%s raw_inet=%s icmp_dgram=%s\n", packet, inet, dgram);
+  exit(0);
 }
 
 static void parse(struct opts *o, int argc, char **argv) {
@@ -159,6 +193,7 @@ static void parse(struct opts *o, int argc, char **argv) {
     else if (!strcmp(a, "--append-file")) o->append_file = arg_str(argc, argv, &i);
     else if (!strcmp(a, "--write-rootfs")) o->write_rootfs = arg_str(argc, argv, &i);
     else if (!strcmp(a, "--status")) o->status = arg_str(argc, argv, &i);
+    else if (!strcmp(a, "--probe-raw-socket")) probe_raw_socket();
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
     else {
       fprintf(stderr, "demo: unknown argument %s\n", a);

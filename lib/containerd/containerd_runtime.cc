@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "containerd/oci_spec.h"
+#include "containerd/workload_network.h"
 #include "github.com/containerd/containerd/api/services/containers/v1/containers.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/content/v1/content.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/images/v1/images.grpc.pb.h"
@@ -462,6 +463,20 @@ Status ContainerdRuntime::CreateContainer(const ContainerSpec& spec) {
     KMX_ASSIGN_OR_RETURN(std::string chain_id, ComputeChainId(image.diff_ids));
 
     OciSpecOptions opts;
+    // The workload's own network namespace, made before the container (and
+    // so before a restore into it); removed again unless the container is.
+    struct NetworkGuard {
+      WorkloadNetwork* network;
+      const std::string& name;
+      bool keep = false;
+      ~NetworkGuard() {
+        if (network != nullptr && !keep) (void)network->Teardown(name);
+      }
+    } network_guard{im.cfg.network, spec.name};
+    if (im.cfg.network != nullptr) {
+      KMX_ASSIGN_OR_RETURN(WorkloadNetworkInfo net, im.cfg.network->Setup(spec.name));
+      opts.network_namespace_path = net.netns_path;
+    }
     opts.cgroup_parent = im.cfg.cgroup_parent;
     opts.annotations[kAnnotationIncarnation] = NewIncarnation();
     opts.annotations[kLabelNode] = im.cfg.node_name;
@@ -517,6 +532,7 @@ Status ContainerdRuntime::CreateContainer(const ContainerSpec& spec) {
       (void)im.snapshots->Remove(rctx.get(), rreq, &e);
       return s;
     }
+    network_guard.keep = true;
     return Status::Ok();
   });
 }
@@ -617,6 +633,7 @@ Status ContainerdRuntime::Delete(const std::string& name) {
     auto ctx = im.Ctx();
     Status s = FromGrpc(im.snapshots->Remove(ctx.get(), req, &e), "remove snapshot " + key);
     if (!s.ok() && s.code() != Code::kNotFound) return s;
+    if (im.cfg.network != nullptr) KMX_RETURN_IF_ERROR(im.cfg.network->Teardown(name));
     return Status::Ok();
   });
 }

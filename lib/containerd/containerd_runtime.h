@@ -48,6 +48,8 @@
 
 namespace kmosix {
 
+class WorkloadNetwork;
+
 struct ContainerdConfig {
   // containerd's gRPC socket, absolute path (the target is "unix://" + path).
   std::string socket_path = "/run/containerd/containerd.sock";
@@ -69,6 +71,12 @@ struct ContainerdConfig {
   std::chrono::milliseconds criu_timeout{600000};
   // How long Delete waits for a killed task to exit.
   std::chrono::milliseconds kill_timeout{10000};
+  // Per-workload network namespaces (not owned; must outlive the runtime).
+  // Set: CreateContainer makes the workload's namespace (WorkloadNetwork::
+  // Setup) and the container joins it, also when it is restored from a
+  // checkpoint (runc hands the prepared namespace to CRIU as external);
+  // Delete removes it. Null: containers share the node's network namespace.
+  WorkloadNetwork* network = nullptr;
 };
 
 class ContainerdRuntime : public ContainerRuntime {
