@@ -8,7 +8,7 @@ namespace kmosix::agent {
 
 bool Failpoints::Known(const std::string& name) {
   return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang" ||
-         name == "restore.hang";
+         name == "restore.hang" || name == "offer.understate";
 }
 
 void Failpoints::Arm(const std::string& name) {
@@ -45,6 +45,15 @@ StatusOr<Capture> FailpointEngine::Freeze(const ContainerSpec& spec,
     return FailedError("failpoint checkpoint.fail");
   }
   return capture;
+}
+
+StreamLimits FailpointEngine::StreamBound(const ContainerSpec& spec, uint64_t memory_bytes) {
+  StreamLimits bound = inner_.StreamBound(spec, memory_bytes);
+  if (fp_.Take("offer.understate")) {
+    spdlog::warn("failpoint offer.understate fired for {}: the offer declares 1 MiB", spec.name);
+    bound.bytes = uint64_t{1} << 20;
+  }
+  return bound;
 }
 
 Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landing) {

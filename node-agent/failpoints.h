@@ -11,6 +11,9 @@
 //                            restore, until disarmed (at most 300 s): the
 //                            workload frozen, its images on the target, the
 //                            migration in phase Restoring; a window to cancel in
+//   offer.understate         the source's offer declares a 1 MiB stream (the
+//                            target cuts the real one: the migration rolls
+//                            back, the workload runs on at the source)
 // Thread-safe.
 #pragma once
 
@@ -49,6 +52,7 @@ class FailpointEngine final : public CheckpointEngine {
   Status Release(const std::string& name) override { return inner_.Release(name); }
   Status Recover(const std::string& scratch_root) override { return inner_.Recover(scratch_root); }
   uint64_t MemoryBytes(const std::string& name) override { return inner_.MemoryBytes(name); }
+  StreamLimits StreamBound(const ContainerSpec& spec, uint64_t memory_bytes) override;
   StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
                             uint64_t memory_bytes) override {
     return inner_.Prepare(spec, scratch_dir, memory_bytes);

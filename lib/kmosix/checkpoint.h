@@ -59,6 +59,15 @@ struct Capture {
   std::function<double()> streamed_checkpoint_seconds;
 };
 
+// The most a transfer stream may carry: regular files, their payload bytes,
+// entries of any kind. 0 in a field: not bounded by this value.
+struct StreamLimits {
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+  uint64_t entries = 0;
+  bool operator==(const StreamLimits&) const = default;
+};
+
 // Where a target wants each section written. Sections it does not name are
 // rejected by the receiver.
 struct Landing {
@@ -93,6 +102,17 @@ class CheckpointEngine {
   virtual uint64_t MemoryBytes(const std::string& name) {
     (void)name;
     return 0;
+  }
+
+  // Source side, before Freeze: upper bounds of what a transfer of `spec`'s
+  // capture will carry (files, payload bytes, entries), declared in the
+  // migration's offer; the target cuts a stream that goes beyond them (the
+  // migration rolls back). memory_bytes is MemoryBytes(spec.name). Default:
+  // nothing declared (the target holds the stream to its ceiling only).
+  virtual StreamLimits StreamBound(const ContainerSpec& spec, uint64_t memory_bytes) {
+    (void)spec;
+    (void)memory_bytes;
+    return {};
   }
 
   // Target side. Creates the container for `spec` (no task yet) and says

@@ -2,9 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <utility>
+
+#include "kmosix/intake_limits.h"
 
 namespace kmosix {
 namespace {
@@ -347,11 +350,31 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
                        spec, life.created_ms, life.history};
   offer.spec.log_path.clear();
   offer.memory_bytes = engine_.MemoryBytes(spec.name);
+  offer.stream = engine_.StreamBound(spec, offer.memory_bytes);
   if (cancel_now()) return Fail(r, kCancelled, persist);  // check 1: nothing asked yet
-  if (Status s = transport_.Prepare(r.target_url, offer); !s.ok()) {
+  Status prepared = transport_.Prepare(r.target_url, offer);
+  const auto busy_until = clock_.Now() + options_.busy_wait;
+  while (!prepared.ok()) {
+    // A busy target prepared nothing: ask again after its retry-after.
+    const auto after = RetryAfterOf(prepared);
+    const auto now = clock_.Now();
+    if (!after || now >= busy_until) break;
+    const Clock::Duration wait = std::min<Clock::Duration>(
+        std::clamp<Clock::Duration>(*after, std::chrono::seconds(1), std::chrono::seconds(30)),
+        busy_until - now);
+    spdlog::info("migration {} of {}: target {} is busy ({}); asking again in {:.1f} s", r.id,
+                 r.workload, r.target_url, prepared.message(), Seconds(wait));
+    clock_.SleepFor(wait);
+    if (cancel_now()) return Fail(r, kCancelled, persist);  // still nothing asked of it
+    prepared = transport_.Prepare(r.target_url, offer);
+  }
+  if (!prepared.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.
-    if (s.code() == Code::kRetry) (void)transport_.Abort(r.target_url, r.id);
-    return Fail(r, s.Annotate("target refused"), persist);
+    // (A busy answer prepared nothing, and an abort would bar the id there.)
+    if (prepared.code() == Code::kRetry && !RetryAfterOf(prepared)) {
+      (void)transport_.Abort(r.target_url, r.id);
+    }
+    return Fail(r, prepared.Annotate("target refused"), persist);
   }
   r.timings.prepare = Seconds(clock_.Now() - start);
   if (cancel_now()) {  // check 2: prepared there, nothing frozen here

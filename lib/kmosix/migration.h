@@ -109,6 +109,10 @@ class MigrationDriver {
     Clock::Duration retry_interval = std::chrono::milliseconds(500);
     // nullptr: standalone (no ownership record outside the agents).
     OwnershipLedger* ledger = nullptr;
+    // How long to keep offering to a target that answers busy (its intake
+    // is full, intake_limits.h), asking again after its Retry-After, before
+    // the migration fails (kRetry; nothing was frozen or prepared).
+    Clock::Duration busy_wait = std::chrono::seconds(120);
   };
   // Called with the report every time its phase changes, before the work of
   // the new phase starts: the caller journals it so Recover can finish the
@@ -125,6 +129,10 @@ class MigrationDriver {
   // id, workload, source_node and target_url the caller filled in. If the
   // caller also filled in target_node, a target answering under another
   // name is refused (Failed, kInvalid) before anything is frozen.
+  // The offer declares the most the stream will carry
+  // (CheckpointEngine::StreamBound). A target that answers busy is asked
+  // again after its retry-after, for up to options.busy_wait (cancel is
+  // polled before each new ask).
   // `cancelled` is polled (1) right before the target's Prepare and (2)
   // before the freeze: true -> Failed; (3) after the checkpoint, (4) after the
   // transfer and (5) after the restore, before Committing: true -> target

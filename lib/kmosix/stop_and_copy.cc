@@ -273,6 +273,40 @@ uint64_t StopAndCopyEngine::MemoryBytes(const std::string& name) {
   return info.ok() ? ContainerResidentBytes(info->pid, options_.proc_root) : 0;
 }
 
+StreamLimits StopAndCopyEngine::StreamBound(const ContainerSpec& spec, uint64_t memory_bytes) {
+  // Memory: what the processes hold now, or their cgroup limit if larger;
+  // unknown without either (then nothing is declared).
+  const uint64_t limit = spec.memory_mib > 0 ? static_cast<uint64_t>(spec.memory_mib) << 20 : 0;
+  const uint64_t memory = std::max(memory_bytes, limit);
+  auto layer = runtime_.WritableLayerDir(spec.name);
+  if (memory == 0 || !layer.ok()) return {};
+  uint64_t files = 0, bytes = 0, entries = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(
+           *layer, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    entries += 1;
+    std::error_code fec;
+    if (it->is_regular_file(fec) && !it->is_symlink(fec)) {
+      files += 1;
+      bytes += it->file_size(fec);
+    }
+  }
+  if (ec) return {};  // the layer could not be walked: declare nothing
+  if (!spec.log_path.empty()) {
+    files += 1;
+    entries += 1;
+    bytes += fs::file_size(spec.log_path, ec);
+  }
+  // The workload runs on until the freeze (and its dump adds CRIU's image
+  // files and metadata): twice what it has now, plus room.
+  StreamLimits bound;
+  bound.bytes = 2 * (bytes + memory) + (uint64_t{256} << 20);
+  bound.files = 2 * files + 16384;
+  bound.entries = 2 * entries + 32768;
+  return bound;
+}
+
 StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
                                              const std::string& scratch_dir,
                                              uint64_t memory_bytes) {

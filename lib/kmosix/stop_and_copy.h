@@ -71,6 +71,10 @@ class StopAndCopyEngine final : public CheckpointEngine {
   Status Release(const std::string& name) override;
   Status Recover(const std::string& scratch_root) override;
   uint64_t MemoryBytes(const std::string& name) override;
+  // Twice the writable layer, log and memory (the larger of memory_bytes and
+  // the spec's limit) now, plus 256 MiB, 16384 files, 32768 entries; nothing
+  // declared when the memory is unknown or the layer cannot be walked.
+  StreamLimits StreamBound(const ContainerSpec& spec, uint64_t memory_bytes) override;
   StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
                             uint64_t memory_bytes) override;
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;

@@ -24,15 +24,6 @@ struct PeerInfo {
   std::string version;
 };
 
-// The most a transfer stream may carry: regular files, their payload bytes,
-// entries of any kind. 0 in a field: not bounded by this value.
-struct StreamLimits {
-  uint64_t files = 0;
-  uint64_t bytes = 0;
-  uint64_t entries = 0;
-  bool operator==(const StreamLimits&) const = default;
-};
-
 // What the source offers the target before it freezes anything.
 struct MigrationOffer {
   std::string id;
@@ -48,7 +39,7 @@ struct MigrationOffer {
   // Upper bounds of the stream the source will send (0 fields: not
   // declared). The target refuses an offer over its own ceiling and cuts a
   // stream that goes beyond them (the migration then rolls back).
-  StreamLimits stream;
+  StreamLimits stream = {};
 };
 
 struct TransferStats {
