@@ -227,6 +227,9 @@ TEST_F(WorkloadNetworkIntegrationTest, OwnAddressRouteOutAndNoRawSockets) {
       "echo hello-outside | nc -w 3 " +
       std::string(kOutside) + " " + port +
       "; "
+      "echo hello-loopback | nc -w 3 127.0.0.1 " +
+      port +
+      " && echo loopback=reached || echo loopback=refused; "
       "/bin/kmosix-demo --probe-raw-socket; echo probe-done; exec sleep 1000");
   Status s = rt->CreateContainer(spec);
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -253,6 +256,10 @@ TEST_F(WorkloadNetworkIntegrationTest, OwnAddressRouteOutAndNoRawSockets) {
   auto lines = server.Lines();
   EXPECT_NE(std::find(lines.begin(), lines.end(), "10.210.0.2 hello-gateway"), lines.end()) << log;
   EXPECT_NE(std::find(lines.begin(), lines.end(), "10.210.0.2 hello-outside"), lines.end()) << log;
+  // The node's loopback (where an agent listens by default) is not the
+  // workload's: 127.0.0.1 inside is its own, nothing listens there.
+  EXPECT_NE(log.find("loopback=refused"), std::string::npos) << log;
+  for (const auto& l : lines) EXPECT_EQ(l.find("hello-loopback"), std::string::npos) << l;
   // No CAP_NET_RAW: packet and raw IP sockets are refused with EPERM; ICMP
   // datagram sockets (ping) are allowed by the namespace's ping_group_range.
   EXPECT_NE(log.find("demo: raw_packet=EPERM raw_inet=EPERM icmp_dgram=ok"), std::string::npos)
