@@ -68,21 +68,25 @@ Agent::Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& 
       transport_(transport),
       clock_(clock),
       random_(random),
-      observer_(observer) {
-  IncomingMigrations::Options in_opts{options_.node, options_.version, options_.scratch_dir,
-                                      options_.state_dir + "/logs", options_.idle_timeout};
+      observer_(observer),
+      intake_(options_.intake) {
+  IncomingMigrations::Options in_opts{options_.node,         options_.version,
+                                      options_.scratch_dir,  options_.state_dir + "/logs",
+                                      options_.idle_timeout, &intake_};
   incoming_ =
       std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, TargetHooks());
   driver_options_.source_url = options_.advertise_url;
   driver_options_.scratch_dir = options_.scratch_dir;
   driver_options_.resolve_timeout = options_.resolve_timeout;
+  driver_options_.busy_wait = options_.busy_wait;
   driver_ = std::make_unique<MigrationDriver>(engine_, transport_, clock_, driver_options_);
 }
 
 void Agent::SetClusterHooks(ClusterHooks hooks) {
   cluster_ = std::move(hooks);
-  IncomingMigrations::Options in_opts{options_.node, options_.version, options_.scratch_dir,
-                                      options_.state_dir + "/logs", options_.idle_timeout};
+  IncomingMigrations::Options in_opts{options_.node,         options_.version,
+                                      options_.scratch_dir,  options_.state_dir + "/logs",
+                                      options_.idle_timeout, &intake_};
   incoming_ =
       std::make_unique<IncomingMigrations>(engine_, runtime_, clock_, in_opts, TargetHooks());
 }

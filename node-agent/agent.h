@@ -61,6 +61,11 @@ struct AgentOptions {
   // Outgoing migrations at once; more are refused with kRetry. Each one holds
   // an HTTP server thread, which peers' protocol calls need too.
   int max_outgoing = 2;
+  // Bounded intake: incoming migrations at once, their shared prefault
+  // budget, the stream ceiling (kmosix/intake_limits.h).
+  IntakeOptions intake;
+  // How long an outgoing migration keeps asking a busy target.
+  Clock::Duration busy_wait = std::chrono::seconds(120);
 };
 
 // Counters the agent reports; the REST layer renders them for /metrics.
@@ -120,6 +125,8 @@ class Agent {
   void Tick();
 
   MigrationTarget& Target() { return *incoming_; }
+  // The node's intake limits and counts (for metrics).
+  const IntakeLimiter& Intake() const { return intake_; }
   const AgentOptions& Options() const { return options_; }
 
   // ---- the agent's own API (its REST face: http_api.h, rest_codec.h) ------
@@ -239,6 +246,7 @@ class Agent {
   Clock& clock_;
   Random& random_;
   MigrationObserver* observer_;
+  IntakeLimiter intake_;
   std::unique_ptr<IncomingMigrations> incoming_;
   std::unique_ptr<MigrationDriver> driver_;
   MigrationDriver::Options driver_options_;

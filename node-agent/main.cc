@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -24,6 +25,7 @@
 #include "metrics.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
+#include "transport_http/listener_limits.h"
 #include "transport_http/peer_server.h"
 #include "transport_http/rest.h"
 
@@ -156,7 +158,73 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--workload-bridge", wn_config.bridge, "bridge of this node's workloads")
       ->capture_default_str();
+  // Bounded intake (issue 11): each limit has a flag and a metric
+  // (kmosix_intake*, kmosix_listener*).
+  uint64_t prefault_budget_mib = opts.intake.prefault_budget_bytes >> 20;
+  int64_t retry_after = opts.intake.retry_after.count();
+  double busy_wait = 120;
+  kmosix::ListenerLimits http_limits;
+  kmosix::DataServer::Options data_opts;
+  app.add_option("--max-incoming", opts.intake.max_incoming,
+                 "migrations this node receives at once (more are answered 503 with "
+                 "Retry-After; their sources ask again); 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  app.add_option("--prefault-budget-mib", prefault_budget_mib,
+                 "memory all incoming migrations together may fault in ahead of their "
+                 "restores, MiB (each also at most --prefault-max-mib)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 30));
+  app.add_option("--intake-retry-after", retry_after,
+                 "seconds a busy refusal tells the source to wait")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--busy-wait", busy_wait,
+                 "seconds an outgoing migration keeps asking a busy target before it fails")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--stream-max-bytes", opts.intake.ceiling.bytes,
+                 "hard ceiling of an incoming stream's payload bytes, whatever its offer "
+                 "declared (0: none)")
+      ->capture_default_str();
+  app.add_option("--stream-max-files", opts.intake.ceiling.files,
+                 "hard ceiling of an incoming stream's files (0: none)")
+      ->capture_default_str();
+  app.add_option("--stream-max-entries", opts.intake.ceiling.entries,
+                 "hard ceiling of an incoming stream's entries of any kind (0: none)")
+      ->capture_default_str();
+  app.add_option("--http-threads", http_limits.threads,
+                 "handler threads of the HTTP listener (REST and peer routes)")
+      ->capture_default_str()
+      ->check(CLI::Range(4, 1024));
+  app.add_option("--http-max-queued", http_limits.max_queued,
+                 "accepted HTTP connections that may wait for a thread (beyond: the listener "
+                 "stops accepting)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--max-body-bytes", http_limits.max_body,
+                 "largest HTTP request body (except migration streams), refused 413 before it "
+                 "is read")
+      ->capture_default_str()
+      ->check(CLI::Range(1024, 1 << 30));
+  app.add_option("--data-max-connections", data_opts.max_connections,
+                 "streams the data channel serves at once (more are refused busy)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   CLI11_PARSE(app, argc, argv);
+  opts.intake.prefault_budget_bytes = prefault_budget_mib << 20;
+  opts.intake.retry_after = std::chrono::seconds(retry_after);
+  opts.busy_wait = std::chrono::milliseconds(static_cast<int64_t>(busy_wait * 1000));
+  http_limits.stream_max_body = opts.intake.ceiling.bytes > 0
+                                    ? opts.intake.ceiling.bytes + (uint64_t{1} << 30)
+                                    : std::numeric_limits<uint64_t>::max() / 2;
+  if (http_limits.threads < static_cast<size_t>(opts.max_outgoing + opts.intake.max_incoming + 2)) {
+    spdlog::critical(
+        "--http-threads {} is too few: outgoing migrations hold one each and incoming ones "
+        "need them (at least --max-outgoing + --max-incoming + 2)",
+        http_limits.threads);
+    return 2;
+  }
 
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [" + opts.node + "] %v");
@@ -280,7 +348,13 @@ int main(int argc, char** argv) {
 
   httplib::Server server;
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
-  kmosix::DataServer data_server(agent.Target(), clock, {});
+  auto http_stats = std::make_shared<kmosix::ListenerStats>();
+  kmosix::ApplyListenerLimits(server, http_limits, http_stats);
+  kmosix::DataServer data_server(agent.Target(), clock, data_opts);
+  metrics.SetIntakeSources({[&agent] { return agent.Intake().Snapshot(); }, opts.intake, http_stats,
+                            data_opts.max_connections,
+                            [&data_server] { return data_server.active_connections(); },
+                            [&data_server] { return data_server.refused_connections(); }});
   if (data_port < 0) data_port = port < 65535 ? port + 1 : 0;
   if (data_port > 0) {
     if (auto s = data_server.Start(host, data_port); !s.ok()) {

@@ -9,10 +9,14 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "agent.h"
+#include "kmosix/intake_limits.h"
+#include "transport_http/listener_limits.h"
 
 namespace kmosix::agent {
 
@@ -23,13 +27,34 @@ class AgentMetrics final : public MigrationObserver {
   void SetWorkloads(double n) { workloads_.Set(n); }
   std::string Render() const;
 
+  // Bounded intake (issue 11): where Render reads the limits' counts. Each
+  // source is optional.
+  struct IntakeSources {
+    std::function<IntakeSnapshot()> intake;
+    IntakeOptions limits;
+    std::shared_ptr<ListenerStats> http;  // the peer/REST listener
+    int data_max_connections = 0;
+    std::function<int()> data_active;
+    std::function<uint64_t()> data_refused;
+  };
+  void SetIntakeSources(IntakeSources sources);
+
  private:
+  void CollectIntake() const;
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& migrations_;
   prometheus::Counter& bytes_;
   prometheus::Histogram& downtime_;
   prometheus::Histogram& total_;
   prometheus::Gauge& workloads_;
+
+  mutable std::mutex intake_mu_;
+  IntakeSources sources_;
+  prometheus::Family<prometheus::Gauge>& intake_gauges_;
+  prometheus::Family<prometheus::Counter>& intake_refused_;
+  prometheus::Family<prometheus::Gauge>& listener_gauges_;
+  prometheus::Family<prometheus::Counter>& listener_counters_;
 };
 
 }  // namespace kmosix::agent
