@@ -174,14 +174,21 @@ std::shared_ptr<std::mutex> Agent::LockFor(const std::string& name) {
 }
 
 Status Agent::Start() {
-  for (const char* d : {"workloads", "migrations/out", "migrations/in", "logs"}) {
+  // Journals, records and logs are the agent's alone: 0700 directories
+  // (older agents made them 0755), 0600 files (files.h).
+  for (const char* d :
+       {"", "/workloads", "/migrations", "/migrations/out", "/migrations/in", "/logs"}) {
     std::error_code ec;
-    fs::create_directories(options_.state_dir + "/" + d, ec);
+    fs::create_directories(options_.state_dir + d, ec);
     if (ec) return FailedError("cannot create state dir: " + ec.message());
+    fs::permissions(options_.state_dir + d, fs::perms::owner_all, ec);
+    if (ec) return FailedError("cannot make the state dir private: " + ec.message());
   }
   std::error_code ec;
   fs::create_directories(options_.scratch_dir, ec);
   if (ec) return FailedError("cannot create scratch dir: " + ec.message());
+  fs::permissions(options_.scratch_dir, fs::perms::owner_all, ec);
+  if (ec) return FailedError("cannot make the scratch dir private: " + ec.message());
   // Before any migration is recovered (and a workload thawed).
   if (Status s = engine_.Recover(options_.scratch_dir); !s.ok()) {
     spdlog::error("checkpoint engine recovery: {}", s.ToString());
@@ -404,7 +411,11 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
     }
     return s;
   }
-  { std::ofstream truncate(spec.log_path, std::ios::trunc); }
+  {
+    std::ofstream truncate(spec.log_path, std::ios::trunc);
+    std::error_code perm_ec;  // the log is the agent's (and its API callers')
+    fs::permissions(spec.log_path, fs::perms::owner_read | fs::perms::owner_write, perm_ec);
+  }
   if (Status s = runtime_.CreateContainer(spec); !s.ok()) {
     forget();
     return s.Annotate("create container");

@@ -1,6 +1,7 @@
 // kmosix-agent: wires the concrete parts of one node together.
 #include <httplib.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -19,6 +20,7 @@
 #include "etcd/etcd_state_store.h"
 #include "http_api.h"
 #include "kmosix/clock.h"
+#include "kmosix/files.h"
 #include "kmosix/spec_json.h"
 #include "kmosix/stop_and_copy.h"
 #include "load_sampler.h"
@@ -78,7 +80,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--state-dir", opts.state_dir, "durable agent state")->required();
   app.add_option("--scratch-dir", opts.scratch_dir,
-                 "CRIU images in flight (tmpfs is fastest; default /dev/shm/kmosix-<node>)");
+                 "CRIU images in flight (tmpfs is fastest; default /run/kmosix/<node>/scratch): "
+                 "made 0700; the agent refuses to start if it exists as a symlink, owned by "
+                 "someone else or open to group or others, or under a directory others may "
+                 "write");
   app.add_option("--runc-root", ctd.runc_root, "runc state root for this node")->required();
   app.add_option("--cgroup-parent", ctd.cgroup_parent, "cgroup parent for this node's containers")
       ->required();
@@ -243,7 +248,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (opts.advertise_url.empty()) opts.advertise_url = "http://" + listen;
-  if (opts.scratch_dir.empty()) opts.scratch_dir = "/dev/shm/kmosix-" + opts.node;
+  // Everything the agent writes is its own (0600 files, 0700 directories).
+  ::umask(077);
+  if (opts.scratch_dir.empty()) opts.scratch_dir = "/run/kmosix/" + opts.node + "/scratch";
+  if (!opts.scratch_dir.empty() && opts.scratch_dir.front() != '/') {
+    opts.scratch_dir = std::filesystem::absolute(opts.scratch_dir).string();
+  }
+  if (auto s = kmosix::MakePrivateDir(opts.scratch_dir); !s.ok()) {
+    spdlog::critical("--scratch-dir: {}", s.ToString());
+    return 2;
+  }
   opts.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(idle_timeout * 1000));
   opts.resolve_timeout = std::chrono::milliseconds(static_cast<int64_t>(resolve_timeout * 1000));
   opts.history = std::chrono::seconds(static_cast<int64_t>(history_hours * 3600));

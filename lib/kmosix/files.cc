@@ -1,10 +1,12 @@
 #include "kmosix/files.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -22,10 +24,13 @@ Status Errno(const std::string& what) { return FailedError(what + ": " + std::st
 Status WriteFileAtomic(const std::string& path, const std::string& content) {
   std::error_code ec;
   fs::path p(path);
-  fs::create_directories(p.parent_path(), ec);
-  if (ec) return FailedError("mkdir " + p.parent_path().string() + ": " + ec.message());
+  if (!fs::is_directory(p.parent_path(), ec)) {
+    fs::create_directories(p.parent_path(), ec);
+    if (ec) return FailedError("mkdir " + p.parent_path().string() + ": " + ec.message());
+    fs::permissions(p.parent_path(), fs::perms::owner_all, ec);
+  }
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errno("open " + tmp);
   size_t off = 0;
   while (off < content.size()) {
@@ -37,6 +42,12 @@ Status WriteFileAtomic(const std::string& path, const std::string& content) {
       return s;
     }
     off += static_cast<size_t>(n);
+  }
+  // A file left by an older agent (0644) is made private too.
+  if (::fchmod(fd, 0600) != 0) {
+    Status st = Errno("chmod " + tmp);
+    ::close(fd);
+    return st;
   }
   if (::fsync(fd) != 0) {
     Status s = Errno("fsync " + tmp);
@@ -83,6 +94,59 @@ Status RemoveFile(const std::string& path) {
   std::error_code ec;
   fs::remove(path, ec);
   if (ec) return FailedError("remove " + path + ": " + ec.message());
+  return Status::Ok();
+}
+
+Status MakePrivateDir(const std::string& path) {
+  const fs::path target = fs::path(path).lexically_normal();
+  if (!target.is_absolute() || target == target.root_path()) {
+    return InvalidError("private directory " + path + " must be an absolute path below /");
+  }
+  const uid_t me = ::geteuid();
+  fs::path cur = target.root_path();
+  for (auto it = target.begin(); it != target.end(); ++it) {
+    if (it == target.begin()) continue;  // the root
+    cur /= *it;
+    const bool leaf = cur == target;
+    struct stat st {};
+    if (::lstat(cur.c_str(), &st) != 0) {
+      if (errno != ENOENT) return Errno("lstat " + cur.string());
+      if (::mkdir(cur.c_str(), leaf ? 0700 : 0755) != 0 && errno != EEXIST) {
+        return Errno("mkdir " + cur.string());
+      }
+      if (::lstat(cur.c_str(), &st) != 0) return Errno("lstat " + cur.string());
+      if (::chmod(cur.c_str(), leaf ? 0700 : 0755) != 0) return Errno("chmod " + cur.string());
+      if (::lstat(cur.c_str(), &st) != 0) return Errno("lstat " + cur.string());
+    }
+    if (S_ISLNK(st.st_mode)) {
+      if (leaf) return InvalidError(cur.string() + " is a symlink");
+      if (st.st_uid != 0 && st.st_uid != me) {
+        return InvalidError(cur.string() + " is a symlink owned by uid " +
+                            std::to_string(st.st_uid));
+      }
+      if (::stat(cur.c_str(), &st) != 0) return Errno("stat " + cur.string());
+    }
+    if (!S_ISDIR(st.st_mode)) return InvalidError(cur.string() + " is not a directory");
+    if (leaf) {
+      if (st.st_uid != me) {
+        return InvalidError(cur.string() + " is owned by uid " + std::to_string(st.st_uid) +
+                            ", not this agent's " + std::to_string(me));
+      }
+      if ((st.st_mode & 077) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", st.st_mode & 07777);
+        return InvalidError(cur.string() + " has mode " + mode +
+                            ": group or others may use it (want 0700)");
+      }
+    } else {
+      if (st.st_uid != 0 && st.st_uid != me) {
+        return InvalidError(cur.string() + " is owned by uid " + std::to_string(st.st_uid));
+      }
+      if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0) {
+        return InvalidError(cur.string() + " is writable by group or others");
+      }
+    }
+  }
   return Status::Ok();
 }
 

@@ -95,9 +95,10 @@ void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
   // Keep CRIU's logs of a failed restore for whoever investigates.
   for (const auto& e : fs::directory_iterator(scratch + "/work", ec)) {
     if (e.path().extension() == ".log") {
-      fs::copy_file(e.path(),
-                    options_.log_dir + "/criu-" + r.offer.id + "-" + e.path().filename().string(),
-                    fs::copy_options::overwrite_existing, ec);
+      const std::string kept =
+          options_.log_dir + "/criu-" + r.offer.id + "-" + e.path().filename().string();
+      fs::copy_file(e.path(), kept, fs::copy_options::overwrite_existing, ec);
+      fs::permissions(kept, fs::perms::owner_read | fs::perms::owner_write, ec);
     }
   }
   fs::remove_all(scratch, ec);
