@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <regex>
 #include <string>
 
 #include "cluster.h"
@@ -455,6 +456,69 @@ TEST(Waiter, ReportsWhatItSawOnTimeout) {
   EXPECT_NE(r.message.find("n=" + std::to_string(n)), std::string::npos) << r.message;
   auto ok = WaitFor("now", std::chrono::milliseconds(50), [] { return Observation{true, ""}; });
   EXPECT_TRUE(ok.ok);
+}
+
+// (g) Workloads are isolated (agent default --workload-network isolated):
+// own network namespace with an address from the node's workload subnet
+// (scripts/cluster: 10.88.<i>.0/24) and a default route, no raw sockets; a
+// migration recreates the namespace on the target, where the same process
+// (its counter continues) has the target's address and gateway.
+TEST_F(MigrationE2E, IsolatedWorkloadGetsTheTargetsNetworkAfterMigration) {
+  const std::string name = "isolated";
+  names_.push_back(name);
+  const std::string script =
+      "/bin/kmosix-demo --probe-raw-socket; i=0; while true; do i=$((i+1)); "
+      "a=$(ip -4 -o addr show dev eth0 | awk '{print $4}'); "
+      "gw=$(ip route | awk '/^default/ {print $3}'); "
+      "echo \"net i=$i addr=$a gw=$gw\"; sleep 0.2; done";
+  json body = {{"name", name},
+               {"image", Cluster::kDemoImage},
+               {"args", {"/bin/sh", "-c", script}},
+               {"env", json::object()}};
+  auto r = HttpPost(a_->url, "/v1/workloads", body, seconds(60));
+  ASSERT_EQ(r.status, 201) << r.Describe();
+  auto log_of = [&](const Node& n) {
+    auto l = HttpGet(n.url, "/v1/workloads/" + name + "/logs");
+    return l.status == 200 ? l.body : std::string();
+  };
+  auto wait_for = [&](const Node& n, const std::string& needle) {
+    for (int i = 0; i < 300; ++i) {
+      if (log_of(n).find(needle) != std::string::npos) return true;
+      usleep(100'000);
+    }
+    return false;
+  };
+  ASSERT_TRUE(wait_for(*a_, "addr=10.88.1.")) << log_of(*a_);
+  std::string before = log_of(*a_);
+  EXPECT_NE(before.find("demo: raw_packet=EPERM raw_inet=EPERM icmp_dgram=ok"), std::string::npos)
+      << before;
+  EXPECT_NE(before.find("gw=10.88.1.1"), std::string::npos) << before;
+
+  Migration m;
+  ASSERT_NO_FATAL_FAILURE(MigrateOk(*a_, *b_, name, &m));
+  ASSERT_TRUE(wait_for(*b_, "addr=10.88.2.")) << log_of(*b_);
+  std::string after = log_of(*b_);
+  // The same shell, restored: one probe line (not restarted), the counter
+  // goes on from the source's last value into lines with the new address.
+  size_t probes = 0;
+  for (size_t at = after.find("demo: raw_packet="); at != std::string::npos;
+       at = after.find("demo: raw_packet=", at + 1))
+    ++probes;
+  EXPECT_EQ(probes, 1u) << "the workload started again instead of being restored\n" << after;
+  std::smatch first_dst;
+  std::regex src_re("net i=([0-9]+) addr=10\\.88\\.1\\.");
+  std::regex dst_re("net i=([0-9]+) addr=10\\.88\\.2\\.[0-9]+/24 gw=10\\.88\\.2\\.1");
+  uint64_t src_i = 0;
+  for (auto it = std::sregex_iterator(after.begin(), after.end(), src_re);
+       it != std::sregex_iterator(); ++it)
+    src_i = std::stoull((*it)[1].str());
+  ASSERT_TRUE(std::regex_search(after, first_dst, dst_re)) << after;
+  EXPECT_GT(src_i, 0u) << after;
+  EXPECT_EQ(std::stoull(first_dst[1].str()), src_i + 1)
+      << "the counter continues in the target's namespace\n"
+      << after;
+  std::printf("[ downtime ] isolated a_to_b: agent-reported %.3f s\n", m.AgentDowntime());
+  ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *b_), "");
 }
 
 }  // namespace
