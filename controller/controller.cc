@@ -402,7 +402,7 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
   const WorkloadStatus& st = w->status;
 
   if (st.phase == WorkloadPhase::kPending) {
-    ClusterSnapshot snap = Snapshot();
+    ClusterSnapshot snap = Snapshot(w->spec.image);
     PlacementRequest req;
     req.cpus = w->spec.cpus;
     req.memory_bytes = static_cast<uint64_t>(w->spec.memory_mib) * 1024 * 1024;
@@ -662,7 +662,7 @@ StatusOr<MigrationRecord> Controller::Order(const api::MigrationRequest& request
 
 // ---- the policy's view ------------------------------------------------------
 
-ClusterSnapshot Controller::Snapshot() {
+ClusterSnapshot Controller::Snapshot(const std::string& image) {
   ClusterSnapshot snap;
   snap.now_ms = clock_.WallMillis();
   std::lock_guard view_lock(view_mu_);
@@ -682,6 +682,8 @@ ClusterSnapshot Controller::Snapshot() {
     p.memory_capacity_bytes = n.memory_capacity_bytes;
     p.memory_available_bytes = n.memory_available_bytes;
     p.psi_memory_some10 = n.psi_memory_some10;
+    p.has_image =
+        image.empty() || !n.images || std::binary_search(n.images->begin(), n.images->end(), image);
     snap.nodes.push_back(std::move(p));
   }
   std::unordered_map<std::string_view, const NodeLoad*> node_of;
@@ -777,6 +779,26 @@ StatusOr<api::WorkloadView> Controller::CreateWorkload(const api::WorkloadSpec& 
   KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
   if (!r.succeeded) return ConflictError("a workload named \"" + spec.name + "\" exists");
   return DescribeWorkload(w);
+}
+
+Status Controller::CheckImageHeld(const api::WorkloadSpec& spec) {
+  // Only what the caches know for sure: every ready node (or the named one)
+  // lists its images, and none of them holds this one.
+  std::lock_guard lock(view_mu_);
+  if (view_.nodes.empty()) return Status::Ok();
+  size_t asked = 0;
+  for (const auto& [name, n] : view_.nodes) {
+    if (!spec.node.empty() && name != spec.node) continue;
+    if (!n.images || std::binary_search(n.images->begin(), n.images->end(), spec.image))
+      return Status::Ok();
+    ++asked;
+  }
+  if (asked == 0) return Status::Ok();  // the named node is NotReady: placement waits
+  return InvalidError("image: " +
+                      (spec.node.empty()
+                           ? "none of the " + std::to_string(asked) + " ready nodes holds"
+                           : "node " + spec.node + " does not hold") +
+                      " image \"" + spec.image + "\"");
 }
 
 std::vector<api::WorkloadView> Controller::ListWorkloads() {
@@ -887,7 +909,7 @@ StatusOr<api::Migration> Controller::RequestMigration(const api::MigrationReques
     if (NodeCordoned(target)) return ConflictError("node " + target + " is cordoned");
     if (order.reason.empty()) order.reason = who + ": move to " + target;
   } else {
-    ClusterSnapshot snap = Snapshot();
+    ClusterSnapshot snap = Snapshot(w->spec.image);
     for (auto& n : snap.nodes) {
       if (n.name == w->status.node) n.cordoned = true;
     }

@@ -144,8 +144,14 @@ class Controller {
   // The clock the controller runs on (borrowed).
   Clock& clock() const { return clock_; }
 
-  // The policy's view of the cluster now (from the caches).
-  ClusterSnapshot Snapshot();
+  // kInvalid when the ready nodes (or spec.node) all list their images and
+  // none holds spec.image; ok when unknown. CreateWorkload does not ask it (a
+  // workload whose image no node holds yet waits Pending for one); the
+  // Kubernetes bridge refuses such objects with Accepted=False.
+  Status CheckImageHeld(const api::WorkloadSpec& spec);
+  // The policy's view of the cluster now (from the caches). With an image,
+  // nodes that list their images without it have has_image = false.
+  ClusterSnapshot Snapshot(const std::string& image = "");
 
  private:
   void Lead(const cluster::LeaderTerm& term);

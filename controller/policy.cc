@@ -699,6 +699,7 @@ StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequ
     const PolicyNode& n = snapshot.nodes[static_cast<size_t>(i)];
     if (!n.ready) return ConflictError("placement: node " + n.name + " is not ready");
     if (n.cordoned) return ConflictError("placement: node " + n.name + " is cordoned");
+    if (!n.has_image) return ConflictError("placement: node " + n.name + " lacks the image");
     if (!fits(i)) {
       return ConflictError(
           Fmt("placement: node %s has no room for %.0f MiB (available %.0f MiB, margin %.0f MiB%s)",
@@ -708,7 +709,7 @@ StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequ
     return n.name;
   }
 
-  int best = -1, ties = 0, not_ready = 0, cordoned = 0, full = 0;
+  int best = -1, ties = 0, not_ready = 0, cordoned = 0, full = 0, no_image = 0;
   double best_score = 0;
   for (size_t k = 0; k < snapshot.nodes.size(); ++k) {
     const int i = static_cast<int>(k);
@@ -720,6 +721,10 @@ StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequ
     }
     if (n.cordoned) {
       ++cordoned;
+      continue;
+    }
+    if (!n.has_image) {
+      ++no_image;
       continue;
     }
     if (!m.denom_ok[k] || !fits(i)) {
@@ -739,8 +744,8 @@ StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequ
   if (best < 0) {
     return RetryError(Fmt(
         "placement: no node fits %.0f MiB now (%zu node(s): %d not ready, %d cordoned, %d without "
-        "room)",
-        MiB(mem), snapshot.nodes.size(), not_ready, cordoned, full));
+        "the image, %d without room)",
+        MiB(mem), snapshot.nodes.size(), not_ready, cordoned, no_image, full));
   }
   return snapshot.nodes[static_cast<size_t>(best)].name;
 }

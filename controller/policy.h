@@ -63,6 +63,9 @@ struct PolicyNode {
   uint64_t memory_capacity_bytes = 0;
   uint64_t memory_available_bytes = 0;
   std::optional<double> psi_memory_some10;
+  // False when the node lists the images it holds and the image asked of the
+  // snapshot (Controller::Snapshot(image)) is not among them.
+  bool has_image = true;
 };
 
 struct PolicyWorkload {
@@ -123,9 +126,9 @@ struct PlacementRequest {
   uint64_t memory_bytes = 0;
   std::string node;  // required node ("" = any)
 };
-// The least-loaded ready, uncordoned node with memory for the request
-// (ties broken by Random). kInvalid/kNotFound if `node` is given and unknown;
-// kConflict if it is NotReady/cordoned/full; kRetry if no node fits now.
+// The least-loaded ready, uncordoned node with memory for the request and
+// the image (PolicyNode::has_image) (ties broken by Random). kInvalid/kNotFound if `node` is given
+// and unknown; kConflict if it is NotReady/cordoned/full; kRetry if no node fits now.
 StatusOr<std::string> Place(const ClusterSnapshot& snapshot, const PlacementRequest& request,
                             Random& random);
 // The same, with the memory margin (low_memory_fraction of capacity) and the

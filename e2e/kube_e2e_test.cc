@@ -249,6 +249,19 @@ TEST_F(KubeE2E, InvalidObjectsAreRefusedAndDeeperErrorsAreAcceptedFalse) {
     return {Gone("mw", "nowhere"), "still there"};
   });
   EXPECT_TRUE(gone.ok) << gone.message;
+
+  // An image no node holds (the agents publish what their containerd has).
+  json imageless = WorkloadObject("imageless", kLight);
+  imageless["spec"]["image"] = "kmosix.invalid/no-such-image:1";
+  Apply(imageless);
+  auto no_image =
+      WaitFor("Accepted=False on mw imageless", milliseconds(30'000), [&]() -> Observation {
+        const std::string c = Cond(Get("mw", "imageless"), "Accepted");
+        return {c == "False/ImageNotFound", c};
+      });
+  ASSERT_TRUE(no_image.ok) << no_image.message;
+  EXPECT_EQ(HttpGet(Api(), "/v1/workloads/" + S(Get("mw", "imageless"), "workload")).status, 404);
+  Delete("mw", "imageless");
 }
 
 TEST_F(KubeE2E, DeletingAWorkloadStopsItEverywhere) {

@@ -188,6 +188,8 @@ class Agent {
   std::optional<LocalWorkload> Local(const std::string& name, bool inspect = true);
   // Every local workload, without asking the runtime.
   std::vector<LocalWorkload> ListLocal();
+  // The images the runtime holds (sorted), as ContainerRuntime::ListImages.
+  StatusOr<std::vector<std::string>> ListImages() { return runtime_.ListImages(); }
 
   // Runs a cluster-ordered migration of a managed workload running here, with
   // the given id and target, moving the ownership through `ledger`.

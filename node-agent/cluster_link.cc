@@ -230,10 +230,18 @@ Status ClusterLink::PublishOnce() {
   }
   KMX_ASSIGN_OR_RETURN(LoadSample sample, sampler_.Sample(names));
   if (!sample.rates_valid) return Status::Ok();  // first sample: no rates yet
+  // Every sample: an image imported a moment ago is placeable a sample later.
+  if (auto images = agent_.ListImages(); images.ok()) {
+    images_ = std::move(*images);
+  } else {
+    // The last list stands until the runtime answers again.
+    spdlog::warn("{}: cannot list images: {}", options_.node, images.status().ToString());
+  }
   int64_t lease;
   {
     std::lock_guard lock(lease_mu_);
     const bool due = force_publish_ || !published_ || MateriallyChanged(*published_, sample) ||
+                     images_ != published_images_ ||
                      clock_.Now() - published_at_ >= options_.heartbeat;
     if (!due) return Status::Ok();
     lease = lease_;
@@ -243,6 +251,7 @@ Status ClusterLink::PublishOnce() {
   load.url = options_.url;
   load.speed = options_.speed;
   FillNodeLoad(sample, load);
+  load.images = images_;
   auto put = store_.Put(options_.keys.Node(options_.node), cluster::NodeLoadToJson(load).dump(),
                         PutOptions{lease});
   if (!put.ok()) {
@@ -251,6 +260,7 @@ Status ClusterLink::PublishOnce() {
   }
   std::lock_guard lock(lease_mu_);
   published_ = sample;
+  published_images_ = images_;
   published_at_ = clock_.Now();
   force_publish_ = false;
   return Status::Ok();
@@ -326,8 +336,7 @@ Status ClusterLink::Transfer(const MigrationReport& r) {
     // after it, and refusing now would thaw a source that no longer owns it).
     if (st.node == r.target_node) return false;
     if (order) {  // absent: no order to cancel it (e.g. a test or a deleted record)
-      auto m =
-          cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationFromJson);
+      auto m = cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationFromJson);
       if (!m.ok()) return ConflictError("migration record unreadable: " + m.status().message());
       if (Cancelled(*m)) return ConflictError("migration " + CancelText(*m));
     }
@@ -412,8 +421,7 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
     spdlog::warn("workload {} has no record in the cluster any more: deleting it here", name);
     return agent_.DeleteManaged(name);
   }
-  auto parsed =
-      cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
+  auto parsed = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
   if (!parsed.ok()) {
     spdlog::warn("ignoring unreadable record of workload {}: {}", name, parsed.status().ToString());
     return Status::Ok();
@@ -548,8 +556,8 @@ StatusOr<std::string> ClusterLink::NodeUrl(const std::string& node) {
     kv = got.kv;
   }
   if (!kv) return NotFoundError("node " + node + " is not in the cluster");
-  KMX_ASSIGN_OR_RETURN(api::NodeLoad load, cluster::ParseRecord<api::NodeLoad>(
-                                                   kv->value, cluster::NodeLoadFromJson));
+  KMX_ASSIGN_OR_RETURN(api::NodeLoad load,
+                       cluster::ParseRecord<api::NodeLoad>(kv->value, cluster::NodeLoadFromJson));
   if (load.url.empty()) return NotFoundError("node " + node + " publishes no URL");
   return load.url;
 }
@@ -557,8 +565,7 @@ StatusOr<std::string> ClusterLink::NodeUrl(const std::string& node) {
 Status ClusterLink::ReconcileMigration(const std::string& id) {
   KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Migration(id)));
   if (!got.kv) return Status::Ok();
-  auto parsed =
-      cluster::ParseRecord<MigrationRecord>(got.kv->value, cluster::MigrationFromJson);
+  auto parsed = cluster::ParseRecord<MigrationRecord>(got.kv->value, cluster::MigrationFromJson);
   if (!parsed.ok()) {
     spdlog::warn("ignoring unreadable record of migration {}: {}", id, parsed.status().ToString());
     return Status::Ok();

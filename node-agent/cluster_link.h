@@ -196,8 +196,7 @@ class ClusterLink final : public OwnershipLedger {
   // The order cannot run: written Failed (from Pending only), workload freed.
   Status RefuseOrder(const api::Migration& rec, const std::string& why);
   void Launch(const api::Migration& rec, const std::string& url);
-  void RunMigration(api::Migration rec, std::string url,
-                    std::shared_ptr<std::atomic<bool>> cancel);
+  void RunMigration(api::Migration rec, std::string url, std::shared_ptr<std::atomic<bool>> cancel);
   // Mirrors a report into migrations/<id> (final fields when final).
   Status WriteReport(const MigrationReport& report);
   // Frees the workload record of migration `id` (see the file comment).
@@ -229,6 +228,9 @@ class ClusterLink final : public OwnershipLedger {
   bool force_publish_ = true;
   std::optional<LoadSample> published_;
   Clock::TimePoint published_at_{};
+  // The runtime's images as last listed (every sample), published with the
+  // load; a change makes the sample due.
+  std::optional<std::vector<std::string>> images_, published_images_;
 
   // Threads.
   std::mutex mu_;

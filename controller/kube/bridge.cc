@@ -14,6 +14,15 @@ constexpr char kAnnotationNodeName[] = "kmosix.io/observed-node-name";
 
 std::string KeyOf(const std::string& ns, const std::string& name) { return ns + "/" + name; }
 
+// The condition reason of a workload the controller refused: the field its
+// message starts with names what is missing in the cluster.
+std::string RefusalReason(const Status& s) {
+  const std::string& m = s.message();
+  if (m.rfind("image:", 0) == 0) return "ImageNotFound";
+  if (m.rfind("node:", 0) == 0) return "NodeNotFound";
+  return "Invalid";
+}
+
 // "mw/ns/name" -> {"ns", "name"}.
 std::pair<std::string, std::string> SplitKey(const std::string& rest) {
   auto slash = rest.find('/');
@@ -306,7 +315,10 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
           "kmosix already has a workload named " + wname + " that this object does not own"};
     }
   } else if (!existing.ok()) {
-    auto created = controller_.CreateWorkload(*spec);
+    // An image no node holds is refused here (REST workloads wait Pending).
+    Status held = controller_.CheckImageHeld(*spec);
+    StatusOr<api::WorkloadView> created =
+        held.ok() ? controller_.CreateWorkload(*spec) : StatusOr<api::WorkloadView>(held);
     if (created.ok()) {
       Record(res, *object, "Normal", "Created", "kmosix workload " + wname + " created");
       existing = created;
@@ -316,7 +328,11 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
                              PatchMetadata(res, *object, {}, {{kAnnotationNodeName, spec->node}}));
       }
     } else if (created.status().code() == Code::kInvalid) {
-      in.rejected = Condition{"Accepted", "False", "Invalid", created.status().message()};
+      in.rejected = Condition{"Accepted", "False", RefusalReason(created.status()),
+                              created.status().message()};
+      // Level-based: the image may arrive on a node (the agents list theirs
+      // every sample); look again soon rather than at the next resync.
+      if (!held.ok()) queue_.AddAfter("mw/" + KeyOf(ns, name), 4 * options_.wait_poll);
     } else {
       return created.status();
     }

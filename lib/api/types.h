@@ -104,7 +104,10 @@ struct NodeLoad {
   std::optional<double> psi_cpu_some10;            // % of time, /proc/pressure or cgroup
   std::optional<double> psi_memory_some10;         // absent where the kernel has no PSI
   std::map<std::string, WorkloadUsage> workloads;  // by workload name, running here
-  int64_t updated_ms = 0;                          // wall clock of the sample
+  // Images the node holds (sorted); absent where the agent does not publish
+  // them. Placement refuses an image no node holds.
+  std::optional<std::vector<std::string>> images;
+  int64_t updated_ms = 0;  // wall clock of the sample
   // Normalised CPU load: cpu_used / (cpu_capacity * speed).
   double Load() const;
   bool operator==(const NodeLoad&) const = default;

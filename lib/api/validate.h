@@ -18,6 +18,7 @@ namespace kmosix::api {
 // Limits of a WorkloadSpec.
 inline constexpr size_t kMaxImageBytes = 512;
 inline constexpr size_t kMaxArgs = 4096;
+inline constexpr size_t kMaxNodeImages = 4096;  // images a node record may list
 inline constexpr int64_t kMaxMemoryMiB = int64_t{1} << 30;
 inline constexpr double kMaxCpus = 4096;
 

@@ -41,14 +41,16 @@ json NodeLoadToJson(const api::NodeLoad& n) {
             {"updatedMs", n.updated_ms}};
   if (n.psi_cpu_some10) j["psiCpuSome10"] = *n.psi_cpu_some10;
   if (n.psi_memory_some10) j["psiMemorySome10"] = *n.psi_memory_some10;
+  if (n.images) j["images"] = *n.images;
   return j;
 }
 
 StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
   Fields f(j, "node load");
-  KMX_RETURN_IF_ERROR(f.Check({"node", "url", "loadSource", "cpuCapacity", "speed", "cpuUsed",
-                               "runQueue", "memoryCapacityBytes", "memoryAvailableBytes",
-                               "psiCpuSome10", "psiMemorySome10", "workloads", "updatedMs"}));
+  KMX_RETURN_IF_ERROR(
+      f.Check({"node", "url", "loadSource", "cpuCapacity", "speed", "cpuUsed", "runQueue",
+               "memoryCapacityBytes", "memoryAvailableBytes", "psiCpuSome10", "psiMemorySome10",
+               "workloads", "updatedMs", "images"}));
   api::NodeLoad n;
   KMX_RETURN_IF_ERROR(f.Name("node", n.node, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.String("url", n.url));
@@ -76,6 +78,19 @@ StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
       KMX_RETURN_IF_ERROR(u.Number("cpu", wu.cpu));
       KMX_RETURN_IF_ERROR(u.Uint("memoryBytes", wu.memory_bytes));
       n.workloads[name] = wu;
+    }
+  }
+  if (const json* images = f.Find("images"); images != nullptr) {
+    if (!images->is_array() || images->size() > api::kMaxNodeImages)
+      return f.Bad("images",
+                   "an array of at most " + std::to_string(api::kMaxNodeImages) + " image names");
+    n.images.emplace();
+    for (const json& image : *images) {
+      if (!image.is_string() || image.get_ref<const std::string&>().empty() ||
+          image.get_ref<const std::string&>().size() > api::kMaxImageBytes)
+        return f.Bad("images",
+                     "image names of 1.." + std::to_string(api::kMaxImageBytes) + " bytes");
+      n.images->push_back(image.get<std::string>());
     }
   }
   return n;

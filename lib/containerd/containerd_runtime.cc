@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -445,6 +446,21 @@ Status ContainerdRuntime::ImageExists(const std::string& image) {
     auto ctx = impl_->Ctx();
     return FromGrpc(impl_->images_svc->Get(ctx.get(), req, &resp), "image " + image);
   });
+}
+
+StatusOr<std::vector<std::string>> ContainerdRuntime::ListImages() {
+  std::vector<std::string> names;
+  Status s = Guard("list images", [&]() -> Status {
+    images::ListImagesRequest req;
+    images::ListImagesResponse resp;
+    auto ctx = impl_->Ctx();
+    KMX_RETURN_IF_ERROR(FromGrpc(impl_->images_svc->List(ctx.get(), req, &resp), "images"));
+    for (const auto& image : resp.images()) names.push_back(image.name());
+    return Status::Ok();
+  });
+  if (!s.ok()) return s;
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 Status ContainerdRuntime::CreateContainer(const ContainerSpec& spec) {

@@ -94,6 +94,7 @@ class ContainerdRuntime : public ContainerRuntime {
 
   std::string NodeName() const override;
   Status ImageExists(const std::string& image) override;
+  StatusOr<std::vector<std::string>> ListImages() override;
   Status CreateContainer(const ContainerSpec& spec) override;
   Status StartTask(const std::string& name) override;
   StatusOr<TaskInfo> Inspect(const std::string& name) override;

@@ -70,6 +70,9 @@ class ContainerRuntime {
   virtual std::string NodeName() const = 0;
 
   virtual Status ImageExists(const std::string& image) = 0;
+  // Names of the images this node holds, sorted (what the scheduler may place
+  // here without a pull). kRetry when the runtime is unreachable.
+  virtual StatusOr<std::vector<std::string>> ListImages() = 0;
 
   // Creates the container and its writable snapshot, without a task.
   virtual Status CreateContainer(const ContainerSpec& spec) = 0;

@@ -124,7 +124,8 @@ class ControllerTest : public ::testing::Test {
 
   // An agent's node record, under its own lease (revoke it to "kill" the agent).
   int64_t PublishNode(const std::string& name, double cpu_used,
-                      std::map<std::string, api::WorkloadUsage> usage = {}, int64_t lease = 0) {
+                      std::map<std::string, api::WorkloadUsage> usage = {}, int64_t lease = 0,
+                      std::optional<std::vector<std::string>> images = std::nullopt) {
     if (lease == 0) {
       auto grant = store_.GrantLease(std::chrono::seconds(5));
       EXPECT_TRUE(grant.ok());
@@ -139,6 +140,7 @@ class ControllerTest : public ::testing::Test {
     n.memory_capacity_bytes = 8ULL << 30;
     n.memory_available_bytes = 6ULL << 30;
     n.workloads = std::move(usage);
+    n.images = std::move(images);
     n.updated_ms = clock_.WallMillis();
     PutOptions po;
     po.lease = lease;

@@ -601,6 +601,52 @@ TEST_F(ControllerTest, TypedCreateValidatesAndKeepsTheOrigin) {
   EXPECT_FALSE(Workload("other"));
 }
 
+TEST_F(ControllerTest, AnImageNoReadyNodeHoldsIsRefusedAndPlacementPicksAHolder) {
+  using Images = std::vector<std::string>;
+  PublishNode("n1", 0.0, {}, 0, Images{"busybox", "demo"});
+  PublishNode("n2", 0.5, {}, 0, Images{"demo", "web"});
+  Controller& c = StartController(Options("c1"));
+  ASSERT_TRUE(Eventually([&] { return c.Ready() && c.ListNodes().size() == 2; }));
+  api::WorkloadSpec s;
+  s.name = "nowhere";
+  s.image = "kmosix.invalid/none:1";
+  Status refused = c.CheckImageHeld(s);
+  EXPECT_EQ(refused.code(), Code::kInvalid);
+  EXPECT_EQ(refused.message(),
+            "image: none of the 2 ready nodes holds image \"kmosix.invalid/none:1\"");
+  // Created anyway (the REST API), it waits Pending, placed nowhere.
+  ASSERT_TRUE(c.CreateWorkload(s).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("nowhere");
+    return w && w->status.message.find("2 without the image") != std::string::npos;
+  }));
+  EXPECT_EQ(Workload("nowhere")->status.phase, WorkloadPhase::kPending);
+  // Named node without it: refused too, though another node has it.
+  s.name = "there";
+  s.image = "web";
+  s.node = "n1";
+  EXPECT_EQ(c.CheckImageHeld(s).message(), "image: node n1 does not hold image \"web\"");
+  // Only n2 holds "web": placed there though n1 is idler.
+  s.node = "";
+  EXPECT_TRUE(c.CheckImageHeld(s).ok());
+  ASSERT_TRUE(c.CreateWorkload(s).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("there");
+    return w && w->status.node == "n2";
+  }));
+  // The image arrives on n1: the waiting workload is placed there.
+  PublishNode("n1", 0.0, {}, 0, Images{"busybox", "demo", "kmosix.invalid/none:1"});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("nowhere");
+    return w && w->status.node == "n1";
+  }));
+  // A node that does not list its images may hold any: nothing refused.
+  PublishNode("n3", 0.0);
+  ASSERT_TRUE(Eventually([&] { return c.ListNodes().size() == 3; }));
+  s.image = "kmosix.invalid/other:1";
+  EXPECT_TRUE(c.CheckImageHeld(s).ok());
+}
+
 TEST_F(ControllerTest, ChangeListenersHearWorkloadAndMigrationRecords) {
   PublishNode("n1", 0.1);
   PublishNode("n2", 0.1);

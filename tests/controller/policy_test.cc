@@ -557,6 +557,23 @@ TEST(PlaceTest, LeastLoadedWithRoom) {
   EXPECT_EQ(*placed, "b");
 }
 
+TEST(PlaceTest, OnlyNodesWithTheImage) {
+  std::vector<PolicyNode> nodes = {Node("idle"), Node("busy")};
+  nodes[0].has_image = false;
+  nodes[1].background_cpu = 0.8;
+  FakeRandom random;
+  auto placed = Place(Snap(nodes, {}), PlacementRequest{1.0, 0, ""}, random);
+  ASSERT_TRUE(placed.ok()) << placed.status().ToString();
+  EXPECT_EQ(*placed, "busy");
+  auto named = Place(Snap(nodes, {}), PlacementRequest{1.0, 0, "idle"}, random);
+  EXPECT_EQ(named.status().code(), Code::kConflict);
+  nodes[1].has_image = false;
+  auto none = Place(Snap(nodes, {}), PlacementRequest{1.0, 0, ""}, random);
+  EXPECT_EQ(none.status().code(), Code::kRetry);
+  EXPECT_NE(none.status().message().find("2 without the image"), std::string::npos)
+      << none.status().ToString();
+}
+
 TEST(PlaceTest, ZeroCpusAssumesOneCoreOnHeterogeneousNodes) {
   // small: 0.2 + 1/1 = 1.2; big: 0.5 + 1/4 = 0.75 -> big, though its load is higher.
   std::vector<PolicyNode> nodes = {Node("small"), Node("big", 4)};

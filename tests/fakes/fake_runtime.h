@@ -80,6 +80,11 @@ class FakeRuntime : public ContainerRuntime {
     KMX_RETURN_IF_ERROR(Enter("ImageExists"));
     return images_.contains(image) ? Status::Ok() : NotFoundError("image " + image);
   }
+  StatusOr<std::vector<std::string>> ListImages() override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("ListImages"));
+    return std::vector<std::string>(images_.begin(), images_.end());
+  }
   Status CreateContainer(const ContainerSpec& spec) override {
     std::lock_guard l(mu_);
     KMX_RETURN_IF_ERROR(Enter("CreateContainer"));

@@ -229,6 +229,29 @@ TEST_F(ClusterLinkTest, PublishesTheNodeLoadUnderALease) {
   EXPECT_EQ(node1_->link->Lease(), lease);
 }
 
+TEST_F(ClusterLinkTest, PublishesTheImagesItHoldsAndTheirChanges) {
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  auto read = [&] {
+    return cluster::ParseRecord<api::NodeLoad>(Raw(keys_.Node("node1"))->value,
+                                               cluster::NodeLoadFromJson);
+  };
+  auto load = read();
+  ASSERT_TRUE(load.ok());
+  auto listed = node1_->runtime.ListImages();
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(load->images, *listed);
+  // A new image is published with the next sample, no heartbeat needed.
+  node1_->runtime.AddImage("kmosix.local/new:1");
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  load = read();
+  ASSERT_TRUE(load.ok() && load->images);
+  EXPECT_TRUE(std::binary_search(load->images->begin(), load->images->end(), "kmosix.local/new:1"));
+  // A runtime that cannot list keeps the last list published.
+  node1_->runtime.Fail("ListImages", RetryError("containerd unreachable"));
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_EQ(read()->images, load->images);
+}
+
 TEST_F(ClusterLinkTest, PublishesRunningWorkloadsUsage) {
   RunWorkOnNode1();
   ASSERT_TRUE(node1_->link->PublishOnce().ok());

@@ -245,7 +245,30 @@ TEST_F(BridgeTest, DeeperValidationFailureIsAcceptedFalseAndRunsNothing) {
       [&] { return Condition(kMW, "default", "lost", "Accepted").rfind("False/", 0) == 0; }));
   EXPECT_FALSE(ControllerTest::Workload(WorkloadNameFor("default", "lost")));
   EXPECT_NE(StatusField(kMW, "default", "lost", "message").find("node9"), std::string::npos);
-  EXPECT_TRUE(Eventually([&] { return EventsWithReason("Invalid") >= 1; }));
+  EXPECT_EQ(Condition(kMW, "default", "lost", "Accepted"), "False/NodeNotFound");
+  EXPECT_TRUE(Eventually([&] { return EventsWithReason("NodeNotFound") >= 1; }));
+}
+
+TEST_F(BridgeTest, AnImageNoNodeHoldsIsAcceptedFalseUntilOneDoes) {
+  const int64_t lease =
+      PublishNode("node1", 0.1, {}, 0, std::vector<std::string>{"kmosix.local/other:1"});
+  StartReplica("c1");
+  Apply(kMW, "default", Workload("imageless"));  // kmosix.local/demo:latest
+  ASSERT_TRUE(Eventually([&] {
+    return Condition(kMW, "default", "imageless", "Accepted") == "False/ImageNotFound";
+  })) << Condition(kMW, "default", "imageless", "Accepted");
+  EXPECT_FALSE(ControllerTest::Workload(WorkloadNameFor("default", "imageless")));
+  EXPECT_NE(StatusField(kMW, "default", "imageless", "message").find("kmosix.local/demo:latest"),
+            std::string::npos);
+  EXPECT_TRUE(Eventually([&] { return EventsWithReason("ImageNotFound") == 1; }));
+  // Level-based: once the node holds it, the next look accepts it.
+  PublishNode("node1", 0.1, {}, lease,
+              std::vector<std::string>{"kmosix.local/demo:latest", "kmosix.local/other:1"});
+  ASSERT_TRUE(Eventually([&] {
+    return ControllerTest::Workload(WorkloadNameFor("default", "imageless")).has_value();
+  }));
+  ASSERT_TRUE(Eventually(
+      [&] { return Condition(kMW, "default", "imageless", "Accepted") == "True/Accepted"; }));
 }
 
 TEST_F(BridgeTest, DeleteStopsTheWorkloadThenLetsTheObjectGo) {

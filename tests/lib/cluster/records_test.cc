@@ -284,6 +284,22 @@ TEST(NodeLoadTest, RoundTripAndLoad) {
   EXPECT_EQ(zero.Load(), 0);
 }
 
+TEST(NodeLoadTest, ImagesRoundTripAndAreChecked) {
+  NodeLoad n = SampleLoad();
+  EXPECT_FALSE(NodeLoadToJson(n).contains("images")) << "absent when not published";
+  n.images = std::vector<std::string>{"busybox:1", "kmosix.local/demo:latest"};
+  json j = NodeLoadToJson(n);
+  auto back = NodeLoadFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->images, n.images);
+  for (json bad : {json(1), json::array({1}), json::array({""}),
+                   json::array({std::string(api::kMaxImageBytes + 1, 'x')}),
+                   json(std::vector<std::string>(api::kMaxNodeImages + 1, "x"))}) {
+    j["images"] = bad;
+    ExpectInvalidNaming(NodeLoadFromJson(j).status(), "images");
+  }
+}
+
 TEST(NodeLoadTest, PsiNullIsAbsent) {
   json j = NodeLoadToJson(SampleLoad());
   j["psiCpuSome10"] = nullptr;

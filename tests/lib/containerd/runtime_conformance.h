@@ -111,6 +111,14 @@ class RuntimeConformance : public ::testing::TestWithParam<RuntimeConformancePar
   std::vector<std::string> created_;
 };
 
+TEST_P(RuntimeConformance, ListImagesNamesWhatImageExistsFinds) {
+  auto images = rt_->ListImages();
+  ASSERT_TRUE(images.ok()) << images.status().ToString();
+  EXPECT_TRUE(std::is_sorted(images->begin(), images->end()));
+  EXPECT_NE(std::find(images->begin(), images->end(), GetParam().image), images->end());
+  for (const auto& name : *images) EXPECT_TRUE(rt_->ImageExists(name).ok()) << name;
+}
+
 TEST_P(RuntimeConformance, ImageExists) {
   EXPECT_TRUE(rt_->ImageExists(GetParam().image).ok());
   EXPECT_EQ(rt_->ImageExists("kmosix.invalid/no-such-image:never").code(), Code::kNotFound);
