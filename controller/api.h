@@ -11,7 +11,7 @@
 //   operations  GET /healthz, /readyz, /metrics, /openapi.json
 // Errors are JSON {"code","message"} with a 4xx/5xx status; bodies are
 // size-limited and unknown fields rejected. Authentication is installed
-// separately (controller/auth.h).
+// separately (auth/tokens.h).
 //
 // Ownership: borrows the controller and metrics, which must outlive the
 // server; the server owns its threads. Thread-safety: handlers run

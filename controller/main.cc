@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "controller/api.h"
-#include "controller/auth.h"
+#include "auth/tokens.h"
 #include "controller/controller.h"
 #include "controller/kube/bridge.h"
 #include "controller/metrics.h"
@@ -161,9 +161,9 @@ int main(int argc, char** argv) {
     }
   }
   kmosix::SystemClock clock;
-  std::unique_ptr<kmosix::controller::Authenticator> auth;
+  std::unique_ptr<kmosix::auth::Authenticator> auth;
   if (!no_auth) {
-    auto loaded = kmosix::controller::Authenticator::Load(token_file, clock);
+    auto loaded = kmosix::auth::Authenticator::Load(token_file, clock);
     if (!loaded.ok()) {
       spdlog::critical("--token-file: {}", loaded.status().message());
       return 2;
@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
   }
 
   kmosix::controller::RegisterControllerRoutes(*server, controller, metrics);
-  if (auth) kmosix::controller::InstallAuth(*server, *auth);
+  if (auth) kmosix::auth::InstallAuth(*server, *auth);
   if (!server->bind_to_port(host, port)) {
     spdlog::critical("cannot listen on {}", listen);
     return 1;

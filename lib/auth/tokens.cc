@@ -1,4 +1,4 @@
-#include "controller/auth.h"
+#include "auth/tokens.h"
 
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-namespace kmosix::controller {
+namespace kmosix::auth {
 namespace {
 
 constexpr size_t kMinToken = 16;
@@ -375,4 +375,4 @@ void InstallAuth(httplib::Server& server, Authenticator& auth) {
   });
 }
 
-}  // namespace kmosix::controller
+}  // namespace kmosix::auth

@@ -29,7 +29,7 @@
 #include "kmosix/clock.h"
 #include "kmosix/status.h"
 
-namespace kmosix::controller {
+namespace kmosix::auth {
 
 enum class Role { kReadOnly, kAdmin };
 // "read-only" / "admin", as written in the token file.
@@ -132,4 +132,4 @@ class Authenticator {
 // `auth`, which must outlive the server.
 void InstallAuth(httplib::Server& server, Authenticator& auth);
 
-}  // namespace kmosix::controller
+}  // namespace kmosix::auth

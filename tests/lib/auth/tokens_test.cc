@@ -1,6 +1,6 @@
 // controller/auth: the token file parser, role checks, reloads on a changed
 // file (FakeClock), and InstallAuth on a real httplib server on 127.0.0.1.
-#include "controller/auth.h"
+#include "auth/tokens.h"
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -17,7 +17,7 @@
 
 #include "fakes/fake_clock.h"
 
-namespace kmosix::controller {
+namespace kmosix::auth {
 namespace {
 
 using nlohmann::json;
@@ -419,4 +419,4 @@ TEST_F(AuthServerTest, ADeniedRequestClosesTheConnectionSoItsUnreadBodyIsNeverPa
 }
 
 }  // namespace
-}  // namespace kmosix::controller
+}  // namespace kmosix::auth

@@ -1,4 +1,4 @@
-// Fuzz target: ParseTokenFile (controller/auth.h), the --token-file parser.
+// Fuzz target: ParseTokenFile (auth/tokens.h), the --token-file parser.
 // The contract checked on every input:
 //  - a rejection is kInvalid with a non-empty message "line N: ..." naming
 //    an input line (any message only for a file of comments and blank
@@ -22,16 +22,16 @@
 #include <string_view>
 #include <vector>
 
-#include "controller/auth.h"
+#include "auth/tokens.h"
 #include "support/fuzz_checks.h"
 
 namespace {
 
-using kmosix::controller::ParseTokenFile;
-using kmosix::controller::Role;
-using kmosix::controller::RoleName;
-using kmosix::controller::TokenEntry;
-using kmosix::controller::TokenSet;
+using kmosix::auth::ParseTokenFile;
+using kmosix::auth::Role;
+using kmosix::auth::RoleName;
+using kmosix::auth::TokenEntry;
+using kmosix::auth::TokenSet;
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
