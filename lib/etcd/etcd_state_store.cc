@@ -1,11 +1,15 @@
 #include "etcd/etcd_state_store.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <string_view>
@@ -32,6 +36,68 @@ std::vector<std::string> ParseEtcdEndpoints(const std::string& flag) {
     start = comma + 1;
   }
   return out;
+}
+
+namespace {
+
+// kInvalid unless `path` is a readable file holding a PEM block.
+Status CheckPemFile(const std::string& what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidError("etcd " + what + " " + path + ": cannot be read");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.find("-----BEGIN ") == std::string::npos)
+    return InvalidError("etcd " + what + " " + path + ": no PEM data");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ValidateEtcdConfig(const EtcdConfig& c) {
+  if (c.endpoints.empty()) return InvalidError("etcd: no endpoint");
+  if (!c.tls) {
+    if (!c.ca_file.empty() || !c.cert_file.empty() || !c.key_file.empty())
+      return InvalidError(
+          "etcd: TLS files given for plaintext (http://) endpoints; use https:// endpoints or "
+          "drop the files");
+    return Status::Ok();
+  }
+  if (c.ca_file.empty())
+    return InvalidError("etcd: TLS (https://) needs a CA file (--etcd-ca) to verify etcd");
+  if (c.cert_file.empty() != c.key_file.empty())
+    return InvalidError("etcd: a client certificate needs both --etcd-cert and --etcd-key");
+  if (c.tls_refresh.count() < 1) return InvalidError("etcd: tls_refresh must be at least 1 s");
+  KMX_RETURN_IF_ERROR(CheckPemFile("CA file", c.ca_file));
+  if (!c.cert_file.empty()) {
+    KMX_RETURN_IF_ERROR(CheckPemFile("client certificate", c.cert_file));
+    KMX_RETURN_IF_ERROR(CheckPemFile("client key", c.key_file));
+  }
+  return Status::Ok();
+}
+
+StatusOr<EtcdConfig> EtcdConfigFromFlags(const std::string& endpoints, const std::string& ca_file,
+                                         const std::string& cert_file,
+                                         const std::string& key_file) {
+  bool any_http = false, any_https = false;
+  size_t start = 0;
+  while (start <= endpoints.size()) {
+    size_t comma = endpoints.find(',', start);
+    std::string item =
+        endpoints.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (item.rfind("https://", 0) == 0) any_https = true;
+    if (item.rfind("http://", 0) == 0) any_http = true;
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (any_http && any_https)
+    return InvalidError("etcd: endpoints mix http:// and https:// (" + endpoints + ")");
+  EtcdConfig config;
+  config.endpoints = ParseEtcdEndpoints(endpoints);
+  config.tls = any_https || (!any_http && !ca_file.empty());
+  config.ca_file = ca_file;
+  config.cert_file = cert_file;
+  config.key_file = key_file;
+  KMX_RETURN_IF_ERROR(ValidateEtcdConfig(config));
+  return config;
 }
 
 namespace pb = ::etcdserverpb;
@@ -153,11 +219,42 @@ struct EtcdStateStore::Impl {
   };
 
   EtcdConfig config;
+  // Not ok: the config was refused (ValidateEtcdConfig); every call fails so.
+  Status invalid;
   std::vector<Endpoint> endpoints;
   std::atomic<size_t> current{0};
 
+  // TLS credentials over files gRPC re-reads every config.tls_refresh.
+  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials() const {
+    namespace gx = grpc::experimental;
+    const auto refresh = static_cast<unsigned int>(config.tls_refresh.count());
+    std::shared_ptr<gx::CertificateProviderInterface> files;
+    if (config.cert_file.empty()) {
+      files = std::make_shared<gx::FileWatcherCertificateProvider>(config.ca_file, refresh);
+    } else {
+      files = std::make_shared<gx::FileWatcherCertificateProvider>(
+          config.key_file, config.cert_file, config.ca_file, refresh);
+    }
+    gx::TlsChannelCredentialsOptions options;
+    options.set_certificate_provider(files);
+    options.watch_root_certs();
+    if (!config.cert_file.empty()) options.watch_identity_key_cert_pairs();
+    options.set_verify_server_certs(true);
+    return grpc::experimental::TlsCredentials(options);
+  }
+
   explicit Impl(EtcdConfig cfg) : config(std::move(cfg)) {
     if (config.endpoints.empty()) config.endpoints.push_back("127.0.0.1:2379");
+    invalid = ValidateEtcdConfig(config);
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    if (!invalid.ok()) {
+      // Channels exist (the code below indexes them) but are never used.
+      creds = grpc::InsecureChannelCredentials();
+    } else if (config.tls) {
+      creds = TlsCredentials();
+    } else {
+      creds = grpc::InsecureChannelCredentials();
+    }
     for (const auto& target : config.endpoints) {
       grpc::ChannelArguments args;
       const int backoff = static_cast<int>(config.max_reconnect_backoff.count());
@@ -173,7 +270,7 @@ struct EtcdStateStore::Impl {
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       Endpoint ep;
       ep.target = target;
-      ep.channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+      ep.channel = grpc::CreateCustomChannel(target, creds, args);
       ep.kv = pb::KV::NewStub(ep.channel);
       ep.watch = pb::Watch::NewStub(ep.channel);
       ep.lease = pb::Lease::NewStub(ep.channel);
@@ -191,13 +288,29 @@ struct EtcdStateStore::Impl {
 
   // Waits up to the dial timeout for endpoint `i` to be connected.
   Status Connect(size_t i) {
+    if (!invalid.ok()) return invalid;
     auto& ch = *endpoints[i].channel;
     if (ch.GetState(true) == GRPC_CHANNEL_READY) return Status::Ok();
     if (ch.WaitForConnected(std::chrono::system_clock::now() + config.dial_timeout))
       return Status::Ok();
+    std::string why;
+    if (config.tls) {
+      // The channel says nothing about why; a call that does not wait for
+      // the connection fails at once with gRPC's last connection error (a
+      // refused or missing certificate shows up here).
+      grpc::ClientContext ctx;
+      ctx.set_wait_for_ready(false);
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+      pb::RangeRequest req;
+      req.set_key("/");
+      pb::RangeResponse resp;
+      grpc::Status s = endpoints[i].kv->Range(&ctx, req, &resp);
+      if (s.ok()) return Status::Ok();
+      why = " (TLS; " + s.error_message() + ")";
+    }
     Failed(i);
     return RetryError("etcd " + endpoints[i].target + ": not connected within " +
-                      std::to_string(config.dial_timeout.count()) + " ms");
+                      std::to_string(config.dial_timeout.count()) + " ms" + why);
   }
 
   void SetDeadline(grpc::ClientContext& ctx) const {
@@ -510,6 +623,12 @@ class EtcdKeepAlive final : public LeaseKeepAlive {
 EtcdStateStore::EtcdStateStore(EtcdConfig config)
     : impl_(std::make_shared<Impl>(std::move(config))) {}
 
+StatusOr<std::unique_ptr<EtcdStateStore>> EtcdStateStore::Open(EtcdConfig config) {
+  if (config.endpoints.empty()) config.endpoints.push_back("127.0.0.1:2379");
+  KMX_RETURN_IF_ERROR(ValidateEtcdConfig(config));
+  return std::make_unique<EtcdStateStore>(std::move(config));
+}
+
 EtcdStateStore::~EtcdStateStore() = default;
 
 StatusOr<GetResult> EtcdStateStore::Get(const std::string& key, int64_t revision) {
@@ -664,6 +783,7 @@ StatusOr<std::chrono::seconds> EtcdStateStore::LeaseTimeToLive(int64_t id) {
 
 StatusOr<std::unique_ptr<LeaseKeepAlive>> EtcdStateStore::KeepAlive(int64_t id,
                                                                     LeaseLostCallback on_lost) {
+  KMX_RETURN_IF_ERROR(impl_->invalid);
   grpc::ClientContext ctx;
   KMX_ASSIGN_OR_RETURN(int64_t ttl, RefreshOnce(*impl_, id, ctx));
   auto ka = std::make_unique<EtcdKeepAlive>(impl_, id, ttl, std::move(on_lost));

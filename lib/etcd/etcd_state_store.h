@@ -1,6 +1,19 @@
 // EtcdStateStore: the StateStore seam over etcd v3's gRPC API (KV, Watch and
-// Lease services; tested against etcd 3.4). Plaintext gRPC only (no TLS, no
-// auth yet).
+// Lease services; tested against etcd 3.4). Plaintext gRPC, or TLS with a
+// client certificate (etcd's --client-cert-auth; with etcd auth enabled the
+// certificate's CN is the etcd user).
+//
+// TLS: EtcdConfig::tls (set by EtcdConfigFromFlags for https:// endpoints)
+// makes every channel TLS with gRPC's experimental TlsCredentials and a
+// FileWatcherCertificateProvider over ca_file, cert_file and key_file: the
+// files are re-read every tls_refresh, so a rotated certificate is used by the
+// next connection without a restart (connections already open keep theirs).
+// Replace cert and key atomically (write both elsewhere, then rename). The
+// server's certificate must chain to ca_file and name the endpoint's host (IP
+// SAN for an address). A TLS config is never downgraded: a missing or
+// unreadable file, an https:// endpoint without a CA, TLS files for http://
+// endpoints, or a mix of http:// and https:// endpoints is kInvalid
+// (ValidateEtcdConfig, EtcdConfigFromFlags, EtcdStateStore::Open).
 //
 // Ownership: the caller owns the EtcdStateStore; it owns one gRPC channel per
 // endpoint (pimpl: no gRPC/etcd types in this header). Watchers and
@@ -45,6 +58,10 @@
 //   UNAVAILABLE, DEADLINE_EXCEEDED, "leader changed", "no leader", "timed out" -> kRetry
 //   OUT_OF_RANGE "compacted" -> kConflict; OUT_OF_RANGE "future revision"   -> kInvalid
 //   NOT_FOUND (lease)                                                     -> kNotFound
+//   PERMISSION_DENIED (etcd auth), UNAUTHENTICATED                        -> kFailed
+//   a TLS handshake that fails (no or a refused client certificate, an unknown
+//   server CA): the channel never connects -> kRetry, whose message carries
+//   gRPC's reason (e.g. "Ssl handshake failed", "CERTIFICATE_VERIFY_FAILED")
 //   INVALID_ARGUMENT (empty key, duplicate key in txn, too large)         -> kInvalid
 //   anything else                                                         -> kFailed
 #pragma once
@@ -68,15 +85,40 @@ struct EtcdConfig {
   std::chrono::milliseconds rpc_timeout{5000};
   // Cap of gRPC's reconnect backoff.
   std::chrono::milliseconds max_reconnect_backoff{1000};
+  // TLS (https:// endpoints): the CA bundle etcd's certificate must chain to,
+  // and this client's certificate and key (PEM files, both or neither; etcd
+  // with --client-cert-auth needs them). Re-read every tls_refresh (>= 1 s).
+  bool tls = false;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  std::chrono::seconds tls_refresh{5};
 };
 
 // A --etcd flag: "http://10.77.0.1:2379,10.77.0.2:2379" -> {"10.77.0.1:2379",
 // "10.77.0.2:2379"} (scheme and trailing slashes dropped, empty items skipped).
 std::vector<std::string> ParseEtcdEndpoints(const std::string& flag);
 
+// kInvalid naming the problem if `config` cannot be used as it says: no
+// endpoint; tls without ca_file; only one of cert_file/key_file; a TLS file
+// unreadable or not PEM; TLS files set while tls is false (they would be
+// ignored: a silent downgrade).
+Status ValidateEtcdConfig(const EtcdConfig& config);
+
+// The --etcd, --etcd-ca, --etcd-cert and --etcd-key flags as a config (other
+// fields default), validated: every https:// endpoint -> tls; every http://
+// one -> plaintext; a mix -> kInvalid. Items without a scheme take the others'
+// scheme; when no item has one, TLS iff a CA is given.
+StatusOr<EtcdConfig> EtcdConfigFromFlags(const std::string& endpoints, const std::string& ca_file,
+                                         const std::string& cert_file, const std::string& key_file);
+
 class EtcdStateStore : public StateStore {
  public:
-  // Does not connect yet (channels connect lazily); never fails.
+  // Validates `config` (ValidateEtcdConfig) and makes a store; does not connect.
+  static StatusOr<std::unique_ptr<EtcdStateStore>> Open(EtcdConfig config);
+  // Does not connect yet (channels connect lazily); never fails: with a config
+  // ValidateEtcdConfig refuses, every call fails with that kInvalid status
+  // (never a plaintext fallback). Prefer Open() to learn that at once.
   explicit EtcdStateStore(EtcdConfig config);
   ~EtcdStateStore() override;
   EtcdStateStore(const EtcdStateStore&) = delete;

@@ -117,6 +117,16 @@ class PrivateEtcd {
   PrivateEtcd(const PrivateEtcd&) = delete;
   PrivateEtcd& operator=(const PrivateEtcd&) = delete;
 
+  // TLS on the client URL (https://): etcd also gets `tls_args` (e.g.
+  // --cert-file=, --key-file=, --trusted-ca-file=, --client-cert-auth) and
+  // Start() probes with `probe` (its endpoints replaced by endpoint()). Call
+  // before Start(), or between Stop() and Start() to change them.
+  void UseTls(std::vector<std::string> tls_args, EtcdConfig probe) {
+    tls_args_ = std::move(tls_args);
+    tls_probe_ = std::move(probe);
+    tls_ = true;
+  }
+
   // "127.0.0.1:<client port>", for EtcdConfig::endpoints.
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
   // The private directory (data in dir()/data, log in dir()/etcd.log).
@@ -128,7 +138,8 @@ class PrivateEtcd {
   bool Start() {
     if (pid_ > 0) return true;
     if (binary_.empty() || dir_.empty() || client_port_ == 0 || peer_port_ == 0) return false;
-    std::string client = "http://127.0.0.1:" + std::to_string(client_port_);
+    std::string client =
+        (tls_ ? "https://127.0.0.1:" : "http://127.0.0.1:") + std::to_string(client_port_);
     std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
     std::vector<std::string> args = {binary_,
                                      "--name=kmx",
@@ -140,6 +151,7 @@ class PrivateEtcd {
                                      "--initial-cluster=kmx=" + peer,
                                      "--initial-cluster-state=new"};
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+    if (tls_) args.insert(args.end(), tls_args_.begin(), tls_args_.end());
     // Everything the child needs is built before fork (no allocation after it).
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -157,6 +169,7 @@ class PrivateEtcd {
       ::_exit(127);
     }
     EtcdConfig cfg;
+    if (tls_) cfg = tls_probe_;
     cfg.endpoints = {endpoint()};
     cfg.dial_timeout = std::chrono::milliseconds(500);
     cfg.rpc_timeout = std::chrono::milliseconds(2000);
@@ -202,6 +215,9 @@ class PrivateEtcd {
 
   std::string binary_;
   std::vector<std::string> extra_args_;
+  bool tls_ = false;
+  std::vector<std::string> tls_args_;
+  EtcdConfig tls_probe_;
   std::string dir_;
   int client_port_ = 0;
   int peer_port_ = 0;
