@@ -17,7 +17,8 @@ constexpr std::string_view kFrozenSuffix =
 
 StatusOr<Code> ParseCode(std::string_view s) {
   for (Code c :
-       {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed}) {
+       {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
+        Code::kPermissionDenied}) {
     if (CodeName(c) == s) return c;
   }
   return InvalidError("unknown error code \"" + std::string(s) + "\"");

@@ -16,6 +16,8 @@ std::string_view CodeName(Code code) {
       return "not_found";
     case Code::kFailed:
       return "failed";
+    case Code::kPermissionDenied:
+      return "permission_denied";
   }
   return "unknown";
 }
@@ -34,6 +36,8 @@ int HttpStatus(Code code) {
       return 404;
     case Code::kFailed:
       return 500;
+    case Code::kPermissionDenied:
+      return 403;
   }
   return 500;
 }

@@ -19,7 +19,9 @@
 
 namespace kmosix {
 
-enum class Code { kOk, kRetry, kConflict, kInvalid, kNotFound, kFailed };
+// kPermissionDenied: the caller is not allowed this (403): retrying with the
+// same identity will not help.
+enum class Code { kOk, kRetry, kConflict, kInvalid, kNotFound, kFailed, kPermissionDenied };
 
 std::string_view CodeName(Code code);
 // HTTP status a REST handler answers for a code.
@@ -49,6 +51,9 @@ inline Status ConflictError(std::string m) { return {Code::kConflict, std::move(
 inline Status InvalidError(std::string m) { return {Code::kInvalid, std::move(m)}; }
 inline Status NotFoundError(std::string m) { return {Code::kNotFound, std::move(m)}; }
 inline Status FailedError(std::string m) { return {Code::kFailed, std::move(m)}; }
+inline Status PermissionDeniedError(std::string m) {
+  return {Code::kPermissionDenied, std::move(m)};
+}
 
 // A value or a non-ok Status.
 template <typename T>

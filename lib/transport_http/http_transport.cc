@@ -19,7 +19,8 @@ using nlohmann::json;
 constexpr char kJson[] = "application/json";
 
 std::optional<Code> CodeFromName(std::string_view name) {
-  for (Code c : {Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed}) {
+  for (Code c : {Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
+                 Code::kPermissionDenied}) {
     if (CodeName(c) == name) return c;
   }
   return std::nullopt;
@@ -31,6 +32,9 @@ Code CodeFromHttpStatus(int status) {
     case 413:
     case 422:
       return Code::kInvalid;
+    case 401:
+    case 403:
+      return Code::kPermissionDenied;
     case 404:
       return Code::kNotFound;
     case 409:
