@@ -4,6 +4,10 @@
 //   BM_Http       - HttpTransport::Send -> loopback HTTP -> RegisterPeerRoutes
 //                   (data_channel:1 - the stream over the raw data channel)
 //                   -> decoder, as in a migration.
+//   BM_DataChannel - SendStream -> loopback data channel -> decoder, plain
+//                   (tls:0) and over mutual TLS (tls:1: throwaway node
+//                   certificates made by the openssl CLI, one handshake per
+//                   stream); a plain-vs-TLS table is printed at the end.
 // Files live under $KMX_BENCH_DIR (default /dev/shm, like the agent's
 // scratch dir). Throughput is reported as bytes_per_second and as "MB/s".
 #include <benchmark/benchmark.h>
@@ -11,14 +15,20 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
+#include "fakes/fake_clock.h"
 #include "kmosix/transfer_stream.h"
+#include "support/node_pki.h"
+#include "tls/tls.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
 #include "transport_http/peer_server.h"
@@ -171,10 +181,108 @@ void BM_Http(benchmark::State& state) {
   Report(state, mib);
 }
 
+// Certificates for BM_DataChannel (a CA, node1 as the source, node2 as the
+// target), made once; "" if the openssl CLI failed.
+const kmosix::testing::TestPki* Pki() {
+  static const kmosix::testing::TestPki* pki = [] {
+    auto* p = new kmosix::testing::TestPki(BenchDir() + "/pki");
+    if (!p->MakeCa().empty() ||
+        !p->MakeLeaf("node1", "node1", {kmosix::tls::kGroupNodes}).empty() ||
+        !p->MakeLeaf("node2", "node2", {kmosix::tls::kGroupNodes}).empty()) {
+      delete p;
+      return static_cast<kmosix::testing::TestPki*>(nullptr);
+    }
+    return p;
+  }();
+  return pki;
+}
+
+// Seconds and streams of BM_DataChannel (over all repetitions), by (MiB, tls).
+struct Total {
+  double seconds = 0;
+  int64_t streams = 0;
+  double Mean() const { return seconds / static_cast<double>(streams); }
+};
+std::map<std::pair<int64_t, int64_t>, Total>& Totals() {
+  static std::map<std::pair<int64_t, int64_t>, Total> m;
+  return m;
+}
+
+// state.range(1): 0 = plain TCP, 1 = mutual TLS.
+void BM_DataChannel(benchmark::State& state) {
+  ::signal(SIGPIPE, SIG_IGN);
+  const int64_t mib = state.range(0);
+  const bool tls = state.range(1) == 1;
+  std::string src = Source(mib);
+  std::string dst = BenchDir() + "/dst";
+  BenchTarget target(dst);
+  kmosix::testing::FakeClock clock;  // credentials never reload mid-bench
+  std::unique_ptr<kmosix::tls::ServerCredentials> creds;
+  kmosix::DataServer::Options o;
+  kmosix::DataChannelOptions c;
+  if (tls) {
+    const auto* pki = Pki();
+    if (pki == nullptr) return state.SkipWithError("openssl CLI could not make certificates");
+    auto loaded = kmosix::tls::ServerCredentials::Load(
+        {pki->Ca(), pki->Cert("node2"), pki->Key("node2")}, clock);
+    if (!loaded.ok()) return state.SkipWithError(loaded.status().ToString().c_str());
+    creds = std::move(*loaded);
+    o.tls = creds.get();
+    c.tls = {pki->Ca(), pki->Cert("node1"), pki->Key("node1")};
+    c.expected_server_name = "node2";
+  }
+  kmosix::DataServer data(target, clock, o);
+  if (!data.Start("127.0.0.1", 0).ok()) return state.SkipWithError("data channel did not start");
+  double seconds = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    fs::remove_all(dst);
+    fs::create_directories(dst);
+    state.ResumeTiming();
+    const auto start = std::chrono::steady_clock::now();
+    auto enc = kmosix::StreamEncoder::Create({{"criu", src, false}});
+    if (!enc.ok()) return state.SkipWithError(enc.status().ToString().c_str());
+    auto stats = kmosix::SendStream("127.0.0.1", data.port(), "m-bench", **enc, c);
+    if (!stats.ok()) return state.SkipWithError(stats.status().ToString().c_str());
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  data.Stop();
+  fs::remove_all(dst);
+  Total& total = Totals()[{mib, state.range(1)}];
+  total.seconds += seconds;
+  total.streams += state.iterations();
+  Report(state, mib);
+}
+
+void PrintTlsTable() {
+  const auto& m = Totals();
+  if (m.empty()) return;
+  std::printf(
+      "\nData channel over loopback, plain vs mutual TLS (mean per stream over all "
+      "repetitions):\n\n");
+  std::printf("| stream | plain ms | plain MB/s | TLS ms | TLS MB/s | TLS time |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|\n");
+  for (int64_t mib : {16, 256, 1024}) {
+    auto p = m.find({mib, 0});
+    auto t = m.find({mib, 1});
+    if (p == m.end() || t == m.end()) continue;
+    const double bytes = static_cast<double>(mib) * (1 << 20);
+    const double plain = p->second.Mean(), secured = t->second.Mean();
+    std::printf("| %lld MiB | %.1f | %.0f | %.1f | %.0f | %+.1f %% |\n",
+                static_cast<long long>(mib), plain * 1e3, bytes / plain / 1e6, secured * 1e3,
+                bytes / secured / 1e6, (secured / plain - 1) * 100);
+  }
+}
+
 BENCHMARK(BM_Encode)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_InProcess)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Http)
     ->ArgNames({"MiB", "data_channel"})
+    ->ArgsProduct({{16, 256, 1024}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_DataChannel)
+    ->ArgNames({"MiB", "tls"})
     ->ArgsProduct({{16, 256, 1024}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
@@ -186,6 +294,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  PrintTlsTable();
   fs::remove_all(BenchDir());
   return 0;
 }
