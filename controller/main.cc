@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
   app.add_option("--etcd", etcd, "etcd endpoints, comma-separated")->capture_default_str();
   app.add_option("--etcd-prefix", opts.keys.prefix, "key prefix of the cluster's state")
       ->capture_default_str();
+  std::string etcd_ca, etcd_cert, etcd_key;
+  app.add_option("--etcd-ca", etcd_ca, "CA file for https:// etcd endpoints (re-read on change)");
+  app.add_option("--etcd-cert", etcd_cert,
+                 "the controller's client certificate for etcd (re-read on change)");
+  app.add_option("--etcd-key", etcd_key, "the key of --etcd-cert (re-read on change)");
   app.add_option("--listen", listen, "address:port of the REST API")->capture_default_str();
   app.add_option("--id", opts.identity, "this replica's name in the election (default host:pid)");
   app.add_option("--lease-ttl", lease_ttl, "seconds a dead leader keeps the lead")
@@ -127,12 +132,12 @@ int main(int argc, char** argv) {
     spdlog::critical("--etcd-prefix must end with '/'");
     return 2;
   }
-  kmosix::EtcdConfig etcd_config;
-  etcd_config.endpoints = kmosix::ParseEtcdEndpoints(etcd);
-  if (etcd_config.endpoints.empty()) {
-    spdlog::critical("--etcd: no endpoint in \"{}\"", etcd);
+  auto etcd_flags = kmosix::EtcdConfigFromFlags(etcd, etcd_ca, etcd_cert, etcd_key);
+  if (!etcd_flags.ok()) {
+    spdlog::critical("--etcd: {}", etcd_flags.status().ToString());
     return 2;
   }
+  kmosix::EtcdConfig etcd_config = *etcd_flags;
   // Secure by default: authentication and TLS are on unless explicitly declined.
   if (no_auth && !token_file.empty()) {
     spdlog::critical("--no-auth and --token-file contradict each other; give one");

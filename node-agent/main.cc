@@ -130,6 +130,11 @@ int main(int argc, char** argv) {
                  "and take orders from it (absent: standalone)");
   app.add_option("--etcd-prefix", etcd_prefix, "key prefix of the cluster state in etcd")
       ->capture_default_str();
+  std::string etcd_ca, etcd_cert, etcd_key;
+  app.add_option("--etcd-ca", etcd_ca, "CA file for https:// etcd endpoints (re-read on change)");
+  app.add_option("--etcd-cert", etcd_cert,
+                 "this node's client certificate for etcd (CN = node name; re-read on change)");
+  app.add_option("--etcd-key", etcd_key, "the key of --etcd-cert (re-read on change)");
   app.add_option("--lease-ttl", lease_ttl, "seconds this node's key outlives a silent agent")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
@@ -308,12 +313,12 @@ int main(int argc, char** argv) {
   std::unique_ptr<kmosix::agent::LoadSampler> sampler;
   std::unique_ptr<kmosix::agent::ClusterLink> link;
   if (!etcd.empty()) {
-    kmosix::EtcdConfig etcd_config;
-    etcd_config.endpoints = kmosix::ParseEtcdEndpoints(etcd);
-    if (etcd_config.endpoints.empty()) {
-      spdlog::critical("--etcd names no endpoint");
+    auto etcd_flags = kmosix::EtcdConfigFromFlags(etcd, etcd_ca, etcd_cert, etcd_key);
+    if (!etcd_flags.ok()) {
+      spdlog::critical("--etcd: {}", etcd_flags.status().ToString());
       return 2;
     }
+    kmosix::EtcdConfig etcd_config = *etcd_flags;
     if (etcd_prefix.empty() || etcd_prefix.front() != '/') etcd_prefix = "/" + etcd_prefix;
     if (etcd_prefix.back() != '/') etcd_prefix += '/';
     if (load_source == "cgroup") {
