@@ -557,6 +557,7 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
     if (ssl == nullptr || !conn.Handshake(ssl, /*server=*/true)) {
       if (ssl != nullptr && conn.ssl() == nullptr) SSL_free(ssl);
       handshake_failures_.fetch_add(1);
+      if (options_.on_denied) options_.on_denied("tls_handshake");
       spdlog::warn("data channel: TLS handshake with {} failed: {}", peer,
                    ssl == nullptr ? OpenSslError() : conn.error());
       return;
@@ -574,6 +575,7 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
   if (options_.authorize) {
     if (Status s = options_.authorize(identity, id); !s.ok()) {
       denied_.fetch_add(1);
+      if (options_.on_denied) options_.on_denied("not_allowed");
       spdlog::warn("data channel: stream for {} from {} ({}) refused: {}", id, peer,
                    identity.empty() ? "no identity" : identity.name, s.ToString());
       return Answer(conn, ErrorJson(s));

@@ -75,6 +75,10 @@ class DataServer {
     // closed. `peer` is empty on a plain channel. Null: everyone the TLS
     // handshake let in may send (standalone agents: the same CA).
     std::function<Status(const tls::Identity& peer, const std::string& migration_id)> authorize;
+    // Hears every refusal, with a reason for a metric: "tls_handshake" (a
+    // handshake failed) or "not_allowed" (`authorize` refused). May be empty;
+    // called from connection threads.
+    std::function<void(const std::string& reason)> on_denied;
   };
   DataServer(MigrationTarget& target, Clock& clock, Options options);
   ~DataServer();

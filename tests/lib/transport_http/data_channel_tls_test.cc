@@ -280,6 +280,10 @@ TEST_F(DataChannelTlsTest, ClientsWithoutACertificateOfTheCaAreRefusedBeforeTheT
 TEST_F(DataChannelTlsTest, AuthorizeRefusesANodeThatIsNotTheMigrationsSource) {
   MakeSource(3 << 20);
   DataServer::Options o;
+  std::atomic<int> heard{0};
+  o.on_denied = [&](const std::string& reason) {
+    if (reason == "not_allowed") heard.fetch_add(1);
+  };
   // This target was told: m-1 comes from node1, and only from node1.
   o.authorize = [](const tls::Identity& peer, const std::string& id) {
     if (id == "m-1" && peer.name == "node1" && peer.In(tls::kGroupNodes)) return Status::Ok();
@@ -300,6 +304,7 @@ TEST_F(DataChannelTlsTest, AuthorizeRefusesANodeThatIsNotTheMigrationsSource) {
   EXPECT_EQ(unordered.status().code(), Code::kPermissionDenied);
   EXPECT_EQ(target_->begins(), 0) << "the target saw a refused stream";
   EXPECT_EQ(server_->denied_streams(), 2u);
+  EXPECT_EQ(heard.load(), 2);
 
   auto ok = Send("m-1", right_node);
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
