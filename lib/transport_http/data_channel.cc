@@ -31,7 +31,6 @@ namespace {
 using nlohmann::json;
 constexpr std::string_view kMagic = "KMXDATA1 ";
 constexpr size_t kMaxLine = 4096;
-constexpr long kTlsWriteBuffer = 256 << 10;
 
 std::string Errno() { return std::strerror(errno); }
 
@@ -109,18 +108,7 @@ class Conn {
   bool Handshake(SSL* ssl, bool server) {
     ssl_ = ssl;
     ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
-    // Reads straight from the socket (OpenSSL reads ahead into its own large
-    // buffer); writes go through a buffer BIO, so that a stream of 16 KiB
-    // records leaves in few large send(2) calls. Flush() pushes it out.
-    BIO* sock = BIO_new_socket(fd_, BIO_NOCLOSE);
-    BIO* buf = BIO_new(BIO_f_buffer());
-    if (sock == nullptr || buf == nullptr || BIO_set_write_buffer_size(buf, kTlsWriteBuffer) != 1) {
-      BIO_free(sock);
-      BIO_free(buf);
-      return Fail(false, "TLS: " + OpenSslError());
-    }
-    BIO_up_ref(sock);  // one reference as rbio, one under the buffer as wbio
-    SSL_set_bio(ssl_, sock, BIO_push(buf, sock));
+    SSL_set_fd(ssl_, fd_);
     SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     // The client keeps the first bytes the server sent during the handshake:
     // a busy target answers in plain text before any TLS.
@@ -255,31 +243,15 @@ class Conn {
   // still read the peer's answer).
   bool EndWrites() {
     if (ssl_ == nullptr) return ::shutdown(fd_, SHUT_WR) == 0;
-    if (!Flush()) return false;
     while (true) {
       ERR_clear_error();
       errno = 0;
       int r = SSL_shutdown(ssl_);
-      // 0: close_notify is written (OpenSSL's own flush of it may have met a
-      // full socket: ours finishes it), the peer's not yet read.
-      if (r >= 0) return Flush();
+      if (r >= 0) return true;  // 0: close_notify sent, the peer's not yet read
       int e = SSL_get_error(ssl_, r);
       if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && WaitFor(fd_, e, timeout_))
         continue;
       return Fail(false, "TLS close_notify: " + OpenSslError());
-    }
-  }
-
-  // Sends what the write buffer holds (TLS), waiting as the socket drains.
-  bool Flush() {
-    BIO* wbio = SSL_get_wbio(ssl_);
-    while (true) {
-      ERR_clear_error();
-      errno = 0;
-      if (BIO_flush(wbio) > 0) return true;
-      if (!BIO_should_retry(wbio))
-        return Fail(false, "TLS: " + (errno != 0 ? Errno() : OpenSslError()));
-      if (!WaitFor(fd_, SSL_ERROR_WANT_WRITE, timeout_)) return Fail(false, "TLS: " + Errno());
     }
   }
 
