@@ -439,6 +439,7 @@ namespace {
 // a stream of 16 KiB records).
 constexpr size_t kTlsReadBuffer = 256 << 10;
 constexpr unsigned char kSessionContext[] = "kmosix-data";
+constexpr long kSessionLifetimeSeconds = 600;
 
 }  // namespace
 
@@ -451,6 +452,10 @@ Status DataServer::Start(const std::string& host, int port) {
     }
     // Sessions resume (TLS 1.3 tickets) across this server's connections.
     SSL_CTX_set_session_id_context(ssl_ctx_, kSessionContext, sizeof kSessionContext - 1);
+    // ...for a bounded time: a resumed session keeps the identities verified
+    // when it began, so a rotated or revoked certificate outlives its files
+    // by at most this.
+    SSL_CTX_set_timeout(ssl_ctx_, kSessionLifetimeSeconds);
     SSL_CTX_set_read_ahead(ssl_ctx_, 1);
     SSL_CTX_set_default_read_buffer_len(ssl_ctx_, kTlsReadBuffer);
   }

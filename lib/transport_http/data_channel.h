@@ -122,10 +122,11 @@ class DataServer {
   std::list<Worker> workers_;
 };
 
-// TLS sessions of past streams, per target host:port, so that the next
-// stream to the same target resumes (one round trip and no certificate
-// checks less). Thread-safe. A resumed session keeps the server identity
-// verified when it was made.
+// TLS sessions of past streams, per target host:port (and expected name),
+// so that the next stream to the same target resumes (a shorter handshake,
+// no certificate checks). Thread-safe. A resumed session keeps the
+// identities verified when it was made; the server honours one for 10
+// minutes at most.
 class DataSessionCache {
  public:
   DataSessionCache() = default;
