@@ -278,7 +278,7 @@ TEST_F(DataChannelTlsTest, ClientsWithoutACertificateOfTheCaAreRefusedBeforeTheT
 }
 
 TEST_F(DataChannelTlsTest, AuthorizeRefusesANodeThatIsNotTheMigrationsSource) {
-  MakeSource(24 << 20);  // more than the sockets hold: the refusal meets a writing source;
+  MakeSource(24 << 20);  // more than the sockets hold: the refusal meets a writing source
   DataServer::Options o;
   std::atomic<int> heard{0};
   o.on_denied = [&](const std::string& reason) {
