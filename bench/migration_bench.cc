@@ -209,7 +209,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
   row.mib = mib;
   const std::string name = "bench-" + std::to_string(mib);
   const Node* nodes[2] = {&c.node(1), &c.node(2)};
-  for (const auto& n : c.Nodes()) (void)HttpDelete(n.url, "/v1/workloads/" + name);
+  for (const auto& n : c.Nodes()) (void)HttpDelete(n, "/v1/workloads/" + name);
 
   std::string err = kmosix::e2e::CreateDemo(
       *nodes[0], name,
@@ -235,7 +235,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
     std::this_thread::sleep_for(std::chrono::milliseconds(args.settle_ms));
     auto before = FetchLog(from, name, &err);
     uint64_t pre = before && !before->ticks.empty() ? before->ticks.back().tick : 0;
-    auto reply = HttpPost(from.url, "/v1/workloads/" + name + "/migrate", {{"target", to.url}},
+    auto reply = HttpPost(from, "/v1/workloads/" + name + "/migrate", {{"target", to.url}},
                           std::chrono::seconds(900));
     json rep = reply.Json();
     if (reply.status != 200 || !rep.is_object() || rep.value("outcome", "") != "Succeeded") {
@@ -285,7 +285,7 @@ Row Measure(Cluster& c, const Args& args, int mib) {
                  run.bytes);
     row.runs.push_back(run);
   }
-  for (const auto& n : c.Nodes()) (void)HttpDelete(n.url, "/v1/workloads/" + name);
+  for (const auto& n : c.Nodes()) (void)HttpDelete(n, "/v1/workloads/" + name);
   return row;
 }
 

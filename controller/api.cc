@@ -128,7 +128,7 @@ const std::string& OpenApiDocument() {
 }
 
 std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller& controller,
-                                            ControllerMetrics& metrics) {
+                                            ControllerMetrics& metrics, const tls::Files& agents) {
   server.set_payload_max_length(kMaxBody + 1);
   server.new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
   Router r(server);
@@ -166,11 +166,25 @@ std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller&
     if (!s.ok()) return ReplyError(res, s);
     Reply(res, 200, {{"deleted", std::string(req.matches[1])}});
   });
-  r.Add("GET", "/v1/workloads/{name}/logs", [&](Req req, Res res) {
+  r.Add("GET", "/v1/workloads/{name}/logs", [&, agents](Req req, Res res) {
     std::string name = req.matches[1];
     auto url = controller.WorkloadAgentUrl(name);
     if (!url.ok()) return ReplyError(res, url.status());
-    httplib::Client agent(BaseUrl(*url));
+    const bool https = url->rfind("https://", 0) == 0;
+    if (https != agents.Complete()) {
+      return ReplyError(res, FailedError(https ? "agent at " + *url +
+                                                     " speaks TLS but this controller has no "
+                                                     "identity for agents (--node-ca)"
+                                               : "agent at " + *url +
+                                                     " is plain http://: refused (this "
+                                                     "controller speaks only TLS to agents)"));
+    }
+    auto agent = https ? httplib::Client(BaseUrl(*url), agents.cert, agents.key)
+                       : httplib::Client(BaseUrl(*url));
+    if (https) {
+      agent.set_ca_cert_path(agents.ca.c_str());
+      agent.enable_server_certificate_verification(true);
+    }
     agent.set_connection_timeout(std::chrono::seconds(3));
     agent.set_read_timeout(std::chrono::seconds(10));
     auto got = agent.Get("/v1/workloads/" + name + "/logs");

@@ -25,6 +25,7 @@
 
 #include "controller/controller.h"
 #include "controller/metrics.h"
+#include "tls/tls.h"
 
 namespace kmosix::controller {
 
@@ -34,9 +35,12 @@ struct Route {
   std::string path;    // OpenAPI template, e.g. "/v1/workloads/{name}"
 };
 
-// Registers every route on `server` and returns them.
+// Registers every route on `server` and returns them. `agents`: the
+// controller's client identity toward the agents (the logs proxy); complete
+// for https:// agents (verified against agents.ca), empty for plain ones.
 std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller& controller,
-                                            ControllerMetrics& metrics);
+                                            ControllerMetrics& metrics,
+                                            const tls::Files& agents = {});
 
 // The OpenAPI document (controller/openapi.json, compiled in).
 const std::string& OpenApiDocument();

@@ -15,8 +15,8 @@
 #include <sstream>
 #include <thread>
 
-#include "controller/api.h"
 #include "auth/tokens.h"
+#include "controller/api.h"
 #include "controller/controller.h"
 #include "controller/kube/bridge.h"
 #include "controller/metrics.h"
@@ -105,6 +105,10 @@ int main(int argc, char** argv) {
                  "PEM certificate (chain) of the API. Required unless --no-tls");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert. Required unless --no-tls");
   app.add_flag("--no-tls", no_tls, "serve the API over plain HTTP");
+  std::string node_ca;
+  app.add_option("--node-ca", node_ca,
+                 "the CA of the agents' certificates: the controller reaches https:// agents with "
+                 "its --tls-cert/--tls-key as client identity (O=kmosix:controllers)");
   app.add_option("--kubeconfig", kubeconfig,
                  "mirror kmosix.io objects (MigratableWorkload, Migration, MigrationPolicy) of "
                  "the Kubernetes API server this kubeconfig names");
@@ -234,7 +238,9 @@ int main(int argc, char** argv) {
     spdlog::info("mirroring kmosix.io objects of {}", config->server);
   }
 
-  kmosix::controller::RegisterControllerRoutes(*server, controller, metrics);
+  kmosix::tls::Files agents_tls;
+  if (!node_ca.empty()) agents_tls = {node_ca, tls_cert, tls_key};
+  kmosix::controller::RegisterControllerRoutes(*server, controller, metrics, agents_tls);
   if (auth) kmosix::auth::InstallAuth(*server, *auth);
   if (!server->bind_to_port(host, port)) {
     spdlog::critical("cannot listen on {}", listen);

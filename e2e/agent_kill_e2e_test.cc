@@ -169,7 +169,7 @@ class BackgroundMigration {
  public:
   BackgroundMigration(const Node& from, const std::string& name, const std::string& target) {
     started_ = SteadyClock::now();
-    thread_ = std::thread([this, url = from.url, name, target] {
+    thread_ = std::thread([this, url = Endpoint(from), name, target] {
       HttpReply r = HttpPost(url, "/v1/workloads/" + name + "/migrate", {{"target", target}},
                              std::chrono::duration_cast<seconds>(kMigrateCallTimeout));
       std::lock_guard lock(mu_);
@@ -264,7 +264,7 @@ class AgentKiller {
 std::vector<json> MigrationsOf(const Node& n, const std::string& role, const std::string& name,
                                std::string* error) {
   std::vector<json> out;
-  auto r = HttpGet(n.url, "/v1/migrations", seconds(5));
+  auto r = HttpGet(n, "/v1/migrations", seconds(5));
   json j = r.Json();
   if (r.status != 200 || !j.is_object() || !j.contains("items")) {
     if (error != nullptr) *error = "GET /v1/migrations on " + n.name + ": " + r.Describe();
@@ -300,7 +300,7 @@ class AgentKillE2E : public ::testing::Test {
     b_ = &c_->node(2);
     // A test that failed earlier left nothing armed; say so if it did.
     for (const auto& n : c_->Nodes()) {
-      auto fps = HttpGet(n.url, "/v1/debug/failpoints");
+      auto fps = HttpGet(n, "/v1/debug/failpoints");
       ASSERT_EQ(fps.status, 200) << n.name << ": " << fps.Describe();
     }
   }
@@ -312,7 +312,7 @@ class AgentKillE2E : public ::testing::Test {
     // 2. Nothing stays armed, so a hanging commit proceeds.
     for (const auto& n : c_->Nodes()) {
       for (const char* fp : {"commit.hang", "restore.corrupt-images", "checkpoint.fail"}) {
-        (void)HttpDelete(n.url, std::string("/v1/debug/failpoints/") + fp);
+        (void)HttpDelete(n, std::string("/v1/debug/failpoints/") + fp);
       }
     }
     // 3. The background call and the sampler end.
@@ -331,7 +331,7 @@ class AgentKillE2E : public ::testing::Test {
           [&]() -> Observation {
             std::string seen;
             for (const auto& n : c_->Nodes()) {
-              auto r = HttpDelete(n.url, "/v1/workloads/" + name);
+              auto r = HttpDelete(n, "/v1/workloads/" + name);
               if (r.status != 204 && r.status != 200 && r.status != 404) {
                 seen += n.name + ": DELETE " + r.Describe() + "; ";
               }
@@ -348,13 +348,13 @@ class AgentKillE2E : public ::testing::Test {
     for (const auto& n : c_->Nodes()) std::cerr << c_->AgentLogTail(n, 60) << "\n";
     for (const auto& name : names_) {
       for (const auto& n : c_->Nodes()) {
-        auto logs = HttpGet(n.url, "/v1/workloads/" + name + "/logs");
+        auto logs = HttpGet(n, "/v1/workloads/" + name + "/logs");
         if (logs.status == 200) {
           std::string tail =
               logs.body.size() > 2000 ? logs.body.substr(logs.body.size() - 2000) : logs.body;
           std::cerr << "--- log of " << name << " on " << n.name << " (tail) ---\n" << tail << "\n";
         }
-        auto ms = HttpGet(n.url, "/v1/migrations");
+        auto ms = HttpGet(n, "/v1/migrations");
         std::cerr << "--- GET /v1/migrations on " << n.name << " ---\n" << ms.Describe() << "\n";
       }
     }
@@ -450,7 +450,7 @@ class AgentKillE2E : public ::testing::Test {
     json found;
     auto w = WaitFor(
         n.name + "'s outgoing migration " + id + " to end", kRecoverTimeout, [&]() -> Observation {
-          auto r = HttpGet(n.url, "/v1/migrations/" + id, seconds(5));
+          auto r = HttpGet(n, "/v1/migrations/" + id, seconds(5));
           json j = r.Json();
           if (r.status != 200 || !j.is_object()) return {false, r.Describe()};
           found = j;

@@ -880,12 +880,12 @@ TEST_F(BrainE2E, CancelledMigrationRollsBackAndTheWorkloadKeepsCounting) {
   const Node& source = NodeNamed("node1");
   // Hold the source before it asks the target to restore: a window in which
   // the workload is frozen and its images are on node2, the order Restoring.
-  auto armed = HttpPut(source.url, "/v1/debug/failpoints/restore.hang", "{}");
+  auto armed = HttpPut(source, "/v1/debug/failpoints/restore.hang", "{}");
   ASSERT_EQ(armed.status, 200) << armed.Describe();
   struct Disarm {
-    std::string url;
-    ~Disarm() { (void)HttpDelete(url, "/v1/debug/failpoints/restore.hang"); }
-  } disarm{source.url};
+    Endpoint agent;
+    ~Disarm() { (void)HttpDelete(agent, "/v1/debug/failpoints/restore.hang"); }
+  } disarm{source};
   const uint64_t pre = LastTick("cancel-me");
 
   auto r = HttpPost(Api(), "/v1/migrations", {{"workload", "cancel-me"}, {"target", "node2"}});
@@ -910,7 +910,7 @@ TEST_F(BrainE2E, CancelledMigrationRollsBackAndTheWorkloadKeepsCounting) {
   EXPECT_GT(Int(cancel.Json(), "cancelRequestedMs"), 0) << cancel.body;
   EXPECT_EQ(Str(cancel.Json(), "cancelledBy"), "api") << cancel.body;
   EXPECT_EQ(HttpDelete(Api(), "/v1/migrations/" + id).status, 202) << "asking twice is fine";
-  (void)HttpDelete(source.url, "/v1/debug/failpoints/restore.hang");
+  (void)HttpDelete(source, "/v1/debug/failpoints/restore.hang");
 
   json m = AwaitMigrationEnd(Api(), id, kMigrationTimeout);
   EXPECT_EQ(Str(m, "phase"), "RolledBack") << m.dump();

@@ -458,7 +458,7 @@ std::string Cluster::Up() {
   for (const auto& a : options_.agent_args) {
     if (a != "--enable-failpoints") continue;
     for (const auto& n : nodes_) {
-      auto r = HttpGet(n.url, "/v1/debug/failpoints");
+      auto r = HttpGet(n, "/v1/debug/failpoints");
       if (r.status != 200) {
         return n.name + " does not serve /v1/debug/failpoints (agent without " +
                "--enable-failpoints?): " + r.Describe();
@@ -513,7 +513,8 @@ std::string Cluster::ReadLayout() {
   ca_file_.clear();
   admin_token_.clear();
   readonly_token_.clear();
-  if (!controllers_.empty()) {
+  const bool agents_https = !nodes_.empty() && nodes_.front().url.rfind("https://", 0) == 0;
+  if (!controllers_.empty() || agents_https) {
     auto env = RunCommand(ClusterScript() + " env 2>/dev/null");
     if (env.exit_code != 0) {
       return "scripts/cluster env (exit " + std::to_string(env.exit_code) + ") said: " + env.output;
@@ -527,6 +528,7 @@ std::string Cluster::ReadLayout() {
       if (key == "KMOSIX_CA_FILE") ca_file_ = value;
       if (key == "KMOSIX_TOKEN") admin_token_ = value;
       if (key == "KMOSIX_READONLY_TOKEN") readonly_token_ = value;
+      if (key == "KMOSIX_AGENT_TOKEN") agent_token_ = value;
       if (key == "KUBECONFIG") kubeconfig_ = value;
       if (key == "KMX_KUBE_BIN_DIR") kube_bin_dir_ = value;
     }
@@ -534,7 +536,15 @@ std::string Cluster::ReadLayout() {
       return "up --kube, but scripts/cluster env gave no KUBECONFIG or KMX_KUBE_BIN_DIR:\n" +
              env.output;
     }
-    const bool https = controllers_.front().url.rfind("https://", 0) == 0;
+    if (agents_https && (ca_file_.empty() || agent_token_.empty())) {
+      return "the agents serve https but scripts/cluster env gave no CA file or agent token:\n" +
+             env.output;
+    }
+    for (auto& n : nodes_) {
+      n.ca_file = ca_file_;
+      n.token = agent_token_;
+    }
+    const bool https = !controllers_.empty() && controllers_.front().url.rfind("https://", 0) == 0;
     if (https && (ca_file_.empty() || admin_token_.empty() || readonly_token_.empty())) {
       return "the controllers serve https but scripts/cluster env gave no CA file or tokens:\n" +
              env.output;
@@ -666,13 +676,13 @@ std::string CreateDemo(const Node& n, const std::string& name,
                {"image", Cluster::kDemoImage},
                {"args", DemoArgs(extra)},
                {"env", json::object()}};
-  auto r = HttpPost(n.url, "/v1/workloads", body, std::chrono::seconds(60));
+  auto r = HttpPost(n, "/v1/workloads", body, std::chrono::seconds(60));
   if (r.status != 201) return "POST /v1/workloads on " + n.name + ": " + r.Describe();
   return "";
 }
 
 std::optional<DemoLog> FetchLog(const Node& n, const std::string& name, std::string* error) {
-  auto r = HttpGet(n.url, "/v1/workloads/" + name + "/logs");
+  auto r = HttpGet(n, "/v1/workloads/" + name + "/logs");
   if (r.status != 200) {
     if (error != nullptr) *error = "GET logs of " + name + " on " + n.name + ": " + r.Describe();
     return std::nullopt;
@@ -726,7 +736,7 @@ std::string CheckRunsExactlyOn(const Cluster& c, const std::string& name, const 
   auto add = [&](const Node& n, const std::string& p) { problems += n.name + ": " + p + "\n"; };
   for (const auto& n : c.Nodes()) {
     bool is_owner = n.index == owner.index;
-    auto r = HttpGet(n.url, "/v1/workloads/" + name);
+    auto r = HttpGet(n, "/v1/workloads/" + name);
     if (is_owner) {
       json j = r.Json();
       if (r.status != 200) {
@@ -758,7 +768,7 @@ std::string CheckRunsExactlyOn(const Cluster& c, const std::string& name, const 
 std::string CheckGoneEverywhere(const Cluster& c, const std::string& name) {
   std::string problems;
   for (const auto& n : c.Nodes()) {
-    auto r = HttpGet(n.url, "/v1/workloads/" + name);
+    auto r = HttpGet(n, "/v1/workloads/" + name);
     if (r.status != 404) problems += n.name + ": agent: expected 404, got " + r.Describe() + "\n";
     auto v = c.Ctr(n, name);
     if (!v.error.empty()) problems += n.name + ": containerd: " + v.error + "\n";

@@ -166,11 +166,13 @@ void ArmDownOnSignal(bool armed);
 
 // --- the cluster ---------------------------------------------------------------
 
-struct Node {
+// A node; as an Endpoint, its agent: url "https://10.77.0.11:7700"
+// ("http://..." with up --insecure), the cluster CA and the admin token the
+// agents accept (scripts/cluster env: KMOSIX_AGENT_TOKEN).
+struct Node : Endpoint {
   int index = 0;     // 1-based
   std::string name;  // "node1"
   std::string addr;  // "10.77.0.11"
-  std::string url;   // "http://10.77.0.11:7700"
   std::string sock;  // containerd socket
 };
 
@@ -292,6 +294,7 @@ class Cluster {
   std::string etcd_url_;
   std::string bridge_addr_;
   std::string ca_file_, admin_token_, readonly_token_;
+  std::string agent_token_;  // the admin token the agents accept (KMOSIX_AGENT_TOKEN)
   std::string kubeconfig_, kube_bin_dir_;
   std::string data_dir_ = "/var/lib/kmosix-cluster";
 };

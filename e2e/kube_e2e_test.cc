@@ -187,12 +187,12 @@ TEST_F(KubeE2E, MigrationObjectMovesTheWorkloadWithItsStateIntact) {
 TEST_F(KubeE2E, DeletingAMigrationHeldBeforeCommitRollsItBack) {
   const std::string wname = StartWorkload("held", kLight, "node3");
   const Node& source = NodeNamed("node3");
-  auto armed = HttpPut(source.url, "/v1/debug/failpoints/restore.hang", "{}");
+  auto armed = HttpPut(source, "/v1/debug/failpoints/restore.hang", "{}");
   ASSERT_EQ(armed.status, 200) << armed.Describe();
   struct Disarm {
-    std::string url;
-    ~Disarm() { (void)HttpDelete(url, "/v1/debug/failpoints/restore.hang"); }
-  } disarm{source.url};
+    Endpoint agent;
+    ~Disarm() { (void)HttpDelete(agent, "/v1/debug/failpoints/restore.hang"); }
+  } disarm{source};
   const uint64_t before = LastTick(wname);
   Apply(MigrationObject("held-move", "held", "node2"));
   AwaitStatus("mig", "held-move", "phase", "Restoring", kMigration);
@@ -210,7 +210,7 @@ TEST_F(KubeE2E, DeletingAMigrationHeldBeforeCommitRollsItBack) {
       });
   ASSERT_TRUE(cancelled.ok) << cancelled.message;
   EXPECT_FALSE(Gone("mig", "held-move")) << "deleted before the rollback ended";
-  (void)HttpDelete(source.url, "/v1/debug/failpoints/restore.hang");
+  (void)HttpDelete(source, "/v1/debug/failpoints/restore.hang");
   auto gone = WaitFor("the Migration object to go", kMigration, [&]() -> Observation {
     return {Gone("mig", "held-move"), "still there"};
   });

@@ -62,7 +62,7 @@ class MigrationE2E : public ::testing::Test {
       for (const auto& n : c_->Nodes()) std::cerr << c_->AgentLogTail(n, 40) << "\n";
       for (const auto& name : names_) {
         for (const auto& n : c_->Nodes()) {
-          auto logs = HttpGet(n.url, "/v1/workloads/" + name + "/logs");
+          auto logs = HttpGet(n, "/v1/workloads/" + name + "/logs");
           if (logs.status == 200) {
             std::string tail =
                 logs.body.size() > 3000 ? logs.body.substr(logs.body.size() - 3000) : logs.body;
@@ -74,11 +74,11 @@ class MigrationE2E : public ::testing::Test {
     }
     for (const auto& n : c_->Nodes()) {
       for (const char* fp : {"restore.corrupt-images", "checkpoint.fail"}) {
-        (void)HttpDelete(n.url, std::string("/v1/debug/failpoints/") + fp);
+        (void)HttpDelete(n, std::string("/v1/debug/failpoints/") + fp);
       }
     }
     for (const auto& name : names_) {
-      for (const auto& n : c_->Nodes()) (void)HttpDelete(n.url, "/v1/workloads/" + name);
+      for (const auto& n : c_->Nodes()) (void)HttpDelete(n, "/v1/workloads/" + name);
       EXPECT_EQ(CheckGoneEverywhere(*c_, name), "") << "after deleting " << name;
     }
   }
@@ -96,8 +96,8 @@ class MigrationE2E : public ::testing::Test {
 
   Migration Migrate(const Node& from, const std::string& name, const std::string& target) {
     Migration m;
-    m.reply = HttpPost(from.url, "/v1/workloads/" + name + "/migrate", {{"target", target}},
-                       kMigrateTimeout);
+    m.reply =
+        HttpPost(from, "/v1/workloads/" + name + "/migrate", {{"target", target}}, kMigrateTimeout);
     m.report = m.reply.Json();
     return m;
   }
@@ -478,7 +478,7 @@ TEST_F(MigrationE2E, IsolatedWorkloadGetsTheTargetsNetworkAfterMigration) {
   auto r = HttpPost(a_->url, "/v1/workloads", body, seconds(60));
   ASSERT_EQ(r.status, 201) << r.Describe();
   auto log_of = [&](const Node& n) {
-    auto l = HttpGet(n.url, "/v1/workloads/" + name + "/logs");
+    auto l = HttpGet(n, "/v1/workloads/" + name + "/logs");
     return l.status == 200 ? l.body : std::string();
   };
   auto wait_for = [&](const Node& n, const std::string& needle) {

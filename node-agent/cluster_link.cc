@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "api/validate.h"
+
 namespace kmosix::agent {
 namespace {
 
@@ -263,6 +265,30 @@ Status ClusterLink::PublishOnce() {
   published_images_ = images_;
   published_at_ = clock_.Now();
   force_publish_ = false;
+  return Status::Ok();
+}
+
+// ---- peers ---------------------------------------------------------------------
+
+Status ClusterLink::AllowPeer(const std::string& peer_node, const std::string& id) {
+  if (Status s = api::ValidateName(id); !s.ok())
+    return PermissionDeniedError("migration id: " + s.message());
+  const std::string key = options_.keys.Migration(id);
+  std::optional<KeyValue> kv = migrations_.Get(key);
+  if (!kv) {  // the cache may lag a fresh order: ask etcd itself
+    auto got = store_.Get(key);
+    if (!got.ok()) return RetryError("read " + key + ": " + got.status().message());
+    kv = std::move(got->kv);
+  }
+  if (!kv) return Status::Ok();  // an unmanaged workload's move (see the header)
+  auto m = cluster::ParseRecord<api::Migration>(kv->value, cluster::MigrationFromJson);
+  if (!m.ok()) return PermissionDeniedError("migration " + id + ": damaged record in etcd");
+  if (m->target != options_.node)
+    return PermissionDeniedError("migration " + id + " goes to " + m->target + ", not to " +
+                                 options_.node);
+  if (m->source != peer_node)
+    return PermissionDeniedError("migration " + id + " moves from " + m->source + "; " + peer_node +
+                                 " is not its source");
   return Status::Ok();
 }
 

@@ -109,6 +109,7 @@
 #include <thread>
 #include <vector>
 
+#include "access.h"
 #include "agent.h"
 #include "cluster/prefix_cache.h"
 #include "cluster/records.h"
@@ -136,8 +137,15 @@ struct ClusterLinkOptions {
   cluster::WorkQueue::Options queue;
 };
 
-class ClusterLink final : public OwnershipLedger {
+class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
  public:
+  // PeerAuthorizer: a migration etcd holds a record of is accepted only from
+  // its source node and only when this node is its target (kPermissionDenied
+  // otherwise); an id etcd has no record of is an unmanaged workload's move
+  // (REST-ordered between agents, never claims cluster ownership): any node
+  // of the CA, as standalone agents. kRetry when etcd cannot be read.
+  Status AllowPeer(const std::string& peer_node, const std::string& id) override;
+
   ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& store, LoadSampler& sampler,
               Clock& clock, Random& random);
   ~ClusterLink() override;  // Stop()

@@ -13,7 +13,9 @@
 #include <sstream>
 #include <thread>
 
+#include "access.h"
 #include "agent.h"
+#include "auth/tokens.h"
 #include "cluster_link.h"
 #include "containerd/containerd_runtime.h"
 #include "containerd/workload_network.h"
@@ -25,6 +27,7 @@
 #include "kmosix/stop_and_copy.h"
 #include "load_sampler.h"
 #include "metrics.h"
+#include "tls/tls.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"
 #include "transport_http/listener_limits.h"
@@ -74,6 +77,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--advertise-url", opts.advertise_url,
                  "URL peers reach this agent at (default http://<listen>)");
+  // The node plane's security (issue 11): TLS with node certificates, tokens.
+  kmosix::tls::Files tls_files;
+  std::string token_file;
+  bool insecure = false;
+  app.add_option("--tls-ca", tls_files.ca,
+                 "the cluster's CA (PEM): peers', controllers' and admins' certificates must "
+                 "chain to it");
+  app.add_option("--tls-cert", tls_files.cert,
+                 "this node's certificate (CN = --node, O = kmosix:nodes); re-read on change");
+  app.add_option("--tls-key", tls_files.key, "the key of --tls-cert; re-read on change");
+  app.add_option("--token-file", token_file,
+                 "bearer tokens the REST API accepts (TOKEN,ROLE,NAME lines, as the "
+                 "controller's); re-read on change");
+  app.add_flag("--insecure", insecure,
+               "plain HTTP and no authentication: anyone who reaches this agent runs code as "
+               "root here. Debugging only");
   app.add_option("--containerd-socket", ctd.socket_path, "containerd's gRPC socket (absolute path)")
       ->required();
   app.add_option("--namespace", ctd.containerd_namespace, "containerd namespace")
@@ -252,7 +271,18 @@ int main(int argc, char** argv) {
     spdlog::critical("--containerd-socket must be an absolute path");
     return 2;
   }
-  if (opts.advertise_url.empty()) opts.advertise_url = "http://" + listen;
+  if (insecure && (!tls_files.ca.empty() || !tls_files.cert.empty() || !tls_files.key.empty() ||
+                   !token_file.empty())) {
+    spdlog::critical("--insecure contradicts --tls-* and --token-file; give one or the other");
+    return 2;
+  }
+  if (!insecure && !tls_files.Complete()) {
+    spdlog::critical(
+        "TLS is on by default: give --tls-ca, --tls-cert and --tls-key (PEM; the certificate's CN "
+        "is this node's name) or --insecure to serve plain HTTP to anyone");
+    return 2;
+  }
+  if (opts.advertise_url.empty()) opts.advertise_url = (insecure ? "http://" : "https://") + listen;
   // Everything the agent writes is its own (0600 files, 0700 directories).
   ::umask(077);
   if (opts.scratch_dir.empty()) opts.scratch_dir = "/run/kmosix/" + opts.node + "/scratch";
@@ -299,7 +329,37 @@ int main(int argc, char** argv) {
   kmosix::CheckpointEngine& engine = enable_failpoints
                                          ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
                                          : static_cast<kmosix::CheckpointEngine&>(stop_and_copy);
-  kmosix::HttpTransport http_transport({}, &clock);
+  std::unique_ptr<kmosix::tls::ServerCredentials> tls_creds;
+  std::unique_ptr<kmosix::auth::Authenticator> tokens;
+  if (!insecure) {
+    auto loaded = kmosix::tls::ServerCredentials::Load(tls_files, clock);
+    if (!loaded.ok()) {
+      spdlog::critical("--tls-*: {}", loaded.status().ToString());
+      return 2;
+    }
+    tls_creds = std::move(*loaded);
+    if (tls_creds->Name() != opts.node) {
+      spdlog::critical("--tls-cert names \"{}\", not this node ({}): peers would refuse it",
+                       tls_creds->Name(), opts.node);
+      return 2;
+    }
+    if (!token_file.empty()) {
+      auto t = kmosix::auth::Authenticator::Load(token_file, clock);
+      if (!t.ok()) {
+        spdlog::critical("--token-file: {}", t.status().ToString());
+        return 2;
+      }
+      tokens = std::move(*t);
+    }
+  } else {
+    spdlog::warn(
+        "!!! --insecure: plain HTTP, no authentication: anyone who reaches {} can run code as "
+        "root on this node. Debugging only !!!",
+        listen);
+  }
+  kmosix::HttpTransportOptions transport_opts;
+  transport_opts.tls = tls_files;
+  kmosix::HttpTransport http_transport(transport_opts, &clock);
   kmosix::agent::FailpointTransport failpoint_transport(http_transport, failpoints, clock);
   kmosix::Transport& transport = enable_failpoints
                                      ? static_cast<kmosix::Transport&>(failpoint_transport)
@@ -365,10 +425,38 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  httplib::Server server;
+  std::unique_ptr<httplib::Server> server_ptr;
+  if (tls_creds) {
+    server_ptr = std::make_unique<httplib::SSLServer>(
+        [&](SSL_CTX& ctx) { return tls_creds->Configure(ctx, /*require_client_cert=*/false); });
+  } else {
+    server_ptr = std::make_unique<httplib::Server>();
+  }
+  httplib::Server& server = *server_ptr;
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
   auto http_stats = std::make_shared<kmosix::ListenerStats>();
   kmosix::ApplyListenerLimits(server, http_limits, http_stats);
+  kmosix::agent::AccessControl access(tokens.get(), link.get());
+  if (tls_creds) {
+    kmosix::agent::InstallAccess(
+        server, access,
+        [&](const httplib::Request& req, httplib::Response& res) {
+          return kmosix::CheckRequestBody(req, res, http_limits, *http_stats);
+        },
+        [&](const kmosix::agent::AccessDecision& d) { metrics.Denied(d.surface, d.reason); });
+  }
+  if (tls_creds) {
+    // The data channel: mutual TLS with node certificates, and a stream only
+    // from the node etcd names as the migration's source (standalone: any
+    // node of the CA), asked before a byte reaches the target.
+    data_opts.tls = tls_creds.get();
+    data_opts.authorize = [&link](const kmosix::tls::Identity& peer, const std::string& id) {
+      if (!peer.In(kmosix::tls::kGroupNodes))
+        return kmosix::PermissionDeniedError("\"" + peer.name + "\" is not a node certificate");
+      return link ? link->AllowPeer(peer.name, id) : kmosix::Status::Ok();
+    };
+    data_opts.on_denied = [&metrics](const std::string& reason) { metrics.Denied("data", reason); };
+  }
   kmosix::DataServer data_server(agent.Target(), clock, data_opts);
   metrics.SetIntakeSources({[&agent] { return agent.Intake().Snapshot(); }, opts.intake, http_stats,
                             data_opts.max_connections,

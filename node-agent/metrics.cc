@@ -69,7 +69,13 @@ AgentMetrics::AgentMetrics(const std::string& node)
                                    "by listener and reason (accept_wait, body_too_large, "
                                    "connections)")
                              .Labels({{"node", node}})
-                             .Register(*registry_)) {
+                             .Register(*registry_)),
+      denied_(prometheus::BuildCounter()
+                  .Name("kmosix_agent_denied_total")
+                  .Help("Requests and connections refused by authentication or authorization, "
+                        "by surface (rest, peer, debug, data) and reason")
+                  .Labels({{"node", node}})
+                  .Register(*registry_)) {
   for (const char* outcome : {"Succeeded", "RolledBack", "Failed"}) {
     migrations_.Add({{"outcome", outcome}});
   }

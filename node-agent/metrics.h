@@ -55,6 +55,14 @@ class AgentMetrics final : public MigrationObserver {
   prometheus::Family<prometheus::Counter>& intake_refused_;
   prometheus::Family<prometheus::Gauge>& listener_gauges_;
   prometheus::Family<prometheus::Counter>& listener_counters_;
+  prometheus::Family<prometheus::Counter>& denied_;
+
+ public:
+  // A request or connection refused by authentication or authorization
+  // (kmosix_agent_denied_total{surface,reason}). Thread-safe.
+  void Denied(const std::string& surface, const std::string& reason) {
+    denied_.Add({{"surface", surface}, {"reason", reason}}).Increment();
+  }
 };
 
 }  // namespace kmosix::agent

@@ -75,13 +75,24 @@ void SetTimeout(httplib::Client& cli, std::chrono::milliseconds connect,
 StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& target,
                                                       const HttpTransportOptions& o,
                                                       std::chrono::milliseconds read_timeout) {
-  if (target.rfind("http://", 0) != 0 && target.rfind("https://", 0) != 0) {
+  const bool https = target.rfind("https://", 0) == 0;
+  if (!https && target.rfind("http://", 0) != 0) {
     return InvalidError("target \"" + target + "\" is not an http:// URL");
   }
+  if (o.tls.Complete() && !https)
+    return InvalidError("target \"" + target +
+                        "\" is plain http://: this agent speaks only TLS to its peers");
+  if (https && !o.tls.Complete())
+    return InvalidError("target \"" + target + "\" is https:// but this agent has no TLS identity");
   std::string base = target;
   while (!base.empty() && base.back() == '/') base.pop_back();
-  auto cli = std::make_unique<httplib::Client>(base);
+  auto cli = https ? std::make_unique<httplib::Client>(base, o.tls.cert, o.tls.key)
+                   : std::make_unique<httplib::Client>(base);
   if (!cli->is_valid()) return InvalidError("target \"" + target + "\" is not a valid URL");
+  if (https) {
+    cli->set_ca_cert_path(o.tls.ca.c_str());
+    cli->enable_server_certificate_verification(true);
+  }
   SetTimeout(*cli, o.connect_timeout, read_timeout, o.write_timeout);
   cli->set_keep_alive(false);
   return cli;
@@ -226,7 +237,7 @@ StatusOr<PeerInfo> HttpTransport::Hello(const std::string& target) {
   if (auto port = j.find("dataPort");
       port != j.end() && port->is_number_integer() && *port > 0 && *port < 65536) {
     std::lock_guard lock(mu_);
-    data_ports_[target] = port->get<int>();
+    data_ports_[target] = {port->get<int>(), node->get<std::string>()};
   }
   return PeerInfo{node->get<std::string>(), version->get<std::string>()};
 }
@@ -246,13 +257,13 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
   KMX_RETURN_IF_ERROR(CheckId(id));
   KMX_ASSIGN_OR_RETURN(std::unique_ptr<StreamEncoder> enc, StreamEncoder::Create(sections));
   const Clock::TimePoint start = clock_->Now();
-  int data_port = 0;
+  DataPeer data;
   if (options_.use_data_channel) {
     std::lock_guard lock(mu_);
-    if (auto it = data_ports_.find(target); it != data_ports_.end()) data_port = it->second;
+    if (auto it = data_ports_.find(target); it != data_ports_.end()) data = it->second;
   }
-  StatusOr<TransferStats> landed = data_port > 0 ? SendOverDataChannel(target, data_port, id, *enc)
-                                                 : SendOverHttp(target, id, *enc);
+  StatusOr<TransferStats> landed =
+      data.port > 0 ? SendOverDataChannel(target, data, id, *enc) : SendOverHttp(target, id, *enc);
   if (!landed.ok()) return landed.status().Annotate("stream to " + target);
   const TransferStats sent = enc->stats();
   if (!enc->done() || landed->bytes != sent.bytes || landed->files != sent.files) {
@@ -265,14 +276,22 @@ StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std
   return landed;
 }
 
-StatusOr<TransferStats> HttpTransport::SendOverDataChannel(const std::string& target, int port,
+StatusOr<TransferStats> HttpTransport::SendOverDataChannel(const std::string& target,
+                                                           const DataPeer& peer,
                                                            const std::string& id,
                                                            StreamEncoder& enc) {
   KMX_ASSIGN_OR_RETURN(std::string host, HostOf(target));
   DataChannelOptions dc;
   dc.connect_timeout = options_.connect_timeout;
   dc.io_timeout = options_.read_timeout;
-  return SendStream(host, port, id, enc, dc);
+  // The same identity as the peer routes; the server must be the node that
+  // answered /v1/peer/info at that address.
+  dc.tls = options_.tls;
+  if (options_.tls.Complete()) {
+    dc.expected_server_name = peer.node;
+    dc.sessions = &data_sessions_;
+  }
+  return SendStream(host, peer.port, id, enc, dc);
 }
 
 StatusOr<TransferStats> HttpTransport::SendOverHttp(const std::string& target,

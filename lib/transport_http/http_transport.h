@@ -38,6 +38,8 @@
 
 #include "kmosix/clock.h"
 #include "kmosix/transport.h"
+#include "tls/tls.h"
+#include "transport_http/data_channel.h"
 
 namespace kmosix {
 
@@ -54,6 +56,11 @@ struct HttpTransportOptions {
   size_t chunk_size = 1 << 20;
   // Use a peer's data channel when it announces one.
   bool use_data_channel = true;
+  // This node's identity toward peers (read per request, so rotated files are
+  // used by the next call). Complete: every target must be https:// and its
+  // certificate must chain to `tls.ca` and name the target's host; an
+  // http:// target is refused (never a downgrade). Empty: plain http only.
+  tls::Files tls;
 };
 
 class HttpTransport final : public Transport {
@@ -74,7 +81,11 @@ class HttpTransport final : public Transport {
   StatusOr<TargetPhase> Query(const std::string& target, const std::string& id) override;
 
  private:
-  StatusOr<TransferStats> SendOverDataChannel(const std::string& target, int port,
+  struct DataPeer {
+    int port = 0;      // its data channel (0: none announced)
+    std::string node;  // the node that answered /v1/peer/info there
+  };
+  StatusOr<TransferStats> SendOverDataChannel(const std::string& target, const DataPeer& peer,
                                               const std::string& id, StreamEncoder& enc);
   StatusOr<TransferStats> SendOverHttp(const std::string& target, const std::string& id,
                                        StreamEncoder& enc);
@@ -85,7 +96,8 @@ class HttpTransport final : public Transport {
   std::unique_ptr<Clock> owned_clock_;
   Clock* clock_;
   std::mutex mu_;
-  std::map<std::string, int> data_ports_;  // target -> its announced data port
+  std::map<std::string, DataPeer> data_ports_;  // target -> its data channel; mu_
+  DataSessionCache data_sessions_;              // TLS sessions to resume (thread-safe)
 };
 
 // Maps an HTTP error answer back to a Status (exposed for tests and for the

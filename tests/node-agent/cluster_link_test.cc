@@ -252,6 +252,27 @@ TEST_F(ClusterLinkTest, PublishesTheImagesItHoldsAndTheirChanges) {
   EXPECT_EQ(read()->images, load->images);
 }
 
+TEST_F(ClusterLinkTest, PeersActOnlyOnMigrationsEtcdOrderedFromThemToThisNode) {
+  MigrationRecord m;
+  m.id = "m-7";
+  m.workload = "work";
+  m.source = "node2";
+  m.target = "node1";
+  m.epoch = 1;
+  m.created_ms = 1;
+  Put(m);
+  EXPECT_TRUE(node1_->link->AllowPeer("node2", "m-7").ok());
+  EXPECT_EQ(node1_->link->AllowPeer("node3", "m-7").code(), Code::kPermissionDenied);
+  // A migration to another node is not this node's to accept.
+  m.id = "m-8";
+  m.target = "node3";
+  Put(m);
+  EXPECT_EQ(node1_->link->AllowPeer("node2", "m-8").code(), Code::kPermissionDenied);
+  EXPECT_EQ(node1_->link->AllowPeer("node2", "../x").code(), Code::kPermissionDenied);
+  // No record: an unmanaged workload's move between agents.
+  EXPECT_TRUE(node1_->link->AllowPeer("node2", "unordered").ok());
+}
+
 TEST_F(ClusterLinkTest, PublishesRunningWorkloadsUsage) {
   RunWorkOnNode1();
   ASSERT_TRUE(node1_->link->PublishOnce().ok());
