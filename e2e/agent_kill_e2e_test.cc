@@ -608,7 +608,7 @@ TEST_F(AgentKillE2E, SourceKilledMidTransferResumesOnSource) {
     std::printf("[ source ] task %s while its agent was down\n", v.task_status.c_str());
   }
   ExpectCtr(*b_, name, false, "", "after the target aborted the half-received migration");
-  EXPECT_EQ(HttpGet(b_->url, "/v1/workloads/" + name).status, 404);
+  EXPECT_EQ(HttpGet(*b_, "/v1/workloads/" + name).status, 404);
 
   ASSERT_EQ(killer_.Start(*a_), "");
   const int64_t down_ms = MsSince(killed_at);
@@ -643,7 +643,7 @@ TEST_F(AgentKillE2E, SourceKilledBeforeCommitResumesOnSource) {
   ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *a_), "") << "after creating " << name;
   const uint64_t pre = LastTick(*a_, name);
 
-  auto armed = HttpPut(a_->url, "/v1/debug/failpoints/commit.hang");
+  auto armed = HttpPut(*a_, "/v1/debug/failpoints/commit.hang");
   ASSERT_EQ(armed.status, 200) << armed.Describe();
   MigrateInBackground(*a_, *b_, name);
   json rec = AwaitTargetPhase(*b_, name, "Restored", milliseconds(100));
@@ -655,7 +655,7 @@ TEST_F(AgentKillE2E, SourceKilledBeforeCommitResumesOnSource) {
   // the source hangs before its commit.
   ExpectCtr(*a_, name, true, "PAUSED", "while the source hangs before the commit");
   ExpectCtr(*b_, name, true, "RUNNING", "after the target restored");
-  auto src = HttpGet(a_->url, "/v1/migrations/" + id);
+  auto src = HttpGet(*a_, "/v1/migrations/" + id);
   EXPECT_EQ(src.Json().value("phase", ""), "Committing") << src.Describe();
   EXPECT_FALSE(migration_->Done());
 
@@ -700,7 +700,7 @@ TEST_F(AgentKillE2E, TargetKilledBeforeCommitRollsBack) {
   ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *a_), "") << "after creating " << name;
   const uint64_t pre = LastTick(*a_, name);
 
-  auto armed = HttpPut(a_->url, "/v1/debug/failpoints/commit.hang");
+  auto armed = HttpPut(*a_, "/v1/debug/failpoints/commit.hang");
   ASSERT_EQ(armed.status, 200) << armed.Describe();
   MigrateInBackground(*a_, *b_, name);
   json rec = AwaitTargetPhase(*b_, name, "Restored", milliseconds(100));
@@ -721,13 +721,13 @@ TEST_F(AgentKillE2E, TargetKilledBeforeCommitRollsBack) {
   // On start it aborted the migration and removed its copy.
   AwaitTargetAborted(*b_, name, id);
   ExpectCtr(*b_, name, false, "", "after the restarted target aborted");
-  EXPECT_EQ(HttpGet(b_->url, "/v1/workloads/" + name).status, 404);
+  EXPECT_EQ(HttpGet(*b_, "/v1/workloads/" + name).status, 404);
   // The source still waits before its commit, frozen.
   ExpectCtr(*a_, name, true, "PAUSED", "before the commit is released");
   EXPECT_FALSE(migration_->Done()) << migration_->Reply().Describe();
 
   auto released_at = SteadyClock::now();
-  auto disarmed = HttpDelete(a_->url, "/v1/debug/failpoints/commit.hang");
+  auto disarmed = HttpDelete(*a_, "/v1/debug/failpoints/commit.hang");
   ASSERT_EQ(disarmed.status, 200) << disarmed.Describe();
   auto w = migration_->Await(milliseconds(60'000));
   ASSERT_TRUE(w.ok) << w.message;
@@ -786,7 +786,7 @@ TEST_F(AgentKillE2E, TargetKilledMidTransferRollsBack) {
 
   // Target agent down: the source runs it again; the target's containerd may
   // still hold the half-prepared container, but no task.
-  auto src = HttpGet(a_->url, "/v1/workloads/" + name);
+  auto src = HttpGet(*a_, "/v1/workloads/" + name);
   EXPECT_EQ(src.status, 200) << src.Describe();
   EXPECT_EQ(src.Json().value("state", ""), "running") << src.Describe();
   EXPECT_EQ(src.Json().value("task", ""), "running") << src.Describe();

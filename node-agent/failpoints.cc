@@ -8,7 +8,7 @@ namespace kmosix::agent {
 
 bool Failpoints::Known(const std::string& name) {
   return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang" ||
-         name == "restore.hang" || name == "offer.understate";
+         name == "restore.hang" || name == "offer.understate" || name == "stream.cut";
 }
 
 void Failpoints::Arm(const std::string& name) {

@@ -14,6 +14,9 @@
 //   offer.understate         the source's offer declares a 1 MiB stream (the
 //                            target cuts the real one: the migration rolls
 //                            back, the workload runs on at the source)
+//   stream.cut               the source drops its data-channel connection
+//                            (TCP, no TLS close_notify) after 32 MiB of the
+//                            stream: a network cut as the target sees it
 // Thread-safe.
 #pragma once
 

@@ -359,6 +359,10 @@ int main(int argc, char** argv) {
   }
   kmosix::HttpTransportOptions transport_opts;
   transport_opts.tls = tls_files;
+  if (enable_failpoints)
+    transport_opts.cut_after = [&failpoints]() -> uint64_t {
+      return failpoints.Take("stream.cut") ? uint64_t{32} << 20 : 0;
+    };
   kmosix::HttpTransport http_transport(transport_opts, &clock);
   kmosix::agent::FailpointTransport failpoint_transport(http_transport, failpoints, clock);
   kmosix::Transport& transport = enable_failpoints

@@ -738,16 +738,27 @@ StatusOr<TransferStats> SendStream(const std::string& host, int port, const std:
       if (len == 0) return;
     }
   });
+  uint64_t written = 0;
+  bool cut = false;
   while (sent) {
     auto [b, n] = pipe.TakeFull();
     if (n == 0) break;
-    sent = conn.WriteAll(b.data(), n);
+    if (options.cut_after_bytes > 0 && written + n >= options.cut_after_bytes) {
+      (void)conn.WriteAll(b.data(), options.cut_after_bytes - written);
+      ::shutdown(conn.fd(), SHUT_RDWR);  // the cut: no close_notify, no more bytes
+      cut = true;
+      sent = false;
+    } else {
+      sent = conn.WriteAll(b.data(), n);
+      written += n;
+    }
     pipe.GiveBack(std::move(b));
   }
   const std::string write_error = conn.error();
   pipe.Close();
   producer.join();
   if (!encode_error.ok()) return encode_error;  // closing cuts the stream; the target aborts
+  if (cut) return RetryError("data channel " + where + ": connection cut (failpoint stream.cut)");
   if (sent) (void)conn.EndWrites();
   // The target answers even when it stopped reading early.
   std::string verdict;

@@ -158,6 +158,10 @@ struct DataChannelOptions {
   std::string expected_server_name;
   // With tls, optional and borrowed: resume sessions per target.
   DataSessionCache* sessions = nullptr;
+  // Tests only (the agent's failpoint stream.cut): > 0 drops the connection
+  // (no TLS close_notify) once this many stream bytes were written, as a
+  // network cut; the call then fails with kRetry.
+  uint64_t cut_after_bytes = 0;
 };
 
 // Streams everything `encoder` yields to host:port for migration `id`.

@@ -287,6 +287,7 @@ StatusOr<TransferStats> HttpTransport::SendOverDataChannel(const std::string& ta
   // The same identity as the peer routes; the server must be the node that
   // answered /v1/peer/info at that address.
   dc.tls = options_.tls;
+  if (options_.cut_after) dc.cut_after_bytes = options_.cut_after();
   if (options_.tls.Complete()) {
     dc.expected_server_name = peer.node;
     dc.sessions = &data_sessions_;

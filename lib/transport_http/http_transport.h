@@ -30,6 +30,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -61,6 +62,9 @@ struct HttpTransportOptions {
   // certificate must chain to `tls.ca` and name the target's host; an
   // http:// target is refused (never a downgrade). Empty: plain http only.
   tls::Files tls;
+  // Tests only: asked before each data-channel stream; > 0 cuts it after that
+  // many bytes (DataChannelOptions::cut_after_bytes).
+  std::function<uint64_t()> cut_after;
 };
 
 class HttpTransport final : public Transport {
