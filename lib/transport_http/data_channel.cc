@@ -23,12 +23,14 @@
 
 #include "kmosix/intake_limits.h"
 #include "kmosix/spec_json.h"
+#include "transport_http/peer_replies.h"
 #include "transport_http/stream_receiver.h"
 
 namespace kmosix {
 namespace {
 
 using nlohmann::json;
+using peer_reply::ParseVerdict;
 constexpr std::string_view kMagic = "KMXDATA1 ";
 constexpr size_t kMaxLine = 4096;
 
@@ -309,28 +311,6 @@ void Answer(int fd, const json& j) {
 void Answer(Conn& conn, const json& j) {
   std::string line = j.dump() + "\n";
   if (conn.WriteAll(line.data(), line.size())) (void)conn.EndWrites();
-}
-
-StatusOr<TransferStats> ParseVerdict(const std::string& line) {
-  json j = json::parse(line, nullptr, false);
-  if (!j.is_object()) return FailedError("data channel: malformed answer from the target");
-  if (j.contains("code") && j["code"].is_string()) {
-    for (Code c : {Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
-                   Code::kPermissionDenied}) {
-      if (CodeName(c) == j["code"].get<std::string>()) {
-        return Status(c, "target: " + j.value("message", std::string()));
-      }
-    }
-    return FailedError("target: " + j.value("message", std::string()));
-  }
-  if (!j.contains("bytes") || !j["bytes"].is_number_unsigned() || !j.contains("files") ||
-      !j["files"].is_number_unsigned()) {
-    return FailedError("data channel: answer lacks bytes/files");
-  }
-  TransferStats s;
-  s.bytes = j["bytes"].get<uint64_t>();
-  s.files = j["files"].get<uint64_t>();
-  return s;
 }
 
 StatusOr<int> Connect(const std::string& host, int port, std::chrono::milliseconds timeout) {

@@ -10,53 +10,21 @@
 #include "kmosix/spec_json.h"
 #include "kmosix/transfer_stream.h"
 #include "transport_http/data_channel.h"
+#include "transport_http/peer_replies.h"
 
 namespace kmosix {
 namespace {
 
 using nlohmann::json;
+using peer_reply::ParsePeerInfo;
+using peer_reply::ParseRestoreReport;
+using peer_reply::ParseStreamAnswer;
+using peer_reply::PeerInfoReply;
+using peer_reply::PhaseOf;
+using peer_reply::ReplyJson;
+using peer_reply::StatusFromErrorJson;
 
 constexpr char kJson[] = "application/json";
-
-std::optional<Code> CodeFromName(std::string_view name) {
-  for (Code c : {Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
-                 Code::kPermissionDenied}) {
-    if (CodeName(c) == name) return c;
-  }
-  return std::nullopt;
-}
-
-Code CodeFromHttpStatus(int status) {
-  switch (status) {
-    case 400:
-    case 413:
-    case 422:
-      return Code::kInvalid;
-    case 401:
-    case 403:
-      return Code::kPermissionDenied;
-    case 404:
-      return Code::kNotFound;
-    case 409:
-      return Code::kConflict;
-    case 408:
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return Code::kRetry;
-    default:
-      return Code::kFailed;
-  }
-}
-
-// A short, printable excerpt of a peer's body for error messages.
-std::string Excerpt(const std::string& body) {
-  std::string out;
-  for (char c : body.substr(0, 120)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (body.size() > 120) out += "...";
-  return out;
-}
 
 void SetTimeout(httplib::Client& cli, std::chrono::milliseconds connect,
                 std::chrono::milliseconds read, std::chrono::milliseconds write) {
@@ -122,82 +90,14 @@ std::string MigrationPath(const std::string& id, std::string_view suffix) {
 
 Status CheckId(const std::string& id) { return ValidateName(id).Annotate("migration id"); }
 
-// Parses a 2xx answer as a JSON object.
-StatusOr<json> SuccessJson(const httplib::Result& res, const std::string& what) {
-  json j = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return FailedError(what + ": peer answered HTTP " + std::to_string(res->status) +
-                       " without a JSON object: " + Excerpt(res->body));
-  }
-  return j;
-}
-
 // The JSON object of a successful answer, or the Status of a failed one.
 StatusOr<json> Answer(const httplib::Result& res, const std::string& what,
                       const std::string& target) {
   if (!res) return TransportError(what, target, res.error());
-  if (res->status < 200 || res->status > 299) {
-    return StatusFromHttpError(res->status, res->body).Annotate(what);
-  }
-  return SuccessJson(res, what);
-}
-
-StatusOr<TargetPhase> PhaseOf(const json& j, const std::string& what) {
-  auto it = j.find("phase");
-  if (it == j.end() || !it->is_string()) return FailedError(what + ": answer has no \"phase\"");
-  std::string name = it->get<std::string>();
-  TargetPhase p = ParseTargetPhase(name);
-  if (p == TargetPhase::kUnknown && name != TargetPhaseName(TargetPhase::kUnknown)) {
-    return FailedError(what + ": unknown phase \"" + Excerpt(name) + "\"");
-  }
-  return p;
-}
-
-StatusOr<uint64_t> UintField(const json& j, const char* key, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number_unsigned()) {
-    if (it != j.end() && it->is_number_integer() && it->get<int64_t>() >= 0) {
-      return it->get<uint64_t>();
-    }
-    return FailedError(what + ": answer has no unsigned \"" + key + "\"");
-  }
-  return it->get<uint64_t>();
-}
-
-StatusOr<double> NumberField(const json& j, const char* key, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number()) {
-    return FailedError(what + ": answer has no number \"" + key + "\"");
-  }
-  return it->get<double>();
+  return ReplyJson(res->status, res->body, what);
 }
 
 }  // namespace
-
-namespace {
-
-// The Status of a {"code","message"} error body with a known code.
-std::optional<Status> StatusFromErrorJson(const std::string& body) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return std::nullopt;
-  auto code = j.find("code");
-  if (code == j.end() || !code->is_string()) return std::nullopt;
-  std::optional<Code> c = CodeFromName(code->get<std::string>());
-  if (!c) return std::nullopt;
-  auto message = j.find("message");
-  std::string m = (message != j.end() && message->is_string()) ? message->get<std::string>()
-                                                               : std::string("(no message)");
-  return Status(*c, m);
-}
-
-}  // namespace
-
-Status StatusFromHttpError(int http_status, const std::string& body) {
-  if (std::optional<Status> s = StatusFromErrorJson(body)) return *s;
-  std::string m = "peer answered HTTP " + std::to_string(http_status);
-  if (!body.empty()) m += ": " + Excerpt(body);
-  return Status(CodeFromHttpStatus(http_status), m);
-}
 
 HttpTransport::HttpTransport(HttpTransportOptions options, Clock* clock)
     : options_(options),
@@ -212,34 +112,12 @@ StatusOr<PeerInfo> HttpTransport::Hello(const std::string& target) {
   KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.read_timeout));
   httplib::Result res = cli->Get("/v1/peer/info");
   if (!res) return TransportError("hello", target, res.error());
-  const std::string not_agent = target + " is not a kmosix agent: ";
-  if (res->status < 200 || res->status > 299) {
-    // An agent answers errors as JSON; anything else is not an agent.
-    if (std::optional<Status> s = StatusFromErrorJson(res->body)) {
-      return s->Annotate("hello " + target);
-    }
-    return FailedError(not_agent + "GET /v1/peer/info answered HTTP " +
-                       std::to_string(res->status));
-  }
-  json j = json::parse(res->body, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    return FailedError(not_agent + "GET /v1/peer/info answered " + Excerpt(res->body));
-  }
-  auto kind = j.find("kind");
-  if (kind == j.end() || !kind->is_string() || kind->get<std::string>() != "kmosix-agent") {
-    return FailedError(not_agent + "GET /v1/peer/info has no \"kind\":\"kmosix-agent\"");
-  }
-  auto node = j.find("node");
-  auto version = j.find("version");
-  if (node == j.end() || !node->is_string() || version == j.end() || !version->is_string()) {
-    return FailedError(not_agent + "GET /v1/peer/info lacks node or version");
-  }
-  if (auto port = j.find("dataPort");
-      port != j.end() && port->is_number_integer() && *port > 0 && *port < 65536) {
+  KMX_ASSIGN_OR_RETURN(PeerInfoReply reply, ParsePeerInfo(target, res->status, res->body));
+  if (reply.data_port > 0) {
     std::lock_guard lock(mu_);
-    data_ports_[target] = {port->get<int>(), node->get<std::string>()};
+    data_ports_[target] = {reply.data_port, reply.info.node};
   }
-  return PeerInfo{node->get<std::string>(), version->get<std::string>()};
+  return reply.info;
 }
 
 Status HttpTransport::Prepare(const std::string& target, const MigrationOffer& offer) {
@@ -340,10 +218,7 @@ StatusOr<TransferStats> HttpTransport::SendOverHttp(const std::string& target,
   httplib::Result res = post();
   if (!local.ok()) return local;
   KMX_ASSIGN_OR_RETURN(json j, Answer(res, "stream", target));
-  TransferStats stats;
-  KMX_ASSIGN_OR_RETURN(stats.bytes, UintField(j, "bytes", "stream"));
-  KMX_ASSIGN_OR_RETURN(stats.files, UintField(j, "files", "stream"));
-  return stats;
+  return ParseStreamAnswer(j);
 }
 
 StatusOr<RestoreReport> HttpTransport::Restore(const std::string& target, const std::string& id) {
@@ -351,10 +226,7 @@ StatusOr<RestoreReport> HttpTransport::Restore(const std::string& target, const 
   KMX_ASSIGN_OR_RETURN(auto cli, MakeClient(target, options_, options_.restore_timeout));
   httplib::Result res = cli->Post(MigrationPath(id, "/restore"), "{}", kJson);
   KMX_ASSIGN_OR_RETURN(json j, Answer(res, "restore", target));
-  KMX_ASSIGN_OR_RETURN(uint64_t pid, UintField(j, "pid", "restore"));
-  KMX_ASSIGN_OR_RETURN(double seconds, NumberField(j, "seconds", "restore"));
-  if (pid > UINT32_MAX) return FailedError("restore: pid out of range");
-  return RestoreReport{static_cast<uint32_t>(pid), seconds};
+  return ParseRestoreReport(j);
 }
 
 StatusOr<TargetPhase> HttpTransport::PostForPhase(const std::string& target, const std::string& id,
