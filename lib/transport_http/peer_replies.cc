@@ -48,6 +48,16 @@ std::string Excerpt(const std::string& body) {
 
 namespace {
 
+// The message of an error object: a non-empty string, else "(no message)"
+// (an error always says something; a non-string never throws).
+std::string MessageOf(const json& j) {
+  auto m = j.find("message");
+  if (m != j.end() && m->is_string() && !m->get_ref<const std::string&>().empty()) {
+    return m->get<std::string>();
+  }
+  return "(no message)";
+}
+
 // Parses a 2xx answer as a JSON object.
 StatusOr<json> SuccessJson(int http_status, const std::string& body, const std::string& what) {
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
@@ -151,10 +161,10 @@ StatusOr<TransferStats> ParseVerdict(const std::string& line) {
     for (Code c : {Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
                    Code::kPermissionDenied}) {
       if (CodeName(c) == j["code"].get<std::string>()) {
-        return Status(c, "target: " + j.value("message", std::string()));
+        return Status(c, "target: " + MessageOf(j));
       }
     }
-    return FailedError("target: " + j.value("message", std::string()));
+    return FailedError("target: " + MessageOf(j));
   }
   if (!j.contains("bytes") || !j["bytes"].is_number_unsigned() || !j.contains("files") ||
       !j["files"].is_number_unsigned()) {
@@ -174,10 +184,7 @@ std::optional<Status> StatusFromErrorJson(const std::string& body) {
   if (code == j.end() || !code->is_string()) return std::nullopt;
   std::optional<Code> c = CodeFromName(code->get<std::string>());
   if (!c) return std::nullopt;
-  auto message = j.find("message");
-  std::string m = (message != j.end() && message->is_string()) ? message->get<std::string>()
-                                                               : std::string("(no message)");
-  return Status(*c, m);
+  return Status(*c, MessageOf(j));
 }
 
 }  // namespace peer_reply

@@ -39,7 +39,8 @@ Code CodeFromHttpStatus(int status);
 std::string Excerpt(const std::string& body);
 
 // The Status of a {"code","message"} error body with a known non-ok code
-// (no or a non-string message: "(no message)"); nullopt for anything else.
+// (no, an empty or a non-string message: "(no message)"); nullopt for
+// anything else.
 std::optional<Status> StatusFromErrorJson(const std::string& body);
 
 // The JSON object of a 2xx answer (else kFailed), or the Status of an error
@@ -67,7 +68,8 @@ StatusOr<TransferStats> ParseStreamAnswer(const nlohmann::json& j);
 StatusOr<RestoreReport> ParseRestoreReport(const nlohmann::json& j);
 
 // The data channel's answer line (without its '\n'): bytes and files
-// (seconds left 0), or the target's error as "target: <message>".
+// (seconds left 0), or the target's error as "target: <message>" (its
+// message as StatusFromErrorJson takes it; an unknown code is kFailed).
 StatusOr<TransferStats> ParseVerdict(const std::string& line);
 
 }  // namespace kmosix::peer_reply
