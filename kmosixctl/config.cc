@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <exception>
 
 namespace kmosix::ctl {
@@ -119,7 +120,10 @@ StatusOr<std::vector<std::string>> ParseServerList(std::string_view list) {
       return InvalidError("server \"" + url + "\": no host");
     if (authority.find('/') != std::string::npos)
       return InvalidError("server \"" + url + "\": a path is not allowed (scheme://host:port)");
-    if (authority.find_first_of(" \t?#@") != std::string::npos)
+    const bool control = std::any_of(authority.begin(), authority.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;  // "\r" would reach a header
+    });
+    if (control || authority.find_first_of(" ?#@") != std::string::npos)
       return InvalidError("server \"" + url + "\": not a scheme://host:port URL");
     out.push_back(url);
   }

@@ -81,7 +81,8 @@ StatusOr<ResolvedConfig> ResolveConfig(const ConfigFlags& flags, const EnvMap& e
 
 // "https://a:7800, http://b:7800/" -> {"https://a:7800", "http://b:7800"}.
 // Each entry needs an http:// or https:// scheme and a host; a trailing '/'
-// is dropped; any other path is kInvalid.
+// is dropped; any other path is kInvalid, as is a space, '?', '#', '@' or a
+// control character after the scheme.
 StatusOr<std::vector<std::string>> ParseServerList(std::string_view list);
 
 }  // namespace kmosix::ctl

@@ -110,7 +110,8 @@ TEST(ConfigTest, ServerListsAreSplitAndCleaned) {
 }
 
 TEST(ConfigTest, BadServersAreRejectedWithTheirSource) {
-  for (const char* bad : {"a:7800", "ftp://a", "https://", "http://a:7800/v1", "", " , "}) {
+  for (const char* bad : {"a:7800", "ftp://a", "https://", "http://a:7800/v1", "", " , ",
+                          "https://a:78\r00", "http://a\n:7800", "http://a\x7f:1"}) {
     EXPECT_FALSE(ParseServerList(bad).ok()) << bad;
   }
   EnvMap env = {{"KMOSIX_SERVER", "10.77.0.1:7800"}};
