@@ -4,7 +4,9 @@
 // the dump written into files then sent, as the baseline; "streamed", the
 // transfer reading the dump's page pipes while CRIU dumps; "prefault", the
 // agent's default: streamed, and the target faults in the memory of the
-// landing and the restore before the source freezes) and each memory
+// landing and the restore before the source freezes; "prefault-plain", the
+// same on a cluster brought up --insecure: the data channel and the peer
+// routes without TLS, the baseline of the secured default) and each memory
 // size (default 16, 256, 1024 MiB) it starts the demo workload touching that
 // much memory (verifying only --verify-mib per tick so it does not burn CPU),
 // migrates it R times (alternating node1 -> node2 -> node1 ...), each after
@@ -21,7 +23,8 @@
 // checkpoint to an image_path directory: 0.92 s @16 MiB, 1.95 s @256 MiB,
 // 8.75 s @1 GiB), and each engine against the others per size.
 //
-//   kmosix-migration-bench [--engine all|files,streamed,prefault] [--mem 16,256,1024]
+//   kmosix-migration-bench [--engine all|files,streamed,prefault,prefault-plain]
+//                          [--mem 16,256,1024]
 //                          [--runs 3] [--settle-ms 5000] [--interval-ms 100]
 //                          [--verify-mib 1] [--reuse] [--keep] [--json FILE]
 // --reuse: use the cluster that is up (scripts/cluster up) and leave it up
@@ -67,7 +70,7 @@ struct Args {
   bool keep = false;
   std::string json_out;
   // Engines measured, each on a cluster of its own, in this order.
-  std::vector<std::string> engines = {"files", "streamed", "prefault"};
+  std::vector<std::string> engines = {"files", "streamed", "prefault", "prefault-plain"};
 };
 
 // The agent flags that select an engine ("files": the dump goes into files
@@ -81,11 +84,12 @@ std::vector<std::string> EngineArgs(const std::string& engine) {
 }
 
 void Usage(int code) {
-  std::fprintf(code == 0 ? stdout : stderr,
-               "usage: kmosix-migration-bench [--engine all|files,streamed,prefault]\n"
-               "                              [--mem 16,256,1024] [--runs 3] [--settle-ms 5000]\n"
-               "                              [--interval-ms 100] [--verify-mib 1]\n"
-               "                              [--reuse] [--keep] [--json FILE]\n");
+  std::fprintf(
+      code == 0 ? stdout : stderr,
+      "usage: kmosix-migration-bench [--engine all|files,streamed,prefault,prefault-plain]\n"
+      "                              [--mem 16,256,1024] [--runs 3] [--settle-ms 5000]\n"
+      "                              [--interval-ms 100] [--verify-mib 1]\n"
+      "                              [--reuse] [--keep] [--json FILE]\n");
   std::exit(code);
 }
 
@@ -131,7 +135,7 @@ Args Parse(int argc, char** argv) {
         a.engines.clear();
         std::stringstream ss(list);
         for (std::string e; std::getline(ss, e, ',');) {
-          if (e != "files" && e != "streamed" && e != "prefault") {
+          if (e != "files" && e != "streamed" && e != "prefault" && e != "prefault-plain") {
             std::fprintf(stderr, "bad value for --engine: %s\n", e.c_str());
             Usage(2);
           }
@@ -412,6 +416,7 @@ int main(int argc, char** argv) {
     opts.reuse = args.reuse;
     opts.keep = args.keep && engine == args.engines.back();
     opts.agent_args = EngineArgs(engine);
+    opts.insecure = engine == "prefault-plain";  // TLS off: the secured default's baseline
     Cluster cluster(opts);
     g_cluster = &cluster;
     if (std::string err = cluster.Up(); !err.empty()) {

@@ -813,5 +813,46 @@ TEST_F(AgentKillE2E, TargetKilledMidTransferRollsBack) {
   ASSERT_EQ(CheckRunsExactlyOn(*c_, name, *a_), "") << "at the end";
 }
 
+// Bounded intake (issue 11): node2 takes at most 2 incoming migrations at
+// once. Two are held on the source before their restore (failpoint
+// restore.hang), so both hold node2's slots; a third is answered busy (503,
+// Retry-After) and its source waits and asks again; once the two are let go
+// all three succeed, each workload running exactly once on node2.
+TEST_F(AgentKillE2E, ThirdConcurrentIncomingMigrationWaitsThenSucceeds) {
+  const std::vector<std::string> names = {"intake-1", "intake-2", "intake-3"};
+  for (const auto& name : names) ASSERT_FALSE(Start(*a_, name, {"--mem", "16"}).empty());
+  auto busy_count = [&]() -> double {
+    auto m = HttpGet(*b_, "/metrics");
+    const std::string key = "reason=\"busy\"} ";
+    const auto at = m.body.find(key);
+    return at == std::string::npos ? 0 : std::atof(m.body.c_str() + at + key.size());
+  };
+  const double busy_before = busy_count();
+  auto armed = HttpPut(*a_, "/v1/debug/failpoints/restore.hang");
+  ASSERT_EQ(armed.status, 200) << armed.Describe();
+  struct Disarm {
+    Endpoint agent;
+    ~Disarm() { (void)HttpDelete(agent, "/v1/debug/failpoints/restore.hang"); }
+  } disarm{*a_};
+  BackgroundMigration first(*a_, names[0], b_->url);
+  BackgroundMigration second(*a_, names[1], b_->url);
+  for (int k = 0; k < 2; ++k) (void)AwaitTargetPhase(*b_, names[k], "Received", milliseconds(50));
+  BackgroundMigration third(*a_, names[2], b_->url);
+  auto refused =
+      WaitFor("node2 to answer the third migration busy", seconds(30), [&]() -> Observation {
+        const double now = busy_count();
+        return {now > busy_before, "busy refusals: " + std::to_string(now)};
+      });
+  EXPECT_TRUE(refused.ok) << refused.message;
+  EXPECT_FALSE(third.Done()) << "the third call returned while node2 was full: "
+                             << third.Reply().Describe();
+  (void)HttpDelete(*a_, "/v1/debug/failpoints/restore.hang");
+  for (BackgroundMigration* m : {&first, &second, &third}) {
+    ASSERT_TRUE(m->Await(milliseconds(180'000)).ok);
+    EXPECT_EQ(m->Reply().status, 200) << m->Reply().Describe();
+  }
+  for (const auto& name : names) EXPECT_EQ(CheckRunsExactlyOn(*c_, name, *b_), "") << name;
+}
+
 }  // namespace
 }  // namespace kmosix::e2e

@@ -350,6 +350,32 @@ TEST_F(MigrationE2E, TransferCutHalfwayRollsBack) {
   ReportDowntime("a_to_b_after_cut", log2, pre2, m2);
 }
 
+// (d3) Bounded intake: a source whose offer understates its stream (failpoint
+// offer.understate: it declares 1 MiB) has the stream cut by the target at
+// the declared bound: rolled back in Transferring, state intact on the
+// source, nothing left on the target; a normal migration afterwards succeeds.
+TEST_F(MigrationE2E, StreamLargerThanItsOfferIsCutAndRolledBack) {
+  std::string name = Start(*a_, "understated", {"--mem", "32"});
+  ASSERT_FALSE(name.empty());
+  auto armed = HttpPut(*a_, "/v1/debug/failpoints/offer.understate");
+  ASSERT_EQ(armed.status, 200) << armed.Describe();
+  uint64_t pre = LastTick(*a_, name);
+  Migration m;
+  ASSERT_NO_FATAL_FAILURE(MigrateRollsBack(*a_, b_->url, name, "Transferring", &m));
+  EXPECT_EQ(HttpGet(*b_, "/v1/workloads/" + name).status, 404);
+  EXPECT_FALSE(c_->Ctr(*b_, name).container) << "target containerd kept the container";
+  auto metrics = HttpGet(*b_, "/metrics");
+  const std::string key = "reason=\"stream_over_limits\"} ";
+  const auto at = metrics.body.find(key);
+  ASSERT_NE(at, std::string::npos) << metrics.body;
+  EXPECT_GE(std::atof(metrics.body.c_str() + at + key.size()), 1.0)
+      << "the target did not count the cut";
+  DemoLog log = CheckHistory(*a_, name, pre);
+  ReportDowntime("understated_rolled_back", log, pre, m);
+  Migration m2;
+  ASSERT_NO_FATAL_FAILURE(MigrateOk(*a_, *b_, name, &m2));
+}
+
 // (e) A -> B -> A: state continues across both.
 TEST_F(MigrationE2E, MigratesThereAndBackAgain) {
   std::string name = Start(*a_, "round-trip", {"--mem", "64", "--child"});
@@ -509,7 +535,8 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   kmosix::e2e::ClusterOptions opts;
   opts.nodes = 2;
-  opts.agent_args = {"--enable-failpoints"};
+  // --max-outgoing 3: the intake test sends three at once from node1.
+  opts.agent_args = {"--enable-failpoints", "--max-outgoing", "3"};
   ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
   return RUN_ALL_TESTS();
 }

@@ -220,5 +220,43 @@ TEST_F(SecureAgentE2E, RotatedNodeCertificateKeepsMigrationsWorking) {
   (void)HttpDelete(N(1), "/v1/workloads/" + name);
 }
 
+// From inside a workload (its own network namespace, no CAP_NET_RAW) the
+// agent's port and etcd are reachable only as from any outside client, and
+// without the cluster's certificates or a token they serve it nothing.
+TEST_F(SecureAgentE2E, AWorkloadCannotUseItsAgentOrEtcd) {
+  const std::string agent = N(1).addr + ":" + std::to_string(PortOf(N(1)));
+  const std::string etcd = c_->EtcdUrl().substr(c_->EtcdUrl().find("://") + 3);
+  const std::string script =
+      "wget -q -T 3 -O - http://" + agent +
+      "/v1/workloads >/tmp/a 2>&1; echo agent_plain=$?; "
+      "grep -c '\"items\"' /tmp/a | sed 's/^/agent_items=/'; "
+      "wget -q -T 3 -O - http://" +
+      etcd +
+      "/version >/dev/null 2>&1; echo etcd_plain=$?; "
+      "wget -q -T 3 -O - http://127.0.0.1:" +
+      std::to_string(PortOf(N(1))) +
+      "/healthz >/dev/null 2>&1; echo agent_loopback=$?; echo probe_done; sleep 300";
+  json body = {{"name", "prober"},
+               {"image", Cluster::kDemoImage},
+               {"args", {"/bin/sh", "-c", script}},
+               {"env", json::object()}};
+  auto r = HttpPost(N(1), "/v1/workloads", body, seconds(60));
+  ASSERT_EQ(r.status, 201) << r.Describe();
+  std::string logs;
+  auto done = WaitFor("the prober to finish", milliseconds(60'000), [&]() -> Observation {
+    logs = HttpGet(N(1), "/v1/workloads/prober/logs").body;
+    return {logs.find("probe_done") != std::string::npos, logs};
+  });
+  ASSERT_TRUE(done.ok) << done.message;
+  EXPECT_EQ(logs.find("agent_plain=0"), std::string::npos)
+      << "plain HTTP to the agent worked: " << logs;
+  EXPECT_NE(logs.find("agent_items=0"), std::string::npos)
+      << "the agent served its workloads: " << logs;
+  EXPECT_EQ(logs.find("etcd_plain=0"), std::string::npos) << "etcd answered plain HTTP: " << logs;
+  EXPECT_EQ(logs.find("agent_loopback=0"), std::string::npos)
+      << "the node's loopback reached the agent: " << logs;
+  (void)HttpDelete(N(1), "/v1/workloads/prober");
+}
+
 }  // namespace
 }  // namespace kmosix::e2e
