@@ -214,9 +214,11 @@ TEST_F(BridgeTest, AppliedWorkloadRunsAndItsStatusFollows) {
   EXPECT_TRUE(Eventually([&] { return EventsWithReason("Placed") == 1; }));
 
   // Status is written once per real change: a quiet world writes nothing.
+  // (Counted once the last write's call has returned: the object shows the
+  // new status a moment before the counting client sees the call end.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const int writes = counting_.StatusWrites();
   // ... and once the Placed event is out, no more of it either.
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(EventsWithReason("Placed"), 1u) << "one event per transition";
   EXPECT_LE(writes, 3) << "status writes for: accepted, scheduled, running";
   // Resyncs (every 200 ms here) reconcile every key again without writing.
