@@ -179,6 +179,9 @@ TEST_F(SecureAgentE2E, CertificatesOfAnotherCaAndNoCertificateAtAllAreRefused) {
   }
   BIO_free_all(bio);
   EXPECT_FALSE(got_through) << "the data channel served a client without a certificate";
+  const std::string metrics = HttpGet(N(2), "/metrics").body;
+  EXPECT_NE(metrics.find("reason=\"handshake\",surface=\"data\"}"), std::string::npos)
+      << "the refused handshake is not counted: " << metrics;
   std::filesystem::remove_all(rogue.dir());
 }
 

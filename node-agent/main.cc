@@ -465,7 +465,8 @@ int main(int argc, char** argv) {
   metrics.SetIntakeSources({[&agent] { return agent.Intake().Snapshot(); }, opts.intake, http_stats,
                             data_opts.max_connections,
                             [&data_server] { return data_server.active_connections(); },
-                            [&data_server] { return data_server.refused_connections(); }});
+                            [&data_server] { return data_server.refused_connections(); },
+                            [&data_server] { return data_server.handshake_failures(); }});
   if (data_port < 0) data_port = port < 65535 ? port + 1 : 0;
   if (data_port > 0) {
     if (auto s = data_server.Start(host, data_port); !s.ok()) {

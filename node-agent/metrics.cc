@@ -149,6 +149,10 @@ void AgentMetrics::CollectIntake() const {
     RaiseTo(listener_counters_.Add({{"listener", "data"}, {"reason", "connections"}}),
             s.data_refused());
   }
+  if (s.data_handshake_failures) {
+    RaiseTo(denied_.Add({{"surface", "data"}, {"reason", "handshake"}}),
+            s.data_handshake_failures());
+  }
 }
 
 std::string AgentMetrics::Render() const {

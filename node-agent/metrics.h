@@ -36,6 +36,9 @@ class AgentMetrics final : public MigrationObserver {
     int data_max_connections = 0;
     std::function<int()> data_active;
     std::function<uint64_t()> data_refused;
+    // Data-channel TLS handshakes that failed (no, bad or foreign client
+    // certificate): kmosix_agent_denied_total{surface="data",reason="handshake"}.
+    std::function<uint64_t()> data_handshake_failures;
   };
   void SetIntakeSources(IntakeSources sources);
 
