@@ -28,7 +28,7 @@
 
 #include "fakes/fake_clock.h"
 #include "kmosix/transfer_stream.h"
-#include "support/node_pki.h"
+#include "support/test_pki.h"
 #include "tls/tls.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/http_transport.h"

@@ -27,7 +27,7 @@
 #include "cluster/records.h"
 #include "e2e_environment.h"
 #include "etcd/etcd_state_store.h"
-#include "support/node_pki.h"
+#include "support/test_pki.h"
 #include "tls/tls.h"
 
 namespace kmosix::e2e {

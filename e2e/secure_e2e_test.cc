@@ -111,12 +111,14 @@ TEST_F(SecureEtcdE2E, PlainHttpIsRefused) {
 }
 
 TEST_F(SecureEtcdE2E, CertificateOfAnotherCaIsRefused) {
-  if (!testing::HaveOpenssl()) GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: openssl not on PATH";
+  if (!testing::TestPki::OpensslPresent())
+    GTEST_SKIP() << "KMOSIX-E2E-SKIPPED: openssl not on PATH";
   std::string dir = std::filesystem::temp_directory_path() / "kmx-secure-e2e-XXXXXX";
   ASSERT_NE(::mkdtemp(dir.data()), nullptr);
-  ASSERT_TRUE(testing::MakeTestCa(dir, "rogue-ca"));
+  const testing::TestPki rogue_pki(dir);
+  ASSERT_EQ(rogue_pki.MakeCa("rogue-ca"), "");
   // Same name as a real node, wrong CA.
-  ASSERT_TRUE(testing::IssueTestCert(dir, "rogue-ca", "node1", "node1", "", "clientAuth"));
+  ASSERT_EQ(rogue_pki.MakeLeaf("node1", "node1", {}, {}, "rogue-ca", "clientAuth"), "");
   EtcdConfig cfg = As(etcd_, "node1");
   cfg.cert_file = dir + "/node1.crt";
   cfg.key_file = dir + "/node1.key";

@@ -1,57 +1,73 @@
-// A throwaway PKI for tests: EC P-256 CAs and certificates made with the
-// `openssl` command line in a directory the test owns.
-//
-// Usage:
-//   if (!HaveOpenssl()) GTEST_SKIP() << "... SKIPPED: openssl not on PATH";
-//   ASSERT_TRUE(MakeTestCa(dir, "ca"));                       // dir/ca.{crt,key}
-//   ASSERT_TRUE(IssueTestCert(dir, "ca", "server", "etcd", "IP:127.0.0.1", "serverAuth"));
-//
-// Header-only. Paths must not contain a single quote (they go through a shell).
-// Ownership: the files belong to the caller's directory. Thread-safety: none.
-// Errors: each function returns false when openssl failed (its output is in
-// <dir>/openssl.log).
+// A throwaway PKI for tests, made with the openssl CLI (EC P-256) in a
+// directory the test owns: CAs and leaf certificates with a CN, O groups
+// (kmosix:nodes, ...), SANs and an extended key usage. Header-only; tests
+// only. Paths must not contain a single quote (they go through a shell).
+// Thread-safety: none (one per fixture). Errors: Make* answer "" on success,
+// else what failed (openssl's output).
 #pragma once
 
-#include <cstdlib>
-#include <fstream>
+#include <cstdio>
 #include <string>
+#include <vector>
 
 namespace kmosix::testing {
 
-inline bool HaveOpenssl() { return std::system("openssl version >/dev/null 2>&1") == 0; }
+class TestPki {
+ public:
+  explicit TestPki(std::string dir) : dir_(std::move(dir)) {}
 
-// dir/name.crt and dir/name.key: a self-signed CA "CN=<name>".
-inline bool MakeTestCa(const std::string& dir, const std::string& name) {
-  const std::string cmd = "cd '" + dir +
-                          "' && openssl req -x509 -newkey ec -pkeyopt "
-                          "ec_paramgen_curve:prime256v1 -nodes -keyout '" +
-                          name + ".key' -out '" + name +
-                          ".crt' -days 2 -subj '/O=kmosix-test/CN=" + name + "' >>openssl.log 2>&1";
-  return std::system(cmd.c_str()) == 0;
-}
+  const std::string& dir() const { return dir_; }
+  std::string Ca(const std::string& ca = "ca") const { return dir_ + "/" + ca + ".crt"; }
+  std::string Cert(const std::string& who) const { return dir_ + "/" + who + ".crt"; }
+  std::string Key(const std::string& who) const { return dir_ + "/" + who + ".key"; }
 
-// dir/name.crt and dir/name.key signed by dir/ca.{crt,key}: subject CN=cn,
-// extendedKeyUsage eku ("serverAuth", "clientAuth", ...), SAN san ("" = none).
-// Overwrites the pair (written beside, then renamed: a watcher never sees half).
-inline bool IssueTestCert(const std::string& dir, const std::string& ca, const std::string& name,
-                          const std::string& cn, const std::string& san, const std::string& eku) {
-  {
-    std::ofstream ext(dir + "/" + name + ".ext");
-    ext << "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        << "extendedKeyUsage=" << eku << "\n";
-    if (!san.empty()) ext << "subjectAltName=" << san << "\n";
-    if (!ext) return false;
+  static bool OpensslPresent() { return Run("command -v openssl >/dev/null 2>&1").empty(); }
+
+  // A self-signed CA named `ca` (files <ca>.crt, <ca>.key).
+  std::string MakeCa(const std::string& ca = "ca") const {
+    return Run("mkdir -p '" + dir_ + "' && cd '" + dir_ +
+               "' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+               "-keyout " +
+               ca + ".key -out " + ca + ".crt -days 2 -subj '/CN=" + ca + " test CA' 2>&1");
   }
-  const std::string cmd =
-      "cd '" + dir + "' && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 " +
-      "-nodes -keyout '" + name + ".key.new' -out '" + name +
-      ".csr' -subj '/O=kmosix-test/CN=" + cn + "' >>openssl.log 2>&1 && openssl x509 -req -in '" +
-      name + ".csr' -CA '" + ca + ".crt' -CAkey '" + ca +
-      ".key' -set_serial 0x$(openssl rand -hex 16) -days 2 -extfile '" + name + ".ext' -out '" +
-      name + ".crt.new' >>openssl.log 2>&1 && mv -f '" + name + ".key.new' '" + name +
-      ".key' && mv -f '" + name + ".crt.new' '" + name + ".crt' && rm -f '" + name + ".csr' '" +
-      name + ".ext'";
-  return std::system(cmd.c_str()) == 0;
-}
+
+  // A leaf `who` (files <who>.crt/.key, replaced by rename: a watcher never
+  // sees half a pair) signed by `ca`: subject CN=cn with one O per group, SAN
+  // IP:127.0.0.1, DNS:localhost plus `sans` (e.g. "IP:10.77.0.11"),
+  // extendedKeyUsage `eku`.
+  std::string MakeLeaf(const std::string& who, const std::string& cn,
+                       const std::vector<std::string>& groups = {},
+                       const std::vector<std::string>& sans = {}, const std::string& ca = "ca",
+                       const std::string& eku = "serverAuth,clientAuth") const {
+    std::string subj;
+    for (const auto& g : groups) subj += "/O=" + g;
+    subj += "/CN=" + cn;
+    std::string san = "IP:127.0.0.1,DNS:localhost";
+    for (const auto& s : sans) san += "," + s;
+    return Run("cd '" + dir_ + "' && printf 'subjectAltName=" + san + "\\nextendedKeyUsage=" + eku +
+               "\\n' > " + who +
+               ".ext && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+               "-keyout " +
+               who + ".key.new -out " + who + ".csr -subj '" + subj +
+               "' && openssl x509 -req -in " + who + ".csr -CA " + ca + ".crt -CAkey " + ca +
+               ".key -set_serial 0x$(openssl rand -hex 16) -days 2 -out " + who +
+               ".crt.new -extfile " + who + ".ext && mv -f " + who + ".key.new " + who +
+               ".key && mv -f " + who + ".crt.new " + who + ".crt 2>&1");
+  }
+
+ private:
+  static std::string Run(const std::string& cmd) {
+    std::string out;
+    FILE* p = ::popen(("(" + cmd + ") 2>&1").c_str(), "r");
+    if (p == nullptr) return "popen failed: " + cmd;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    const int rc = ::pclose(p);
+    if (rc == 0) return "";
+    return out.empty() ? "failed: " + cmd : out;
+  }
+
+  std::string dir_;
+};
 
 }  // namespace kmosix::testing

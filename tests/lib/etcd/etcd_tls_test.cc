@@ -31,31 +31,40 @@ using std::chrono::seconds;
 
 std::string TlsSkipReason() {
   if (auto why = EtcdSkipReason(); !why.empty()) return why;
-  if (!HaveOpenssl()) return "openssl not found on PATH (the test makes its CA with it)";
+  if (!TestPki::OpensslPresent())
+    return "openssl not found on PATH (the test makes its CA with it)";
   return "";
 }
 
 // A private directory with CA "ca" (server "server", client "client" CN
 // kmx-client) and CA "other" (client "foreign"); removed at destruction.
-class TestPki {
+class EtcdPki {
  public:
-  TestPki() {
+  EtcdPki() {
     const char* tmpdir = std::getenv("TMPDIR");
     std::string t = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/kmx-etcd-pki-XXXXXX";
     std::vector<char> buf(t.begin(), t.end());
     buf.push_back('\0');
     if (char* made = ::mkdtemp(buf.data())) dir_ = made;
-    ok_ = !dir_.empty() && MakeTestCa(dir_, "ca") && MakeTestCa(dir_, "other") &&
-          IssueTestCert(dir_, "ca", "server", "kmx-etcd", "IP:127.0.0.1,DNS:localhost",
-                        "serverAuth") &&
-          IssueTestCert(dir_, "ca", "client", "kmx-client", "", "clientAuth") &&
-          IssueTestCert(dir_, "other", "foreign", "kmx-client", "", "clientAuth");
+    if (dir_.empty()) {
+      error_ = "mkdtemp failed";
+      return;
+    }
+    const TestPki pki(dir_);
+    // In this order (the leaves need their CA), stopping at the first error.
+    error_ = pki.MakeCa("ca");
+    if (error_.empty()) error_ = pki.MakeCa("other");
+    if (error_.empty()) error_ = pki.MakeLeaf("server", "kmx-etcd", {}, {}, "ca", "serverAuth");
+    if (error_.empty()) error_ = pki.MakeLeaf("client", "kmx-client", {}, {}, "ca", "clientAuth");
+    if (error_.empty())
+      error_ = pki.MakeLeaf("foreign", "kmx-client", {}, {}, "other", "clientAuth");
   }
-  ~TestPki() {
+  ~EtcdPki() {
     std::error_code ec;
     if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }
-  bool ok() const { return ok_; }
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
   std::string path(const std::string& file) const { return dir_ + "/" + file; }
   const std::string& dir() const { return dir_; }
 
@@ -79,11 +88,11 @@ class TestPki {
 
  private:
   std::string dir_;
-  bool ok_ = false;
+  std::string error_;  // what openssl said, "" when every file was made
 };
 
 struct TlsEtcd {
-  TestPki pki;
+  EtcdPki pki;
   PrivateEtcd etcd;
 };
 
@@ -102,7 +111,7 @@ const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new TlsEtcdEnvironm
 // Starts `e` with TLS and client-cert auth; false (with a failure) if it did not come up.
 bool StartTls(TlsEtcd& e) {
   if (!e.pki.ok()) {
-    ADD_FAILURE() << "openssl could not make the test PKI; see " << e.pki.dir() << "/openssl.log";
+    ADD_FAILURE() << "openssl could not make the test PKI: " << e.pki.error();
     return false;
   }
   e.etcd.UseTls(e.pki.EtcdArgs(), e.pki.Client(e.etcd.endpoint()));
@@ -208,8 +217,8 @@ TEST(EtcdTlsTest, HttpsWithoutCaIsAConstructionError) {
 
 TEST(EtcdTlsTest, FlagsAreCheckedForDowngradesAndMissingFiles) {
   KMX_SKIP_WITHOUT_TLS_ETCD();
-  TestPki pki;
-  ASSERT_TRUE(pki.ok());
+  EtcdPki pki;
+  ASSERT_TRUE(pki.ok()) << pki.error();
   const std::string ca = pki.path("ca.crt"), crt = pki.path("client.crt"),
                     key = pki.path("client.key");
   auto mixed = EtcdConfigFromFlags("https://10.0.0.1:2379,http://10.0.0.2:2379", ca, crt, key);
@@ -255,7 +264,8 @@ TEST(EtcdTlsTest, RotatedClientCertificateIsUsedByTheNextConnection) {
   ASSERT_TRUE(first.ok()) << first.status().ToString();
 
   // New identity from CA "other", written beside and renamed into place.
-  ASSERT_TRUE(IssueTestCert(e.pki.dir(), "other", "rotated", "kmx-client", "", "clientAuth"));
+  ASSERT_EQ(TestPki(e.pki.dir()).MakeLeaf("rotated", "kmx-client", {}, {}, "other", "clientAuth"),
+            "");
   std::filesystem::copy_file(e.pki.path("rotated.key"), live + "/client.key.new");
   std::filesystem::copy_file(e.pki.path("rotated.crt"), live + "/client.crt.new");
   std::filesystem::rename(live + "/client.key.new", live + "/client.key");

@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "fakes/fake_clock.h"
-#include "support/node_pki.h"
+#include "support/test_pki.h"
 
 namespace kmosix::tls {
 namespace {
