@@ -170,24 +170,11 @@ std::vector<Route> RegisterControllerRoutes(httplib::Server& server, Controller&
     std::string name = req.matches[1];
     auto url = controller.WorkloadAgentUrl(name);
     if (!url.ok()) return ReplyError(res, url.status());
-    const bool https = url->rfind("https://", 0) == 0;
-    if (https != agents.Complete()) {
-      return ReplyError(res, FailedError(https ? "agent at " + *url +
-                                                     " speaks TLS but this controller has no "
-                                                     "identity for agents (--node-ca)"
-                                               : "agent at " + *url +
-                                                     " is plain http://: refused (this "
-                                                     "controller speaks only TLS to agents)"));
-    }
-    auto agent = https ? httplib::Client(BaseUrl(*url), agents.cert, agents.key)
-                       : httplib::Client(BaseUrl(*url));
-    if (https) {
-      agent.set_ca_cert_path(agents.ca.c_str());
-      agent.enable_server_certificate_verification(true);
-    }
-    agent.set_connection_timeout(std::chrono::seconds(3));
-    agent.set_read_timeout(std::chrono::seconds(10));
-    auto got = agent.Get("/v1/workloads/" + name + "/logs");
+    auto agent = rest::MakeClient(BaseUrl(*url), agents, "this controller (--node-ca)");
+    if (!agent.ok()) return ReplyError(res, FailedError(agent.status().message()));
+    (*agent)->set_connection_timeout(std::chrono::seconds(3));
+    (*agent)->set_read_timeout(std::chrono::seconds(10));
+    auto got = (*agent)->Get("/v1/workloads/" + name + "/logs");
     if (!got) {
       return ReplyError(
           res, RetryError("agent at " + *url + " unreachable: " + httplib::to_string(got.error())));

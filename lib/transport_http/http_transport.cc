@@ -11,6 +11,7 @@
 #include "kmosix/transfer_stream.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/peer_replies.h"
+#include "transport_http/rest.h"
 
 namespace kmosix {
 namespace {
@@ -43,24 +44,7 @@ void SetTimeout(httplib::Client& cli, std::chrono::milliseconds connect,
 StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& target,
                                                       const HttpTransportOptions& o,
                                                       std::chrono::milliseconds read_timeout) {
-  const bool https = target.rfind("https://", 0) == 0;
-  if (!https && target.rfind("http://", 0) != 0) {
-    return InvalidError("target \"" + target + "\" is not an http:// URL");
-  }
-  if (o.tls.Complete() && !https)
-    return InvalidError("target \"" + target +
-                        "\" is plain http://: this agent speaks only TLS to its peers");
-  if (https && !o.tls.Complete())
-    return InvalidError("target \"" + target + "\" is https:// but this agent has no TLS identity");
-  std::string base = target;
-  while (!base.empty() && base.back() == '/') base.pop_back();
-  auto cli = https ? std::make_unique<httplib::Client>(base, o.tls.cert, o.tls.key)
-                   : std::make_unique<httplib::Client>(base);
-  if (!cli->is_valid()) return InvalidError("target \"" + target + "\" is not a valid URL");
-  if (https) {
-    cli->set_ca_cert_path(o.tls.ca.c_str());
-    cli->enable_server_certificate_verification(true);
-  }
+  KMX_ASSIGN_OR_RETURN(auto cli, rest::MakeClient(target, o.tls, "this agent"));
   SetTimeout(*cli, o.connect_timeout, read_timeout, o.write_timeout);
   cli->set_keep_alive(false);
   return cli;

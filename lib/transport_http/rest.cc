@@ -59,4 +59,27 @@ bool SplitHostPort(const std::string& s, std::string& host, int& port) {
   return port > 0 && port < 65536;
 }
 
+StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& url,
+                                                      const tls::Files& identity,
+                                                      const std::string& who) {
+  const bool https = url.rfind("https://", 0) == 0;
+  if (!https && url.rfind("http://", 0) != 0) {
+    return InvalidError("target \"" + url + "\" is not an http:// URL");
+  }
+  if (identity.Complete() && !https)
+    return InvalidError("target \"" + url + "\" is plain http://: " + who + " speaks only TLS");
+  if (https && !identity.Complete())
+    return InvalidError("target \"" + url + "\" is https:// but " + who + " has no TLS identity");
+  std::string base = url;
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  auto cli = https ? std::make_unique<httplib::Client>(base, identity.cert, identity.key)
+                   : std::make_unique<httplib::Client>(base);
+  if (!cli->is_valid()) return InvalidError("target \"" + url + "\" is not a valid URL");
+  if (https) {
+    cli->set_ca_cert_path(identity.ca.c_str());
+    cli->enable_server_certificate_verification(true);
+  }
+  return cli;
+}
+
 }  // namespace kmosix::rest

@@ -6,11 +6,13 @@
 
 #include <httplib.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "kmosix/spec_json.h"
 #include "kmosix/status.h"
+#include "tls/tls.h"
 
 namespace kmosix::rest {
 
@@ -34,5 +36,14 @@ void InstallJsonErrorHandlers(httplib::Server& server);
 
 // "host:port" with a port in 1..65535; false if malformed.
 bool SplitHostPort(const std::string& s, std::string& host, int& port);
+
+// A client of `url` ("http(s)://host:port", trailing slashes dropped) that
+// speaks as `identity`. https:// needs a complete identity (its certificate
+// and key are presented; the server's certificate must chain to identity.ca
+// and name the host); a complete identity refuses plain http:// (never a
+// downgrade). kInvalid otherwise, naming `who` ("this agent", ...).
+StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& url,
+                                                      const tls::Files& identity,
+                                                      const std::string& who);
 
 }  // namespace kmosix::rest
