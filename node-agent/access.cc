@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <nlohmann/json.hpp>
 #include <string_view>
 
 namespace kmosix::agent {
@@ -106,11 +105,7 @@ void InstallAccess(
                      req.path, req.remote_addr, req.remote_port,
                      d.who.empty() ? "" : " by " + d.who, d.surface, d.reason, d.message);
         if (on_denied) on_denied(d);
-        res.status = d.http_status;
-        if (res.status == 401) res.set_header("WWW-Authenticate", "Bearer realm=\"kmosix\"");
-        res.set_header("Connection", "close");  // the body stays unread
-        nlohmann::json body = {{"code", d.code}, {"message", d.message}};
-        res.set_content(body.dump(2) + "\n", "application/json");
+        auth::ReplyDenied(res, d.http_status, d.code, d.message);
         return httplib::Server::HandlerResponse::Handled;
       });
 }

@@ -365,14 +365,19 @@ void InstallAuth(httplib::Server& server, Authenticator& auth) {
     spdlog::warn("auth: {} {} {} from {}:{}{}: {}", d.HttpStatus(), req.method, req.path,
                  req.remote_addr, req.remote_port, d.name.empty() ? "" : " by " + d.name,
                  d.message);
-    res.status = d.HttpStatus();
-    if (res.status == 401) res.set_header("WWW-Authenticate", "Bearer realm=\"kmosix\"");
-    // The body is left unread: the connection must not carry another request.
-    res.set_header("Connection", "close");
-    nlohmann::json body = {{"code", std::string(d.CodeName())}, {"message", d.message}};
-    res.set_content(body.dump(2) + "\n", "application/json");
+    ReplyDenied(res, d.HttpStatus(), d.CodeName(), d.message);
     return httplib::Server::HandlerResponse::Handled;
   });
+}
+
+void ReplyDenied(httplib::Response& res, int status, std::string_view code,
+                 const std::string& message) {
+  res.status = status;
+  if (status == 401) res.set_header("WWW-Authenticate", "Bearer realm=\"kmosix\"");
+  // The body is left unread: the connection must not carry another request.
+  res.set_header("Connection", "close");
+  nlohmann::json body = {{"code", std::string(code)}, {"message", message}};
+  res.set_content(body.dump(2) + "\n", "application/json");
 }
 
 }  // namespace kmosix::auth

@@ -132,4 +132,11 @@ class Authenticator {
 // `auth`, which must outlive the server.
 void InstallAuth(httplib::Server& server, Authenticator& auth);
 
+// The answer to a refused request, as every kmosix listener gives it before
+// reading the body: `status` (401 adds WWW-Authenticate: Bearer
+// realm="kmosix"), Connection: close (the body stays unread) and the JSON
+// {"code","message"}.
+void ReplyDenied(httplib::Response& res, int status, std::string_view code,
+                 const std::string& message);
+
 }  // namespace kmosix::auth
