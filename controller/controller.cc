@@ -24,6 +24,12 @@ using nlohmann::json;
 using MigrationRecord = api::Migration;
 using WorkloadRecord = api::Workload;
 
+// Whether node load `n` may hold `image`: it lists its images and the image
+// is among them, or it does not list them (unknown).
+bool MayHoldImage(const NodeLoad& n, const std::string& image) {
+  return !n.images || std::binary_search(n.images->begin(), n.images->end(), image);
+}
+
 constexpr int kCasAttempts = 8;
 // A workload's CPU figure is trusted once it ran this long on its node: the
 // agent's first rate needs two samples a second apart, then publishing lags
@@ -682,8 +688,7 @@ ClusterSnapshot Controller::Snapshot(const std::string& image) {
     p.memory_capacity_bytes = n.memory_capacity_bytes;
     p.memory_available_bytes = n.memory_available_bytes;
     p.psi_memory_some10 = n.psi_memory_some10;
-    p.has_image =
-        image.empty() || !n.images || std::binary_search(n.images->begin(), n.images->end(), image);
+    p.has_image = image.empty() || MayHoldImage(n, image);
     snap.nodes.push_back(std::move(p));
   }
   std::unordered_map<std::string_view, const NodeLoad*> node_of;
@@ -785,15 +790,13 @@ Status Controller::CheckImageHeld(const api::WorkloadSpec& spec) {
   // Only what the caches know for sure: every ready node (or the named one)
   // lists its images, and none of them holds this one.
   std::lock_guard lock(view_mu_);
-  if (view_.nodes.empty()) return Status::Ok();
   size_t asked = 0;
   for (const auto& [name, n] : view_.nodes) {
     if (!spec.node.empty() && name != spec.node) continue;
-    if (!n.images || std::binary_search(n.images->begin(), n.images->end(), spec.image))
-      return Status::Ok();
+    if (MayHoldImage(n, spec.image)) return Status::Ok();
     ++asked;
   }
-  if (asked == 0) return Status::Ok();  // the named node is NotReady: placement waits
+  if (asked == 0) return Status::Ok();  // no ready node (or the named one is NotReady)
   return InvalidError("image: " +
                       (spec.node.empty()
                            ? "none of the " + std::to_string(asked) + " ready nodes holds"
