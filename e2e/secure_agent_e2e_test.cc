@@ -6,7 +6,7 @@
 //   agent REST without a token                      -> 401, nothing created
 //   agent REST with the read-only token             -> reads yes, writes 403
 //   a peer route without a client certificate       -> 401 (a token is not a node)
-//   a peer route with the controller's certificate  -> 403 (not a node)
+//   a peer route with a controller's certificate    -> 403 (not a node)
 //   a certificate of another CA                     -> TLS refused
 //   a node certificate of the wrong node for a migration etcd ordered
 //                                                   -> 403, nothing prepared;
@@ -117,17 +117,17 @@ TEST_F(SecureAgentE2E, PeerRoutesNeedTheRightNode) {
   const std::string url = N(2).url;
   // A token is not a node; a controller is not a node.
   EXPECT_EQ(Call(url, Ca(), "", "", "GET", "/v1/peer/info"), 401);
-  EXPECT_EQ(Call(url, Ca(), Crt("controller"), Key("controller"), "GET", "/v1/peer/info"), 403);
+  EXPECT_EQ(Call(url, Ca(), Crt("controller1"), Key("controller1"), "GET", "/v1/peer/info"), 403);
   EXPECT_EQ(Call(url, Ca(), Crt("node3"), Key("node3"), "GET", "/v1/peer/info"), 200);
 
   // etcd orders migration e2e-forge-1 from node1 to node2 (written as the
-  // controller would); node3 may not act on it, node1 may.
+  // controller would, as controller1); node3 may not act on it, node1 may.
   EtcdConfig cfg;
   cfg.endpoints = ParseEtcdEndpoints(c_->EtcdUrl());
   cfg.tls = true;
   cfg.ca_file = Ca();
-  cfg.cert_file = Crt("controller");
-  cfg.key_file = Key("controller");
+  cfg.cert_file = Crt("controller1");
+  cfg.key_file = Key("controller1");
   EtcdStateStore store(cfg);
   api::Migration m;
   m.id = "e2e-forge-1";

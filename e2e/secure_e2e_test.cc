@@ -8,14 +8,24 @@
 //   node1's identity writing nodes/node2       -> permission denied, node2's record intact
 //   node1's identity writing the leader key    -> permission denied
 //   node1's identity reading the prefix        -> allowed (agents read the cluster)
+//   each controller replica                    -> its own identity: the certificate
+//                                                 it serves names it (CN = its id,
+//                                                 O=kmosix:controllers), no two alike,
+//                                                 and etcd takes its own client
+//                                                 certificate (it writes the prefix)
 //
-// Its own binary and cluster (three nodes, etcd, one controller); more secure
-// cases (agent surfaces) may join this file. Skips loudly where the cluster
-// cannot run (see e2e_environment.h).
+// Its own binary and cluster (three nodes, etcd, two controllers); the agent
+// surfaces are in secure_agent_e2e_test.cc. Skips loudly where the cluster
+// cannot run (see e2e_environment.h). That etcd's roles follow a custom
+// --etcd-prefix is checked without a cluster: tests/scripts/cluster_etcd_auth_test.sh.
 #include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +33,7 @@
 #include "e2e_environment.h"
 #include "etcd/etcd_state_store.h"
 #include "support/test_pki.h"
+#include "tls/tls.h"
 
 namespace kmosix::e2e {
 namespace {
@@ -37,6 +48,7 @@ struct EtcdAccess {
   std::string url;  // https://10.77.0.1:2379
   bool tls = false;
   std::string pki_dir;  // NAME.{crt,key} per identity, ca.crt
+  std::string prefix;   // the cluster's key prefix ("/kmosix/")
   std::string error;
 };
 
@@ -52,6 +64,7 @@ EtcdAccess ReadEtcdAccess() {
   a.url = e.value("url", "");
   a.tls = e.value("tls", false);
   a.pki_dir = e.value("pki_dir", "");
+  a.prefix = e.value("prefix", "/kmosix/");
   return a;
 }
 
@@ -68,6 +81,29 @@ EtcdConfig As(const EtcdAccess& a, const std::string& name) {
   cfg.dial_timeout = milliseconds(2000);
   cfg.rpc_timeout = milliseconds(5000);
   return cfg;
+}
+
+// Who the server at `url` (https://HOST:PORT) says it is: the identity in the
+// certificate it serves, verified against `ca` and HOST (an IP address), as
+// kmosixctl checks a controller. Empty when the handshake or the check failed.
+tls::Identity ServedIdentity(const std::string& url, const std::string& ca) {
+  const std::string hostport = url.substr(url.find("://") + 3);
+  const std::string host = hostport.substr(0, hostport.rfind(':'));
+  tls::CtxPtr ctx(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  if (!ctx || SSL_CTX_load_verify_locations(ctx.get(), ca.c_str(), nullptr) != 1) return {};
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  BIO* bio = BIO_new_ssl_connect(ctx.get());
+  if (bio == nullptr) return {};
+  BIO_set_conn_hostname(bio, hostport.c_str());
+  SSL* ssl = nullptr;
+  BIO_get_ssl(bio, &ssl);
+  tls::Identity who;
+  if (ssl != nullptr && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str()) == 1 &&
+      BIO_do_handshake(bio) > 0 && SSL_get_verify_result(ssl) == X509_V_OK) {
+    who = tls::PeerIdentity(ssl);
+  }
+  BIO_free_all(bio);
+  return who;
 }
 
 class SecureEtcdE2E : public ::testing::Test {
@@ -91,8 +127,8 @@ TEST_F(SecureEtcdE2E, WithoutClientCertificateIsRefused) {
   EXPECT_NE(put.status().message().find("TLS"), std::string::npos) << put.status().ToString();
   EXPECT_FALSE(anonymous.Get("/kmosix/leader").ok()) << "etcd served a read without a certificate";
 
-  // Nothing was written (checked as the controller, which may read everything).
-  EtcdStateStore controller(As(etcd_, "controller"));
+  // Nothing was written (checked as a controller, which may read everything).
+  EtcdStateStore controller(As(etcd_, "controller1"));
   auto got = controller.Get("/kmosix/e2e-anonymous");
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_FALSE(got->kv);
@@ -154,6 +190,37 @@ TEST_F(SecureEtcdE2E, NodeIdentityCannotWriteAnotherNodesKey) {
   EXPECT_EQ(after->kv->value.find("forged"), std::string::npos) << after->kv->value;
 }
 
+TEST_F(SecureEtcdE2E, ControllerReplicasHaveTheirOwnIdentities) {
+  const auto& controllers = c_->Controllers();
+  ASSERT_GE(controllers.size(), 2u) << "this check needs two controller replicas";
+  std::set<std::string> served;
+  for (const auto& c : controllers) {
+    // The certificate its REST API serves: the cluster's CA's, for its
+    // address, naming this replica (CN = its --id) in the controllers' group.
+    const tls::Identity who = ServedIdentity(c.url, etcd_.pki_dir + "/ca.crt");
+    EXPECT_EQ(who.name, c.name) << c.url << " serves no certificate naming " << c.name
+                                << " that verifies against the cluster's CA and its address";
+    EXPECT_TRUE(who.In(tls::kGroupControllers)) << c.name << " is not in group kmosix:controllers";
+    served.insert(who.name);
+
+    // etcd knows the replica by its own client certificate (user = its CN,
+    // role kmosix-controller): it reads and writes the cluster's prefix.
+    EtcdStateStore own(As(etcd_, c.name));
+    const std::string key = etcd_.prefix + "e2e-identity-" + c.name;
+    auto put = own.Put(key, c.name);
+    ASSERT_TRUE(put.ok()) << c.name << "'s own certificate cannot write " << key << ": "
+                          << put.status().ToString();
+    auto leader = own.Get(etcd_.prefix + "leader");
+    ASSERT_TRUE(leader.ok()) << c.name << ": " << leader.status().ToString();
+    EXPECT_TRUE(leader->kv) << "no controller holds " << etcd_.prefix << "leader";
+    EXPECT_TRUE(own.Delete(key).ok());
+  }
+  EXPECT_EQ(served.size(), controllers.size()) << "two replicas serve the same identity";
+  // No shared identity beside them.
+  EXPECT_FALSE(std::filesystem::exists(etcd_.pki_dir + "/controller.crt"))
+      << "a shared controller certificate is still made";
+}
+
 }  // namespace
 }  // namespace kmosix::e2e
 
@@ -162,7 +229,7 @@ int main(int argc, char** argv) {
   kmosix::e2e::ClusterOptions opts;
   opts.nodes = kmosix::e2e::kNodes;
   opts.etcd = true;
-  opts.controllers = 1;
+  opts.controllers = 2;  // two replicas, each with its own identity
   ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
   return RUN_ALL_TESTS();
 }

@@ -2,8 +2,8 @@
 // controller identities read from certificates, and server credentials that
 // follow their files (rotation without restart).
 //
-// Identities: a certificate's subject CN is who (a node name, or
-// "kmosix-controller", ...), its O is the group: kmosix:nodes,
+// Identities: a certificate's subject CN is who (a node name, or a
+// controller replica's, "controller1", ...), its O is the group: kmosix:nodes,
 // kmosix:controllers, kmosix:admins (scripts/cluster makes them so).
 //
 // Ownership: ServerCredentials owns its current key material; SSL_CTXs it
