@@ -131,7 +131,7 @@ step_certs() {
     secret_exists "$CA_SECRET" && die "Secret $CA_SECRET exists without ca.crt and ca.key; not replacing it"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
       -keyout "$work/ca.key" -out "$work/ca.crt" -days 3650 \
-      -subj "/O=kmosix/CN=kmosix CA $NS/${RELEASE:-kmosix}" >/dev/null 2>&1 || die "openssl cannot make the CA"
+      -subj "/O=kmosix/CN=kmosix CA ${RELEASE:-kmosix}.$NS" >/dev/null 2>&1 || die "openssl cannot make the CA"
     mkdir -p "$work/ca" && cp "$work/ca.crt" "$work/ca.key" "$work/ca/"
     secret_write "$CA_SECRET" Opaque "$work/ca"
   fi
@@ -153,7 +153,9 @@ step_certs() {
     [ -n "$node" ] || continue
     [ -f "$d/$node.crt" ] && continue # listed twice (EXTRA_NODES)
     count=$((count + 1))
-    san=$(san_of "$node $names" "$ips")
+    others=""
+    for n in $names; do [ "$n" = "$node" ] || others="$others $n"; done
+    san=$(san_of "$node$others" "$ips")
     spec="/O=kmosix:nodes/CN=$node|serverAuth,clientAuth|$san"
     secret_get "$AGENT_SECRET" "$node.crt" >"$d/$node.crt"
     secret_get "$AGENT_SECRET" "$node.key" >"$d/$node.key"
@@ -177,9 +179,9 @@ step_certs() {
 }
 
 step_etcd_auth() {
-  r=/etc/kmosix/etcd-root
+  r=${ETCD_ROOT_DIR:-/etc/kmosix/etcd-root}
   [ -s "$r/tls.crt" ] || die "no etcd root certificate in $r (Secret ${ETCD_ROOT_SECRET:-?} mounted?)"
-  e() { ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" --cacert=/etc/kmosix/etcd-ca/ca.crt \
+  e() { ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" --cacert="${ETCD_CA_FILE:-/etc/kmosix/etcd-ca/ca.crt}" \
     --cert="$r/tls.crt" --key="$r/tls.key" --command-timeout=15s "$@"; }
   i=0
   until e endpoint health >/dev/null 2>&1; do
@@ -204,6 +206,7 @@ step_etcd_auth() {
   nodes >"$work/nodes"
   while IFS=';' read -r node _ _; do
     [ -n "$node" ] || continue
+    case " $want " in *" $node "*) continue ;; esac # listed twice (EXTRA_NODES)
     want="$want $node"
     role "kmosix-node-$node"
     e role grant-permission "kmosix-node-$node" read --prefix=true "$ETCD_PREFIX" >/dev/null &&

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Tests of charts/kmosix without a cluster (ctest: LABEL unit):
+#   chart_test.sh lint     helm lint --strict, with the default values and with
+#                          every combination of switches that renders differently
+#   chart_test.sh render   each combination renders, with what it promises
+#                          (CRDs kept or absent, etcd members, external etcd,
+#                          certificate sources, ServiceMonitor, the agent's pod)
+#   chart_test.sh schema   bad values are refused by values.schema.json with a
+#                          message naming the value
+#   chart_test.sh drift    scripts/render-deploy --check: files/crds/ is crd/ and
+#                          deploy/kmosix/ is the chart's rendering
+# Needs helm: $HELM, else `scripts/kube-tools --print`/helm, else PATH. Without
+# it the test FAILS (build it: scripts/kube-tools).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+chart=$root/charts/kmosix
+# shellcheck source=tests/charts/combos.sh
+. "$root/tests/charts/combos.sh"
+
+helm=${HELM:-}
+if [ -z "$helm" ]; then
+  tools=$("$root/scripts/kube-tools" --print)
+  if [ -x "$tools/helm" ]; then helm=$tools/helm; else helm=$(command -v helm || true); fi
+fi
+if [ -z "$helm" ] || ! [ -x "$helm" ]; then
+  echo "FAIL: helm not found: set HELM, or build it with scripts/kube-tools (into $("$root/scripts/kube-tools" --print))," >&2
+  echo "      or: GOBIN=/some/dir go install helm.sh/helm/v4/cmd/helm@v4.3.2 and HELM=/some/dir/helm" >&2
+  exit 1
+fi
+export HELM=$helm
+
+failures=0
+out=""
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() {
+  failures=$((failures + 1))
+  printf 'FAIL: %s\n' "$1" >&2
+  [ -n "${2:-}" ] && printf '%s\n' "$2" | head -40 | sed 's/^/    | /' >&2
+}
+ok() { printf 'ok: %s\n' "$1"; }
+
+# render NAME ARGS...: helm template into $tmp/NAME.yaml; 0 if it rendered.
+render() {
+  local name=$1; shift
+  "$helm" template kmosix "$chart" --namespace kmosix "$@" >"$tmp/$name.yaml" 2>"$tmp/$name.err"
+}
+# count FILE REGEX: lines of FILE matching REGEX.
+count() { grep -cE -- "$2" "$1" || true; }
+# expect_count WHAT FILE REGEX N
+expect_count() {
+  local n; n=$(count "$2" "$3")
+  if [ "$n" = "$4" ]; then ok "$1"; else fail "$1: /$3/ matched $n lines, want $4 (in $(basename "$2"))"; fi
+}
+
+cmd_lint() {
+  if out=$("$helm" lint --strict "$chart" 2>&1); then ok "helm lint --strict (defaults)"; else fail "helm lint --strict (defaults)" "$out"; fi
+  local name
+  for name in "${COMBO_NAMES[@]}"; do
+    # shellcheck disable=SC2086
+    if out=$("$helm" lint --strict "$chart" --namespace kmosix $(combo_args "$name") 2>&1); then
+      ok "helm lint --strict ($name)"
+    else
+      fail "helm lint --strict ($name)" "$out"
+    fi
+  done
+}
+
+cmd_render() {
+  local name f
+  for name in "${COMBO_NAMES[@]}"; do
+    # shellcheck disable=SC2086
+    if render "$name" $(combo_args "$name"); then ok "renders: $name"; else fail "renders: $name" "$(cat "$tmp/$name.err")"; fi
+  done
+  f=$tmp/default.yaml
+  # CRDs: templates, kept on uninstall, from files/crds (= crd/)
+  expect_count "default: 3 CRDs" "$f" '^kind: CustomResourceDefinition$' 3
+  expect_count "default: the CRDs are kept on uninstall" "$f" '^    helm.sh/resource-policy: keep$' 3
+  for c in migratableworkloads migrations migrationpolicies; do
+    expect_count "default: CRD $c.kmosix.io" "$f" "^  name: $c.kmosix.io$" 1
+  done
+  expect_count "crds-off: no CRD" "$tmp/crds-off.yaml" '^kind: CustomResourceDefinition$' 0
+  expect_count "crds-not-kept: CRDs without resource-policy keep" "$tmp/crds-not-kept.yaml" 'helm.sh/resource-policy' 0
+  # controller
+  expect_count "default: a controller Deployment" "$f" '^kind: Deployment$' 1
+  expect_count "default: 2 controller replicas" "$f" '^  replicas: 2$' 1
+  expect_count "default: a PodDisruptionBudget for the controllers" "$f" '^kind: PodDisruptionBudget$' 1
+  expect_count "default: /readyz readiness probe" "$f" 'path: /readyz' 1
+  expect_count "default: /healthz liveness probes (controller, agent)" "$f" 'path: /healthz' 4
+  expect_count "default: controller from the in-cluster service account" "$f" '^            - --kube-in-cluster$' 1
+  expect_count "default: tokens Secret generated" "$f" '^  tokens.csv: ' 1
+  expect_count "default: controller image tag = appVersion" "$f" "image: kmosix.local/kmosix-controller:$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")$" 1
+  expect_count "default: controller read-only root filesystem" "$f" 'readOnlyRootFilesystem: true' 2
+  expect_count "default: two ServiceAccounts for the components" "$f" '^  name: kmosix-(controller|agent)$' 4
+  # agent
+  expect_count "default: an agent DaemonSet" "$f" '^kind: DaemonSet$' 1
+  expect_count "default: agent privileged" "$f" 'privileged: true' 1
+  expect_count "default: agent hostPID" "$f" '^      hostPID: true$' 1
+  expect_count "default: agent node name from spec.nodeName" "$f" 'fieldPath: spec.nodeName' 1
+  expect_count "default: agent --node from it" "$f" '- --node=\$\(NODE_NAME\)$' 1
+  expect_count "default: agent certificate named after the node" "$f" '--tls-cert=/etc/kmosix/nodes/\$\(NODE_NAME\)\.crt' 1
+  expect_count "default: agent rolls one node at a time" "$f" '^      maxUnavailable: 1$' 1
+  expect_count "default: agent mounts the node's containerd" "$f" 'path: /run/containerd$' 1
+  expect_count "default: agent has no Kubernetes API token" "$f" 'automountServiceAccountToken: false' 3
+  # etcd
+  expect_count "default: one etcd StatefulSet" "$f" '^kind: StatefulSet$' 1
+  expect_count "default: 1 etcd member" "$f" '--initial-cluster=kmosix-etcd-0=https://[^,]*$' 1
+  expect_count "default: etcd requires client certificates" "$f" '- --client-cert-auth$' 1
+  expect_count "etcd-3: 3 members" "$tmp/etcd-3.yaml" '--initial-cluster=kmosix-etcd-0=https://[^,]*,kmosix-etcd-1=https://[^,]*,kmosix-etcd-2=https://[^,]*$' 1
+  expect_count "etcd-3: an etcd PodDisruptionBudget" "$tmp/etcd-3.yaml" '^kind: PodDisruptionBudget$' 2
+  expect_count "etcd-3: controllers and agents get the 3 endpoints" "$tmp/etcd-3.yaml" '--etcd=https://kmosix-etcd-0\.[^,]*,https://kmosix-etcd-1\.[^,]*,https://kmosix-etcd-2\.' 2
+  expect_count "etcd-external: no StatefulSet" "$tmp/etcd-external.yaml" '^kind: StatefulSet$' 0
+  expect_count "etcd-external: the given endpoints" "$tmp/etcd-external.yaml" '--etcd=https://etcd-a.example:2379,https://etcd-b.example:2379$' 2
+  expect_count "etcd-external: no etcd-auth Job" "$tmp/etcd-external.yaml" 'name: kmosix-etcd-auth$' 0
+  expect_count "default: etcd-auth Job after install and upgrade" "$f" 'helm.sh/hook: post-install,post-upgrade' 5
+  # certificates
+  expect_count "default: the certificates Job before install and upgrade" "$f" 'helm.sh/hook: pre-install,pre-upgrade' 5
+  expect_count "default: the generated Secrets are removed at uninstall" "$f" 'helm.sh/hook: pre-delete' 5
+  expect_count "default: the refresh CronJob" "$f" '^kind: CronJob$' 1
+  expect_count "certmanager: no certificates Job" "$tmp/certmanager.yaml" 'helm.sh/hook: pre-install' 0
+  expect_count "certmanager: Certificates with organizations" "$tmp/certmanager.yaml" '^kind: Certificate$' 7
+  expect_count "certmanager: node certificates for the listed nodes" "$tmp/certmanager.yaml" '^  commonName: node[12]$' 2
+  expect_count "certmanager: the controllers' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:controllers"\]' 1
+  expect_count "certmanager: the nodes' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:nodes"\]' 2
+  expect_count "certmanager: self-signed root and CA Issuer" "$tmp/certmanager.yaml" '^kind: Issuer$' 2
+  expect_count "certmanager-issuer: the given ClusterIssuer" "$tmp/certmanager-issuer.yaml" '^    kind: ClusterIssuer$' 6
+  expect_count "certmanager-issuer: no Issuer of its own" "$tmp/certmanager-issuer.yaml" '^kind: Issuer$' 0
+  expect_count "existing: no certificates Job" "$tmp/existing.yaml" 'helm.sh/hook: pre-install' 0
+  expect_count "existing: the given controller Secret" "$tmp/existing.yaml" 'name: my-controller-tls$' 1
+  expect_count "existing: the given tokens, none generated" "$tmp/existing.yaml" '^  tokens.csv: ' 0
+  # metrics
+  expect_count "default: no ServiceMonitor" "$f" '^kind: ServiceMonitor$' 0
+  expect_count "servicemonitor: a ServiceMonitor" "$tmp/servicemonitor.yaml" '^kind: ServiceMonitor$' 1
+  # a user's value reaches the pods
+  expect_count "tuned: agent tolerations" "$tmp/tuned.yaml" 'key: dedicated' 1
+  expect_count "tuned: priorityClassName" "$tmp/tuned.yaml" 'priorityClassName: system-node-critical' 1
+  # an unset required value is named
+  if render missing-endpoints --set etcd.mode=external --set etcd.external.caSecret=x; then
+    fail "etcd.mode=external without endpoints renders"
+  elif grep -q "etcd.external.endpoints" "$tmp/missing-endpoints.err"; then
+    ok "etcd.mode=external without endpoints is refused, naming etcd.external.endpoints"
+  else
+    fail "etcd.mode=external without endpoints: refused without naming the value" "$(cat "$tmp/missing-endpoints.err")"
+  fi
+}
+
+# refused WHAT NEEDLE ARGS...: rendering with ARGS fails, naming NEEDLE.
+refused() {
+  local what=$1 needle=$2; shift 2
+  if render refused "$@"; then
+    fail "$what: ACCEPTED ($*)"
+  elif grep -qF -- "$needle" "$tmp/refused.err"; then
+    ok "refused: $what ($(grep -m1 -F -- "$needle" "$tmp/refused.err" | cut -c1-160))"
+  else
+    fail "$what: refused without naming \"$needle\"" "$(cat "$tmp/refused.err")"
+  fi
+}
+
+cmd_schema() {
+  refused "controller.replicas -1" "replicas" --set controller.replicas=-1
+  refused "controller.replicas 0" "replicas" --set controller.replicas=0
+  refused "an unknown top-level key" "contorller" --set contorller.replicas=2
+  refused "an unknown nested key" "replica" --set controller.replica=2
+  refused "controller.replicas a string" "replicas" --set-string controller.replicas=two
+  refused "agent.port 70000" "port" --set agent.port=70000
+  refused "etcd.embedded.replicas 2 (no quorum gain)" "replicas" --set etcd.embedded.replicas=2
+  refused "etcd.mode bogus" "mode" --set etcd.mode=bogus
+  refused "certificates.source bogus" "source" --set certificates.source=vault
+  refused "crds.install a string" "install" --set-string crds.install=yes
+  refused "controller.image.pullPolicy bogus" "pullPolicy" --set controller.image.pullPolicy=Sometimes
+  refused "controller.image.digest not sha256" "digest" --set controller.image.digest=md5:abc
+  refused "agent.workloadNetwork.cidr bogus" "cidr" --set agent.workloadNetwork.cidr=10.0.0.0
+  refused "etcd.external.endpoints http://" "endpoints" --set etcd.mode=external \
+    --set 'etcd.external.endpoints={http://etcd:2379}' --set etcd.external.caSecret=ca
+  refused "agent.stateDir relative" "stateDir" --set agent.stateDir=var/lib/kmosix
+  refused "controller.balancer.stability 0.5" "stability" --set controller.balancer.stability=0.5
+  refused "an unknown key in tolerations" "tolerations" --set 'agent.tolerations[0].keyy=x'
+  refused "existingSecret source without the Secrets" "existingSecret" --set certificates.source=existingSecret
+}
+
+cmd_drift() {
+  if out=$("$root/scripts/render-deploy" --check 2>&1); then
+    ok "$out"
+  else
+    fail "deploy/ or the chart's CRDs drifted (scripts/render-deploy)" "$out"
+  fi
+}
+
+case "${1:-}" in
+  lint) cmd_lint ;;
+  render) cmd_render ;;
+  schema) cmd_schema ;;
+  drift) cmd_drift ;;
+  *) echo "usage: $0 lint|render|schema|drift" >&2; exit 2 ;;
+esac
+if [ "$failures" -gt 0 ]; then
+  echo "chart_test.sh $1: $failures check(s) FAILED (helm: $helm)" >&2
+  exit 1
+fi
+echo "chart_test.sh $1: all checks passed (helm: $helm)"
