@@ -1,5 +1,7 @@
 #include "cluster/prefix_cache.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <memory>
 #include <utility>
@@ -94,9 +96,18 @@ void PrefixCache::Run(const Handler& on_change) {
     if (need_list) {
       auto listed = store_.List(prefix_);
       if (!listed.ok()) {
+        // Said once, then about once a minute (30 waits of 2 s): a store
+        // that cannot be reached at start is otherwise silent.
+        if (list_failures_++ % 30 == 0)
+          spdlog::warn("cannot list {} from the store ({} attempt(s)): {}; retrying", prefix_,
+                       list_failures_, listed.status().ToString());
         if (!back_off()) break;
         continue;
       }
+      if (list_failures_ > 0)
+        spdlog::info("listed {} from the store after {} failed attempt(s)", prefix_,
+                     list_failures_);
+      list_failures_ = 0;
       changes.clear();
       {
         std::map<std::string, KeyValue> fresh;

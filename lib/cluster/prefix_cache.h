@@ -10,6 +10,8 @@
 // Errors: store errors are retried with backoff inside Run() (100 ms doubling
 // to 2 s, waited in real time on a condition variable so Stop() is prompt and
 // a FakeClock is never advanced by the cache); Run() returns only after Stop().
+// A list that fails is logged as a warning, once and then about once a minute,
+// so an unreachable store is visible at start.
 #pragma once
 
 #include <atomic>
@@ -68,6 +70,7 @@ class PrefixCache {
   int64_t revision_ = 0;
   int64_t lists_ = 0;
   bool synced_ = false;
+  int64_t list_failures_ = 0;   // consecutive failed lists; Run()'s thread only
   Watcher* watcher_ = nullptr;  // current watch, for Stop(); guarded by mu_
 };
 
