@@ -172,7 +172,7 @@ TEST_F(SecureAgentE2E, CertificatesOfAnotherCaAndNoCertificateAtAllAreRefused) {
   bool got_through = false;
   if (BIO_do_handshake(bio) > 0) {
     // TLS 1.3 reports the refusal on the first read.
-    const std::string hello = "KMXDATA1 e2e-forge-2\n";
+    const std::string hello = "KMXDATA2 e2e-forge-2\n";
     BIO_write(bio, hello.data(), static_cast<int>(hello.size()));
     char buf[64];
     got_through = BIO_read(bio, buf, sizeof buf) > 0;

@@ -420,7 +420,7 @@ Status StreamEncoder::Plan() {
       p.size = static_cast<uint64_t>(st.st_size);
       total_files_ += 1;
       total_bytes_ += p.size;
-      stream_size_ += p.size + kDigestSize;
+      stream_size_ += p.size + (options_.content_digests ? kDigestSize : 0);
     } else if (S_ISDIR(st.st_mode)) {
       p.kind = EntryKind::kDirectory;
       KMX_ASSIGN_OR_RETURN(auto opaque, ReadOpaque(abs));
@@ -542,7 +542,8 @@ Status StreamEncoder::NextRecord() {
   if (state_ == State::kStart) {
     pending_.append(kMagic, sizeof(kMagic));
     PutU32(pending_, kTransferStreamVersion);
-    PutU32(pending_, sized() ? 0 : kOpenTotals);
+    PutU32(pending_,
+           (sized() ? 0 : kOpenTotals) | (options_.content_digests ? 0 : kNoContentDigests));
     PutU64(pending_, sized() ? total_files_ : 0);
     PutU64(pending_, sized() ? total_bytes_ : 0);
     record_sha_->sha.Update(pending_);
@@ -624,7 +625,7 @@ StatusOr<size_t> StreamEncoder::ReadBody(char* buf, size_t n) {
       std::string len;
       PutU32(len, static_cast<uint32_t>(got));
       std::memcpy(buf, len.data(), 4);
-      body_sha_->sha.Update(buf + 4, got);
+      if (options_.content_digests) body_sha_->sha.Update(buf + 4, got);
       stats_.bytes += got;
       return 4 + got;
     }
@@ -637,13 +638,15 @@ StatusOr<size_t> StreamEncoder::ReadBody(char* buf, size_t n) {
     } while (got < 0 && errno == EINTR);
     if (got < 0) return FailedError("read " + label() + ": " + ErrnoText(errno));
     if (got == 0) return FailedError(label() + " shrank while streaming");
-    body_sha_->sha.Update(buf, static_cast<size_t>(got));
+    if (options_.content_digests) body_sha_->sha.Update(buf, static_cast<size_t>(got));
     body_left_ -= static_cast<uint64_t>(got);
     stats_.bytes += static_cast<uint64_t>(got);
     return static_cast<size_t>(got);
   }
-  Digest d = body_sha_->sha.Final();
-  pending_.append(reinterpret_cast<const char*>(d.data()), d.size());
+  if (options_.content_digests) {
+    Digest d = body_sha_->sha.Final();
+    pending_.append(reinterpret_cast<const char*>(d.data()), d.size());
+  }
   ::close(fd_);
   fd_ = -1;
   stats_.files += 1;
@@ -762,6 +765,7 @@ struct StreamDecoder::Impl {
   std::string length_bytes;  // the current record's length prefix
   Sha256 record_sha;
   bool open_totals = false;  // header flag kOpenTotals: no declared totals
+  bool digests = true;       // no header flag kNoContentDigests: file digests follow
   uint64_t declared_files = 0;
   uint64_t declared_bytes = 0;
   uint64_t entries = 0;
@@ -920,10 +924,15 @@ struct StreamDecoder::Impl {
     if (version != kTransferStreamVersion) {
       return InvalidError("unsupported transfer stream version " + std::to_string(version));
     }
-    if (flags != 0 && flags != kOpenTotals) {
+    if ((flags & ~uint64_t{kOpenTotals | kNoContentDigests}) != 0) {
       return InvalidError("unsupported transfer stream flags");
     }
-    open_totals = flags == kOpenTotals;
+    open_totals = (flags & kOpenTotals) != 0;
+    digests = (flags & kNoContentDigests) == 0;
+    if (!digests && !options.accept_undigested) {
+      return InvalidError(
+          "stream without file digests over a carrier that does not authenticate its data");
+    }
     if (open_totals && (declared_files != 0 || declared_bytes != 0)) {
       return InvalidError("a stream with open totals declares totals");
     }
@@ -1175,7 +1184,7 @@ struct StreamDecoder::Impl {
   }
 
   Status WriteBody(const char* data, size_t n) {
-    body_sha.Update(data, n);
+    if (digests) body_sha.Update(data, n);
     if (n >= kDirectWrite) {  // big pieces go straight to the file, no copy
       KMX_RETURN_IF_ERROR(FlushBody());
       return WriteAll(file.get(), data, n, file_label);
@@ -1214,6 +1223,7 @@ struct StreamDecoder::Impl {
 
   Status EndOfBody() {
     KMX_RETURN_IF_ERROR(FlushBody());
+    if (!digests) return FileDone();
     state = State::kDigest;
     need = kDigestSize;
     return Status::Ok();
@@ -1244,6 +1254,11 @@ struct StreamDecoder::Impl {
     if (std::memcmp(d.data(), item.data(), kDigestSize) != 0) {
       return FailedError("checksum mismatch for " + file_label);
     }
+    return FileDone();
+  }
+
+  // The current file's content is complete (and verified, when digested).
+  Status FileDone() {
     KMX_RETURN_IF_ERROR(ApplyFdMeta(file.get(), file_meta, file_label, /*times=*/true));
     if (::close(file.Release()) != 0) {
       return FailedError("close " + file_label + ": " + ErrnoText(errno));

@@ -30,8 +30,9 @@ namespace kmosix {
 namespace {
 
 using nlohmann::json;
+using peer_reply::ParseReady;
 using peer_reply::ParseVerdict;
-constexpr std::string_view kMagic = "KMXDATA1 ";
+constexpr std::string_view kMagic = "KMXDATA2 ";
 constexpr size_t kMaxLine = 4096;
 
 std::string Errno() { return std::strerror(errno); }
@@ -89,8 +90,7 @@ bool WaitFor(int fd, int ssl_error, std::chrono::milliseconds timeout) {
 // One stream's connection: a TCP socket (blocking, with SO_RCVTIMEO and
 // SO_SNDTIMEO), or TLS over it (non-blocking, every wait a poll bounded by
 // the io timeout). Reads and writes may run on different threads only one
-// at a time (OpenSSL: one SSL, one thread at a time); StopReads may be
-// called from any thread.
+// at a time (OpenSSL: one SSL, one thread at a time).
 class Conn {
  public:
   Conn(int fd, std::chrono::milliseconds timeout) : fd_(fd), timeout_(timeout) {}
@@ -257,8 +257,17 @@ class Conn {
     }
   }
 
-  // Wakes a reader blocked on this connection (it sees an end or an error).
-  void StopReads() { ::shutdown(fd_, SHUT_RD); }
+  // Whether the peer has sent something not yet read (an early answer).
+  bool Readable() const {
+    if (ssl_ != nullptr && SSL_pending(ssl_) > 0) return true;
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+  }
+
+  void set_timeout(std::chrono::milliseconds t) {
+    timeout_ = t;
+    SetTimeouts(fd_, t);
+  }
 
  private:
   bool Fail(bool tls_refused, std::string why) {
@@ -311,6 +320,26 @@ void Answer(int fd, const json& j) {
 void Answer(Conn& conn, const json& j) {
   std::string line = j.dump() + "\n";
   if (conn.WriteAll(line.data(), line.size())) (void)conn.EndWrites();
+}
+
+// Answers a stream refused or failed before its end, then reads and drops
+// what the source still sends (it stops once it sees the answer) until its
+// end, kLingerBytes or kLingerTime: closing with unread bytes would reset
+// the connection, and the reset can destroy the answer before the source
+// reads it.
+constexpr uint64_t kLingerBytes = 64ull << 20;
+constexpr std::chrono::milliseconds kLingerTime{2000};
+void AnswerEarly(Conn& conn, const json& j) {
+  Answer(conn, j);
+  conn.set_timeout(kLingerTime);
+  const auto deadline = std::chrono::steady_clock::now() + kLingerTime;
+  std::vector<char> sink(256 << 10);
+  uint64_t dropped = 0;
+  while (dropped < kLingerBytes && std::chrono::steady_clock::now() < deadline) {
+    ssize_t n = conn.Read(sink.data(), sink.size());
+    if (n <= 0) break;
+    dropped += static_cast<uint64_t>(n);
+  }
 }
 
 StatusOr<int> Connect(const std::string& host, int port, std::chrono::milliseconds timeout) {
@@ -551,11 +580,13 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
   }
   std::string line;
   if (!ReadLine(conn, line) || line.rfind(kMagic, 0) != 0) {
-    return Answer(conn, ErrorJson(InvalidError("data channel: expected \"KMXDATA1 <id>\"")));
+    return AnswerEarly(conn,
+                       ErrorJson(InvalidError("data channel: expected \"" + std::string(kMagic) +
+                                              "<id>\" (a source of another kmosix version?)")));
   }
   const std::string id = line.substr(kMagic.size());
   if (Status s = ValidateName(id); !s.ok()) {
-    return Answer(conn, ErrorJson(s.Annotate("migration id")));
+    return AnswerEarly(conn, ErrorJson(s.Annotate("migration id")));
   }
   if (options_.authorize) {
     if (Status s = options_.authorize(identity, id); !s.ok()) {
@@ -563,11 +594,21 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
       if (options_.on_denied) options_.on_denied("not_allowed");
       spdlog::warn("data channel: stream for {} from {} ({}) refused: {}", id, peer,
                    identity.empty() ? "no identity" : identity.name, s.ToString());
-      return Answer(conn, ErrorJson(s));
+      return AnswerEarly(conn, ErrorJson(s));
     }
   }
-  StreamReceiver receiver(target_, clock_, options_.decoder);
-  if (Status s = receiver.Begin(id); !s.ok()) return Answer(conn, ErrorJson(s));
+  DecoderOptions decoder = options_.decoder;
+  // Over mutual TLS every byte is authenticated: a stream may skip file digests.
+  decoder.accept_undigested = ssl_ctx_ != nullptr;
+  StreamReceiver receiver(target_, clock_, decoder);
+  if (Status s = receiver.Begin(id); !s.ok()) return AnswerEarly(conn, ErrorJson(s));
+  // The source sends nothing more before this line: a refusal above never
+  // meets a stream in flight.
+  if (const std::string ready = json{{"ready", true}}.dump() + "\n";
+      !conn.WriteAll(ready.data(), ready.size())) {
+    (void)receiver.End(/*cut=*/true);
+    return;
+  }
   // A reader thread fills buffers from the socket while this one decodes
   // (writes and hashes) the previous ones. Only the reader touches the
   // connection until it has quit (OpenSSL: one thread per SSL at a time).
@@ -593,15 +634,15 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
     if (n == 0) break;
     bool ok = receiver.Feed(b.data(), n).ok();
     pipe.GiveBack(std::move(b));
-    if (!ok) {
-      conn.StopReads();  // wakes the reader; answer at once
-      break;
-    }
+    // Failed: the reader quits after the read in progress (the source is
+    // still sending, so it returns soon), then the answer goes out while
+    // what follows is drained (AnswerEarly).
+    if (!ok) break;
   }
   pipe.Close();
   reader.join();
   StatusOr<TransferStats> stats = receiver.End(cut);
-  if (!stats.ok()) return Answer(conn, ErrorJson(stats.status()));
+  if (!stats.ok()) return AnswerEarly(conn, ErrorJson(stats.status()));
   Answer(conn, {{"bytes", stats->bytes}, {"files", stats->files}, {"seconds", stats->seconds}});
 }
 
@@ -705,7 +746,18 @@ StatusOr<TransferStats> SendStream(const std::string& host, int port, const std:
     }
   }
   std::string hello = std::string(kMagic) + id + "\n";
-  bool sent = conn.WriteAll(hello.data(), hello.size());
+  if (!conn.WriteAll(hello.data(), hello.size())) {
+    return RetryError("data channel " + where + ": connection lost (" + conn.error() + ")");
+  }
+  // The target authorizes and opens the migration before it takes a byte of
+  // the stream: its refusal is read here, whole.
+  std::string ready;
+  if (!ReadLine(conn, ready)) {
+    const std::string why = "data channel " + where + ": connection lost (" + conn.error() + ")";
+    return conn.tls_refused() ? FailedError(why) : RetryError(why);
+  }
+  if (Status s = ParseReady(ready); !s.ok()) return s;
+  bool sent = true;
   // An encoder thread reads and hashes the next buffers while this one sends.
   Pipe pipe(kPipeBuffers, options.buffer_size);
   Status encode_error;
@@ -728,6 +780,8 @@ StatusOr<TransferStats> SendStream(const std::string& host, int port, const std:
       ::shutdown(conn.fd(), SHUT_RDWR);  // the cut: no close_notify, no more bytes
       cut = true;
       sent = false;
+    } else if (conn.Readable()) {
+      sent = false;  // the target answered early (it failed): stop and read why
     } else {
       sent = conn.WriteAll(b.data(), n);
       written += n;

@@ -3,11 +3,17 @@
 // a poll before each read, which halves the throughput of a 1 GiB stream.)
 //
 // Protocol, one connection per stream: the source connects to the target's
-// data port (announced as "dataPort" in GET /v1/peer/info), sends the line
-// "KMXDATA1 <migration id>\n", then the transfer stream, then half-closes.
-// The target answers one JSON line, {"bytes","files","seconds"} or
-// {"code","message"}, and closes. A target that fails early answers at once
-// and closes; the source then reads that answer instead of a broken pipe.
+// data port (announced as "dataPort" in GET /v1/peer/info) and sends the line
+// "KMXDATA2 <migration id>\n". The target authorizes it and opens the
+// migration's receive, then answers {"ready":true}\n, or {"code","message"}
+// and closes: a refusal never meets a stream in flight. After "ready" the
+// source sends the transfer stream, then half-closes; the target answers one
+// JSON line, {"bytes","files","seconds"} or {"code","message"}, and closes.
+// A target that fails mid-stream answers at once and drains what still
+// comes (up to 64 MiB or 2 s) before closing, and the source looks for an
+// answer before each buffer it sends, so it stops within a buffer and reads
+// the target's reason instead of a reset. (KMXDATA1, without the ready line,
+// is refused with kInvalid: both agents must run this version.)
 //
 // With TLS (DataServer::Options::tls, DataChannelOptions::tls) the same
 // protocol runs inside one mutually authenticated TLS session per stream
@@ -20,7 +26,7 @@
 // reads as "cut", never as a complete stream); the target then writes its
 // answer line and its own close_notify. TLS 1.3 defines this half-close;
 // for 1.2 both ends are kmosix, which keeps writing after a close_notify
-// received. After the "KMXDATA1 <id>" line the server asks `authorize` (the
+// received. After the "KMXDATA2 <id>" line the server asks `authorize` (the
 // peer's identity, the migration id) before any byte reaches the target; a
 // refusal is answered {"code":"permission_denied",...} and closed. A failed
 // handshake is logged with the peer's address and counted; nothing is
@@ -70,7 +76,7 @@ class DataServer {
     // Borrowed; null: plain TCP. Set: every connection must complete mutual
     // TLS with a client certificate of the credentials' CA.
     tls::ServerCredentials* tls = nullptr;
-    // Asked after the "KMXDATA1 <id>" line, before the target sees anything:
+    // Asked after the "KMXDATA2 <id>" line, before the target sees anything:
     // a non-ok Status (kPermissionDenied) is answered and the connection
     // closed. `peer` is empty on a plain channel. Null: everyone the TLS
     // handshake let in may send (standalone agents: the same CA).

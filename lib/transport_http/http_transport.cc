@@ -117,7 +117,13 @@ Status HttpTransport::Prepare(const std::string& target, const MigrationOffer& o
 StatusOr<TransferStats> HttpTransport::Send(const std::string& target, const std::string& id,
                                             const std::vector<Section>& sections) {
   KMX_RETURN_IF_ERROR(CheckId(id));
-  KMX_ASSIGN_OR_RETURN(std::unique_ptr<StreamEncoder> enc, StreamEncoder::Create(sections));
+  // Both carriers are TLS when an identity is set (an http:// peer is then
+  // refused): the TLS records authenticate the stream, so it skips the
+  // per-file SHA-256 (transfer_stream.h, kNoContentDigests).
+  EncoderOptions encoding;
+  encoding.content_digests = !options_.tls.Complete();
+  KMX_ASSIGN_OR_RETURN(std::unique_ptr<StreamEncoder> enc,
+                       StreamEncoder::Create(sections, encoding));
   const Clock::TimePoint start = clock_->Now();
   DataPeer data;
   if (options_.use_data_channel) {

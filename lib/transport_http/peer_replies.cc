@@ -154,6 +154,20 @@ StatusOr<RestoreReport> ParseRestoreReport(const json& j) {
   return RestoreReport{static_cast<uint32_t>(pid), seconds};
 }
 
+Status ParseReady(const std::string& line) {
+  json j = json::parse(line, nullptr, false);
+  if (j.is_object() && j.size() == 1 && j.contains("ready") && j["ready"].is_boolean() &&
+      j["ready"].get<bool>()) {
+    return Status::Ok();
+  }
+  if (j.is_object() && j.contains("code")) {
+    StatusOr<TransferStats> error = ParseVerdict(line);
+    if (!error.ok()) return error.status();
+  }
+  return FailedError("data channel: expected the target's ready line, got \"" + Excerpt(line) +
+                     "\"");
+}
+
 StatusOr<TransferStats> ParseVerdict(const std::string& line) {
   json j = json::parse(line, nullptr, false);
   if (!j.is_object()) return FailedError("data channel: malformed answer from the target");

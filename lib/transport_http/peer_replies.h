@@ -8,6 +8,7 @@
 //   (HTTP)            ParseStreamAnswer   {"bytes","files","seconds"} restore ParseRestoreReport
 //   {"pid","seconds"} commit / abort / query   PhaseOf             {"phase"} data channel verdict
 //   ParseVerdict        {"bytes","files","seconds"} or {"code","message"} error bodies
+//   data channel ready  ParseReady          {"ready":true} or {"code","message"}
 //   StatusFromErrorJson {"code","message"} (code: a CodeName())
 // (StatusFromHttpError, declared in http_transport.h, is defined here too.)
 //
@@ -70,6 +71,9 @@ StatusOr<RestoreReport> ParseRestoreReport(const nlohmann::json& j);
 // The data channel's answer line (without its '\n'): bytes and files
 // (seconds left 0), or the target's error as "target: <message>" (its
 // message as StatusFromErrorJson takes it; an unknown code is kFailed).
+// The data channel's first answer: ok for {"ready":true} (send the stream),
+// the target's error for {"code","message"}, kFailed for anything else.
+Status ParseReady(const std::string& line);
 StatusOr<TransferStats> ParseVerdict(const std::string& line);
 
 }  // namespace kmosix::peer_reply

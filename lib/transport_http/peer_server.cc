@@ -75,7 +75,10 @@ void HandleStream(Shared& sh, const httplib::Request& req, httplib::Response& re
     Drain(reader, sh.options.max_drain_bytes);
     return ReplyError(res, id.status());
   }
-  StreamReceiver receiver(sh.target, *sh.clock, sh.options.decoder);
+  DecoderOptions decoder = sh.options.decoder;
+  // Over TLS every byte is authenticated: a stream may skip file digests.
+  decoder.accept_undigested = req.ssl != nullptr;
+  StreamReceiver receiver(sh.target, *sh.clock, decoder);
   if (Status s = receiver.Begin(*id); !s.ok()) {
     Drain(reader, sh.options.max_drain_bytes);
     return ReplyError(res, s);

@@ -122,8 +122,8 @@ class TransferStreamTest : public ::testing::Test {
 
   // Pulls the whole stream with reads of random sizes.
   std::string EncodeAll(const std::vector<Section>& sections, uint32_t seed = 1,
-                        TransferStats* stats = nullptr) {
-    auto enc = StreamEncoder::Create(sections);
+                        TransferStats* stats = nullptr, EncoderOptions options = {}) {
+    auto enc = StreamEncoder::Create(sections, options);
     EXPECT_TRUE(enc.ok()) << enc.status().ToString();
     if (!enc.ok()) return "";
     std::mt19937 rng(seed);
@@ -309,6 +309,67 @@ TEST_F(TransferStreamTest, FlipInFileBodyIsChecksumError) {
     EXPECT_EQ(s.code(), Code::kFailed) << off;
     EXPECT_NE(s.message().find("checksum mismatch for criu/pages.img"), std::string::npos)
         << s.ToString();
+  }
+}
+
+// Over an authenticating carrier (TLS) the stream skips the per-file SHA-256:
+// the same files land, every file is 32 bytes shorter on the wire, and a
+// decoder not told the carrier authenticates refuses it before writing.
+TEST_F(TransferStreamTest, UndigestedStreamRoundTripsOnlyWhereAccepted) {
+  BuildRichTree();
+  EncoderOptions undigested;
+  undigested.content_digests = false;
+  TransferStats sent;
+  std::string stream = EncodeAll(RichSections(), 3, &sent, undigested);
+  std::string digested = EncodeAll(RichSections());
+  EXPECT_EQ(digested.size() - stream.size(), 32 * sent.files);
+
+  Status refused = DecodeAll(stream, DstLanding());
+  EXPECT_EQ(refused.code(), Code::kInvalid);
+  EXPECT_NE(refused.message().find("without file digests"), std::string::npos)
+      << refused.ToString();
+  EXPECT_TRUE(fs::is_empty(dst_)) << "a refused stream wrote something";
+
+  DecoderOptions accept;
+  accept.accept_undigested = true;
+  TransferStats got;
+  Status s = DecodeAll(stream, DstLanding(), 7, &got, accept);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(Snapshot(src_ + "/rootfs"), Snapshot(dst_ + "/rootfs"));
+  EXPECT_EQ(Snapshot(src_ + "/criu"), Snapshot(dst_ + "/criu"));
+  EXPECT_EQ(DirMtimes(src_ + "/rootfs"), DirMtimes(dst_ + "/rootfs"));
+  EXPECT_EQ(ReadFile(dst_ + "/log.txt"), "line 1\nline 2\n");
+  EXPECT_EQ(got.files, sent.files);
+  EXPECT_EQ(got.bytes, sent.bytes);
+
+  // A digested stream is still accepted by a decoder that allows both.
+  fs::remove_all(dst_);
+  fs::create_directories(dst_);
+  EXPECT_TRUE(DecodeAll(digested, DstLanding(), 7, nullptr, accept).ok());
+}
+
+// The entry records stay covered by the end record's digest without file
+// digests, and truncation is still found.
+TEST_F(TransferStreamTest, UndigestedStreamStillChecksItsRecords) {
+  BuildRichTree();
+  fs::remove(src_ + "/criu/pages-1.img");
+  fs::remove(src_ + "/rootfs/etc/deep/er/file");
+  EncoderOptions undigested;
+  undigested.content_digests = false;
+  std::string stream = EncodeAll(RichSections(), 1, nullptr, undigested);
+  DecoderOptions accept;
+  accept.accept_undigested = true;
+  const std::string path = "etc/deep/rel-link";
+  size_t at = stream.find(path);
+  ASSERT_NE(at, std::string::npos);
+  std::string bad = stream;
+  bad[at] ^= 0x01;  // a path inside an entry record
+  EXPECT_FALSE(DecodeAll(bad, DstLanding(), 5, nullptr, accept).ok());
+  for (size_t cut : {stream.size() - 1, stream.size() / 2, size_t{40}}) {
+    fs::remove_all(dst_);
+    fs::create_directories(dst_);
+    Status s = DecodeAll(stream.substr(0, cut), DstLanding(), 5, nullptr, accept);
+    EXPECT_FALSE(s.ok()) << "cut at " << cut;
   }
 }
 
@@ -791,6 +852,31 @@ TEST_F(TransferStreamTest, PipesSectionWithWholeReads) {
   EXPECT_TRUE(ReadFile(dst_ + "/criu/p") == content);
 }
 
+// Chunked files (pipes sections) without digests.
+TEST_F(TransferStreamTest, UndigestedPipesSection) {
+  std::string pipes = src_ + "/pipes";
+  fs::create_directories(pipes);
+  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
+  std::string content(3 << 20, 'q');
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    int fd = OpenWriter(pipes + "/p");
+    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    ::close(fd);
+    done = true;
+  });
+  EncoderOptions undigested;
+  undigested.content_digests = false;
+  std::string stream =
+      EncodeAll({PipesSection("criu", pipes, [&] { return done.load(); })}, 2, nullptr, undigested);
+  writer.join();
+  DecoderOptions accept;
+  accept.accept_undigested = true;
+  Status s = DecodeAll(stream, DstLanding(), 3, nullptr, accept);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(ReadFile(dst_ + "/criu/p") == content);
+}
+
 TEST_F(TransferStreamTest, SizedOnlyWithoutPipesOrBeforeRead) {
   fs::create_directories(src_ + "/c");
   auto enc = StreamEncoder::Create({{"criu", src_ + "/c", false}});
@@ -1003,7 +1089,9 @@ TEST_F(TransferStreamTest, HostileOpenTotalsStreamsAreRejected) {
        "declares totals"},
       {"open totals with bytes", Builder(0, 7, 1, kOpenTotals).End(), Code::kInvalid,
        "declares totals"},
-      {"unknown flags", Builder(0, 0, 1, 2).End(), Code::kInvalid, "flags"},
+      {"unknown flags", Builder(0, 0, 1, 4).End(), Code::kInvalid, "flags"},
+      {"no digests, not accepted", Builder(0, 0, 1, kNoContentDigests).End(), Code::kInvalid,
+       "without file digests"},
       {"chunked with a size", Open().Section("criu").Entry(2, "").Entry(6, "p", "", 3).End(),
        Code::kInvalid, "has a size"},
       {"chunk too big", huge_chunk(), Code::kInvalid, "larger than"},

@@ -151,8 +151,8 @@ class DataChannelTlsTest : public ::testing::Test {
   }
 
   StatusOr<TransferStats> Send(const std::string& id, DataChannelOptions o,
-                               const std::string& host = "127.0.0.1") {
-    auto enc = StreamEncoder::Create({{"criu", tmp_ + "/src/criu", false}});
+                               const std::string& host = "127.0.0.1", EncoderOptions e = {}) {
+    auto enc = StreamEncoder::Create({{"criu", tmp_ + "/src/criu", false}}, e);
     if (!enc.ok()) return enc.status();
     return SendStream(host, server_->port(), id, **enc, o);
   }
@@ -199,8 +199,16 @@ class DataChannelTlsTest : public ::testing::Test {
       } else {
         ::shutdown(fd, SHUT_WR);
       }
-      char c;
-      while (SSL_read(ssl, &c, 1) == 1 && c != '\n') answer.push_back(c);
+      char c;  // the line after {"ready":true}, or an early refusal's only one
+      while (SSL_read(ssl, &c, 1) == 1) {
+        if (c != '\n') {
+          answer.push_back(c);
+        } else if (answer == R"({"ready":true})") {
+          answer.clear();
+        } else {
+          break;
+        }
+      }
     }
     SSL_free(ssl);
     ::close(fd);
@@ -249,10 +257,60 @@ TEST_F(DataChannelTlsTest, StreamOverMutualTlsArrivesIntactLikeThePlainOne) {
   EXPECT_EQ(server_->handshake_failures(), 0u);
 }
 
+// A stream without file digests (what HttpTransport sends over TLS) lands
+// over mutual TLS, whose records authenticate it, and is refused on a plain
+// channel, where nothing would catch a changed byte.
+TEST_F(DataChannelTlsTest, StreamsWithoutFileDigestsOnlyOverTls) {
+  MakeSource(3 << 20);
+  EncoderOptions undigested;
+  undigested.content_digests = false;
+  Serve(/*with_tls=*/false);
+  auto plain = Send("m-plain", {}, "127.0.0.1", undigested);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_NE(plain.status().message().find("without file digests"), std::string::npos)
+      << plain.status().ToString();
+  EXPECT_FALSE(fs::exists(tmp_ + "/land/m-plain/criu/pages-1.img"));
+  server_->Stop();
+
+  Serve(/*with_tls=*/true);
+  DataChannelOptions c;
+  c.tls = ClientFiles("node1");
+  c.expected_server_name = "node2";
+  auto secured = Send("m-tls", c, "127.0.0.1", undigested);
+  ASSERT_TRUE(secured.ok()) << secured.status().ToString();
+  EXPECT_EQ(LandedPages("m-tls"), SourcePages());
+}
+
+// A target that fails while the source is still sending (here: the stream
+// declares more than it takes) answers at once and drains; the source stops
+// and reports the target's reason, not a reset connection. Plain and TLS.
+TEST_F(DataChannelTlsTest, TargetFailingMidStreamIsHeardNotReset) {
+  MakeSource(24 << 20);  // more than the sockets hold
+  for (bool with_tls : {false, true}) {
+    SCOPED_TRACE(with_tls ? "tls" : "plain");
+    DataServer::Options o;
+    o.decoder.max_bytes = 1 << 20;
+    Serve(with_tls, o);
+    DataChannelOptions c;
+    if (with_tls) {
+      c.tls = ClientFiles("node1");
+      c.expected_server_name = "node2";
+    }
+    for (int i = 0; i < 3; ++i) {
+      auto sent = Send("m-big-" + std::to_string(i) + (with_tls ? "t" : "p"), c);
+      ASSERT_FALSE(sent.ok());
+      EXPECT_EQ(sent.status().code(), Code::kInvalid) << sent.status().ToString();
+      EXPECT_NE(sent.status().message().find("limit"), std::string::npos)
+          << sent.status().ToString();
+    }
+    server_->Stop();
+  }
+}
+
 TEST_F(DataChannelTlsTest, ClientsWithoutACertificateOfTheCaAreRefusedBeforeTheTarget) {
   MakeSource(1 << 20);
   Serve(/*with_tls=*/true);
-  const std::string stream = "KMXDATA1 m-1\n" + EncodedStream();
+  const std::string stream = "KMXDATA2 m-1\n" + EncodedStream();
 
   // No client certificate at all (a client that trusts the server's CA).
   tls::CtxPtr anonymous(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
@@ -365,7 +423,7 @@ TEST_F(DataChannelTlsTest, Tls12HalfCloseCarriesTheStreamAndTheAnswer) {
   auto ctx = tls::MakeClientContext(ClientFiles("node1"));
   ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
   SSL_CTX_set_max_proto_version(ctx->get(), TLS1_2_VERSION);
-  auto answer = nlohmann::json::parse(RawTlsSend(ctx->get(), "KMXDATA1 m-12\n" + EncodedStream()),
+  auto answer = nlohmann::json::parse(RawTlsSend(ctx->get(), "KMXDATA2 m-12\n" + EncodedStream()),
                                       nullptr, false);
   ASSERT_TRUE(answer.is_object());
   EXPECT_TRUE(answer.contains("bytes")) << answer.dump();
@@ -374,7 +432,7 @@ TEST_F(DataChannelTlsTest, Tls12HalfCloseCarriesTheStreamAndTheAnswer) {
   // Without close_notify (a TCP FIN only: a truncation attack, or a cut) the
   // target aborts, even though every byte of the stream came. (It cannot
   // answer: the session ended in a TLS error.)
-  RawTlsSend(ctx->get(), "KMXDATA1 m-cut\n" + EncodedStream(), /*close_notify=*/false);
+  RawTlsSend(ctx->get(), "KMXDATA2 m-cut\n" + EncodedStream(), /*close_notify=*/false);
   ASSERT_TRUE(WaitUntil([&] { return target_->ends().size() == 2; }));
   auto ends = target_->ends();
   ASSERT_EQ(ends.size(), 2u);

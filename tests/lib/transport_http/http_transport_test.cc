@@ -554,9 +554,19 @@ std::string SendRaw(int port, const std::string& bytes) {
   }
   (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   ::shutdown(fd, SHUT_WR);
+  // The answer after the ready line (the server sends it once it accepted
+  // the stream's id), or the only line of an early refusal.
   std::string answer;
   char c;
-  while (::recv(fd, &c, 1, 0) == 1 && c != '\n') answer.push_back(c);
+  while (::recv(fd, &c, 1, 0) == 1) {
+    if (c != '\n') {
+      answer.push_back(c);
+    } else if (answer == R"({"ready":true})") {
+      answer.clear();
+    } else {
+      break;
+    }
+  }
   ::close(fd);
   return answer;
 }
@@ -574,8 +584,13 @@ TEST_P(DataChannelTest, BadPreambleAndUnknownIdAreRefused) {
   auto bad = nlohmann::json::parse(SendRaw(data_->port(), "HELLO\n"), nullptr, false);
   ASSERT_TRUE(bad.is_object());
   EXPECT_EQ(bad["code"], "invalid_argument");
+  // A source of the version before the ready line is told, not hung.
+  auto old = nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA1 m-1\nxxxx"), nullptr, false);
+  ASSERT_TRUE(old.is_object());
+  EXPECT_EQ(old["code"], "invalid_argument");
+  EXPECT_NE(old["message"].get<std::string>().find("KMXDATA2"), std::string::npos) << old.dump();
   auto unknown =
-      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA1 m-404\nxxxx"), nullptr, false);
+      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA2 m-404\nxxxx"), nullptr, false);
   ASSERT_TRUE(unknown.is_object());
   EXPECT_EQ(unknown["code"], "not_found");
   EXPECT_TRUE(target_->end_results.empty());
@@ -588,7 +603,7 @@ TEST_P(DataChannelTest, CorruptedAndCutStreamsAbortTheReceive) {
   std::string corrupt = stream;
   corrupt[corrupt.size() / 2] ^= 0x5a;
   auto answer =
-      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA1 m-1\n" + corrupt), nullptr, false);
+      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA2 m-1\n" + corrupt), nullptr, false);
   ASSERT_TRUE(answer.is_object());
   EXPECT_EQ(answer["code"], "failed") << answer.dump();
   ASSERT_TRUE(target_->WaitEnd(1));
@@ -598,7 +613,7 @@ TEST_P(DataChannelTest, CorruptedAndCutStreamsAbortTheReceive) {
   fs::create_directories(land_);
   ASSERT_TRUE(transport_.Prepare(url, Offer("m-2")).ok());
   answer = nlohmann::json::parse(
-      SendRaw(data_->port(), "KMXDATA1 m-2\n" + stream.substr(0, stream.size() / 2)), nullptr,
+      SendRaw(data_->port(), "KMXDATA2 m-2\n" + stream.substr(0, stream.size() / 2)), nullptr,
       false);
   ASSERT_TRUE(answer.is_object());
   EXPECT_NE(answer["message"].get<std::string>().find("truncated"), std::string::npos)
