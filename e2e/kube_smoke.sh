@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Smoke test of scripts/kube (issue 12): a real Kubernetes on this machine works
+# the way the kmosix chart will need it.
+#   - every node Ready
+#   - one pod pinned to each node (nodeSelector, so the scheduler places it) runs,
+#     gets an address of its node's pod subnet, and pods reach each other across
+#     nodes, the host reaches a pod, and a pod reaches another through a Service's
+#     ClusterIP (kube-proxy)
+#   - a pod reaches the API server in-cluster (https://10.96.0.1 with its
+#     ServiceAccount token: SelfSubjectReview names system:serviceaccount:<ns>:default)
+#   - a Deployment of 2 replicas becomes Available (scheduler + controller-manager)
+#   - a DaemonSet pod with hostNetwork + hostPID + privileged, mounting the node's
+#     /run/containerd, /var/lib/kubelet, /run/kmosix and /var/lib/kmosix, runs on every
+#     node and sees ITS node's containerd socket (same inode as the host-side file of
+#     that node), its node's address, and the node's containerd process (hostPID);
+#     `kubectl logs` and `kubectl exec` work (API server -> kubelet)
+#
+# Usage (as root): e2e/kube_smoke.sh [--keep]
+#   Uses the cluster of `scripts/kube up` when one is up (and leaves it up);
+#   otherwise brings one up with 2 nodes and takes it down at the end
+#   (--keep: leave it up). Exit 0 when everything held; non-zero with a
+#   "kube_smoke: FAIL: ..." line naming what did not.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+kube=$repo/scripts/kube
+keep=0
+[ "${1:-}" = --keep ] && keep=1
+NS=kube-smoke
+IMAGE=kmosix.local/kube-busybox:1
+T0=$SECONDS
+passed=0
+
+say() { printf 'kube_smoke: %s\n' "$*" >&2; }
+fail() {
+  say "FAIL: $*"
+  if [ -n "${KUBECONFIG:-}" ]; then
+    kubectl get pods -A -o wide >&2 2>&1 || true
+    kubectl get events -n "$NS" --sort-by=.lastTimestamp 2>/dev/null | tail -n 20 >&2 || true
+  fi
+  say "$passed passed, 1 failed"
+  exit 1
+}
+ok() { passed=$((passed + 1)); say "ok: $*"; }
+
+[ "$(id -u)" = 0 ] || { say "FAIL: must run as root"; exit 1; }
+we_started=0
+if ! "$kube" status >/dev/null 2>&1; then
+  if [ -f "${KMX_KUBE_STATE:-/run/kmosix-kube}/kube.env" ]; then
+    fail "scripts/kube is up but unhealthy: $("$kube" status 2>&1 | tail -n 5)"
+  fi
+  say "bringing up a 2-node cluster (scripts/kube up --nodes 2)"
+  t=$SECONDS
+  "$kube" up --nodes 2 || { "$kube" down >/dev/null 2>&1; fail "scripts/kube up --nodes 2 failed"; }
+  say "up took $((SECONDS - t)) s"
+  we_started=1
+fi
+cleanup() {
+  if [ -n "${KUBECONFIG:-}" ]; then
+    kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  fi
+  if [ $we_started = 1 ] && [ $keep = 0 ]; then "$kube" down >/dev/null 2>&1 || say "warning: scripts/kube down failed"; fi
+}
+trap cleanup EXIT
+eval "$("$kube" env)" || fail "scripts/kube env failed"
+command -v kubectl >/dev/null || fail "kubectl not on PATH after scripts/kube env"
+[ "$(command -v kubectl)" = "$KMX_KUBE_BIN_DIR/kubectl" ] || fail "kubectl on PATH is $(command -v kubectl), not the kube-tools one"
+command -v helm >/dev/null || fail "helm not on PATH after scripts/kube env"
+ok "env: kubectl and helm ($(helm version --template '{{.Version}}')) from $KMX_KUBE_BIN_DIR"
+[ "$KMX_KUBE_NODES" -ge 2 ] || fail "needs at least 2 nodes, the cluster has $KMX_KUBE_NODES"
+
+# --- nodes Ready -------------------------------------------------------------
+kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null || fail "not every node is Ready"
+ok "nodes Ready: $(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}={.status.nodeInfo.kubeletVersion} {end}')"
+
+# --- the test image ----------------------------------------------------------
+work=$(mktemp -d)
+trap 'cleanup; rm -rf "$work"' EXIT
+mkdir -p "$work/rootfs/bin" "$work/rootfs/tmp" "$work/rootfs/www"
+cp "$(command -v busybox)" "$work/rootfs/bin/busybox" || fail "no busybox (apt-get install busybox-static)"
+for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$work/rootfs/bin/$a"; done
+"$repo/scripts/build-image" --rootfs "$work/rootfs" --name "$IMAGE" --out "$work/busybox.tar" \
+  --cmd '["/bin/sh"]' >/dev/null || fail "scripts/build-image failed"
+"$kube" import "$work/busybox.tar" 2>&1 | sed 's/^/  /' >&2
+[ "${PIPESTATUS[0]}" = 0 ] || fail "scripts/kube import failed"
+ok "image $IMAGE imported on every node"
+
+kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1
+kubectl create namespace "$NS" >/dev/null || fail "cannot create namespace $NS"
+for ((i = 0; i < 300; i++)); do
+  kubectl -n "$NS" get serviceaccount default >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# --- a pod pinned to each node -------------------------------------------------
+pod_yaml() { # name node
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: $NS, labels: {app: pinned, node: $2}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $2}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: $IMAGE
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo $2 > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080}]
+EOF
+}
+for ((i = 1; i <= 2; i++)); do
+  n=KMX_KUBE_NODE${i}_NAME
+  pod_yaml "pinned$i" "${!n}" | kubectl apply -f - >/dev/null || fail "cannot create pod pinned$i"
+done
+kubectl -n "$NS" wait --for=condition=Ready pod/pinned1 pod/pinned2 --timeout=90s >/dev/null ||
+  fail "the pinned pods did not become Ready"
+for ((i = 1; i <= 2; i++)); do
+  n=KMX_KUBE_NODE${i}_NAME; p=KMX_KUBE_NODE${i}_PODS
+  on=$(kubectl -n "$NS" get pod "pinned$i" -o jsonpath='{.spec.nodeName}')
+  ip=$(kubectl -n "$NS" get pod "pinned$i" -o jsonpath='{.status.podIP}')
+  [ "$on" = "${!n}" ] || fail "pinned$i runs on '$on', not ${!n}"
+  [ "${ip%.*}" = "${!p%.*}" ] || fail "pinned$i has address $ip, not in ${!n}'s pod subnet ${!p}"
+  eval "IP$i=$ip"
+done
+ok "pinned1 on $KMX_KUBE_NODE1_NAME ($IP1), pinned2 on $KMX_KUBE_NODE2_NAME ($IP2)"
+
+# busybox-static's wget segfaults (static glibc): plain HTTP/1.0 over nc instead
+pod_get() { # pod ip port -> the response body's last line
+  kubectl -n "$NS" exec "$1" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $2 $3 | tail -n 1"
+}
+got=$(pod_get pinned1 "$IP2" 8080 2>&1) || fail "pod on node 1 cannot reach the pod on node 2 ($IP2:8080): $got"
+[ "$got" = "$KMX_KUBE_NODE2_NAME" ] || fail "pinned1 -> pinned2 answered '$got'"
+got=$(pod_get pinned2 "$IP1" 8080 2>&1) || fail "pod on node 2 cannot reach the pod on node 1 ($IP1:8080): $got"
+[ "$got" = "$KMX_KUBE_NODE1_NAME" ] || fail "pinned2 -> pinned1 answered '$got'"
+got=$(curl -sS -m 5 "http://$IP1:8080/" 2>&1) || fail "the host cannot reach pinned1 ($IP1:8080): $got"
+[ "$got" = "$KMX_KUBE_NODE1_NAME" ] || fail "host -> pinned1 answered '$got'"
+ok "pod-to-pod across nodes (both ways) and host-to-pod; kubectl exec works"
+
+# a Service in front of pinned2, reached by ClusterIP from node 1 (kube-proxy)
+kubectl apply -f - >/dev/null <<EOF || fail "cannot create the Service"
+apiVersion: v1
+kind: Service
+metadata: {name: web2, namespace: $NS}
+spec:
+  selector: {app: pinned, node: $KMX_KUBE_NODE2_NAME}
+  ports: [{port: 80, targetPort: 8080}]
+EOF
+cip=$(kubectl -n "$NS" get service web2 -o jsonpath='{.spec.clusterIP}')
+got=""
+for ((i = 0; i < 30; i++)); do
+  got=$(pod_get pinned1 "$cip" 80 2>&1) && [ "$got" = "$KMX_KUBE_NODE2_NAME" ] && break
+  sleep 1
+done
+[ "$got" = "$KMX_KUBE_NODE2_NAME" ] || fail "Service web2 ($cip:80) not reachable from pinned1: '$got'"
+ok "Service ClusterIP $cip reaches pinned2 from node 1 (kube-proxy)"
+
+# in-cluster API access: the pod reaches the API server through the kubernetes
+# Service (KUBERNETES_SERVICE_HOST, kube-proxy) -- Go's TLS server answers a plain
+# HTTP request with "Client sent an HTTP request to an HTTPS server" -- and the
+# token the kubelet mounted in it authenticates it as its ServiceAccount.
+svc=$(kubectl -n "$NS" exec pinned1 -- sh -c 'echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT' 2>&1)
+got=$(kubectl -n "$NS" exec pinned1 -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 ${svc%:*} ${svc#*:}" 2>&1)
+grep -q "HTTPS server" <<<"$got" || fail "pinned1 cannot reach the API server at $svc (kubernetes Service): '$got'"
+token=$(kubectl -n "$NS" exec pinned1 -- cat /var/run/secrets/kubernetes.io/serviceaccount/token 2>&1) ||
+  fail "pinned1 has no ServiceAccount token: $token"
+who=$(curl -sS -m 10 --cacert "$KMX_KUBE_CA" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}' \
+  "$KMX_KUBE_APISERVER/apis/authentication.k8s.io/v1/selfsubjectreviews" 2>&1)
+grep -q "system:serviceaccount:$NS:default" <<<"$who" || fail "SelfSubjectReview with pinned1's token answered: $who"
+ok "in-cluster API: pinned1 reaches https://$svc (kubernetes Service); its mounted token is system:serviceaccount:$NS:default"
+
+# --- a Deployment of 2 replicas ----------------------------------------------
+kubectl apply -f - >/dev/null <<EOF || fail "cannot create the Deployment"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleepers, namespace: $NS}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: sleepers}}
+  template:
+    metadata: {labels: {app: sleepers}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: sleep
+        image: $IMAGE
+        imagePullPolicy: IfNotPresent
+        command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+EOF
+kubectl -n "$NS" rollout status deployment/sleepers --timeout=90s >/dev/null ||
+  fail "Deployment sleepers did not become available"
+avail=$(kubectl -n "$NS" get deployment sleepers -o jsonpath='{.status.availableReplicas}')
+[ "$avail" = 2 ] || fail "Deployment sleepers has $avail available replicas, not 2"
+ok "Deployment sleepers: 2/2 available on $(kubectl -n "$NS" get pods -l app=sleepers -o jsonpath='{range .items[*]}{.spec.nodeName} {end}')"
+
+# --- a node-agent-like DaemonSet ----------------------------------------------
+kubectl apply -f - >/dev/null <<EOF || fail "cannot create the DaemonSet"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agentlike, namespace: $NS}
+spec:
+  selector: {matchLabels: {app: agentlike}}
+  template:
+    metadata: {labels: {app: agentlike}}
+    spec:
+      hostNetwork: true
+      hostPID: true
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: probe
+        image: $IMAGE
+        imagePullPolicy: Never
+        securityContext: {privileged: true}
+        env:
+        - name: NODE_NAME
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        command:
+        - /bin/sh
+        - -c
+        - |
+          s=/run/containerd/containerd.sock
+          [ -S \$s ] && echo "socket-inode \$(stat -c %i \$s)" || echo "socket-missing"
+          for d in /var/lib/kubelet/pods /var/lib/containerd /run/kmosix /var/lib/kmosix; do
+            [ -d \$d ] && echo "dir \$d" || echo "missing \$d"
+          done
+          echo "node \$NODE_NAME"
+          echo "containerd-pids \$(pidof containerd | tr ' ' ,)"
+          trap 'exit 0' TERM; while :; do sleep 1; done
+        volumeMounts:
+        - {name: run-containerd, mountPath: /run/containerd}
+        - {name: var-lib-containerd, mountPath: /var/lib/containerd}
+        - {name: var-lib-kubelet, mountPath: /var/lib/kubelet}
+        - {name: run-kmosix, mountPath: /run/kmosix}
+        - {name: var-lib-kmosix, mountPath: /var/lib/kmosix}
+      volumes:
+      - {name: run-containerd, hostPath: {path: /run/containerd, type: Directory}}
+      - {name: var-lib-containerd, hostPath: {path: /var/lib/containerd, type: Directory}}
+      - {name: var-lib-kubelet, hostPath: {path: /var/lib/kubelet, type: Directory}}
+      - {name: run-kmosix, hostPath: {path: /run/kmosix, type: DirectoryOrCreate}}
+      - {name: var-lib-kmosix, hostPath: {path: /var/lib/kmosix, type: DirectoryOrCreate}}
+EOF
+for ((i = 0; i < 900; i++)); do
+  ready=$(kubectl -n "$NS" get daemonset agentlike -o jsonpath='{.status.numberReady}/{.status.desiredNumberScheduled}' 2>/dev/null)
+  [ "$ready" = "$KMX_KUBE_NODES/$KMX_KUBE_NODES" ] && break
+  sleep 0.1
+done
+[ "$ready" = "$KMX_KUBE_NODES/$KMX_KUBE_NODES" ] || fail "DaemonSet agentlike: $ready pods ready"
+state=${KMX_KUBE_STATE:-/run/kmosix-kube}
+for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].metadata.name}'); do
+  node=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.spec.nodeName}')
+  podip=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.status.podIP}')
+  idx=${node##*[!0-9]}
+  sock=KMX_KUBE_NODE${idx}_SOCK; addr=KMX_KUBE_NODE${idx}_ADDR
+  out=""
+  for ((i = 0; i < 50; i++)); do
+    out=$(kubectl -n "$NS" logs "$pod" 2>&1) && grep -q '^containerd-pids' <<<"$out" && break
+    sleep 0.2
+  done
+  grep -q '^containerd-pids' <<<"$out" || fail "kubectl logs $pod: $out"
+  want=$(stat -c %i "${!sock}") || fail "no host-side socket ${!sock} for $node"
+  grep -qx "socket-inode $want" <<<"$out" ||
+    fail "$pod on $node does not see its node's containerd socket (host ${!sock} inode $want): $out"
+  grep -q '^missing' <<<"$out" && fail "$pod on $node misses node paths: $(grep '^missing' <<<"$out")"
+  [ "$podip" = "${!addr}" ] || fail "$pod (hostNetwork) has address $podip, not $node's ${!addr}"
+  grep -qx "node $node" <<<"$out" || fail "$pod: downward-API node name wrong: $out"
+  cpid=$(read -r p _ <"$state/node$idx-containerd.pid" && echo "$p")
+  grep -q "^containerd-pids.*\b$cpid\b" <<<"$out" || fail "$pod (hostPID) does not see $node's containerd pid $cpid: $out"
+  ok "$pod on $node: hostNetwork $podip, hostPID sees containerd $cpid, /run/containerd/containerd.sock is $node's (inode $want)"
+done
+
+say "$passed passed, 0 failed ($((SECONDS - T0)) s)"
