@@ -6,7 +6,7 @@
 #                          (CRDs kept or absent, etcd members, external etcd,
 #                          certificate sources, ServiceMonitor, the agent's pod)
 #   chart_test.sh schema   bad values are refused by values.schema.json with a
-#                          message naming the value
+#                          message naming the value; README.md names every value
 #   chart_test.sh drift    scripts/render-deploy --check: files/crds/ is crd/ and
 #                          deploy/kmosix/ is the chart's rendering
 # Needs helm: $HELM, else `scripts/kube-tools --print`/helm, else PATH. Without
@@ -176,6 +176,11 @@ cmd_schema() {
   refused "controller.balancer.stability 0.5" "stability" --set controller.balancer.stability=0.5
   refused "an unknown key in tolerations" "tolerations" --set 'agent.tolerations[0].keyy=x'
   refused "existingSecret source without the Secrets" "existingSecret" --set certificates.source=existingSecret
+  if out=$(python3 "$root/tests/charts/readme_keys.py" "$chart/values.schema.json" "$chart/README.md" 2>&1); then
+    ok "$out"
+  else
+    fail "charts/kmosix/README.md does not describe every value" "$out"
+  fi
 }
 
 cmd_drift() {
