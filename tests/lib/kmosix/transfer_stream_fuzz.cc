@@ -7,7 +7,9 @@
 //  - with clang and -DKMX_FUZZ=ON: a libFuzzer binary (transfer_stream_fuzz);
 //  - always: a regression runner (transfer_stream_fuzz_regress, ctest label
 //    "fuzz") with the main() below, which runs every file of the given
-//    corpus directories and, with --generate DIR, writes the seed corpus.
+//    corpus directories; with --generate DIR it writes the synthetic seeds,
+//    with --from-dump it encodes a real CRIU dump into seeds
+//    (make_transfer_stream_seeds.sh, next to this file, makes the dump).
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -24,6 +26,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "kmosix/transfer_stream.h"
@@ -56,6 +59,10 @@ void DecodeOne(const uint8_t* data, size_t size) {
   options.max_bytes = 16 << 20;
   options.max_files = 1000;
   options.max_entries = 10000;
+  // Streams without file digests are what a TLS carrier sends; accept them
+  // for most inputs (so that their bodies and metadata are reached) and
+  // refuse them for the rest.
+  options.accept_undigested = size % 8 != 0;
   kmosix::StreamDecoder decoder(landing, options);
   // Feed in chunks whose size depends on the input, to exercise resumption.
   size_t chunk = 1 + size % 61;
@@ -88,8 +95,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
 namespace {
 
-std::string Encode(const std::vector<kmosix::Section>& sections) {
-  auto enc = kmosix::StreamEncoder::Create(sections);
+std::string Encode(const std::vector<kmosix::Section>& sections,
+                   kmosix::EncoderOptions options = {}) {
+  auto enc = kmosix::StreamEncoder::Create(sections, options);
   if (!enc.ok()) {
     std::fprintf(stderr, "encode: %s\n", enc.status().ToString().c_str());
     std::exit(1);
@@ -98,7 +106,11 @@ std::string Encode(const std::vector<kmosix::Section>& sections) {
   char buf[65536];
   for (;;) {
     auto n = (*enc)->Read(buf, sizeof(buf));
-    if (!n.ok() || *n == 0) break;
+    if (!n.ok()) {
+      std::fprintf(stderr, "encode: %s\n", n.status().ToString().c_str());
+      std::exit(1);
+    }
+    if (*n == 0) break;
     out.append(buf, *n);
   }
   return out;
@@ -206,10 +218,109 @@ int Generate(const std::string& out) {
   return 0;
 }
 
+// Seeds from a real dump: IMAGES is a CRIU images directory, ROOTFS a real
+// overlayfs upperdir (whiteouts, opaque directories), LOG a file. Every image
+// is cut to its first kSeedFileMax bytes (the decoder's logic is in headers
+// and records, not page bytes; this keeps seeds within the fuzzer's
+// -max_len) and *.log files (CRIU's own) are left out. Writes, digested and
+// undigested (as over TLS):
+//   dump-sized*: declared totals, sections criu, rootfs, log (a migration
+//                that dumps before it sends);
+//   dump-open*:  open totals, the page images through FIFOs as chunked files
+//                of "criu-pages", then the other images as "criu", rootfs,
+//                log (a migration that streams the dump).
+constexpr size_t kSeedFileMax = 4096;  // at most PIPE_BUF: one chunk per pipe
+
+int FromDump(const std::string& images, const std::string& rootfs, const std::string& log,
+             const std::string& out) {
+  fs::create_directories(out);
+  std::string stage = Base() + "/dump-stage";
+  fs::create_directories(stage + "/criu");
+  fs::create_directories(stage + "/criu-rest");
+  fs::create_directories(stage + "/pipes");
+  std::vector<std::pair<std::string, std::string>> pages;  // name, bytes
+  std::vector<fs::path> names;
+  for (const auto& e : fs::directory_iterator(images)) {
+    if (e.is_regular_file() && e.path().extension() != ".log") names.push_back(e.path());
+  }
+  std::sort(names.begin(), names.end());
+  for (const fs::path& f : names) {
+    std::ifstream in(f, std::ios::binary);
+    std::string bytes(kSeedFileMax, '\0');
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    bytes.resize(static_cast<size_t>(in.gcount()));
+    std::string name = f.filename();
+    std::ofstream(stage + "/criu/" + name, std::ios::binary) << bytes;
+    if (name.rfind("pages-", 0) == 0) {
+      pages.emplace_back(name, bytes);
+    } else {
+      std::ofstream(stage + "/criu-rest/" + name, std::ios::binary) << bytes;
+    }
+  }
+  if (pages.empty()) {
+    std::fprintf(stderr, "%s holds no pages-*.img: not a CRIU dump\n", images.c_str());
+    return 1;
+  }
+  std::vector<kmosix::Section> sized = {
+      {"criu", stage + "/criu", false}, {"rootfs", rootfs, false}, {"log", log, true}};
+  kmosix::EncoderOptions undigested;
+  undigested.content_digests = false;
+  std::vector<std::pair<std::string, std::string>> seeds = {
+      {"dump-sized", Encode(sized)}, {"dump-sized-undigested", Encode(sized, undigested)}};
+
+  for (bool digests : {true, false}) {
+    // As StopAndCopyEngine streams a dump: one FIFO per page image, opened
+    // by the writer in turn (a last one never opened), the other images
+    // once it is done.
+    std::string pipes = stage + "/pipes";
+    fs::remove_all(pipes);
+    fs::create_directories(pipes);
+    for (size_t i = 0; i <= pages.size(); ++i) {
+      std::string name = i < pages.size() ? pages[i].first : "pages-unused.img";
+      if (::mkfifo((pipes + "/" + name).c_str(), 0600) != 0) std::abort();
+    }
+    std::atomic<bool> done{false};
+    std::thread writer([&] {
+      for (const auto& [name, bytes] : pages) {
+        int fd = ::open((pipes + "/" + name).c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd < 0) std::abort();
+        if (::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) {
+          std::abort();
+        }
+        ::close(fd);
+      }
+      done = true;
+    });
+    kmosix::Section pipes_section{"criu-pages", pipes, false};
+    pipes_section.pipes = true;
+    pipes_section.producer_done = [&] { return done.load(); };
+    kmosix::Section rest{"criu", stage + "/criu-rest", false};
+    rest.before_read = [&] {
+      writer.join();
+      return kmosix::Status::Ok();
+    };
+    kmosix::EncoderOptions options;
+    options.content_digests = digests;
+    seeds.emplace_back(
+        digests ? "dump-open" : "dump-open-undigested",
+        Encode({pipes_section, rest, {"rootfs", rootfs, false}, {"log", log, true}}, options));
+  }
+  for (const auto& [name, bytes] : seeds) {
+    Put(out, name, bytes);
+    std::printf("%s: %zu bytes%s\n", name.c_str(), bytes.size(),
+                bytes.size() % 8 == 0 ? " (size % 8 == 0: decoded as refusing undigested)" : "");
+  }
+  fs::remove_all(stage);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--generate") return Generate(argv[2]);
+  if (argc == 6 && std::string(argv[1]) == "--from-dump") {
+    return FromDump(argv[2], argv[3], argv[4], argv[5]);
+  }
   size_t runs = 0;
   for (int i = 1; i < argc; ++i) {
     std::vector<fs::path> files;
