@@ -45,6 +45,12 @@ render() {
   local name=$1; shift
   "$helm" template kmosix "$chart" --namespace kmosix "$@" >"$tmp/$name.yaml" 2>"$tmp/$name.err"
 }
+# section NAME TEMPLATE: the objects of templates/TEMPLATE in $tmp/NAME.yaml,
+# into $tmp/NAME.TEMPLATE; prints that path.
+section() {
+  awk -v src="# Source: kmosix/templates/$2" '/^# Source: /{on = ($0 == src)} on' "$tmp/$1.yaml" >"$tmp/$1.$2"
+  echo "$tmp/$1.$2"
+}
 # count FILE REGEX: lines of FILE matching REGEX.
 count() { grep -cE -- "$2" "$1" || true; }
 # expect_count WHAT FILE REGEX N
@@ -90,8 +96,14 @@ cmd_render() {
   expect_count "default: controller from the in-cluster service account" "$f" '^            - --kube-in-cluster$' 1
   expect_count "default: tokens Secret generated" "$f" '^  tokens.csv: ' 1
   expect_count "default: controller image tag = appVersion" "$f" "image: kmosix.local/kmosix-controller:$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")$" 1
-  expect_count "default: controller read-only root filesystem" "$f" 'readOnlyRootFilesystem: true' 2
-  expect_count "default: two ServiceAccounts for the components" "$f" '^  name: kmosix-(controller|agent)$' 4
+  expect_count "default: controller read-only root filesystem, non-root" "$(section default controller.yaml)" \
+    'readOnlyRootFilesystem: true|runAsNonRoot: true' 3
+  expect_count "default: a ServiceAccount for each component" "$(section default serviceaccounts.yaml)" \
+    '^  name: kmosix-(controller|agent)$' 2
+  expect_count "default: the controllers' ClusterRole reads nodes, writes status" "$(section default rbac.yaml)" \
+    '^      - (migratableworkloads/status|migratableworkloads/finalizers)$|^    resources: \[nodes\]$' 3
+  expect_count "default: the controllers' ClusterRole has no Secrets, no wildcard" "$(section default rbac.yaml)" \
+    'secrets|"\*"|\[\*\]' 0
   # agent
   expect_count "default: an agent DaemonSet" "$f" '^kind: DaemonSet$' 1
   expect_count "default: agent privileged" "$f" 'privileged: true' 1
@@ -99,7 +111,9 @@ cmd_render() {
   expect_count "default: agent node name from spec.nodeName" "$f" 'fieldPath: spec.nodeName' 1
   expect_count "default: agent --node from it" "$f" '- --node=\$\(NODE_NAME\)$' 1
   expect_count "default: agent certificate named after the node" "$f" '--tls-cert=/etc/kmosix/nodes/\$\(NODE_NAME\)\.crt' 1
-  expect_count "default: agent rolls one node at a time" "$f" '^      maxUnavailable: 1$' 1
+  expect_count "default: agent rolls one node at a time" "$(section default agent.yaml)" '^      maxUnavailable: 1$' 1
+  expect_count "default: no pod mounts the CA key's Secret" "$f" '^ *(secretName|name): kmosix-ca-key$' 0
+  expect_count "default: only the pki Jobs know the CA key's Secret" "$f" 'value: kmosix-ca-key\}$' 4
   expect_count "default: agent mounts the node's containerd" "$f" 'path: /run/containerd$' 1
   expect_count "default: agent has no Kubernetes API token" "$f" 'automountServiceAccountToken: false' 3
   # etcd
@@ -112,18 +126,21 @@ cmd_render() {
   expect_count "etcd-external: no StatefulSet" "$tmp/etcd-external.yaml" '^kind: StatefulSet$' 0
   expect_count "etcd-external: the given endpoints" "$tmp/etcd-external.yaml" '--etcd=https://etcd-a.example:2379,https://etcd-b.example:2379$' 2
   expect_count "etcd-external: no etcd-auth Job" "$tmp/etcd-external.yaml" 'name: kmosix-etcd-auth$' 0
-  expect_count "default: etcd-auth Job after install and upgrade" "$f" 'helm.sh/hook: post-install,post-upgrade' 5
+  # a hook Job with its ServiceAccount, ClusterRole and binding (+ Role and binding for Secrets)
+  expect_count "default: etcd-auth Job after install and upgrade" "$f" 'helm.sh/hook: post-install,post-upgrade' 4
   # certificates
-  expect_count "default: the certificates Job before install and upgrade" "$f" 'helm.sh/hook: pre-install,pre-upgrade' 5
-  expect_count "default: the generated Secrets are removed at uninstall" "$f" 'helm.sh/hook: pre-delete' 5
+  expect_count "default: the certificates Job before install and upgrade" "$f" 'helm.sh/hook: pre-install,pre-upgrade' 6
+  expect_count "default: the generated Secrets are removed at uninstall" "$f" 'helm.sh/hook: pre-delete' 6
   expect_count "default: the refresh CronJob" "$f" '^kind: CronJob$' 1
   expect_count "certmanager: no certificates Job" "$tmp/certmanager.yaml" 'helm.sh/hook: pre-install' 0
-  expect_count "certmanager: Certificates with organizations" "$tmp/certmanager.yaml" '^kind: Certificate$' 7
+  # the CA, the controllers, etcd, etcd's root, node1 and node2
+  expect_count "certmanager: Certificates with organizations" "$tmp/certmanager.yaml" '^kind: Certificate$' 6
   expect_count "certmanager: node certificates for the listed nodes" "$tmp/certmanager.yaml" '^  commonName: node[12]$' 2
   expect_count "certmanager: the controllers' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:controllers"\]' 1
   expect_count "certmanager: the nodes' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:nodes"\]' 2
   expect_count "certmanager: self-signed root and CA Issuer" "$tmp/certmanager.yaml" '^kind: Issuer$' 2
-  expect_count "certmanager-issuer: the given ClusterIssuer" "$tmp/certmanager-issuer.yaml" '^    kind: ClusterIssuer$' 6
+  # the controllers, etcd, node1 and node2 (etcd auth off: no root)
+  expect_count "certmanager-issuer: the given ClusterIssuer" "$tmp/certmanager-issuer.yaml" '^    kind: ClusterIssuer$' 4
   expect_count "certmanager-issuer: no Issuer of its own" "$tmp/certmanager-issuer.yaml" '^kind: Issuer$' 0
   expect_count "existing: no certificates Job" "$tmp/existing.yaml" 'helm.sh/hook: pre-install' 0
   expect_count "existing: the given controller Secret" "$tmp/existing.yaml" 'name: my-controller-tls$' 1
@@ -173,7 +190,9 @@ cmd_schema() {
   refused "etcd.external.endpoints http://" "endpoints" --set etcd.mode=external \
     --set 'etcd.external.endpoints={http://etcd:2379}' --set etcd.external.caSecret=ca
   refused "agent.stateDir relative" "stateDir" --set agent.stateDir=var/lib/kmosix
-  refused "controller.balancer.stability 0.5" "stability" --set controller.balancer.stability=0.5
+  refused "controller.balancer.stability 0.5 (--set-json)" "stability" --set-json controller.balancer.stability=0.5
+  refused "controller.balancer.stability 0.5 (--set: a string)" "stability" --set controller.balancer.stability=0.5
+  refused "controller.balancer.stability 11" "stability" --set controller.balancer.stability=11
   refused "an unknown key in tolerations" "tolerations" --set 'agent.tolerations[0].keyy=x'
   refused "existingSecret source without the Secrets" "existingSecret" --set certificates.source=existingSecret
   if out=$(python3 "$root/tests/charts/readme_keys.py" "$chart/values.schema.json" "$chart/README.md" 2>&1); then

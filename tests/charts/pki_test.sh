@@ -48,7 +48,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 eport=$(free_port)
 export NAMESPACE=$ns RELEASE=kmosix DAYS=365 RENEW_DAYS=30 NODE_SELECTOR=kmosix-pki-test=$$ EXTRA_NODES=""
 export SECRET_LABELS=app.kubernetes.io/instance=kmosix,app.kubernetes.io/name=kmosix
-export CA_SECRET=kmosix-ca CONTROLLER_SECRET=kmosix-controller-tls ETCD_SECRET=kmosix-etcd-tls
+export CA_SECRET=kmosix-ca CA_KEY_SECRET=kmosix-ca-key CONTROLLER_SECRET=kmosix-controller-tls ETCD_SECRET=kmosix-etcd-tls
 export ETCD_ROOT_SECRET=kmosix-etcd-root AGENT_SECRET=kmosix-agent-tls
 export CONTROLLER_DNS="kmosix-controller kmosix-controller.$ns.svc localhost"
 export ETCD_DNS="*.kmosix-etcd.$ns.svc localhost" ETCD_PREFIX=/kmosix/
@@ -88,6 +88,9 @@ for s in kmosix-controller-tls kmosix-etcd-tls kmosix-etcd-root; do
   if get "$s" tls.crt | openssl verify -CAfile "$tmp/ca.crt" >/dev/null 2>&1; then ok "$s chains to the CA"; else fail "$s does not chain to the CA"; fi
 done
 if get kmosix-agent-tls "$b.crt" | openssl verify -CAfile "$tmp/ca.crt" >/dev/null 2>&1; then ok "$b's certificate chains to the CA"; else fail "$b's certificate does not chain to the CA"; fi
+got=$(kc -n "$ns" get secret kmosix-ca -o 'go-template={{range $k, $v := .data}}{{$k}} {{end}}')
+[ "$got" = "ca.crt " ] && ok "the CA Secret the daemons mount holds only ca.crt" || fail "the CA Secret the daemons mount holds: $got"
+[ -n "$(get kmosix-ca-key ca.key)" ] && ok "the CA key is in kmosix-ca-key" || fail "no ca.key in kmosix-ca-key"
 got=$(kc -n "$ns" get secret kmosix-ca -o 'jsonpath={.metadata.labels.kmosix\.io/generated-by}')
 [ "$got" = kmosix-pki ] && ok "Secrets labelled kmosix.io/generated-by=kmosix-pki" || fail "label: $got"
 ann=$(kc -n "$ns" get secret kmosix-ca -o 'jsonpath={.metadata.annotations}')

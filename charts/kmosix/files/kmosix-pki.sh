@@ -5,8 +5,12 @@
 #              identity signed by it, into Secrets of $NAMESPACE: kept while
 #              they verify against the CA, name what they should and are
 #              valid for more than $RENEW_DAYS days; (re)issued otherwise.
-#                $CA_SECRET          ca.crt ca.key   O=kmosix, 10 years; never
-#                                    rotated here (delete it to rotate all)
+#                $CA_KEY_SECRET      ca.crt ca.key   O=kmosix, 10 years; never
+#                                    rotated here (delete it to rotate all);
+#                                    read by this Job only, mounted by no pod
+#                                    (a kubelet may read the Secrets its pods
+#                                    mount: no node ever sees the CA's key)
+#                $CA_SECRET          ca.crt only, what the daemons mount
 #                $CONTROLLER_SECRET  O=kmosix:controllers/CN=kmosix-controller,
 #                                    SAN $CONTROLLER_DNS, server+client
 #                $ETCD_SECRET        etcd serving and peer, SAN $ETCD_DNS
@@ -120,19 +124,25 @@ nodes() {
 }
 
 step_certs() {
-  # The CA: made once, kept.
-  secret_get "$CA_SECRET" ca.crt >"$work/ca.crt"
-  secret_get "$CA_SECRET" ca.key >"$work/ca.key"
+  # The CA: made once, kept; its certificate published apart from its key.
+  secret_get "$CA_KEY_SECRET" ca.crt >"$work/ca.crt"
+  secret_get "$CA_KEY_SECRET" ca.key >"$work/ca.key"
   if [ -s "$work/ca.crt" ] && [ -s "$work/ca.key" ]; then
     openssl x509 -in "$work/ca.crt" -noout -checkend $((DAYS * 86400)) >/dev/null 2>&1 ||
-      log "WARNING: the CA in Secret $CA_SECRET expires within $DAYS days; delete the Secrets labelled kmosix.io/generated-by=kmosix-pki and rerun to rotate everything"
-    log "Secret $CA_SECRET (the CA) is current"
+      log "WARNING: the CA in Secret $CA_KEY_SECRET expires within $DAYS days; delete the Secrets labelled kmosix.io/generated-by=kmosix-pki and rerun to rotate everything"
+    log "Secret $CA_KEY_SECRET (the CA) is current"
   else
-    secret_exists "$CA_SECRET" && die "Secret $CA_SECRET exists without ca.crt and ca.key; not replacing it"
+    secret_exists "$CA_KEY_SECRET" && die "Secret $CA_KEY_SECRET exists without ca.crt and ca.key; not replacing it"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
       -keyout "$work/ca.key" -out "$work/ca.crt" -days 3650 \
       -subj "/O=kmosix/CN=kmosix CA ${RELEASE:-kmosix}.$NS" >/dev/null 2>&1 || die "openssl cannot make the CA"
-    mkdir -p "$work/ca" && cp "$work/ca.crt" "$work/ca.key" "$work/ca/"
+    mkdir -p "$work/ca-key" && cp "$work/ca.crt" "$work/ca.key" "$work/ca-key/"
+    secret_write "$CA_KEY_SECRET" Opaque "$work/ca-key"
+  fi
+  if [ "$(secret_get "$CA_SECRET" ca.crt)" = "$(cat "$work/ca.crt")" ]; then
+    log "Secret $CA_SECRET (the CA's certificate) is current"
+  else
+    mkdir -p "$work/ca" && cp "$work/ca.crt" "$work/ca/"
     secret_write "$CA_SECRET" Opaque "$work/ca"
   fi
 

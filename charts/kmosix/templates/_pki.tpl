@@ -152,6 +152,7 @@ spec:
         - {name: NODE_SELECTOR, value: {{ join "," $selector | quote }}}
         - {name: EXTRA_NODES, value: {{ join " " $v.certificates.nodes | quote }}}
         - {name: CA_SECRET, value: {{ include "kmosix.secret.ca" $root | quote }}}
+        - {name: CA_KEY_SECRET, value: {{ include "kmosix.fullname" $root }}-ca-key}
         - {name: CONTROLLER_SECRET, value: {{ include "kmosix.secret.controller" $root | quote }}}
         - {name: CONTROLLER_DNS, value: {{ include "kmosix.controller.dnsNames" $root | fromJsonArray | join " " | quote }}}
         {{- if eq $v.etcd.mode "embedded" }}
