@@ -9,6 +9,7 @@
 #   - a pod reaches the API server in-cluster (https://10.96.0.1 with its
 #     ServiceAccount token: SelfSubjectReview names system:serviceaccount:<ns>:default)
 #   - a Deployment of 2 replicas becomes Available (scheduler + controller-manager)
+#   - helm lint --strict, install --wait and uninstall of a tiny chart
 #   - a DaemonSet pod with hostNetwork + hostPID + privileged, mounting the node's
 #     /run/containerd, /var/lib/kubelet, /run/kmosix and /var/lib/kmosix, runs on every
 #     node and sees ITS node's containerd socket (same inode as the host-side file of
@@ -192,6 +193,40 @@ kubectl -n "$NS" rollout status deployment/sleepers --timeout=90s >/dev/null ||
 avail=$(kubectl -n "$NS" get deployment sleepers -o jsonpath='{.status.availableReplicas}')
 [ "$avail" = 2 ] || fail "Deployment sleepers has $avail available replicas, not 2"
 ok "Deployment sleepers: 2/2 available on $(kubectl -n "$NS" get pods -l app=sleepers -o jsonpath='{range .items[*]}{.spec.nodeName} {end}')"
+
+# --- helm install --wait / uninstall of a tiny chart --------------------------
+mkdir -p "$work/chart/templates"
+cat >"$work/chart/Chart.yaml" <<EOF
+apiVersion: v2
+name: kube-smoke
+version: 0.1.0
+appVersion: "1"
+EOF
+printf 'image: %s\nreplicas: 2\n' "$IMAGE" >"$work/chart/values.yaml"
+cat >"$work/chart/templates/deployment.yaml" <<'EOF'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: {{ .Release.Name }}-sleep}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector: {matchLabels: {app: {{ .Release.Name }}-sleep}}
+  template:
+    metadata: {labels: {app: {{ .Release.Name }}-sleep}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: sleep
+        image: {{ .Values.image }}
+        imagePullPolicy: IfNotPresent
+        command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+EOF
+out=$(helm lint --strict "$work/chart" 2>&1) || fail "helm lint --strict: $out"
+out=$(helm install smoke "$work/chart" -n "$NS" --wait --timeout 90s 2>&1) || fail "helm install --wait: $out"
+avail=$(kubectl -n "$NS" get deployment smoke-sleep -o jsonpath='{.status.availableReplicas}')
+[ "$avail" = 2 ] || fail "helm release smoke: deployment smoke-sleep has '$avail' available replicas after --wait"
+out=$(helm uninstall smoke -n "$NS" --wait --timeout 60s 2>&1) || fail "helm uninstall: $out"
+kubectl -n "$NS" get deployment smoke-sleep >/dev/null 2>&1 && fail "helm uninstall left deployment smoke-sleep"
+ok "helm $(helm version --template '{{.Version}}'): lint --strict, install --wait (2/2 available), uninstall"
 
 # --- a node-agent-like DaemonSet ----------------------------------------------
 kubectl apply -f - >/dev/null <<EOF || fail "cannot create the DaemonSet"
