@@ -44,6 +44,7 @@ fail() {
 }
 ok() { printf 'ok: %s\n' "$1"; }
 run() { out=$("$@" 2>&1); }
+canI() { out=$(kc auth can-i "$@" 2>/dev/null); } # stdout only: "yes" or "no"
 
 if ! run kc version; then
   echo "dry_run.sh: cannot reach the API server:" >&2
@@ -72,18 +73,18 @@ for obj in crd/migratableworkloads.kmosix.io crd/migrations.kmosix.io crd/migrat
 done
 t1=$(token)
 [ ${#t1} -eq 48 ] && ok "a 48-character admin token was generated" || fail "generated admin token has ${#t1} characters"
-if run kc auth can-i patch migratableworkloads/status --as "system:serviceaccount:$ns:kmosix-controller" -A &&
+if canI patch migratableworkloads/status --as "system:serviceaccount:$ns:kmosix-controller" -A &&
   [ "$out" = yes ]; then
   ok "the controller's ServiceAccount may write MigratableWorkload status"
 else
   fail "the controller's ServiceAccount may not write MigratableWorkload status" "$out"
 fi
-if run kc auth can-i list secrets --as "system:serviceaccount:$ns:kmosix-controller" -n "$ns"; [ "$out" = no ]; then
+if canI list secrets --as "system:serviceaccount:$ns:kmosix-controller" -n "$ns"; [ "$out" = no ]; then
   ok "the controller's ServiceAccount may not read Secrets"
 else
   fail "the controller's ServiceAccount may read Secrets ($out)"
 fi
-if run kc auth can-i list nodes --as "system:serviceaccount:$ns:kmosix-agent"; [ "$out" = no ]; then
+if canI list nodes --as "system:serviceaccount:$ns:kmosix-agent"; [ "$out" = no ]; then
   ok "the agent's ServiceAccount has no Kubernetes API rights"
 else
   fail "the agent's ServiceAccount can list nodes ($out)"
