@@ -151,6 +151,15 @@ cmd_render() {
   # a user's value reaches the pods
   expect_count "tuned: agent tolerations" "$tmp/tuned.yaml" 'key: dedicated' 1
   expect_count "tuned: priorityClassName" "$tmp/tuned.yaml" 'priorityClassName: system-node-critical' 1
+  # NOTES.txt: how to reach the API and read the token
+  if out=$("$helm" install kmosix "$chart" --namespace kmosix --dry-run=client 2>&1) &&
+    grep -q "port-forward svc/kmosix-controller 7800:7800" <<<"$out" &&
+    grep -q "get secret kmosix-tokens -o jsonpath='{.data.admin-token}'" <<<"$out" &&
+    grep -q "get secret kmosix-ca -o jsonpath='{.data.ca\\.crt}'" <<<"$out"; then
+    ok "NOTES.txt: port-forward, the CA and the admin token"
+  else
+    fail "NOTES.txt does not say how to reach the API and read the token" "$(sed -n '/^NOTES:/,$p' <<<"$out")"
+  fi
   # an unset required value is named
   if render missing-endpoints --set etcd.mode=external --set etcd.external.caSecret=x; then
     fail "etcd.mode=external without endpoints renders"
