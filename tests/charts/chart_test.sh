@@ -153,9 +153,9 @@ cmd_render() {
   expect_count "tuned: priorityClassName" "$tmp/tuned.yaml" 'priorityClassName: system-node-critical' 1
   # NOTES.txt: how to reach the API and read the token
   if out=$("$helm" install kmosix "$chart" --namespace kmosix --dry-run=client 2>&1) &&
-    grep -q "port-forward svc/kmosix-controller 7800:7800" <<<"$out" &&
-    grep -q "get secret kmosix-tokens -o jsonpath='{.data.admin-token}'" <<<"$out" &&
-    grep -q "get secret kmosix-ca -o jsonpath='{.data.ca\\.crt}'" <<<"$out"; then
+    grep -qF "port-forward svc/kmosix-controller 7800:7800" <<<"$out" &&
+    grep -qF "get secret kmosix-tokens -o jsonpath='{.data.admin-token}'" <<<"$out" &&
+    grep -qF "get secret kmosix-ca -o jsonpath='{.data.ca\.crt}'" <<<"$out"; then
     ok "NOTES.txt: port-forward, the CA and the admin token"
   else
     fail "NOTES.txt does not say how to reach the API and read the token" "$(sed -n '/^NOTES:/,$p' <<<"$out")"
