@@ -5,9 +5,12 @@
 //                   (data_channel:1 - the stream over the raw data channel)
 //                   -> decoder, as in a migration.
 //   BM_DataChannel - SendStream -> loopback data channel -> decoder, plain
-//                   (tls:0) and over mutual TLS (tls:1: throwaway node
-//                   certificates made by the openssl CLI, one handshake per
-//                   stream); a plain-vs-TLS table is printed at the end.
+//                   (tls:0), over mutual TLS with the per-file SHA-256
+//                   (tls:1) and over mutual TLS as agents send it, without
+//                   file digests (tls:2; transfer_stream.h kNoContentDigests);
+//                   throwaway node certificates made by the openssl CLI, one
+//                   handshake per stream. A plain-vs-TLS table is printed at
+//                   the end.
 // Files live under $KMX_BENCH_DIR (default /dev/shm, like the agent's
 // scratch dir). Throughput is reported as bytes_per_second and as "MB/s".
 #include <benchmark/benchmark.h>
@@ -217,11 +220,14 @@ std::map<std::pair<int64_t, int64_t>, Total>& Totals() {
   return m;
 }
 
-// state.range(0): 0 = plain TCP, 1 = mutual TLS; state.range(1): MiB.
+// state.range(0): 0 = plain TCP, 1 = mutual TLS with file digests, 2 =
+// mutual TLS without (what agents send); state.range(1): MiB.
 void BM_DataChannel(benchmark::State& state) {
   ::signal(SIGPIPE, SIG_IGN);
   const int64_t mib = state.range(1);
-  const bool tls = state.range(0) == 1;
+  const bool tls = state.range(0) >= 1;
+  kmosix::EncoderOptions encoding;
+  encoding.content_digests = state.range(0) != 2;
   std::string src = Source(mib);
   std::string dst = BenchDir() + "/dst";
   BenchTarget target(dst);
@@ -250,7 +256,7 @@ void BM_DataChannel(benchmark::State& state) {
     state.ResumeTiming();
     const auto start = std::chrono::steady_clock::now();
     const double cpu_start = ProcessCpuSeconds();
-    auto enc = kmosix::StreamEncoder::Create({{"criu", src, false}});
+    auto enc = kmosix::StreamEncoder::Create({{"criu", src, false}}, encoding);
     if (!enc.ok()) return state.SkipWithError(enc.status().ToString().c_str());
     auto stats = kmosix::SendStream("127.0.0.1", data.port(), "m-bench", **enc, c);
     if (!stats.ok()) return state.SkipWithError(stats.status().ToString().c_str());
@@ -273,20 +279,22 @@ void PrintTlsTable() {
       "\nData channel over loopback, plain vs mutual TLS (mean per stream over all "
       "repetitions):\n\n");
   std::printf(
-      "| stream | plain ms | plain MB/s | TLS ms | TLS MB/s | TLS time | plain CPU ms | TLS CPU "
-      "ms | TLS CPU |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+      "| stream | variant | ms | MB/s | time vs plain | CPU ms | CPU vs plain |\n"
+      "|---:|---|---:|---:|---:|---:|---:|\n");
+  const char* names[] = {"plain, SHA-256", "mutual TLS + SHA-256", "mutual TLS (agents)"};
   for (int64_t mib : {16, 256, 1024}) {
     auto p = m.find({mib, 0});
-    auto t = m.find({mib, 1});
-    if (p == m.end() || t == m.end()) continue;
+    if (p == m.end()) continue;
     const double bytes = static_cast<double>(mib) * (1 << 20);
-    const double plain = p->second.Mean(), secured = t->second.Mean();
-    const double plain_cpu = p->second.MeanCpu(), secured_cpu = t->second.MeanCpu();
-    std::printf("| %lld MiB | %.1f | %.0f | %.1f | %.0f | %+.1f %% | %.0f | %.0f | %+.1f %% |\n",
-                static_cast<long long>(mib), plain * 1e3, bytes / plain / 1e6, secured * 1e3,
-                bytes / secured / 1e6, (secured / plain - 1) * 100, plain_cpu * 1e3,
-                secured_cpu * 1e3, (secured_cpu / plain_cpu - 1) * 100);
+    const double plain = p->second.Mean(), plain_cpu = p->second.MeanCpu();
+    for (int64_t v : {0, 1, 2}) {
+      auto t = m.find({mib, v});
+      if (t == m.end()) continue;
+      const double s = t->second.Mean(), cpu = t->second.MeanCpu();
+      std::printf("| %lld MiB | %s | %.1f | %.0f | %+.1f %% | %.0f | %+.1f %% |\n",
+                  static_cast<long long>(mib), names[v], s * 1e3, bytes / s / 1e6,
+                  (s / plain - 1) * 100, cpu * 1e3, (cpu / plain_cpu - 1) * 100);
+    }
   }
   std::printf(
       "\n(CPU: both ends' threads, this process; on a loaded or small machine the wall times\n"
@@ -302,7 +310,7 @@ BENCHMARK(BM_Http)
     ->UseRealTime();
 BENCHMARK(BM_DataChannel)  // plain and TLS of a size run one after the other
     ->ArgNames({"tls", "MiB"})
-    ->ArgsProduct({{0, 1}, {16, 256, 1024}})
+    ->ArgsProduct({{0, 1, 2}, {16, 256, 1024}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()  // both ends' threads: the cost of TLS on a shared machine
     ->UseRealTime();
