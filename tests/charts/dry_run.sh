@@ -94,6 +94,13 @@ if run h upgrade kmosix "$chart" -n "$ns" --no-hooks --set agent.logLevel=debug;
 else
   fail "helm upgrade" "$out"
 fi
+if run h upgrade kmosix "$chart" -n "$ns" --no-hooks --set etcd.embedded.replicas=3; then
+  fail "helm upgrade to 3 etcd members was accepted (the chart does not add members)"
+elif grep -q "etcd.embedded.replicas cannot change after install" <<<"$out"; then
+  ok "helm upgrade refuses a different number of etcd members"
+else
+  fail "helm upgrade to 3 etcd members: refused without saying why" "$out"
+fi
 t2=$(token)
 if [ -n "$t1" ] && [ "$t1" = "$t2" ]; then ok "helm upgrade keeps the generated tokens"; else fail "helm upgrade changed the generated admin token"; fi
 if run kc -n "$ns" get daemonset kmosix-agent -o 'jsonpath={.spec.template.spec.containers[0].args}' &&
