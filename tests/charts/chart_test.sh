@@ -145,6 +145,11 @@ cmd_render() {
   expect_count "existing: no certificates Job" "$tmp/existing.yaml" 'helm.sh/hook: pre-install' 0
   expect_count "existing: the given controller Secret" "$tmp/existing.yaml" 'name: my-controller-tls$' 1
   expect_count "existing: the given tokens, none generated" "$tmp/existing.yaml" '^  tokens.csv: ' 0
+  # CRIU
+  expect_count "default: no CRIU installer, no --criu-path" "$f" 'criu-install|--criu-path' 0
+  expect_count "criu-install: the init container writes hostDir only" "$tmp/criu-install.yaml" \
+    '^              dst=/host/opt/kmosix/criu$|^            path: /opt/kmosix$|^              mountPath: /host/opt/kmosix$' 3
+  expect_count "criu-install: the agent runs the installed criu" "$tmp/criu-install.yaml" '- --criu-path=/opt/kmosix/criu/criu$' 1
   # metrics
   expect_count "default: no ServiceMonitor" "$f" '^kind: ServiceMonitor$' 0
   expect_count "servicemonitor: a ServiceMonitor" "$tmp/servicemonitor.yaml" '^kind: ServiceMonitor$' 1

@@ -3,7 +3,7 @@
 #   combo_args NAME   prints the helm flags of combination NAME
 # shellcheck shell=bash
 COMBO_NAMES=(default crds-off crds-not-kept etcd-3 etcd-external certmanager certmanager-issuer
-  existing servicemonitor tuned)
+  existing servicemonitor tuned criu-install)
 combo_args() {
   case $1 in
     default) ;;
@@ -16,6 +16,7 @@ combo_args() {
     existing) echo "--set certificates.source=existingSecret --set certificates.existingSecret.ca=my-ca --set certificates.existingSecret.controller=my-controller-tls --set certificates.existingSecret.agents=my-agent-tls --set certificates.existingSecret.etcdServer=my-etcd-tls --set certificates.existingSecret.etcdRoot=my-etcd-root --set tokens.existingSecret=my-tokens" ;;
     servicemonitor) echo "--set metrics.serviceMonitor.enabled=true" ;;
     tuned) echo "--set agent.tolerations[0].key=dedicated --set agent.tolerations[0].operator=Exists --set agent.priorityClassName=system-node-critical --set controller.replicas=3 --set agent.acceptTokens=true --set etcd.embedded.persistence.enabled=false --set controller.balancer.enabled=false" ;;
+    criu-install) echo "--set agent.criu.install.enabled=true --set agent.criu.check=nsenter" ;;
     *) echo "combo_args: unknown combination $1" >&2; return 1 ;;
   esac
 }
