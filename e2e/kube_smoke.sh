@@ -13,7 +13,9 @@
 #   - a DaemonSet pod with hostNetwork + hostPID + privileged, mounting the node's
 #     /run/containerd, /var/lib/kubelet, /run/kmosix and /var/lib/kmosix, runs on every
 #     node and sees ITS node's containerd socket (same inode as the host-side file of
-#     that node), its node's address, and the node's containerd process (hostPID);
+#     that node), its node's address, and the node's containerd process (hostPID); a tmpfs it
+#     mounts under /run/kmosix (mountPropagation Bidirectional) reaches its node's
+#     mount namespace and not the host's;
 #     `kubectl logs` and `kubectl exec` work (API server -> kubelet)
 #
 # Usage (as root): e2e/kube_smoke.sh [--keep]
@@ -259,13 +261,15 @@ spec:
             [ -d \$d ] && echo "dir \$d" || echo "missing \$d"
           done
           echo "node \$NODE_NAME"
+          m=/run/kmosix/kube-smoke-\$NODE_NAME
+          mkdir -p \$m && mount -t tmpfs kube-smoke \$m && echo "mounted \$m" || echo "mount-failed \$m"
           echo "containerd-pids \$(pidof containerd | tr ' ' ,)"
           trap 'exit 0' TERM; while :; do sleep 1; done
         volumeMounts:
         - {name: run-containerd, mountPath: /run/containerd}
         - {name: var-lib-containerd, mountPath: /var/lib/containerd}
         - {name: var-lib-kubelet, mountPath: /var/lib/kubelet}
-        - {name: run-kmosix, mountPath: /run/kmosix}
+        - {name: run-kmosix, mountPath: /run/kmosix, mountPropagation: Bidirectional}
         - {name: var-lib-kmosix, mountPath: /var/lib/kmosix}
       volumes:
       - {name: run-containerd, hostPath: {path: /run/containerd, type: Directory}}
@@ -300,6 +304,14 @@ for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].
   grep -qx "node $node" <<<"$out" || fail "$pod: downward-API node name wrong: $out"
   cpid=$(read -r p _ <"$state/node$idx-containerd.pid" && echo "$p")
   grep -q "^containerd-pids.*\b$cpid\b" <<<"$out" || fail "$pod (hostPID) does not see $node's containerd pid $cpid: $out"
+  # Bidirectional propagation: the pod's tmpfs reaches its node, not the host
+  m=/run/kmosix/kube-smoke-$node
+  grep -qx "mounted $m" <<<"$out" || fail "$pod could not mount a tmpfs on $m: $out"
+  mntns=KMX_KUBE_NODE${idx}_MNTNS
+  nsenter --mount="${!mntns}" -- grep -q " $m " /proc/self/mountinfo ||
+    fail "$pod's tmpfs on $m (mountPropagation Bidirectional) did not reach $node's mount namespace"
+  grep -q " $m " /proc/self/mountinfo && fail "$pod's tmpfs on $m leaked into the host's mount namespace"
+  nsenter --mount="${!mntns}" -- sh -c "umount $m; rmdir $m" 2>/dev/null
   ok "$pod on $node: hostNetwork $podip, hostPID sees containerd $cpid, /run/containerd/containerd.sock is $node's (inode $want)"
 done
 
