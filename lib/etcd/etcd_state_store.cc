@@ -128,6 +128,10 @@ Status FromGrpc(const grpc::Status& s, std::string_view what) {
       return NotFoundError(msg);
     case grpc::StatusCode::INVALID_ARGUMENT:
       return InvalidError(msg);
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+      // etcd auth: this identity's role does not allow it (now).
+      return PermissionDeniedError(msg);
     default:
       if (Contains(m, "leader changed") || Contains(m, "no leader") || Contains(m, "timed out"))
         return RetryError(msg);

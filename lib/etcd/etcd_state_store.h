@@ -58,7 +58,8 @@
 //   UNAVAILABLE, DEADLINE_EXCEEDED, "leader changed", "no leader", "timed out" -> kRetry
 //   OUT_OF_RANGE "compacted" -> kConflict; OUT_OF_RANGE "future revision"   -> kInvalid
 //   NOT_FOUND (lease)                                                     -> kNotFound
-//   PERMISSION_DENIED (etcd auth), UNAUTHENTICATED                        -> kFailed
+//   PERMISSION_DENIED (etcd auth), UNAUTHENTICATED                        -> kPermissionDenied
+//     (the identity's role does not allow it now; a grant may come later)
 //   a TLS handshake that fails (no or a refused client certificate, an unknown
 //   server CA): the channel never connects -> kRetry, whose message carries
 //   gRPC's reason (e.g. "Ssl handshake failed", "CERTIFICATE_VERIFY_FAILED")

@@ -1,0 +1,184 @@
+#include "etcd/etcd_access_grants.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string_view>
+
+#include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
+
+namespace kmosix {
+namespace {
+
+namespace pb = ::etcdserverpb;
+
+bool Contains(const std::string& s, std::string_view what) {
+  return s.find(what) != std::string::npos;
+}
+
+// etcd's auth errors as codes (see the header).
+Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  const std::string& m = s.error_message();
+  const std::string msg = what + ": " + m;
+  switch (s.error_code()) {
+    case grpc::StatusCode::OK:
+      return Status::Ok();
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+      return RetryError(msg);
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return PermissionDeniedError(msg);
+    default:
+      break;
+  }
+  if (Contains(m, "role name not found")) return NotFoundError(msg);
+  if (Contains(m, "user name not found") || Contains(m, "permission denied"))
+    return PermissionDeniedError(msg);
+  if (Contains(m, "leader changed") || Contains(m, "no leader") || Contains(m, "timed out"))
+    return RetryError(msg);
+  if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return InvalidError(msg);
+  return FailedError(msg);
+}
+
+Status CheckArgs(const std::string& role, const std::string& key) {
+  if (role.empty()) return InvalidError("access grants: empty role");
+  if (key.empty()) return InvalidError("access grants: empty key");
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct EtcdAccessGrants::Impl {
+  struct Endpoint {
+    std::string target;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<pb::Auth::Stub> auth;
+  };
+  EtcdConfig config;
+  Status invalid;  // not ok: the config was refused; every call fails so
+  std::vector<Endpoint> endpoints;
+  std::atomic<size_t> current{0};
+
+  // As EtcdStateStore's: files re-read every tls_refresh, server verified.
+  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials() const {
+    namespace gx = grpc::experimental;
+    const auto refresh = static_cast<unsigned int>(config.tls_refresh.count());
+    std::shared_ptr<gx::CertificateProviderInterface> files;
+    if (config.cert_file.empty()) {
+      files = std::make_shared<gx::FileWatcherCertificateProvider>(config.ca_file, refresh);
+    } else {
+      files = std::make_shared<gx::FileWatcherCertificateProvider>(
+          config.key_file, config.cert_file, config.ca_file, refresh);
+    }
+    gx::TlsChannelCredentialsOptions options;
+    options.set_certificate_provider(files);
+    options.watch_root_certs();
+    if (!config.cert_file.empty()) options.watch_identity_key_cert_pairs();
+    options.set_verify_server_certs(true);
+    return gx::TlsCredentials(options);
+  }
+
+  explicit Impl(EtcdConfig cfg) : config(std::move(cfg)) {
+    if (config.endpoints.empty()) config.endpoints.push_back("127.0.0.1:2379");
+    invalid = ValidateEtcdConfig(config);
+    std::shared_ptr<grpc::ChannelCredentials> creds =
+        invalid.ok() && config.tls ? TlsCredentials() : grpc::InsecureChannelCredentials();
+    for (const auto& target : config.endpoints) {
+      grpc::ChannelArguments args;
+      const int backoff = static_cast<int>(config.max_reconnect_backoff.count());
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff);
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      Endpoint ep;
+      ep.target = target;
+      ep.channel = grpc::CreateCustomChannel(target, creds, args);
+      ep.auth = pb::Auth::NewStub(ep.channel);
+      endpoints.push_back(std::move(ep));
+    }
+  }
+
+  // Runs fn(stub, ctx) on the current endpoint (waiting up to dial_timeout
+  // for a connection); UNAVAILABLE moves on to the next endpoint.
+  template <typename Fn>
+  Status Call(const std::string& what, Fn&& fn) {
+    if (!invalid.ok()) return invalid.Annotate(what);
+    const size_t i = current.load() % endpoints.size();
+    grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);
+    const auto now = std::chrono::system_clock::now();
+    ctx.set_deadline(now + config.dial_timeout + config.rpc_timeout);
+    grpc::Status s = fn(*endpoints[i].auth, ctx);
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      size_t expected = i;
+      current.compare_exchange_strong(expected, (i + 1) % endpoints.size());
+    }
+    return FromGrpc(s, what + " (etcd " + endpoints[i].target + ")");
+  }
+};
+
+EtcdAccessGrants::EtcdAccessGrants(EtcdConfig config)
+    : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+EtcdAccessGrants::~EtcdAccessGrants() = default;
+
+Status EtcdAccessGrants::Grant(const std::string& role, const std::string& key) {
+  KMX_RETURN_IF_ERROR(CheckArgs(role, key));
+  pb::AuthRoleGrantPermissionRequest req;
+  req.set_name(role);
+  auto* perm = req.mutable_perm();
+  perm->set_permtype(::authpb::Permission::READWRITE);
+  perm->set_key(key);
+  pb::AuthRoleGrantPermissionResponse resp;
+  return impl_->Call("grant role " + role + " readwrite " + key,
+                     [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+                       return auth.RoleGrantPermission(&ctx, req, &resp);
+                     });
+}
+
+Status EtcdAccessGrants::Revoke(const std::string& role, const std::string& key) {
+  KMX_RETURN_IF_ERROR(CheckArgs(role, key));
+  pb::AuthRoleRevokePermissionRequest req;
+  req.set_role(role);
+  req.set_key(key);
+  pb::AuthRoleRevokePermissionResponse resp;
+  grpc::Status raw;
+  Status s = impl_->Call("revoke " + key + " from role " + role,
+                         [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+                           raw = auth.RoleRevokePermission(&ctx, req, &resp);
+                           return raw;
+                         });
+  if (!s.ok() && Contains(raw.error_message(), "permission is not granted"))
+    return Status::Ok();  // nothing to take away
+  return s;
+}
+
+StatusOr<std::vector<std::string>> EtcdAccessGrants::Granted(const std::string& role) {
+  if (role.empty()) return InvalidError("access grants: empty role");
+  pb::AuthRoleGetRequest req;
+  req.set_role(role);
+  pb::AuthRoleGetResponse resp;
+  KMX_RETURN_IF_ERROR(
+      impl_->Call("get role " + role, [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+        return auth.RoleGet(&ctx, req, &resp);
+      }));
+  std::vector<std::string> keys;
+  for (const auto& perm : resp.perm()) {
+    if (perm.permtype() == ::authpb::Permission::READWRITE && perm.range_end().empty() &&
+        !perm.key().empty())
+      keys.push_back(perm.key());
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  return keys;
+}
+
+}  // namespace kmosix
