@@ -9,6 +9,9 @@
 #                          message naming the value; README.md names every value
 #   chart_test.sh drift    scripts/render-deploy --check: files/crds/ is crd/ and
 #                          deploy/kmosix/ is the chart's rendering
+#   chart_test.sh flags AGENT CONTROLLER
+#                          every --flag the chart passes to kmosix-agent and
+#                          kmosix-controller (all combinations) is in their --help
 # Needs helm: $HELM, else `scripts/kube-tools --print`/helm, else PATH. Without
 # it the test FAILS (build it: scripts/kube-tools).
 set -uo pipefail
@@ -216,6 +219,31 @@ cmd_schema() {
   fi
 }
 
+# flags AGENT CONTROLLER: every --flag the chart gives kmosix-agent and
+# kmosix-controller, in every combination, is one the binary knows (--help).
+cmd_flags() {
+  local agent=${1:-} controller=${2:-} name bin comp flags known flag
+  if ! [ -x "$agent" ] || ! [ -x "$controller" ]; then
+    fail "flags: usage: chart_test.sh flags KMOSIX_AGENT KMOSIX_CONTROLLER (built binaries)"
+    return
+  fi
+  for comp in agent controller; do
+    bin=$agent; [ "$comp" = controller ] && bin=$controller
+    known=$("$bin" --help 2>&1 | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u)
+    for name in "${COMBO_NAMES[@]}"; do
+      # shellcheck disable=SC2046
+      render "flags-$name" $(combo_args "$name") || { fail "renders: $name"; continue; }
+      flags=$(awk -v src="# Source: kmosix/templates/$comp.yaml" '/^# Source: /{on = ($0 == src)} on' \
+        "$tmp/flags-$name.yaml" | sed -n 's/^ *- "\{0,1\}\(--[a-z][a-z0-9-]*\).*/\1/p' | sort -u)
+      [ -n "$flags" ] || { fail "$name: no flags found for kmosix-$comp"; continue; }
+      for flag in $flags; do
+        grep -qx -- "$flag" <<<"$known" || fail "$name: kmosix-$comp does not know $flag ($bin --help)"
+      done
+    done
+    ok "every flag the chart gives kmosix-$comp is in its --help ($(wc -w <<<"$known") flags known)"
+  done
+}
+
 cmd_drift() {
   if out=$("$root/scripts/render-deploy" --check 2>&1); then
     ok "$out"
@@ -229,7 +257,8 @@ case "${1:-}" in
   render) cmd_render ;;
   schema) cmd_schema ;;
   drift) cmd_drift ;;
-  *) echo "usage: $0 lint|render|schema|drift" >&2; exit 2 ;;
+  flags) cmd_flags "${2:-}" "${3:-}" ;;
+  *) echo "usage: $0 lint|render|schema|drift|flags AGENT CONTROLLER" >&2; exit 2 ;;
 esac
 if [ "$failures" -gt 0 ]; then
   echo "chart_test.sh $1: $failures check(s) FAILED (helm: $helm)" >&2
