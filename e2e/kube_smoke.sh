@@ -8,6 +8,8 @@
 #     ClusterIP (kube-proxy)
 #   - a pod reaches the API server in-cluster (https://10.96.0.1 with its
 #     ServiceAccount token: SelfSubjectReview names system:serviceaccount:<ns>:default)
+#   - cluster DNS: a Service by its short name, a StatefulSet pod by its stable name
+#     through a headless Service, kubernetes.default from a hostNetwork pod
 #   - a Deployment of 2 replicas becomes Available (scheduler + controller-manager)
 #   - helm lint --strict, install --wait and uninstall of a tiny chart
 #   - a DaemonSet pod with hostNetwork + hostPID + privileged, mounting the node's
@@ -172,6 +174,53 @@ who=$(curl -sS -m 10 --cacert "$KMX_KUBE_CA" -H "Authorization: Bearer $token" -
 grep -q "system:serviceaccount:$NS:default" <<<"$who" || fail "SelfSubjectReview with pinned1's token answered: $who"
 ok "in-cluster API: pinned1 reaches https://$svc (kubernetes Service); its mounted token is system:serviceaccount:$NS:default"
 
+# --- cluster DNS ---------------------------------------------------------------
+# a Service by its short name (search domains), and a StatefulSet pod by its
+# stable name through a headless Service
+ns_addr() { # pod name -> the first address nslookup gives for name (empty if none)
+  kubectl -n "$NS" exec "$1" -- nslookup -type=a "$2" 2>/dev/null |
+    awk '/^Name:/ {n = 1} n && /^Address:/ {print $2; exit}'
+}
+got=$(ns_addr pinned1 web2)
+[ "$got" = "$cip" ] || fail "pinned1: DNS name web2 resolves to '$got', not the Service's ClusterIP $cip"
+kubectl apply -f - >/dev/null <<EOF || fail "cannot create the StatefulSet"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: $NS}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector: {app: db}
+  ports: [{port: 2379}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: $NS}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: db
+        image: $IMAGE
+        imagePullPolicy: IfNotPresent
+        command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+EOF
+kubectl -n "$NS" rollout status statefulset/db --timeout=90s >/dev/null || fail "StatefulSet db not ready"
+dbip=$(kubectl -n "$NS" get pod db-0 -o jsonpath='{.status.podIP}')
+got=""
+for ((i = 0; i < 20; i++)); do
+  got=$(ns_addr pinned1 "db-0.db.$NS.svc.cluster.local")
+  [ "$got" = "$dbip" ] && break
+  sleep 0.5
+done
+[ "$got" = "$dbip" ] || fail "db-0.db.$NS.svc.cluster.local resolves to '$got', not db-0's address $dbip"
+ok "cluster DNS: web2 -> $cip (search domains), db-0.db.$NS.svc.cluster.local -> $dbip (headless, StatefulSet)"
+
 # --- a Deployment of 2 replicas ----------------------------------------------
 kubectl apply -f - >/dev/null <<EOF || fail "cannot create the Deployment"
 apiVersion: apps/v1
@@ -241,6 +290,7 @@ spec:
     metadata: {labels: {app: agentlike}}
     spec:
       hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
       hostPID: true
       terminationGracePeriodSeconds: 1
       containers:
@@ -302,6 +352,8 @@ for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].
   grep -q '^missing' <<<"$out" && fail "$pod on $node misses node paths: $(grep '^missing' <<<"$out")"
   [ "$podip" = "${!addr}" ] || fail "$pod (hostNetwork) has address $podip, not $node's ${!addr}"
   grep -qx "node $node" <<<"$out" || fail "$pod: downward-API node name wrong: $out"
+  got=$(ns_addr "$pod" kubernetes.default.svc.cluster.local)
+  [ "$got" = 10.96.0.1 ] || fail "$pod (hostNetwork, ClusterFirstWithHostNet): kubernetes.default.svc.cluster.local resolves to '$got'"
   cpid=$(read -r p _ <"$state/node$idx-containerd.pid" && echo "$p")
   grep -q "^containerd-pids.*\b$cpid\b" <<<"$out" || fail "$pod (hostPID) does not see $node's containerd pid $cpid: $out"
   # Bidirectional propagation: the pod's tmpfs reaches its node, not the host
