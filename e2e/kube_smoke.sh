@@ -17,7 +17,8 @@
 #     node and sees ITS node's containerd socket (same inode as the host-side file of
 #     that node), its node's address, and the node's containerd process (hostPID); a tmpfs it
 #     mounts under /run/kmosix (mountPropagation Bidirectional) reaches its node's
-#     mount namespace and not the host's;
+#     mount namespace and not the host's; its cgroups are rooted at its node's
+#     (/kube-smoke made in the pod is /kube-node<i>/kube-smoke on the host);
 #     `kubectl logs` and `kubectl exec` work (API server -> kubelet)
 #
 # Usage (as root): e2e/kube_smoke.sh [--keep]
@@ -314,6 +315,8 @@ spec:
           m=/run/kmosix/kube-smoke-\$NODE_NAME
           mkdir -p \$m && mount -t tmpfs kube-smoke \$m && echo "mounted \$m" || echo "mount-failed \$m"
           echo "containerd-pids \$(pidof containerd | tr ' ' ,)"
+          echo "cgroup-self \$(grep -m1 ':pids:' /proc/self/cgroup)"
+          mkdir -p /sys/fs/cgroup/pids/kube-smoke && echo "cgroup-made"
           trap 'exit 0' TERM; while :; do sleep 1; done
         volumeMounts:
         - {name: run-containerd, mountPath: /run/containerd}
@@ -321,12 +324,14 @@ spec:
         - {name: var-lib-kubelet, mountPath: /var/lib/kubelet}
         - {name: run-kmosix, mountPath: /run/kmosix, mountPropagation: Bidirectional}
         - {name: var-lib-kmosix, mountPath: /var/lib/kmosix}
+        - {name: cgroup, mountPath: /sys/fs/cgroup}
       volumes:
       - {name: run-containerd, hostPath: {path: /run/containerd, type: Directory}}
       - {name: var-lib-containerd, hostPath: {path: /var/lib/containerd, type: Directory}}
       - {name: var-lib-kubelet, hostPath: {path: /var/lib/kubelet, type: Directory}}
       - {name: run-kmosix, hostPath: {path: /run/kmosix, type: DirectoryOrCreate}}
       - {name: var-lib-kmosix, hostPath: {path: /var/lib/kmosix, type: DirectoryOrCreate}}
+      - {name: cgroup, hostPath: {path: /sys/fs/cgroup, type: Directory}}
 EOF
 for ((i = 0; i < 900; i++)); do
   ready=$(kubectl -n "$NS" get daemonset agentlike -o jsonpath='{.status.numberReady}/{.status.desiredNumberScheduled}' 2>/dev/null)
@@ -364,7 +369,17 @@ for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].
     fail "$pod's tmpfs on $m (mountPropagation Bidirectional) did not reach $node's mount namespace"
   grep -q " $m " /proc/self/mountinfo && fail "$pod's tmpfs on $m leaked into the host's mount namespace"
   nsenter --mount="${!mntns}" -- sh -c "umount $m; rmdir $m" 2>/dev/null
-  ok "$pod on $node: hostNetwork $podip, hostPID sees containerd $cpid, /run/containerd/containerd.sock is $node's (inode $want)"
+  # the node's cgroup root is its own: the pod's cgroup reads relative to it, and
+  # /kube-smoke made from inside is /kube-node<i>/kube-smoke on the host
+  cg=KMX_KUBE_NODE${idx}_CGROUP
+  grep -q '^cgroup-self [0-9]*:pids:/kubepods/' <<<"$out" ||
+    fail "$pod's own cgroup is not under its node's /kubepods: $(grep '^cgroup-self' <<<"$out")"
+  grep -qx cgroup-made <<<"$out" || fail "$pod could not make /sys/fs/cgroup/pids/kube-smoke: $out"
+  [ -d "/sys/fs/cgroup/pids${!cg}/kube-smoke" ] ||
+    fail "$pod's cgroup /kube-smoke is not /sys/fs/cgroup/pids${!cg}/kube-smoke on the host"
+  rmdir "/sys/fs/cgroup/pids${!cg}/kube-smoke"
+  [ -d /sys/fs/cgroup/pids/kube-smoke ] && fail "a cgroup /kube-smoke appeared at the host's cgroup root"
+  ok "$pod on $node: hostNetwork $podip, hostPID sees containerd $cpid, /run/containerd/containerd.sock is $node's (inode $want), cgroup root ${!cg}, Bidirectional mount stays in the node"
 done
 
 say "$passed passed, 0 failed ($((SECONDS - T0)) s)"
