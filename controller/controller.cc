@@ -172,6 +172,11 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
         if (workloads_.Synced())
           PublishWorkloadEvents(before ? &*before : nullptr, PointerTo(view_.workloads, name));
         items.push_back("w/" + name);
+        if (grants_) {
+          for (const auto& node : NodesOfWorkloadChange(
+                   before ? &*before : nullptr, PointerTo(view_.workloads, name), view_.migrations))
+            items.push_back("g/" + node);
+        }
         break;
       }
       case 'm': {
@@ -180,6 +185,11 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
         if (migrations_.Synced())
           PublishMigrationEvents(before ? &*before : nullptr, PointerTo(view_.migrations, name));
         items.push_back("m/" + name);
+        if (grants_) {
+          for (const auto& node : NodesOfMigrationChange(before ? &*before : nullptr,
+                                                         PointerTo(view_.migrations, name)))
+            items.push_back("g/" + node);
+        }
         break;
       }
     }
@@ -192,6 +202,25 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
 
 void Controller::AddChangeListener(std::function<void(char kind, const std::string& name)> l) {
   listeners_.push_back(std::move(l));
+}
+
+void Controller::SetAccessGrants(AccessGrants* grants) {
+  if (grants == nullptr) {
+    grants_.reset();
+    return;
+  }
+  GrantReconciler::Options o;
+  o.keys = options_.keys;
+  o.role_prefix = options_.node_role_prefix;
+  o.revoke_grace = options_.grant_revoke_grace;
+  grants_ = std::make_unique<GrantReconciler>(
+      *grants, clock_, o,
+      [this](const std::string& action, const std::string& node, const std::string& key,
+             const Status& s) {
+        if (observer_) observer_->OnGrant(action, s.ok());
+        if (!s.ok())
+          spdlog::warn("etcd {} of {} for node {} failed: {}", action, key, node, s.ToString());
+      });
 }
 
 void Controller::Stop() {
@@ -224,7 +253,34 @@ void Controller::EnqueueAll() {
     for (const auto& [n, v] : view_.workloads) items.push_back("w/" + n);
     for (const auto& [id, v] : view_.migrations) items.push_back("m/" + id);
   }
+  if (grants_) items.push_back("grants");
   for (const auto& item : items) queue_.Add(item);
+}
+
+void Controller::EnqueueGrants() {
+  std::set<std::string> nodes;
+  {
+    std::lock_guard lock(view_mu_);
+    for (const auto& [n, v] : view_.nodes) nodes.insert(n);
+    for (const auto& [n, v] : view_.members) nodes.insert(n);
+    for (const auto& [n, keys] : DesiredGrants(options_.keys, view_.workloads, view_.migrations))
+      nodes.insert(n);
+  }
+  for (const auto& n : nodes) queue_.Add("g/" + n);
+}
+
+Status Controller::ReconcileGrants(const std::string& node) {
+  if (!grants_) return Status::Ok();
+  if (!Ready()) return RetryError("caches not listed yet");
+  std::set<std::string> desired;
+  {
+    std::lock_guard lock(view_mu_);
+    NodeGrants all = DesiredGrants(options_.keys, view_.workloads, view_.migrations);
+    if (auto it = all.find(node); it != all.end()) desired = std::move(it->second);
+  }
+  KMX_ASSIGN_OR_RETURN(GrantOutcome out, grants_->Reconcile(node, desired));
+  if (out.again_in) queue_.AddAfter("g/" + node, *out.again_in + std::chrono::milliseconds(50));
+  return Status::Ok();
 }
 
 void Controller::Lead(const cluster::LeaderTerm& term) {
@@ -243,6 +299,11 @@ void Controller::Lead(const cluster::LeaderTerm& term) {
         if (*item == "balance") {
           queue_.Done(*item);
           if (options_.balance) queue_.AddAfter(*item, options_.balance_interval);
+          continue;
+        }
+        if (*item == "grants") {  // the periodic resync of every node's grants
+          queue_.Done(*item);
+          queue_.AddAfter(*item, options_.grants_resync);
           continue;
         }
         if (s.ok()) {
@@ -277,6 +338,11 @@ Status Controller::Reconcile(const std::string& item, const cluster::LeaderTerm&
   } else if (item.rfind("n/", 0) == 0) {
     kind = "node";
     s = ReconcileNode(item.substr(2), term);
+  } else if (item == "grants") {
+    EnqueueGrants();
+  } else if (item.rfind("g/", 0) == 0) {
+    kind = "grants";
+    s = ReconcileGrants(item.substr(2));
   }
   if (observer_ && !kind.empty()) observer_->OnReconcile(kind, s.ok());
   return s;
@@ -426,6 +492,8 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
       }
       return RetryError(why);
     }
+    // Grant first, then write: the agent reports on the record at once.
+    if (grants_) KMX_RETURN_IF_ERROR(grants_->GrantNow(*target, {key}));
     Status s = UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
       if (r.status.phase != WorkloadPhase::kPending) return StatusOr<bool>(false);
       r.status.phase = WorkloadPhase::kScheduled;
@@ -648,6 +716,12 @@ StatusOr<MigrationRecord> Controller::Order(const api::MigrationRequest& request
     w->status.migration = m.id;
     w->status.phase = WorkloadPhase::kMigrating;
     const std::string mkey = options_.keys.Migration(m.id);
+    if (grants_) {
+      // Grant first, then write: the source runs the order (and writes both
+      // records), the target owns the workload from the ownership transfer.
+      KMX_RETURN_IF_ERROR(grants_->GrantNow(m.source, {mkey, wkey}));
+      KMX_RETURN_IF_ERROR(grants_->GrantNow(m.target, {wkey}));
+    }
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(wkey, got.kv->mod_revision));
     txn.compares.push_back(Compare::Absent(mkey));

@@ -13,12 +13,22 @@
 // record's phases); the leader resolves records the source cannot finish
 // (source node lost, order never picked up).
 //
-// Ownership: borrows the store, clock and random; owns its caches, queue and
-// threads. Thread-safety: every public method may be called from any thread.
-// Errors (API methods): kInvalid bad input (nothing changed), kNotFound,
-// kConflict (name in use, workload busy, not migratable, node not eligible),
-// kRetry (store unreachable; the write may or may not have happened only for
-// kRetry from a write: callers re-read).
+// etcd node grants (SetAccessGrants; controller/grants.h): what each node's
+// etcd role may write beyond its own nodes/<node> key follows the records.
+// The leader reconciles one queue item per node ("g/<node>", queued by every
+// record change that concerns the node and by a resync every
+// `grants_resync`); any replica grants first, then writes, when it places a
+// workload (the target: workloads/<name>) or orders a migration (the source:
+// migrations/<id> and workloads/<name>; the target: workloads/<name>), so an
+// agent never meets a missing grant on the happy path. A grant that fails
+// fails the placement (retried) or the order (kRetry/...), never silently.
+//
+// Ownership: borrows the store, clock and random (and the AccessGrants);
+// owns its caches, queue and threads. Thread-safety: every public method may
+// be called from any thread. Errors (API methods): kInvalid bad input
+// (nothing changed), kNotFound, kConflict (name in use, workload busy, not
+// migratable, node not eligible), kRetry (store unreachable; the write may or
+// may not have happened only for kRetry from a write: callers re-read).
 #pragma once
 
 #include <atomic>
@@ -38,7 +48,9 @@
 #include "cluster/records.h"
 #include "cluster/work_queue.h"
 #include "controller/events.h"
+#include "controller/grants.h"
 #include "controller/policy.h"
+#include "kmosix/access_grants.h"
 #include "kmosix/clock.h"
 #include "kmosix/state_store.h"
 
@@ -57,6 +69,12 @@ struct ControllerOptions {
   // controller from the ownership record.
   Clock::Duration source_lost_grace = std::chrono::seconds(5);
   int workers = 2;
+  // etcd node grants (used only with SetAccessGrants): the role of node N
+  // is node_role_prefix + N; an extra grant is revoked once extra this long;
+  // every node's grants are looked at again this often.
+  std::string node_role_prefix;
+  Clock::Duration grant_revoke_grace = std::chrono::seconds(3);
+  Clock::Duration grants_resync = std::chrono::seconds(30);
 };
 
 // Counters for /metrics; the REST layer renders them.
@@ -68,6 +86,11 @@ class ControllerObserver {
   virtual void OnMigrationOrdered(const std::string& requested_by) = 0;
   virtual void OnPlacement() = 0;
   virtual void OnReconcile(const std::string& kind, bool ok) = 0;
+  // An etcd node grant ("grant") or revoke ("revoke") was attempted.
+  virtual void OnGrant(const std::string& action, bool ok) {
+    (void)action;
+    (void)ok;
+  }
 };
 
 // Where MigrationPolicy knobs come from (the Kubernetes bridge): those of a
@@ -139,6 +162,10 @@ class Controller {
   void SetPolicySource(std::shared_ptr<const PolicySource> source) {
     policy_source_ = std::move(source);
   }
+  // Keeps each node's etcd write grants as narrow as the records say (see
+  // the file comment). Borrowed; set before Start(); nullptr: off (an etcd
+  // without auth, or a role setup that gives the nodes the whole prefix).
+  void SetAccessGrants(AccessGrants* grants);
   // Placements, phases, readiness, as this replica's caches see them change.
   EventHub& Events() { return events_; }
   // The clock the controller runs on (borrowed).
@@ -172,6 +199,10 @@ class Controller {
   Status ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term);
   Status ReconcileNode(const std::string& node, const cluster::LeaderTerm& term);
   Status BalanceRound(const cluster::LeaderTerm& term);
+  // Brings node `node`'s etcd grants to what the cached records say.
+  Status ReconcileGrants(const std::string& node);
+  // Queues "g/<node>" for every node the caches know of.
+  void EnqueueGrants();
   // Writes a Pending order and marks the workload migrating, in one CAS.
   // request.id "" = a new random id; otherwise an existing record of that id
   // for the same workload is answered as it is.
@@ -213,6 +244,7 @@ class Controller {
   // Registered before Start(); read-only afterwards.
   std::vector<std::function<void(char, const std::string&)>> listeners_;
   std::shared_ptr<const PolicySource> policy_source_;  // set before Start()
+  std::unique_ptr<GrantReconciler> grants_;            // set before Start()
   // The flags with the policy source's knobs applied: cluster-wide ones to
   // the returned config, per-workload ones to `snap`'s workloads.
   PolicyConfig ApplyPolicies(ClusterSnapshot& snap) const;

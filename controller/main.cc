@@ -20,6 +20,7 @@
 #include "controller/controller.h"
 #include "controller/kube/bridge.h"
 #include "controller/metrics.h"
+#include "etcd/etcd_access_grants.h"
 #include "etcd/etcd_state_store.h"
 #include "kmosix/clock.h"
 #include "kube/config.h"
@@ -60,6 +61,21 @@ int main(int argc, char** argv) {
   app.add_option("--etcd-cert", etcd_cert,
                  "the controller's client certificate for etcd (re-read on change)");
   app.add_option("--etcd-key", etcd_key, "the key of --etcd-cert (re-read on change)");
+  std::string node_grants = "auto";
+  double grant_grace = 3;
+  app.add_option("--etcd-node-grants", node_grants,
+                 "keep each node's etcd role's write grants as narrow as the records say (the "
+                 "workloads it owns or moves, the migrations it runs; needs etcd's root role): "
+                 "on, off, or auto = on with an etcd client certificate (--etcd-cert)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  app.add_option("--etcd-node-role-prefix", opts.node_role_prefix,
+                 "the etcd role of node N is this prefix + N (default: the node's name)");
+  app.add_option("--etcd-grant-grace", grant_grace,
+                 "seconds a node keeps a write grant it no longer needs (covers records "
+                 "written right after their grant)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--listen", listen, "address:port of the REST API")->capture_default_str();
   app.add_option("--id", opts.identity, "this replica's name in the election (default host:pid)");
   app.add_option("--lease-ttl", lease_ttl, "seconds a dead leader keeps the lead")
@@ -207,11 +223,24 @@ int main(int argc, char** argv) {
   opts.policy.min_residency_ms = static_cast<int64_t>(min_residency * 1000);
   opts.order_timeout = ms(order_timeout);
   opts.source_lost_grace = ms(lost_grace);
+  opts.grant_revoke_grace = ms(grant_grace);
 
   kmosix::SystemRandom random;
   kmosix::EtcdStateStore store(etcd_config);
   kmosix::controller::ControllerMetrics metrics(opts.identity);
+  // etcd node grants (issue 11): an insecure etcd has no auth to narrow.
+  // Declared before the controller, which borrows it.
+  std::unique_ptr<kmosix::EtcdAccessGrants> access_grants;
   kmosix::controller::Controller controller(store, clock, random, opts, &metrics);
+  if (node_grants == "on" || (node_grants == "auto" && !etcd_cert.empty())) {
+    access_grants = std::make_unique<kmosix::EtcdAccessGrants>(etcd_config);
+    controller.SetAccessGrants(access_grants.get());
+    spdlog::info("etcd node grants on: node roles {}<node> get write grants per record",
+                 opts.node_role_prefix);
+  } else {
+    spdlog::info("etcd node grants off ({})",
+                 node_grants == "off" ? "--etcd-node-grants=off" : "no etcd client certificate");
+  }
 
   // The Kubernetes face: kmosix.io objects mirrored into the cluster's state.
   std::unique_ptr<kmosix::kube::Client> kube_client;

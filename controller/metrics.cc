@@ -30,7 +30,12 @@ ControllerMetrics::ControllerMetrics(const std::string& identity)
       reconciles_(prometheus::BuildCounter()
                       .Name("kmosix_reconciles_total")
                       .Help("Reconciles by kind and outcome")
-                      .Register(*registry_)) {}
+                      .Register(*registry_)),
+      grants_(prometheus::BuildCounter()
+                  .Name("kmosix_controller_grants_total")
+                  .Help("etcd node write grants (action grant) and revokes (action revoke) "
+                        "attempted, by outcome")
+                  .Register(*registry_)) {}
 
 void ControllerMetrics::OnLeadership(bool leader) { leader_.Set(leader ? 1 : 0); }
 void ControllerMetrics::OnBalanceRound(double seconds, size_t) { round_.Observe(seconds); }
@@ -40,6 +45,10 @@ void ControllerMetrics::OnMigrationOrdered(const std::string& requested_by) {
 void ControllerMetrics::OnPlacement() { placements_.Increment(); }
 void ControllerMetrics::OnReconcile(const std::string& kind, bool ok) {
   reconciles_.Add({{"kind", kind}, {"outcome", ok ? "ok" : "retry"}}).Increment();
+}
+
+void ControllerMetrics::OnGrant(const std::string& action, bool ok) {
+  grants_.Add({{"action", action}, {"outcome", ok ? "ok" : "error"}}).Increment();
 }
 
 std::string ControllerMetrics::Render() const {

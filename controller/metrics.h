@@ -1,5 +1,6 @@
 // Prometheus metrics of the controller: leadership, balancing rounds,
-// migrations ordered, placements, reconciles by kind and outcome.
+// migrations ordered, placements, reconciles by kind and outcome, etcd node
+// grants and revokes by outcome.
 // Thread-safety: all methods are thread-safe (prometheus-cpp metrics are).
 #pragma once
 
@@ -24,6 +25,7 @@ class ControllerMetrics final : public ControllerObserver {
   void OnMigrationOrdered(const std::string& requested_by) override;
   void OnPlacement() override;
   void OnReconcile(const std::string& kind, bool ok) override;
+  void OnGrant(const std::string& action, bool ok) override;
   std::string Render() const;
 
  private:
@@ -33,6 +35,7 @@ class ControllerMetrics final : public ControllerObserver {
   prometheus::Family<prometheus::Counter>& ordered_;
   prometheus::Counter& placements_;
   prometheus::Family<prometheus::Counter>& reconciles_;
+  prometheus::Family<prometheus::Counter>& grants_;
 };
 
 }  // namespace kmosix::controller
