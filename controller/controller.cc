@@ -139,15 +139,34 @@ const T* PointerTo(const std::map<std::string, T>& m, const std::string& name) {
 
 void Controller::OnChange(char kind, const std::string& name, const std::optional<KeyValue>& now) {
   std::vector<std::string> items;
+  bool notify_nodes = false;  // a live node's notReadyReason changed
   {
     std::lock_guard lock(view_mu_);
     switch (kind) {
       case 'n': {
-        const bool was = view_.nodes.count(name) > 0;
+        auto before = PointerTo(view_.nodes, name);
+        const bool was = before != nullptr;
+        std::optional<std::string> reason_before = was ? before->not_ready_reason : std::nullopt;
         Decode(view_.nodes, name, now, &cluster::NodeLoadFromJson);
+        auto after = PointerTo(view_.nodes, name);
+        std::optional<std::string> reason_after = after ? after->not_ready_reason : std::nullopt;
+        if (after != nullptr && reason_before != reason_after) {
+          // The agent runs but says it cannot take part in migrations (or
+          // can again): no lease change, so no member event; say it here.
+          if (reason_after)
+            spdlog::warn("node {} is NotReady for migrations: {}", name, *reason_after);
+          else
+            spdlog::info("node {} is ready for migrations again", name);
+          if (nodes_.Synced())
+            events_.Publish(
+                reason_after ? "node.notready" : "node.ready", clock_.WallMillis(),
+                {{"node", name},
+                 {"message", reason_after ? "NotReady: " + *reason_after : std::string("Ready")}});
+          notify_nodes = true;
+        }
         // Load updates are frequent; only readiness changes concern the
         // node's workloads and migrations.
-        if (was == (view_.nodes.count(name) > 0)) break;
+        if (was == (after != nullptr)) break;
         items.push_back("n/" + name);
         for (const auto& [w, rec] : view_.workloads) {
           if (rec.status.node == name) items.push_back("w/" + w);
@@ -195,7 +214,7 @@ void Controller::OnChange(char kind, const std::string& name, const std::optiona
     }
   }
   for (const auto& item : items) queue_.Add(item);
-  if (kind == 'w' || kind == 'm') {
+  if (kind == 'w' || kind == 'm' || notify_nodes) {
     for (const auto& listener : listeners_) listener(kind, name);
   }
 }
@@ -751,7 +770,7 @@ ClusterSnapshot Controller::Snapshot(const std::string& image) {
   for (const auto& [name, n] : view_.nodes) {
     PolicyNode p;
     p.name = name;
-    p.ready = true;
+    p.ready = !n.not_ready_reason;  // live, but unfit for migrations (e.g. no CRIU)
     auto member = view_.members.find(name);
     p.cordoned = member != view_.members.end() && member->second.cordoned;
     p.cpu_capacity = n.cpu_capacity;
@@ -922,11 +941,13 @@ api::NodeView Controller::DescribeNode(const std::string& name) {
   std::lock_guard lock(view_mu_);
   auto member = view_.members.find(name);
   auto n = view_.nodes.find(name);
-  v.ready = n != view_.nodes.end();
+  const bool live = n != view_.nodes.end();
+  v.ready = live && !n->second.not_ready_reason;
   v.cordoned = member != view_.members.end() && member->second.cordoned;
-  if (member != view_.members.end() && !v.ready)
+  if (member != view_.members.end() && !live)
     v.not_ready_seconds = (now - member->second.changed_ms) / 1000.0;
-  if (v.ready) {
+  if (live) {
+    v.not_ready_reason = n->second.not_ready_reason;
     v.load = n->second;
     v.heartbeat_age_seconds = std::max<int64_t>(0, now - n->second.updated_ms) / 1000.0;
   }
@@ -977,12 +998,17 @@ StatusOr<api::Migration> Controller::RequestMigration(const api::MigrationReques
   const std::string who = request.requested_by == api::kRequestedByUser
                               ? "requested through Kubernetes"
                               : "requested through the API";
+  if (auto source = CachedNode(w->status.node); source && source->not_ready_reason)
+    return ConflictError("node " + w->status.node + " cannot checkpoint: it is NotReady (" +
+                         *source->not_ready_reason + ")");
   if (!order.target.empty()) {
     const std::string& target = order.target;
     if (!NodeReady(target)) {
       if (!CachedMember(target)) return NotFoundError("no node named \"" + target + "\"");
       return ConflictError("node " + target + " is NotReady");
     }
+    if (auto t = CachedNode(target); t && t->not_ready_reason)
+      return ConflictError("node " + target + " is NotReady (" + *t->not_ready_reason + ")");
     if (NodeCordoned(target)) return ConflictError("node " + target + " is cordoned");
     if (order.reason.empty()) order.reason = who + ": move to " + target;
   } else {

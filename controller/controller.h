@@ -155,7 +155,8 @@ class Controller {
   api::LeaderInfo Leader();
   // Called (from the cache threads, no lock held) after every change of a
   // workload ('w') or migration ('m') record this replica's caches see, with
-  // its name/id. Register before Start().
+  // its name/id, and ('n', node name) when a live node's notReadyReason
+  // appears, changes or goes (GetNode tells it). Register before Start().
   void AddChangeListener(std::function<void(char kind, const std::string& name)> listener);
   // The balancer's per-workload and cluster knobs beyond the flags (shared:
   // a source that goes away first answers nullopt). Set before Start().

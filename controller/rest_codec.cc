@@ -77,6 +77,7 @@ json NodeViewToJson(const api::NodeView& n) {
   j["ready"] = n.ready;
   j["cordoned"] = n.cordoned;
   if (n.not_ready_seconds) j["notReadySeconds"] = *n.not_ready_seconds;
+  if (n.not_ready_reason) j["notReadyReason"] = *n.not_ready_reason;
   if (n.load) {
     const api::NodeLoad& l = *n.load;
     j["url"] = l.url;

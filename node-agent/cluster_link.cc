@@ -33,6 +33,16 @@ bool ForGood(const Status& s) {
 
 std::string ErrorText(const Status& s) { return s.ok() ? "" : s.ToString(); }
 
+// A record write etcd refused for this node's identity: the controller grants
+// a node write access to the records it takes part in (controller/grants.h)
+// and has not (yet) granted this one, or took it away as the record moved
+// on. Never a failure for good: kRetry, so the caller backs off and re-reads
+// (a Transfer stays unsettled and the source frozen; nothing is lost).
+Status NotGrantedIsRetry(const Status& s, const std::string& key) {
+  if (s.code() != Code::kPermissionDenied) return s;
+  return RetryError("write " + key + " not granted to this node (yet): " + s.message());
+}
+
 bool Cancelled(const MigrationRecord& m) { return m.cancel_requested_ms > 0; }
 
 std::string CancelText(const MigrationRecord& m) {
@@ -239,11 +249,13 @@ Status ClusterLink::PublishOnce() {
     // The last list stands until the runtime answers again.
     spdlog::warn("{}: cannot list images: {}", options_.node, images.status().ToString());
   }
+  std::optional<std::string> reason;
+  if (options_.not_ready_reason) reason = options_.not_ready_reason();
   int64_t lease;
   {
     std::lock_guard lock(lease_mu_);
     const bool due = force_publish_ || !published_ || MateriallyChanged(*published_, sample) ||
-                     images_ != published_images_ ||
+                     images_ != published_images_ || reason != published_reason_ ||
                      clock_.Now() - published_at_ >= options_.heartbeat;
     if (!due) return Status::Ok();
     lease = lease_;
@@ -254,6 +266,7 @@ Status ClusterLink::PublishOnce() {
   load.speed = options_.speed;
   FillNodeLoad(sample, load);
   load.images = images_;
+  load.not_ready_reason = reason;
   auto put = store_.Put(options_.keys.Node(options_.node), cluster::NodeLoadToJson(load).dump(),
                         PutOptions{lease});
   if (!put.ok()) {
@@ -263,6 +276,7 @@ Status ClusterLink::PublishOnce() {
   std::lock_guard lock(lease_mu_);
   published_ = sample;
   published_images_ = images_;
+  published_reason_ = reason;
   published_at_ = clock_.Now();
   force_publish_ = false;
   return Status::Ok();
@@ -321,8 +335,9 @@ Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::st
       txn.compares.push_back(Compare::Unchanged(guard_key, guard ? guard->mod_revision : 0));
     }
     txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(rec).dump()));
-    KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
-    if (done.succeeded) return Status::Ok();
+    auto done = store_.Commit(txn);
+    if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
+    if (done->succeeded) return Status::Ok();
   }
   return RetryError(key + " kept changing");
 }
@@ -339,8 +354,9 @@ Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
     txn.then_ops.push_back(TxnOp::Put(key, cluster::MigrationToJson(rec).dump()));
-    KMX_ASSIGN_OR_RETURN(TxnResult done, store_.Commit(txn));
-    if (done.succeeded) return Status::Ok();
+    auto done = store_.Commit(txn);
+    if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
+    if (done->succeeded) return Status::Ok();
   }
   return RetryError(key + " kept changing");
 }

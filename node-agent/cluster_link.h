@@ -7,8 +7,9 @@
 //                     `lease_ttl` kept alive in the background. Sampled every
 //                     `sample_interval`; written when the sample changed
 //                     materially (load_sampler.h) or `heartbeat` passed since
-//                     the last write, and at once after a new lease was
-//                     granted (a lost lease is re-granted and the key
+//                     the last write, at once when the node's
+//                     notReadyReason changes (options.not_ready_reason), and
+//                     at once after a new lease was granted (a lost lease is re-granted and the key
 //                     rewritten). On Stop the lease is NOT revoked: the key
 //                     vanishes a TTL later (a restarting agent keeps its
 //                     workloads running meanwhile).
@@ -90,6 +91,14 @@
 // state (a fresh Get before every CAS) and are idempotent; an agent killed at
 // any line converges when it comes back.
 //
+// etcd grants: with etcd auth a node's role may write only its own
+// nodes/<node> key and the records the controller grants it (those it takes
+// part in: controller/grants.h). A record write etcd refuses with permission
+// denied is kRetry here (the grant may be on its way): workers back off and
+// re-read; Transfer/Revert answer kRetry, so the migration driver keeps the
+// source frozen and asks again (Resolving after its timeout, then Recover):
+// a refused ownership write never fails a migration nor loses the workload.
+//
 // Ownership: borrows the agent, store, sampler, clock and random; owns its
 // threads (publisher, queue worker, three caches, one per running
 // migration). Thread-safety: all public methods may be called from any
@@ -134,6 +143,11 @@ struct ClusterLinkOptions {
   Clock::Duration journal_poll = std::chrono::seconds(2);
   // CAS rounds (re-read after a conflict) before giving up with kRetry.
   int cas_attempts = 10;
+  // Why this node can take part in no migration now (e.g.
+  // CriuReadiness::NotReadyReason), asked every publisher round and published
+  // as nodes/<node>.notReadyReason (written at once when it changes). Empty
+  // function: always fit. Must not block.
+  std::function<std::optional<std::string>()> not_ready_reason;
   cluster::WorkQueue::Options queue;
 };
 
@@ -239,6 +253,7 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // The runtime's images as last listed (every sample), published with the
   // load; a change makes the sample due.
   std::optional<std::vector<std::string>> images_, published_images_;
+  std::optional<std::string> published_reason_;  // guarded by lease_mu_
 
   // Threads.
   std::mutex mu_;

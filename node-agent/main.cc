@@ -19,6 +19,7 @@
 #include "cluster_link.h"
 #include "containerd/containerd_runtime.h"
 #include "containerd/workload_network.h"
+#include "criu_probe.h"
 #include "etcd/etcd_state_store.h"
 #include "http_api.h"
 #include "kmosix/clock.h"
@@ -104,6 +105,19 @@ int main(int argc, char** argv) {
                  "someone else or open to group or others, or under a directory others may "
                  "write");
   app.add_option("--runc-root", ctd.runc_root, "runc state root for this node")->required();
+  app.add_option("--criu-path", ctd.criu_path,
+                 "the criu runc runs (passed to runc as --criu; a path on the node, where "
+                 "containerd's shim runs runc); default: the first criu on the shim's PATH");
+  std::string criu_check = "auto";
+  app.add_option("--criu-check", criu_check,
+                 "how the agent checks at start that this node's runc finds a CRIU >= 4 that "
+                 "passes `criu check`: local (run it here), nsenter (run it in PID 1's mount "
+                 "namespace: the host's, for an agent in a pod with hostPID), auto (nsenter when "
+                 "PID 1's mount namespace is not the agent's, else local), off (no check). A "
+                 "failed check leaves the agent running but its node NotReady for migrations "
+                 "(the reason is in its node record); it is checked again every minute")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "off", "nsenter", "local"}));
   app.add_option("--cgroup-parent", ctd.cgroup_parent, "cgroup parent for this node's containers")
       ->required();
   app.add_option("--data-port", data_port,
@@ -299,6 +313,19 @@ int main(int argc, char** argv) {
   ctd.node_name = opts.node;
 
   kmosix::SystemCommandRunner command_runner;
+  kmosix::SystemClock clock;
+  // CRIU readiness (before the cluster link starts, so the first node record
+  // already says whether this node can take migrations).
+  kmosix::agent::CriuProbeOptions criu_options;
+  criu_options.mode = *kmosix::agent::ParseCriuCheckMode(criu_check);  // checked by CLI11
+  criu_options.criu_path = ctd.criu_path;
+  kmosix::agent::CommandCriuProbe criu_probe(criu_options, command_runner);
+  kmosix::agent::CriuReadiness criu_readiness(criu_probe, clock);
+  if (criu_options.mode != kmosix::agent::CriuCheckMode::kOff) {
+    criu_readiness.Check();
+  } else {
+    spdlog::warn("--criu-check off: this node is offered for migrations without asking CRIU");
+  }
   std::unique_ptr<kmosix::WorkloadNetwork> network;
   if (workload_network == "isolated") {
     wn_config.node = opts.node;
@@ -319,7 +346,6 @@ int main(int argc, char** argv) {
         "!!!");
   }
 
-  kmosix::SystemClock clock;
   kmosix::SystemRandom random;
   kmosix::ContainerdRuntime runtime(ctd);
   engine_opts.prefault_max_bytes = prefault_max_mib << 20;
@@ -421,6 +447,7 @@ int main(int argc, char** argv) {
     lo.lease_ttl = std::chrono::seconds(lease_ttl);
     lo.speed = speed;
     lo.heartbeat = std::chrono::milliseconds(static_cast<int64_t>(heartbeat * 1000));
+    lo.not_ready_reason = [&criu_readiness] { return criu_readiness.NotReadyReason(); };
     link = std::make_unique<kmosix::agent::ClusterLink>(lo, agent, *store, *sampler, clock, random);
     agent.SetClusterHooks(link->Hooks());
   }
@@ -493,6 +520,7 @@ int main(int argc, char** argv) {
   std::thread upkeep([&] {
     while (!g_stop) {
       agent.Tick();
+      criu_readiness.Tick();
       for (int i = 0; i < 10 && !g_stop; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

@@ -175,6 +175,8 @@ void Bridge::OnControllerChange(char kind, const std::string& name) {
   } else if (kind == 'm') {
     queue_.Add("m/" + name);
     if (auto it = migration_keys_.find(name); it != migration_keys_.end()) queue_.Add(it->second);
+  } else if (kind == 'n') {
+    queue_.Add("node/" + name);
   }
 }
 
@@ -187,6 +189,8 @@ void Bridge::EnqueueAll() {
   // flight need another look.
   for (const api::Migration& m : controller_.ListMigrations())
     if (!api::IsFinal(m.phase)) queue_.Add("m/" + m.id);
+  for (const api::NodeView& n : controller_.ListNodes())
+    if (n.not_ready_reason) queue_.Add("node/" + n.name);
   queue_.Add("orphans");
 }
 
@@ -233,11 +237,39 @@ Status Bridge::Reconcile(const std::string& key) {
   const std::string kind = key.substr(0, slash);
   const std::string rest = key.substr(slash + 1);
   if (kind == "m") return MirrorMigration(rest);
+  if (kind == "node") return ReconcileNode(rest);
   if (kind == "mpol") return ReconcilePolicy(rest);
   auto [ns, name] = SplitKey(rest);
   if (kind == "mw") return ReconcileWorkload(ns, name);
   if (kind == "mig") return ReconcileMigration(ns, name);
   if (kind == "trim") return TrimMigrations(ns, name);
+  return Status::Ok();
+}
+
+// ---- Nodes ---------------------------------------------------------------------
+
+Status Bridge::ReconcileNode(const std::string& name) {
+  auto v = controller_.GetNode(name);
+  if (!v.ok() && v.status().code() != Code::kNotFound) return v.status();
+  const std::optional<std::string> reason = v.ok() ? v->not_ready_reason : std::nullopt;
+  auto [it, first] = node_reasons_.try_emplace(name, std::nullopt);
+  const std::optional<std::string> before = it->second;
+  if (!v.ok()) {
+    node_reasons_.erase(it);  // gone: nothing to say about it
+    return Status::Ok();
+  }
+  if (!first && before == reason) return Status::Ok();
+  it->second = reason;
+  // Events on a Node live in "default"; kubelet's own name the node by its
+  // name as uid too, which `kubectl describe node` matches.
+  const json node = {{"metadata", {{"name", name}, {"uid", name}}}};
+  if (reason) {
+    Record(kube::Nodes(), node, "Warning", "MigrationsUnavailable",
+           "kmosix: this node takes part in no migration: " + *reason);
+  } else if (before) {
+    Record(kube::Nodes(), node, "Normal", "MigrationsAvailable",
+           "kmosix: this node takes part in migrations again");
+  }
   return Status::Ok();
 }
 
@@ -282,7 +314,8 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
     for (const api::NodeView& n : controller_.ListNodes()) {
       const bool may_hold = stopping.nodes.empty() || stopping.nodes.count(n.name) > 0;
       const bool listed = n.load && n.load->workloads.count(wname) > 0;
-      const bool stale = may_hold && n.ready && (!n.load || n.load->updated_ms < stopping.since_ms);
+      // n.load is there while the node's agent holds its lease (ready or not).
+      const bool stale = may_hold && n.load && n.load->updated_ms < stopping.since_ms;
       if (listed || stale) {
         queue_.AddAfter("mw/" + KeyOf(ns, name), options_.wait_poll);
         return Status::Ok();

@@ -21,6 +21,11 @@
 //   MigrationPolicy     the balancer's knobs for the workloads its selector
 //                       matches (the most specific match wins; the
 //                       controller's flags are the default).
+//   Node (core, read)   a kmosix node whose agent runs but reports it unfit for
+//                       migrations (notReadyReason, e.g. no usable CRIU) gets
+//                       a Warning Event MigrationsUnavailable with the reason
+//                       (`kubectl describe node`), MigrationsAvailable when it
+//                       is fit again.
 //
 // Level-based and idempotent: every key is reconciled from the informers'
 // caches and the controller's state, never from the event that queued it;
@@ -108,6 +113,9 @@ class Bridge {
   Status ReconcileMigration(const std::string& ns, const std::string& name);
   Status MirrorMigration(const std::string& id);
   Status ReconcilePolicy(const std::string& name);
+  // A Warning Event on the Kubernetes Node when its kmosix node reports a
+  // notReadyReason (once per reason this replica sees), Normal when it goes.
+  Status ReconcileNode(const std::string& name);
   Status TrimMigrations(const std::string& ns, const std::string& workload);
   Status CollectOrphans();
   // Adds the finalizer (if missing) and the given labels and annotations, with
@@ -165,6 +173,8 @@ class Bridge {
     std::set<std::string> nodes;
   };
   std::map<std::string, Stopping> stopping_;
+  // The notReadyReason last told in an Event, by node (worker thread only).
+  std::map<std::string, std::optional<std::string>> node_reasons_;
 
   std::shared_ptr<Link> link_ = std::make_shared<Link>();
   std::atomic<bool> stop_{false};

@@ -50,10 +50,11 @@ void EventRecorder::Record(const kube::Resource& r, const json& object, const st
   auto meta = DecodeMeta(object);
   if (!meta.ok()) return;
   const std::string now = FormatTime(clock_.WallMillis());
+  // A cluster-scoped object's (a Node's) Events live in "default", as kubelet's.
+  const std::string ns = meta->namespace_.empty() ? "default" : meta->namespace_;
   json event = {{"apiVersion", "v1"},
                 {"kind", "Event"},
-                {"metadata",
-                 {{"name", RandomId(random_, meta->name + ".")}, {"namespace", meta->namespace_}}},
+                {"metadata", {{"name", RandomId(random_, meta->name + ".")}, {"namespace", ns}}},
                 {"involvedObject",
                  {{"apiVersion", r.ApiVersion()},
                   {"kind", r.kind},
@@ -76,7 +77,7 @@ void EventRecorder::Record(const kube::Resource& r, const json& object, const st
       ++dropped_;
       return;
     }
-    queue_.emplace_back(meta->namespace_, std::move(event));
+    queue_.emplace_back(ns, std::move(event));
   }
   cv_.notify_one();
 }

@@ -33,7 +33,9 @@ class EventRecorder {
   // Sends what is queued (for at most `drain` more), then stops. Idempotent.
   void Stop(Clock::Duration drain = std::chrono::seconds(2));
 
-  // type "Normal" or "Warning"; reason CamelCase; message cut to 1 KiB.
+  // type "Normal" or "Warning"; reason CamelCase; message cut to 1 KiB. The
+  // Event goes to the object's namespace ("default" for a cluster-scoped
+  // object such as a Node).
   void Record(const kube::Resource& r, const nlohmann::json& object, const std::string& type,
               const std::string& reason, const std::string& message);
 

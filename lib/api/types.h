@@ -107,6 +107,11 @@ struct NodeLoad {
   // Images the node holds (sorted); absent where the agent does not publish
   // them. Placement refuses an image no node holds.
   std::optional<std::vector<std::string>> images;
+  // Why the node cannot take part in migrations although its agent runs
+  // (its start-up checks failed, e.g. no CRIU >= 4 passing `criu check`);
+  // absent when it can. Such a node keeps its workloads, but the controller
+  // places nothing on it and migrates nothing to or from it.
+  std::optional<std::string> not_ready_reason;
   int64_t updated_ms = 0;  // wall clock of the sample
   // Normalised CPU load: cpu_used / (cpu_capacity * speed).
   double Load() const;
@@ -251,12 +256,13 @@ struct WorkloadView {
 // A node as GET /v1/nodes/{name} shows it.
 struct NodeView {
   std::string name;
-  bool ready = false;  // its agent holds its lease
+  bool ready = false;  // its agent holds its lease and reports no not_ready_reason
   bool cordoned = false;
-  std::optional<double> not_ready_seconds;  // known member, not ready
-  std::optional<NodeLoad> load;             // present when ready
-  double heartbeat_age_seconds = 0;         // of `load`
-  std::vector<std::string> workloads;       // names of the workloads it owns
+  std::optional<double> not_ready_seconds;      // known member whose agent's lease expired
+  std::optional<std::string> not_ready_reason;  // its agent runs but reports it unfit
+  std::optional<NodeLoad> load;                 // present while its agent holds its lease
+  double heartbeat_age_seconds = 0;             // of `load`
+  std::vector<std::string> workloads;           // names of the workloads it owns
 };
 
 // One move the balancer would make.

@@ -19,6 +19,8 @@ namespace kmosix::api {
 inline constexpr size_t kMaxImageBytes = 512;
 inline constexpr size_t kMaxArgs = 4096;
 inline constexpr size_t kMaxNodeImages = 4096;  // images a node record may list
+// A node record's notReadyReason: 1..kMaxNotReadyReasonBytes bytes.
+inline constexpr size_t kMaxNotReadyReasonBytes = 1024;
 inline constexpr int64_t kMaxMemoryMiB = int64_t{1} << 30;
 inline constexpr double kMaxCpus = 4096;
 

@@ -42,6 +42,7 @@ json NodeLoadToJson(const api::NodeLoad& n) {
   if (n.psi_cpu_some10) j["psiCpuSome10"] = *n.psi_cpu_some10;
   if (n.psi_memory_some10) j["psiMemorySome10"] = *n.psi_memory_some10;
   if (n.images) j["images"] = *n.images;
+  if (n.not_ready_reason) j["notReadyReason"] = *n.not_ready_reason;
   return j;
 }
 
@@ -50,7 +51,7 @@ StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
   KMX_RETURN_IF_ERROR(
       f.Check({"node", "url", "loadSource", "cpuCapacity", "speed", "cpuUsed", "runQueue",
                "memoryCapacityBytes", "memoryAvailableBytes", "psiCpuSome10", "psiMemorySome10",
-               "workloads", "updatedMs", "images"}));
+               "workloads", "updatedMs", "images", "notReadyReason"}));
   api::NodeLoad n;
   KMX_RETURN_IF_ERROR(f.Name("node", n.node, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.String("url", n.url));
@@ -92,6 +93,13 @@ StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
                      "image names of 1.." + std::to_string(api::kMaxImageBytes) + " bytes");
       n.images->push_back(image.get<std::string>());
     }
+  }
+  if (const json* reason = f.Find("notReadyReason"); reason != nullptr) {
+    if (!reason->is_string() || reason->get_ref<const std::string&>().empty() ||
+        reason->get_ref<const std::string&>().size() > api::kMaxNotReadyReasonBytes)
+      return f.Bad("notReadyReason",
+                   "a string of 1.." + std::to_string(api::kMaxNotReadyReasonBytes) + " bytes");
+    n.not_ready_reason = reason->get<std::string>();
   }
   return n;
 }

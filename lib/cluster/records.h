@@ -4,7 +4,8 @@
 //
 // Keys (prefix configurable, default "/kmosix/"):
 //   nodes/<node>       api::NodeLoad, written by the node's agent under its lease
-//                      (vanishes when the agent dies)
+//                      (vanishes when the agent dies); "notReadyReason" (optional
+//                      string) says why a live node takes part in no migration
 //   members/<node>     api::NodeMember, written by the leading controller: readiness
 //                      as the controller saw it, cordon flag
 //   workloads/<name>   api::Workload: spec (written by the API) and ownership

@@ -125,7 +125,8 @@ class ControllerTest : public ::testing::Test {
   // An agent's node record, under its own lease (revoke it to "kill" the agent).
   int64_t PublishNode(const std::string& name, double cpu_used,
                       std::map<std::string, api::WorkloadUsage> usage = {}, int64_t lease = 0,
-                      std::optional<std::vector<std::string>> images = std::nullopt) {
+                      std::optional<std::vector<std::string>> images = std::nullopt,
+                      std::optional<std::string> not_ready_reason = std::nullopt) {
     if (lease == 0) {
       auto grant = store_.GrantLease(std::chrono::seconds(5));
       EXPECT_TRUE(grant.ok());
@@ -141,6 +142,7 @@ class ControllerTest : public ::testing::Test {
     n.memory_available_bytes = 6ULL << 30;
     n.workloads = std::move(usage);
     n.images = std::move(images);
+    n.not_ready_reason = std::move(not_ready_reason);
     n.updated_ms = clock_.WallMillis();
     PutOptions po;
     po.lease = lease;

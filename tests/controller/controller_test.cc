@@ -78,6 +78,84 @@ TEST_F(ControllerTest, NodeLosingItsLeaseGoesNotReadyAndItsWorkloadsLost) {
   }));
 }
 
+TEST_F(ControllerTest, NodeReportingNotReadyTakesNoPlacementOrMigrationButKeepsItsWorkloads) {
+  const std::string why = "CRIU not usable: criu is version 3.17.1; kmosix needs CRIU >= 4.0";
+  PublishNode("n1", 0.9);
+  int64_t lease2 = PublishNode("n2", 0.0);  // idle, fit for now
+  Controller& c = StartController(Options("c1"));
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  // w2 lands on n2 while it is fit, and runs there.
+  Create(c, {{"name", "w2"}, {"image", "demo"}, {"node", "n2"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w2");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  MarkRunning("w2", clock_.WallMillis());
+  PublishNode("n2", 0.0, {{"w2", {0.0, 1 << 20}}}, lease2, std::nullopt, why);
+  ASSERT_TRUE(Eventually([&] {
+    auto n = Rest(c).GetNode("n2");
+    return n.ok() && !(*n)["ready"].get<bool>();
+  }));
+  auto n2 = Rest(c).GetNode("n2");
+  ASSERT_TRUE(n2.ok());
+  EXPECT_EQ((*n2)["notReadyReason"], why);
+  EXPECT_EQ((*n2)["url"], "http://n2:7700") << "its load is still shown";
+  EXPECT_FALSE(n2->contains("notReadySeconds")) << "its agent holds its lease";
+  auto n1 = Rest(c).GetNode("n1");
+  ASSERT_TRUE(n1.ok());
+  EXPECT_TRUE((*n1)["ready"].get<bool>());
+  EXPECT_FALSE(n1->contains("notReadyReason"));
+
+  // Placement passes over it although it is the least loaded.
+  Create(c, {{"name", "w1"}, {"image", "demo"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  EXPECT_EQ(Workload("w1")->status.node, "n1");
+  // Asked for by name, it waits Pending, saying why.
+  Create(c, {{"name", "w3"}, {"image", "demo"}, {"node", "n2"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w3");
+    return w && w->status.message.find("not ready") != std::string::npos;
+  }));
+  EXPECT_EQ(Workload("w3")->status.phase, WorkloadPhase::kPending);
+
+  // No migration to it, none from it.
+  MarkRunning("w1", clock_.WallMillis());
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetWorkload("w1");
+    return g.ok() && g->workload.status.phase == WorkloadPhase::kRunning;
+  }));
+  auto to = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
+  EXPECT_EQ(to.status().code(), Code::kConflict);
+  EXPECT_NE(to.status().message().find(why), std::string::npos) << to.status().ToString();
+  auto anywhere = Rest(c).RequestMigration(R"({"workload":"w1"})");
+  EXPECT_EQ(anywhere.status().code(), Code::kConflict) << "no other fit node";
+  ASSERT_TRUE(Eventually([&] {
+    auto g = c.GetWorkload("w2");
+    return g.ok() && g->workload.status.phase == WorkloadPhase::kRunning;
+  }));
+  auto from = Rest(c).RequestMigration(R"({"workload":"w2","target":"n1"})");
+  EXPECT_EQ(from.status().code(), Code::kConflict);
+  EXPECT_NE(from.status().message().find("cannot checkpoint"), std::string::npos)
+      << from.status().ToString();
+  EXPECT_TRUE(Migrations().empty());
+  EXPECT_EQ(Workload("w2")->status.phase, WorkloadPhase::kRunning) << "it keeps its workload";
+  EXPECT_EQ(Workload("w2")->status.node, "n2");
+
+  // Fit again: it takes what waited for it.
+  PublishNode("n2", 0.0, {{"w2", {0.0, 1 << 20}}}, lease2);
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w3");
+    return w && w->status.phase == WorkloadPhase::kScheduled && w->status.node == "n2";
+  }));
+  auto back = Rest(c).GetNode("n2");
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE((*back)["ready"].get<bool>());
+  EXPECT_FALSE(back->contains("notReadyReason"));
+}
+
 TEST_F(ControllerTest, HotNodeGetsAMigrationOrderWithItsReason) {
   // n1 runs four busy workloads; n2 and n3 are idle.
   std::map<std::string, api::WorkloadUsage> usage;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <mutex>
 #include <thread>
 
 #include "agent.h"
@@ -57,9 +58,20 @@ struct Node {
     lo.url = opts.advertise_url;
     lo.speed = 1.5;
     lo.sample_interval = std::chrono::milliseconds(20);
+    lo.not_ready_reason = [this] {
+      std::lock_guard lock(unfit_mu);
+      return unfit;
+    };
     link = std::make_unique<ClusterLink>(lo, *agent, store, sampler, clock, random);
     agent->SetClusterHooks(link->Hooks());
   }
+  // What the node's readiness check says (CriuReadiness in the agent).
+  void SetUnfit(std::optional<std::string> why) {
+    std::lock_guard lock(unfit_mu);
+    unfit = std::move(why);
+  }
+  std::mutex unfit_mu;
+  std::optional<std::string> unfit;
   FakeRuntime runtime;
   StopAndCopyEngine engine;
   FakeLoadSampler sampler;
@@ -250,6 +262,33 @@ TEST_F(ClusterLinkTest, PublishesTheImagesItHoldsAndTheirChanges) {
   node1_->runtime.Fail("ListImages", RetryError("containerd unreachable"));
   ASSERT_TRUE(node1_->link->PublishOnce().ok());
   EXPECT_EQ(read()->images, load->images);
+}
+
+TEST_F(ClusterLinkTest, PublishesTheNodesNotReadyReasonAtOnceWhenItChanges) {
+  auto read = [&] {
+    return cluster::ParseRecord<api::NodeLoad>(Raw(keys_.Node("node1"))->value,
+                                               cluster::NodeLoadFromJson);
+  };
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  ASSERT_TRUE(read().ok());
+  EXPECT_FALSE(read()->not_ready_reason.has_value()) << "fit: no reason";
+  const int64_t rev = Raw(keys_.Node("node1"))->mod_revision;
+  // Unfit: written with the next sample, no material change or heartbeat needed.
+  node1_->SetUnfit("CRIU not usable: `criu check` exited 1: Error: no CAP_SYS_ADMIN");
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_GT(Raw(keys_.Node("node1"))->mod_revision, rev);
+  EXPECT_EQ(read()->not_ready_reason,
+            "CRIU not usable: `criu check` exited 1: Error: no CAP_SYS_ADMIN");
+  EXPECT_EQ(Raw(keys_.Node("node1"))->lease, node1_->link->Lease()) << "still under its lease";
+  // Unchanged: not written again.
+  const int64_t unfit_rev = Raw(keys_.Node("node1"))->mod_revision;
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_EQ(Raw(keys_.Node("node1"))->mod_revision, unfit_rev);
+  // Fit again: the reason goes at once.
+  node1_->SetUnfit(std::nullopt);
+  ASSERT_TRUE(node1_->link->PublishOnce().ok());
+  EXPECT_GT(Raw(keys_.Node("node1"))->mod_revision, unfit_rev);
+  EXPECT_FALSE(read()->not_ready_reason.has_value());
 }
 
 TEST_F(ClusterLinkTest, PeersActOnlyOnMigrationsEtcdOrderedFromThemToThisNode) {
@@ -901,6 +940,67 @@ TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
     return kv.has_value() && kv->lease != lease;
   }));
   node1_->link->Stop();
+}
+
+// ---- etcd grants: a write etcd refuses for permission is retried, never final ----
+
+// etcd's answer to a write the node's role holds no grant for.
+Status NotGranted() { return PermissionDeniedError("etcdserver: permission denied"); }
+
+TEST_F(ClusterLinkTest, AStatusWriteNotGrantedYetIsRetriedNotFailed) {
+  bool granted = false;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return !granted && GatedStateStore::Compares(txn, keys_.Workload("work")) ? NotGranted()
+                                                                               : Status::Ok();
+  };
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  Status s = node1_->link->Reconcile("w/work");
+  EXPECT_EQ(s.code(), Code::kRetry) << s.ToString();
+  EXPECT_NE(s.message().find("not granted"), std::string::npos) << s.message();
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kScheduled);
+  granted = true;  // the controller's grant arrives
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
+TEST_F(ClusterLinkTest, ATransferNotGrantedIsRetryAndWritesNothing) {
+  bool granted = false;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return !granted && IsTransfer(txn, "m-1") ? NotGranted() : Status::Ok();
+  };
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  Status s = node1_->link->Transfer(Report("m-1"));
+  EXPECT_EQ(s.code(), Code::kRetry) << "a refused ownership write must leave the outcome open";
+  EXPECT_EQ(GetWorkload().status.node, "node1");
+  EXPECT_EQ(GetWorkload().status.epoch, 3);
+  granted = true;
+  ASSERT_TRUE(node1_->link->Transfer(Report("m-1")).ok());
+  EXPECT_EQ(GetWorkload().status.node, "node2");
+}
+
+TEST_F(ClusterLinkTest, AMigrationWhoseTransferIsNotGrantedAtFirstStillSucceeds) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  int refused = 0;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return IsTransfer(txn, "m-1") && ++refused <= 2 ? NotGranted() : Status::Ok();
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_GT(refused, 2) << "the transfer was not retried after the refusals";
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded) << m.error;
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.migration, "");
+  // Runs once, on node2, with its state.
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node2_->runtime.Counter("work"), 7);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "controller/controller_fixture.h"
 #include "controller/kube/agent_records.h"
 #include "controller/kube/codec.h"
@@ -185,6 +187,33 @@ class BridgeTest : public ControllerTest {
 
 const kube::Resource kMW = kube::MigratableWorkloads();
 const kube::Resource kMig = kube::Migrations();
+
+TEST_F(BridgeTest, ANodeUnfitForMigrationsGetsAWarningEventOnItsNode) {
+  const std::string why = "CRIU not usable: criu is version 3.17.1; kmosix needs CRIU >= 4.0";
+  int64_t lease = PublishNode("node1", 0.1, {}, 0, std::nullopt, why);
+  PublishNode("node2", 0.1);
+  Controller& c = StartReplica("c1");
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  ASSERT_TRUE(Eventually([&] { return EventsWithReason("MigrationsUnavailable") == 1; }));
+  auto list = kube_.List(kube::CoreEvents(), "", {});
+  ASSERT_TRUE(list.ok());
+  for (const auto& e : list->items) {
+    if (e.value("reason", "") != "MigrationsUnavailable") continue;
+    EXPECT_EQ(e["metadata"]["namespace"], "default");
+    EXPECT_EQ(e["type"], "Warning");
+    EXPECT_EQ(e["involvedObject"]["kind"], "Node");
+    EXPECT_EQ(e["involvedObject"]["name"], "node1");
+    EXPECT_NE(e["message"].get<std::string>().find(why), std::string::npos) << e.dump();
+  }
+  // Resyncs (every 200 ms here) do not repeat it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  EXPECT_EQ(EventsWithReason("MigrationsUnavailable"), 1u);
+  EXPECT_EQ(EventsWithReason("MigrationsAvailable"), 0u) << "node2 was never unfit";
+  // Fit again: said once.
+  PublishNode("node1", 0.1, {}, lease);
+  ASSERT_TRUE(Eventually([&] { return EventsWithReason("MigrationsAvailable") == 1; }));
+  EXPECT_EQ(EventsWithReason("MigrationsUnavailable"), 1u);
+}
 
 TEST_F(BridgeTest, AppliedWorkloadRunsAndItsStatusFollows) {
   PublishNode("node1", 0.1);

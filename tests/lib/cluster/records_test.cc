@@ -300,6 +300,28 @@ TEST(NodeLoadTest, ImagesRoundTripAndAreChecked) {
   }
 }
 
+TEST(NodeLoadTest, NotReadyReasonRoundTripsAndIsChecked) {
+  NodeLoad n = SampleLoad();
+  EXPECT_FALSE(NodeLoadToJson(n).contains("notReadyReason")) << "absent when ready";
+  auto ready = NodeLoadFromJson(NodeLoadToJson(n));
+  ASSERT_TRUE(ready.ok()) << ready.status().ToString();
+  EXPECT_FALSE(ready->not_ready_reason.has_value());
+  n.not_ready_reason = "CRIU not usable: criu is version 3.17.1; kmosix needs CRIU >= 4.0";
+  json j = NodeLoadToJson(n);
+  EXPECT_EQ(j["notReadyReason"], *n.not_ready_reason);
+  auto back = NodeLoadFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->not_ready_reason, n.not_ready_reason);
+  EXPECT_EQ(*back, n);
+  j["notReadyReason"] = std::string(api::kMaxNotReadyReasonBytes, 'x');
+  EXPECT_TRUE(NodeLoadFromJson(j).ok()) << "the longest reason is accepted";
+  for (json bad : {json(nullptr), json(1), json(true), json(""), json::array({"x"}),
+                   json(std::string(api::kMaxNotReadyReasonBytes + 1, 'x'))}) {
+    j["notReadyReason"] = bad;
+    ExpectInvalidNaming(NodeLoadFromJson(j).status(), "notReadyReason");
+  }
+}
+
 TEST(NodeLoadTest, PsiNullIsAbsent) {
   json j = NodeLoadToJson(SampleLoad());
   j["psiCpuSome10"] = nullptr;
