@@ -942,5 +942,66 @@ TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
   node1_->link->Stop();
 }
 
+// ---- etcd grants: a write etcd refuses for permission is retried, never final ----
+
+// etcd's answer to a write the node's role holds no grant for.
+Status NotGranted() { return PermissionDeniedError("etcdserver: permission denied"); }
+
+TEST_F(ClusterLinkTest, AStatusWriteNotGrantedYetIsRetriedNotFailed) {
+  bool granted = false;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return !granted && GatedStateStore::Compares(txn, keys_.Workload("work")) ? NotGranted()
+                                                                              : Status::Ok();
+  };
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  Status s = node1_->link->Reconcile("w/work");
+  EXPECT_EQ(s.code(), Code::kRetry) << s.ToString();
+  EXPECT_NE(s.message().find("not granted"), std::string::npos) << s.message();
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kScheduled);
+  granted = true;  // the controller's grant arrives
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
+TEST_F(ClusterLinkTest, ATransferNotGrantedIsRetryAndWritesNothing) {
+  bool granted = false;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return !granted && IsTransfer(txn, "m-1") ? NotGranted() : Status::Ok();
+  };
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  Status s = node1_->link->Transfer(Report("m-1"));
+  EXPECT_EQ(s.code(), Code::kRetry) << "a refused ownership write must leave the outcome open";
+  EXPECT_EQ(GetWorkload().status.node, "node1");
+  EXPECT_EQ(GetWorkload().status.epoch, 3);
+  granted = true;
+  ASSERT_TRUE(node1_->link->Transfer(Report("m-1")).ok());
+  EXPECT_EQ(GetWorkload().status.node, "node2");
+}
+
+TEST_F(ClusterLinkTest, AMigrationWhoseTransferIsNotGrantedAtFirstStillSucceeds) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  int refused = 0;
+  gated_.refuse_commit = [&](const Txn& txn) {
+    return IsTransfer(txn, "m-1") && ++refused <= 2 ? NotGranted() : Status::Ok();
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  EXPECT_GT(refused, 2) << "the transfer was not retried after the refusals";
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded) << m.error;
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.migration, "");
+  // Runs once, on node2, with its state.
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node2_->runtime.Counter("work"), 7);
+}
+
 }  // namespace
 }  // namespace kmosix::agent

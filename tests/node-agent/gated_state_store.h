@@ -3,7 +3,8 @@
 // `after_commit` after it returned (both on the committing thread; they may
 // block, e.g. on a Gate, and may use the inner store, not this one). Used to
 // interleave a write of "the controller" between a reader's read and its
-// CAS, or to hold a migration thread at a chosen write.
+// CAS, or to hold a migration thread at a chosen write; `refuse_commit` answers
+// a chosen error instead (etcd refusing a write not granted).
 //
 // Ownership: borrows the inner store. Thread-safety: as the inner store; set
 // the hooks before other threads use the store.
@@ -27,6 +28,9 @@ class GatedStateStore : public StateStore {
 
   std::function<void(const Txn&)> before_commit;
   std::function<void(const Txn&, const StatusOr<TxnResult>&)> after_commit;
+  // Non-ok for a transaction: answered instead of forwarding it (nothing
+  // written), e.g. etcd's permission denied for a key not granted (yet).
+  std::function<Status(const Txn&)> refuse_commit;
 
   StatusOr<GetResult> Get(const std::string& key, int64_t revision = 0) override {
     return inner_.Get(key, revision);
@@ -44,6 +48,9 @@ class GatedStateStore : public StateStore {
   }
   StatusOr<TxnResult> Commit(const Txn& txn) override {
     if (before_commit) before_commit(txn);
+    if (refuse_commit) {
+      if (Status refused = refuse_commit(txn); !refused.ok()) return refused;
+    }
     auto result = inner_.Commit(txn);
     if (after_commit) after_commit(txn, result);
     return result;
