@@ -339,7 +339,7 @@ for ((i = 0; i < 900; i++)); do
   sleep 0.1
 done
 [ "$ready" = "$KMX_KUBE_NODES/$KMX_KUBE_NODES" ] || fail "DaemonSet agentlike: $ready pods ready"
-state=${KMX_KUBE_STATE:-/run/kmosix-kube}
+state=$KMX_KUBE_STATE_DIR
 for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].metadata.name}'); do
   node=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.spec.nodeName}')
   podip=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.status.podIP}')
