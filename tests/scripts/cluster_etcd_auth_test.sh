@@ -11,9 +11,11 @@
 #                                kept while valid, remade when missing
 #   setup_etcd_auth              with a custom prefix P (not /kmosix/):
 #     users root, controller1, controller2, node1, node2, no shared one;
-#     each controller reads and writes P (the leader key), nothing outside it;
+#     each controller reads and writes P (the leader key) and holds etcd's
+#     root role (it grants the nodes their records; root reaches outside P);
 #     node1 reads P, writes P/nodes/node1 (not node2's key, nor node10's),
-#     P/workloads/, P/migrations/; not P/leader, not /kmosix/ at all.
+#     no workload or migration record until granted exactly that key (then
+#     that key only, not node2), not P/leader, not /kmosix/ at all.
 #
 # Needs etcd, etcdctl, openssl, curl, python3 on PATH; otherwise it says
 # KMOSIX-TEST-SKIPPED and why (ctest reports it as skipped). Exit 0: every
@@ -102,6 +104,8 @@ users=$(etcdctl_root user list 2>&1 | sort | tr '\n' ' ')
 [ "$users" = "controller1 controller2 node1 node2 root " ] && pass "etcd users: $users" || fail "etcd users: $users"
 etcdctl_root user get controller2 2>&1 | grep -q "kmosix-controller" && pass "controller2 has role kmosix-controller" ||
   fail "controller2 lacks role kmosix-controller: $(etcdctl_root user get controller2 2>&1)"
+etcdctl_root user get controller1 2>&1 | grep -qw "root" && pass "controller1 has role root (it grants the nodes)" ||
+  fail "controller1 lacks role root: $(etcdctl_root user get controller1 2>&1)"
 
 # as NAME ARGS...: etcdctl as identity NAME (pki/NAME.{crt,key}).
 as() {
@@ -135,13 +139,19 @@ allowed controller2 "write ${P}leader" put "${P}leader" controller2
 allowed controller2 "write ${P}members/node1" put "${P}members/node1" '{}'
 allowed controller1 "read $P" get --prefix "$P"
 allowed controller1 "delete ${P}members/node1" del "${P}members/node1"
-denied controller1 "write /kmosix/leader (outside the prefix)" put /kmosix/leader controller1
-denied controller2 "read /kmosix/" get --prefix /kmosix/
+# What the leading controller does for a node (controller/grants.h): as
+# controller1 itself, with its own certificate.
+allowed controller1 "grant node1 ${P}workloads/w" role grant-permission node1 readwrite "${P}workloads/w"
 
 allowed node1 "read $P" get --prefix "$P"
 allowed node1 "write its own ${P}nodes/node1" put "${P}nodes/node1" '{}'
-allowed node1 "write ${P}workloads/w" put "${P}workloads/w" '{}'
-allowed node1 "write ${P}migrations/m" put "${P}migrations/m" '{}'
+allowed node1 "write ${P}workloads/w (granted)" put "${P}workloads/w" '{}'
+denied node2 "write ${P}workloads/w (granted to node1 only)" put "${P}workloads/w" '{}'
+denied node1 "write ${P}workloads/w2 (not granted)" put "${P}workloads/w2" '{}'
+denied node1 "write ${P}workloads/w-longer (a grant is that key exactly)" put "${P}workloads/w-longer" '{}'
+denied node1 "write ${P}migrations/m (not granted)" put "${P}migrations/m" '{}'
+allowed controller2 "revoke node1's ${P}workloads/w" role revoke-permission node1 "${P}workloads/w"
+denied node1 "write ${P}workloads/w (revoked)" put "${P}workloads/w" '{}'
 denied node1 "write node2's ${P}nodes/node2" put "${P}nodes/node2" '{}'
 denied node1 "write ${P}nodes/node10 (its key exactly, not a prefix)" put "${P}nodes/node10" '{}'
 denied node1 "write the leader key ${P}leader" put "${P}leader" node1
