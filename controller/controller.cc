@@ -307,6 +307,7 @@ void Controller::Lead(const cluster::LeaderTerm& term) {
   if (observer_) observer_->OnLeadership(true);
   // Act only on a complete picture of the cluster.
   while (!term.Lost() && !Ready()) term.WaitLost(std::chrono::milliseconds(100));
+  if (grants_) grants_->ResetGrace();  // a new term: node grants' grace clocks start afresh
   EnqueueAll();
   std::vector<std::thread> workers;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {

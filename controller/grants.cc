@@ -103,6 +103,11 @@ Status GrantReconciler::GrantNow(const std::string& node, const std::set<std::st
   return Status::Ok();
 }
 
+void GrantReconciler::ResetGrace() {
+  std::lock_guard lock(mu_);
+  extra_since_.clear();
+}
+
 StatusOr<GrantOutcome> GrantReconciler::Reconcile(const std::string& node,
                                                   const std::set<std::string>& desired) {
   const std::string role = RoleOf(node);

@@ -107,6 +107,10 @@ class GrantReconciler {
   // Grants `keys` to `node` now (before writing a record that needs them).
   Status GrantNow(const std::string& node, const std::set<std::string>& keys);
 
+  // Forgets when extra keys were first seen (a new leader term starts its
+  // grace clocks afresh: another replica may have granted meanwhile).
+  void ResetGrace();
+
  private:
   AccessGrants& grants_;
   Clock& clock_;

@@ -41,7 +41,8 @@ Status FromGrpc(const grpc::Status& s, const std::string& what) {
   if (Contains(m, "role name not found")) return NotFoundError(msg);
   if (Contains(m, "user name not found") || Contains(m, "permission denied"))
     return PermissionDeniedError(msg);
-  if (Contains(m, "leader changed") || Contains(m, "no leader") || Contains(m, "timed out"))
+  if (Contains(m, "leader changed") || Contains(m, "no leader") || Contains(m, "timed out") ||
+      Contains(m, "revision of auth store is old"))
     return RetryError(msg);
   if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return InvalidError(msg);
   return FailedError(msg);

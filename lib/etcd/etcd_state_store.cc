@@ -127,6 +127,10 @@ Status FromGrpc(const grpc::Status& s, std::string_view what) {
     case grpc::StatusCode::NOT_FOUND:
       return NotFoundError(msg);
     case grpc::StatusCode::INVALID_ARGUMENT:
+      // etcd auth: a read that ran while a role changed (the controller
+      // grants and revokes node keys all the time) is refused as of an old
+      // auth revision; asked again it runs under the new one.
+      if (Contains(m, "revision of auth store is old")) return RetryError(msg);
       return InvalidError(msg);
     case grpc::StatusCode::PERMISSION_DENIED:
     case grpc::StatusCode::UNAUTHENTICATED:

@@ -63,6 +63,8 @@
 //   a TLS handshake that fails (no or a refused client certificate, an unknown
 //   server CA): the channel never connects -> kRetry, whose message carries
 //   gRPC's reason (e.g. "Ssl handshake failed", "CERTIFICATE_VERIFY_FAILED")
+//   INVALID_ARGUMENT "revision of auth store is old" (a read that ran while
+//     etcd's roles changed; writes are retried inside etcd)                -> kRetry
 //   INVALID_ARGUMENT (empty key, duplicate key in txn, too large)         -> kInvalid
 //   anything else                                                         -> kFailed
 #pragma once
