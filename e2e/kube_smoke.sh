@@ -10,6 +10,8 @@
 #     ServiceAccount token: SelfSubjectReview names system:serviceaccount:<ns>:default)
 #   - cluster DNS: a Service by its short name, a StatefulSet pod by its stable name
 #     through a headless Service, kubernetes.default from a hostNetwork pod
+#   - storage: the StatefulSet's claim (default StorageClass) gets a local volume on
+#     its pod's node, and the volume goes away with the claim
 #   - a Deployment of 2 replicas becomes Available (scheduler + controller-manager)
 #   - helm lint --strict, install --wait and uninstall of a tiny chart
 #   - a DaemonSet pod with hostNetwork + hostPID + privileged, mounting the node's
@@ -209,7 +211,13 @@ spec:
       - name: db
         image: $IMAGE
         imagePullPolicy: IfNotPresent
-        command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+        command: ["/bin/sh", "-c", "echo \$HOSTNAME > /data/marker; trap 'exit 0' TERM; while :; do sleep 1; done"]
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
 EOF
 kubectl -n "$NS" rollout status statefulset/db --timeout=90s >/dev/null || fail "StatefulSet db not ready"
 dbip=$(kubectl -n "$NS" get pod db-0 -o jsonpath='{.status.podIP}')
@@ -221,6 +229,17 @@ for ((i = 0; i < 20; i++)); do
 done
 [ "$got" = "$dbip" ] || fail "db-0.db.$NS.svc.cluster.local resolves to '$got', not db-0's address $dbip"
 ok "cluster DNS: web2 -> $cip (search domains), db-0.db.$NS.svc.cluster.local -> $dbip (headless, StatefulSet)"
+
+# the StatefulSet's claim (default StorageClass) got a local volume on db-0's node
+dbnode=$(kubectl -n "$NS" get pod db-0 -o jsonpath='{.spec.nodeName}')
+pv=$(kubectl -n "$NS" get pvc data-db-0 -o jsonpath='{.spec.volumeName}')
+[ -n "$pv" ] || fail "PVC data-db-0 is not bound: $(kubectl -n "$NS" get pvc data-db-0 2>&1)"
+pvnode=$(kubectl get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')
+[ "$pvnode" = "$dbnode" ] || fail "volume $pv is pinned to '$pvnode', db-0 runs on $dbnode"
+pvpath=$(kubectl get pv "$pv" -o jsonpath='{.spec.local.path}')
+[ "$pvpath" = "$KMX_KUBE_DATA_DIR/node${dbnode##*[!0-9]}/volumes/$pv" ] || fail "volume $pv at unexpected path $pvpath"
+[ "$(cat "$pvpath/marker" 2>/dev/null)" = db-0 ] || fail "db-0's /data/marker is not in $pvpath"
+ok "storage: PVC data-db-0 (default StorageClass) bound to $pv on $dbnode; db-0's file is in $pvpath"
 
 # --- a Deployment of 2 replicas ----------------------------------------------
 kubectl apply -f - >/dev/null <<EOF || fail "cannot create the Deployment"
@@ -381,5 +400,16 @@ for pod in $(kubectl -n "$NS" get pods -l app=agentlike -o jsonpath='{.items[*].
   [ -d /sys/fs/cgroup/pids/kube-smoke ] && fail "a cgroup /kube-smoke appeared at the host's cgroup root"
   ok "$pod on $node: hostNetwork $podip, hostPID sees containerd $cpid, /run/containerd/containerd.sock is $node's (inode $want), cgroup root ${!cg}, Bidirectional mount stays in the node"
 done
+
+# a released volume is deleted with its folder (reclaimPolicy Delete)
+kubectl -n "$NS" delete statefulset db --wait=true --timeout=60s >/dev/null 2>&1
+kubectl -n "$NS" delete pvc data-db-0 --wait=true --timeout=60s >/dev/null 2>&1 || fail "cannot delete PVC data-db-0"
+for ((i = 0; i < 150; i++)); do
+  kubectl get pv "$pv" >/dev/null 2>&1 || break
+  sleep 0.2
+done
+kubectl get pv "$pv" >/dev/null 2>&1 && fail "volume $pv still exists 30 s after its claim was deleted"
+[ -e "$pvpath" ] && fail "volume $pv's folder $pvpath is still there"
+ok "storage: released volume $pv deleted with its folder"
 
 say "$passed passed, 0 failed ($((SECONDS - T0)) s)"
