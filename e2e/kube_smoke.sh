@@ -5,7 +5,7 @@
 #   - one pod pinned to each node (nodeSelector, so the scheduler places it) runs,
 #     gets an address of its node's pod subnet, and pods reach each other across
 #     nodes, the host reaches a pod, and a pod reaches another through a Service's
-#     ClusterIP (kube-proxy)
+#     ClusterIP (kube-proxy); kubectl exec, logs and port-forward work
 #   - a pod reaches the API server in-cluster (https://10.96.0.1 with its
 #     ServiceAccount token: SelfSubjectReview names system:serviceaccount:<ns>:default)
 #   - cluster DNS: a Service by its short name, a StatefulSet pod by its stable name
@@ -143,6 +143,19 @@ got=$(pod_get pinned2 "$IP1" 8080 2>&1) || fail "pod on node 2 cannot reach the 
 got=$(curl -sS -m 5 "http://$IP1:8080/" 2>&1) || fail "the host cannot reach pinned1 ($IP1:8080): $got"
 [ "$got" = "$KMX_KUBE_NODE1_NAME" ] || fail "host -> pinned1 answered '$got'"
 ok "pod-to-pod across nodes (both ways) and host-to-pod; kubectl exec works"
+
+# kubectl port-forward (what the chart's NOTES.txt tells a user to run)
+pfport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+kubectl -n "$NS" port-forward pod/pinned2 "$pfport:8080" >"$work/pf.log" 2>&1 &
+pfpid=$!
+got=""
+for ((i = 0; i < 50; i++)); do
+  got=$(curl -sS -m 2 "http://127.0.0.1:$pfport/" 2>/dev/null) && break
+  sleep 0.2
+done
+kill "$pfpid" 2>/dev/null; wait "$pfpid" 2>/dev/null
+[ "$got" = "$KMX_KUBE_NODE2_NAME" ] || fail "kubectl port-forward pod/pinned2 $pfport:8080 answered '$got': $(cat "$work/pf.log")"
+ok "kubectl port-forward to pinned2 works"
 
 # a Service in front of pinned2, reached by ClusterIP from node 1 (kube-proxy)
 kubectl apply -f - >/dev/null <<EOF || fail "cannot create the Service"
