@@ -8,6 +8,14 @@
 //   node1's identity writing nodes/node2       -> permission denied, node2's record intact
 //   node1's identity writing the leader key    -> permission denied
 //   node1's identity reading the prefix        -> allowed (agents read the cluster)
+//   a workload running on node1                -> node1 may update its record,
+//                                                 node3 may not (put, CAS,
+//                                                 delete); moved to node2 by the
+//                                                 controller (the migration
+//                                                 succeeds), node2 may write it
+//                                                 and node1 no longer (its grants
+//                                                 on the workload and the
+//                                                 migration are revoked)
 //   each controller replica                    -> its own identity: the certificate
 //                                                 it serves names it (CN = its id,
 //                                                 O=kmosix:controllers), no two alike,
@@ -174,7 +182,7 @@ TEST_F(SecureEtcdE2E, NodeIdentityCannotWriteAnotherNodesKey) {
 
   auto forged = node1.Put("/kmosix/nodes/node2", "{\"forged\":true}");
   ASSERT_FALSE(forged.ok()) << "node1's identity wrote node2's key";
-  EXPECT_EQ(forged.status().code(), Code::kFailed) << forged.status().ToString();
+  EXPECT_EQ(forged.status().code(), Code::kPermissionDenied) << forged.status().ToString();
   EXPECT_NE(forged.status().message().find("permission denied"), std::string::npos)
       << forged.status().ToString();
   auto txn = node1.Commit(Txn{{}, {TxnOp::Put("/kmosix/nodes/node2", "{}")}, {}});
@@ -188,6 +196,122 @@ TEST_F(SecureEtcdE2E, NodeIdentityCannotWriteAnotherNodesKey) {
   ASSERT_TRUE(after.ok()) << after.status().ToString();
   ASSERT_TRUE(after->kv);
   EXPECT_EQ(after->kv->value.find("forged"), std::string::npos) << after->kv->value;
+}
+
+// Whether `store` may write `key`: a transaction whose compare fails (so it
+// writes nothing) with a put of `key`; etcd checks the permissions of every
+// operation of a transaction, whichever branch runs. Ok: allowed; the
+// store's error otherwise (kPermissionDenied: refused).
+Status MayWrite(EtcdStateStore& store, const std::string& key) {
+  Txn probe;
+  probe.compares.push_back(Compare::Unchanged(key, 1));  // never true for a live record
+  probe.then_ops.push_back(TxnOp::Put(key, "{\"probe\":true}"));
+  auto r = store.Commit(probe);
+  if (!r.ok()) return r.status();
+  if (r->succeeded) return FailedError("the probe's compare held: it wrote " + key);
+  return Status::Ok();
+}
+
+TEST_F(SecureEtcdE2E, NodesWriteOnlyTheRecordsTheyTakePartIn) {
+  const ControllerProc* leader = nullptr;
+  auto led = WaitFor("a controller to lead", milliseconds(60'000), [&]() -> Observation {
+    std::string why;
+    leader = c_->Leader(&why);
+    return {leader != nullptr, why};
+  });
+  ASSERT_TRUE(led.ok) << led.message;
+  const Endpoint api = *leader;
+  const std::string name = "grants-w";
+  const std::string wkey = etcd_.prefix + "workloads/" + name;
+  auto created = HttpPost(api, "/v1/workloads", DemoWorkloadSpec(name, {}, "node1"));
+  ASSERT_EQ(created.status, 201) << created.Describe();
+  struct Cleanup {
+    Endpoint api;
+    std::string name;
+    ~Cleanup() { (void)HttpDelete(api, "/v1/workloads/" + name); }
+  } cleanup{api, name};
+  auto on = [&](const std::string& node) {
+    return WaitFor(name + " to run on " + node, milliseconds(120'000), [&]() -> Observation {
+      std::string err;
+      auto w = GetObject(api, "/v1/workloads/" + name, &err);
+      if (!w) return {false, err};
+      const json& st = (*w)["status"];
+      const std::string phase = st.value("phase", ""), at = st.value("node", "");
+      const std::string mig = st.value("migration", "");
+      return {phase == "Running" && at == node && mig.empty(),
+              "phase=" + phase + " node=" + at + " migration=" + mig};
+    });
+  };
+  auto running = on("node1");
+  ASSERT_TRUE(running.ok) << running.message;
+
+  EtcdStateStore node1(As(etcd_, "node1")), node2(As(etcd_, "node2")), node3(As(etcd_, "node3"));
+  auto before = node3.Get(wkey);
+  ASSERT_TRUE(before.ok() && before->kv) << "node3 cannot read " << wkey;
+  // node3 takes no part in it: etcd refuses every write.
+  auto put = node3.Put(wkey, "{\"forged\":true}");
+  ASSERT_FALSE(put.ok()) << "node3's identity overwrote " << wkey;
+  EXPECT_EQ(put.status().code(), Code::kPermissionDenied) << put.status().ToString();
+  auto cas = node3.Commit(Txn{{Compare::Unchanged(wkey, before->kv->mod_revision)},
+                              {TxnOp::Put(wkey, "{\"forged\":true}")},
+                              {}});
+  ASSERT_FALSE(cas.ok()) << "node3's identity wrote " << wkey << " with a CAS";
+  EXPECT_EQ(cas.status().code(), Code::kPermissionDenied) << cas.status().ToString();
+  EXPECT_FALSE(node3.Delete(wkey).ok()) << "node3's identity deleted " << wkey;
+  auto after = node3.Get(wkey);
+  ASSERT_TRUE(after.ok() && after->kv);
+  EXPECT_EQ(after->kv->mod_revision, before->kv->mod_revision) << after->kv->value;
+  // node1 owns it: it may update its record (the same value, by CAS).
+  auto update = node1.Commit(Txn{{Compare::Unchanged(wkey, after->kv->mod_revision)},
+                                 {TxnOp::Put(wkey, after->kv->value)},
+                                 {}});
+  ASSERT_TRUE(update.ok()) << "node1 cannot write the record of its own workload: "
+                           << update.status().ToString();
+  EXPECT_TRUE(update->succeeded);
+
+  // The controller moves it to node2; the migration succeeds on the secured cluster.
+  auto order = HttpPost(api, "/v1/migrations", {{"workload", name}, {"target", "node2"}});
+  ASSERT_EQ(order.status, 201) << order.Describe();
+  const std::string id = order.Json().value("id", "");
+  const std::string mkey = etcd_.prefix + "migrations/" + id;
+  std::string phase;
+  auto ended = WaitFor("migration " + id + " to end", milliseconds(240'000), [&]() -> Observation {
+    std::string err;
+    auto m = GetObject(api, "/v1/migrations/" + id, &err);
+    if (!m) return {false, err};
+    phase = m->value("phase", "");
+    return {phase == "Succeeded" || phase == "Failed" || phase == "RolledBack",
+            "phase=" + phase + " error=" + m->value("error", "")};
+  });
+  ASSERT_TRUE(ended.ok) << ended.message;
+  EXPECT_EQ(phase, "Succeeded") << ended.message;
+  auto moved = on("node2");
+  ASSERT_TRUE(moved.ok) << moved.message;
+
+  // Now node2 may write the workload, node1 neither it nor the migration
+  // (revoked once the record let go, after the controller's grace), node3
+  // still nothing, and the target never the migration record.
+  Status s2 = MayWrite(node2, wkey);
+  EXPECT_TRUE(s2.ok()) << "node2 owns " << name << " but may not write it: " << s2.ToString();
+  auto revoked =
+      WaitFor("node1's grants on " + wkey + " and " + mkey + " to be revoked", milliseconds(60'000),
+              [&]() -> Observation {
+                Status w = MayWrite(node1, wkey), m = MayWrite(node1, mkey);
+                return {w.code() == Code::kPermissionDenied && m.code() == Code::kPermissionDenied,
+                        "workload: " + w.ToString() + "; migration: " + m.ToString()};
+              });
+  EXPECT_TRUE(revoked.ok) << revoked.message;
+  EXPECT_EQ(MayWrite(node3, wkey).code(), Code::kPermissionDenied);
+  EXPECT_EQ(MayWrite(node2, mkey).code(), Code::kPermissionDenied);
+
+  // The leader counts its grants and revokes.
+  auto metrics = HttpGet(api, "/metrics");
+  ASSERT_EQ(metrics.status, 200) << metrics.Describe();
+  EXPECT_NE(metrics.body.find("kmosix_controller_grants_total{action=\"grant\",outcome=\"ok\"}"),
+            std::string::npos)
+      << metrics.body.substr(0, 4000);
+  EXPECT_NE(metrics.body.find("kmosix_controller_grants_total{action=\"revoke\",outcome=\"ok\"}"),
+            std::string::npos);
 }
 
 TEST_F(SecureEtcdE2E, ControllerReplicasHaveTheirOwnIdentities) {
