@@ -85,10 +85,13 @@ double SecondsSince(int64_t then_ms, const RenderOptions& o) {
 std::vector<std::string> NodeRow(const json& n) {
   const bool ready = JBool(n, "ready");
   const bool cordoned = JBool(n, "cordoned");
-  std::string status = ready ? "Ready" : "NotReady";
+  // An agent that runs but reports itself unfit (notReadyReason, e.g. no
+  // usable CRIU) still publishes its load.
+  const bool live = ready || Has(n, "notReadyReason");
+  std::string status = ready ? "Ready" : (live ? "NotReady,Unfit" : "NotReady");
   if (cordoned) status += ",Cordoned";
   std::string load = "-", cpu = "-", mem = "-", runq = "-", heartbeat = "-";
-  if (ready) {
+  if (live) {
     const json& cap = JObj(n, "capacity");
     load = Fixed(JNum(n, "load"), 2);
     cpu = FormatCores(JNum(n, "cpuUsed")) + "/" + FormatCores(JNum(cap, "cpus"));
@@ -285,7 +288,8 @@ std::string RenderNode(const json& n, const RenderOptions&) {
   t.rows.push_back(NodeRow(n));
   std::string out = FormatTable(t) + "\n";
   std::vector<std::pair<std::string, std::string>> kv;
-  if (JBool(n, "ready")) {
+  if (Has(n, "notReadyReason")) kv.push_back({"Not ready", JStr(n, "notReadyReason")});
+  if (JBool(n, "ready") || Has(n, "notReadyReason")) {
     kv.push_back({"URL", OrDash(JStr(n, "url"))});
     kv.push_back({"Speed", Fixed(JNum(n, "speed", 1), 2) + " (load source " +
                                OrDash(JStr(n, "loadSource")) + ")"});

@@ -251,6 +251,8 @@ std::string RenderTopFrame(const TopModel& m, const TopView& v) {
       std::string nr = "NOTREADY";
       if (n.is_object() && n.contains("notReadySeconds"))
         nr += " " + FormatAge(JNum(n, "notReadySeconds"));
+      if (n.is_object() && n.contains("notReadyReason"))
+        nr += " (unfit: kmosixctl node " + l.name + ")";
       flags.push_back(nr);
     }
     if (JBool(n, "cordoned")) flags.push_back("cordoned");

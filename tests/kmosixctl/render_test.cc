@@ -89,6 +89,20 @@ TEST(RenderTest, OneNode) {
             "Workloads:  demo1 (cpu 0.98, 14 MiB), demo2 (cpu 0.26, 20 MiB)\n");
 }
 
+// A node whose agent runs but reports itself unfit for migrations (no
+// usable CRIU): its load is still shown, and the reason in the describe.
+TEST(RenderTest, UnfitNodeShowsItsLoadAndReason) {
+  nlohmann::json n = NodesFixture()["items"][1];
+  n["ready"] = false;
+  n["cordoned"] = false;
+  n["notReadyReason"] = "CRIU not usable: criu is version 3.17.1; kmosix needs CRIU >= 4.0";
+  const std::string out = RenderNode(n, kOpts);
+  EXPECT_NE(out.find("node2  NotReady,Unfit  0.10  0.20/2"), std::string::npos) << out;
+  EXPECT_NE(out.find("Not ready:  CRIU not usable: criu is version 3.17.1"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("URL:        http://10.77.0.12:7700"), std::string::npos) << out;
+}
+
 TEST(RenderTest, Workloads) {
   EXPECT_EQ(
       RenderWorkloads(WorkloadsFixture(), kOpts),
