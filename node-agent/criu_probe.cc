@@ -1,9 +1,12 @@
 #include "criu_probe.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cstring>
 #include <utility>
 
 namespace kmosix::agent {
@@ -104,9 +107,34 @@ StatusOr<CriuVersion> ParseCriuVersion(std::string_view output) {
 CommandCriuProbe::CommandCriuProbe(CriuProbeOptions options, CommandRunner& runner)
     : options_(std::move(options)), runner_(runner) {}
 
+int SocketServerPid(const std::string& path) {
+  sockaddr_un a{};
+  if (path.empty() || path.size() >= sizeof(a.sun_path)) return 0;
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  int pid = 0;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    pid = cred.pid;
+  }
+  ::close(fd);
+  return pid;
+}
+
+int CommandCriuProbe::RuncPid() const {
+  int pid = SocketServerPid(options_.containerd_socket);
+  return pid > 0 ? pid : 1;
+}
+
 CriuCheckMode CommandCriuProbe::EffectiveMode() const {
   if (options_.mode != CriuCheckMode::kAuto) return options_.mode;
-  std::string host = LinkTarget(options_.host_mnt_ns);
+  std::string host =
+      LinkTarget(!options_.host_mnt_ns.empty() ? options_.host_mnt_ns
+                                               : "/proc/" + std::to_string(RuncPid()) + "/ns/mnt");
   std::string self = LinkTarget(options_.self_mnt_ns);
   return !host.empty() && !self.empty() && host != self ? CriuCheckMode::kNsenter
                                                         : CriuCheckMode::kLocal;
@@ -114,7 +142,8 @@ CriuCheckMode CommandCriuProbe::EffectiveMode() const {
 
 std::vector<std::string> CommandCriuProbe::Command(std::vector<std::string> args) const {
   std::vector<std::string> argv;
-  if (EffectiveMode() == CriuCheckMode::kNsenter) argv = {"nsenter", "-t", "1", "-m", "--"};
+  if (EffectiveMode() == CriuCheckMode::kNsenter)
+    argv = {"nsenter", "-t", std::to_string(RuncPid()), "-m", "--"};
   argv.push_back(options_.criu_path.empty() ? "criu" : options_.criu_path);
   for (auto& a : args) argv.push_back(std::move(a));
   return argv;
@@ -125,7 +154,9 @@ CriuProbeResult CommandCriuProbe::Probe() {
   const bool nsenter = EffectiveMode() == CriuCheckMode::kNsenter;
   r.where = nsenter ? "nsenter" : "local";
   const std::string criu = options_.criu_path.empty() ? "criu" : options_.criu_path;
-  const std::string on = nsenter ? " on the host (nsenter -t 1 -m)" : "";
+  const std::string on =
+      nsenter ? " in containerd's mount namespace (nsenter -t " + std::to_string(RuncPid()) + " -m)"
+              : "";
   auto fail = [&](std::string why) {
     r.ok = false;
     r.reason = "CRIU not usable: " + std::move(why);

@@ -7,11 +7,17 @@
 //   criu check       must exit 0 (the kernel has what CRIU needs).
 // Where it runs (CriuCheckMode):
 //   kLocal    here, in the agent's own mount namespace (an agent on the host);
-//   kNsenter  `nsenter -t 1 -m -- criu ...`: in the mount namespace of PID 1,
-//             the host's when the agent is a pod with hostPID (the agent's
-//             image has no criu; runc's is the host's);
-//   kAuto     kNsenter when /proc/1/ns/mnt is readable and differs from
-//             /proc/self/ns/mnt (a container with hostPID), else kLocal;
+//   kNsenter  `nsenter -t PID -m -- criu ...`: in the mount namespace of the
+//             containerd serving --containerd-socket (PID from the socket's
+//             SO_PEERCRED), which is where its shims run runc and runc runs
+//             CRIU: the node's, when the agent is a pod with hostPID (the
+//             agent's image has no criu). PID 1 when containerd cannot be
+//             asked. (PID 1 is the wrong choice when containerd runs in a
+//             mount namespace of its own, and some hosts forbid opening PID
+//             1's namespaces even to root.)
+//   kAuto     kNsenter when that process's mount namespace is readable and
+//             differs from /proc/self/ns/mnt (a container with hostPID),
+//             else kLocal;
 //   kOff      no check: the node is always ready.
 // A failed check does not stop the agent: it logs one line, and the cluster
 // link publishes the reason in the node record (api::NodeLoad::
@@ -74,10 +80,17 @@ struct CriuProbeOptions {
   CriuCheckMode mode = CriuCheckMode::kAuto;  // kOff is handled by the caller
   std::string criu_path;                      // as passed to runc; "" = "criu" on PATH
   int min_major = 4;
-  // kAuto's decision: compared as symlink targets (mnt:[inode]).
-  std::string host_mnt_ns = "/proc/1/ns/mnt";
+  // containerd's socket: its server's PID is the namespace to enter.
+  std::string containerd_socket;
+  // kAuto's decision: compared as symlink targets (mnt:[inode]). Empty
+  // host_mnt_ns: /proc/<containerd's PID>/ns/mnt.
+  std::string host_mnt_ns;
   std::string self_mnt_ns = "/proc/self/ns/mnt";
 };
+
+// The PID of the process listening on the unix socket `path` (SO_PEERCRED of
+// a connection to it); 0 when it cannot be connected.
+int SocketServerPid(const std::string& path);
 
 class CommandCriuProbe final : public CriuProbe {
  public:
@@ -88,6 +101,8 @@ class CommandCriuProbe final : public CriuProbe {
 
  private:
   std::vector<std::string> Command(std::vector<std::string> args) const;
+  // containerd's PID (asked once per call), or 1.
+  int RuncPid() const;
   CriuProbeOptions options_;
   CommandRunner& runner_;
 };

@@ -319,6 +319,7 @@ int main(int argc, char** argv) {
   kmosix::agent::CriuProbeOptions criu_options;
   criu_options.mode = *kmosix::agent::ParseCriuCheckMode(criu_check);  // checked by CLI11
   criu_options.criu_path = ctd.criu_path;
+  criu_options.containerd_socket = ctd.socket_path;
   kmosix::agent::CommandCriuProbe criu_probe(criu_options, command_runner);
   kmosix::agent::CriuReadiness criu_readiness(criu_probe, clock);
   if (criu_options.mode != kmosix::agent::CriuCheckMode::kOff) {

@@ -5,8 +5,11 @@
 #include "criu_probe.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -136,7 +139,7 @@ TEST(CommandCriuProbe, AMissingBinaryIsNotReady) {
   EXPECT_EQ(runner.calls, (std::vector<std::string>{"/opt/criu/sbin/criu --version"}));
 }
 
-TEST(CommandCriuProbe, NsenterRunsTheHostsCriuAndReportsItMissing) {
+TEST(CommandCriuProbe, NsenterRunsTheNodesCriuAndReportsItMissing) {
   TableRunner runner;
   // nsenter itself is there; the host has no criu: nsenter exits 127.
   runner.answers["nsenter -t 1 -m -- criu --version"] = {
@@ -147,7 +150,7 @@ TEST(CommandCriuProbe, NsenterRunsTheHostsCriuAndReportsItMissing) {
   CriuProbeResult r = probe.Probe();
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.where, "nsenter");
-  EXPECT_NE(r.reason.find("on the host"), std::string::npos) << r.reason;
+  EXPECT_NE(r.reason.find("in containerd's mount namespace"), std::string::npos) << r.reason;
   EXPECT_NE(r.reason.find("exited 127"), std::string::npos) << r.reason;
   EXPECT_NE(r.reason.find("No such file or directory"), std::string::npos) << r.reason;
 
@@ -156,7 +159,37 @@ TEST(CommandCriuProbe, NsenterRunsTheHostsCriuAndReportsItMissing) {
   EXPECT_TRUE(probe.Probe().ok);
 }
 
-TEST(CommandCriuProbe, AutoEntersPid1sMountNamespaceOnlyWhenItIsAnother) {
+// The namespace entered is the one of the process serving containerd's
+// socket (runc runs CRIU there), found through SO_PEERCRED.
+TEST(CommandCriuProbe, NsenterTargetsTheProcessServingTheContainerdSocket) {
+  namespace fs = std::filesystem;
+  const std::string path =
+      (fs::temp_directory_path() / ("kmx-criu-sock-" + std::to_string(::getpid()))).string();
+  ::unlink(path.c_str());
+  int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  EXPECT_EQ(SocketServerPid(path), ::getpid());
+  EXPECT_EQ(SocketServerPid(path + ".missing"), 0);
+
+  const std::string me = std::to_string(::getpid());
+  TableRunner runner;
+  runner.answers["nsenter -t " + me + " -m -- criu --version"] = {0, kVersion41};
+  runner.answers["nsenter -t " + me + " -m -- criu check"] = {0, "Looks good.\n"};
+  CriuProbeOptions o;
+  o.mode = CriuCheckMode::kNsenter;
+  o.containerd_socket = path;
+  CriuProbeResult r = CommandCriuProbe(o, runner).Probe();
+  EXPECT_TRUE(r.ok) << r.reason;
+  ::close(lfd);
+  ::unlink(path.c_str());
+}
+
+TEST(CommandCriuProbe, AutoEntersContainerdsMountNamespaceOnlyWhenItIsAnother) {
   namespace fs = std::filesystem;
   fs::path dir = fs::temp_directory_path() / ("kmx-criu-probe-" + std::to_string(::getpid()));
   fs::remove_all(dir);
