@@ -90,6 +90,9 @@ GrantReconciler::GrantReconciler(AccessGrants& grants, Clock& clock, Options opt
 
 Status GrantReconciler::GrantNow(const std::string& node, const std::set<std::string>& keys) {
   const std::string role = RoleOf(node);
+  std::string listed;
+  for (const auto& key : keys) listed += (listed.empty() ? "" : ", ") + key;
+  spdlog::info("etcd grant before writing the record: node {} may write {}", node, listed);
   for (const auto& key : keys) {
     Status s = grants_.Grant(role, key);
     if (observer_) observer_("grant", node, key, s);
