@@ -127,13 +127,24 @@ bool Utf8(const std::optional<std::string>& s) {
   }
 }
 
+// A string value as a user would write it: plain where yaml-cpp may, but
+// double-quoted (with escapes) when it holds a carriage return. yaml-cpp's
+// emitter writes a CR into a plain scalar, yet a reader takes a CR before
+// the line feed ending the line as part of that line break (the value "a\r"
+// written "server: a\r" then a newline reads back as "a"; found by this
+// target, corpus/config/roundtrip-trailing-cr).
+void WriteString(YAML::Emitter& out, const std::string& s) {
+  if (s.find('\r') != std::string::npos) out << YAML::DoubleQuoted;
+  out << s;
+}
+
 // The config file as a user would write it.
 std::string ToYaml(const FileConfig& fc) {
   YAML::Emitter out;
   out << YAML::BeginMap;
-  if (fc.server) out << YAML::Key << "server" << YAML::Value << *fc.server;
-  if (fc.token) out << YAML::Key << "token" << YAML::Value << *fc.token;
-  if (fc.ca_file) out << YAML::Key << "caFile" << YAML::Value << *fc.ca_file;
+  if (fc.server) WriteString(out << YAML::Key << "server" << YAML::Value, *fc.server);
+  if (fc.token) WriteString(out << YAML::Key << "token" << YAML::Value, *fc.token);
+  if (fc.ca_file) WriteString(out << YAML::Key << "caFile" << YAML::Value, *fc.ca_file);
   if (fc.insecure_skip_tls_verify) {
     out << YAML::Key << "insecureSkipTlsVerify" << YAML::Value << *fc.insecure_skip_tls_verify;
   }
