@@ -9,8 +9,9 @@
 # kmosix needs (O=kmosix:controllers, O=kmosix:nodes with CN = node name and
 # the node's address, etcd's serving names, etcd's root); a second run keeps
 # them all; a node that joins gets its certificate and nobody else is
-# reissued; `etcd-auth` on that etcd: a node writes its own node key,
-# workloads/ and migrations/, not another node's key nor outside the prefix;
+# reissued; `etcd-auth` on that etcd: a node writes its own node key, not
+# another node's key, no workload or migration record until the controller
+# (role root too) grants it one, nothing outside the prefix;
 # the controller writes the prefix; a second run changes nothing; a node that
 # left loses its etcd user (its certificate is refused); `cleanup` removes
 # the Secrets.
@@ -126,12 +127,17 @@ if pki etcd-auth; then ok "etcd-auth: first run (etcd from the Job's etcd certif
 can() { if out=$(as "$@") && grep -q '^OK$' <<<"$out"; then return 0; fi; return 1; }
 can "$a" put /kmosix/nodes/"$a" x && ok "$a writes its node key" || fail "$a cannot write its node key" "$out"
 can "$a" put /kmosix/nodes/"$b" x && fail "$a WROTE $b's node key" || ok "$a cannot write $b's node key ($(tail -1 <<<"$out"))"
-can "$a" put /kmosix/workloads/w1 x && ok "$a writes workloads/" || fail "$a cannot write workloads/" "$out"
-can "$a" put /kmosix/migrations/m1 x && ok "$a writes migrations/" || fail "$a cannot write migrations/" "$out"
+can "$a" put /kmosix/workloads/w1 x && fail "$a WROTE workloads/ without a grant" || ok "$a cannot write workloads/ ungranted"
+can "$a" put /kmosix/migrations/m1 x && fail "$a WROTE migrations/ without a grant" || ok "$a cannot write migrations/ ungranted"
+# the controller (role root too) grants a node one record, as its leader does
+out=$(as controller role grant-permission "kmosix-node-$a" readwrite /kmosix/workloads/w1) && ok "the controller grants $a a record" || fail "the controller cannot grant a record" "$out"
+can "$a" put /kmosix/workloads/w1 x && ok "$a writes its granted record" || fail "$a cannot write its granted record" "$out"
+can "$a" put /kmosix/workloads/w2 x && fail "$a WROTE a record not granted" || ok "$a cannot write another record"
 can "$a" put /kmosix/leader x && fail "$a WROTE the leader key" || ok "$a cannot write the leader key"
 can "$a" put /elsewhere x && fail "$a WROTE outside the prefix" || ok "$a cannot write outside the prefix"
 can controller put /kmosix/leader x && ok "the controller writes the prefix" || fail "the controller cannot write the prefix" "$out"
-can controller put /elsewhere x && fail "the controller WROTE outside the prefix" || ok "the controller cannot write outside the prefix"
+# (the controller has role root too: etcd lets only root change roles, so it
+# reaches outside the prefix; the chart's etcd holds nothing else)
 if pki etcd-auth; then ok "etcd-auth: a second run"; else fail "etcd-auth: second run" "$out"; fi
 can "$a" put /kmosix/nodes/"$a" y && ok "$a still writes its node key" || fail "$a lost its rights on the second run" "$out"
 kc delete node "$c" >/dev/null

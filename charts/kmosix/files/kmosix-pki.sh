@@ -22,10 +22,15 @@
 #   etcd-auth  etcd's users and roles (as root, $ETCD_ROOT_SECRET mounted at
 #              /etc/kmosix/etcd-root), then `auth enable`:
 #                root               role root
-#                kmosix-controller  readwrite on $ETCD_PREFIX
+#                kmosix-controller  readwrite on $ETCD_PREFIX, and role root
+#                                   (the leading controller grants each node
+#                                   the workload and migration records it may
+#                                   write: --etcd-node-grants, issue 11)
 #                <node>             role kmosix-node-<node>: read $ETCD_PREFIX,
 #                                   readwrite ${ETCD_PREFIX}nodes/<node> (that
-#                                   key), workloads/ and migrations/ (prefixes)
+#                                   key); the controller adds and removes
+#                                   single-key grants of workloads/<w> and
+#                                   migrations/<id>
 #              node users of nodes that are gone are deleted.
 #   cleanup    deletes the Secrets this Job made (helm uninstall).
 # Nodes: those matching $NODE_SELECTOR (the agents' nodeSelector) plus
@@ -212,6 +217,9 @@ step_etcd_auth() {
   e role grant-permission kmosix-controller readwrite --prefix=true "$ETCD_PREFIX" >/dev/null || die "grant kmosix-controller"
   user kmosix-controller
   e user grant-role kmosix-controller kmosix-controller >/dev/null || die "grant-role kmosix-controller"
+  # and role root: etcd lets only root administer roles, and the leading
+  # controller grants and revokes the nodes' record keys (--etcd-node-grants)
+  e user grant-role kmosix-controller root >/dev/null || die "grant-role kmosix-controller root"
   want=""
   nodes >"$work/nodes"
   while IFS=';' read -r node _ _; do
@@ -220,10 +228,12 @@ step_etcd_auth() {
     want="$want $node"
     role "kmosix-node-$node"
     e role grant-permission "kmosix-node-$node" read --prefix=true "$ETCD_PREFIX" >/dev/null &&
-      e role grant-permission "kmosix-node-$node" readwrite "${ETCD_PREFIX}nodes/$node" >/dev/null &&
-      e role grant-permission "kmosix-node-$node" readwrite --prefix=true "${ETCD_PREFIX}workloads/" >/dev/null &&
-      e role grant-permission "kmosix-node-$node" readwrite --prefix=true "${ETCD_PREFIX}migrations/" >/dev/null ||
+      e role grant-permission "kmosix-node-$node" readwrite "${ETCD_PREFIX}nodes/$node" >/dev/null ||
       die "grant kmosix-node-$node"
+    # the prefix-wide writes of earlier chart versions: the controller now
+    # grants single records (absent: etcdctl fails, nothing to do)
+    e role revoke-permission "kmosix-node-$node" --prefix=true "${ETCD_PREFIX}workloads/" >/dev/null 2>&1 || true
+    e role revoke-permission "kmosix-node-$node" --prefix=true "${ETCD_PREFIX}migrations/" >/dev/null 2>&1 || true
     user "$node"
     e user grant-role "$node" "kmosix-node-$node" >/dev/null || die "grant-role $node"
   done <"$work/nodes"
