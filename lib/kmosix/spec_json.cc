@@ -1,6 +1,8 @@
 #include "kmosix/spec_json.h"
 
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <set>
 
 #include "kmosix/json_fields.h"
@@ -24,6 +26,15 @@ StatusOr<std::string> RequiredString(const json& j, const std::string& key) {
   if (it == j.end()) return InvalidError("missing field \"" + key + "\"");
   if (!it->is_string()) return InvalidError("field \"" + key + "\" must be a string");
   return it->get<std::string>();
+}
+
+// A JSON integer >= 0, or nullopt. nlohmann reads "-0" as a signed zero,
+// which is still 0 (as JsonFields::Uint takes it).
+std::optional<uint64_t> NonNegativeInteger(const json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() && v.get<int64_t>() >= 0)
+    return static_cast<uint64_t>(v.get<int64_t>());
+  return std::nullopt;
 }
 
 }  // namespace
@@ -186,10 +197,11 @@ StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
     }
   }
   if (auto m = j.find("memoryBytes"); m != j.end()) {
-    if (!m->is_number_unsigned() || m->get<uint64_t>() > kMaxOfferMemoryBytes) {
+    auto bytes = NonNegativeInteger(*m);
+    if (!bytes || *bytes > kMaxOfferMemoryBytes) {
       return InvalidError("field \"memoryBytes\" must be an integer from 0 to 2^50");
     }
-    offer.memory_bytes = m->get<uint64_t>();
+    offer.memory_bytes = *bytes;
   }
   if (auto st = j.find("stream"); st != j.end()) {
     if (!st->is_object()) return InvalidError("field \"stream\" must be an object");
@@ -199,11 +211,12 @@ StatusOr<MigrationOffer> ParseMigrationOffer(std::string_view body) {
                               {"entries", &offer.stream.entries}}) {
       auto v = st->find(key);
       if (v == st->end()) continue;
-      if (!v->is_number_unsigned() || v->get<uint64_t>() > kMaxOfferStreamValue) {
+      auto n = NonNegativeInteger(*v);
+      if (!n || *n > kMaxOfferStreamValue) {
         return InvalidError(std::string("field \"stream.") + key +
                             "\" must be an integer from 0 to 2^56");
       }
-      *field = v->get<uint64_t>();
+      *field = *n;
     }
   }
   return offer;

@@ -55,6 +55,23 @@ TEST(MigrationOfferTest, MemoryBytesRoundTripsAndIsOptional) {
   EXPECT_TRUE(ParseMigrationOffer(base + R"(,"memoryBytes":1125899906842624})").ok());  // 2^50
 }
 
+// nlohmann reads -0 as a signed integer; it is 0 all the same, and the
+// canonical form ("memoryBytes":0) gets the same verdict (found by
+// spec_json_fuzz, corpus/spec_json/offer-memory-bytes-minus-zero).
+TEST(MigrationOfferTest, MinusZeroIsZero) {
+  const std::string base =
+      R"({"id":"m-1","sourceNode":"node1","sourceUrl":"http://a","spec":{"name":"w","image":"i"})";
+  auto offer = ParseMigrationOffer(base + R"(,"memoryBytes":-0,"stream":{"files":-0,"bytes":7}})");
+  ASSERT_TRUE(offer.ok()) << offer.status().ToString();
+  EXPECT_EQ(offer->memory_bytes, 0u);
+  EXPECT_EQ(offer->stream.files, 0u);
+  EXPECT_EQ(offer->stream.bytes, 7u);
+  auto again = ParseMigrationOffer(MigrationOfferToJson(*offer).dump());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->memory_bytes, 0u);
+  EXPECT_EQ(again->stream.bytes, 7u);
+}
+
 TEST(MigrationOfferTest, BadMemoryBytesIsInvalidAndNamed) {
   const std::string base =
       R"({"id":"m-1","sourceNode":"node1","sourceUrl":"http://a","spec":{"name":"w","image":"i"},"memoryBytes":)";
