@@ -1,13 +1,12 @@
 #include "etcd/etcd_access_grants.h"
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/security/tls_certificate_provider.h>
-#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <atomic>
 #include <string_view>
 
+#include "etcd/etcd_channel.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 
 namespace kmosix {
@@ -67,40 +66,14 @@ struct EtcdAccessGrants::Impl {
   std::vector<Endpoint> endpoints;
   std::atomic<size_t> current{0};
 
-  // As EtcdStateStore's: files re-read every tls_refresh, server verified.
-  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials() const {
-    namespace gx = grpc::experimental;
-    const auto refresh = static_cast<unsigned int>(config.tls_refresh.count());
-    std::shared_ptr<gx::CertificateProviderInterface> files;
-    if (config.cert_file.empty()) {
-      files = std::make_shared<gx::FileWatcherCertificateProvider>(config.ca_file, refresh);
-    } else {
-      files = std::make_shared<gx::FileWatcherCertificateProvider>(
-          config.key_file, config.cert_file, config.ca_file, refresh);
-    }
-    gx::TlsChannelCredentialsOptions options;
-    options.set_certificate_provider(files);
-    options.watch_root_certs();
-    if (!config.cert_file.empty()) options.watch_identity_key_cert_pairs();
-    options.set_verify_server_certs(true);
-    return gx::TlsCredentials(options);
-  }
-
   explicit Impl(EtcdConfig cfg) : config(std::move(cfg)) {
     if (config.endpoints.empty()) config.endpoints.push_back("127.0.0.1:2379");
     invalid = ValidateEtcdConfig(config);
-    std::shared_ptr<grpc::ChannelCredentials> creds =
-        invalid.ok() && config.tls ? TlsCredentials() : grpc::InsecureChannelCredentials();
+    auto creds = etcd::Credentials(config, invalid.ok());
     for (const auto& target : config.endpoints) {
-      grpc::ChannelArguments args;
-      const int backoff = static_cast<int>(config.max_reconnect_backoff.count());
-      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
-      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
-      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff);
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       Endpoint ep;
       ep.target = target;
-      ep.channel = grpc::CreateCustomChannel(target, creds, args);
+      ep.channel = etcd::Dial(target, creds, config, /*keepalive=*/false);
       ep.auth = pb::Auth::NewStub(ep.channel);
       endpoints.push_back(std::move(ep));
     }

@@ -1,8 +1,6 @@
 #include "etcd/etcd_state_store.h"
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/security/tls_certificate_provider.h>
-#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +14,7 @@
 #include <thread>
 #include <utility>
 
+#include "etcd/etcd_channel.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 
 namespace kmosix {
@@ -232,53 +231,17 @@ struct EtcdStateStore::Impl {
   std::vector<Endpoint> endpoints;
   std::atomic<size_t> current{0};
 
-  // TLS credentials over files gRPC re-reads every config.tls_refresh.
-  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials() const {
-    namespace gx = grpc::experimental;
-    const auto refresh = static_cast<unsigned int>(config.tls_refresh.count());
-    std::shared_ptr<gx::CertificateProviderInterface> files;
-    if (config.cert_file.empty()) {
-      files = std::make_shared<gx::FileWatcherCertificateProvider>(config.ca_file, refresh);
-    } else {
-      files = std::make_shared<gx::FileWatcherCertificateProvider>(
-          config.key_file, config.cert_file, config.ca_file, refresh);
-    }
-    gx::TlsChannelCredentialsOptions options;
-    options.set_certificate_provider(files);
-    options.watch_root_certs();
-    if (!config.cert_file.empty()) options.watch_identity_key_cert_pairs();
-    options.set_verify_server_certs(true);
-    return grpc::experimental::TlsCredentials(options);
-  }
-
   explicit Impl(EtcdConfig cfg) : config(std::move(cfg)) {
     if (config.endpoints.empty()) config.endpoints.push_back("127.0.0.1:2379");
     invalid = ValidateEtcdConfig(config);
-    std::shared_ptr<grpc::ChannelCredentials> creds;
-    if (!invalid.ok()) {
-      // Channels exist (the code below indexes them) but are never used.
-      creds = grpc::InsecureChannelCredentials();
-    } else if (config.tls) {
-      creds = TlsCredentials();
-    } else {
-      creds = grpc::InsecureChannelCredentials();
-    }
+    // A refused config still gets channels (the code below indexes them),
+    // never used.
+    auto creds = etcd::Credentials(config, invalid.ok());
     for (const auto& target : config.endpoints) {
-      grpc::ChannelArguments args;
-      const int backoff = static_cast<int>(config.max_reconnect_backoff.count());
-      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
-      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(backoff, 100));
-      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff);
-      // Detect dead connections under long-lived watch streams. etcd refuses
-      // pings more often than every 5 s, and pings without streams.
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
-      // Separate channels per store: do not share subchannels with others.
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       Endpoint ep;
       ep.target = target;
-      ep.channel = grpc::CreateCustomChannel(target, creds, args);
+      // Keepalive: dead connections under long-lived watch streams are found.
+      ep.channel = etcd::Dial(target, creds, config, /*keepalive=*/true);
       ep.kv = pb::KV::NewStub(ep.channel);
       ep.watch = pb::Watch::NewStub(ep.channel);
       ep.lease = pb::Lease::NewStub(ep.channel);
