@@ -433,8 +433,12 @@ Status WorkloadNetwork::Teardown(const std::string& name) {
     // namespace; delete the node's end now so the name is free at once.
     KMX_ASSIGN_OR_RETURN(CommandResult r,
                          runner_.Run({"ip", "link", "delete", "dev", info.host_veth}));
+    // Gone already is fine: the kernel destroys the pair by itself once the
+    // namespace is released, and can do so between ip's lookup and its
+    // delete ("RTNETLINK answers: No such device").
     if (r.exit_code != 0 && r.output.find("Cannot find device") == std::string::npos &&
-        r.output.find("does not exist") == std::string::npos) {
+        r.output.find("does not exist") == std::string::npos &&
+        r.output.find("No such device") == std::string::npos) {
       return FailedError("workload network: `ip link delete dev " + info.host_veth + "` exited " +
                          std::to_string(r.exit_code) + ": " + Trimmed(r.output));
     }

@@ -358,11 +358,13 @@ TEST_F(WorkloadNetworkIntegrationTest, MigrationRecreatesTheNamespaceOnTheTarget
   // The source keeps its namespace until its copy is deleted (a rollback
   // would resume it there).
   EXPECT_TRUE(fs::exists(src_ns));
-  ASSERT_TRUE(src->Delete(name_).ok());
+  Status deleted = src->Delete(name_);
+  ASSERT_TRUE(deleted.ok()) << deleted.ToString();
   EXPECT_FALSE(fs::exists(src_ns));
   EXPECT_TRUE(fs::exists(dst_ns));
   EXPECT_EQ(NetworkOf(1).Leases().count(name_), 1u);
-  ASSERT_TRUE(dst->Delete(name_).ok());
+  deleted = dst->Delete(name_);
+  ASSERT_TRUE(deleted.ok()) << deleted.ToString();
   EXPECT_FALSE(fs::exists(dst_ns));
 }
 
