@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -744,6 +745,25 @@ Section LateSection(std::string name, std::string path, std::function<Status()> 
 // Opens `path` for writing (blocking until the encoder opened it too).
 int OpenWriter(const std::string& path) { return ::open(path.c_str(), O_WRONLY | O_CLOEXEC); }
 
+// The stream `encode` makes of a pipes section `dir` holding one pipe "p",
+// which a writer thread fills with `content` and closes (joined before this
+// returns).
+std::string EncodeOnePipe(const std::string& dir, const std::string& content,
+                          const std::function<std::string(const Section&)>& encode) {
+  fs::create_directories(dir);
+  EXPECT_EQ(::mkfifo((dir + "/p").c_str(), 0600), 0);
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    int fd = OpenWriter(dir + "/p");
+    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    ::close(fd);
+    done = true;
+  });
+  std::string stream = encode(PipesSection("criu", dir, [&] { return done.load(); }));
+  writer.join();
+  return stream;
+}
+
 // Reads until an error or the end (ok).
 Status ReadUntilError(StreamEncoder& enc, std::string* out = nullptr) {
   std::vector<char> buf(1 << 16);
@@ -833,20 +853,9 @@ TEST_F(TransferStreamTest, PipesSectionRoundTrip) {
 }
 
 TEST_F(TransferStreamTest, PipesSectionWithWholeReads) {
-  std::string pipes = src_ + "/pipes";
-  fs::create_directories(pipes);
-  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
   std::string content(3 << 20, 'z');
-  std::atomic<bool> done{false};
-  std::thread writer([&] {
-    int fd = OpenWriter(pipes + "/p");
-    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
-    ::close(fd);
-    done = true;
-  });
-  Section pages = PipesSection("criu", pipes, [&] { return done.load(); });
-  std::string stream = EncodeAll({pages}, /*seed=*/0);
-  writer.join();
+  std::string stream = EncodeOnePipe(src_ + "/pipes", content,
+                                     [&](const Section& pages) { return EncodeAll({pages}, 0); });
   Status s = DecodeAll(stream, DstLanding(), 0);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_TRUE(ReadFile(dst_ + "/criu/p") == content);
@@ -854,22 +863,12 @@ TEST_F(TransferStreamTest, PipesSectionWithWholeReads) {
 
 // Chunked files (pipes sections) without digests.
 TEST_F(TransferStreamTest, UndigestedPipesSection) {
-  std::string pipes = src_ + "/pipes";
-  fs::create_directories(pipes);
-  ASSERT_EQ(::mkfifo((pipes + "/p").c_str(), 0600), 0);
   std::string content(3 << 20, 'q');
-  std::atomic<bool> done{false};
-  std::thread writer([&] {
-    int fd = OpenWriter(pipes + "/p");
-    EXPECT_EQ(::write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
-    ::close(fd);
-    done = true;
-  });
   EncoderOptions undigested;
   undigested.content_digests = false;
-  std::string stream =
-      EncodeAll({PipesSection("criu", pipes, [&] { return done.load(); })}, 2, nullptr, undigested);
-  writer.join();
+  std::string stream = EncodeOnePipe(src_ + "/pipes", content, [&](const Section& pages) {
+    return EncodeAll({pages}, 2, nullptr, undigested);
+  });
   DecoderOptions accept;
   accept.accept_undigested = true;
   Status s = DecodeAll(stream, DstLanding(), 3, nullptr, accept);
