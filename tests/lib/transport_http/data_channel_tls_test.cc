@@ -26,6 +26,7 @@
 
 #include "fakes/fake_clock.h"
 #include "kmosix/transfer_stream.h"
+#include "support/data_channel_answer.h"
 #include "support/test_pki.h"
 #include "tls/tls.h"
 #include "transport_http/data_channel.h"
@@ -199,16 +200,7 @@ class DataChannelTlsTest : public ::testing::Test {
       } else {
         ::shutdown(fd, SHUT_WR);
       }
-      char c;  // the line after {"ready":true}, or an early refusal's only one
-      while (SSL_read(ssl, &c, 1) == 1) {
-        if (c != '\n') {
-          answer.push_back(c);
-        } else if (answer == R"({"ready":true})") {
-          answer.clear();
-        } else {
-          break;
-        }
-      }
+      answer = testing::ReadDataChannelAnswer([&](char& c) { return SSL_read(ssl, &c, 1) == 1; });
     }
     SSL_free(ssl);
     ::close(fd);

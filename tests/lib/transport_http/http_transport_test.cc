@@ -23,6 +23,7 @@
 
 #include "kmosix/spec_json.h"
 #include "kmosix/transfer_stream.h"
+#include "support/data_channel_answer.h"
 #include "transport_http/data_channel.h"
 #include "transport_http/peer_server.h"
 
@@ -554,19 +555,8 @@ std::string SendRaw(int port, const std::string& bytes) {
   }
   (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   ::shutdown(fd, SHUT_WR);
-  // The answer after the ready line (the server sends it once it accepted
-  // the stream's id), or the only line of an early refusal.
-  std::string answer;
-  char c;
-  while (::recv(fd, &c, 1, 0) == 1) {
-    if (c != '\n') {
-      answer.push_back(c);
-    } else if (answer == R"({"ready":true})") {
-      answer.clear();
-    } else {
-      break;
-    }
-  }
+  std::string answer =
+      testing::ReadDataChannelAnswer([&](char& c) { return ::recv(fd, &c, 1, 0) == 1; });
   ::close(fd);
   return answer;
 }
