@@ -12,8 +12,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -294,6 +296,41 @@ TEST(EtcdTlsTest, RotatedClientCertificateIsUsedByTheNextConnection) {
                         << got.status().ToString();
   ASSERT_TRUE(got->kv);
   EXPECT_EQ(got->kv->value, "during");
+}
+
+// The kubelet writes a pod certificate's key and chain into ONE file, the
+// PKCS#8 key block first. gRPC's FileWatcherCertificateProvider passes the
+// files' bytes as they are to its TLS layer, which reads the certificate
+// chain with PEM_read_bio_X509* and the key with PEM_read_bio_PrivateKey:
+// both skip PEM blocks of the other kind. So the one file serves as both the
+// certificate file and the key file: etcd accepts the client.
+TEST(EtcdTlsTest, OneFileWithTheKeyFirstThenTheCertificateIsBothCertAndKeyFile) {
+  KMX_SKIP_WITHOUT_TLS_ETCD();
+  TlsEtcd e;
+  ASSERT_TRUE(StartTls(e));
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream out;
+    out << in.rdbuf();
+    return out.str();
+  };
+  const std::string key = read(e.pki.path("client.key"));
+  ASSERT_EQ(key.rfind("-----BEGIN PRIVATE KEY-----", 0), 0u) << "openssl wrote no PKCS#8 key";
+  const std::string bundle = e.pki.path("client-bundle.pem");
+  std::ofstream(bundle, std::ios::binary) << key << read(e.pki.path("client.crt"));
+
+  EtcdConfig cfg = e.pki.Client(e.etcd.endpoint());
+  cfg.cert_file = bundle;
+  cfg.key_file = bundle;
+  auto opened = EtcdStateStore::Open(cfg);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto put = (*opened)->Put("/bundle/k", "v");
+  ASSERT_TRUE(put.ok()) << "etcd refused the bundle's client certificate: "
+                        << put.status().ToString();
+  auto got = (*opened)->Get("/bundle/k");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_TRUE(got->kv);
+  EXPECT_EQ(got->kv->value, "v");
 }
 
 }  // namespace
