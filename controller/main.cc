@@ -19,6 +19,7 @@
 #include "controller/api.h"
 #include "controller/controller.h"
 #include "controller/kube/bridge.h"
+#include "controller/kube/node_signer.h"
 #include "controller/metrics.h"
 #include "etcd/etcd_access_grants.h"
 #include "etcd/etcd_state_store.h"
@@ -53,6 +54,9 @@ int main(int argc, char** argv) {
   std::string kubeconfig, kube_context;
   bool kube_in_cluster = false;
   size_t kube_keep_migrations = 10;
+  std::string signer_cert, signer_key;
+  kmosix::bridge::NodeSignerOptions signer_opts;
+  int64_t signer_lifetime = signer_opts.max_lifetime.count();
   app.add_option("--etcd", etcd, "etcd endpoints, comma-separated")->capture_default_str();
   app.add_option("--etcd-prefix", opts.keys.prefix, "key prefix of the cluster's state")
       ->capture_default_str();
@@ -134,6 +138,22 @@ int main(int argc, char** argv) {
   app.add_option("--kube-keep-migrations", kube_keep_migrations,
                  "finished Migration objects kept per MigratableWorkload")
       ->capture_default_str();
+  app.add_option("--node-signer-cert", signer_cert,
+                 "be the kmosix.io/node signer of pod certificates (the agents' identities): "
+                 "the issuing CA's certificate (chain), PEM; needs the Kubernetes client "
+                 "(--kubeconfig or --kube-in-cluster) and --node-signer-namespace");
+  app.add_option("--node-signer-key", signer_key,
+                 "the key of --node-signer-cert (both re-read on change)");
+  app.add_option("--node-signer-namespace", signer_opts.agent_namespace,
+                 "the namespace of the agents' pods: the only one the signer issues for");
+  app.add_option("--node-signer-service-account", signer_opts.agent_service_account,
+                 "the agents' ServiceAccount: the only one the signer issues for")
+      ->default_val("kmosix-agent")
+      ->capture_default_str();
+  app.add_option("--node-signer-lifetime", signer_lifetime,
+                 "seconds an agent certificate is valid at most (refreshed at half)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{3600}, int64_t{7862400}));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -185,7 +205,32 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  const bool signer = !signer_cert.empty() || !signer_key.empty();
+  if (signer) {
+    if (signer_cert.empty() || signer_key.empty()) {
+      spdlog::critical("--node-signer-cert and --node-signer-key go together");
+      return 2;
+    }
+    if (kubeconfig.empty() && !kube_in_cluster) {
+      spdlog::critical("--node-signer-cert needs --kubeconfig or --kube-in-cluster");
+      return 2;
+    }
+    if (signer_opts.agent_namespace.empty()) {
+      spdlog::critical("--node-signer-cert needs --node-signer-namespace (the agents' namespace)");
+      return 2;
+    }
+  }
+  signer_opts.max_lifetime = std::chrono::seconds(signer_lifetime);
   kmosix::SystemClock clock;
+  std::unique_ptr<kmosix::tls::Issuer> issuer;
+  if (signer) {
+    auto loaded = kmosix::tls::Issuer::Load(signer_cert, signer_key);
+    if (!loaded.ok()) {
+      spdlog::critical("--node-signer-cert/--node-signer-key: {}", loaded.status().ToString());
+      return 2;
+    }
+    issuer = std::move(loaded).value();
+  }
   std::unique_ptr<kmosix::auth::Authenticator> auth;
   if (!no_auth) {
     auto loaded = kmosix::auth::Authenticator::Load(token_file, clock);
@@ -245,6 +290,7 @@ int main(int argc, char** argv) {
   // The Kubernetes face: kmosix.io objects mirrored into the cluster's state.
   std::unique_ptr<kmosix::kube::Client> kube_client;
   std::unique_ptr<kmosix::bridge::Bridge> bridge;
+  std::unique_ptr<kmosix::bridge::NodeSigner> node_signer;
   if (!kubeconfig.empty() || kube_in_cluster) {
     auto config = kube_in_cluster ? kmosix::kube::InClusterConfig()
                                   : kmosix::kube::LoadKubeconfig(kubeconfig, kube_context);
@@ -265,6 +311,15 @@ int main(int argc, char** argv) {
     bridge = std::make_unique<kmosix::bridge::Bridge>(*kube_client, controller, clock, random, bo);
     bridge->Start();
     spdlog::info("mirroring kmosix.io objects of {}", config->server);
+    if (issuer) {
+      node_signer = std::make_unique<kmosix::bridge::NodeSigner>(
+          *kube_client, *issuer, clock, random,
+          [&controller] { return controller.IsLeader() && controller.Ready(); }, signer_opts);
+      node_signer->Start();
+      spdlog::info("signing {} pod certificates for {}/{} (at most {} s)", signer_opts.signer_name,
+                   signer_opts.agent_namespace, signer_opts.agent_service_account,
+                   signer_opts.max_lifetime.count());
+    }
   }
 
   kmosix::tls::Files agents_tls;
@@ -289,6 +344,7 @@ int main(int argc, char** argv) {
   server->listen_after_bind();
   g_stop = true;
   watchdog.join();
+  if (node_signer) node_signer->Stop();
   if (bridge) bridge->Stop();
   controller.Stop();
   spdlog::info("controller {} stopped", opts.identity);

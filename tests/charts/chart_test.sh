@@ -113,7 +113,20 @@ cmd_render() {
   expect_count "default: agent hostPID" "$f" '^      hostPID: true$' 1
   expect_count "default: agent node name from spec.nodeName" "$f" 'fieldPath: spec.nodeName' 1
   expect_count "default: agent --node from it" "$f" '- --node=\$\(NODE_NAME\)$' 1
-  expect_count "default: agent certificate named after the node" "$f" '--tls-cert=/etc/kmosix/nodes/\$\(NODE_NAME\)\.crt' 1
+  # agent identity: pod certificates from the controllers' node signer
+  expect_count "default: agent identity is a pod certificate of kmosix.io/node" "$(section default agent.yaml)" \
+    '^              - podCertificate:$|^                  signerName: kmosix.io/node$|^                  keyType: ECDSAP256$|^                  credentialBundlePath: tls.pem$' 4
+  expect_count "default: agent serves and reaches etcd with it" "$f" '--(tls|etcd)-(cert|key)=/etc/kmosix/identity/tls.pem$' 4
+  expect_count "default: no Secret of node keys" "$f" 'kmosix-agent-tls|/etc/kmosix/nodes' 0
+  expect_count "default: the controllers sign for the agents of this namespace" "$(section default controller.yaml)" \
+    '--node-signer-(cert|key)=/etc/kmosix/node-issuer/tls\.(crt|key)$|--node-signer-namespace=kmosix$|--node-signer-service-account=kmosix-agent$' 4
+  expect_count "default: the controllers may sign for kmosix.io/node only" "$(section default rbac.yaml)" \
+    '^    resourceNames: \[kmosix.io/node\]$|^    resources: \[podcertificaterequests/status\]$' 2
+  expect_count "default: the controllers read pods of their namespace only" "$(section default rbac.yaml)" \
+    '^kind: Role$|^    resources: \[pods\]$' 2
+  expect_count "default: the pki Jobs know the node issuer" "$f" 'value: "kmosix-node-issuer"\}$' 4
+  expect_count "agent-secrets: agent certificate named after the node" "$tmp/agent-secrets.yaml" '--tls-cert=/etc/kmosix/nodes/\$\(NODE_NAME\)\.crt' 1
+  expect_count "agent-secrets: no signer" "$tmp/agent-secrets.yaml" 'node-signer|podCertificate|podcertificaterequests' 0
   expect_count "default: agent rolls one node at a time" "$(section default agent.yaml)" '^      maxUnavailable: 1$' 1
   expect_count "default: no pod mounts the CA key's Secret" "$f" '^ *(secretName|name): kmosix-ca-key$' 0
   expect_count "default: only the pki Jobs know the CA key's Secret" "$f" 'value: kmosix-ca-key\}$' 4
@@ -136,17 +149,23 @@ cmd_render() {
   expect_count "default: the generated Secrets are removed at uninstall" "$f" 'helm.sh/hook: pre-delete' 6
   expect_count "default: the refresh CronJob" "$f" '^kind: CronJob$' 1
   expect_count "certmanager: no certificates Job" "$tmp/certmanager.yaml" 'helm.sh/hook: pre-install' 0
-  # the CA, the controllers, etcd, etcd's root, node1 and node2
-  expect_count "certmanager: Certificates with organizations" "$tmp/certmanager.yaml" '^kind: Certificate$' 6
-  expect_count "certmanager: node certificates for the listed nodes" "$tmp/certmanager.yaml" '^  commonName: node[12]$' 2
+  # the CA, the controllers, etcd, etcd's root and the node issuer
+  expect_count "certmanager: Certificates with organizations" "$tmp/certmanager.yaml" '^kind: Certificate$' 5
+  expect_count "certmanager: a node issuer CA, no node certificates" "$tmp/certmanager.yaml" \
+    '^  name: kmosix-node-issuer$|^  commonName: node[12]$' 1
   expect_count "certmanager: the controllers' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:controllers"\]' 1
-  expect_count "certmanager: the nodes' organization" "$tmp/certmanager.yaml" 'organizations: \["kmosix:nodes"\]' 2
   expect_count "certmanager: self-signed root and CA Issuer" "$tmp/certmanager.yaml" '^kind: Issuer$' 2
-  # the controllers, etcd, node1 and node2 (etcd auth off: no root)
-  expect_count "certmanager-issuer: the given ClusterIssuer" "$tmp/certmanager-issuer.yaml" '^    kind: ClusterIssuer$' 4
+  # the CA, the controllers, etcd, etcd's root, node1 and node2
+  expect_count "certmanager-agent-secrets: Certificates" "$tmp/certmanager-agent-secrets.yaml" '^kind: Certificate$' 6
+  expect_count "certmanager-agent-secrets: node certificates for the listed nodes" "$tmp/certmanager-agent-secrets.yaml" '^  commonName: node[12]$' 2
+  expect_count "certmanager-agent-secrets: the nodes' organization" "$tmp/certmanager-agent-secrets.yaml" 'organizations: \["kmosix:nodes"\]' 2
+  # the controllers, etcd and the node issuer (etcd auth off: no root)
+  expect_count "certmanager-issuer: the given ClusterIssuer" "$tmp/certmanager-issuer.yaml" '^    kind: ClusterIssuer$' 3
   expect_count "certmanager-issuer: no Issuer of its own" "$tmp/certmanager-issuer.yaml" '^kind: Issuer$' 0
   expect_count "existing: no certificates Job" "$tmp/existing.yaml" 'helm.sh/hook: pre-install' 0
   expect_count "existing: the given controller Secret" "$tmp/existing.yaml" 'name: my-controller-tls$' 1
+  expect_count "existing: the given node issuer Secret" "$tmp/existing.yaml" 'secretName: my-node-issuer$' 1
+  expect_count "existing-agent-secrets: the given agents Secret" "$tmp/existing-agent-secrets.yaml" 'secretName: my-agent-tls$' 1
   expect_count "existing: the given tokens, none generated" "$tmp/existing.yaml" '^  tokens.csv: ' 0
   # CRIU
   expect_count "default: no CRIU installer, no --criu-path" "$f" 'criu-install|--criu-path' 0

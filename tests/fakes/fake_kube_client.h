@@ -31,8 +31,10 @@
 //   namespace/name; the list's resourceVersion is the current global one.
 //   ListOptions::limit is ignored (the real client follows continue tokens).
 // - Label selectors: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (absent),
-//   comma-separated (all must hold). Field selectors: metadata.name and
-//   metadata.namespace with = / == / !=. A malformed selector is kInvalid.
+//   comma-separated (all must hold). Field selectors: metadata.name,
+//   metadata.namespace and spec.<field> (a string field of spec, standing
+//   for the selectable fields some kinds add, e.g. spec.signerName) with
+//   = / == / !=. A malformed selector is kInvalid.
 // - Watch(resource_version): "" is kInvalid (the real server on etcd 3.4
 //   refuses it too); "0" sends an ADDED event per existing object, then live
 //   events; any other version replays the kept history after it, then live
@@ -484,7 +486,10 @@ class FakeClient : public Client {
     auto f = ParseSelector(o.field_selector);
     if (!f.ok()) return f.status();
     for (const auto& req : *f) {
-      if (req.key != "metadata.name" && req.key != "metadata.namespace") {
+      // metadata.name/namespace for every kind; spec.<field> stands for the
+      // selectable fields some kinds add (PodCertificateRequest: spec.signerName).
+      if (req.key != "metadata.name" && req.key != "metadata.namespace" &&
+          req.key.rfind("spec.", 0) != 0) {
         return InvalidError("field label not supported: " + req.key);
       }
       if (req.op != Requirement::kEq && req.op != Requirement::kNe) {
@@ -520,6 +525,16 @@ class FakeClient : public Client {
       if (!Holds(req, v)) return false;
     }
     for (const auto& req : sel.fields) {
+      if (req.key.rfind("spec.", 0) == 0) {
+        const std::string field = req.key.substr(5);
+        const auto spec = obj.find("spec");
+        std::optional<std::string> v = std::string();
+        if (spec != obj.end() && spec->is_object())
+          if (auto it = spec->find(field); it != spec->end() && it->is_string())
+            v = it->get<std::string>();
+        if (!Holds(req, v)) return false;
+        continue;
+      }
       std::string field = req.key == "metadata.name" ? "name" : "namespace";
       std::optional<std::string> v =
           meta.contains(field) && meta[field].is_string()

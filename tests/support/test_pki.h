@@ -55,6 +55,18 @@ class TestPki {
                ".key && mv -f " + who + ".crt.new " + who + ".crt 2>&1");
   }
 
+  // A PKCS#10 request as a kubelet makes one for a pod certificate (empty
+  // subject, DER) for a new key `who` (files <who>.csr.der, <who>.key);
+  // `newkey` is openssl's -newkey argument plus options ("ec -pkeyopt
+  // ec_paramgen_curve:prime256v1", "rsa:2048", "ed25519").
+  std::string MakeCsr(
+      const std::string& who,
+      const std::string& newkey = "ec -pkeyopt ec_paramgen_curve:prime256v1") const {
+    return Run("mkdir -p '" + dir_ + "' && cd '" + dir_ + "' && openssl req -new -newkey " +
+               newkey + " -nodes -keyout " + who + ".key -subj / -outform DER -out " + who +
+               ".csr.der 2>&1");
+  }
+
  private:
   static std::string Run(const std::string& cmd) {
     std::string out;

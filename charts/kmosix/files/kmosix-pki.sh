@@ -16,7 +16,10 @@
 #                $ETCD_SECRET        etcd serving and peer, SAN $ETCD_DNS
 #                                    (only when $ETCD_SECRET is set)
 #                $ETCD_ROOT_SECRET   CN=root (etcd's root user), client
-#                $AGENT_SECRET       <node>.crt/<node>.key for every node:
+#                $NODE_ISSUER_SECRET (agents with pod certificates) a CA
+#                                    under the CA, pathlen 0, that the
+#                                    controllers sign agent certificates with
+#                $AGENT_SECRET       (otherwise) <node>.crt/<node>.key for every node:
 #                                    O=kmosix:nodes/CN=<node>, SAN DNS:<node>
 #                                    and the node's addresses, server+client
 #   etcd-auth  etcd's users and roles (as root, $ETCD_ROOT_SECRET mounted at
@@ -78,14 +81,20 @@ cert_ok() {
 }
 
 # issue OUT SUBJECT EKU SAN: OUT.crt/OUT.key (EC P-256) signed by the CA.
+# EKU "ca": a CA under it that signs leaf certificates only (pathlen 0).
 issue() {
   out=$1 subj=$2 eku=$3 san=$4
-  {
-    echo "basicConstraints=CA:FALSE"
-    echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    echo "extendedKeyUsage=$eku"
-    [ -n "$san" ] && echo "subjectAltName=$san"
-  } >"$out.ext"
+  if [ "$eku" = ca ]; then
+    printf '%s\n' "basicConstraints=critical,CA:TRUE,pathlen:0" "keyUsage=critical,keyCertSign,cRLSign" \
+      "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" >"$out.ext"
+  else
+    {
+      echo "basicConstraints=CA:FALSE"
+      echo "keyUsage=critical,digitalSignature,keyEncipherment"
+      echo "extendedKeyUsage=$eku"
+      [ -n "$san" ] && echo "subjectAltName=$san"
+    } >"$out.ext"
+  fi
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$out.key" -out "$out.csr" -subj "$subj" >/dev/null 2>&1 &&
     openssl x509 -req -in "$out.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
@@ -159,6 +168,12 @@ step_certs() {
   fi
   tls_secret "$ETCD_ROOT_SECRET" "/O=kmosix/CN=root" clientAuth ""
 
+  if [ -n "${NODE_ISSUER_SECRET:-}" ]; then
+    # Agents get pod certificates from the controllers (signer
+    # kmosix.io/node), signed with this CA: nothing per node here.
+    tls_secret "$NODE_ISSUER_SECRET" "/O=kmosix/CN=kmosix node issuer ${RELEASE:-kmosix}.$NS" ca ""
+    return 0
+  fi
   # One certificate per node, all in one Secret (see the chart README).
   d="$work/agents"
   mkdir -p "$d"

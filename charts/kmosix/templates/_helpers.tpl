@@ -101,6 +101,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "kmosix.fullname" . }}-agent-tls
 {{- end -}}
 {{- end -}}
+{{- define "kmosix.secret.nodeIssuer" -}}
+{{- if eq .Values.certificates.source "existingSecret" -}}
+{{- required "certificates.existingSecret.nodeIssuer is required with certificates.source=existingSecret and agentIdentity=podCertificate" .Values.certificates.existingSecret.nodeIssuer -}}
+{{- else -}}
+{{- include "kmosix.fullname" . }}-node-issuer
+{{- end -}}
+{{- end -}}
+{{/* The agents get their identity from pod certificates (signer kmosix.io/node). */}}
+{{- define "kmosix.podCertificates" -}}
+{{- if eq .Values.certificates.agentIdentity "podCertificate" }}true{{ end -}}
+{{- end -}}
 {{- define "kmosix.secret.etcdServer" -}}
 {{- if eq .Values.certificates.source "existingSecret" -}}
 {{- required "certificates.existingSecret.etcdServer is required with certificates.source=existingSecret and etcd.mode=embedded" .Values.certificates.existingSecret.etcdServer -}}

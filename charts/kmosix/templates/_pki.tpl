@@ -160,7 +160,11 @@ spec:
         - {name: ETCD_DNS, value: {{ include "kmosix.etcd.dnsNames" $root | fromJsonArray | join " " | quote }}}
         {{- end }}
         - {name: ETCD_ROOT_SECRET, value: {{ include "kmosix.fullname" $root }}-etcd-root}
+        {{- if include "kmosix.podCertificates" $root }}
+        - {name: NODE_ISSUER_SECRET, value: {{ include "kmosix.secret.nodeIssuer" $root | quote }}}
+        {{- else }}
         - {name: AGENT_SECRET, value: {{ include "kmosix.secret.agents" $root | quote }}}
+        {{- end }}
         - {name: ETCD_ENDPOINTS, value: {{ include "kmosix.etcd.endpoints" $root | quote }}}
         - {name: ETCD_PREFIX, value: {{ $v.etcd.prefix | quote }}}
       securityContext:
