@@ -57,7 +57,7 @@ struct CertificateRequest {
   std::vector<std::string> dns_names;                // SAN DNS: [A-Za-z0-9-.], labels 1..63, <= 253
   std::vector<std::string> ip_addresses;             // SAN IP: IPv4 or IPv6 text
   std::chrono::system_clock::time_point not_before;  // truncated to whole seconds
-  std::chrono::seconds lifetime{0};                  // >= 1 s
+  std::chrono::seconds lifetime{0};                  // 1 s .. 100 years
   bool server_auth = true;
   bool client_auth = true;
 };

@@ -675,6 +675,65 @@ TEST_F(IssuerTest, RotatedIssuerFilesAreUsedByTheNextIssue) {
   EXPECT_EQ(issuer->Reloads(), 1u);
 }
 
+TEST_F(IssuerTest, IssuesConcurrentlyWhileTheFilesRotate) {
+  Ca old_ca = MakeCa("kmosix CA 1", "ECDSAP256");
+  Ca new_ca = MakeCa("kmosix CA 2", "ECDSAP256");
+  WriteCa(old_ca, "ca");
+  auto issuer = LoadOrDie("ca");
+  ASSERT_TRUE(issuer);
+  KeyPtr key = NewKey("ECDSAP256");
+  const CertificateRequest req = NodeRequest(key.get());
+  constexpr int kThreads = 4, kEach = 25;
+  std::vector<std::vector<std::string>> chains(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        auto issued = issuer->Issue(req);
+        chains[t].push_back(issued.ok() ? issued->chain_pem : issued.status().ToString());
+      }
+    });
+  }
+  // Written beside and renamed into place, as a Kubernetes volume does.
+  WriteCa(new_ca, "next");
+  std::filesystem::rename(Path("next.crt"), Path("ca.crt"));
+  std::filesystem::rename(Path("next.key"), Path("ca.key"));
+  for (auto& th : threads) th.join();
+  auto after = issuer->Issue(req);
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(Verify(ParseChain(after->chain_pem)[0].get(), {new_ca.cert.get()}, {},
+                   X509_PURPOSE_SSL_CLIENT),
+            "");
+  for (const auto& list : chains) {
+    for (const std::string& pem : list) {
+      auto chain = ParseChain(pem);
+      ASSERT_FALSE(chain.empty()) << pem;
+      // Either CA, whole: never a leaf of one CA with the other's name or chain.
+      X509* leaf = chain[0].get();
+      const bool by_old = Verify(leaf, {old_ca.cert.get()}, {}, X509_PURPOSE_SSL_CLIENT).empty();
+      const bool by_new = Verify(leaf, {new_ca.cert.get()}, {}, X509_PURPOSE_SSL_CLIENT).empty();
+      EXPECT_TRUE(by_old != by_new);
+      ASSERT_EQ(chain.size(), 2u);
+      EXPECT_EQ(X509_cmp(chain[1].get(), by_old ? old_ca.cert.get() : new_ca.cert.get()), 0);
+    }
+  }
+}
+
+TEST_F(IssuerTest, IssuerKeyAndCertificateMayShareOneFile) {
+  Ca ca = MakeCa("kmosix test CA", "ECDSAP256");
+  WriteFile(Path("ca.pem"), KeyPem(ca.key.get()) + CertPem(ca.cert.get()));
+  auto issuer = Issuer::Load(Path("ca.pem"), Path("ca.pem"));
+  ASSERT_TRUE(issuer.ok()) << issuer.status().ToString();
+  EXPECT_EQ((*issuer)->IssuerChainPem(), CertPem(ca.cert.get())) << "no key in the chain";
+  KeyPtr key = NewKey("ECDSAP256");
+  auto issued = (*issuer)->Issue(NodeRequest(key.get()));
+  ASSERT_TRUE(issued.ok()) << issued.status().ToString();
+  EXPECT_EQ(issued->chain_pem.find("PRIVATE KEY"), std::string::npos);
+  EXPECT_EQ(
+      Verify(ParseChain(issued->chain_pem)[0].get(), {ca.cert.get()}, {}, X509_PURPOSE_SSL_SERVER),
+      "");
+}
+
 // ---- the kubelet's credential bundle in lib/tls ---------------------------------
 
 // A mutual TLS handshake over a socket pair between a client context and a
