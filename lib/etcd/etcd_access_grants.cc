@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <string_view>
 
 #include "etcd/etcd_channel.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
+#include "kmosix/state_store.h"
 
 namespace kmosix {
 namespace {
@@ -153,6 +155,113 @@ StatusOr<std::vector<std::string>> EtcdAccessGrants::Granted(const std::string& 
   std::sort(keys.begin(), keys.end());
   keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   return keys;
+}
+
+Status EtcdAccessGrants::EnsureNodeIdentity(const std::string& user, const std::string& role,
+                                            const std::string& read_prefix,
+                                            const std::string& own_key) {
+  if (user.empty()) return InvalidError("access grants: empty user");
+  if (read_prefix.empty()) return InvalidError("access grants: empty read prefix");
+  KMX_RETURN_IF_ERROR(CheckArgs(role, own_key));
+  const std::string range_end = PrefixRangeEnd(read_prefix);
+  using Type = ::authpb::Permission::Type;
+
+  // The role, and its permissions on exactly the read range and own key.
+  bool has_role = true;
+  std::optional<Type> range_type, key_type;
+  {
+    pb::AuthRoleGetRequest req;
+    req.set_role(role);
+    pb::AuthRoleGetResponse resp;
+    grpc::Status raw;
+    Status s = impl_->Call("get role " + role, [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+      raw = auth.RoleGet(&ctx, req, &resp);
+      return raw;
+    });
+    if (!s.ok() && Contains(raw.error_message(), "role name not found")) {
+      has_role = false;
+    } else if (!s.ok()) {
+      return s;
+    }
+    for (const auto& perm : resp.perm()) {
+      if (perm.key() == read_prefix && perm.range_end() == range_end) range_type = perm.permtype();
+      if (perm.key() == own_key && perm.range_end().empty()) key_type = perm.permtype();
+    }
+  }
+  if (!has_role) {
+    pb::AuthRoleAddRequest req;
+    req.set_name(role);
+    pb::AuthRoleAddResponse resp;
+    grpc::Status raw;
+    Status s = impl_->Call("add role " + role, [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+      raw = auth.RoleAdd(&ctx, req, &resp);
+      return raw;
+    });
+    if (!s.ok() && !Contains(raw.error_message(), "role name already exists")) return s;
+  }
+  // Grants `type` on [key, end) unless held; another type held there widens
+  // to READWRITE (etcd replaces the type of a permission on the same range).
+  auto ensure = [&](const std::string& key, const std::string& end, Type type,
+                    const std::optional<Type>& held) -> Status {
+    if (held && (*held == type || *held == ::authpb::Permission::READWRITE)) return Status::Ok();
+    if (held) type = ::authpb::Permission::READWRITE;
+    pb::AuthRoleGrantPermissionRequest req;
+    req.set_name(role);
+    auto* perm = req.mutable_perm();
+    perm->set_permtype(type);
+    perm->set_key(key);
+    perm->set_range_end(end);
+    pb::AuthRoleGrantPermissionResponse resp;
+    return impl_->Call("grant role " + role + " " + ::authpb::Permission::Type_Name(type) + " " +
+                           key + (end.empty() ? "" : " (prefix)"),
+                       [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+                         return auth.RoleGrantPermission(&ctx, req, &resp);
+                       });
+  };
+  KMX_RETURN_IF_ERROR(ensure(read_prefix, range_end, ::authpb::Permission::READ, range_type));
+  KMX_RETURN_IF_ERROR(ensure(own_key, "", ::authpb::Permission::READWRITE, key_type));
+
+  // The user, holding the role.
+  bool has_user = true, holds_role = false;
+  {
+    pb::AuthUserGetRequest req;
+    req.set_name(user);
+    pb::AuthUserGetResponse resp;
+    grpc::Status raw;
+    Status s = impl_->Call("get user " + user, [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+      raw = auth.UserGet(&ctx, req, &resp);
+      return raw;
+    });
+    // "user name not found" is also what etcd answers a caller that is no
+    // user: UserAdd below then fails the same way (kPermissionDenied).
+    if (!s.ok() && Contains(raw.error_message(), "user name not found")) {
+      has_user = false;
+    } else if (!s.ok()) {
+      return s;
+    }
+    holds_role = std::find(resp.roles().begin(), resp.roles().end(), role) != resp.roles().end();
+  }
+  if (!has_user) {
+    pb::AuthUserAddRequest req;
+    req.set_name(user);
+    req.mutable_options()->set_no_password(true);
+    pb::AuthUserAddResponse resp;
+    grpc::Status raw;
+    Status s = impl_->Call("add user " + user, [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+      raw = auth.UserAdd(&ctx, req, &resp);
+      return raw;
+    });
+    if (!s.ok() && !Contains(raw.error_message(), "user name already exists")) return s;
+  }
+  if (holds_role) return Status::Ok();
+  pb::AuthUserGrantRoleRequest req;
+  req.set_user(user);
+  req.set_role(role);
+  pb::AuthUserGrantRoleResponse resp;
+  return impl_->Call("grant user " + user + " role " + role,
+                     [&](pb::Auth::Stub& auth, grpc::ClientContext& ctx) {
+                       return auth.UserGrantRole(&ctx, req, &resp);
+                     });
 }
 
 }  // namespace kmosix

@@ -4,22 +4,30 @@
 // kmx-plain as the caller without admin rights); a grant lets the node's own
 // identity write exactly that key (etcd refuses it before, with
 // kPermissionDenied from EtcdStateStore, and again after the revoke) while
-// its other permissions stay; an unreachable etcd is kRetry.
+// its other permissions stay; an unreachable etcd is kRetry. The suite's
+// EnsureNodeIdentity cases read roles and users back with etcd's Auth API
+// (RoleGet, UserGet as root) and connect as the node's user with a client
+// certificate whose CN is that user.
 //
 // Needs `etcd`, `etcdctl` and `openssl`; the cases skip loudly without them.
 #include "etcd/etcd_access_grants.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "etcd/etcd_channel.h"
 #include "etcd/etcd_state_store.h"
+#include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 #include "lib/kmosix/access_grants_conformance.h"
 #include "support/private_etcd.h"
 #include "support/test_pki.h"
@@ -65,6 +73,67 @@ struct AuthEtcd {
     cfg.key_file = pki->Key(who);
     cfg.tls_refresh = seconds(1);
     return cfg;
+  }
+  // etcd's Auth API as root, to read roles and users back.
+  std::unique_ptr<etcdserverpb::Auth::Stub> RootAuth() const {
+    const EtcdConfig cfg = As("root");
+    return etcdserverpb::Auth::NewStub(etcd::Dial(
+        etcd.endpoint(), etcd::Credentials(cfg, ValidateEtcdConfig(cfg).ok()), cfg, false));
+  }
+  // Every permission of `role`, spelled as the conformance suite wants.
+  std::vector<std::string> Permissions(const std::string& role) const {
+    etcdserverpb::AuthRoleGetRequest req;
+    req.set_role(role);
+    etcdserverpb::AuthRoleGetResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    std::vector<std::string> out;
+    const grpc::Status s = RootAuth()->RoleGet(&ctx, req, &resp);
+    if (!s.ok()) {
+      if (s.error_message().find("role name not found") == std::string::npos)
+        ADD_FAILURE() << "RoleGet " << role << ": " << s.error_message();
+      return out;
+    }
+    for (const auto& p : resp.perm()) {
+      std::string type = authpb::Permission::Type_Name(p.permtype());
+      std::transform(type.begin(), type.end(), type.begin(), ::tolower);
+      out.push_back(type + " " +
+                    (p.range_end().empty() ? p.key() : "[" + p.key() + ", " + p.range_end() + ")"));
+    }
+    std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
+      auto key = [](const std::string& x) {
+        std::string k = x.substr(x.find(' ') + 1);
+        return k[0] == '[' ? k.substr(1) : k;
+      };
+      return key(a) < key(b);
+    });
+    return out;
+  }
+  std::optional<std::set<std::string>> UserRoles(const std::string& user) const {
+    etcdserverpb::AuthUserGetRequest req;
+    req.set_name(user);
+    etcdserverpb::AuthUserGetResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    const grpc::Status s = RootAuth()->UserGet(&ctx, req, &resp);
+    if (!s.ok()) {
+      if (s.error_message().find("user name not found") == std::string::npos)
+        ADD_FAILURE() << "UserGet " << user << ": " << s.error_message();
+      return std::nullopt;
+    }
+    return std::set<std::string>(resp.roles().begin(), resp.roles().end());
+  }
+  // A store client as `user` (a client certificate with CN=user, made on
+  // first use); as root for "".
+  std::shared_ptr<StateStore> ConnectAs(const std::string& user) {
+    const std::string who = user.empty() ? "root" : user;
+    if (!std::filesystem::exists(pki->Cert(who))) {
+      if (auto err = pki->MakeLeaf(who, who, {}, {}, "ca", "clientAuth"); !err.empty()) {
+        ADD_FAILURE() << "client certificate for " << who << ": " << err;
+        return nullptr;
+      }
+    }
+    return std::make_shared<EtcdStateStore>(As(who));
   }
   std::string Etcdctl(const std::string& args) const {
     return Run("ETCDCTL_API=3 etcdctl --endpoints https://" + etcd.endpoint() + " --cacert " +
@@ -139,6 +208,9 @@ AccessGrantsHarness MakeEtcd(const std::string& role, const std::string& prefix)
   }
   h.admin = std::make_shared<EtcdAccessGrants>(e->As("root"));
   h.unauthorized = std::make_shared<EtcdAccessGrants>(e->As("kmx-plain"));
+  h.permissions = [e](const std::string& r) { return e->Permissions(r); };
+  h.user_roles = [e](const std::string& u) { return e->UserRoles(u); };
+  h.connect_as = [e](const std::string& u) { return e->ConnectAs(u); };
   return h;
 }
 

@@ -1,7 +1,11 @@
 // Conformance suite for AccessGrants implementations (the contract in
 // kmosix/access_grants.h): what Granted lists (single-key READWRITE only),
 // Grant and Revoke idempotent and exact, unknown roles kNotFound, empty
-// arguments kInvalid, a caller without admin rights kPermissionDenied.
+// arguments kInvalid, a caller without admin rights kPermissionDenied;
+// EnsureNodeIdentity makes a node's role (read on the prefix, readwrite on
+// its own key) and user, twice changes nothing, only adds to what a role and
+// user have, and (where the harness can connect as a user) lets that user
+// write its own key and read the prefix but write nothing else.
 //
 // Header-only. Use (tests/ on the include path):
 //   #include "lib/kmosix/access_grants_conformance.h"
@@ -19,11 +23,14 @@
 #include <cctype>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "kmosix/access_grants.h"
+#include "kmosix/state_store.h"
 #include "kmosix/status.h"
 
 namespace kmosix::testing {
@@ -35,6 +42,16 @@ struct AccessGrantsHarness {
   // implementation has no such notion; that case skips).
   std::shared_ptr<AccessGrants> unauthorized;
   std::string error;  // non-empty: the harness could not be made (the case fails)
+  // Every permission of `role`, sorted: "<read|write|readwrite> <key>" for a
+  // single key, "<type> [<key>, <range end>)" for a range (the way
+  // FakeAccessGrants::Permissions spells them). Required.
+  std::function<std::vector<std::string>(const std::string& role)> permissions;
+  // The roles `user` holds; nullopt when there is no such user. Required.
+  std::function<std::optional<std::set<std::string>>(const std::string& user)> user_roles;
+  // A state store client authenticated as `user` (etcd: a client
+  // certificate with CN=user), as the admin for "". Empty: the
+  // implementation has no store to connect to; that case skips.
+  std::function<std::shared_ptr<StateStore>(const std::string& user)> connect_as;
 };
 
 struct AccessGrantsConformanceParam {
@@ -65,10 +82,12 @@ class AccessGrantsConformance : public ::testing::TestWithParam<AccessGrantsConf
       if (!std::isalnum(static_cast<unsigned char>(c))) c = '-';
     }
     role_ = "kmx-" + name;
+    user_ = "kmx-user-" + name;
     prefix_ = "/conf/" + name + "/";
     h_ = GetParam().make(role_, prefix_);
     ASSERT_EQ(h_.error, "") << "harness for role " << role_;
     ASSERT_NE(h_.admin, nullptr);
+    ASSERT_TRUE(h_.permissions && h_.user_roles) << "the harness must inspect roles and users";
   }
 
   std::vector<std::string> Granted() {
@@ -77,9 +96,11 @@ class AccessGrantsConformance : public ::testing::TestWithParam<AccessGrantsConf
     return g.ok() ? *g : std::vector<std::string>{};
   }
   std::string K(const std::string& k) const { return prefix_ + k; }
+  // The read permission on the whole prefix, as permissions() spells it.
+  std::string ReadAll() const { return "read [" + prefix_ + ", " + PrefixRangeEnd(prefix_) + ")"; }
 
   AccessGrantsHarness h_;
-  std::string role_, prefix_;
+  std::string role_, user_, prefix_;
 };
 
 TEST_P(AccessGrantsConformance, ListsOnlySingleKeyReadWriteGrants) {
@@ -137,6 +158,94 @@ TEST_P(AccessGrantsConformance, CallerWithoutAdminRightsIsDenied) {
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), Code::kPermissionDenied) << g.status().ToString();
   EXPECT_EQ(Granted(), std::vector<std::string>{K("static")}) << "a denied call changed it";
+}
+
+TEST_P(AccessGrantsConformance, EnsureNodeIdentityMakesTheRoleAndUserAndTwiceChangesNothing) {
+  const std::string role = role_ + "-new";
+  ASSERT_EQ(h_.user_roles(user_), std::nullopt) << "the user exists before the call";
+  Status s = h_.admin->EnsureNodeIdentity(user_, role, prefix_, K("nodes/n1"));
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const std::vector<std::string> want = {ReadAll(), "readwrite " + K("nodes/n1")};
+  EXPECT_EQ(h_.permissions(role), want);
+  EXPECT_EQ(h_.user_roles(user_), std::set<std::string>{role});
+  auto granted = h_.admin->Granted(role);
+  ASSERT_TRUE(granted.ok()) << granted.status().ToString();
+  EXPECT_EQ(*granted, std::vector<std::string>{K("nodes/n1")});
+
+  s = h_.admin->EnsureNodeIdentity(user_, role, prefix_, K("nodes/n1"));
+  EXPECT_TRUE(s.ok()) << "a second call: " << s.ToString();
+  EXPECT_EQ(h_.permissions(role), want);
+  EXPECT_EQ(h_.user_roles(user_), std::set<std::string>{role});
+}
+
+TEST_P(AccessGrantsConformance, EnsureNodeIdentityOnlyAddsToWhatTheRoleAndUserHave) {
+  // The user already holds another role; the role (seeded: read on the
+  // prefix, readwrite static, read readonly) also has a record grant.
+  const std::string other = role_ + "-other";
+  ASSERT_TRUE(h_.admin->EnsureNodeIdentity(user_, other, K("other/"), K("other/key")).ok());
+  ASSERT_TRUE(h_.admin->Grant(role_, K("workloads/w")).ok());
+  // Its own key is the read-only one: widened to readwrite.
+  Status s = h_.admin->EnsureNodeIdentity(user_, role_, prefix_, K("readonly"));
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(
+      h_.permissions(role_),
+      (std::vector<std::string>{ReadAll(), "readwrite " + K("readonly"), "readwrite " + K("static"),
+                                "readwrite " + K("workloads/w")}));
+  EXPECT_EQ(h_.user_roles(user_), (std::set<std::string>{role_, other}));
+  EXPECT_EQ(h_.permissions(other), (std::vector<std::string>{"read [" + K("other/") + ", " +
+                                                                 PrefixRangeEnd(K("other/")) + ")",
+                                                             "readwrite " + K("other/key")}));
+}
+
+TEST_P(AccessGrantsConformance, EnsureNodeIdentityRefusesEmptyArgumentsAndUnauthorizedCallers) {
+  const std::string role = role_ + "-new";
+  EXPECT_EQ(h_.admin->EnsureNodeIdentity("", role, prefix_, K("nodes/n")).code(), Code::kInvalid);
+  EXPECT_EQ(h_.admin->EnsureNodeIdentity(user_, "", prefix_, K("nodes/n")).code(), Code::kInvalid);
+  EXPECT_EQ(h_.admin->EnsureNodeIdentity(user_, role, "", K("nodes/n")).code(), Code::kInvalid);
+  EXPECT_EQ(h_.admin->EnsureNodeIdentity(user_, role, prefix_, "").code(), Code::kInvalid);
+  if (h_.unauthorized) {
+    EXPECT_EQ(h_.unauthorized->EnsureNodeIdentity(user_, role, prefix_, K("nodes/n")).code(),
+              Code::kPermissionDenied);
+  }
+  EXPECT_EQ(h_.user_roles(user_), std::nullopt) << "a refused call made the user";
+  EXPECT_EQ(h_.permissions(role), std::vector<std::string>{}) << "a refused call made the role";
+}
+
+TEST_P(AccessGrantsConformance, ANodeIdentityWritesItsOwnKeyAndReadsThePrefixOnly) {
+  if (!h_.connect_as)
+    GTEST_SKIP() << "ACCESS GRANTS CONFORMANCE CASE SKIPPED (" << GetParam().label
+                 << "): no state store to connect to as a user (the etcd suite runs it)";
+  const std::string role = role_ + "-node";
+  const std::string mine = K("nodes/") + user_, other = K("nodes/someone-else");
+  std::shared_ptr<StateStore> admin_store = h_.connect_as("");  // "": as the admin
+  ASSERT_NE(admin_store, nullptr);
+  ASSERT_TRUE(admin_store->Put(K("static"), "seed").ok());
+  ASSERT_TRUE(admin_store->Put(other, "theirs").ok());
+  std::shared_ptr<StateStore> node = h_.connect_as(user_);
+  ASSERT_NE(node, nullptr);
+  auto before = node->Put(mine, "v0");
+  ASSERT_FALSE(before.ok()) << "the store let a user that does not exist yet write";
+  EXPECT_EQ(before.status().code(), Code::kPermissionDenied) << before.status().ToString();
+
+  Status s = h_.admin->EnsureNodeIdentity(user_, role, prefix_, mine);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto put = node->Put(mine, "v1");
+  EXPECT_TRUE(put.ok()) << "its own key: " << put.status().ToString();
+  auto read = node->Get(K("static"));
+  ASSERT_TRUE(read.ok()) << "a key under the prefix: " << read.status().ToString();
+  ASSERT_TRUE(read->kv);
+  EXPECT_EQ(read->kv->value, "seed");
+  auto list = node->List(prefix_);
+  ASSERT_TRUE(list.ok()) << "the whole prefix: " << list.status().ToString();
+  EXPECT_EQ(list->kvs.size(), 3u);
+  // Nothing else: another node's key, a longer key, a key outside the prefix.
+  EXPECT_EQ(node->Put(other, "mine now").status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(node->Put(mine + "x", "x").status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(node->Put("/elsewhere/k", "x").status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(node->Get("/elsewhere/k").status().code(), Code::kPermissionDenied);
+  auto theirs = admin_store->Get(other);
+  ASSERT_TRUE(theirs.ok() && theirs->kv) << theirs.status().ToString();
+  EXPECT_EQ(theirs->kv->value, "theirs");
 }
 
 }  // namespace kmosix::testing

@@ -23,6 +23,11 @@ AccessGrantsHarness MakeFake(const std::string& role, const std::string& prefix)
   AccessGrantsHarness h;
   h.admin = admin;
   h.unauthorized = denied;
+  h.permissions = [admin](const std::string& r) { return admin->Permissions(r); };
+  h.user_roles = [admin](const std::string& u) -> std::optional<std::set<std::string>> {
+    if (!admin->Users().count(u)) return std::nullopt;
+    return admin->UserRoles(u);
+  };
   return h;
 }
 
@@ -43,6 +48,23 @@ TEST(FakeAccessGrantsTest, FailNextAnswersThatStatusAndChangesNothing) {
   EXPECT_TRUE(g.Grant("n1", "/k").ok());
   EXPECT_TRUE(g.MayWrite("n1", "/k"));
   EXPECT_EQ(g.Calls(), (std::vector<std::string>{"grant n1 /k", "grant n1 /k"}));
+}
+
+TEST(FakeAccessGrantsTest, EnsureNodeIdentityKeepsAReadWriteRangeAndRecordsTheCall) {
+  FakeAccessGrants g;
+  g.SetPermission("kmosix-node-n1", "/kmosix/", "/kmosix0", FakeAccessGrants::Type::kReadWrite);
+  g.FailNext(RetryError("etcd down"));
+  EXPECT_EQ(g.EnsureNodeIdentity("n1", "kmosix-node-n1", "/kmosix/", "/kmosix/nodes/n1").code(),
+            Code::kRetry);
+  EXPECT_TRUE(g.Users().empty()) << "a failed call made the user";
+  ASSERT_TRUE(g.EnsureNodeIdentity("n1", "kmosix-node-n1", "/kmosix/", "/kmosix/nodes/n1").ok());
+  EXPECT_EQ(
+      g.Permissions("kmosix-node-n1"),
+      (std::vector<std::string>{"readwrite [/kmosix/, /kmosix0)", "readwrite /kmosix/nodes/n1"}));
+  EXPECT_EQ(g.UserRoles("n1"), std::set<std::string>{"kmosix-node-n1"});
+  EXPECT_EQ(g.Calls(),
+            (std::vector<std::string>{"ensure n1 kmosix-node-n1 /kmosix/ /kmosix/nodes/n1",
+                                      "ensure n1 kmosix-node-n1 /kmosix/ /kmosix/nodes/n1"}));
 }
 
 }  // namespace
