@@ -312,6 +312,13 @@ int main(int argc, char** argv) {
     bridge->Start();
     spdlog::info("mirroring kmosix.io objects of {}", config->server);
     if (issuer) {
+      if (access_grants) {
+        // Each node's etcd user and role, made when its identity is signed
+        // (access_grants is declared before node_signer: it outlives it).
+        signer_opts.access_grants = access_grants.get();
+        signer_opts.etcd_prefix = opts.keys.prefix;
+        signer_opts.node_role_prefix = opts.node_role_prefix;
+      }
       node_signer = std::make_unique<kmosix::bridge::NodeSigner>(
           *kube_client, *issuer, clock, random,
           [&controller] { return controller.IsLeader() && controller.Ready(); }, signer_opts);
@@ -319,6 +326,9 @@ int main(int argc, char** argv) {
       spdlog::info("signing {} pod certificates for {}/{} (at most {} s)", signer_opts.signer_name,
                    signer_opts.agent_namespace, signer_opts.agent_service_account,
                    signer_opts.max_lifetime.count());
+      if (access_grants)
+        spdlog::info("node signer makes each node's etcd user <node> with role {}<node>",
+                     signer_opts.node_role_prefix);
     }
   }
 

@@ -332,6 +332,16 @@ Status NodeSigner::Issue(const json& object, const PodCertificateRequest& req) {
                        ": too soon to issue (renew the issuer)");
   }
   const int64_t refresh = std::clamp(nb + (na - nb) / 2, nb + 600, na - 600);
+  if (options_.access_grants != nullptr) {
+    // The identity is only useful with its etcd user: make that first, and
+    // write nothing if it fails (the request stays pending; retried).
+    const std::string& node = req.node_name;
+    KMX_RETURN_IF_ERROR(options_.access_grants
+                            ->EnsureNodeIdentity(node, options_.node_role_prefix + node,
+                                                 options_.etcd_prefix,
+                                                 options_.etcd_prefix + "nodes/" + node)
+                            .Annotate("etcd user and role of node " + node));
+  }
 
   json updated = object;
   updated["status"] = {

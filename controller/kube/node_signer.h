@@ -22,16 +22,27 @@
 //            PodMismatch, InvalidRequest) and a message a user can act on;
 //            terminal, as the API requires (the kubelet asks again).
 //
-// Requests of other signers are never looked at (field selector). Issuer
-// failures (unreadable CA files) and API errors are retried with backoff,
-// never answered Failed: fixing the issuer Secret makes them succeed.
+// With NodeSignerOptions::access_grants set (etcd node grants on), the node's
+// etcd identity is made before a certificate is written: user <node> holding
+// role <node_role_prefix><node>, with read on the whole etcd_prefix and
+// readwrite on exactly <etcd_prefix>nodes/<node> (AccessGrants::
+// EnsureNodeIdentity; idempotent, so every issuance checks it). If that
+// fails nothing is written and the request stays pending (retried; the
+// kubelet waits), never Denied. The chart's pki-refresh CronJob makes the
+// same, and deletes the users of nodes that are gone.
 //
-// Ownership: borrows the client, issuer, clock and random (they must outlive
-// the signer); owns its informer, queue and thread.
+// Requests of other signers are never looked at (field selector). Issuer
+// failures (unreadable CA files), etcd identity and API errors are retried
+// with backoff, never answered Failed: fixing the cause makes them succeed.
+//
+// Ownership: borrows the client, issuer, clock, random and access grants
+// (they must outlive the signer); owns its informer, queue and thread.
 // Thread-safety: Start/Stop from one thread; Reconcile from one thread at a
 // time (the worker, or a test with the worker not started).
 // Errors: Reconcile returns kRetry/kConflict (retry with backoff), kFailed
-// (the issuer cannot sign; retried with backoff too). None escape a thread.
+// (the issuer cannot sign; retried with backoff too), and EnsureNodeIdentity's
+// errors as they are (kPermissionDenied: the controller lacks etcd's root
+// role; retried with backoff and logged as warnings). None escape a thread.
 #pragma once
 
 #include <atomic>
@@ -44,6 +55,7 @@
 #include <thread>
 
 #include "cluster/work_queue.h"
+#include "kmosix/access_grants.h"
 #include "kmosix/clock.h"
 #include "kmosix/status.h"
 #include "kube/client.h"
@@ -61,6 +73,10 @@ struct NodeSignerOptions {
   std::chrono::seconds max_lifetime{24 * 3600};
   std::chrono::seconds backdate{60};  // notBefore = now - backdate (clock skew)
   Clock::Duration resync = std::chrono::seconds(60);
+  // Optional (borrowed): make each node's etcd user and role before issuing.
+  AccessGrants* access_grants = nullptr;
+  std::string etcd_prefix;       // the cluster state's key prefix, ending in '/'
+  std::string node_role_prefix;  // the etcd role of node N is this + N
 };
 
 // The Kubernetes edge: a PodCertificateRequest object, decoded.

@@ -3,7 +3,9 @@
 // certificate requests it issues, which it denies and why, what it writes
 // (a chain the API server's validation accepts: times equal to the leaf's,
 // refresh inside [notBefore+10m, notAfter-10m], lifetime within the
-// request's maximum), and that only a leader writes.
+// request's maximum), that only a leader writes, and that with etcd node
+// grants on it makes the node's etcd user and role (fake AccessGrants) before
+// it writes a certificate, writing nothing while that fails.
 #include "controller/kube/node_signer.h"
 
 #include <gtest/gtest.h>
@@ -20,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fakes/fake_access_grants.h"
 #include "fakes/fake_kube_client.h"
 #include "support/test_pki.h"
 #include "tls/tls.h"
@@ -356,6 +359,58 @@ TEST_F(NodeSignerTest, WaitsForTheNodeAndForAConflictFreeWrite) {
   EXPECT_EQ(signer.Reconcile("kmosix/req-2").code(), Code::kConflict);
   ASSERT_TRUE(signer.Reconcile("kmosix/req-2").ok());
   EXPECT_EQ(Answer(Stored(kNs, "req-2")).value("type", ""), "Issued");
+}
+
+TEST_F(NodeSignerTest, IssuingMakesTheNodesEtcdUserAndRoleFirst) {
+  testing::FakeAccessGrants grants;
+  opts_.access_grants = &grants;
+  opts_.etcd_prefix = "/kmosix/";
+  opts_.node_role_prefix = "kmosix-node-";
+  json denied = Request("denied", "pod2");
+  denied["spec"]["serviceAccountName"] = "default";
+  Submit(denied);
+  Submit(Request("req-1"));
+  NodeSigner signer = Signer();
+  ASSERT_TRUE(signer.Reconcile("kmosix/denied").ok());
+  EXPECT_EQ(Answer(Stored(kNs, "denied")).value("type", ""), "Denied");
+  EXPECT_TRUE(grants.Calls().empty()) << "a denied request made an etcd identity";
+
+  ASSERT_TRUE(signer.Reconcile("kmosix/req-1").ok());
+  EXPECT_EQ(Answer(Stored(kNs, "req-1")).value("type", ""), "Issued");
+  EXPECT_EQ(grants.Calls(), std::vector<std::string>{
+                                "ensure node1 kmosix-node-node1 /kmosix/ /kmosix/nodes/node1"});
+  EXPECT_EQ(grants.Users(), std::set<std::string>{"node1"});
+  EXPECT_EQ(grants.UserRoles("node1"), std::set<std::string>{"kmosix-node-node1"});
+  EXPECT_EQ(
+      grants.Permissions("kmosix-node-node1"),
+      (std::vector<std::string>{"read [/kmosix/, /kmosix0)", "readwrite /kmosix/nodes/node1"}));
+}
+
+TEST_F(NodeSignerTest, WritesNothingWhileTheEtcdIdentityFailsAndIssuesOnTheNextTry) {
+  testing::FakeAccessGrants grants;
+  opts_.access_grants = &grants;
+  opts_.etcd_prefix = "/kmosix/";
+  opts_.node_role_prefix = "kmosix-node-";
+  Submit(Request("req-1"));
+  NodeSigner signer = Signer();
+  const int writes = kube_.Calls("UpdateStatus");
+  grants.FailNext(RetryError("etcd unreachable"));
+  grants.FailNext(PermissionDeniedError("the controller lacks etcd's root role"));
+  // Returned as they are (the work queue retries), nothing written, no Denied.
+  Status s = signer.Reconcile("kmosix/req-1");
+  EXPECT_EQ(s.code(), Code::kRetry) << s.ToString();
+  s = signer.Reconcile("kmosix/req-1");
+  EXPECT_EQ(s.code(), Code::kPermissionDenied) << s.ToString();
+  EXPECT_EQ(kube_.Calls("UpdateStatus"), writes);
+  EXPECT_FALSE(Stored(kNs, "req-1").contains("status"));
+  EXPECT_EQ(signer.Issued(), 0);
+  EXPECT_EQ(signer.Denied(), 0);
+  EXPECT_TRUE(grants.Users().empty());
+
+  ASSERT_TRUE(signer.Reconcile("kmosix/req-1").ok());
+  EXPECT_EQ(Answer(Stored(kNs, "req-1")).value("type", ""), "Issued");
+  EXPECT_EQ(signer.Issued(), 1);
+  EXPECT_EQ(grants.UserRoles("node1"), std::set<std::string>{"kmosix-node-node1"});
 }
 
 TEST_F(NodeSignerTest, OnlyTheLeaderAnswers) {
