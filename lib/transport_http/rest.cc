@@ -1,5 +1,7 @@
 #include "transport_http/rest.h"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 namespace kmosix::rest {
@@ -76,6 +78,14 @@ StatusOr<std::unique_ptr<httplib::Client>> MakeClient(const std::string& url,
                    : std::make_unique<httplib::Client>(base);
   if (!cli->is_valid()) return InvalidError("target \"" + url + "\" is not a valid URL");
   if (https) {
+    // httplib loads only the file's first certificate; an identity issued
+    // under an intermediate (agents' pod certificates: leaf, node issuer)
+    // must present the whole chain, or the server cannot verify it.
+    SSL_CTX* ctx = cli->ssl_context();
+    if (ctx == nullptr || SSL_CTX_use_certificate_chain_file(ctx, identity.cert.c_str()) != 1) {
+      ERR_clear_error();
+      return InvalidError("TLS identity " + identity.cert + ": cannot load its certificate chain");
+    }
     cli->set_ca_cert_path(identity.ca.c_str());
     cli->enable_server_certificate_verification(true);
   }

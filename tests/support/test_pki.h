@@ -55,6 +55,20 @@ class TestPki {
                ".key && mv -f " + who + ".crt.new " + who + ".crt 2>&1");
   }
 
+  // A CA `name` signed by `ca` (an intermediate, path length 0).
+  std::string MakeIntermediate(const std::string& name, const std::string& ca = "ca") const {
+    return Run("cd '" + dir_ +
+               "' && printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\n"
+               "keyUsage=critical,keyCertSign,cRLSign\\n' > " +
+               name +
+               ".ext && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+               "-keyout " +
+               name + ".key -out " + name + ".csr -subj '/CN=" + name +
+               " test intermediate' && openssl x509 -req -in " + name + ".csr -CA " + ca +
+               ".crt -CAkey " + ca + ".key -set_serial 0x$(openssl rand -hex 16) -days 2 -out " +
+               name + ".crt -extfile " + name + ".ext 2>&1");
+  }
+
   // A PKCS#10 request as a kubelet makes one for a pod certificate (empty
   // subject, DER) for a new key `who` (files <who>.csr.der, <who>.key);
   // `newkey` is openssl's -newkey argument plus options ("ec -pkeyopt
