@@ -245,6 +245,13 @@ StatusOr<std::optional<std::pair<std::string, std::string>>> NodeSigner::Refusal
     return Why{{"WrongServiceAccount",
                 options_.signer_name + " signs only for the kmosix agents (" + agents +
                     "), not for ServiceAccount " + req.ns + "/" + req.service_account}};
+  if (options_.reserved_names.contains(req.node_name) ||
+      (req.node_name.rfind("controller", 0) == 0 && req.node_name.size() > 10 &&
+       req.node_name.find_first_not_of("0123456789", 10) == std::string::npos))
+    return Why{{"ReservedName", "node " + req.node_name +
+                                    " has the name of an etcd or controller identity; a node "
+                                    "certificate with that CN would be that identity: rename "
+                                    "the node"}};
   if (!req.user_annotations.empty())
     return Why{{"UnknownAnnotation", options_.signer_name + " knows no user annotations (got " +
                                          req.user_annotations.begin()->first + ")"}};

@@ -19,7 +19,7 @@
 //            max_lifetime) from now - backdate, refresh at half its life.
 //   Denied   anything else, with a reason (UnsupportedKeyType,
 //            WrongNamespace, WrongServiceAccount, UnknownAnnotation,
-//            PodMismatch, InvalidRequest) and a message a user can act on;
+//            PodMismatch, ReservedName, InvalidRequest) and a message a user can act on;
 //            terminal, as the API requires (the kubelet asks again).
 //
 // With NodeSignerOptions::access_grants set (etcd node grants on), the node's
@@ -51,6 +51,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -73,6 +74,10 @@ struct NodeSignerOptions {
   std::chrono::seconds max_lifetime{24 * 3600};
   std::chrono::seconds backdate{60};  // notBefore = now - backdate (clock skew)
   Clock::Duration resync = std::chrono::seconds(60);
+  // Names no node may have: a node's CN is also its etcd user, and these are
+  // etcd's and the controllers' identities (a node named "root" would be
+  // etcd's root). Denied with reason ReservedName.
+  std::set<std::string> reserved_names = {"root", "kmosix-controller"};
   // Optional (borrowed): make each node's etcd user and role before issuing.
   AccessGrants* access_grants = nullptr;
   std::string etcd_prefix;       // the cluster state's key prefix, ending in '/'

@@ -137,6 +137,18 @@ nodes() {
   for n in ${EXTRA_NODES:-}; do echo "$n;;"; done
 }
 
+# reserved NODE: true (and a warning) for a node named like an etcd or
+# controller identity: its certificate's CN would be that identity.
+reserved() {
+  case $1 in
+    root | kmosix-controller | controller[0-9]*)
+      log "WARNING: node $1 has a reserved name (an etcd or controller identity): no certificate, no etcd user; rename it"
+      return 0
+      ;;
+  esac
+  return 1
+}
+
 step_certs() {
   # The CA: made once, kept; its certificate published apart from its key.
   secret_get "$CA_KEY_SECRET" ca.crt >"$work/ca.crt"
@@ -181,6 +193,7 @@ step_certs() {
   nodes >"$work/nodes"
   while IFS=';' read -r node ips names; do
     [ -n "$node" ] || continue
+    reserved "$node" && continue
     [ -f "$d/$node.crt" ] && continue # listed twice (EXTRA_NODES)
     count=$((count + 1))
     others=""
@@ -239,6 +252,7 @@ step_etcd_auth() {
   nodes >"$work/nodes"
   while IFS=';' read -r node _ _; do
     [ -n "$node" ] || continue
+    reserved "$node" && continue
     case " $want " in *" $node "*) continue ;; esac # listed twice (EXTRA_NODES)
     want="$want $node"
     role "kmosix-node-$node"

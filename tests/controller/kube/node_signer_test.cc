@@ -286,6 +286,9 @@ TEST_F(NodeSignerTest, DeniesEveryPodButTheAgentsWithAReason) {
        },
        "PodMismatch"},
       {"no-pod", [](json& r) { r["spec"]["podName"] = "gone"; }, "PodMismatch"},
+      {"etcd-root", [](json& r) { r["spec"]["nodeName"] = "root"; }, "ReservedName"},
+      {"controller", [](json& r) { r["spec"]["nodeName"] = "kmosix-controller"; }, "ReservedName"},
+      {"replica", [](json& r) { r["spec"]["nodeName"] = "controller2"; }, "ReservedName"},
   };
   NodeSigner signer = Signer();
   for (Case& c : cases) {
