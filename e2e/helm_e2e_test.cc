@@ -23,6 +23,10 @@
 //   e. the secured plane holds: an agent's API without a token -> 401, its
 //      peer route without a client certificate -> 401, etcd refuses a client
 //      without a certificate (and serves its root's);
+//   e2. each agent's identity is a pod certificate the controllers' signer
+//      (kmosix.io/node) issued: it serves CN=<its node>, O=kmosix:nodes from
+//      the node issuer; no Secret holds node keys; pods that are not agents
+//      (another namespace, another ServiceAccount) are denied and never start;
 //   f. helm uninstall removes every kmosix pod and every object of the
 //      release, keeps the CRDs, the MigratableWorkloads and etcd's PVC, and
 //      leaves running workloads running in containerd (unmanaged), as the
@@ -557,6 +561,90 @@ TEST_F(HelmE2E, Step5TheSecuredPlaneHoldsInTheInstall) {
       "[ helm ] agents 401 without token / without client certificate; etcd: no "
       "certificate -> curl exit %d, root's -> %s\n",
       anon.exit_code, root.output.c_str());
+}
+
+// --- e2. node identities are pod certificates -------------------------------------------------
+
+// Each agent serves the certificate the controllers' signer (kmosix.io/node)
+// issued to its pod: CN=<its node>, O=kmosix:nodes, from the node issuer; no
+// Secret holds a node key; a pod that is not an agent asking the signer is
+// denied (another namespace, another ServiceAccount) and never starts.
+TEST_F(HelmE2E, Step5bNodeIdentitiesArePodCertificatesOnlyAgentsGet) {
+  for (int i : {1, 2}) {
+    const std::string addr = "10.78.0.1" + std::to_string(i);
+    auto subject = RunCommand("openssl s_client -connect " + addr +
+                              ":7700 -verify_quiet </dev/null 2>/dev/null | "
+                              "openssl x509 -noout -subject -issuer -nameopt RFC2253");
+    EXPECT_EQ(subject.exit_code, 0) << subject.output;
+    EXPECT_NE(subject.output.find("subject=CN=kube-node" + std::to_string(i) + ",O=kmosix:nodes"),
+              std::string::npos)
+        << "agent " << addr << " serves:\n"
+        << subject.output;
+    EXPECT_NE(subject.output.find("issuer=CN=kmosix node issuer"), std::string::npos)
+        << subject.output;
+    std::printf("[ helm ] agent %s serves: %s", addr.c_str(), subject.output.c_str());
+  }
+  auto secrets = Kubectl("-n kmosix get secrets -o name");
+  EXPECT_EQ(secrets.output.find("agent-tls"), std::string::npos) << secrets.output;
+  auto pcrs = Kubectl(
+      "get podcertificaterequests -A -o "
+      "custom-columns=NS:.metadata.namespace,POD:.spec.podName,NODE:.spec.nodeName,"
+      "SIGNER:.spec.signerName,STATE:.status.conditions[0].type");
+  std::printf("$ kubectl get podcertificaterequests -A\n%s", pcrs.output.c_str());
+
+  // Impostors: pods mounting a kmosix.io/node pod certificate that are not
+  // the agents.
+  auto impostor = [](const std::string& ns, const std::string& sa) {
+    return json{{"apiVersion", "v1"},
+                {"kind", "Pod"},
+                {"metadata", {{"name", "impostor"}, {"namespace", ns}}},
+                {"spec",
+                 {{"serviceAccountName", sa},
+                  {"nodeName", "kube-node1"},
+                  {"containers",
+                   {{{"name", "c"},
+                     {"image", "kmosix.local/kmosix-tools:0.1.0"},
+                     {"command", {"sleep", "3600"}},
+                     {"volumeMounts", {{{"name", "id"}, {"mountPath", "/id"}}}}}}},
+                  {"volumes",
+                   {{{"name", "id"},
+                     {"projected",
+                      {{"sources",
+                        {{{"podCertificate",
+                           {{"signerName", "kmosix.io/node"},
+                            {"keyType", "ECDSAP256"},
+                            {"credentialBundlePath", "tls.pem"}}}}}}}}}}}}}};
+  };
+  struct Case {
+    std::string ns, sa, reason;
+  };
+  (void)Kubectl("-n kmosix create serviceaccount not-the-agent");
+  for (const Case& c : {Case{"default", "default", "WrongNamespace"},
+                        Case{"kmosix", "not-the-agent", "WrongServiceAccount"}}) {
+    auto made = Kubectl("apply -f -", impostor(c.ns, c.sa).dump());
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    std::string seen;
+    auto denied =
+        WaitFor("the signer denies the impostor in " + c.ns, kRunning, [&]() -> Observation {
+          json j = KubectlJson("get podcertificaterequests -n " + c.ns);
+          seen = j.dump().substr(0, 1500);
+          for (const auto& r : j.value("items", json::array())) {
+            if (r["spec"].value("podName", "") != "impostor") continue;
+            for (const auto& cond :
+                 r.value("status", json::object()).value("conditions", json::array()))
+              if (cond.value("type", "") == "Denied" && cond.value("reason", "") == c.reason)
+                return {true, cond.dump()};
+          }
+          return {false, seen};
+        });
+    EXPECT_TRUE(denied.ok) << denied.message;
+    auto phase = Kubectl("-n " + c.ns + " get pod impostor -o jsonpath='{.status.phase}'");
+    EXPECT_EQ(phase.output, "Pending") << "an impostor pod started";
+    std::printf("[ helm ] impostor in %s as %s: %s\n", c.ns.c_str(), c.sa.c_str(),
+                denied.ok ? c.reason.c_str() : "NOT DENIED");
+    (void)Kubectl("-n " + c.ns + " delete pod impostor --wait=false");
+  }
+  (void)Kubectl("-n kmosix delete serviceaccount not-the-agent");
 }
 
 // --- f. uninstall ---------------------------------------------------------------------------
