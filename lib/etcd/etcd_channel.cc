@@ -40,6 +40,9 @@ std::shared_ptr<grpc::Channel> Dial(const std::string& target,
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   }
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // gRPC refuses answers over 4 MiB by default: a watch answer with a big
+  // transaction's events (prev_kv included) would break the watch for good.
+  args.SetMaxReceiveMessageSize(config.max_receive_bytes);
   return grpc::CreateCustomChannel(target, creds, args);
 }
 

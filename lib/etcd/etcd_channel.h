@@ -1,6 +1,7 @@
 // The gRPC channel to one etcd endpoint, as every etcd adapter here dials it:
 // the config's credentials (plain, or TLS over files gRPC re-reads every
-// tls_refresh, the server always verified) and its reconnect backoff, with a
+// tls_refresh, the server always verified), its reconnect backoff and
+// largest accepted message (max_receive_bytes), with a
 // subchannel pool of its own (no sharing with other clients). Internal to
 // lib/etcd: EtcdStateStore and EtcdAccessGrants.
 // Thread-safety: stateless functions; the channels are gRPC's (thread-safe).

@@ -618,26 +618,70 @@ StatusOr<GetResult> EtcdStateStore::Get(const std::string& key, int64_t revision
   return out;
 }
 
+namespace {
+
+// Pages of one List, read at one revision (see the header).
+StatusOr<ListResult> ListPages(EtcdImpl& impl, const std::string& prefix,
+                               const ListOptions& options) {
+  const std::string what = "list " + prefix;
+  const std::string range_end = PrefixRangeEnd(prefix);
+  std::string from = RangeKey(prefix);
+  int64_t page = std::max<int64_t>(1, impl.config.list_page_limit);
+  int64_t at = options.revision;  // 0 until the first page says where "now" is
+  ListResult out;
+  bool first = true;
+  while (true) {
+    int64_t want = page;
+    if (options.limit > 0)
+      want = std::min<int64_t>(want, options.limit - static_cast<int64_t>(out.kvs.size()));
+    pb::RangeRequest req;
+    req.set_key(from);
+    req.set_range_end(range_end);
+    req.set_revision(at);
+    req.set_limit(want);
+    // No sort order: etcd returns a range in key order anyway, and a sorted
+    // Range reads the whole range before applying the limit.
+    pb::RangeResponse resp;
+    grpc::Status raw;
+    Status s = impl.Call(what, [&](EtcdImpl::Endpoint& ep, grpc::ClientContext& ctx) {
+      raw = ep.kv->Range(&ctx, req, &resp);
+      return raw;
+    });
+    if (raw.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && want > 1) {
+      page = std::max<int64_t>(1, want / 2);  // over max_receive_bytes: fewer keys
+      continue;
+    }
+    KMX_RETURN_IF_ERROR(s);
+    if (first) {
+      out.revision = resp.header().revision();
+      if (at == 0) at = out.revision;
+      first = false;
+    }
+    for (const auto& kv : resp.kvs()) out.kvs.push_back(FromPb(kv));
+    if (!resp.more() || resp.kvs_size() == 0) break;
+    if (options.limit > 0 && static_cast<int64_t>(out.kvs.size()) >= options.limit) {
+      out.more = true;
+      break;
+    }
+    from = out.kvs.back().key;
+    from.push_back('\0');
+  }
+  return out;
+}
+
+}  // namespace
+
 StatusOr<ListResult> EtcdStateStore::List(const std::string& prefix, const ListOptions& options) {
   if (options.revision < 0 || options.limit < 0) return InvalidError("negative revision or limit");
-  pb::RangeRequest req;
-  req.set_key(RangeKey(prefix));
-  req.set_range_end(PrefixRangeEnd(prefix));
-  req.set_revision(options.revision);
-  req.set_limit(options.limit);
-  req.set_sort_order(pb::RangeRequest::ASCEND);
-  req.set_sort_target(pb::RangeRequest::KEY);
-  pb::RangeResponse resp;
-  KMX_RETURN_IF_ERROR(
-      impl_->Call("list " + prefix, [&](Impl::Endpoint& ep, grpc::ClientContext& ctx) {
-        return ep.kv->Range(&ctx, req, &resp);
-      }));
-  ListResult out;
-  out.revision = resp.header().revision();
-  out.more = resp.more();
-  out.kvs.reserve(static_cast<size_t>(resp.kvs_size()));
-  for (const auto& kv : resp.kvs()) out.kvs.push_back(FromPb(kv));
-  return out;
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    StatusOr<ListResult> listed = ListPages(*impl_, prefix, options);
+    // The first page's revision was compacted before the last page was read:
+    // a listing of "now" starts over at a new "now".
+    if (listed.ok() || options.revision != 0 || listed.status().code() != Code::kConflict ||
+        attempt == kAttempts)
+      return listed;
+  }
 }
 
 StatusOr<int64_t> EtcdStateStore::Put(const std::string& key, const std::string& value,

@@ -54,6 +54,15 @@
 // Destroying a LeaseKeepAlive may wait for a refresh in flight (at most
 // rpc_timeout); destroying a Watcher returns promptly.
 //
+// List pages: a prefix is read in Range calls of at most list_page_limit keys
+// (the next page starts at the last key + "\0"), every page after the first
+// pinned to the first page's revision, so the result is one consistent
+// snapshot however many keys there are, and no answer has to fit a whole
+// prefix into one gRPC message. A page over max_receive_bytes is asked again
+// with half the keys. If the pinned revision is compacted between pages, a
+// List of the latest state (ListOptions.revision 0) starts over (a few
+// times); one at an explicit revision fails with kConflict.
+//
 // Error mapping (gRPC status -> Code; never throws):
 //   UNAVAILABLE, DEADLINE_EXCEEDED, "leader changed", "no leader", "timed out" -> kRetry
 //   OUT_OF_RANGE "compacted" -> kConflict; OUT_OF_RANGE "future revision"   -> kInvalid
@@ -70,6 +79,7 @@
 #pragma once
 
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,6 +98,13 @@ struct EtcdConfig {
   std::chrono::milliseconds rpc_timeout{5000};
   // Cap of gRPC's reconnect backoff.
   std::chrono::milliseconds max_reconnect_backoff{1000};
+  // List reads a prefix in Range pages of at most this many keys (>= 1), all
+  // at the revision of the first page (see List below).
+  int64_t list_page_limit = 500;
+  // Largest message this client accepts from etcd (gRPC's default is 4 MiB;
+  // etcd's Go client takes up to 2 GiB, as here): one watch answer carries a
+  // whole transaction's events, with prev_kv the deleted values too.
+  int max_receive_bytes = std::numeric_limits<int>::max();
   // TLS (https:// endpoints): the CA bundle etcd's certificate must chain to,
   // and this client's certificate and key (PEM files, both or neither; etcd
   // with --client-cert-auth needs them). Re-read every tls_refresh (>= 1 s).
