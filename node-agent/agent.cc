@@ -106,7 +106,7 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
     auto it = workloads_.find(name);
     if (it != workloads_.end() && it->second.state == "incoming") workloads_.erase(it);
   };
-  hooks.adopt = [this](const MigrationOffer& offer, uint32_t) {
+  hooks.adopt = [this](const MigrationOffer& offer, uint32_t) -> Status {
     std::lock_guard lock(mu_);
     Workload& w = workloads_[offer.spec.name];
     w.spec = offer.spec;
@@ -115,12 +115,11 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
     w.created_ms = offer.created_ms > 0 ? offer.created_ms : w.started_ms;
     w.migrations = offer.history;
     w.migrations.push_back(offer.id);
-    SaveWorkload(w);
+    return WriteWorkload(w);
   };
-  hooks.persist = [this](const IncomingRecord& r) {
-    if (Status s = WriteFileAtomic(InPath(r.offer.id), IncomingRecordToJson(r).dump(2)); !s.ok()) {
-      spdlog::error("cannot record incoming migration {}: {}", r.offer.id, s.ToString());
-    }
+  // The target logs a failed write and acts on it (migration_target.h).
+  hooks.persist = [this](const IncomingRecord& r) -> Status {
+    return WriteFileAtomic(InPath(r.offer.id), IncomingRecordToJson(r).dump(2));
   };
   // Arrivals are unmanaged until the cluster link claims them (ClaimManaged).
   hooks.owned_here = cluster_.owned_here;
@@ -140,7 +139,7 @@ std::string Agent::LogPath(const std::string& name) const {
   return options_.state_dir + "/logs/" + name + ".log";
 }
 
-void Agent::SaveWorkload(const Workload& w) {
+Status Agent::WriteWorkload(const Workload& w) {
   json j = SpecWithLog(w.spec);
   j["state"] = w.state;
   j["createdMs"] = w.created_ms;
@@ -150,20 +149,25 @@ void Agent::SaveWorkload(const Workload& w) {
     j["managed"] = true;
     j["epoch"] = w.epoch;
   }
-  if (Status s = WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2)); !s.ok()) {
+  return WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2));
+}
+
+void Agent::SaveWorkload(const Workload& w) {
+  if (Status s = WriteWorkload(w); !s.ok()) {
     spdlog::error("cannot record workload {}: {}", w.spec.name, s.ToString());
   }
 }
 
-void Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed) {
+Status Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed) {
   json j = SpecWithLog(spec);
   j["report"] = MigrationReportToJson(r);
   if (managed) j["managed"] = true;
-  if (Status s = WriteFileAtomic(OutPath(r.id), j.dump(2)); !s.ok()) {
-    spdlog::error("cannot journal migration {}: {}", r.id, s.ToString());
-  }
+  // The driver logs a failed write and acts on it (migration.h); the map
+  // holds the report either way (it is what happened).
+  Status s = WriteFileAtomic(OutPath(r.id), j.dump(2));
   std::lock_guard lock(mu_);
   outgoing_[r.id] = r;
+  return s;
 }
 
 std::shared_ptr<std::mutex> Agent::LockFor(const std::string& name) {
@@ -339,8 +343,8 @@ void Agent::RetryUnresolved() {
     }
     spdlog::info("finishing interrupted migration {} of {} (phase {})", r.id, r.workload,
                  MigrationPhaseName(r.phase));
-    auto persist = [this, &spec, managed](const MigrationReport& rep) {
-      SaveOutgoing(rep, *spec, managed);
+    auto persist = [this, &spec, managed](const MigrationReport& rep) -> Status {
+      return SaveOutgoing(rep, *spec, managed);
     };
     MigrationReport done;
     if (managed) {
@@ -432,10 +436,16 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
   w.created_ms = created_ms > 0 ? created_ms : w.started_ms;
   w.managed = managed;
   w.epoch = epoch;
+  if (Status s = WriteWorkload(w); !s.ok()) {
+    // Never acknowledge a container no record names (the next start would
+    // delete it as unowned).
+    (void)runtime_.Delete(spec.name);
+    forget();
+    return s.Annotate("record workload " + spec.name);
+  }
   {
     std::lock_guard l(mu_);
     workloads_[spec.name] = w;
-    SaveWorkload(w);
   }
   spdlog::info("{}workload {} started on {}", managed ? "managed " : "", spec.name, options_.node);
   return w;
@@ -554,8 +564,7 @@ StatusOr<MigrationReport> Agent::Migrate(const std::string& name,
 }
 
 StatusOr<MigrationReport> Agent::MigrateManaged(const ManagedMigration& order,
-                                                OwnershipLedger& ledger,
-                                                const MigrationDriver::PersistFn& on_phase) {
+                                                OwnershipLedger& ledger, const PhaseFn& on_phase) {
   KMX_RETURN_IF_ERROR(ValidateName(order.id).Annotate("migration id"));
   std::string target = order.target_url;
   KMX_RETURN_IF_ERROR(ValidateAgentUrl(target));
@@ -575,7 +584,7 @@ StatusOr<MigrationReport> Agent::MigrateManaged(const ManagedMigration& order,
 
 StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationReport r,
                                              bool managed, OwnershipLedger* ledger,
-                                             const MigrationDriver::PersistFn& on_phase,
+                                             const PhaseFn& on_phase,
                                              const MigrationDriver::CancelFn& cancelled) {
   auto lock = LockFor(name);
   std::unique_lock guard(*lock, std::try_to_lock);
@@ -618,9 +627,10 @@ StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationR
     workloads_[name].state = "migrating";
   }
   spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, r.target_url);
-  auto persist = [&](const MigrationReport& rep) {
-    SaveOutgoing(rep, spec, managed);
+  auto persist = [&](const MigrationReport& rep) -> Status {
+    Status s = SaveOutgoing(rep, spec, managed);
     if (on_phase) on_phase(rep);
+    return s;
   };
   MigrationReport done;
   if (ledger != nullptr) {

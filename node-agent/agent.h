@@ -20,6 +20,13 @@
 //   migrations/out/<id>.json   journal of outgoing migrations (report + spec)
 //   migrations/in/<id>.json    records of incoming migrations
 //   logs/<name>.log            stdout+stderr of each workload
+// Durable writes: a journal or record that cannot be written (disk full) is
+// never acted on as if it were: a migration whose journal cannot be written
+// does not freeze (kmosix/migration.h), an incoming phase or verdict that
+// cannot be written is not entered (kmosix/migration_target.h), and a
+// workload whose record cannot be written is not created (the container is
+// removed, the error returned). Writes of records that follow what already
+// happened are logged when they fail and completed at the next start.
 //
 // Ownership: borrows the runtime, engine, transport, clock and random.
 // Thread-safety: every public method is safe to call concurrently; operations
@@ -193,8 +200,9 @@ class Agent {
 
   // Runs a cluster-ordered migration of a managed workload running here, with
   // the given id and target, moving the ownership through `ledger`.
-  // `on_phase` is called on this thread after every phase change has been
-  // journaled (it must not call back into the Agent). Errors (nothing ran):
+  // `on_phase` is called on this thread after every phase change, once its
+  // journal write was tried (a failed one is the driver's to act on, see
+  // kmosix/migration.h; it must not call back into the Agent). Errors (nothing ran):
   // kInvalid (bad id/URL), kNotFound (no such workload here), kConflict (not
   // managed, not running, busy, or this id already ran here), kRetry
   // (max_outgoing migrations already leaving; containerd unreachable).
@@ -202,8 +210,9 @@ class Agent {
   // finishes it through the ledger installed with SetClusterHooks).
   // order.cancelled, if set, is passed to the driver: a cancelled order ends
   // Failed or RolledBack (the ledger must refuse its Transfer too).
+  using PhaseFn = std::function<void(const MigrationReport&)>;
   StatusOr<MigrationReport> MigrateManaged(const ManagedMigration& order, OwnershipLedger& ledger,
-                                           const MigrationDriver::PersistFn& on_phase);
+                                           const PhaseFn& on_phase);
   // The local journal of an outgoing migration (as last persisted).
   std::optional<MigrationReport> OutgoingReport(const std::string& id);
 
@@ -221,8 +230,13 @@ class Agent {
   std::string OutPath(const std::string& id) const;
   std::string InPath(const std::string& id) const;
   std::string LogPath(const std::string& name) const;
+  // The workload's record, written atomically; the write's error.
+  Status WriteWorkload(const Workload& w);
+  // WriteWorkload, logging a failure (for records of what already happened).
   void SaveWorkload(const Workload& w);
-  void SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed);
+  // Journals an outgoing migration; the write's error (the report is kept
+  // in outgoing_ either way).
+  Status SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, bool managed);
   IncomingMigrations::Hooks TargetHooks();
   // Creates and starts spec.name (caller holds its lock and reserved the
   // name with state "creating"); records it on success, forgets it otherwise.
@@ -230,8 +244,7 @@ class Agent {
                                   int64_t created_ms);
   // Checks and runs one outgoing migration (REST or cluster order).
   StatusOr<MigrationReport> RunOutgoing(const std::string& name, MigrationReport r, bool managed,
-                                        OwnershipLedger* ledger,
-                                        const MigrationDriver::PersistFn& on_phase,
+                                        OwnershipLedger* ledger, const PhaseFn& on_phase,
                                         const MigrationDriver::CancelFn& cancelled = {});
   LocalWorkload ToLocal(const Workload& w) const;
   std::shared_ptr<std::mutex> LockFor(const std::string& name);

@@ -12,13 +12,14 @@
 namespace kmosix {
 namespace {
 
+constexpr std::string_view kNotJournaled = "migration journal not written";
+
 constexpr std::string_view kFrozenSuffix =
     "; kept frozen here until the target and the ownership ledger answer";
 
 StatusOr<Code> ParseCode(std::string_view s) {
-  for (Code c :
-       {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound, Code::kFailed,
-        Code::kPermissionDenied}) {
+  for (Code c : {Code::kOk, Code::kRetry, Code::kConflict, Code::kInvalid, Code::kNotFound,
+                 Code::kFailed, Code::kPermissionDenied}) {
     if (CodeName(c) == s) return c;
   }
   return InvalidError("unknown error code \"" + std::string(s) + "\"");
@@ -90,9 +91,15 @@ MigrationDriver::MigrationDriver(CheckpointEngine& engine, Transport& transport,
                                  Options options)
     : engine_(engine), transport_(transport), clock_(clock), options_(std::move(options)) {}
 
-void MigrationDriver::Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist) {
+Status MigrationDriver::Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist) {
   r.phase = p;
-  if (persist) persist(r);
+  if (!persist) return Status::Ok();
+  Status s = persist(r);
+  if (!s.ok()) {
+    spdlog::error("migration {} of {}: phase {} not journaled: {}", r.id, r.workload,
+                  MigrationPhaseName(p), s.ToString());
+  }
+  return s;
 }
 
 std::string MigrationDriver::ScratchFor(const MigrationReport& r) const {
@@ -109,7 +116,9 @@ MigrationReport& MigrationDriver::Finish(MigrationReport& r, MigrationPhase p,
   RemoveScratch(r);
   r.finished_ms = clock_.WallMillis();
   r.timings.total = static_cast<double>(r.finished_ms - r.started_ms) / 1000.0;
-  Enter(r, p, persist);
+  // An end not journaled is logged: it has happened, and an earlier phase
+  // in the journal recovers to the same end (see the header).
+  (void)Enter(r, p, persist);
   return r;
 }
 
@@ -129,15 +138,24 @@ MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string
   r.error = why;
   spdlog::warn("migration {} of {} failed in {}, rolling back: {}", r.id, r.workload,
                r.failed_phase, why.ToString());
-  // The target never restored (restore is only started by us, later), so it
-  // cannot be running the workload: tell it to clean up, and thaw here even if
-  // it does not answer (its idle timeout cleans up then).
-  if (auto a = transport_.Abort(r.target_url, r.id); !a.ok()) {
+  // The journal says the target was never asked to restore (its phases are
+  // written before their work), so it cannot be running the workload: tell it
+  // to clean up, and thaw here even if it does not answer (its idle timeout
+  // cleans up then). But if it answers Committed (a journal written by an
+  // agent that went on after a failed write), it owns the workload: never
+  // thaw then; release this copy instead.
+  auto a = transport_.Abort(r.target_url, r.id);
+  if (a.ok() && *a == TargetPhase::kCommitted) {
+    spdlog::warn("migration {} of {}: rollback found the target committed; it owns the workload",
+                 r.id, r.workload);
+    return Succeed(r, name, persist);
+  }
+  if (!a.ok()) {
     spdlog::warn("migration {}: target did not confirm abort: {}", r.id, a.status().ToString());
   }
   if (Status s = engine_.Thaw(name); !s.ok()) {
     r.error = why.Annotate("rollback could not thaw the workload (" + s.ToString() + ")");
-    Enter(r, MigrationPhase::kResolving, persist);
+    (void)Enter(r, MigrationPhase::kResolving, persist);
     return r;
   }
   return Finish(r, MigrationPhase::kRolledBack, persist);
@@ -148,7 +166,7 @@ MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string&
   if (Status s = engine_.Release(name); !s.ok()) {
     // Ownership moved; the frozen copy never runs again. Recover retries.
     r.error = s.Annotate("target committed but the source copy could not be released");
-    Enter(r, MigrationPhase::kResolving, persist);
+    (void)Enter(r, MigrationPhase::kResolving, persist);
     return r;
   }
   r.error = Status::Ok();
@@ -249,7 +267,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
               r.failed_phase.empty() ? std::string(MigrationPhaseName(r.phase)) : r.failed_phase;
           r.error =
               cause.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
-          Enter(r, MigrationPhase::kResolving, persist);
+          (void)Enter(r, MigrationPhase::kResolving, persist);
           return r;
         }
         if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
@@ -270,7 +288,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
   r.error =
       Status(cause.code(), message + std::string(kFrozenSuffix) + " (" + last.ToString() + ")");
   spdlog::error("migration {} of {} unresolved: {}", r.id, r.workload, r.error.ToString());
-  Enter(r, MigrationPhase::kResolving, persist);
+  (void)Enter(r, MigrationPhase::kResolving, persist);
   return r;
 }
 
@@ -280,7 +298,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
   if (r.phase != MigrationPhase::kResolving) {
     r.failed_phase = std::string(MigrationPhaseName(r.phase));
     r.error = why;
-    Enter(r, MigrationPhase::kResolving, persist);
+    (void)Enter(r, MigrationPhase::kResolving, persist);
   }
   const auto deadline = clock_.Now() + options_.resolve_timeout;
   Status last = why;
@@ -290,7 +308,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
       // The target owns it: drop the frozen copy.
       if (Status s = engine_.Release(name); !s.ok()) {
         r.error = s.Annotate("target committed but the source copy could not be released");
-        Enter(r, r.phase, persist);
+        (void)Enter(r, r.phase, persist);
         return r;
       }
       r.error = Status::Ok();
@@ -301,7 +319,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
       // Aborted (or never heard of it): nothing runs there; run here again.
       if (Status s = engine_.Thaw(name); !s.ok()) {
         r.error = why.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
-        Enter(r, r.phase, persist);
+        (void)Enter(r, r.phase, persist);
         return r;
       }
       r.error = why;
@@ -314,7 +332,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
   r.error = why.Annotate("target has not said whether it runs the workload (" + last.ToString() +
                          "); kept frozen here until it does");
   spdlog::error("migration {} of {} unresolved: {}", r.id, r.workload, r.error.ToString());
-  Enter(r, r.phase, persist);
+  (void)Enter(r, r.phase, persist);
   return r;
 }
 
@@ -325,7 +343,9 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   const Status kCancelled = FailedError("migration cancelled");
   const auto start = clock_.Now();
   r.started_ms = clock_.WallMillis();
-  Enter(r, MigrationPhase::kPreparing, persist);
+  if (Status j = Enter(r, MigrationPhase::kPreparing, persist); !j.ok()) {
+    return Fail(r, j.Annotate(kNotJournaled), persist);  // nothing asked, nothing frozen
+  }
 
   auto peer = transport_.Hello(r.target_url);
   if (!peer.ok()) {
@@ -383,7 +403,11 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     return Fail(r, kCancelled, persist);
   }
 
-  Enter(r, MigrationPhase::kCheckpointing, persist);
+  if (Status j = Enter(r, MigrationPhase::kCheckpointing, persist); !j.ok()) {
+    // Never freeze what the journal could not say was being frozen.
+    (void)transport_.Abort(r.target_url, r.id);
+    return Fail(r, j.Annotate(kNotJournaled), persist);
+  }
   std::error_code ec;
   std::filesystem::create_directories(ScratchFor(r), ec);
   if (ec) {
@@ -411,7 +435,9 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   };
   if (cancel_now()) return roll_back(kCancelled);
 
-  Enter(r, MigrationPhase::kTransferring, persist);
+  if (Status j = Enter(r, MigrationPhase::kTransferring, persist); !j.ok()) {
+    return roll_back(j.Annotate(kNotJournaled));
+  }
   auto sent = transport_.Send(r.target_url, r.id, capture->sections);
   if (!sent.ok()) {
     if (capture->streamed_dump_error) {
@@ -431,7 +457,9 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   }
   if (cancel_now()) return roll_back(kCancelled);
 
-  Enter(r, MigrationPhase::kRestoring, persist);
+  if (Status j = Enter(r, MigrationPhase::kRestoring, persist); !j.ok()) {
+    return roll_back(j.Annotate(kNotJournaled));  // nothing restored there yet
+  }
   const auto restore_start = clock_.Now();
   auto restored = transport_.Restore(r.target_url, r.id);
   r.timings.restore = Seconds(clock_.Now() - restore_start);
@@ -456,7 +484,18 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     return r;
   }
 
-  Enter(r, MigrationPhase::kCommitting, persist);
+  if (Status j = Enter(r, MigrationPhase::kCommitting, persist); !j.ok()) {
+    // Never commit what the journal could not say was being committed: make
+    // the target abort its copy (never transfer or commit), then thaw here.
+    const Status why = j.Annotate(kNotJournaled);
+    if (options_.ledger != nullptr) {
+      return Settle(r, spec.name, why, /*restored=*/true, {&frozen_at, nullptr}, persist,
+                    /*cancelled=*/true);
+    }
+    Resolve(r, spec.name, why, persist);
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
+    return r;
+  }
   const auto commit_start = clock_.Now();
   if (options_.ledger != nullptr) {
     return Settle(r, spec.name, Status::Ok(), /*restored=*/true, {&frozen_at, &commit_start},
@@ -467,7 +506,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     if (Status s = engine_.Release(spec.name); !s.ok()) {
       // Ownership moved; the frozen copy never runs again. Recover retries.
       r.error = s.Annotate("target committed but the source copy could not be released");
-      Enter(r, MigrationPhase::kResolving, persist);
+      (void)Enter(r, MigrationPhase::kResolving, persist);
       return r;
     }
     r.timings.commit = Seconds(clock_.Now() - commit_start);
@@ -488,9 +527,15 @@ MigrationReport MigrationDriver::Recover(const ContainerSpec& spec, MigrationRep
     case MigrationPhase::kFailed:
       return r;
     case MigrationPhase::kPending:
-    case MigrationPhase::kPreparing:
-      (void)transport_.Abort(r.target_url, r.id);
+    case MigrationPhase::kPreparing: {
+      auto a = transport_.Abort(r.target_url, r.id);
+      if (a.ok() && *a == TargetPhase::kCommitted) {
+        // Cannot be, with a journal written before each phase's work; if it
+        // is, the target owns the workload: never run it here too.
+        return Succeed(r, spec.name, persist);
+      }
       return Fail(r, FailedError("interrupted before the workload was frozen"), persist);
+    }
     case MigrationPhase::kCheckpointing:
     case MigrationPhase::kTransferring:
       RollBack(r, spec.name, FailedError("interrupted before the target restored"), persist);

@@ -32,6 +32,25 @@
 // the migration record in the same transaction), since one that lands after
 // the last check would otherwise be missed.
 //
+// Durable writes (the journal): every phase change is handed to the
+// caller's PersistFn, which returns whether it was written. The driver never
+// does the work of a phase its journal does not hold, so Recover, which
+// starts from the last phase written, never undoes or repeats too little:
+//   Preparing, Checkpointing not written -> Failed before the freeze (the
+//                                           prepared target is aborted; the
+//                                           workload runs on, untouched);
+//   Transferring, Restoring not written  -> rolled back (target aborted,
+//                                           source thawed);
+//   Committing not written               -> the target's restored copy is
+//                                           aborted (never transferred or
+//                                           committed), then the source thawed.
+// A failed write of an end (Succeeded, RolledBack, Failed) or of Resolving
+// is logged and the report returned as it is: what it records has happened,
+// and a journal left at an earlier phase recovers to the same end (the
+// target's remembered verdict decides, and Thaw and Release are idempotent).
+// A rollback whose target answers Committed never thaws: the target owns the
+// workload, the source copy is released (Succeeded).
+//
 // Ownership: borrows the engine, transport and clock. Thread-safety: one
 // driver may run several migrations concurrently (it keeps no per-migration
 // state); the caller serialises migrations of the same workload.
@@ -115,9 +134,12 @@ class MigrationDriver {
     Clock::Duration busy_wait = std::chrono::seconds(120);
   };
   // Called with the report every time its phase changes, before the work of
-  // the new phase starts: the caller journals it so Recover can finish the
-  // migration after a crash.
-  using PersistFn = std::function<void(const MigrationReport&)>;
+  // the new phase starts: the caller journals it durably so Recover can
+  // finish the migration after a crash, and returns ok only once it is
+  // written (an error: not written, e.g. the disk is full; see "Durable
+  // writes" above for what the driver then does). Empty: nothing journaled
+  // (tests), every phase taken as written.
+  using PersistFn = std::function<Status(const MigrationReport&)>;
   // Polled by Run on its thread at the check points; true = cancel. Must be
   // cheap and must not block (e.g. an atomic<bool> set by another thread).
   // Empty: never cancelled.
@@ -146,7 +168,8 @@ class MigrationDriver {
                           const PersistFn& persist);
 
  private:
-  void Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
+  // Sets the phase and journals it; the journal's answer (logged if not ok).
+  Status Enter(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
   MigrationReport& Fail(MigrationReport& r, const Status& why, const PersistFn& persist);
   // failed_in: the phase to report as failed (default: the current one).
   MigrationReport& RollBack(MigrationReport& r, const std::string& name, const Status& why,

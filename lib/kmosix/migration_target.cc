@@ -76,11 +76,21 @@ std::shared_ptr<IncomingMigrations::Entry> IncomingMigrations::Find(const std::s
   return it == entries_.end() ? nullptr : it->second;
 }
 
-void IncomingMigrations::Save(IncomingRecord& r, TargetPhase phase) {
-  r.phase = phase;
-  r.touched = clock_.Now();
-  r.updated_ms = clock_.WallMillis();
-  if (hooks_.persist) hooks_.persist(r);
+Status IncomingMigrations::Save(IncomingRecord& r, TargetPhase phase) {
+  IncomingRecord next = r;
+  next.phase = phase;
+  next.touched = clock_.Now();
+  next.updated_ms = clock_.WallMillis();
+  if (hooks_.persist) {
+    if (Status s = hooks_.persist(next); !s.ok()) {
+      spdlog::error("incoming migration {} of {}: phase {} not recorded: {}", r.offer.id,
+                    r.offer.spec.name, TargetPhaseName(phase), s.ToString());
+      return s.Annotate("node " + options_.node + " cannot record migration " + r.offer.id +
+                        " as " + std::string(TargetPhaseName(phase)));
+    }
+  }
+  r = std::move(next);
+  return Status::Ok();
 }
 
 void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
@@ -105,7 +115,12 @@ void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
   if (!r.offer.spec.log_path.empty()) fs::remove(r.offer.spec.log_path, ec);
   r.error = why;
   r.pid = 0;
-  Save(r, TargetPhase::kAborted);
+  if (!Save(r, TargetPhase::kAborted).ok()) {
+    // Acted on even if not recorded: the copy is gone, and a record left in
+    // any phase before Committed recovers to Aborted.
+    r.phase = TargetPhase::kAborted;
+    r.touched = clock_.Now();
+  }
   ReleaseIntake(r.offer.id);
   if (hooks_.unreserve) hooks_.unreserve(r.offer.spec.name);
 }
@@ -165,7 +180,15 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     entries_.erase(offer_in.id);
     return s;
   }
-  Save(r, TargetPhase::kPrepared);
+  if (Status s = Save(r, TargetPhase::kPrepared); !s.ok()) {
+    // Nothing is made here that the records cannot name: refuse the offer.
+    ReleaseIntake(offer_in.id);
+    if (hooks_.unreserve) hooks_.unreserve(r.offer.spec.name);
+    r.phase = TargetPhase::kAborted;  // for a call already waiting on the entry
+    std::lock_guard map_lock(mu_);
+    entries_.erase(offer_in.id);
+    return s;
+  }
   // What the engine may fault in ahead comes from the node's shared budget.
   const uint64_t prefault = options_.intake != nullptr
                                 ? options_.intake->GrantPrefault(r.offer.id, r.offer.memory_bytes)
@@ -177,7 +200,10 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     return landing.status().Annotate("prepare on " + options_.node);
   }
   r.landing = *landing;
-  Save(r, TargetPhase::kPrepared);
+  if (Status s = Save(r, TargetPhase::kPrepared); !s.ok()) {
+    AbortLocked(*entry, s.ToString());
+    return s;
+  }
   return Status::Ok();
 }
 
@@ -186,7 +212,7 @@ StatusOr<Landing> IncomingMigrations::BeginReceive(const std::string& id) {
   if (!e) return NotFoundError("no migration " + id + " here");
   std::lock_guard lock(e->mu);
   if (e->record.phase != TargetPhase::kPrepared) return WrongPhase(e->record, "Prepared");
-  Save(e->record, TargetPhase::kReceiving);
+  KMX_RETURN_IF_ERROR(Save(e->record, TargetPhase::kReceiving));
   return e->record.landing;
 }
 
@@ -202,7 +228,10 @@ Status IncomingMigrations::EndReceive(const std::string& id, const Status& resul
     return result;
   }
   e->record.stats = stats;
-  Save(e->record, TargetPhase::kReceived);
+  if (Status s = Save(e->record, TargetPhase::kReceived); !s.ok()) {
+    AbortLocked(*e, s.ToString());
+    return s;
+  }
   return Status::Ok();
 }
 
@@ -213,7 +242,7 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   IncomingRecord& r = e->record;
   if (r.phase == TargetPhase::kRestored) return RestoreReport{r.pid, 0};  // retried
   if (r.phase != TargetPhase::kReceived) return WrongPhase(r, "Received");
-  Save(r, TargetPhase::kRestoring);
+  KMX_RETURN_IF_ERROR(Save(r, TargetPhase::kRestoring));  // nothing restored yet
   const auto start = clock_.Now();
   if (Status s = engine_.Restore(r.offer.spec, r.landing); !s.ok()) {
     AbortLocked(*e, "restore failed: " + s.ToString());
@@ -226,7 +255,11 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
     return s.Annotate("restore on " + options_.node);
   }
   r.pid = info->pid;
-  Save(r, TargetPhase::kRestored);
+  if (Status s = Save(r, TargetPhase::kRestored); !s.ok()) {
+    // A running copy the records do not name could never be committed.
+    AbortLocked(*e, s.ToString());
+    return s;
+  }
   ReleaseIntake(r.offer.id);  // it no longer receives
   // The images are no longer needed once the task runs.
   std::error_code ec;
@@ -234,11 +267,22 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   return RestoreReport{r.pid, Seconds(clock_.Now() - start)};
 }
 
-void IncomingMigrations::CommitLocked(Entry& e) {
+Status IncomingMigrations::CommitLocked(Entry& e) {
   IncomingRecord& r = e.record;
-  Save(r, TargetPhase::kCommitted);
+  if (Status s = Save(r, TargetPhase::kCommitted); !s.ok()) {
+    // A verdict that cannot be remembered is not given: still Restored.
+    return RetryError(s.message() + "; not committed");
+  }
   ReleaseIntake(r.offer.id);
-  if (hooks_.adopt) hooks_.adopt(r.offer, r.pid);
+  if (hooks_.adopt) {
+    if (Status s = hooks_.adopt(r.offer, r.pid); !s.ok()) {
+      spdlog::error(
+          "incoming migration {} of {}: committed, but the workload record was not written "
+          "({}); the next start completes it from the verdict",
+          r.offer.id, r.offer.spec.name, s.ToString());
+    }
+  }
+  return Status::Ok();
 }
 
 bool IncomingMigrations::AskOracleLocked(Entry& e, const std::string& when) {
@@ -256,7 +300,11 @@ bool IncomingMigrations::AskOracleLocked(Entry& e, const std::string& when) {
         "incoming migration {} of {} ({}): the cluster names this node the owner; "
         "committing without the source",
         r.offer.id, r.offer.spec.name, when);
-    CommitLocked(e);
+    if (Status s = CommitLocked(e); !s.ok()) {
+      spdlog::warn("incoming migration {} of {}: {}; asking again later", r.offer.id,
+                   r.offer.spec.name, s.ToString());
+      return false;
+    }
   } else {
     AbortLocked(e, when + "; the cluster does not name this node the owner");
   }
@@ -270,7 +318,7 @@ StatusOr<TargetPhase> IncomingMigrations::Commit(const std::string& id) {
   IncomingRecord& r = e->record;
   if (IsFinalPhase(r.phase)) return r.phase;
   if (r.phase != TargetPhase::kRestored) return WrongPhase(r, "Restored");
-  CommitLocked(*e);
+  KMX_RETURN_IF_ERROR(CommitLocked(*e));
   return TargetPhase::kCommitted;
 }
 

@@ -20,6 +20,21 @@
 // declares more than the ceiling), kRetry (busy) when the node receives its
 // limit of migrations, kFailed for a restore that failed (the record is then
 // Aborted and cleaned up).
+// Durable writes (Hooks::persist, Hooks::adopt): a phase is entered only once
+// its record is written, and answered only then; a write's error is the
+// call's (annotated), with:
+//   Prepare      refused, nothing kept (no record, name and slot given back);
+//   BeginReceive refused, still Prepared (the source rolls back);
+//   EndReceive, Restore's Restored
+//                the migration is aborted, its copy removed;
+//   Restore's Restoring
+//                refused before anything is restored, still Received;
+//   Commit       kRetry, not committed: still Restored, no adopt (the source
+//                treats it as unknown: it asks again or aborts);
+//   Aborted      acted on even if not written: a record left in any phase
+//                before Committed recovers to Aborted.
+// A workload record that adopt could not write after the Committed verdict
+// was written does not undo the commit (the verdict stands and is answered).
 #pragma once
 
 #include <functional>
@@ -70,10 +85,14 @@ class IncomingMigrations final : public MigrationTarget {
     std::function<Status(const std::string& name)> reserve;
     // Gives a reserved name back (the migration aborted).
     std::function<void(const std::string& name)> unreserve;
-    // The migration committed: the workload now runs here.
-    std::function<void(const MigrationOffer& offer, uint32_t pid)> adopt;
-    // Durably records a record's new phase (called before answering).
-    std::function<void(const IncomingRecord& record)> persist;
+    // The migration committed (its verdict is written): the workload now
+    // runs here; records it durably in the registry. Ok once written; an
+    // error: not written (logged; the commit stands).
+    std::function<Status(const MigrationOffer& offer, uint32_t pid)> adopt;
+    // Durably records a record's new phase (called before acting on it and
+    // before answering). Ok once written; an error (e.g. disk full): not
+    // written, and the phase is not entered (see "Durable writes" above).
+    std::function<Status(const IncomingRecord& record)> persist;
     // Optional ownership oracle (cluster mode): does the cluster's record of
     // the workload name this node as its owner for this migration? Asked, with
     // the record's lock held, for a Restored (running, uncommitted) copy that
@@ -121,11 +140,14 @@ class IncomingMigrations final : public MigrationTarget {
     IncomingRecord record;
   };
   std::shared_ptr<Entry> Find(const std::string& id);
-  void Save(IncomingRecord& r, TargetPhase phase);
+  // Writes r in `phase` (hooks_.persist); r takes the phase, touched and
+  // updated_ms only if written. The write's error otherwise, annotated.
+  Status Save(IncomingRecord& r, TargetPhase phase);
   // Kills and removes the copy here, records Aborted. Caller holds e.mu.
   void AbortLocked(Entry& e, const std::string& why);
   // Records Committed and adopts. Caller holds e.mu; the record is Restored.
-  void CommitLocked(Entry& e);
+  // kRetry if the verdict could not be written (still Restored, not adopted).
+  Status CommitLocked(Entry& e);
   // Gives back the intake slot and prefault grant of a migration.
   void ReleaseIntake(const std::string& id);
   // Puts a Restored record to the owned_here oracle and acts on the answer:

@@ -219,7 +219,7 @@ class IntakeMigrationTest : public ::testing::Test {
     r.workload = "work";
     r.source_node = "node1";
     r.target_url = "http://node2";
-    return driver_->Run(spec_, r, [](const MigrationReport&) {});
+    return driver_->Run(spec_, r, [](const MigrationReport&) { return Status::Ok(); });
   }
 
   // Exactly one running copy of "work", with its state.

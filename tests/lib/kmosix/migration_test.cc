@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -51,8 +53,25 @@ class MigrationTest : public ::testing::Test {
       return Status::Ok();
     };
     hooks.unreserve = [this](const std::string& n) { reserved_.erase(n); };
-    hooks.adopt = [this](const MigrationOffer& o, uint32_t) { adopted_.push_back(o.spec.name); };
-    hooks.persist = [this](const IncomingRecord& r) { target_phases_.push_back(r.phase); };
+    // The target's registry and disk: a write that "fails" is refused like
+    // a full disk; once the target is "dead" its writes never happen (a
+    // process that crashed writes nothing), though the test's object goes on.
+    hooks.adopt = [this](const MigrationOffer& o, uint32_t) -> Status {
+      if (target_dead_) return Status::Ok();
+      if (adopt_fails_) return FailedError("write workload record: No space left on device");
+      adopted_.push_back(o.spec.name);
+      return Status::Ok();
+    };
+    hooks.persist = [this](const IncomingRecord& r) -> Status {
+      if (target_dead_) return Status::Ok();
+      if (target_write_fails_ && target_write_fails_(r)) {
+        return FailedError("write incoming record: No space left on device");
+      }
+      target_phases_.push_back(r.phase);
+      target_disk_[r.offer.id] = r;
+      if (die_after_ && die_after_(r)) target_dead_ = true;
+      return Status::Ok();
+    };
     hooks_ = hooks;
     incoming_ = std::make_unique<IncomingMigrations>(target_engine_, target_, clock_, topts, hooks);
     transport_ = std::make_unique<FakeTransport>(incoming_.get());
@@ -90,9 +109,34 @@ class MigrationTest : public ::testing::Test {
     r.workload = "work";
     r.source_node = "node1";
     r.target_url = "http://node2";
-    return driver_->Run(
-        spec_, r, [this](const MigrationReport& rep) { phases_.push_back(rep.phase); }, {},
-        cancelled);
+    return driver_->Run(spec_, r, SourceJournal(), {}, cancelled);
+  }
+  // The source's journal: phases_ holds what was written; a write that
+  // source_write_fails_ picks is refused like a full disk.
+  MigrationDriver::PersistFn SourceJournal() {
+    return [this](const MigrationReport& rep) -> Status {
+      if (source_write_fails_ && source_write_fails_(rep)) {
+        return FailedError("write journal: No space left on device");
+      }
+      phases_.push_back(rep.phase);
+      return Status::Ok();
+    };
+  }
+  // The target agent restarts over its disk (target_disk_): a new
+  // IncomingMigrations on the same runtime takes its records back.
+  void RestartTarget() {
+    target_dead_ = false;
+    IncomingMigrations::Options topts{"node2", "test", root_ / "target-scratch", root_ / "logs",
+                                      std::chrono::seconds(60)};
+    incoming_ =
+        std::make_unique<IncomingMigrations>(target_engine_, target_, clock_, topts, hooks_);
+    transport_ = std::make_unique<FakeTransport>(incoming_.get());
+    MigrationDriver::Options dopts{"http://node1", root_ / "source-scratch",
+                                   std::chrono::seconds(5), std::chrono::milliseconds(500)};
+    driver_ = std::make_unique<MigrationDriver>(source_engine_, *transport_, clock_, dopts);
+    std::vector<IncomingRecord> records;
+    for (const auto& [_, rec] : target_disk_) records.push_back(rec);
+    incoming_->Recover(records);
   }
   // Runs a migration whose cancel check answers true from its n-th poll on
   // (1-based; the driver polls at five points, see MigrationDriver::Run).
@@ -140,6 +184,13 @@ class MigrationTest : public ::testing::Test {
   std::vector<MigrationPhase> phases_;
   std::vector<TargetPhase> target_phases_;
   int polls_ = 0;  // MigrateCancelledAtCheck
+  // Durable-write faults (see SetUp and SourceJournal).
+  std::function<bool(const MigrationReport&)> source_write_fails_;
+  std::function<bool(const IncomingRecord&)> target_write_fails_;
+  std::function<bool(const IncomingRecord&)> die_after_;
+  bool target_dead_ = false;
+  bool adopt_fails_ = false;
+  std::map<std::string, IncomingRecord> target_disk_;  // id -> last record written
 };
 
 TEST_F(MigrationTest, HappyPathMovesStateAndRemovesSourceCopy) {
@@ -216,7 +267,10 @@ TEST_F(MigrationTest, EngineRecoverUnblocksADumpLeftStreaming) {
 TEST_F(MigrationTest, WorkloadLifeTravelsWithTheOffer) {
   std::vector<MigrationOffer> offers;
   IncomingMigrations::Hooks hooks;
-  hooks.adopt = [&](const MigrationOffer& o, uint32_t) { offers.push_back(o); };
+  hooks.adopt = [&](const MigrationOffer& o, uint32_t) -> Status {
+    offers.push_back(o);
+    return Status::Ok();
+  };
   MigrationReport r;
   r.id = "m-2";
   r.workload = "work";
@@ -340,7 +394,7 @@ TEST_F(MigrationTest, SilentTargetKeepsWorkloadFrozenUntilItAnswers) {
   incoming_->ExpireIdle();
   EXPECT_FALSE(target_.Has("work"));
   transport_->Heal();
-  r = driver_->Recover(spec_, r, [](const MigrationReport&) {});
+  r = driver_->Recover(spec_, r, SourceJournal());
   EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
   ExpectRunsOnceOn(source_, 42);
 }
@@ -357,7 +411,7 @@ TEST_F(MigrationTest, CommitAfterTargetTimeoutThawsSource) {
   auto late = transport_->Commit("http://node2", "m-1");
   ASSERT_TRUE(late.ok());
   EXPECT_EQ(*late, TargetPhase::kAborted);
-  r = driver_->Recover(spec_, r, [](const MigrationReport&) {});
+  r = driver_->Recover(spec_, r, SourceJournal());
   EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
   ExpectRunsOnceOn(source_, 42);
 }
@@ -370,7 +424,7 @@ TEST_F(MigrationTest, RecoverAfterCrashWhileTransferringThaws) {
   r.source_node = "node1";
   r.target_url = "http://node2";
   r.phase = MigrationPhase::kTransferring;
-  r = driver_->Recover(spec_, r, [](const MigrationReport&) {});
+  r = driver_->Recover(spec_, r, SourceJournal());
   EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
   ExpectRunsOnceOn(source_, 42);
 }
@@ -384,7 +438,7 @@ TEST_F(MigrationTest, RecoverAfterCrashWhileCommittingFollowsTheTarget) {
   ASSERT_EQ(r.phase, MigrationPhase::kResolving);
   EXPECT_EQ(source_.State("work"), TaskState::kPaused);
   transport_->Heal();
-  r = driver_->Recover(spec_, r, [](const MigrationReport&) {});
+  r = driver_->Recover(spec_, r, SourceJournal());
   EXPECT_EQ(r.phase, MigrationPhase::kSucceeded);
   EXPECT_FALSE(source_.Has("work"));
   ExpectRunsOnceOn(target_, 42);
@@ -400,7 +454,7 @@ TEST_F(MigrationTest, TargetRestartAbortsUncommittedCopy) {
   incoming_->Recover(records);
   EXPECT_FALSE(target_.Has("work"));
   transport_->Heal();
-  r = driver_->Recover(spec_, r, [](const MigrationReport&) {});
+  r = driver_->Recover(spec_, r, SourceJournal());
   EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
   ExpectRunsOnceOn(source_, 42);
 }
@@ -572,8 +626,7 @@ class LedgerMigrationTest : public MigrationTest {
     driver_ = std::make_unique<MigrationDriver>(source_engine_, *transport_, clock_, dopts);
   }
   MigrationReport Recover(MigrationReport r) {
-    return driver_->Recover(spec_, std::move(r),
-                            [this](const MigrationReport& rep) { phases_.push_back(rep.phase); });
+    return driver_->Recover(spec_, std::move(r), SourceJournal());
   }
   FakeLedger ledger_;
 };
@@ -931,6 +984,137 @@ TEST_F(MigrationTest, TargetRestartAbortsARestoredCopyWhoseTaskIsGone) {
   incoming_->Recover(records);
   EXPECT_EQ(asked, 0);
   EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kAborted);
+}
+
+// ---- durable writes (issue 13, holes 1 and 2) ---------------------------------
+// A journal, verdict or record that cannot be written is not acted on; after
+// every failure the workload runs exactly once.
+
+TEST_F(MigrationTest, SourceJournalThatCannotBeWrittenFailsBeforeAnythingIsAsked) {
+  source_write_fails_ = [](const MigrationReport&) { return true; };  // disk full
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_NE(r.error.message().find("No space left"), std::string::npos) << r.error.ToString();
+  EXPECT_EQ(source_.Calls("Pause"), 0);  // never frozen
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+  EXPECT_TRUE(target_phases_.empty());  // the target never heard of it
+}
+
+TEST_F(MigrationTest, JournalThatCannotRecordTheCheckpointNeverFreezes) {
+  source_write_fails_ = [](const MigrationReport& rep) {
+    return rep.phase == MigrationPhase::kCheckpointing;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_EQ(source_.Calls("Pause"), 0);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();  // the prepared target was aborted
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kAborted);
+}
+
+TEST_F(MigrationTest, JournalThatCannotRecordTheTransferRollsBack) {
+  source_write_fails_ = [](const MigrationReport& rep) {
+    return rep.phase == MigrationPhase::kTransferring;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, JournalThatCannotRecordTheCommitNeverCommits) {
+  source_write_fails_ = [](const MigrationReport& rep) {
+    return rep.phase == MigrationPhase::kCommitting;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_EQ(std::count(target_phases_.begin(), target_phases_.end(), TargetPhase::kCommitted), 0);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(LedgerMigrationTest, JournalThatCannotRecordTheCommitNeverTransfers) {
+  source_write_fails_ = [](const MigrationReport& rep) {
+    return rep.phase == MigrationPhase::kCommitting;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_EQ(ledger_.Count("Transfer"), 0);
+  EXPECT_EQ(ledger_.node, "node1");
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, TargetThatCannotRecordThePrepareRefusesIt) {
+  target_write_fails_ = [](const IncomingRecord&) { return true; };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed);
+  EXPECT_EQ(source_.Calls("Pause"), 0);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+}
+
+TEST_F(MigrationTest, TargetThatCannotRecordTheRestoreAbortsItsCopy) {
+  target_write_fails_ = [](const IncomingRecord& rec) {
+    return rec.phase == TargetPhase::kRestored;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+  // A restart of the target changes nothing.
+  RestartTarget();
+  ExpectRunsOnceOn(source_, 42);
+  EXPECT_FALSE(target_.Has("work"));
+}
+
+TEST_F(MigrationTest, CommitVerdictThatCannotBeWrittenIsNotGiven) {
+  target_write_fails_ = [](const IncomingRecord& rec) {
+    return rec.phase == TargetPhase::kCommitted;
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_TRUE(adopted_.empty());
+  ExpectRunsOnceOn(source_, 42);
+  // The target restarts over what it wrote: still exactly one copy.
+  RestartTarget();
+  ExpectRunsOnceOn(source_, 42);
+  EXPECT_FALSE(target_.Has("work"));
+}
+
+TEST_F(MigrationTest, OracleCommitThatCannotBeWrittenKeepsTheCopyUncommitted) {
+  UseTargetOracle([](const IncomingRecord&) -> StatusOr<bool> { return true; });
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kResolving);
+  target_write_fails_ = [](const IncomingRecord& rec) {
+    return rec.phase == TargetPhase::kCommitted;
+  };
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_TRUE(adopted_.empty());
+  target_write_fails_ = nullptr;  // the disk has room again
+  incoming_->ExpireIdle();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+}
+
+TEST_F(MigrationTest, RollbackOfATargetThatCommittedDoesNotThaw) {
+  // The target committed and the source heard nothing; its journal says an
+  // earlier phase (written by an agent that ignored a failed journal write).
+  transport_->DropResponse("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  transport_->Heal();
+  r.phase = MigrationPhase::kTransferring;
+  r = driver_->Recover(spec_, r, SourceJournal());
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
 }
 
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {

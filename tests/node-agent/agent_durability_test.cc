@@ -1,0 +1,253 @@
+// The agent's durable writes (issue 13, holes 1 and 2): two agents on fake
+// runtimes (node0 sends, node1 receives, over the fake transport), their
+// state dirs on the real filesystem. A write is made to fail for real: a
+// directory squats on the temporary file WriteFileAtomic writes first, or a
+// regular file stands where a state directory should be (open, or mkdir of
+// the parent, then fails, as on a full or broken disk). A "crash" is the
+// agent object destroyed and a new one started over the same state dir and
+// the same runtime (containerd keeps running across an agent restart).
+// After every scenario the workload runs exactly once.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "agent.h"
+#include "fakes/fake_clock.h"
+#include "fakes/fake_runtime.h"
+#include "fakes/fake_transport.h"
+#include "kmosix/stop_and_copy.h"
+
+namespace kmosix::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::FakeClock;
+using testing::FakeRuntime;
+using testing::FakeTransport;
+
+constexpr char kImage[] = "kmosix.local/demo:latest";
+
+class AgentDurabilityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("kmx-durability-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    runtime0_.AddImage(kImage);
+    runtime1_.AddImage(kImage);
+    no_peer_.SetNotAnAgent();
+    StartTarget();
+    StartSource();
+    api::WorkloadSpec spec;
+    spec.name = "work";
+    spec.image = kImage;
+    auto created = source_->CreateWorkload(spec);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    for (int i = 0; i < 42; ++i) runtime0_.Tick("work");
+  }
+  void TearDown() override {
+    source_.reset();
+    target_.reset();
+    if (tmpfs_mounted_) ::umount2(TmpfsDir().c_str(), MNT_DETACH);
+    fs::remove_all(root_);
+  }
+
+  AgentOptions Options(const std::string& node) {
+    AgentOptions opts;
+    opts.node = node;
+    opts.advertise_url = "http://" + node + ":7700";
+    opts.state_dir = state_dir_override_.count(node) ? state_dir_override_[node]
+                                                     : (root_ / node / "state").string();
+    opts.scratch_dir = root_ / node / "scratch";
+    opts.resolve_timeout = std::chrono::seconds(5);
+    return opts;
+  }
+  // (Re)starts node1 over its state dir; node0's transport follows it.
+  void StartTarget() {
+    target_.reset();
+    target_ = std::make_unique<Agent>(Options("node1"), runtime1_, engine1_, no_peer_, clock_,
+                                      random_, nullptr);
+    ASSERT_TRUE(target_->Start().ok());
+    to_node1_ = std::make_unique<FakeTransport>(&target_->Target());
+    if (source_) StartSource();
+  }
+  // (Re)starts node0 over its state dir.
+  void StartSource() {
+    source_.reset();
+    source_ = std::make_unique<Agent>(Options("node0"), runtime0_, engine0_, *to_node1_, clock_,
+                                      random_, nullptr);
+    ASSERT_TRUE(source_->Start().ok());
+  }
+  StatusOr<MigrationReport> Migrate() {
+    return source_->Migrate("work", api::AgentMigrateRequest{.target = "http://node1:7700"});
+  }
+  fs::path State(const std::string& node) { return Options(node).state_dir; }
+  // A directory where WriteFileAtomic(path) makes its temporary file.
+  void BlockWrite(const fs::path& path) {
+    fs::create_directories(path.string() + ".tmp");
+    fs::create_directories(path.string() + ".tmp/x");  // and not an empty one
+  }
+  void UnblockWrite(const fs::path& path) { fs::remove_all(path.string() + ".tmp"); }
+  // A regular file where state directory `dir` should be.
+  void BreakDir(const fs::path& dir) {
+    fs::remove_all(dir);
+    std::ofstream(dir) << "not a directory\n";
+  }
+  void RepairDir(const fs::path& dir) {
+    fs::remove(dir);
+    fs::create_directories(dir);
+    fs::permissions(dir, fs::perms::owner_all);
+  }
+  fs::path TmpfsDir() { return root_ / "tmpfs"; }
+
+  // The invariant: exactly one running copy, carrying the state it had.
+  void ExpectRunsOnceOn(FakeRuntime& where, int64_t counter) {
+    int running = (runtime0_.State("work") == TaskState::kRunning) +
+                  (runtime1_.State("work") == TaskState::kRunning);
+    EXPECT_EQ(running, 1) << "node0 " << TaskStateName(runtime0_.State("work")) << ", node1 "
+                          << TaskStateName(runtime1_.State("work"));
+    EXPECT_EQ(where.State("work"), TaskState::kRunning);
+    EXPECT_EQ(where.Counter("work"), counter);
+  }
+
+  fs::path root_;
+  std::map<std::string, std::string> state_dir_override_;
+  bool tmpfs_mounted_ = false;
+  FakeClock clock_;
+  SystemRandom random_;
+  FakeRuntime runtime0_{"node0", "/tmp/kmx-durability-layers-" + std::to_string(::getpid())};
+  FakeRuntime runtime1_{"node1", "/tmp/kmx-durability-layers-" + std::to_string(::getpid())};
+  StopAndCopyEngine engine0_{runtime0_, clock_};
+  StopAndCopyEngine engine1_{runtime1_, clock_};
+  FakeTransport no_peer_{nullptr};
+  std::unique_ptr<Agent> target_;
+  std::unique_ptr<FakeTransport> to_node1_;
+  std::unique_ptr<Agent> source_;
+};
+
+// Hole 2: the source cannot write its journal: the migration fails before
+// the freeze and the workload runs on, untouched.
+TEST_F(AgentDurabilityTest, SourceThatCannotJournalTheMigrationNeverFreezesIt) {
+  BreakDir(State("node0") / "migrations" / "out");
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->phase, MigrationPhase::kFailed);
+  EXPECT_EQ(done->error.code(), Code::kFailed) << done->error.ToString();
+  EXPECT_EQ(runtime0_.Calls("Pause"), 0);
+  EXPECT_FALSE(runtime1_.Has("work"));
+  ExpectRunsOnceOn(runtime0_, 42);
+  auto got = source_->GetWorkload("work");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->state, "running");
+  // A restart with the disk repaired finds the workload as it was.
+  RepairDir(State("node0") / "migrations" / "out");
+  StartSource();
+  source_->Tick();
+  ExpectRunsOnceOn(runtime0_, 42);
+  EXPECT_EQ(source_->GetWorkload("work")->state, "running");
+}
+
+// Hole 2, target side: it cannot record the incoming migration, so it
+// refuses the offer; nothing is frozen.
+TEST_F(AgentDurabilityTest, TargetThatCannotRecordTheOfferRefusesIt) {
+  BreakDir(State("node1") / "migrations" / "in");
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->phase, MigrationPhase::kFailed) << done->error.ToString();
+  EXPECT_EQ(runtime0_.Calls("Pause"), 0);
+  EXPECT_FALSE(runtime1_.Has("work"));
+  ExpectRunsOnceOn(runtime0_, 42);
+  EXPECT_FALSE(target_->Local("work").has_value());  // the name is free again
+}
+
+// Hole 2, target side: the Committed verdict cannot be written, so it is not
+// given: the target aborts its copy and the source runs the workload on.
+TEST_F(AgentDurabilityTest, TargetThatCannotRecordItsCommitVerdictDoesNotGiveIt) {
+  // Once the copy runs there, the incoming record cannot be written again
+  // (the id is random: the blocks go in right after the restore answers).
+  class BlockOnRestore : public FakeTransport {
+   public:
+    BlockOnRestore(MigrationTarget* t, std::function<void()> f)
+        : FakeTransport(t), on_restore_(std::move(f)) {}
+    StatusOr<RestoreReport> Restore(const std::string& url, const std::string& id) override {
+      auto r = FakeTransport::Restore(url, id);
+      on_restore_();
+      return r;
+    }
+
+   private:
+    std::function<void()> on_restore_;
+  };
+  const fs::path in = State("node1") / "migrations" / "in";
+  BlockOnRestore transport(&target_->Target(), [&] {
+    std::vector<fs::path> records;
+    for (const auto& e : fs::directory_iterator(in)) records.push_back(e.path());
+    for (const auto& r : records) BlockWrite(r);
+  });
+  source_.reset();
+  source_ = std::make_unique<Agent>(Options("node0"), runtime0_, engine0_, transport, clock_,
+                                    random_, nullptr);
+  ASSERT_TRUE(source_->Start().ok());
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->phase, MigrationPhase::kRolledBack) << done->error.ToString();
+  ExpectRunsOnceOn(runtime0_, 42);
+  EXPECT_FALSE(runtime1_.Has("work"));
+  // The target restarts over what it wrote: still exactly one copy.
+  source_.reset();
+  std::vector<fs::path> blocks;
+  for (const auto& e : fs::directory_iterator(in)) {
+    if (fs::is_directory(e.path())) blocks.push_back(e.path());
+  }
+  for (const auto& b : blocks) fs::remove_all(b);
+  StartTarget();
+  ExpectRunsOnceOn(runtime0_, 42);
+  EXPECT_FALSE(target_->Local("work").has_value());
+}
+
+// Hole 2 with a real full disk (ENOSPC): the source's state dir on a small
+// tmpfs filled to the last byte. Needs root (mount).
+TEST_F(AgentDurabilityTest, SourceOnAFullDiskNeverFreezes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "SKIPPED: mounting a tmpfs needs root";
+  fs::create_directories(TmpfsDir());
+  if (::mount("tmpfs", TmpfsDir().c_str(), "tmpfs", 0, "size=1m,mode=0700") != 0) {
+    GTEST_SKIP() << "SKIPPED: cannot mount a tmpfs: " << std::strerror(errno);
+  }
+  tmpfs_mounted_ = true;
+  // node0 again, its state on the tmpfs (the workload recreated there).
+  source_.reset();
+  ASSERT_TRUE(runtime0_.Delete("work").ok());
+  state_dir_override_["node0"] = (TmpfsDir() / "state").string();
+  StartSource();
+  api::WorkloadSpec spec;
+  spec.name = "work";
+  spec.image = kImage;
+  ASSERT_TRUE(source_->CreateWorkload(spec).ok());
+  for (int i = 0; i < 42; ++i) runtime0_.Tick("work");
+  {
+    std::ofstream fill(TmpfsDir() / "fill", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (fill.write(block.data(), block.size())) {
+    }
+  }
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->phase, MigrationPhase::kFailed);
+  EXPECT_NE(done->error.message().find("No space left on device"), std::string::npos)
+      << done->error.ToString();
+  EXPECT_EQ(runtime0_.Calls("Pause"), 0);
+  EXPECT_FALSE(runtime1_.Has("work"));
+  ExpectRunsOnceOn(runtime0_, 42);
+}
+
+}  // namespace
+}  // namespace kmosix::agent
