@@ -108,6 +108,12 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
   };
   hooks.adopt = [this](const MigrationOffer& offer, uint32_t) -> Status {
     std::lock_guard lock(mu_);
+    if (auto it = workloads_.find(offer.spec.name);
+        it != workloads_.end() && it->second.state != "incoming") {
+      // Start found the verdict not marked adopted, but the record was
+      // written (loaded above): keep it as it is.
+      return Status::Ok();
+    }
     Workload& w = workloads_[offer.spec.name];
     w.spec = offer.spec;
     w.state = "running";
@@ -234,6 +240,8 @@ Status Agent::Start() {
     }
     incoming.push_back(*r);
   }
+  // Before the orphan sweep below: a Committed verdict without a workload
+  // record (a crash in between) is adopted here, never deleted as unowned.
   incoming_->Recover(std::move(incoming));
 
   for (const auto& path : ListFiles(options_.state_dir + "/migrations/out", ".json")) {

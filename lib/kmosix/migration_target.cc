@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "kmosix/spec_json.h"
@@ -33,6 +34,7 @@ nlohmann::json IncomingRecordToJson(const IncomingRecord& r) {
           {"updatedMs", r.updated_ms},
           {"pid", r.pid},
           {"error", r.error},
+          {"adopted", r.adopted},
           {"bytes", r.stats.bytes},
           {"files", r.stats.files},
           {"landing", sections}};
@@ -48,6 +50,9 @@ StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j) {
     r.updated_ms = j.at("updatedMs").get<int64_t>();
     r.pid = j.at("pid").get<uint32_t>();
     r.error = j.at("error").get<std::string>();
+    // Absent in records of older agents: taken as not adopted (a restart
+    // asks the registry, which keeps a record it already has).
+    r.adopted = j.value("adopted", false);
     r.stats.bytes = j.at("bytes").get<uint64_t>();
     r.stats.files = j.at("files").get<uint64_t>();
     for (const auto& s : j.at("landing")) {
@@ -269,20 +274,32 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
 
 Status IncomingMigrations::CommitLocked(Entry& e) {
   IncomingRecord& r = e.record;
+  r.adopted = false;  // until the registry has written its record
   if (Status s = Save(r, TargetPhase::kCommitted); !s.ok()) {
     // A verdict that cannot be remembered is not given: still Restored.
     return RetryError(s.message() + "; not committed");
   }
   ReleaseIntake(r.offer.id);
+  AdoptLocked(e, "committed");
+  return Status::Ok();
+}
+
+void IncomingMigrations::AdoptLocked(Entry& e, const std::string& when) {
+  IncomingRecord& r = e.record;
   if (hooks_.adopt) {
     if (Status s = hooks_.adopt(r.offer, r.pid); !s.ok()) {
       spdlog::error(
-          "incoming migration {} of {}: committed, but the workload record was not written "
-          "({}); the next start completes it from the verdict",
-          r.offer.id, r.offer.spec.name, s.ToString());
+          "incoming migration {} of {} ({}): the workload record was not written ({}); the "
+          "next start completes it from the Committed verdict",
+          r.offer.id, r.offer.spec.name, when, s.ToString());
+      return;
     }
   }
-  return Status::Ok();
+  r.adopted = true;
+  if (Status s = Save(r, TargetPhase::kCommitted); !s.ok()) {
+    // The next start asks the registry again, which keeps the record it has.
+    r.adopted = false;
+  }
 }
 
 bool IncomingMigrations::AskOracleLocked(Entry& e, const std::string& when) {
@@ -393,6 +410,13 @@ std::vector<std::string> IncomingMigrations::ForgetFinished(Clock::Duration age)
 }
 
 void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
+  // Only the newest record of a workload name can name the copy running
+  // under that name now (an older Committed one's copy may have left since).
+  std::map<std::string, int64_t> newest;
+  for (const auto& record : records) {
+    auto [it, inserted] = newest.emplace(record.offer.spec.name, record.updated_ms);
+    if (!inserted) it->second = std::max(it->second, record.updated_ms);
+  }
   for (auto& record : records) {
     auto e = std::make_shared<Entry>();
     e->record = std::move(record);
@@ -402,6 +426,26 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
       entries_[e->record.offer.id] = e;
     }
     std::lock_guard lock(e->mu);
+    IncomingRecord& r = e->record;
+    if (r.phase == TargetPhase::kCommitted && !r.adopted &&
+        r.updated_ms >= newest[r.offer.spec.name]) {
+      // The verdict was written but the registry's record maybe not (the
+      // agent died in between): this node owns the committed copy; complete
+      // the record, never take the copy for an orphan.
+      auto info = runtime_.Inspect(r.offer.spec.name);
+      if (!info.ok() && info.status().code() == Code::kNotFound) {
+        spdlog::warn("incoming migration {} of {}: committed, but its copy is gone", r.offer.id,
+                     r.offer.spec.name);
+        continue;
+      }
+      // Unsure (the runtime cannot say): adopt; a record whose container is
+      // gone is marked lost, a container nobody records would be deleted.
+      if (info.ok()) r.pid = info->pid;
+      spdlog::warn("incoming migration {} of {}: committed before a restart; adopting its copy",
+                   r.offer.id, r.offer.spec.name);
+      AdoptLocked(*e, "agent restarted after the commit");
+      continue;
+    }
     if (IsFinalPhase(e->record.phase)) continue;
     if (hooks_.reserve) (void)hooks_.reserve(e->record.offer.spec.name);
     if (e->record.phase == TargetPhase::kRestored && hooks_.owned_here) {

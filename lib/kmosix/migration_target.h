@@ -34,7 +34,8 @@
 //   Aborted      acted on even if not written: a record left in any phase
 //                before Committed recovers to Aborted.
 // A workload record that adopt could not write after the Committed verdict
-// was written does not undo the commit (the verdict stands and is answered).
+// was written does not undo the commit (the verdict stands and is answered):
+// the record stays Committed, not adopted, and Recover completes it (below).
 #pragma once
 
 #include <functional>
@@ -62,6 +63,9 @@ struct IncomingRecord {
   uint32_t pid = 0;
   std::string error;
   TransferStats stats;
+  // Committed: the registry recorded the workload (Hooks::adopt answered
+  // ok). A Committed record not adopted is completed by Recover.
+  bool adopted = false;
 };
 nlohmann::json IncomingRecordToJson(const IncomingRecord& r);
 StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j);
@@ -87,7 +91,9 @@ class IncomingMigrations final : public MigrationTarget {
     std::function<void(const std::string& name)> unreserve;
     // The migration committed (its verdict is written): the workload now
     // runs here; records it durably in the registry. Ok once written; an
-    // error: not written (logged; the commit stands).
+    // error: not written (logged; the commit stands, and Recover asks
+    // again). Also called by Recover for a record not known to be adopted:
+    // a registry that already records the workload keeps its record (ok).
     std::function<Status(const MigrationOffer& offer, uint32_t pid)> adopt;
     // Durably records a record's new phase (called before acting on it and
     // before answering). Ok once written; an error (e.g. disk full): not
@@ -128,7 +134,13 @@ class IncomingMigrations final : public MigrationTarget {
   // refuses a late Prepare of its id.
   std::vector<std::string> ForgetFinished(Clock::Duration age);
   // After a restart: takes back persisted records. Unfinished ones are
-  // aborted (their source resumes the workload); committed ones are kept.
+  // aborted (their source resumes the workload); committed ones are kept,
+  // and one not adopted yet (the agent died between writing the verdict and
+  // the workload record, or the record's write failed) is adopted now
+  // (Hooks::adopt, which must keep a record it already has), unless a newer
+  // record names the same workload or the runtime says its container is
+  // gone: this node owns the committed copy, and its source has released
+  // its own.
   // With an owned_here oracle, a Restored one whose task still runs is put to
   // it (commit / abort / keep asking, as in ExpireIdle).
   void Recover(std::vector<IncomingRecord> records);
@@ -148,6 +160,9 @@ class IncomingMigrations final : public MigrationTarget {
   // Records Committed and adopts. Caller holds e.mu; the record is Restored.
   // kRetry if the verdict could not be written (still Restored, not adopted).
   Status CommitLocked(Entry& e);
+  // Hooks::adopt, then records the verdict adopted (logs what it could not
+  // write). Caller holds e.mu; the record is Committed.
+  void AdoptLocked(Entry& e, const std::string& when);
   // Gives back the intake slot and prefault grant of a migration.
   void ReleaseIntake(const std::string& id);
   // Puts a Restored record to the owned_here oracle and acts on the answer:

@@ -134,6 +134,34 @@ class AgentDurabilityTest : public ::testing::Test {
   std::unique_ptr<Agent> source_;
 };
 
+// Hole 1: the target persisted its Committed verdict but not the workload
+// record (the record write failed, as if it had died right there), and the
+// source released its copy. At its next start the target completes the
+// record from the verdict instead of deleting the container as "unowned".
+TEST_F(AgentDurabilityTest, TargetWithoutTheWorkloadRecordAdoptsTheCommittedCopyAtRestart) {
+  const fs::path record = State("node1") / "workloads" / "work.json";
+  BlockWrite(record);
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kSucceeded) << done->error.ToString();
+  EXPECT_FALSE(runtime0_.Has("work"));  // the source released its copy
+  ASSERT_FALSE(fs::exists(record));
+  // The target dies; it comes back over the same state dir and containerd.
+  UnblockWrite(record);
+  StartTarget();
+  ExpectRunsOnceOn(runtime1_, 42);
+  auto got = target_->GetWorkload("work");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->state, "running");
+  EXPECT_EQ(got->migrations, std::vector<std::string>{done->id});
+  EXPECT_TRUE(fs::exists(record));
+  // And once more: nothing changes.
+  StartTarget();
+  ExpectRunsOnceOn(runtime1_, 42);
+  EXPECT_TRUE(target_->GetWorkload("work").ok());
+  EXPECT_EQ(target_->WorkloadCount(), 1u);
+}
+
 // Hole 2: the source cannot write its journal: the migration fails before
 // the freeze and the workload runs on, untouched.
 TEST_F(AgentDurabilityTest, SourceThatCannotJournalTheMigrationNeverFreezesIt) {

@@ -1117,6 +1117,42 @@ TEST_F(MigrationTest, RollbackOfATargetThatCommittedDoesNotThaw) {
   ExpectRunsOnceOn(target_, 42);
 }
 
+TEST_F(MigrationTest, TargetThatDiesAfterItsCommitVerdictAdoptsTheCopyAtRestart) {
+  // The target persists Committed, then dies before its registry records the
+  // workload; the source hears Committed and releases its copy.
+  die_after_ = [](const IncomingRecord& rec) { return rec.phase == TargetPhase::kCommitted; };
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ASSERT_FALSE(source_.Has("work"));
+  ASSERT_TRUE(adopted_.empty());
+  RestartTarget();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});  // the registry owns it now
+  ExpectRunsOnceOn(target_, 42);
+  // Adopted once: a second restart does not adopt it again.
+  RestartTarget();
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+}
+
+TEST_F(MigrationTest, RecordThatCannotBeWrittenAtTheCommitIsCompletedAtRestart) {
+  adopt_fails_ = true;  // the workload record cannot be written
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ASSERT_TRUE(adopted_.empty());
+  adopt_fails_ = false;
+  RestartTarget();
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(MigrationTest, CommittedRecordWithoutACopyIsNotAdoptedAtRestart) {
+  die_after_ = [](const IncomingRecord& rec) { return rec.phase == TargetPhase::kCommitted; };
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kSucceeded);
+  ASSERT_TRUE(target_.Delete("work").ok());  // gone while the agent was down
+  RestartTarget();
+  EXPECT_TRUE(adopted_.empty());
+}
+
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
   transport_->CutTransfer();
   MigrationReport r = Migrate();
