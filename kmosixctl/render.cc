@@ -342,6 +342,10 @@ std::string RenderWorkloads(const json& list, const RenderOptions&) {
     if (JBool(spec, "pinned")) flags.push_back("pinned");
     if (!JBool(spec, "migratable", true)) flags.push_back("no-migrate");
     if (!JStr(st, "migration").empty()) flags.push_back("migrating(" + JStr(st, "migration") + ")");
+    if (JNum(st, "restarts") > 0) {
+      flags.push_back("restarted(" + std::to_string(static_cast<int64_t>(JNum(st, "restarts"))) +
+                      ")");
+    }
     const json& moves = JObj(st, "migrations");
     std::string message;
     if (phase != "Running" && phase != "Migrating") message = Shorten(JStr(st, "message"), 70);
@@ -395,6 +399,10 @@ std::string RenderWorkload(const json& w, const RenderOptions&) {
     kv.push_back({"Moves", std::to_string(ids.size()) + " (" + Join(ids, ", ") + ")"});
   }
   if (Has(w, "ageSeconds")) kv.push_back({"Age", FormatAge(JNum(w, "ageSeconds"))});
+  if (JNum(st, "restarts") > 0) {
+    kv.push_back({"Restarts", std::to_string(static_cast<int64_t>(JNum(st, "restarts"))) +
+                                  " (its task died or vanished; see Message)"});
+  }
   if (!JStr(st, "message").empty()) kv.push_back({"Message", JStr(st, "message")});
   return KeyValues(kv);
 }

@@ -52,6 +52,21 @@ StatusOr<ContainerSpec> SpecFromRecord(const json& j) {
   return spec;
 }
 
+// Why a task that stopped by itself stopped, for the restart record.
+std::string ExitReason(uint32_t status) {
+  std::string why = "exited with status " + std::to_string(status);
+  if (status > 128 && status <= 128 + 64) {
+    const uint32_t sig = status - 128;
+    why += " (signal " + std::to_string(sig);
+    if (sig == 9) why += ", SIGKILL: killed, e.g. by the OOM killer";
+    if (sig == 15) why += ", SIGTERM";
+    if (sig == 11) why += ", SIGSEGV";
+    if (sig == 6) why += ", SIGABRT";
+    why += ")";
+  }
+  return why;
+}
+
 // A JSON object stored by this agent; an error if unreadable or malformed.
 StatusOr<json> ReadRecord(const std::string& path) {
   KMX_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
@@ -121,6 +136,7 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
     w.created_ms = offer.created_ms > 0 ? offer.created_ms : w.started_ms;
     w.migrations = offer.history;
     w.migrations.push_back(offer.id);
+    w.running_since = clock_.Now();
     return WriteWorkload(w);
   };
   // The target logs a failed write and acts on it (migration_target.h).
@@ -154,6 +170,11 @@ Status Agent::WriteWorkload(const Workload& w) {
   if (w.managed) {
     j["managed"] = true;
     j["epoch"] = w.epoch;
+  }
+  if (w.restarts > 0 || !w.last_restart_reason.empty()) {
+    j["restarts"] = w.restarts;
+    j["lastRestartMs"] = w.last_restart_ms;
+    j["lastRestartReason"] = w.last_restart_reason;
   }
   return WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2));
 }
@@ -214,6 +235,7 @@ Status Agent::Start() {
     const json& j = *record;
     Workload w;
     w.spec = *spec;
+    w.running_since = clock_.Now();
     try {
       w.state = j.value("state", "running");
       w.created_ms = j.value("createdMs", int64_t{0});
@@ -221,6 +243,9 @@ Status Agent::Start() {
       w.migrations = j.value("migrations", std::vector<std::string>{});
       w.managed = j.value("managed", false);
       w.epoch = j.value("epoch", int64_t{0});
+      w.restarts = j.value("restarts", 0);
+      w.last_restart_ms = j.value("lastRestartMs", int64_t{0});
+      w.last_restart_reason = j.value("lastRestartReason", std::string());
     } catch (const json::exception& e) {
       spdlog::error("ignoring workload record {}: {}", path, e.what());
       continue;
@@ -273,31 +298,227 @@ Status Agent::Start() {
       (void)runtime_.Delete(name);
     }
   }
-  std::lock_guard lock(mu_);
-  for (auto& [name, w] : workloads_) {
-    if (w.state == "incoming") continue;
-    auto info = runtime_.Inspect(name);
-    if (!info.ok() && info.status().code() == Code::kNotFound) {
-      spdlog::error("workload {} has no container any more: marking it lost", name);
-      w.state = "lost";
-      SaveWorkload(w);
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [name, w] : workloads_) {
+      if (w.state == "incoming") continue;
+      auto info = runtime_.Inspect(name);
+      if (!info.ok() && info.status().code() == Code::kNotFound) {
+        spdlog::error("workload {} has no container any more: marking it lost", name);
+        w.state = "lost";
+        SaveWorkload(w);
+      }
     }
   }
   last_retry_ = clock_.Now() - std::chrono::hours(1);
   last_prune_ = clock_.Now();
+  // After a reboot or a containerd restart the tasks may be gone.
+  last_reconcile_ = clock_.Now();
+  ReconcileTasks();
   return Status::Ok();
 }
 
+namespace {
+// Runs one upkeep step; an exception is logged, never thrown to the caller
+// (the agent's upkeep thread).
+template <typename F>
+void Guarded(const char* step, F f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    spdlog::error("agent upkeep ({}): unexpected exception: {}", step, e.what());
+  } catch (...) {
+    spdlog::error("agent upkeep ({}): unexpected exception", step);
+  }
+}
+}  // namespace
+
 void Agent::Tick() {
-  incoming_->ExpireIdle();
+  Guarded("expire incoming migrations", [&] { incoming_->ExpireIdle(); });
   if (clock_.Now() - last_retry_ >= std::chrono::seconds(5)) {
     last_retry_ = clock_.Now();
-    RetryUnresolved();
+    Guarded("resolve outgoing migrations", [&] { RetryUnresolved(); });
   }
   if (clock_.Now() - last_prune_ >= std::chrono::minutes(1)) {
     last_prune_ = clock_.Now();
-    ForgetOldMigrations();
+    Guarded("forget old migrations", [&] { ForgetOldMigrations(); });
   }
+  if (clock_.Now() - last_reconcile_ >= options_.reconcile_interval) {
+    last_reconcile_ = clock_.Now();
+    Guarded("restart workloads", [&] { ReconcileTasks(); });
+  }
+}
+
+void Agent::ReconcileTasks() {
+  std::vector<std::string> names;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [name, w] : workloads_) names.push_back(name);
+  }
+  for (const auto& name : names) {
+    // One workload's surprise must not starve the others.
+    Guarded("restart a workload", [&] { ReconcileTask(name); });
+  }
+}
+
+void Agent::ReconcileTask(const std::string& name) {
+  auto lock = LockFor(name);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return;  // a migration, start or delete of it is under way
+  Workload w;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end()) return;
+    w = it->second;
+  }
+  const bool lost_unmanaged = w.state == "lost" && !w.managed;
+  if (w.state != "running" && w.state != "restarting" && !lost_unmanaged) return;
+  auto info = runtime_.Inspect(name);
+  std::string why;
+  if (info.ok()) {
+    switch (info->state) {
+      case TaskState::kStopped:
+        if (info->exit_status == 0 && w.state == "running") {
+          spdlog::info("workload {} on {} exited with status 0: done, not restarted", name,
+                       options_.node);
+          std::lock_guard l(mu_);
+          auto it = workloads_.find(name);
+          if (it != workloads_.end()) {
+            it->second.state = "exited";
+            SaveWorkload(it->second);
+          }
+          return;
+        }
+        why = ExitReason(info->exit_status);
+        break;
+      case TaskState::kNone:
+        why = "its task is gone (node rebooted, or containerd lost it)";
+        break;
+      default:  // running, paused, created: it lives; unknown: cannot say
+        if (w.state == "restarting" && info->state == TaskState::kRunning) {
+          std::lock_guard l(mu_);
+          auto it = workloads_.find(name);
+          if (it != workloads_.end()) {
+            it->second.state = "running";
+            SaveWorkload(it->second);
+          }
+        }
+        return;
+    }
+  } else if (info.status().code() == Code::kNotFound) {
+    if (w.managed) {
+      if (w.state != "lost") {
+        spdlog::error("managed workload {} has no container any more: marking it lost", name);
+        std::lock_guard l(mu_);
+        auto it = workloads_.find(name);
+        if (it != workloads_.end()) {
+          it->second.state = "lost";
+          SaveWorkload(it->second);
+        }
+      }
+      return;  // the cluster link starts it afresh once the cluster agrees
+    }
+    why = "its container vanished";
+  } else {
+    return;  // the runtime cannot say (unreachable): nothing is verified, nothing done
+  }
+
+  const Clock::TimePoint now = clock_.Now();
+  if (w.state == "running" || w.state == "lost") {
+    // Newly found dead: decide when to start it again.
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end()) return;
+    Workload& cur = it->second;
+    if (now - cur.running_since >= options_.restart_reset) cur.crash_streak = 0;
+    Clock::Duration delay{0};
+    if (cur.crash_streak > 0) {
+      delay = options_.restart_backoff;
+      for (int i = 1; i < cur.crash_streak && delay < options_.restart_backoff_max; ++i) delay *= 2;
+      delay = std::min(delay, options_.restart_backoff_max);
+    }
+    cur.state = "restarting";
+    cur.pending_reason = why;
+    cur.last_restart_reason = why;
+    cur.next_restart = now + delay;
+    cur.next_restart_ms =
+        clock_.WallMillis() + std::chrono::duration_cast<std::chrono::milliseconds>(delay).count();
+    SaveWorkload(cur);
+    spdlog::warn("workload {} on {}: {}; starting it again {}", name, options_.node, why,
+                 delay.count() == 0
+                     ? std::string("now")
+                     : fmt::format("in {:.0f} s (crash loop back-off)", Seconds(delay)));
+    w = cur;
+  }
+  if (now < w.next_restart) return;
+  RestartLocked(name, w.pending_reason.empty() ? w.last_restart_reason : w.pending_reason);
+}
+
+void Agent::RestartLocked(const std::string& name, const std::string& why) {
+  Workload w;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end()) return;
+    w = it->second;
+  }
+  if (w.managed) {
+    // Never a second copy: only the owner the cluster names starts it again.
+    if (!cluster_.may_restart) {
+      spdlog::error("managed workload {} is dead but this agent is not in cluster mode: left so",
+                    name);
+      return;
+    }
+    auto owner = cluster_.may_restart(name, w.epoch);
+    if (!owner.ok()) {
+      spdlog::warn("workload {}: cannot ask the cluster whether to restart it here: {}", name,
+                   owner.status().ToString());
+      return;  // next round
+    }
+    if (!*owner) {
+      spdlog::warn("workload {}: the cluster does not name {} its owner; not restarting it", name,
+                   options_.node);
+      return;
+    }
+  }
+  // Whatever is left (a stopped task, the container, its snapshot) goes; the
+  // workload starts afresh from its image, its log appended to.
+  Status s = runtime_.Delete(name).Annotate("delete the dead container");
+  if (s.ok()) s = runtime_.CreateContainer(w.spec).Annotate("create container");
+  if (s.ok()) s = runtime_.StartTask(name).Annotate("start task");
+  const Clock::TimePoint now = clock_.Now();
+  std::lock_guard l(mu_);
+  auto it = workloads_.find(name);
+  if (it == workloads_.end()) return;
+  Workload& cur = it->second;
+  cur.crash_streak = std::min(cur.crash_streak + 1, 30);
+  if (s.ok()) {
+    cur.state = "running";
+    cur.restarts++;
+    cur.last_restart_ms = clock_.WallMillis();
+    cur.last_restart_reason = why;
+    cur.pending_reason.clear();
+    cur.started_ms = cur.last_restart_ms;
+    cur.running_since = now;
+    cur.next_restart_ms = 0;
+    SaveWorkload(cur);
+    spdlog::warn("workload {} restarted on {} (restart {}): {}", name, options_.node, cur.restarts,
+                 why);
+    return;
+  }
+  Clock::Duration delay = options_.restart_backoff;
+  for (int i = 1; i < cur.crash_streak && delay < options_.restart_backoff_max; ++i) delay *= 2;
+  delay = std::min(delay, options_.restart_backoff_max);
+  cur.state = "restarting";
+  cur.pending_reason = why;
+  cur.last_restart_reason = why + "; starting it again failed: " + s.ToString();
+  cur.next_restart = now + delay;
+  cur.next_restart_ms =
+      clock_.WallMillis() + std::chrono::duration_cast<std::chrono::milliseconds>(delay).count();
+  SaveWorkload(cur);
+  spdlog::error("workload {} on {}: starting it again failed ({}); next attempt in {:.0f} s", name,
+                options_.node, s.ToString(), Seconds(delay));
 }
 
 void Agent::ForgetOldMigrations() {
@@ -444,6 +665,7 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
   w.created_ms = created_ms > 0 ? created_ms : w.started_ms;
   w.managed = managed;
   w.epoch = epoch;
+  w.running_since = clock_.Now();
   if (Status s = WriteWorkload(w); !s.ok()) {
     // Never acknowledge a container no record names (the next start would
     // delete it as unowned).
@@ -469,11 +691,17 @@ api::AgentWorkloadView Agent::View(const Workload& w) {
   v.migrations = w.migrations;
   v.managed = w.managed;
   v.epoch = w.managed ? w.epoch : 0;
-  if (w.state == "running" || w.state == "frozen" || w.state == "migrating") {
+  v.restarts = w.restarts;
+  v.last_restart_ms = w.last_restart_ms;
+  v.last_restart_reason = w.last_restart_reason;
+  if (w.state == "restarting") v.next_restart_ms = w.next_restart_ms;
+  if (w.state == "running" || w.state == "frozen" || w.state == "migrating" ||
+      w.state == "restarting" || w.state == "exited") {
     auto info = runtime_.Inspect(w.spec.name);
     if (info.ok()) {
       v.pid = info->pid;
       v.task = std::string(TaskStateName(info->state));
+      if (info->state == TaskState::kStopped) v.exit_status = info->exit_status;
     } else {
       v.task = std::string(TaskStateName(TaskState::kUnknown));
     }
@@ -706,6 +934,9 @@ LocalWorkload Agent::ToLocal(const Workload& w) const {
   l.created_ms = w.created_ms;
   l.started_ms = w.started_ms;
   l.migrations = w.migrations;
+  l.restarts = w.restarts;
+  l.last_restart_ms = w.last_restart_ms;
+  l.last_restart_reason = w.last_restart_reason;
   return l;
 }
 
@@ -740,7 +971,9 @@ StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t
         }
         return out;
       }
-      if (w.state != "lost") {
+      // Dead copies (verified by the reconcile) are replaced; anything else
+      // is a migration's or a start's.
+      if (w.state != "lost" && w.state != "restarting" && w.state != "exited") {
         return ConflictError("workload " + spec.name + " is " + w.state + " on " + options_.node);
       }
       replace_lost = true;
@@ -750,7 +983,8 @@ StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t
     }
   }
   if (replace_lost) {
-    spdlog::warn("workload {} was lost on {}; starting it afresh", spec.name, options_.node);
+    spdlog::warn("workload {} was lost, dead or done on {}; starting it afresh", spec.name,
+                 options_.node);
     (void)runtime_.Delete(spec.name);
     (void)RemoveFile(WorkloadPath(spec.name));
   }

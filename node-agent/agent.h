@@ -73,6 +73,14 @@ struct AgentOptions {
   IntakeOptions intake;
   // How long an outgoing migration keeps asking a busy target.
   Clock::Duration busy_wait = std::chrono::seconds(120);
+  // Restarts (see "Restarts" above): how often the workloads' tasks are
+  // compared with the runtime (in Tick), the back-off after the second crash
+  // in a row (doubled per further crash, up to restart_backoff_max), and how
+  // long a run must last to forgive earlier crashes.
+  Clock::Duration reconcile_interval = std::chrono::seconds(1);
+  Clock::Duration restart_backoff = std::chrono::seconds(10);
+  Clock::Duration restart_backoff_max = std::chrono::minutes(5);
+  Clock::Duration restart_reset = std::chrono::minutes(10);
 };
 
 // Counters the agent reports; the REST layer renders them for /metrics.
@@ -89,13 +97,20 @@ struct ClusterHooks {
   OwnershipLedger* ledger = nullptr;
   // Target side: IncomingMigrations::Hooks::owned_here.
   std::function<StatusOr<bool>(const IncomingRecord&)> owned_here;
+  // Restarts of managed workloads: does the cluster name this node the
+  // owner of `name` now (at `epoch` or later, with no migration of it in
+  // flight), so that it may start it again here? An error: ask again next
+  // round. Unset: managed workloads are never restarted by the agent.
+  std::function<StatusOr<bool>(const std::string& name, int64_t epoch)> may_restart;
 };
 
 // A local workload as the cluster link sees it.
 struct LocalWorkload {
   std::string name;
   // "running", "migrating", "frozen" (a migration is being resolved),
-  // "incoming" (arriving), "creating", "lost" (its container vanished).
+  // "incoming" (arriving), "creating", "lost" (its container vanished),
+  // "restarting" (its task died; started again after a back-off), "exited"
+  // (its process ended with status 0).
   std::string state;
   bool managed = false;
   int64_t epoch = 0;  // managed: the ownership epoch it runs under (0: not known yet)
@@ -106,6 +121,9 @@ struct LocalWorkload {
   TaskState task = TaskState::kUnknown;
   uint32_t pid = 0;
   uint32_t exit_status = 0;
+  int restarts = 0;  // see Agent's "Restarts"
+  int64_t last_restart_ms = 0;
+  std::string last_restart_reason;
 };
 
 // An order to move a managed workload (from migrations/<id> in etcd).
@@ -120,6 +138,26 @@ struct ManagedMigration {
   MigrationDriver::CancelFn cancelled;
 };
 
+// Restarts. Every reconcile_interval (and at Start) the agent compares the
+// workloads it runs ("running", and "restarting" ones) with the runtime's
+// tasks, like a kubelet with restartPolicy OnFailure:
+//   - task running (or paused, created): nothing to do;
+//   - task stopped with status 0: the work is done; state "exited", never
+//     restarted (the cluster link reports it Exited);
+//   - task stopped with another status (a crash; 137: SIGKILL, e.g. the OOM
+//     killer), no task although the container is there (node reboot,
+//     containerd lost it), or the container itself gone (unmanaged
+//     workloads; a managed one is marked "lost" for the cluster link): the
+//     workload is started afresh from its image in its own container (same
+//     name, spec, log file, appended to), counted in `restarts` with the
+//     reason, logged. The first restart is immediate; a crash within
+//     restart_reset of the previous start waits restart_backoff, doubling up
+//     to restart_backoff_max (state "restarting" meanwhile).
+// A managed workload is restarted only when ClusterHooks::may_restart says
+// the cluster names this node its owner; a runtime that cannot be asked
+// (kRetry) changes nothing. Workloads in a migration (migrating, frozen,
+// incoming, creating) are the migration's, never touched; the per-workload
+// lock keeps a restart and a migration of one workload apart.
 class Agent {
  public:
   Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& engine,
@@ -128,7 +166,8 @@ class Agent {
   // Loads the records from state_dir and finishes what a crash interrupted.
   Status Start();
   // Periodic upkeep: expires idle incoming migrations, retries unresolved
-  // outgoing ones. Call about once a second.
+  // outgoing ones, restarts workloads whose task is gone (see "Restarts").
+  // Call about once a second. Never throws.
   void Tick();
 
   MigrationTarget& Target() { return *incoming_; }
@@ -225,6 +264,15 @@ class Agent {
     std::vector<std::string> migrations;
     bool managed = false;  // cluster mode: started or claimed for the cluster
     int64_t epoch = 0;     // managed: ownership epoch
+    int restarts = 0;      // started again here after its task died or vanished
+    int64_t last_restart_ms = 0;
+    std::string last_restart_reason;
+    // Not recorded (an agent restart forgives a crash loop):
+    int crash_streak = 0;              // restarts in a row within restart_reset
+    Clock::TimePoint running_since{};  // (re)started or loaded
+    Clock::TimePoint next_restart{};   // while "restarting"
+    int64_t next_restart_ms = 0;       // the same, wall clock
+    std::string pending_reason;        // why it is "restarting"
   };
   std::string WorkloadPath(const std::string& name) const;
   std::string OutPath(const std::string& id) const;
@@ -253,6 +301,13 @@ class Agent {
   void Finished(const MigrationReport& r, const ContainerSpec& spec);
   void RetryUnresolved();
   void ForgetOldMigrations();
+  // Compares every running (or restarting) workload with its task and acts
+  // (see "Restarts").
+  void ReconcileTasks();
+  void ReconcileTask(const std::string& name);
+  // Deletes what is left of the workload's container and starts it afresh
+  // (caller holds its lock); the record is updated either way.
+  void RestartLocked(const std::string& name, const std::string& why);
 
   AgentOptions options_;
   ContainerRuntime& runtime_;
@@ -274,6 +329,7 @@ class Agent {
   int outgoing_running_ = 0;
   Clock::TimePoint last_retry_{};
   Clock::TimePoint last_prune_{};
+  Clock::TimePoint last_reconcile_{};
 };
 
 }  // namespace kmosix::agent

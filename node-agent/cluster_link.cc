@@ -69,6 +69,9 @@ ClusterHooks ClusterLink::Hooks() {
   ClusterHooks hooks;
   hooks.ledger = this;
   hooks.owned_here = [this](const IncomingRecord& r) { return OwnedHere(r); };
+  hooks.may_restart = [this](const std::string& name, int64_t epoch) {
+    return MayRestart(name, epoch);
+  };
   return hooks;
 }
 
@@ -435,6 +438,19 @@ StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
          (st.migration == record.offer.id || Contains(st.migrations, record.offer.id));
 }
 
+StatusOr<bool> ClusterLink::MayRestart(const std::string& name, int64_t epoch) {
+  // A fresh read: the cache may lag a new owner.
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(name)));
+  if (!got.kv) return false;
+  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
+  if (!rec.ok()) return false;
+  const auto& st = rec->status;
+  // Lost: the controller marked it so while this node was away (a reboot);
+  // the node is back and still its owner.
+  return st.node == options_.node && st.epoch >= epoch && st.migration.empty() &&
+         (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost);
+}
+
 // ---- reconcilers -----------------------------------------------------------
 
 Status ClusterLink::Reconcile(const std::string& key) {
@@ -519,7 +535,10 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
       return StartHere(rec);  // idempotent: a copy running here is just reported
     case WorkloadPhase::kRunning:
       if (!st.migration.empty()) return Status::Ok();  // the migration's end frees it
-      if (local && local->state == "running" && local->task == TaskState::kStopped) {
+      // Done: exited with status 0 (any other end is restarted by the agent).
+      if (local && (local->state == "exited" ||
+                    (local->state == "running" && local->task == TaskState::kStopped &&
+                     local->exit_status == 0))) {
         return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
           if (now.status.node != options_.node || now.status.epoch != st.epoch ||
               now.status.phase != WorkloadPhase::kRunning || !now.status.migration.empty()) {
@@ -535,6 +554,25 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
         spdlog::warn("workload {} should run here (epoch {}) but does not: starting it", name,
                      st.epoch);
         return StartHere(rec);
+      }
+      if (local->state == "running" && local->task == TaskState::kRunning && local->pid != 0 &&
+          (st.pid != local->pid || st.restarts != local->restarts)) {
+        // The agent started it again (its task had died or vanished).
+        return UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+          auto& cur = now.status;
+          if (cur.node != options_.node || cur.epoch != st.epoch || !cur.migration.empty() ||
+              cur.phase != WorkloadPhase::kRunning) {
+            return false;
+          }
+          cur.pid = local->pid;
+          cur.started_ms = local->started_ms;
+          cur.restarts = local->restarts;
+          if (local->restarts > 0) {
+            cur.message = "restarted on " + options_.node + " (restart " +
+                          std::to_string(local->restarts) + "): " + local->last_restart_reason;
+          }
+          return true;
+        });
       }
       return Status::Ok();
     default:

@@ -25,7 +25,12 @@
 //                       Failed, message := the error. Never started when
 //                       status.node names another node, nor while Migrating.
 //                     - a managed local workload whose task ended by itself
-//                       (Running, no migration): phase := Exited, message.
+//                       with status 0 (Running, no migration): phase :=
+//                       Exited, message. (Any other end, or a task gone,
+//                       is restarted by the agent when MayRestart agrees,
+//                       see Agent's "Restarts"; then pid, startedMs,
+//                       restarts and message := "restarted on <node>
+//                       (restart N): why" are written.)
 //                     - a managed local workload whose record is gone: its
 //                       local copy is deleted. One whose record names another
 //                       node at a higher epoch, with no migration of it in
@@ -193,6 +198,11 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   Status Transfer(const MigrationReport& report) override;
   Status Revert(const MigrationReport& report) override;
   StatusOr<bool> OwnedHere(const IncomingRecord& record);
+  // Restart oracle (ClusterHooks::may_restart): workloads/<name> names this
+  // node at `epoch` or later, with no migration, phase Running or Lost (the
+  // controller marks a node's workloads Lost while it is away: a reboot).
+  // Record gone or unreadable: false; store error: the error.
+  StatusOr<bool> MayRestart(const std::string& name, int64_t epoch);
 
  private:
   // A change to a record: false = nothing to write; an error aborts.

@@ -38,6 +38,13 @@ json AgentWorkloadViewToJson(const api::AgentWorkloadView& w) {
   }
   j["pid"] = w.pid;
   if (w.task) j["task"] = *w.task;
+  if (w.exit_status) j["exitStatus"] = *w.exit_status;
+  j["restarts"] = w.restarts;
+  if (w.last_restart_ms > 0 || !w.last_restart_reason.empty()) {
+    j["lastRestartMs"] = w.last_restart_ms;
+    j["lastRestartReason"] = w.last_restart_reason;
+  }
+  if (w.next_restart_ms > 0) j["nextRestartMs"] = w.next_restart_ms;
   return j;
 }
 

@@ -71,6 +71,10 @@ struct WorkloadStatus {
   int64_t started_ms = 0;               // started/arrived on its current node
   std::vector<std::string> migrations;  // finished migration ids, oldest first
   std::string message;                  // why Failed/Lost, or last event
+  // Times its owner started it again in place since it started or arrived
+  // on status.node (its task had died or vanished; see the agent's
+  // "Restarts").
+  int64_t restarts = 0;
   bool operator==(const WorkloadStatus&) const = default;
 };
 
@@ -323,14 +327,27 @@ struct AgentWorkloadView {
   WorkloadSpec spec;  // the agent face's fields; the others at their defaults
   std::string node;   // this agent's node
   // "running", "migrating", "frozen" (a migration is being resolved), "lost"
-  // (its container vanished).
+  // (its container vanished), "restarting" (its task died or vanished; it is
+  // started again after a back-off), "exited" (its process ended with status
+  // 0: done, not restarted).
   std::string state;
   int64_t created_ms = 0;               // first started, on any node
-  int64_t started_ms = 0;               // started or arrived on this node
+  int64_t started_ms = 0;               // started, restarted or arrived on this node
   std::vector<std::string> migrations;  // ids it arrived or left by, oldest first
   bool managed = false;                 // cluster mode: run for the cluster
   int64_t epoch = 0;                    // managed: the ownership epoch it runs under
   uint32_t pid = 0;                     // 0: no task, or not asked
+  // Times the agent started it again on this node because its task had died
+  // or vanished (crash, OOM kill, node reboot, containerd restart), the last
+  // one's wall-clock time and why ("exited with status 137 (SIGKILL...)",
+  // "task gone ...", or why the restart itself failed).
+  int restarts = 0;
+  int64_t last_restart_ms = 0;
+  std::string last_restart_reason;
+  // While "restarting": when the next attempt is due (wall clock ms).
+  int64_t next_restart_ms = 0;
+  // The task's exit status, when the runtime reports it stopped.
+  std::optional<uint32_t> exit_status;
   // The runtime's task state ("none", "created", "running", "paused",
   // "stopped", "unknown" when it could not say); absent when the runtime was
   // not asked (a workload neither running, migrating nor frozen).

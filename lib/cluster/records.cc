@@ -125,15 +125,17 @@ StatusOr<api::NodeMember> NodeMemberFromJson(const json& j) {
 // ---- Workloads -------------------------------------------------------------
 
 json WorkloadStatusToJson(const api::WorkloadStatus& s) {
-  return {{"phase", api::WorkloadPhaseName(s.phase)},
-          {"node", s.node},
-          {"epoch", s.epoch},
-          {"migration", s.migration},
-          {"pid", s.pid},
-          {"createdMs", s.created_ms},
-          {"startedMs", s.started_ms},
-          {"migrations", s.migrations},
-          {"message", s.message}};
+  json j = {{"phase", api::WorkloadPhaseName(s.phase)},
+            {"node", s.node},
+            {"epoch", s.epoch},
+            {"migration", s.migration},
+            {"pid", s.pid},
+            {"createdMs", s.created_ms},
+            {"startedMs", s.started_ms},
+            {"migrations", s.migrations},
+            {"message", s.message}};
+  if (s.restarts > 0) j["restarts"] = s.restarts;  // absent: 0
+  return j;
 }
 
 namespace {
@@ -141,7 +143,7 @@ namespace {
 StatusOr<api::WorkloadStatus> WorkloadStatusFromJson(const json& j) {
   Fields f(j, "workload status");
   KMX_RETURN_IF_ERROR(f.Check({"phase", "node", "epoch", "migration", "pid", "createdMs",
-                               "startedMs", "migrations", "message"}));
+                               "startedMs", "migrations", "message", "restarts"}));
   api::WorkloadStatus s;
   std::string phase = "Pending";
   KMX_RETURN_IF_ERROR(f.String("phase", phase));
@@ -165,6 +167,7 @@ StatusOr<api::WorkloadStatus> WorkloadStatusFromJson(const json& j) {
     }
   }
   KMX_RETURN_IF_ERROR(f.String("message", s.message));
+  KMX_RETURN_IF_ERROR(f.Int("restarts", s.restarts));
   return s;
 }
 

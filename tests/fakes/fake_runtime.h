@@ -6,7 +6,8 @@
 // named pipe the engine made (and a restore then checks it), outside the lock
 // since the pipe blocks until read; a vanished reader is an EPIPE error, as
 // CRIU ignores SIGPIPE (so does this process once a FakeRuntime exists).
-// Failures are injected per method with Fail(method, status).
+// Failures are injected per method with Fail(method, status); a task can end
+// (EndTask) or vanish (LoseTask) behind its owner's back.
 // Thread-safe.
 #pragma once
 
@@ -64,6 +65,26 @@ class FakeRuntime : public ContainerRuntime {
     auto it = containers_.find(name);
     return it == containers_.end() ? TaskState::kUnknown : it->second.task;
   }
+  // The task's process ended behind the agent's back (a crash, an OOM kill:
+  // 137 for SIGKILL): the task is kStopped with `exit_status`, as containerd
+  // reports it until the task is deleted.
+  void EndTask(const std::string& name, uint32_t exit_status) {
+    std::lock_guard l(mu_);
+    auto* c = Find(name);
+    if (c == nullptr) return;
+    c->task = TaskState::kStopped;
+    c->exit_status = exit_status;
+  }
+  // The task vanished while the container stayed (a node reboot, a
+  // containerd that lost its shims): Inspect says kNone.
+  void LoseTask(const std::string& name) {
+    std::lock_guard l(mu_);
+    auto* c = Find(name);
+    if (c == nullptr) return;
+    c->task = TaskState::kNone;
+    c->pid = 0;
+    c->exit_status = 0;
+  }
   bool Has(const std::string& name) {
     std::lock_guard l(mu_);
     return containers_.contains(name);
@@ -92,7 +113,7 @@ class FakeRuntime : public ContainerRuntime {
     if (containers_.contains(spec.name)) return ConflictError("container " + spec.name + " exists");
     std::string layer = layer_root_ + "/" + node_ + "/" + spec.name;
     std::filesystem::create_directories(layer);
-    containers_[spec.name] = {spec, TaskState::kNone, 0, 0, layer};
+    containers_[spec.name] = {spec, TaskState::kNone, 0, 0, layer, 0};
     return Status::Ok();
   }
   Status StartTask(const std::string& name) override {
@@ -110,7 +131,7 @@ class FakeRuntime : public ContainerRuntime {
     KMX_RETURN_IF_ERROR(Enter("Inspect"));
     auto* c = Find(name);
     if (!c) return NotFoundError(name);
-    return TaskInfo{c->task, c->pid, 0};
+    return TaskInfo{c->task, c->pid, c->task == TaskState::kStopped ? c->exit_status : 0};
   }
   StatusOr<std::vector<std::string>> ListContainers() override {
     std::lock_guard l(mu_);
@@ -204,6 +225,7 @@ class FakeRuntime : public ContainerRuntime {
     uint32_t pid;
     int64_t counter;
     std::string layer;
+    uint32_t exit_status = 0;  // when task == kStopped
   };
   Status Enter(const std::string& method) {
     calls_[method]++;

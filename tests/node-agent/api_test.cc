@@ -171,7 +171,8 @@ TEST_F(ApiTest, RepliesKeepTheirExactForm) {
                {"startedMs", created_ms},
                {"migrations", json::array()},
                {"pid", info->pid},
-               {"task", "running"}});
+               {"task", "running"},
+               {"restarts", 0}});
   EXPECT_EQ(created, want);
   EXPECT_EQ(Call("GET", "/v1/workloads/w1", "", 200, &c0), want);
   EXPECT_EQ(Call("GET", "/v1/workloads", "", 200, &c0),
@@ -240,7 +241,8 @@ TEST_F(ApiTest, RepliesKeepTheirExactForm) {
                   {"startedMs", report["finishedMs"]},
                   {"migrations", {id}},
                   {"pid", report["targetPid"]},
-                  {"task", "running"}});
+                  {"task", "running"},
+                  {"restarts", 0}});
   EXPECT_EQ(Call("GET", "/v1/workloads/w1", "", 200), arrived);
 
   // A migration that fails: the report, its error, and code and message.

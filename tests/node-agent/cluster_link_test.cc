@@ -425,6 +425,64 @@ TEST_F(ClusterLinkTest, RestartsAWorkloadThatShouldRunHereButWasLost) {
   EXPECT_EQ(GetWorkload().status.pid, again.Local("work")->pid);
 }
 
+// Issue 13, hole 3: a managed workload whose task died is started again by
+// its agent only while the cluster names this node its owner (Running, or
+// Lost: the node was away, say rebooting); the record then shows the new
+// pid and the restart. A clean exit is Exited, never restarted.
+TEST_F(ClusterLinkTest, RestartsADeadManagedWorkloadOnlyWhileTheClusterNamesThisNode) {
+  RunWorkOnNode1();
+  const uint32_t first_pid = GetWorkload().status.pid;
+  node1_->runtime.EndTask("work", 137);
+  clock_.Advance(std::chrono::seconds(2));
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  auto local = node1_->agent->Local("work");
+  ASSERT_TRUE(local.has_value());
+  EXPECT_EQ(local->restarts, 1);
+  EXPECT_NE(local->pid, first_pid);
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.pid, local->pid);
+  EXPECT_EQ(w.status.restarts, 1);
+  EXPECT_NE(w.status.message.find("restarted on node1 (restart 1): exited with status 137"),
+            std::string::npos)
+      << w.status.message;
+
+  // The node was away (a reboot): the controller marked it Lost, the task is
+  // gone; still its owner, so it starts again.
+  Put(Workload("node1", WorkloadPhase::kLost, 3));
+  node1_->runtime.LoseTask("work");
+  clock_.Advance(std::chrono::minutes(11));  // past the crash-loop back-off
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node1_->agent->Local("work")->restarts, 2);
+
+  // The cluster gave it to node2 meanwhile: this copy is not started again.
+  Put(Workload("node2", WorkloadPhase::kScheduled, 4));
+  node1_->runtime.EndTask("work", 1);
+  clock_.Advance(std::chrono::minutes(11));
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kStopped);
+  EXPECT_EQ(node1_->agent->Local("work")->state, "restarting");
+  EXPECT_EQ(node1_->agent->Local("work")->restarts, 2);
+  // ... and the link fences it.
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+}
+
+TEST_F(ClusterLinkTest, AManagedWorkloadThatExitsCleanlyIsExitedNotRestarted) {
+  RunWorkOnNode1();
+  const int starts = node1_->runtime.Calls("StartTask");
+  node1_->runtime.EndTask("work", 0);
+  clock_.Advance(std::chrono::seconds(2));
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->agent->Local("work")->state, "exited");
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kExited);
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts);
+}
+
 TEST_F(ClusterLinkTest, KeepsManagedWorkloadsWhenTheClusterDoesNotKnowThisNode) {
   RunWorkOnNode1();
   // No members/node1: this prefix never knew the node (a wrong --etcd-prefix

@@ -32,7 +32,25 @@ TEST(AgentRestCodec, UnmanagedViewHasNoManagedOrEpoch) {
   v.epoch = 9;  // not rendered for an unmanaged workload
   EXPECT_EQ(AgentWorkloadViewToJson(v), json::parse(R"({"name":"w1","image":"img","args":[],
       "env":{},"node":"node1","state":"running","createdMs":5,"startedMs":7,
-      "migrations":["m-1"],"pid":42,"task":"running"})"));
+      "migrations":["m-1"],"pid":42,"task":"running","restarts":0})"));
+}
+
+// A workload the agent restarted, and one waiting for its next start.
+TEST(AgentRestCodec, ViewCarriesRestartsAndTheirReason) {
+  api::AgentWorkloadView v = View();
+  v.state = "restarting";
+  v.task = "stopped";
+  v.exit_status = 137;
+  v.restarts = 2;
+  v.last_restart_ms = 99;
+  v.last_restart_reason = "exited with status 137";
+  v.next_restart_ms = 120;
+  json j = AgentWorkloadViewToJson(v);
+  EXPECT_EQ(j["restarts"], 2);
+  EXPECT_EQ(j["exitStatus"], 137);
+  EXPECT_EQ(j["lastRestartMs"], 99);
+  EXPECT_EQ(j["lastRestartReason"], "exited with status 137");
+  EXPECT_EQ(j["nextRestartMs"], 120);
 }
 
 TEST(AgentRestCodec, ManagedViewCarriesManagedAndEpoch) {
