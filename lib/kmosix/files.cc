@@ -32,35 +32,41 @@ Status WriteFileAtomic(const std::string& path, const std::string& content) {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errno("open " + tmp);
+  // Any failure before the rename leaves `path` as it was and no temporary
+  // file (a full disk must not keep the half-written one).
+  auto fail = [&](const std::string& what) {
+    Status s = Errno(what);
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    return s;
+  };
   size_t off = 0;
   while (off < content.size()) {
     ssize_t n = ::write(fd, content.data() + off, content.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      Status s = Errno("write " + tmp);
-      ::close(fd);
-      return s;
+      return fail("write " + tmp);
     }
     off += static_cast<size_t>(n);
   }
   // A file left by an older agent (0644) is made private too.
-  if (::fchmod(fd, 0600) != 0) {
-    Status st = Errno("chmod " + tmp);
-    ::close(fd);
-    return st;
+  if (::fchmod(fd, 0600) != 0) return fail("chmod " + tmp);
+  if (::fsync(fd) != 0) return fail("fsync " + tmp);
+  const int closed = ::close(fd);
+  fd = -1;
+  if (closed != 0) return fail("close " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename " + tmp);
+  // The rename is durable only once the directory is.
+  int dfd = ::open(p.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    return Errno("open " + p.parent_path().string() + " (the new content may be in place)");
   }
-  if (::fsync(fd) != 0) {
-    Status s = Errno("fsync " + tmp);
-    ::close(fd);
+  if (::fsync(dfd) != 0) {
+    Status s = Errno("fsync " + p.parent_path().string() + " (the new content may be in place)");
+    ::close(dfd);
     return s;
   }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return Errno("rename " + tmp);
-  int dfd = ::open(p.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  ::close(dfd);
   return Status::Ok();
 }
 

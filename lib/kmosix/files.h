@@ -1,4 +1,17 @@
-// Small file helpers for durable agent state. Errors as values, never throw.
+// Small file helpers for durable agent state (the agent's journals and
+// records). Errors as values (kFailed with the errno text, e.g. "No space
+// left on device"), never throw. Stateless; thread-safe, except that two
+// concurrent writes of the same path share its temporary file.
+//
+// The durable-write contract the agent's records build on: WriteFileAtomic
+// returns ok only once `content` is durable at `path` (data fsynced, renamed
+// over `path`, directory fsynced). An error means "not written": callers
+// must not act as if it were (a journal phase not entered, a verdict not
+// given, kmosix/migration.h and migration_target.h). On an error before the
+// rename, `path` keeps its previous content (or stays absent) and no
+// temporary file is left behind; on an error after it (the directory's
+// fsync) the new content may be visible but is not known to survive a
+// crash, and the message says so.
 #pragma once
 
 #include <string>
@@ -8,8 +21,9 @@
 
 namespace kmosix {
 
-// Writes `content` to `path` atomically (temp file, fsync, rename, fsync
-// dir), mode 0600 (missing parent directories are made 0700).
+// Writes `content` to `path` atomically (`path`.tmp, fsync, rename, fsync
+// dir), mode 0600 (missing parent directories are made 0700). See above for
+// what an error leaves.
 Status WriteFileAtomic(const std::string& path, const std::string& content);
 StatusOr<std::string> ReadFile(const std::string& path);
 // Regular files in `dir` whose names end with `suffix`, sorted; empty if no dir.
