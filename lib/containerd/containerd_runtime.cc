@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -595,15 +596,31 @@ StatusOr<std::vector<std::string>> ContainerdRuntime::ListContainers() {
 
 Status ContainerdRuntime::Pause(const std::string& name) {
   return Guard("pause", [&]() -> Status {
-    KMX_ASSIGN_OR_RETURN(auto task, impl_->RequireTask(name));
-    if (task.status() != ttypes::RUNNING)
-      return ConflictError("pause " + name + ": task is not running");
-    tasks::PauseTaskRequest req;
-    req.set_container_id(name);
-    google::protobuf::Empty e;
-    auto ctx = impl_->Ctx();
-    return FromGrpc(impl_->tasks_svc->Pause(ctx.get(), req, &e), "pause task " + name);
+    // runc's cgroup v1 freezer gives up ("unable to freeze") when busy
+    // processes keep the cgroup FREEZING on a loaded machine, thaws it and
+    // leaves the task running; runc's maintainers leave the retry to the
+    // caller (opencontainers/runc#4388). A few more tries, spaced out.
+    Status s;
+    for (int attempt = 1;; ++attempt) {
+      KMX_ASSIGN_OR_RETURN(auto task, impl_->RequireTask(name));
+      if (task.status() != ttypes::RUNNING)
+        return ConflictError("pause " + name + ": task is not running");
+      tasks::PauseTaskRequest req;
+      req.set_container_id(name);
+      google::protobuf::Empty e;
+      auto ctx = impl_->Ctx();
+      s = FromGrpc(impl_->tasks_svc->Pause(ctx.get(), req, &e), "pause task " + name);
+      if (s.ok() || !IsTransientFreezeFailure(s) || attempt == kPauseAttempts) break;
+      spdlog::warn("pause {}: {} (attempt {} of {}; trying again)", name, s.message(), attempt,
+                   kPauseAttempts);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 * attempt));
+    }
+    return s;
   });
+}
+
+bool IsTransientFreezeFailure(const Status& s) {
+  return !s.ok() && s.message().find("unable to freeze") != std::string::npos;
 }
 
 Status ContainerdRuntime::Resume(const std::string& name) {

@@ -79,6 +79,12 @@ struct ContainerdConfig {
   WorkloadNetwork* network = nullptr;
 };
 
+// runc could not freeze the task's cgroup in time (busy processes on a
+// loaded machine; runc thawed it again and the task runs): worth another try.
+bool IsTransientFreezeFailure(const Status& s);
+// Pause tries this many times on a transient freeze failure.
+inline constexpr int kPauseAttempts = 3;
+
 class ContainerdRuntime : public ContainerRuntime {
  public:
   // Does not connect yet (the channel connects lazily); never fails.

@@ -157,6 +157,17 @@ class ContainerdRuntimeTest : public ::testing::Test {
   std::string name_;
 };
 
+// runc's message when its cgroup v1 freezer times out (seen on a loaded
+// machine: "OCI runtime pause failed: unable to freeze: unknown") is the one
+// failure Pause tries again; anything else is final at once.
+TEST(PauseRetryTest, OnlyRuncsFreezeTimeoutIsTransient) {
+  EXPECT_TRUE(IsTransientFreezeFailure(
+      FailedError("pause task hot-1: OCI runtime pause failed: unable to freeze: unknown")));
+  EXPECT_FALSE(IsTransientFreezeFailure(NotFoundError("pause task x: no such task")));
+  EXPECT_FALSE(IsTransientFreezeFailure(ConflictError("pause x: task is not running")));
+  EXPECT_FALSE(IsTransientFreezeFailure(Status::Ok()));
+}
+
 TEST_F(ContainerdRuntimeTest, RunsWorkloadLogsOutputAndInspects) {
   ContainerSpec spec = Spec(name_);
   ASSERT_NO_FATAL_FAILURE(StartCounter(spec));
