@@ -273,6 +273,7 @@ void Controller::EnqueueAll() {
     for (const auto& [id, v] : view_.migrations) items.push_back("m/" + id);
   }
   if (grants_) items.push_back("grants");
+  if (options_.retention.interval.count() > 0) items.push_back("retention");
   for (const auto& item : items) queue_.Add(item);
 }
 
@@ -326,6 +327,12 @@ void Controller::Lead(const cluster::LeaderTerm& term) {
           queue_.AddAfter(*item, options_.grants_resync);
           continue;
         }
+        if (*item == "retention") {  // periodic upkeep of the store
+          if (!s.ok()) spdlog::warn("{}: {}", *item, s.ToString());
+          queue_.Done(*item);
+          queue_.AddAfter(*item, options_.retention.interval);
+          continue;
+        }
         if (s.ok()) {
           queue_.Forget(*item);
         } else {
@@ -360,6 +367,9 @@ Status Controller::Reconcile(const std::string& item, const cluster::LeaderTerm&
     s = ReconcileNode(item.substr(2), term);
   } else if (item == "grants") {
     EnqueueGrants();
+  } else if (item == "retention") {
+    kind = "retention";
+    s = TrimFinishedMigrations(term);
   } else if (item.rfind("g/", 0) == 0) {
     kind = "grants";
     s = ReconcileGrants(item.substr(2));
@@ -663,6 +673,25 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
     });
     if (!s.ok() && s.code() != Code::kNotFound) return s;
   }
+  return Status::Ok();
+}
+
+Status Controller::TrimFinishedMigrations(const cluster::LeaderTerm& term) {
+  if (!Ready()) return Status::Ok();
+  std::vector<RetentionDelete> plan;
+  {
+    std::lock_guard lock(view_mu_);
+    plan = PlanMigrationRetention(view_.migrations, view_.workloads, clock_.WallMillis(),
+                                  options_.retention);
+  }
+  if (plan.empty()) return Status::Ok();
+  const size_t cap = std::max<size_t>(1, options_.retention.max_deletes);
+  KMX_ASSIGN_OR_RETURN(TrimResult r,
+                       TrimMigrations(store_, options_.keys, plan, term.Fence(), cap));
+  if (r.deleted > 0)
+    spdlog::info("removed {} finished migration record(s) past retention ({} to go)", r.deleted,
+                 plan.size() > r.deleted + r.skipped ? plan.size() - r.deleted - r.skipped : 0);
+  if (plan.size() > cap) queue_.Add("retention");  // more to do: again once this pass is Done
   return Status::Ok();
 }
 

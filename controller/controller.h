@@ -50,6 +50,7 @@
 #include "controller/events.h"
 #include "controller/grants.h"
 #include "controller/policy.h"
+#include "controller/retention.h"
 #include "kmosix/access_grants.h"
 #include "kmosix/clock.h"
 #include "kmosix/state_store.h"
@@ -75,6 +76,8 @@ struct ControllerOptions {
   std::string node_role_prefix;
   Clock::Duration grant_revoke_grace = std::chrono::seconds(3);
   Clock::Duration grants_resync = std::chrono::seconds(30);
+  // The leader removes old finished migration records (controller/retention.h).
+  RetentionOptions retention;
 };
 
 // Counters for /metrics; the REST layer renders them.
@@ -200,6 +203,8 @@ class Controller {
   Status ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term);
   Status ReconcileNode(const std::string& node, const cluster::LeaderTerm& term);
   Status BalanceRound(const cluster::LeaderTerm& term);
+  // Removes finished migration records past their retention (retention.h).
+  Status TrimFinishedMigrations(const cluster::LeaderTerm& term);
   // Brings node `node`'s etcd grants to what the cached records say.
   Status ReconcileGrants(const std::string& node);
   // Queues "g/<node>" for every node the caches know of.

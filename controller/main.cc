@@ -154,6 +154,17 @@ int main(int argc, char** argv) {
                  "seconds an agent certificate is valid at most (refreshed at half)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{3600}, int64_t{7862400}));
+  size_t keep_finished = opts.retention.keep_finished;
+  int64_t finished_ttl = 7 * 24 * 3600;
+  app.add_option("--keep-finished-migrations", keep_finished,
+                 "finished migration records kept in etcd per workload, the oldest removed "
+                 "first (0: no limit by count); the newest of a workload always stays")
+      ->capture_default_str();
+  app.add_option("--finished-migration-ttl", finished_ttl,
+                 "seconds a finished migration record is kept in etcd (0: no limit by age); "
+                 "the newest of a workload always stays")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 86400));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -269,6 +280,8 @@ int main(int argc, char** argv) {
   opts.order_timeout = ms(order_timeout);
   opts.source_lost_grace = ms(lost_grace);
   opts.grant_revoke_grace = ms(grant_grace);
+  opts.retention.keep_finished = keep_finished;
+  opts.retention.finished_ttl = std::chrono::seconds(finished_ttl);
 
   kmosix::SystemRandom random;
   kmosix::EtcdStateStore store(etcd_config);

@@ -1,0 +1,141 @@
+// controller/retention.h against a real etcd (private, started by the test):
+// finished records are removed in passes with compare-and-swap deletes (a
+// record rewritten between read and delete stays), hundreds at a time.
+// Skips loudly without the etcd binary.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <thread>
+
+#include "cluster/prefix_cache.h"
+#include "cluster/records.h"
+#include "controller/retention.h"
+#include "etcd/etcd_state_store.h"
+#include "fakes/fake_clock.h"
+#include "lib/cluster/cache_recorder.h"
+#include "lib/cluster/gated_store.h"
+#include "support/private_etcd.h"
+
+namespace kmosix::controller {
+namespace {
+
+using kmosix::testing::EtcdSkipReason;
+using kmosix::testing::GatedStore;
+using kmosix::testing::PrivateEtcd;
+using kmosix::testing::RunningCache;
+using kmosix::testing::TestEtcdConfig;
+using kmosix::testing::ValuesOf;
+using std::chrono::milliseconds;
+using std::chrono::minutes;
+using std::chrono::seconds;
+
+#define SKIP_WITHOUT_ETCD()                          \
+  do {                                               \
+    if (auto why = EtcdSkipReason(); !why.empty()) { \
+      GTEST_SKIP() << "ETCD TEST SKIPPED: " << why;  \
+    }                                                \
+  } while (0)
+
+constexpr int64_t kNow = 1'800'000'000'000;
+constexpr int64_t kDay = 24 * 3600 * 1000;
+
+std::string Id(int i) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "m-%04d", i);
+  return buf;
+}
+
+class RetentionEtcdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdSkipReason().empty()) return;
+    etcd_ = std::make_unique<PrivateEtcd>();
+    ASSERT_TRUE(etcd_->Start()) << "log: " << etcd_->dir() << "/etcd.log";
+    store_ = std::make_unique<EtcdStateStore>(TestEtcdConfig(etcd_->endpoint()));
+    auto leader = store_->Put(keys_.Leader(), "c1");
+    ASSERT_TRUE(leader.ok()) << leader.status().ToString();
+    fence_ = Compare::CreateRevision(keys_.Leader(), Compare::Op::kEqual, *leader);
+  }
+  std::map<std::string, api::Migration> Read() {
+    std::map<std::string, api::Migration> out;
+    auto l = store_->List(keys_.Migrations());
+    EXPECT_TRUE(l.ok()) << l.status().ToString();
+    if (!l.ok()) return out;
+    for (const auto& kv : l->kvs) {
+      auto m = cluster::ParseRecord<api::Migration>(kv.value, &cluster::MigrationFromJson);
+      if (m.ok()) out[m->id] = *m;
+    }
+    return out;
+  }
+
+  std::unique_ptr<PrivateEtcd> etcd_;
+  std::unique_ptr<EtcdStateStore> store_;
+  cluster::KeyLayout keys_;
+  Compare fence_;
+};
+
+TEST_F(RetentionEtcdTest, RemovesHundredsInPassesAndSparesARecordRewrittenMeanwhile) {
+  SKIP_WITHOUT_ETCD();
+  api::Workload w;
+  w.spec.name = "w";
+  w.spec.image = "demo";
+  std::map<std::string, api::Workload> ws = {{"w", w}};
+  // 700 finished records, 8 to 9 days old, written 100 per transaction.
+  for (int i = 0; i < 700; i += 100) {
+    Txn txn;
+    for (int j = i; j < i + 100; ++j) {
+      api::Migration m;
+      m.id = Id(j);
+      m.workload = "w";
+      m.source = "n1";
+      m.target = "n2";
+      m.phase = api::MigrationPhase::kSucceeded;
+      m.requested_by = "api";
+      m.finished_ms = m.updated_ms = kNow - 9 * kDay + j * 60'000;
+      m.created_ms = m.finished_ms - 1000;
+      txn.then_ops.push_back(TxnOp::Put(keys_.Migration(m.id), cluster::MigrationToJson(m).dump()));
+    }
+    ASSERT_TRUE(store_->Commit(txn).ok());
+  }
+  RetentionOptions o;  // 20 per workload, 7 days
+  auto plan = PlanMigrationRetention(Read(), ws, kNow, o);
+  ASSERT_EQ(plan.size(), 699u);  // all but the newest
+
+  // A store that rewrites m-0000 (same bytes, new revision) just before the
+  // delete transaction the trimmer sends for it.
+  class Interposer : public GatedStore {
+   public:
+    Interposer(StateStore& inner, std::string key) : GatedStore(inner), inner_(inner), key_(key) {}
+    StatusOr<TxnResult> Commit(const Txn& txn) override {
+      if (!done_ && !txn.then_ops.empty() && txn.then_ops[0].key == key_) {
+        done_ = true;
+        auto got = inner_.Get(key_);
+        if (got.ok() && got->kv) (void)inner_.Put(key_, got->kv->value);
+      }
+      return GatedStore::Commit(txn);
+    }
+
+   private:
+    StateStore& inner_;
+    std::string key_;
+    bool done_ = false;
+  } interposer(*store_, keys_.Migration(Id(0)));
+
+  auto first = TrimMigrations(interposer, keys_, plan, fence_, 500);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->deleted, 499u);
+  EXPECT_EQ(first->skipped, 1u);
+  EXPECT_TRUE(Read().count(Id(0))) << "a record rewritten between read and delete was deleted";
+
+  for (int pass = 0; pass < 5; ++pass) {
+    plan = PlanMigrationRetention(Read(), ws, kNow, o);
+    if (plan.empty()) break;
+    ASSERT_TRUE(TrimMigrations(*store_, keys_, plan, fence_, 500).ok());
+  }
+  auto left = Read();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left.begin()->first, Id(699));
+}
+
+}  // namespace
+}  // namespace kmosix::controller
