@@ -1083,6 +1083,26 @@ TEST_F(MigrationTest, CommitVerdictThatCannotBeWrittenIsNotGiven) {
   EXPECT_FALSE(target_.Has("work"));
 }
 
+TEST_F(LedgerMigrationTest, CommitVerdictThatCannotBeWrittenKeepsTheSourceFrozenUntilItCan) {
+  target_write_fails_ = [](const IncomingRecord& rec) {
+    return rec.phase == TargetPhase::kCommitted;
+  };
+  MigrationReport r = Migrate();
+  // The ledger names the target, which cannot commit: neither copy is given
+  // up; the source stays frozen, the target's copy uncommitted.
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node2");
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_TRUE(adopted_.empty());
+  target_write_fails_ = nullptr;  // the target's disk has room again
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  ExpectRunsOnceOn(target_, 42);
+}
+
 TEST_F(MigrationTest, OracleCommitThatCannotBeWrittenKeepsTheCopyUncommitted) {
   UseTargetOracle([](const IncomingRecord&) -> StatusOr<bool> { return true; });
   transport_->DropRequest("Commit");
