@@ -82,7 +82,8 @@ Controller::Controller(StateStore& store, Clock& clock, Random& random, Controll
       queue_(clock, random),
       election_(store, clock,
                 cluster::LeaderElection::Options{options_.keys.Leader(), options_.identity,
-                                                 options_.leader_ttl}) {}
+                                                 options_.leader_ttl}),
+      compactor_(store, clock, options_.compaction, options_.keys.Leader()) {}
 
 Controller::~Controller() { Stop(); }
 
@@ -274,6 +275,7 @@ void Controller::EnqueueAll() {
   }
   if (grants_) items.push_back("grants");
   if (options_.retention.interval.count() > 0) items.push_back("retention");
+  if (options_.compaction.interval.count() > 0) items.push_back("compact");
   for (const auto& item : items) queue_.Add(item);
 }
 
@@ -309,6 +311,7 @@ void Controller::Lead(const cluster::LeaderTerm& term) {
   // Act only on a complete picture of the cluster.
   while (!term.Lost() && !Ready()) term.WaitLost(std::chrono::milliseconds(100));
   if (grants_) grants_->ResetGrace();  // a new term: node grants' grace clocks start afresh
+  compactor_.Reset();                  // and the compactor's revision samples
   EnqueueAll();
   std::vector<std::thread> workers;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
@@ -327,10 +330,11 @@ void Controller::Lead(const cluster::LeaderTerm& term) {
           queue_.AddAfter(*item, options_.grants_resync);
           continue;
         }
-        if (*item == "retention") {  // periodic upkeep of the store
+        if (*item == "retention" || *item == "compact") {  // periodic upkeep of the store
           if (!s.ok()) spdlog::warn("{}: {}", *item, s.ToString());
           queue_.Done(*item);
-          queue_.AddAfter(*item, options_.retention.interval);
+          queue_.AddAfter(*item, *item == "retention" ? options_.retention.interval
+                                                      : options_.compaction.interval);
           continue;
         }
         if (s.ok()) {
@@ -370,6 +374,13 @@ Status Controller::Reconcile(const std::string& item, const cluster::LeaderTerm&
   } else if (item == "retention") {
     kind = "retention";
     s = TrimFinishedMigrations(term);
+  } else if (item == "compact") {
+    kind = "compact";
+    auto compacted = compactor_.Step();
+    if (!compacted.ok())
+      s = compacted.status();
+    else if (*compacted > 0)
+      spdlog::info("compacted the store's history to revision {}", *compacted);
   } else if (item.rfind("g/", 0) == 0) {
     kind = "grants";
     s = ReconcileGrants(item.substr(2));

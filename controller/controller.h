@@ -76,8 +76,10 @@ struct ControllerOptions {
   std::string node_role_prefix;
   Clock::Duration grant_revoke_grace = std::chrono::seconds(3);
   Clock::Duration grants_resync = std::chrono::seconds(30);
-  // The leader removes old finished migration records (controller/retention.h).
+  // The leader removes old finished migration records and compacts the
+  // store's history (controller/retention.h).
   RetentionOptions retention;
+  CompactionOptions compaction;
 };
 
 // Counters for /metrics; the REST layer renders them.
@@ -235,6 +237,7 @@ class Controller {
   cluster::PrefixCache migrations_;
   cluster::WorkQueue queue_;
   cluster::LeaderElection election_;
+  Compactor compactor_;  // used by the leader's "compact" item
 
   // The caches' records, decoded once per change (reads never parse JSON).
   struct View {

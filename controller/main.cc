@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{3600}, int64_t{7862400}));
   size_t keep_finished = opts.retention.keep_finished;
-  int64_t finished_ttl = 7 * 24 * 3600;
+  int64_t finished_ttl = 7 * 24 * 3600, compact_interval = 300, compact_retain = 3600;
   app.add_option("--keep-finished-migrations", keep_finished,
                  "finished migration records kept in etcd per workload, the oldest removed "
                  "first (0: no limit by count); the newest of a workload always stays")
@@ -165,6 +165,16 @@ int main(int argc, char** argv) {
                  "the newest of a workload always stays")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, int64_t{10} * 365 * 86400));
+  app.add_option("--etcd-compact-interval", compact_interval,
+                 "seconds between compactions of etcd's history by the leader (0: never; "
+                 "e.g. when etcd runs with --auto-compaction-retention)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{86400}));
+  app.add_option("--etcd-compact-retain", compact_retain,
+                 "seconds of etcd history kept by those compactions (watchers further behind "
+                 "relist)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{60}, int64_t{30} * 86400));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -282,6 +292,8 @@ int main(int argc, char** argv) {
   opts.grant_revoke_grace = ms(grant_grace);
   opts.retention.keep_finished = keep_finished;
   opts.retention.finished_ttl = std::chrono::seconds(finished_ttl);
+  opts.compaction.interval = std::chrono::seconds(compact_interval);
+  opts.compaction.retain = std::chrono::seconds(compact_retain);
 
   kmosix::SystemRandom random;
   kmosix::EtcdStateStore store(etcd_config);

@@ -100,4 +100,40 @@ StatusOr<TrimResult> TrimMigrations(StateStore& store, const cluster::KeyLayout&
   return result;
 }
 
+Compactor::Compactor(StateStore& store, Clock& clock, CompactionOptions options,
+                     std::string probe_key)
+    : store_(store), clock_(clock), options_(options), probe_key_(std::move(probe_key)) {}
+
+void Compactor::Reset() {
+  std::lock_guard lock(mu_);
+  samples_.clear();
+}
+
+int64_t Compactor::compacted() const {
+  std::lock_guard lock(mu_);
+  return compacted_;
+}
+
+StatusOr<int64_t> Compactor::Step() {
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(probe_key_));
+  const Clock::TimePoint now = clock_.Now();
+  const int64_t head = got.revision;
+  int64_t target = 0;
+  {
+    std::lock_guard lock(mu_);
+    samples_.emplace_back(now, head);
+    // Keep one sample at least `retain` old (the newest such), and the newer.
+    while (samples_.size() >= 2 && now - samples_[1].first >= options_.retain) samples_.pop_front();
+    if (now - samples_.front().first >= options_.retain) target = samples_.front().second;
+    target = std::min(target, head - options_.min_revisions);
+    if (target <= compacted_) return int64_t{0};
+  }
+  Status s = store_.Compact(target);
+  if (!s.ok() && s.code() != Code::kConflict) return s;
+  std::lock_guard lock(mu_);
+  compacted_ = std::max(compacted_, target);
+  // kConflict: compacted there or beyond already (etcd's own compaction).
+  return s.ok() ? target : int64_t{0};
+}
+
 }  // namespace kmosix::controller

@@ -1,7 +1,8 @@
 // Keeping the controller's store bounded: retention of finished migration
-// records (migrations/<id>). Run by the leading controller from its work
-// queue (the "retention" item, every RetentionOptions::interval); it is
-// level-based and idempotent, so a
+// records (migrations/<id>) and periodic compaction of the store's history.
+// Run by the leading controller from its work queue ("retention" and
+// "compact" items, every RetentionOptions::interval and
+// CompactionOptions::interval); both are level-based and idempotent, so a
 // controller killed at any line leaves nothing half done that the next
 // leader does not finish.
 //
@@ -18,8 +19,17 @@
 // transaction conditional on its mod revision (and on the leader's fence):
 // a record that changed meanwhile is left for the next pass.
 //
-// Thread-safety: the plan is a pure function; TrimMigrations is stateless.
-// Errors: store errors as the store returns them
+// Compaction (Compactor): the store's history (old revisions, deleted keys)
+// is dropped periodically, like the Kubernetes apiserver does: every Step()
+// samples the store's revision; it compacts to the newest sample taken at
+// least `retain` ago, and never within `min_revisions` of the head. A watcher
+// further behind than that relists (cluster::PrefixCache does on kConflict
+// "compacted"). Its samples live in memory: a new leader waits `retain`
+// before its first compaction. A revision the store already compacted
+// (etcd's own --auto-compaction) is not an error.
+//
+// Thread-safety: the plan is a pure function; TrimMigrations is stateless;
+// Compactor is thread-safe. Errors: store errors as the store returns them
 // (kRetry: unreachable); kConflict "no longer the leader" when the fence
 // failed; nothing throws.
 #pragma once
@@ -78,5 +88,37 @@ struct TrimResult {
 StatusOr<TrimResult> TrimMigrations(StateStore& store, const cluster::KeyLayout& keys,
                                     const std::vector<RetentionDelete>& plan,
                                     const std::optional<Compare>& fence, size_t max_deletes);
+
+struct CompactionOptions {
+  // How often the leader samples the revision and compacts; 0: never.
+  Clock::Duration interval = std::chrono::minutes(5);
+  // History kept at least this long.
+  Clock::Duration retain = std::chrono::hours(1);
+  // And at least this many revisions behind the head.
+  int64_t min_revisions = 1000;
+};
+
+class Compactor {
+ public:
+  // `probe_key`: any key; reading it tells the store's revision.
+  Compactor(StateStore& store, Clock& clock, CompactionOptions options, std::string probe_key);
+
+  // Samples the revision now and compacts if a sample is old enough.
+  // Returns the revision compacted to (0: nothing compacted this time).
+  StatusOr<int64_t> Step();
+  // Forgets the samples (a new leader term starts afresh).
+  void Reset();
+  // The newest revision compacted to by this compactor (0: none).
+  int64_t compacted() const;
+
+ private:
+  StateStore& store_;
+  Clock& clock_;
+  CompactionOptions options_;
+  std::string probe_key_;
+  mutable std::mutex mu_;
+  std::deque<std::pair<Clock::TimePoint, int64_t>> samples_;  // oldest first
+  int64_t compacted_ = 0;
+};
 
 }  // namespace kmosix::controller

@@ -1,7 +1,8 @@
-// The leading controller keeps migrations/ bounded (controller/retention.h):
-// with its default options it removes finished migration records beyond the
+// The leading controller keeps etcd bounded (controller/retention.h): with
+// its default options it removes finished migration records beyond the
 // newest 20 of a workload and those finished over 7 days ago, never a record
-// in flight and never the newest finished one of an existing workload.
+// in flight and never the newest finished one of an existing workload; and it
+// compacts the store's history periodically.
 // Over the fake store, controllers on the system clock (controller_fixture.h).
 #include <gtest/gtest.h>
 
@@ -111,6 +112,26 @@ TEST_F(RetentionControllerTest, AtMostTwentyFinishedRecordsPerWorkloadOldestGoFi
   for (int i = 5; i < 25; ++i) want.insert(Id("m-w1", i));
   for (int i = 0; i < 5; ++i) want.insert(Id("m-w2", i));
   EXPECT_TRUE(Eventually([&] { return Ids() == want; })) << ::testing::PrintToString(Ids());
+}
+
+TEST_F(RetentionControllerTest, TheLeaderCompactsTheStoresHistory) {
+  PublishNode("n1", 0.1);
+  auto first = store_.Put("/kmosix/scratch", "v1");
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(store_.Put("/kmosix/scratch", "v2").ok());
+  ASSERT_TRUE(store_.Get("/kmosix/scratch", *first).ok());  // history is there
+  ControllerOptions o = Quiet();
+  o.compaction.interval = std::chrono::milliseconds(100);
+  o.compaction.retain = std::chrono::milliseconds(300);
+  o.compaction.min_revisions = 1;
+  Controller& c = StartController(o);
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  EXPECT_TRUE(Eventually([&] {
+    return store_.Get("/kmosix/scratch", *first).status().code() == Code::kConflict;
+  })) << "the revision of v1 was never compacted";
+  // The controller carries on (its caches relist if they must).
+  ASSERT_NO_FATAL_FAILURE(PutWorkload("w9"));
+  EXPECT_TRUE(Eventually([&] { return c.GetWorkload("w9").ok(); }));
 }
 
 }  // namespace

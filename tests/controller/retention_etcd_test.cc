@@ -1,6 +1,8 @@
 // controller/retention.h against a real etcd (private, started by the test):
 // finished records are removed in passes with compare-and-swap deletes (a
-// record rewritten between read and delete stays), hundreds at a time.
+// record rewritten between read and delete stays), hundreds at a time; the
+// Compactor (on a fake clock) compacts etcd past a watch cache's revision
+// while the cache is cut off, and the cache relists and stays correct.
 // Skips loudly without the etcd binary.
 #include <gtest/gtest.h>
 
@@ -135,6 +137,59 @@ TEST_F(RetentionEtcdTest, RemovesHundredsInPassesAndSparesARecordRewrittenMeanwh
   auto left = Read();
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left.begin()->first, Id(699));
+}
+
+TEST_F(RetentionEtcdTest, CompactionPastACutOffWatchCacheMakesItRelistAndStayCorrect) {
+  SKIP_WITHOUT_ETCD();
+  auto put = [&](const std::string& k, const std::string& v) {
+    auto r = store_->Put(k, v);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  };
+  for (const char* k : {"/kmx/w/a", "/kmx/w/b", "/kmx/w/c"}) put(k, "v1");
+  EtcdStateStore reader(TestEtcdConfig(etcd_->endpoint()));
+  GatedStore gated(reader);
+  SystemClock cache_clock;
+  RunningCache rc(gated, cache_clock, "/kmx/w/");
+  using Map = std::map<std::string, std::string>;
+  ASSERT_TRUE(rc.recorder.WaitState({{"/kmx/w/a", "v1"}, {"/kmx/w/b", "v1"}, {"/kmx/w/c", "v1"}}));
+  for (int i = 0; i < 2000 && gated.watches_opened() < 1; ++i)
+    std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_GE(gated.watches_opened(), 1);
+
+  testing::FakeClock clock;
+  CompactionOptions o;
+  o.retain = minutes(60);
+  o.min_revisions = 1;
+  Compactor compactor(*store_, clock, o, keys_.Leader());
+  ASSERT_EQ(*compactor.Step(), 0);  // first sample
+
+  // Cut the cache off (its watch breaks; re-watching answers kRetry).
+  gated.Block(true);
+  gated.BreakWatches(RetryError("cut off by the test"));
+  const int64_t cut_at = rc.cache.Revision();
+  put("/kmx/w/a", "v2");
+  ASSERT_TRUE(store_->Delete("/kmx/w/b").ok());
+  put("/kmx/w/d", "new");
+  clock.Advance(minutes(61));
+  ASSERT_TRUE(compactor.Step().ok());  // compacts to the first sample: not past the cache yet
+  put("/kmx/unrelated", "bump");
+  clock.Advance(minutes(61));
+  auto compacted = compactor.Step();  // to the sample after the changes
+  ASSERT_TRUE(compacted.ok()) << compacted.status().ToString();
+  ASSERT_GT(*compacted, cut_at + 1) << "the compaction must pass the cache's revision";
+  EXPECT_EQ(store_->Get("/kmx/w/a", cut_at).status().code(), Code::kConflict);
+  gated.Block(false);
+
+  Map want = {{"/kmx/w/a", "v2"}, {"/kmx/w/c", "v1"}, {"/kmx/w/d", "new"}};
+  ASSERT_TRUE(rc.recorder.WaitState(want));
+  for (int i = 0; i < 2000 && ValuesOf(rc.cache.Items()) != want; ++i)
+    std::this_thread::sleep_for(milliseconds(10));
+  EXPECT_EQ(ValuesOf(rc.cache.Items()), want);
+  EXPECT_EQ(rc.cache.Lists(), 2) << "relisted once after the compaction";
+  // And it watches again.
+  put("/kmx/w/e", "later");
+  want["/kmx/w/e"] = "later";
+  EXPECT_TRUE(rc.recorder.WaitState(want));
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // which finished migration records the plan removes (count, age, the newest
 // of a workload, records in flight or still named, the minimum age), that
 // deletes are compare-and-swap on the record's mod revision and the leader's
-// fence, that passes cut short anywhere converge to the same end.
+// fence, that passes cut short anywhere converge to the same end; and when
+// the Compactor compacts (the newest sample at least `retain` old, never
+// within min_revisions of the head, an already compacted revision is fine).
 #include "controller/retention.h"
 
 #include <gtest/gtest.h>
@@ -288,6 +290,92 @@ TEST_F(RetentionStoreTest, PassesCutShortAnywhereConvergeAndRepeatIsANoOp) {
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(again->deleted, 0u);
   }
+}
+
+// ---- compaction ---------------------------------------------------------------
+
+class CompactorTest : public ::testing::Test {
+ protected:
+  CompactorTest() : store_(clock_) {}
+  int64_t Write(int n) {
+    int64_t rev = 0;
+    for (int i = 0; i < n; ++i) rev = *store_.Put("/kmx/k", std::to_string(i));
+    return rev;
+  }
+  bool Compacted(int64_t revision) {
+    return store_.Get("/kmx/k", revision).status().code() == Code::kConflict;
+  }
+  testing::FakeClock clock_;
+  testing::FakeStateStore store_;
+};
+
+TEST_F(CompactorTest, CompactsToTheNewestSampleAtLeastRetainOld) {
+  CompactionOptions o;
+  o.retain = hours(1);
+  o.min_revisions = 10;
+  Compactor c(store_, clock_, o, "/kmx/leader");
+  const int64_t r0 = Write(50);
+  auto step = c.Step();  // sample (t0, r0)
+  ASSERT_TRUE(step.ok());
+  EXPECT_EQ(*step, 0);
+  clock_.Advance(minutes(30));
+  const int64_t r1 = Write(50);
+  ASSERT_EQ(*c.Step(), 0);  // (t0+30m, r1): nothing an hour old yet
+  clock_.Advance(minutes(31));
+  Write(50);
+  step = c.Step();  // t0 is 61 min old
+  ASSERT_TRUE(step.ok());
+  EXPECT_EQ(*step, r0);
+  EXPECT_TRUE(Compacted(r0 - 1));
+  EXPECT_FALSE(Compacted(r0));
+  EXPECT_FALSE(Compacted(r1));
+  ASSERT_EQ(*c.Step(), 0);  // again at once: nothing newer is an hour old
+  clock_.Advance(minutes(30));
+  step = c.Step();
+  ASSERT_TRUE(step.ok());
+  EXPECT_EQ(*step, r1);
+  EXPECT_EQ(c.compacted(), r1);
+}
+
+TEST_F(CompactorTest, NeverWithinMinRevisionsOfTheHead) {
+  CompactionOptions o;
+  o.retain = minutes(5);
+  o.min_revisions = 1000;
+  Compactor c(store_, clock_, o, "/kmx/leader");
+  Write(100);
+  ASSERT_TRUE(c.Step().ok());
+  clock_.Advance(minutes(10));
+  ASSERT_EQ(*c.Step(), 0);  // head ~100 < 1000
+  const int64_t head = Write(1500);
+  clock_.Advance(minutes(10));
+  auto step = c.Step();
+  ASSERT_TRUE(step.ok());
+  EXPECT_GT(*step, 0);
+  EXPECT_LE(*step, head - 1000);
+}
+
+TEST_F(CompactorTest, AnAlreadyCompactedRevisionIsFineAndResetForgetsSamples) {
+  CompactionOptions o;
+  o.retain = minutes(5);
+  o.min_revisions = 1;
+  Compactor c(store_, clock_, o, "/kmx/leader");
+  Write(20);
+  ASSERT_TRUE(c.Step().ok());
+  const int64_t head = Write(20);
+  ASSERT_TRUE(store_.Compact(head).ok());  // etcd's own auto-compaction went further
+  clock_.Advance(minutes(6));
+  auto step = c.Step();
+  ASSERT_TRUE(step.ok()) << step.status().ToString();
+  EXPECT_EQ(*step, 0);
+
+  c.Reset();  // a new term
+  Write(20);
+  ASSERT_EQ(*c.Step(), 0);  // its first sample is new
+  clock_.Advance(minutes(6));
+  Write(5);
+  step = c.Step();
+  ASSERT_TRUE(step.ok());
+  EXPECT_GT(*step, head);
 }
 
 }  // namespace
