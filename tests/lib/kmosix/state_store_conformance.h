@@ -19,6 +19,7 @@
 #include <atomic>
 #include <barrier>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <ostream>
@@ -207,6 +208,41 @@ TEST_P(StateStoreConformance, ListByPrefixIsSortedAndLimited) {
   auto past = s_->List(K("n/"), ListOptions{last, 0});
   ASSERT_TRUE(past.ok()) << past.status().ToString();
   EXPECT_EQ(past->kvs.size(), 3u);
+}
+
+// More keys than the etcd adapter reads in one Range page (500): the listing
+// is whole, sorted, at one revision; a limit spans pages; a past revision too.
+TEST_P(StateStoreConformance, ListOfMoreKeysThanAPageIsWhole) {
+  auto name = [](int i) {
+    char buf[16];
+    std::snprintf(buf, sizeof(buf), "p/%05d", i);
+    return std::string(buf);
+  };
+  int64_t first_batch = 0;
+  for (int i = 0; i < 1300; i += 100) {
+    Txn txn;
+    for (int j = i; j < i + 100; ++j) txn.then_ops.push_back(TxnOp::Put(K(name(j)), "v"));
+    auto r = s_->Commit(txn);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    if (i == 1100) first_batch = r->revision - 1;  // before the last two batches
+  }
+  auto all = s_->List(K("p/"));
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_EQ(all->kvs.size(), 1300u);
+  for (int i = 0; i < 1300; ++i) ASSERT_EQ(all->kvs[i].key, K(name(i)));
+  EXPECT_FALSE(all->more);
+
+  auto limited = s_->List(K("p/"), ListOptions{0, 1050});
+  ASSERT_TRUE(limited.ok()) << limited.status().ToString();
+  ASSERT_EQ(limited->kvs.size(), 1050u);
+  EXPECT_EQ(limited->kvs.back().key, K(name(1049)));
+  EXPECT_TRUE(limited->more);
+  EXPECT_EQ(limited->revision, all->revision);
+
+  auto past = s_->List(K("p/"), ListOptions{first_batch, 0});
+  ASSERT_TRUE(past.ok()) << past.status().ToString();
+  EXPECT_EQ(past->kvs.size(), 1100u);
+  ASSERT_TRUE(s_->DeletePrefix(K("p/")).ok());
 }
 
 TEST_P(StateStoreConformance, DeleteAndRecreate) {
