@@ -20,8 +20,12 @@
 #include <vector>
 
 #include "agent.h"
+#include "cluster/records.h"
+#include "cluster_link.h"
+#include "fake_load_sampler.h"
 #include "fakes/fake_clock.h"
 #include "fakes/fake_runtime.h"
+#include "fakes/fake_state_store.h"
 #include "fakes/fake_transport.h"
 #include "kmosix/stop_and_copy.h"
 
@@ -30,7 +34,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::FakeClock;
+using testing::FakeLoadSampler;
 using testing::FakeRuntime;
+using testing::FakeStateStore;
 using testing::FakeTransport;
 
 constexpr char kImage[] = "kmosix.local/demo:latest";
@@ -275,6 +281,149 @@ TEST_F(AgentDurabilityTest, SourceOnAFullDiskNeverFreezes) {
   EXPECT_EQ(runtime0_.Calls("Pause"), 0);
   EXPECT_FALSE(runtime1_.Has("work"));
   ExpectRunsOnceOn(runtime0_, 42);
+}
+
+// Hole 1 in cluster mode: node1 moves the managed workload to node2 by a
+// cluster order; node2 writes its Committed verdict, not its workload record,
+// and dies. Restarted over its state dir (with its link), it adopts the
+// committed copy, and the link claims it for the cluster: it runs once, on
+// node2, with its state, managed at the epoch the ownership moved to.
+class ClusterDurabilityTest : public ::testing::Test {
+ protected:
+  // An agent and its cluster link over a runtime that outlives them.
+  struct Linked {
+    Linked(const std::string& name, const fs::path& root, FakeRuntime& runtime, FakeClock& clock,
+           Random& random, StateStore& store, Transport& transport)
+        : engine(runtime, clock) {
+      AgentOptions opts;
+      opts.node = name;
+      opts.advertise_url = "http://" + name + ":7700";
+      opts.state_dir = root / name / "state";
+      opts.scratch_dir = root / name / "scratch";
+      opts.resolve_timeout = std::chrono::seconds(5);
+      agent = std::make_unique<Agent>(opts, runtime, engine, transport, clock, random, nullptr);
+      ClusterLinkOptions lo;
+      lo.node = name;
+      lo.url = opts.advertise_url;
+      link = std::make_unique<ClusterLink>(lo, *agent, store, sampler, clock, random);
+      agent->SetClusterHooks(link->Hooks());
+    }
+    ~Linked() {
+      link.reset();  // before the agent it borrows
+      agent.reset();
+    }
+    StopAndCopyEngine engine;
+    FakeLoadSampler sampler;
+    std::unique_ptr<Agent> agent;
+    std::unique_ptr<ClusterLink> link;
+  };
+
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("kmx-cluster-durability-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    runtime1_.AddImage(kImage);
+    runtime2_.AddImage(kImage);
+    StartNode2();
+    node1_ =
+        std::make_unique<Linked>("node1", root_, runtime1_, clock_, random_, store_, *to_node2_);
+    ASSERT_TRUE(node1_->agent->Start().ok());
+  }
+  void TearDown() override {
+    node1_.reset();
+    node2_.reset();
+    fs::remove_all(root_);
+  }
+  // (Re)starts node2 over its state dir; node1's transport must be rebuilt
+  // with it (only before node1 exists, or node1 is not used afterwards).
+  void StartNode2() {
+    node2_.reset();
+    node2_ = std::make_unique<Linked>("node2", root_, runtime2_, clock_, random_, store_, no_peer_);
+    ASSERT_TRUE(node2_->agent->Start().ok());
+    to_node2_ = std::make_unique<FakeTransport>(&node2_->agent->Target());
+  }
+  void Put(const std::string& key, const std::string& value) {
+    ASSERT_TRUE(store_.Put(key, value).ok());
+  }
+  api::Workload Record() {
+    auto got = store_.Get(keys_.Workload("work"));
+    EXPECT_TRUE(got.ok() && got->kv.has_value());
+    if (!got.ok() || !got->kv) return {};
+    auto w = cluster::ParseRecord<api::Workload>(got->kv->value, cluster::WorkloadFromJson);
+    EXPECT_TRUE(w.ok()) << w.status().ToString();
+    return w.ok() ? *w : api::Workload{};
+  }
+
+  fs::path root_;
+  FakeClock clock_;
+  SystemRandom random_;
+  FakeStateStore store_{clock_};
+  cluster::KeyLayout keys_;
+  FakeRuntime runtime1_{"node1", "/tmp/kmx-cluster-durability-" + std::to_string(::getpid())};
+  FakeRuntime runtime2_{"node2", "/tmp/kmx-cluster-durability-" + std::to_string(::getpid())};
+  FakeTransport no_peer_{nullptr};
+  std::unique_ptr<FakeTransport> to_node2_;
+  std::unique_ptr<Linked> node2_;
+  std::unique_ptr<Linked> node1_;
+};
+
+TEST_F(ClusterDurabilityTest, TargetThatDiesAfterItsVerdictKeepsTheWorkloadForTheCluster) {
+  api::Workload w;
+  w.spec.name = "work";
+  w.spec.image = kImage;
+  w.spec.args = {"/bin/tick"};
+  w.status.node = "node1";
+  w.status.phase = api::WorkloadPhase::kScheduled;
+  w.status.epoch = 3;
+  w.status.created_ms = 1234;
+  Put(keys_.Workload("work"), cluster::WorkloadToJson(w).dump());
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  ASSERT_EQ(runtime1_.State("work"), TaskState::kRunning);
+  for (int i = 0; i < 7; ++i) runtime1_.Tick("work");
+
+  api::NodeLoad n2;
+  n2.node = "node2";
+  n2.url = "http://node2:7700";
+  Put(keys_.Node("node2"), cluster::NodeLoadToJson(n2).dump());
+  w.status.phase = api::WorkloadPhase::kMigrating;
+  w.status.migration = "m-1";
+  Put(keys_.Workload("work"), cluster::WorkloadToJson(w).dump());
+  api::Migration m;
+  m.id = "m-1";
+  m.workload = "work";
+  m.source = "node1";
+  m.target = "node2";
+  m.phase = api::MigrationPhase::kPending;
+  m.reason = "test";
+  m.requested_by = "api";
+  m.epoch = 3;
+  Put(keys_.Migration("m-1"), cluster::MigrationToJson(m).dump());
+
+  // node2 will not get to write its workload record.
+  const fs::path record = root_ / "node2" / "state" / "workloads" / "work.json";
+  fs::create_directories(record.string() + ".tmp/x");
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  ASSERT_FALSE(runtime1_.Has("work"));  // node1 released its copy
+  ASSERT_EQ(Record().status.node, "node2");
+  ASSERT_FALSE(fs::exists(record));
+
+  // node2 dies and comes back over its state dir, its containerd still up.
+  fs::remove_all(record.string() + ".tmp");
+  StartNode2();
+  ASSERT_TRUE(node2_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(runtime2_.State("work"), TaskState::kRunning);
+  EXPECT_EQ(runtime2_.Counter("work"), 7);  // the same copy, not a fresh start
+  EXPECT_FALSE(runtime1_.Has("work"));
+  auto local = node2_->agent->Local("work");
+  ASSERT_TRUE(local.has_value());
+  EXPECT_EQ(local->state, "running");
+  EXPECT_TRUE(local->managed);
+  EXPECT_EQ(local->epoch, Record().status.epoch);
+  EXPECT_EQ(local->migrations, std::vector<std::string>{"m-1"});
+  EXPECT_TRUE(fs::exists(record));
+  EXPECT_EQ(Record().status.node, "node2");
 }
 
 }  // namespace
