@@ -34,8 +34,9 @@
 //
 // Durable writes (the journal): every phase change is handed to the
 // caller's PersistFn, which returns whether it was written. The driver never
-// does the work of a phase its journal does not hold, so Recover, which
-// starts from the last phase written, never undoes or repeats too little:
+// does the work of a phase its journal does not hold, so the last phase
+// written always bounds what may have been done, which is where Recover
+// starts. A phase that cannot be written ends the migration:
 //   Preparing, Checkpointing not written -> Failed before the freeze (the
 //                                           prepared target is aborted; the
 //                                           workload runs on, untouched);
