@@ -13,6 +13,10 @@
 // record's phases); the leader resolves records the source cannot finish
 // (source node lost, order never picked up).
 //
+// The leader also keeps etcd bounded (controller/retention.h): a
+// "retention" item removes old finished migration records, a "compact" item
+// compacts the store's history; both periodic, level-based.
+//
 // etcd node grants (SetAccessGrants; controller/grants.h): what each node's
 // etcd role may write beyond its own nodes/<node> key follows the records.
 // The leader reconciles one queue item per node ("g/<node>", queued by every
