@@ -11,6 +11,7 @@
 
 #include "cluster/prefix_cache.h"
 #include "cluster/records.h"
+#include "controller/controller.h"
 #include "controller/retention.h"
 #include "etcd/etcd_state_store.h"
 #include "fakes/fake_clock.h"
@@ -190,6 +191,69 @@ TEST_F(RetentionEtcdTest, CompactionPastACutOffWatchCacheMakesItRelistAndStayCor
   put("/kmx/w/e", "later");
   want["/kmx/w/e"] = "later";
   EXPECT_TRUE(rc.recorder.WaitState(want));
+}
+
+// The symptom end to end: a controller over etcd holding 3000
+// finished ~2 KiB migration records (more than one gRPC message) starts,
+// and trims them to the newest of each workload.
+TEST_F(RetentionEtcdTest, AControllerStartsOverThousandsOfRecordsAndTrimsThem) {
+  SKIP_WITHOUT_ETCD();
+  const int64_t now = SystemClock().WallMillis();
+  const std::string padding(2000, 'r');
+  for (int w = 0; w < 30; ++w) {
+    api::Workload wl;
+    wl.spec.name = "w" + std::to_string(w);
+    wl.spec.image = "demo";
+    wl.status.phase = api::WorkloadPhase::kRunning;
+    wl.status.node = "n1";
+    wl.status.epoch = 1;
+    ASSERT_TRUE(store_->Put(keys_.Workload(wl.spec.name), cluster::WorkloadToJson(wl).dump()).ok());
+    Txn txn;
+    for (int j = 0; j < 100; ++j) {
+      api::Migration m;
+      m.id = wl.spec.name + "-" + Id(j);
+      m.workload = wl.spec.name;
+      m.source = "n1";
+      m.target = "n2";
+      m.phase = api::MigrationPhase::kSucceeded;
+      m.requested_by = "policy";
+      m.reason = padding;
+      m.finished_ms = m.updated_ms = now - 8 * kDay + j * 60'000;
+      m.created_ms = m.finished_ms - 1000;
+      txn.then_ops.push_back(TxnOp::Put(keys_.Migration(m.id), cluster::MigrationToJson(m).dump()));
+    }
+    ASSERT_TRUE(store_->Commit(txn).ok());
+  }
+  ASSERT_TRUE(store_->Delete(keys_.Leader()).ok());  // the fixture's; the controller elects
+
+  SystemClock clock;
+  SystemRandom random;
+  ControllerOptions o;
+  o.identity = "c1";
+  o.balance = false;
+  o.leader_ttl = seconds(2);
+  Controller c(*store_, clock, random, o, nullptr);
+  c.Start();
+  bool ready = false;
+  for (int i = 0; i < 600 && !ready; ++i) {
+    ready = c.Ready() && c.IsLeader();
+    if (!ready) std::this_thread::sleep_for(milliseconds(100));
+  }
+  ASSERT_TRUE(ready) << "the controller never listed its caches";
+  size_t left = 0;
+  for (int i = 0; i < 1200; ++i) {
+    auto l = store_->List(keys_.Migrations());
+    ASSERT_TRUE(l.ok()) << l.status().ToString();
+    left = l->kvs.size();
+    if (left == 30) break;
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  EXPECT_EQ(left, 30u) << "one finished record per workload stays";
+  for (int w = 0; w < 30; ++w) {
+    auto m = c.GetMigration("w" + std::to_string(w) + "-" + Id(99));
+    EXPECT_TRUE(m.ok()) << "the newest of w" << w << ": " << m.status().ToString();
+  }
+  c.Stop();
 }
 
 }  // namespace
