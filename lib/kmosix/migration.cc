@@ -153,12 +153,29 @@ MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string
   if (!a.ok()) {
     spdlog::warn("migration {}: target did not confirm abort: {}", r.id, a.status().ToString());
   }
-  if (Status s = engine_.Thaw(name); !s.ok()) {
+  Status cause = why;
+  if (Status s = ThawSource(r, name, cause); !s.ok()) {
     r.error = why.Annotate("rollback could not thaw the workload (" + s.ToString() + ")");
     (void)Enter(r, MigrationPhase::kResolving, persist);
     return r;
   }
+  r.error = cause;
   return Finish(r, MigrationPhase::kRolledBack, persist);
+}
+
+Status MigrationDriver::ThawSource(const MigrationReport& r, const std::string& name,
+                                   Status& cause) {
+  Status s = engine_.Thaw(name);
+  if (s.code() != Code::kNotFound) return s;
+  // Its container is gone (the node lost it): nothing can thaw it, nor run
+  // it twice. Waiting in Resolving would never end; the migration ends here
+  // and the agent's own checks (lost, restart) take the workload over.
+  spdlog::error("migration {} of {}: the source copy is gone, nothing to thaw: {}", r.id,
+                r.workload, s.ToString());
+  cause = Status(cause.ok() ? Code::kFailed : cause.code(),
+                 cause.message() + "; the source copy is gone from " + r.source_node + " (" +
+                     s.message() + ")");
+  return Status::Ok();
 }
 
 MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string& name,
@@ -262,7 +279,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
               r.workload, rv.ToString());
         }
         if (cause.ok()) cause = FailedError("target aborted the migration");
-        if (Status s = engine_.Thaw(name); !s.ok()) {
+        if (Status s = ThawSource(r, name, cause); !s.ok()) {
           r.failed_phase =
               r.failed_phase.empty() ? std::string(MigrationPhaseName(r.phase)) : r.failed_phase;
           r.error =
@@ -317,12 +334,13 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
     }
     if (answer.ok()) {
       // Aborted (or never heard of it): nothing runs there; run here again.
-      if (Status s = engine_.Thaw(name); !s.ok()) {
+      Status cause = why;
+      if (Status s = ThawSource(r, name, cause); !s.ok()) {
         r.error = why.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
         (void)Enter(r, r.phase, persist);
         return r;
       }
-      r.error = why;
+      r.error = cause;
       return Finish(r, MigrationPhase::kRolledBack, persist);
     }
     last = answer.status();

@@ -52,6 +52,11 @@
 // A rollback whose target answers Committed never thaws: the target owns the
 // workload, the source copy is released (Succeeded).
 //
+// A source copy that is gone when it should be thawed (Thaw: kNotFound, the
+// node lost its container) cannot run twice and will never thaw: the
+// migration ends RolledBack, its error saying so, instead of waiting in
+// Resolving; the caller's own checks (a lost workload) take over.
+//
 // Ownership: borrows the engine, transport and clock. Thread-safety: one
 // driver may run several migrations concurrently (it keeps no per-migration
 // state); the caller serialises migrations of the same workload.
@@ -195,6 +200,9 @@ class MigrationDriver {
   // Release after the target committed; Resolving if the release fails.
   MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist);
   MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
+  // engine_.Thaw; a copy that is gone (kNotFound) counts as done, with
+  // `cause` annotated to say so (see the header).
+  Status ThawSource(const MigrationReport& r, const std::string& name, Status& cause);
   std::string ScratchFor(const MigrationReport& r) const;
   void RemoveScratch(const MigrationReport& r) const;
 

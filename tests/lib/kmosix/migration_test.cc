@@ -1173,6 +1173,40 @@ TEST_F(MigrationTest, CommittedRecordWithoutACopyIsNotAdoptedAtRestart) {
   EXPECT_TRUE(adopted_.empty());
 }
 
+TEST_F(MigrationTest, SourceCopyGoneWhenTheTargetAbortedEndsTheMigration) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_TRUE(source_.Delete("work").ok());  // the source node lost its container
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();  // the target aborts its uncommitted copy
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, SourceJournal());
+  // Nothing to thaw and nothing runs it: the migration ends (the agent's
+  // lost-workload checks take over) instead of waiting in Resolving forever.
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("source copy is gone"), std::string::npos) << r.error.ToString();
+  EXPECT_FALSE(target_.Has("work"));
+}
+
+TEST_F(LedgerMigrationTest, SourceCopyGoneWhenTheTargetAbortedEndsTheMigration) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  ledger_.transfer_unknown = 1000;  // never moved
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_TRUE(source_.Delete("work").ok());
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  transport_->Heal();
+  ledger_.transfer_unknown = 0;
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("source copy is gone"), std::string::npos) << r.error.ToString();
+  EXPECT_EQ(ledger_.node, "node1");
+}
+
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
   transport_->CutTransfer();
   MigrationReport r = Migrate();
