@@ -647,8 +647,11 @@ StatusOr<ListResult> ListPages(EtcdImpl& impl, const std::string& prefix,
       raw = ep.kv->Range(&ctx, req, &resp);
       return raw;
     });
-    if (raw.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && want > 1) {
-      page = std::max<int64_t>(1, want / 2);  // over max_receive_bytes: fewer keys
+    // Over max_receive_bytes (gRPC's own refusal, not etcd's "too many
+    // requests", also RESOURCE_EXHAUSTED): fewer keys per page.
+    if (raw.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && want > 1 &&
+        Contains(raw.error_message(), "larger than max")) {
+      page = std::max<int64_t>(1, want / 2);
       continue;
     }
     KMX_RETURN_IF_ERROR(s);
