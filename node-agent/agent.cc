@@ -8,6 +8,7 @@
 
 #include "api/validate.h"
 #include "kmosix/files.h"
+#include "kmosix/json_text.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix::agent {
@@ -141,7 +142,7 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
   };
   // The target logs a failed write and acts on it (migration_target.h).
   hooks.persist = [this](const IncomingRecord& r) -> Status {
-    return WriteFileAtomic(InPath(r.offer.id), IncomingRecordToJson(r).dump(2));
+    return WriteFileAtomic(InPath(r.offer.id), DumpJson(IncomingRecordToJson(r), 2));
   };
   // Arrivals are unmanaged until the cluster link claims them (ClaimManaged).
   hooks.owned_here = cluster_.owned_here;
@@ -176,7 +177,7 @@ Status Agent::WriteWorkload(const Workload& w) {
     j["lastRestartMs"] = w.last_restart_ms;
     j["lastRestartReason"] = w.last_restart_reason;
   }
-  return WriteFileAtomic(WorkloadPath(w.spec.name), j.dump(2));
+  return WriteFileAtomic(WorkloadPath(w.spec.name), DumpJson(j, 2));
 }
 
 void Agent::SaveWorkload(const Workload& w) {
@@ -191,7 +192,7 @@ Status Agent::SaveOutgoing(const MigrationReport& r, const ContainerSpec& spec, 
   if (managed) j["managed"] = true;
   // The driver logs a failed write and acts on it (migration.h); the map
   // holds the report either way (it is what happened).
-  Status s = WriteFileAtomic(OutPath(r.id), j.dump(2));
+  Status s = WriteFileAtomic(OutPath(r.id), DumpJson(j, 2));
   std::lock_guard lock(mu_);
   outgoing_[r.id] = r;
   return s;
@@ -862,30 +863,94 @@ StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationR
     ++outgoing_running_;
     workloads_[name].state = "migrating";
   }
+  // The slot is given back however this ends (an exception included).
+  struct Slot {
+    Agent& agent;
+    ~Slot() {
+      std::lock_guard l(agent.mu_);
+      --agent.outgoing_running_;
+    }
+  } slot{*this};
   spdlog::info("migration {}: {} from {} to {}", r.id, name, options_.node, r.target_url);
   auto persist = [&](const MigrationReport& rep) -> Status {
     Status s = SaveOutgoing(rep, spec, managed);
-    if (on_phase) on_phase(rep);
+    // The caller's notification (the cluster link writes etcd): its failure
+    // is its own to report, never the migration's.
+    if (on_phase) {
+      try {
+        on_phase(rep);
+      } catch (const std::exception& e) {
+        spdlog::error("migration {}: phase {} not reported: unexpected exception: {}", rep.id,
+                      MigrationPhaseName(rep.phase), e.what());
+      } catch (...) {
+        spdlog::error("migration {}: phase {} not reported: unexpected exception", rep.id,
+                      MigrationPhaseName(rep.phase));
+      }
+    }
     return s;
   };
   MigrationReport done;
-  if (ledger != nullptr) {
-    MigrationDriver::Options opts = driver_options_;
-    opts.ledger = ledger;
-    MigrationDriver driver(engine_, transport_, clock_, opts);
-    done = driver.Run(spec, r, persist, life, cancelled);
-  } else {
-    done = driver_->Run(spec, r, persist, life, cancelled);
+  std::string thrown;
+  try {
+    if (ledger != nullptr) {
+      MigrationDriver::Options opts = driver_options_;
+      opts.ledger = ledger;
+      MigrationDriver driver(engine_, transport_, clock_, opts);
+      done = driver.Run(spec, r, persist, life, cancelled);
+    } else {
+      done = driver_->Run(spec, r, persist, life, cancelled);
+    }
+  } catch (const std::exception& e) {
+    thrown = e.what();
+  } catch (...) {
+    thrown = "unknown exception";
   }
+  if (!thrown.empty()) done = AfterException(spec, r, ledger, persist, thrown);
   Finished(done, spec);
-  {
-    std::lock_guard l(mu_);
-    --outgoing_running_;
-  }
   spdlog::info("migration {}: {} ({:.3f} s downtime, {:.3f} s total, {} bytes){}", done.id,
                MigrationPhaseName(done.phase), done.timings.downtime, done.timings.total,
                done.bytes, done.error.ok() ? "" : ": " + done.error.ToString());
   return done;
+}
+
+MigrationReport Agent::AfterException(const ContainerSpec& spec, const MigrationReport& started,
+                                      OwnershipLedger* ledger,
+                                      const MigrationDriver::PersistFn& persist,
+                                      const std::string& what) {
+  spdlog::error("migration {} of {}: unexpected exception: {}; resolving it from its journal",
+                started.id, spec.name, what);
+  std::optional<MigrationReport> last = OutgoingReport(started.id);
+  if (!last) {
+    // Nothing was journaled, so nothing was frozen or prepared (the driver
+    // journals before it acts).
+    MigrationReport failed = started;
+    failed.phase = MigrationPhase::kFailed;
+    failed.failed_phase = std::string(MigrationPhaseName(MigrationPhase::kPending));
+    failed.error = FailedError("unexpected exception: " + what);
+    failed.finished_ms = clock_.WallMillis();
+    (void)persist(failed);
+    return failed;
+  }
+  if (IsFinal(last->phase)) return *last;
+  // As after a crash at that point: the target is asked, the source thawed or
+  // released (MigrationDriver::Recover). Should that throw too, the
+  // workload stays frozen and Tick's RetryUnresolved tries again.
+  try {
+    if (ledger != nullptr) {
+      MigrationDriver::Options opts = driver_options_;
+      opts.ledger = ledger;
+      MigrationDriver driver(engine_, transport_, clock_, opts);
+      return driver.Recover(spec, *last, persist);
+    }
+    return driver_->Recover(spec, *last, persist);
+  } catch (const std::exception& e) {
+    spdlog::error("migration {}: resolving it failed too ({}); left frozen for the next round",
+                  started.id, e.what());
+  } catch (...) {
+    spdlog::error("migration {}: resolving it failed too; left frozen for the next round",
+                  started.id);
+  }
+  return *last;
 }
 
 api::AgentMigrationList Agent::ListMigrations() {

@@ -33,7 +33,12 @@
 // on one workload are serialised by its lock.
 // Errors: kInvalid for bad input (nothing changed), kNotFound for unknown
 // names, kConflict for a name in use or a workload busy migrating, kRetry
-// when containerd is unreachable, kFailed otherwise.
+// when containerd is unreachable, kFailed otherwise. No method throws: text
+// from outside (peers' errors, stream paths) is written with bad UTF-8
+// replaced (kmosix/json_text.h), an exception inside a migration is caught
+// and the migration resolved from its journal (one running copy: thawed here
+// or released to the target), and the outgoing slot is given back however a
+// migration ends.
 #pragma once
 
 #include <functional>
@@ -294,6 +299,12 @@ class Agent {
   StatusOr<MigrationReport> RunOutgoing(const std::string& name, MigrationReport r, bool managed,
                                         OwnershipLedger* ledger, const PhaseFn& on_phase,
                                         const MigrationDriver::CancelFn& cancelled = {});
+  // A migration whose driver threw: resolved from its last journaled report
+  // (Recover), or Failed if nothing was journaled; non-final if resolving
+  // failed too (the workload is then left frozen for RetryUnresolved).
+  MigrationReport AfterException(const ContainerSpec& spec, const MigrationReport& started,
+                                 OwnershipLedger* ledger, const MigrationDriver::PersistFn& persist,
+                                 const std::string& what);
   LocalWorkload ToLocal(const Workload& w) const;
   std::shared_ptr<std::mutex> LockFor(const std::string& name);
   // The API's view of a local workload (asks the runtime for its task).

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "api/validate.h"
+#include "kmosix/json_text.h"
 
 namespace kmosix::agent {
 namespace {
@@ -49,6 +50,19 @@ std::string CancelText(const MigrationRecord& m) {
   return m.cancelled_by.empty() ? "cancelled" : "cancelled by " + m.cancelled_by;
 }
 
+// Runs f in one of the link's threads; an exception becomes a kFailed status
+// (logged by the caller), never the thread's end.
+template <typename F>
+Status Caught(const char* what, F f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return FailedError(std::string(what) + ": unexpected exception: " + e.what());
+  } catch (...) {
+    return FailedError(std::string(what) + ": unexpected exception");
+  }
+}
+
 }  // namespace
 
 ClusterLink::ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& store,
@@ -83,13 +97,24 @@ void ClusterLink::Start() {
     if (started_ || stopping_) return;
     started_ = true;
   }
+  // Every callback and step of these threads catches what it throws.
   threads_.emplace_back([this] {
-    workloads_.Run(
-        [this](const std::string& k, const std::optional<KeyValue>& kv) { OnWorkloadKey(k, kv); });
+    workloads_.Run([this](const std::string& k, const std::optional<KeyValue>& kv) {
+      Status s = Caught("workload event", [&] {
+        OnWorkloadKey(k, kv);
+        return Status::Ok();
+      });
+      if (!s.ok()) spdlog::error("{}: {}", k, s.ToString());
+    });
   });
   threads_.emplace_back([this] {
-    migrations_.Run(
-        [this](const std::string& k, const std::optional<KeyValue>& kv) { OnMigrationKey(k, kv); });
+    migrations_.Run([this](const std::string& k, const std::optional<KeyValue>& kv) {
+      Status s = Caught("migration event", [&] {
+        OnMigrationKey(k, kv);
+        return Status::Ok();
+      });
+      if (!s.ok()) spdlog::error("{}: {}", k, s.ToString());
+    });
   });
   threads_.emplace_back([this] { nodes_.Run([](const std::string&, const auto&) {}); });
   threads_.emplace_back([this] { WorkerLoop(); });
@@ -122,7 +147,7 @@ void ClusterLink::PublisherLoop() {
   bool resynced = false;
   std::string failing;  // the error last logged, so an outage logs once
   while (true) {
-    Status s = PublishOnce();
+    Status s = Caught("publish", [&] { return PublishOnce(); });
     if (!s.ok() && s.ToString() != failing) {
       failing = s.ToString();
       spdlog::warn("publishing the load of {}: {}", options_.node, failing);
@@ -136,7 +161,11 @@ void ClusterLink::PublisherLoop() {
     if ((synced && !resynced) || clock_.Now() - last_resync >= options_.resync) {
       resynced = resynced || synced;
       last_resync = clock_.Now();
-      Resync();
+      Status r = Caught("resync", [&] {
+        Resync();
+        return Status::Ok();
+      });
+      if (!r.ok()) spdlog::error("{}", r.ToString());
     }
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, options_.sample_interval, [&] { return stopping_ || lease_lost_; });
@@ -153,10 +182,12 @@ void ClusterLink::WorkerLoop() {
       if (stopping_) return;
       continue;
     }
-    Status s = Reconcile(*key);
+    Status s = Caught("reconcile", [&] { return Reconcile(*key); });
     if (s.ok()) {
       queue_.Forget(*key);
-    } else if (s.code() == Code::kRetry || s.code() == Code::kConflict) {
+    } else if (s.code() == Code::kRetry || s.code() == Code::kConflict ||
+               s.message().find("unexpected exception") != std::string::npos) {
+      // Level-based: a surprise is retried with back-off, never forgotten.
       auto delay = queue_.Retry(*key);
       spdlog::debug("{}: {} (again in {:.1f} s)", *key, s.ToString(), Seconds(delay));
     } else {
@@ -270,7 +301,7 @@ Status ClusterLink::PublishOnce() {
   FillNodeLoad(sample, load);
   load.images = images_;
   load.not_ready_reason = reason;
-  auto put = store_.Put(options_.keys.Node(options_.node), cluster::NodeLoadToJson(load).dump(),
+  auto put = store_.Put(options_.keys.Node(options_.node), DumpJson(cluster::NodeLoadToJson(load)),
                         PutOptions{lease});
   if (!put.ok()) {
     if (put.status().code() == Code::kNotFound) DropLease();  // re-granted next round
@@ -337,7 +368,7 @@ Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::st
       // An absent key has mod_revision 0 (etcd compares the zero value).
       txn.compares.push_back(Compare::Unchanged(guard_key, guard ? guard->mod_revision : 0));
     }
-    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(rec).dump()));
+    txn.then_ops.push_back(TxnOp::Put(key, DumpJson(cluster::WorkloadToJson(rec))));
     auto done = store_.Commit(txn);
     if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
     if (done->succeeded) return Status::Ok();
@@ -356,7 +387,7 @@ Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange
     if (!write) return Status::Ok();
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
-    txn.then_ops.push_back(TxnOp::Put(key, cluster::MigrationToJson(rec).dump()));
+    txn.then_ops.push_back(TxnOp::Put(key, DumpJson(cluster::MigrationToJson(rec))));
     auto done = store_.Commit(txn);
     if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
     if (done->succeeded) return Status::Ok();
@@ -728,16 +759,63 @@ Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& w
 }
 
 void ClusterLink::Launch(const MigrationRecord& rec, const std::string& url) {
-  std::lock_guard lock(mu_);
-  if (stopping_ || running_.contains(rec.id)) return;
-  auto cancel = std::make_shared<std::atomic<bool>>(false);
-  running_.emplace(rec.id, cancel);
-  // Finished threads are joined on the next launch and by WaitMigrations.
-  threads_of_migrations_.emplace_back([this, rec, url, cancel] { RunMigration(rec, url, cancel); });
+  std::vector<std::thread> finished;
+  {
+    std::lock_guard lock(mu_);
+    // Threads of migrations that ended are joined here (and by
+    // WaitMigrations): the list holds running ones and those ended since.
+    for (auto it = threads_of_migrations_.begin(); it != threads_of_migrations_.end();) {
+      if (it->done->load()) {
+        finished.push_back(std::move(it->thread));
+        it = threads_of_migrations_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!stopping_ && !running_.contains(rec.id)) {
+      auto cancel = std::make_shared<std::atomic<bool>>(false);
+      running_.emplace(rec.id, cancel);
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      threads_of_migrations_.push_back({std::thread([this, rec, url, cancel, done] {
+                                          RunMigration(rec, url, cancel);
+                                          done->store(true);
+                                        }),
+                                        done});
+    }
+  }
+  for (auto& t : finished) t.join();  // ended: returns at once
 }
 
 void ClusterLink::RunMigration(MigrationRecord rec, std::string url,
                                std::shared_ptr<std::atomic<bool>> cancel) {
+  // However this ends (an exception included), the migration stops counting
+  // as running here and the next reconcile of its keys settles the records.
+  struct Ended {
+    ClusterLink& link;
+    const MigrationRecord& rec;
+    bool requeue = true;
+    ~Ended() {
+      {
+        std::lock_guard lock(link.mu_);
+        link.running_.erase(rec.id);
+      }
+      link.cv_.notify_all();
+      if (requeue) {
+        link.queue_.Add(kMigrationKey + rec.id);
+        link.queue_.Add(kWorkloadKey + rec.workload);
+      }
+    }
+  } ended{*this, rec};
+  Status s = Caught("migration", [&] {
+    RunMigrationSteps(rec, url, cancel, ended.requeue);
+    return Status::Ok();
+  });
+  if (!s.ok()) spdlog::error("migration {} of {}: {}", rec.id, rec.workload, s.ToString());
+}
+
+void ClusterLink::RunMigrationSteps(const MigrationRecord& rec, const std::string& url,
+                                    const std::shared_ptr<std::atomic<bool>>& cancel,
+                                    bool& requeue) {
   ManagedMigration order{rec.id, rec.workload, rec.target, url,
                          [cancel] { return cancel->load(); }};
   spdlog::info("migration {}: moving {} to {} ({}), ordered by {}: {}", rec.id, rec.workload,
@@ -759,11 +837,11 @@ void ClusterLink::RunMigration(MigrationRecord rec, std::string url,
     } else {
       spdlog::info("migration {} of {} not started yet: {}", rec.id, rec.workload, s.ToString());
     }
+    requeue = false;
     {
       std::lock_guard lock(mu_);
-      running_.erase(rec.id);
+      running_.erase(rec.id);  // before the retry can find it in flight
     }
-    cv_.notify_all();
     if (!ForGood(s)) queue_.Retry(key);
     return;
   }
@@ -772,24 +850,28 @@ void ClusterLink::RunMigration(MigrationRecord rec, std::string url,
       spdlog::warn("migration {}: workload record not updated: {}", rec.id, s.ToString());
     }
   }
-  {
-    std::lock_guard lock(mu_);
-    running_.erase(rec.id);
-  }
-  cv_.notify_all();
-  // Whatever was not written (store down, still Resolving) is picked up here.
-  queue_.Add(key);
-  queue_.Add(kWorkloadKey + rec.workload);
+  // Whatever was not written (store down, still Resolving) is picked up when
+  // the run ends (Ended requeues its keys).
 }
 
 void ClusterLink::WaitMigrations() {
-  std::vector<std::thread> threads;
+  std::vector<MigrationThread> threads;
   {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return running_.empty(); });
     threads.swap(threads_of_migrations_);
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads) t.thread.join();
+}
+
+size_t ClusterLink::RunningMigrations() {
+  std::lock_guard lock(mu_);
+  return running_.size();
+}
+
+size_t ClusterLink::MigrationThreads() {
+  std::lock_guard lock(mu_);
+  return threads_of_migrations_.size();
 }
 
 Status ClusterLink::WriteReport(const MigrationReport& r) {

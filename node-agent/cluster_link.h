@@ -106,9 +106,12 @@
 //
 // Ownership: borrows the agent, store, sampler, clock and random; owns its
 // threads (publisher, queue worker, three caches, one per running
-// migration). Thread-safety: all public methods may be called from any
-// thread. Start/Stop once each. Errors: as values; store errors inside the
-// threads are retried (with the queue's per-key backoff).
+// migration; a finished migration's thread is joined at the next launch).
+// No exception ends a thread: each step's is caught, logged and retried
+// (reconcilers with the queue's back-off); records are written with bad
+// UTF-8 in error texts replaced (kmosix/json_text.h). Thread-safety: all public methods may be
+// called from any thread. Start/Stop once each. Errors: as values; store errors inside the threads
+// are retried (with the queue's per-key backoff).
 #pragma once
 
 #include <atomic>
@@ -191,6 +194,10 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   void Resync();
   // Blocks until no migration started by this link is running.
   void WaitMigrations();
+  // Migrations running now, and the threads of migrations not yet joined
+  // (running ones plus at most the ones finished since the last launch).
+  size_t RunningMigrations();
+  size_t MigrationThreads();
   // The lease nodes/<node> is written under (0: none yet).
   int64_t Lease() const;
 
@@ -228,7 +235,12 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // The order cannot run: written Failed (from Pending only), workload freed.
   Status RefuseOrder(const api::Migration& rec, const std::string& why);
   void Launch(const api::Migration& rec, const std::string& url);
+  // The body of a migration's thread: never throws; however it ends, the
+  // migration leaves running_ and (unless it never started) its keys are
+  // queued again.
   void RunMigration(api::Migration rec, std::string url, std::shared_ptr<std::atomic<bool>> cancel);
+  void RunMigrationSteps(const api::Migration& rec, const std::string& url,
+                         const std::shared_ptr<std::atomic<bool>>& cancel, bool& requeue);
   // Mirrors a report into migrations/<id> (final fields when final).
   Status WriteReport(const MigrationReport& report);
   // Frees the workload record of migration `id` (see the file comment).
@@ -273,8 +285,14 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   bool lease_lost_ = false;
   // Migrations this link runs now -> their cancel flag (read by the driver).
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> running_;
-  std::vector<std::thread> threads_;                // publisher, worker, caches
-  std::vector<std::thread> threads_of_migrations_;  // joined by WaitMigrations
+  std::vector<std::thread> threads_;  // publisher, worker, caches
+  // One per migration run here; `done` once its body returned. Ended ones
+  // are joined at the next Launch and by WaitMigrations.
+  struct MigrationThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<MigrationThread> threads_of_migrations_;
 };
 
 }  // namespace kmosix::agent

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kmosix/intake_limits.h"
+#include "kmosix/json_text.h"
 #include "kmosix/spec_json.h"
 #include "transport_http/peer_replies.h"
 #include "transport_http/stream_receiver.h"
@@ -312,13 +313,13 @@ bool ReadLine(Conn& conn, std::string& line) {
 }
 
 void Answer(int fd, const json& j) {
-  std::string line = j.dump() + "\n";
+  std::string line = DumpJson(j) + "\n";
   (void)WriteAll(fd, line.data(), line.size());
 }
 
 // Answers and ends this side's sending (TLS: close_notify after the line).
 void Answer(Conn& conn, const json& j) {
-  std::string line = j.dump() + "\n";
+  std::string line = DumpJson(j) + "\n";
   if (conn.WriteAll(line.data(), line.size())) (void)conn.EndWrites();
 }
 
@@ -552,7 +553,17 @@ void DataServer::AcceptLoop() {
     active_.fetch_add(1);
     auto done = std::make_shared<std::atomic<bool>>(false);
     workers_.push_back({std::thread([this, fd, done, peer] {
-                          Serve(fd, peer);
+                          // No exception ends the agent: a stream's is its
+                          // own failure (its connection was closed by Conn).
+                          try {
+                            Serve(fd, peer);
+                          } catch (const std::exception& e) {
+                            spdlog::error("data channel: stream from {}: unexpected exception: {}",
+                                          peer, e.what());
+                          } catch (...) {
+                            spdlog::error("data channel: stream from {}: unexpected exception",
+                                          peer);
+                          }
                           active_.fetch_sub(1);
                           done->store(true);
                         }),
@@ -629,15 +640,21 @@ void DataServer::Serve(int raw_fd, const std::string& peer) {
       if (end) return;
     }
   });
-  while (true) {
-    auto [b, n] = pipe.TakeFull();
-    if (n == 0) break;
-    bool ok = receiver.Feed(b.data(), n).ok();
-    pipe.GiveBack(std::move(b));
-    // Failed: the reader quits after the read in progress (the source is
-    // still sending, so it returns soon), then the answer goes out while
-    // what follows is drained (AnswerEarly).
-    if (!ok) break;
+  try {
+    while (true) {
+      auto [b, n] = pipe.TakeFull();
+      if (n == 0) break;
+      bool ok = receiver.Feed(b.data(), n).ok();
+      pipe.GiveBack(std::move(b));
+      // Failed: the reader quits after the read in progress (the source is
+      // still sending, so it returns soon), then the answer goes out while
+      // what follows is drained (AnswerEarly).
+      if (!ok) break;
+    }
+  } catch (...) {
+    pipe.Close();  // never leave a joinable reader behind (std::terminate)
+    reader.join();
+    throw;  // the worker logs it; the target's idle timeout aborts the stream
   }
   pipe.Close();
   reader.join();

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kmosix/intake_limits.h"
+#include "kmosix/json_text.h"
 #include "kmosix/spec_json.h"
 #include "transport_http/stream_receiver.h"
 
@@ -22,7 +23,7 @@ constexpr char kIdRoute[] = "/v1/peer/migrations/([^/]+)";
 
 void Reply(httplib::Response& res, const json& body, int status = 200) {
   res.status = status;
-  res.set_content(body.dump(), kJson);
+  res.set_content(DumpJson(body), kJson);
 }
 
 void ReplyError(httplib::Response& res, const Status& s) {

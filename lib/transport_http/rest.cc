@@ -4,11 +4,13 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
+#include "kmosix/json_text.h"
+
 namespace kmosix::rest {
 
 void Reply(httplib::Response& res, int status, const nlohmann::json& body) {
   res.status = status;
-  res.set_content(body.dump(2) + "\n", "application/json");
+  res.set_content(DumpJson(body, 2) + "\n", "application/json");
 }
 
 void ReplyError(httplib::Response& res, const Status& s) {
@@ -33,7 +35,7 @@ void InstallJsonErrorHandlers(httplib::Server& server) {
                    ? InvalidError("bad request: a " + req.method +
                                   " needs a body or \"Content-Length: 0\" (curl: -d '' or -d '{}')")
                    : InvalidError("bad request");
-    res.set_content(ErrorJson(s).dump() + "\n", "application/json");
+    res.set_content(DumpJson(ErrorJson(s)) + "\n", "application/json");
   });
   server.set_exception_handler(
       [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {

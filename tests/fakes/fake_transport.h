@@ -3,12 +3,14 @@
 // Faults: Down() makes the peer unreachable; DropRequest(m) loses a call
 // before delivery; DropResponse(m) delivers it and loses the answer; CutTransfer()
 // cuts the stream after its first section record. All of these answer kRetry,
-// as a network failure would. Send runs the real transfer stream codec
+// as a network failure would. Fail(m, status) answers `status` to calls of m
+// before delivering them (e.g. what a malformed reply parses to). Send runs the real transfer stream codec
 // (encoder straight into decoder), held to target->ReceiveLimits(id).
 // Thread-safe enough for single-threaded tests.
 #pragma once
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -31,8 +33,10 @@ class FakeTransport : public Transport {
     drop_request_.clear();
     drop_response_.clear();
     cut_ = false;
+    fail_.clear();
   }
   void CutTransfer() { cut_ = true; }
+  void Fail(const std::string& m, Status s) { fail_[m] = std::move(s); }
   void SetNotAnAgent() { not_agent_ = true; }
 
   StatusOr<PeerInfo> Hello(const std::string&) override {
@@ -85,6 +89,7 @@ class FakeTransport : public Transport {
  private:
   Status Before(const std::string& m) {
     if (down_ || drop_request_.contains(m)) return RetryError(m + ": peer unreachable");
+    if (auto it = fail_.find(m); it != fail_.end()) return it->second;
     return Status::Ok();
   }
   template <typename T>
@@ -115,6 +120,7 @@ class FakeTransport : public Transport {
   bool not_agent_ = false;
   std::set<std::string> drop_request_;
   std::set<std::string> drop_response_;
+  std::map<std::string, Status> fail_;
 };
 
 }  // namespace kmosix::testing

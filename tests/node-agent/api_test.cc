@@ -368,6 +368,18 @@ TEST_F(ApiTest, UnknownWorkloadsAndRoutes) {
   Call("GET", "/v1/nothing-here", "", 404);
 }
 
+// Issue 13, hole 7: an error message carrying the request's bytes (a name
+// that is not UTF-8, percent-encoded) is answered as what it is (404, JSON,
+// the bytes replaced), not as a 500 from a JSON dump that threw.
+TEST_F(ApiTest, ANameThatIsNotUtf8IsANotFoundNotAnInternalError) {
+  json j = Call("GET", "/v1/workloads/%FF%FEw", "", 404);
+  EXPECT_EQ(j["code"], "not_found") << j.dump();
+  EXPECT_NE(j["message"].get<std::string>().find("\xEF\xBF\xBDw"), std::string::npos)
+      << "U+FFFD stands for each bad byte: " << j.dump();
+  Call("DELETE", "/v1/workloads/%FF", "", 404);
+  Call("GET", "/v1/migrations/%C3%28", "", 404);
+}
+
 TEST_F(ApiTest, BadMigrationRequestsChangeNothing) {
   Call("POST", "/v1/workloads", R"({"name":"w1","image":"kmosix.local/demo:latest"})", 201);
   const std::vector<std::string> bad = {

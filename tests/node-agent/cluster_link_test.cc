@@ -595,6 +595,50 @@ TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
   EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
 }
 
+// Issue 13, hole 7: an error whose text is not UTF-8 (a peer's garbage
+// reply while the workload is frozen) is written into the migration record,
+// never thrown out of the migration's thread or the reconciler.
+TEST_F(ClusterLinkTest, AMigrationErrorThatIsNotUtf8IsWrittenNotThrown) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->Fail("Restore", FailedError("peer answered HTTP 502: <\xff\xfe\xc3(>"));
+  ASSERT_NO_THROW(ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok()));
+  node1_->link->WaitMigrations();
+  ASSERT_NO_THROW(ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok()));
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kRolledBack);
+  EXPECT_NE(m.error.find("peer answered HTTP 502"), std::string::npos) << m.error;
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+}
+
+// Issue 13, hole 7: the thread of a finished migration is joined (at the
+// next launch), not kept until the link stops.
+TEST_F(ClusterLinkTest, FinishedMigrationThreadsAreJoined) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  to_node2_->Fail("Hello", FailedError("target says no"));
+  for (int i = 1; i <= 4; ++i) {
+    const std::string id = "m-" + std::to_string(i);
+    Put(Workload("node1", WorkloadPhase::kMigrating, 3, id));
+    Put(Order(id));
+    ASSERT_TRUE(node1_->link->Reconcile("m/" + id).ok());
+    // Wait for its end without joining (WaitMigrations would join).
+    for (int spin = 0; spin < 20000 && node1_->link->RunningMigrations() > 0; ++spin) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_EQ(node1_->link->RunningMigrations(), 0u) << id << " never ended";
+    EXPECT_EQ(GetMigration(id).phase, api::MigrationPhase::kFailed);
+  }
+  EXPECT_LE(node1_->link->MigrationThreads(), 1u) << "threads of finished migrations pile up";
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+}
+
 TEST_F(ClusterLinkTest, AnOrderRunsOnlyOnceTheWorkloadRecordAgrees) {
   RunWorkOnNode1();
   PutNode("node2", "http://node2:7700");
