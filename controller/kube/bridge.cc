@@ -478,6 +478,9 @@ Status Bridge::ReconcileMigration(const std::string& ns, const std::string& name
   if (!record.ok()) {
     if (IsFinalMigrationStatus(*object)) return Status::Ok();  // refused before, or record trimmed
     if (mirrored) return Status::Ok();  // its record is gone; nothing to mirror
+    // Ordered once already (its status names the id) and its record since
+    // removed by the leader's retention: never order it a second time.
+    if (old.value("id", "") == id) return Status::Ok();
     if (!spec.ok())
       return WriteStatus(res, *object,
                          MigrationRefusedStatus(old, meta.generation, "InvalidSpec",

@@ -478,6 +478,38 @@ TEST_F(BridgeTest, NewLeaderAfterAKillOrdersNothingTwice) {
   EXPECT_EQ(records, 1u);
 }
 
+// The leader's retention may remove a finished record while the Migration
+// object's status still shows it in flight (the bridge was away): the
+// object, whose status names the id, is never ordered a second time.
+TEST_F(BridgeTest, AMigrationWhoseRecordWasRemovedIsNotOrderedAgain) {
+  PublishNode("node1", 0.1);
+  PublishNode("node2", 0.1);
+  Controller& first = StartReplica("c1");
+  ASSERT_TRUE(Eventually([&] { return first.IsLeader(); }));
+  Apply(kMW, "default", Workload("counter", "node1"));
+  RunWhenScheduled(WorkloadNameFor("default", "counter"));
+  // No target: ordered again, the policy would move it once more.
+  json mig = Apply(kMig, "default", bridge::MigrationObject("default", "move", {"counter", ""}));
+  const std::string id = MigrationIdFor(mig["metadata"]["uid"]);
+  ASSERT_TRUE(Eventually([&] { return StatusField(kMig, "default", "move", "id") == id; }));
+  ASSERT_NE(StatusField(kMig, "default", "move", "phase"), "Succeeded");
+  const std::string phase = StatusField(kMig, "default", "move", "phase");
+  bridges_[0]->Stop();
+  first.Stop();
+  Succeed(id);                                           // finished while no bridge looked...
+  ASSERT_TRUE(store_.Delete(keys_.Migration(id)).ok());  // ...and removed by retention
+  Controller& second = StartReplica("c2");
+  ASSERT_TRUE(Eventually([&] { return second.IsLeader(); }, std::chrono::seconds(15)));
+  ASSERT_TRUE(Eventually([&] { return bridges_.back()->Synced(); }));
+  // Several resyncs (200 ms each) later, still no second order.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_FALSE(MigrationById(id).has_value()) << "the Migration was ordered again";
+  size_t orders = 0;
+  for (const auto& m : Migrations()) orders += m.workload == WorkloadNameFor("default", "counter");
+  EXPECT_EQ(orders, 0u);
+  EXPECT_EQ(StatusField(kMig, "default", "move", "phase"), phase) << "its status was rewritten";
+}
+
 TEST_F(BridgeTest, CutWatchesAndCompactionLoseNothing) {
   const int64_t lease = PublishNode("node1", 0.1);
   StartReplica("c1");
