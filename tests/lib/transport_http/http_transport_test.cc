@@ -612,5 +612,39 @@ TEST_P(DataChannelTest, CorruptedAndCutStreamsAbortTheReceive) {
   EXPECT_FALSE(target_->end_results[1].ok());
 }
 
+// Little-endian bytes of v (n bytes), as the transfer stream writes integers.
+std::string LittleEndian(uint64_t v, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  return out;
+}
+
+// Issue 13, hole 7: a hostile stream names a path whose bytes are not UTF-8;
+// the decoder's error quotes it. The answer still goes out (bad bytes
+// replaced by U+FFFD) instead of nlohmann::json::dump throwing type_error 316
+// in the stream's worker thread, which ended the whole agent.
+TEST_P(DataChannelTest, AHostilePathThatIsNotUtf8IsAnsweredNotFatal) {
+  std::string url = server_->url();
+  ASSERT_TRUE(transport_.Prepare(url, Offer("m-1")).ok());
+  const std::string path = "/\xff\xfe";
+  std::string stream = std::string("KMXSTRM\0", 8) + LittleEndian(kTransferStreamVersion, 4) +
+                       LittleEndian(kOpenTotals, 4) + LittleEndian(0, 8) + LittleEndian(0, 8);
+  const std::string section = std::string("\x01\x00", 2) + LittleEndian(4, 2) + "criu";
+  const std::string entry = std::string("\x02\x02", 2) + LittleEndian(0755, 4) +
+                            LittleEndian(0, 4) + LittleEndian(0, 4) + LittleEndian(0, 8) +
+                            LittleEndian(path.size(), 2) + path + LittleEndian(0, 2) +
+                            std::string(1, '\0') + LittleEndian(0, 8);
+  stream += LittleEndian(section.size(), 4) + section + LittleEndian(entry.size(), 4) + entry;
+  auto answer =
+      nlohmann::json::parse(SendRaw(data_->port(), "KMXDATA2 m-1\n" + stream), nullptr, false);
+  ASSERT_TRUE(answer.is_object());
+  EXPECT_EQ(answer["code"], "invalid_argument") << answer.dump();
+  EXPECT_NE(answer["message"].get<std::string>().find("absolute path \"/\xEF\xBF\xBD"),
+            std::string::npos)
+      << answer.dump();
+  ASSERT_TRUE(target_->WaitEnd(1));
+  EXPECT_FALSE(target_->end_results[0].ok());
+}
+
 }  // namespace
 }  // namespace kmosix
