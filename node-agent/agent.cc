@@ -283,6 +283,8 @@ Status Agent::Start() {
     std::lock_guard lock(mu_);
     outgoing_[r->id] = *r;
   }
+  // Before the orphan sweep and the task checks below.
+  SettleEndedMigrations();
 
   // What containerd runs must match the records: containers nobody owns were
   // never acknowledged to a client (a crash between create and record).
@@ -302,7 +304,7 @@ Status Agent::Start() {
   {
     std::lock_guard lock(mu_);
     for (auto& [name, w] : workloads_) {
-      if (w.state == "incoming") continue;
+      if (w.state == "incoming" || InMigrationLocked(name)) continue;
       auto info = runtime_.Inspect(name);
       if (!info.ok() && info.status().code() == Code::kNotFound) {
         spdlog::error("workload {} has no container any more: marking it lost", name);
@@ -333,6 +335,77 @@ void Guarded(const char* step, F f) {
   }
 }
 }  // namespace
+
+bool Agent::InMigrationLocked(const std::string& name) const {
+  for (const auto& [_, r] : outgoing_) {
+    if (r.workload == name && !IsFinal(r.phase)) return true;
+  }
+  return false;
+}
+
+void Agent::SettleEndedMigrations() {
+  std::lock_guard lock(mu_);
+  for (auto it = workloads_.begin(); it != workloads_.end();) {
+    const std::string& name = it->first;
+    Workload& w = it->second;
+    if (w.state == "incoming" || w.state == "creating") {
+      ++it;
+      continue;
+    }
+    const MigrationReport* newest = nullptr;   // the newest ended migration
+    const MigrationReport* left_by = nullptr;  // one it left by, this record before it
+    bool unfinished = false;
+    for (const auto& [_, r] : outgoing_) {
+      if (r.workload != name) continue;
+      if (!IsFinal(r.phase)) {
+        unfinished = true;
+        continue;
+      }
+      if (newest == nullptr || r.started_ms > newest->started_ms) newest = &r;
+      // A record written before the migration (it does not name it, or
+      // names it last: Finished wrote it while Resolving); a copy that came
+      // back, or a new workload of that name, started after it.
+      const bool named =
+          std::find(w.migrations.begin(), w.migrations.end(), r.id) != w.migrations.end();
+      if (r.phase == MigrationPhase::kSucceeded && w.started_ms <= r.started_ms &&
+          (!named || w.migrations.back() == r.id)) {
+        left_by = &r;
+      }
+    }
+    if (unfinished) {
+      // RetryUnresolved finishes it (at the first Tick); till then the
+      // workload is the migration's, whatever its record says (a record
+      // says "running" while a migration runs): never lost nor restarted
+      // here meanwhile (its copy may be released: the target's now).
+      if (w.state == "running") w.state = "frozen";
+      ++it;
+      continue;
+    }
+    if (newest == nullptr) {
+      ++it;
+      continue;
+    }
+    if (left_by != nullptr) {
+      auto info = runtime_.Inspect(name);
+      if (!info.ok() && info.status().code() == Code::kNotFound) {
+        // Released here, owned by the target: never restart it as lost.
+        spdlog::warn("workload {} left {} by migration {}: dropping its stale record", name,
+                     options_.node, left_by->id);
+        (void)RemoveFile(WorkloadPath(name));
+        it = workloads_.erase(it);
+        continue;
+      }
+    }
+    if ((w.state == "frozen" || w.state == "migrating") &&
+        newest->phase != MigrationPhase::kSucceeded) {
+      spdlog::warn("workload {}: its record said {} but migration {} ended {}: running", name,
+                   w.state, newest->id, MigrationPhaseName(newest->phase));
+      w.state = "running";
+      SaveWorkload(w);
+    }
+    ++it;
+  }
+}
 
 void Agent::Tick() {
   Guarded("expire incoming migrations", [&] { incoming_->ExpireIdle(); });

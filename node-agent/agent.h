@@ -311,6 +311,20 @@ class Agent {
   api::AgentWorkloadView View(const Workload& w);
   void Finished(const MigrationReport& r, const ContainerSpec& spec);
   void RetryUnresolved();
+  // Start: settles records a crash or a failed write left behind their
+  // migrations' journals (when every journal of the workload is final; an
+  // unfinished one is RetryUnresolved's):
+  //   the workload left by a Succeeded migration that started after this
+  //   record (which does not name it, or names it last) and its container
+  //   is gone -> the record is dropped (the target owns it; never restarted
+  //   here as lost);
+  //   "frozen" or "migrating" and the newest migration ended RolledBack or
+  //   Failed -> "running" (thawed, or never frozen, before it ended);
+  //   a migration of it unfinished -> "frozen" until RetryUnresolved ends it
+  //   (not marked lost, not restarted: its copy may be the target's now).
+  void SettleEndedMigrations();
+  // An outgoing migration of `name` is not final. Caller holds mu_.
+  bool InMigrationLocked(const std::string& name) const;
   void ForgetOldMigrations();
   // Compares every running (or restarting) workload with its task and acts
   // (see "Restarts").

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "agent.h"
@@ -27,6 +28,7 @@
 #include "fakes/fake_runtime.h"
 #include "fakes/fake_state_store.h"
 #include "fakes/fake_transport.h"
+#include "kmosix/files.h"
 #include "kmosix/stop_and_copy.h"
 
 namespace kmosix::agent {
@@ -114,6 +116,15 @@ class AgentDurabilityTest : public ::testing::Test {
     fs::permissions(dir, fs::perms::owner_all);
   }
   fs::path TmpfsDir() { return root_ / "tmpfs"; }
+  // Rewrites a workload record's "state" (as an older write left it).
+  void SetRecordState(const fs::path& record, const std::string& state) {
+    auto text = ReadFile(record);
+    ASSERT_TRUE(text.ok()) << text.status().ToString();
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    ASSERT_TRUE(j.is_object());
+    j["state"] = state;
+    ASSERT_TRUE(WriteFileAtomic(record, j.dump(2)).ok());
+  }
 
   // The invariant: exactly one running copy, carrying the state it had.
   void ExpectRunsOnceOn(FakeRuntime& where, int64_t counter) {
@@ -246,6 +257,79 @@ TEST_F(AgentDurabilityTest, TargetThatCannotRecordItsCommitVerdictDoesNotGiveIt)
   StartTarget();
   ExpectRunsOnceOn(runtime0_, 42);
   EXPECT_FALSE(target_->Local("work").has_value());
+}
+
+// A migration ended (its journal final) but the workload's record still
+// says "frozen" (its last write failed, or the agent died before it): the
+// next start settles the record from the journal instead of keeping the
+// workload out of reach (no migration, no delete) for good.
+TEST_F(AgentDurabilityTest, RecordLeftFrozenAfterARollbackIsSettledAtStart) {
+  const fs::path record = State("node0") / "workloads" / "work.json";
+  to_node1_->CutTransfer();
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kRolledBack);
+  SetRecordState(record, "frozen");
+  StartSource();
+  auto got = source_->GetWorkload("work");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->state, "running");
+  ExpectRunsOnceOn(runtime0_, 42);
+  // And it can move again.
+  to_node1_->Heal();
+  auto again = Migrate();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->phase, MigrationPhase::kSucceeded) << again->error.ToString();
+  ExpectRunsOnceOn(runtime1_, 42);
+}
+
+TEST_F(AgentDurabilityTest, RecordLeftFrozenAfterASuccessIsDroppedAtStart) {
+  const fs::path record = State("node0") / "workloads" / "work.json";
+  const std::string before = *ReadFile(record);
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kSucceeded);
+  ASSERT_FALSE(fs::exists(record));
+  // The record's removal failed after a round of Resolving had written it.
+  std::ofstream(record) << before;
+  SetRecordState(record, "frozen");
+  StartSource();
+  EXPECT_EQ(source_->GetWorkload("work").status().code(), Code::kNotFound);
+  EXPECT_FALSE(fs::exists(record));
+  ExpectRunsOnceOn(runtime1_, 42);
+}
+
+// The source released its copy (the target committed), then died before its
+// journal said Succeeded and before the record went: the journal says
+// Committing, the record "running", the container is gone. The restarted
+// source must not restart the workload as lost (the target runs it): it
+// holds it for the migration, which its first Tick finishes.
+TEST_F(AgentDurabilityTest, SourceThatDiedAfterTheReleaseDoesNotRestartTheWorkload) {
+  const fs::path record = State("node0") / "workloads" / "work.json";
+  const std::string before = *ReadFile(record);
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kSucceeded);
+  // The disk as that crash leaves it.
+  const fs::path journal = State("node0") / "migrations" / "out" / (done->id + ".json");
+  auto text = ReadFile(journal);
+  ASSERT_TRUE(text.ok());
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  ASSERT_TRUE(j.is_object());
+  j["report"]["phase"] = "Committing";
+  j["report"]["outcome"] = "InProgress";
+  ASSERT_TRUE(WriteFileAtomic(journal, j.dump(2)).ok());
+  std::ofstream(record) << before;
+  const int starts = runtime0_.Calls("StartTask");
+  StartSource();
+  EXPECT_FALSE(runtime0_.Has("work"));  // not started again here
+  EXPECT_EQ(runtime0_.Calls("StartTask"), starts);
+  ExpectRunsOnceOn(runtime1_, 42);
+  source_->Tick();  // finishes the migration from its journal
+  EXPECT_EQ(source_->GetWorkload("work").status().code(), Code::kNotFound);
+  EXPECT_EQ(source_->OutgoingReport(done->id)->phase, MigrationPhase::kSucceeded);
+  EXPECT_FALSE(runtime0_.Has("work"));
+  ExpectRunsOnceOn(runtime1_, 42);
 }
 
 // Hole 2 with a real full disk (ENOSPC): the source's state dir on a small
