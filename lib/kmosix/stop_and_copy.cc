@@ -215,7 +215,14 @@ StatusOr<Capture> StopAndCopyEngine::Freeze(const ContainerSpec& spec,
     dump->images = images;
     dump->thread = std::thread([dump, dump_and_check, images] {
       double seconds = 0;
-      Status s = dump_and_check(&seconds);
+      Status s;
+      try {  // nothing may end this thread unfinished (the reader waits for Finish)
+        s = dump_and_check(&seconds);
+      } catch (const std::exception& e) {
+        s = FailedError(std::string("checkpoint: unexpected exception: ") + e.what());
+      } catch (...) {
+        s = FailedError("checkpoint: unexpected exception");
+      }
       RemovePipes(images, /*unblock=*/false);  // the ones read stay open in the reader
       dump->Finish(std::move(s), seconds);
     });
