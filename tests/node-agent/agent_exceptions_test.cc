@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -92,6 +93,17 @@ class ScriptedTransport : public Transport {
   std::map<std::string, Hook> hooks_;
 };
 
+// A runtime whose checkpoint throws (on the engine's dump thread) while set.
+class ThrowingCheckpointRuntime : public FakeRuntime {
+ public:
+  using FakeRuntime::FakeRuntime;
+  std::atomic<bool> throw_checkpoint{false};
+  Status CheckpointTask(const std::string& name, const CheckpointRequest& req) override {
+    if (throw_checkpoint) throw std::runtime_error("criu: boom");
+    return FakeRuntime::CheckpointTask(name, req);
+  }
+};
+
 class OkLedger : public OwnershipLedger {
  public:
   Status Transfer(const MigrationReport&) override { return Status::Ok(); }
@@ -159,7 +171,7 @@ class AgentExceptionsTest : public ::testing::Test {
   fs::path root_;
   FakeClock clock_;
   SystemRandom random_;
-  FakeRuntime runtime0_{"node0", "/tmp/kmx-exc-layers-" + std::to_string(::getpid())};
+  ThrowingCheckpointRuntime runtime0_{"node0", "/tmp/kmx-exc-layers-" + std::to_string(::getpid())};
   FakeRuntime runtime1_{"node1", "/tmp/kmx-exc-layers-" + std::to_string(::getpid())};
   StopAndCopyEngine engine0_{runtime0_, clock_};
   StopAndCopyEngine engine1_{runtime1_, clock_};
@@ -218,8 +230,7 @@ TEST_F(AgentExceptionsTest, AMalformedReplyWhileFrozenThawsTheSource) {
 // the source is frozen) is caught; the migration is resolved from its
 // journal (thawed here), and its slot among max_outgoing (1) is given back.
 TEST_F(AgentExceptionsTest, AnExceptionWhileFrozenLeavesOneCopyAndFreesTheSlot) {
-  to_node1_->On("Restore",
-                [&](const std::string&) -> Status { throw std::runtime_error("boom"); });
+  to_node1_->On("Restore", [&](const std::string&) -> Status { throw std::runtime_error("boom"); });
   StatusOr<MigrationReport> report = InvalidError("not run");
   ASSERT_NO_THROW(report = node0_->Migrate("w1", {"http://node1:7700"}));
   ASSERT_TRUE(report.ok()) << report.status().ToString();
@@ -234,6 +245,23 @@ TEST_F(AgentExceptionsTest, AnExceptionWhileFrozenLeavesOneCopyAndFreesTheSlot) 
   to_node1_->Clear();
   report = node0_->Migrate("w1", {"http://node1:7700"});
   ASSERT_TRUE(report.ok()) << "the slot leaked: " << report.status().ToString();
+  EXPECT_EQ(report->phase, MigrationPhase::kSucceeded) << report->error.ToString();
+  ExpectRunsOnlyOn(runtime1_);
+}
+
+// The engine dumps on a thread of its own (page pipes); what the runtime
+// throws there ends the checkpoint, not the process.
+TEST_F(AgentExceptionsTest, ACheckpointThatThrowsOnTheDumpThreadRollsBack) {
+  runtime0_.throw_checkpoint = true;
+  StatusOr<MigrationReport> report = InvalidError("not run");
+  ASSERT_NO_THROW(report = node0_->Migrate("w1", {"http://node1:7700"}));
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->phase, MigrationPhase::kRolledBack) << report->error.ToString();
+  EXPECT_NE(report->error.message().find("boom"), std::string::npos) << report->error.ToString();
+  ExpectRunsOnlyOn(runtime0_);
+  runtime0_.throw_checkpoint = false;
+  report = node0_->Migrate("w1", {"http://node1:7700"});
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(report->phase, MigrationPhase::kSucceeded) << report->error.ToString();
   ExpectRunsOnlyOn(runtime1_);
 }
