@@ -28,7 +28,13 @@ using testing::WaitFor;
 
 constexpr char kImage[] = "kmosix.test/busybox:latest";
 
-bool Alive(uint32_t pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0; }
+// A live process (a zombie waiting for its reaper is dead).
+bool Alive(uint32_t pid) {
+  if (pid == 0 || ::kill(static_cast<pid_t>(pid), 0) != 0) return false;
+  const std::string stat = testing::ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
 
 class AgentContainerdTest : public ::testing::Test {
  protected:
@@ -146,6 +152,51 @@ TEST_F(AgentContainerdTest, AWorkloadKilledBehindTheAgentsBackRunsAgainExactlyOn
 
   EXPECT_TRUE(agent_->DeleteWorkload("victim").ok());
   EXPECT_TRUE(CtrTasks().empty());
+}
+
+// The node rebooted (or its containerd died with its shims): the container
+// is still there, its task is not. The agent starting afterwards starts it
+// again, once.
+TEST_F(AgentContainerdTest, AfterARebootTheAgentStartsItsWorkloadAgainExactlyOnce) {
+  api::WorkloadSpec spec;
+  spec.name = "survivor";
+  spec.image = kImage;
+  spec.args = {"/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"};
+  auto created = agent_->CreateWorkload(spec);
+  ASSERT_TRUE(created.ok()) << created.status().ToString() << "\n" << node_->DaemonLogTail();
+  const uint32_t first_pid = created->pid;
+  const AgentOptions opts = agent_->Options();
+  agent_.reset();
+  engine_.reset();
+  runtime_.reset();
+
+  std::string err = node_->CrashAndRestart();
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_FALSE(Alive(first_pid));
+  runtime_ = node_->NewRuntime();
+  auto info = runtime_->Inspect("survivor");
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  ASSERT_EQ(info->state, TaskState::kNone) << "the container stays, its task is gone";
+
+  engine_ = std::make_unique<StopAndCopyEngine>(*runtime_, clock_);
+  agent_ = std::make_unique<Agent>(opts, *runtime_, *engine_, transport_, clock_, random_, nullptr);
+  ASSERT_TRUE(agent_->Start().ok());
+  auto after = agent_->GetWorkload("survivor");
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(after->state, "running") << after->last_restart_reason;
+  EXPECT_EQ(after->task, "running");
+  EXPECT_EQ(after->restarts, 1);
+  EXPECT_NE(after->last_restart_reason.find("task is gone"), std::string::npos)
+      << after->last_restart_reason;
+  EXPECT_TRUE(Alive(after->pid));
+  for (int i = 0; i < 3; ++i) agent_->Tick();
+  EXPECT_EQ(agent_->GetWorkload("survivor")->restarts, 1);
+  std::vector<std::string> tasks = CtrTasks();
+  ASSERT_EQ(tasks.size(), 1u) << ::testing::PrintToString(tasks);
+  EXPECT_TRUE(std::regex_search(
+      tasks[0], std::regex("^survivor +" + std::to_string(after->pid) + " +RUNNING")))
+      << tasks[0];
+  EXPECT_TRUE(agent_->DeleteWorkload("survivor").ok());
 }
 
 }  // namespace

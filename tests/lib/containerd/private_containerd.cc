@@ -227,6 +227,30 @@ std::string PrivateContainerd::ImportImage(const std::string& tarball, const std
   return "";
 }
 
+std::string PrivateContainerd::CrashAndRestart() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    int st;
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+  }
+  for (pid_t p : PidsWithCmdline("containerd-shim", socket_)) kill(p, SIGKILL);
+  for (const std::string& ns : namespaces_) {
+    // Every process of its containers (their cgroups, under the parent), as
+    // a power cut would; then runc's records of them.
+    RunCommand("for f in $(find /sys/fs/cgroup/memory" + Config(ns).cgroup_parent +
+               " -name cgroup.procs 2>/dev/null); do for p in $(cat $f); do kill -9 $p; done; "
+               "done; true");
+    const std::string root = Config(ns).runc_root;
+    if (Exists(root)) RunCommand("rm -rf " + root + "/*");
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (const auto& m : MountsUnder(dir_ + "/state/")) umount2(m.c_str(), MNT_DETACH);
+  }
+  RunCommand("rm -rf " + dir_ + "/state");
+  return Start();
+}
+
 void PrivateContainerd::Stop() {
   if (pid_ > 0) {
     // Delete what this daemon runs (kills tasks, removes snapshots).

@@ -41,6 +41,11 @@ class PrivateContainerd {
   // Starts the daemon and waits until it answers. Error text on failure.
   std::string Start();
   void Stop();
+  // What a node reboot leaves: SIGKILLs the daemon, its shims and every
+  // container runc runs for it, empties its state dir (tmpfs /run after a
+  // reboot), then starts it again over the same root: containers, images
+  // and snapshots are still there, no task is. Error text on failure.
+  std::string CrashAndRestart();
 
   // Builds (once per process) and imports the busybox test image into
   // namespace `ns`; error text.
