@@ -320,6 +320,18 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
   const auto deadline = clock_.Now() + options_.resolve_timeout;
   Status last = why;
   while (true) {
+    // The target had a record of this id (it was prepared before anything
+    // was frozen). One that knows the id no more forgot it (finished records
+    // are dropped after a while) or lost its records: it may have committed
+    // and run the workload, and its Abort would answer Aborted (a new
+    // tombstone). That is no answer: keep the copy frozen.
+    if (auto q = transport_.Query(r.target_url, r.id); q.ok() && *q == TargetPhase::kUnknown) {
+      last = FailedError("target " + r.target_url + " has no record of migration " + r.id +
+                         " any more (forgotten or lost): it may run the workload");
+      if (clock_.Now() >= deadline) break;
+      clock_.SleepFor(options_.retry_interval);
+      continue;
+    }
     auto answer = transport_.Abort(r.target_url, r.id);
     if (answer.ok() && *answer == TargetPhase::kCommitted) {
       // The target owns it: drop the frozen copy.

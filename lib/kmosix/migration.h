@@ -7,7 +7,10 @@
 //   any failure before the workload was frozen         -> Failed (nothing changed)
 //   any failure after it, target known not to run it   -> RolledBack (source thawed)
 //   target's answer unknown after it restored           -> Resolving (kept frozen,
-//                                                          retried until it answers)
+//                                                          retried until it answers;
+//                                                          a target that no longer
+//                                                          knows the id, forgotten or
+//                                                          lost, is no answer either)
 //
 // The rule that keeps a workload from running twice or never: the target
 // decides commit-or-abort for a migration id under one lock and remembers it;

@@ -1207,6 +1207,26 @@ TEST_F(LedgerMigrationTest, SourceCopyGoneWhenTheTargetAbortedEndsTheMigration) 
   EXPECT_EQ(ledger_.node, "node1");
 }
 
+TEST_F(MigrationTest, TargetThatForgotACommittedMigrationIsNotTakenForAborted) {
+  transport_->DropResponse("Commit");  // target committed; the source never heard
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  // The source stays away longer than the target keeps finished records.
+  clock_.Advance(std::chrono::hours(25));
+  ASSERT_EQ(incoming_->ForgetFinished(std::chrono::hours(24)), std::vector<std::string>{"m-1"});
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, SourceJournal());
+  // "Never heard of it" is no answer: the copy stays frozen, never thawed
+  // beside the target's.
+  EXPECT_EQ(r.phase, MigrationPhase::kResolving) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("no record of migration m-1"), std::string::npos)
+      << r.error.ToString();
+  EXPECT_EQ(source_.State("work"), TaskState::kPaused);
+  ExpectRunsOnceOn(target_, 42);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);  // no tombstone made
+}
+
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
   transport_->CutTransfer();
   MigrationReport r = Migrate();
