@@ -539,22 +539,33 @@ void Agent::RestartLocked(const std::string& name, const std::string& why) {
   }
   if (w.managed) {
     // Never a second copy: only the owner the cluster names starts it again.
+    // Not (yet) allowed: asked again a back-off later, the crash streak kept.
+    auto ask_later = [&](Clock::Duration after) {
+      std::lock_guard l(mu_);
+      auto it = workloads_.find(name);
+      if (it == workloads_.end()) return;
+      it->second.next_restart = clock_.Now() + after;
+      it->second.next_restart_ms =
+          clock_.WallMillis() +
+          std::chrono::duration_cast<std::chrono::milliseconds>(after).count();
+    };
     if (!cluster_.may_restart) {
       spdlog::error("managed workload {} is dead but this agent is not in cluster mode: left so",
                     name);
-      return;
+      return ask_later(options_.restart_backoff_max);
     }
     auto owner = cluster_.may_restart(name, w.epoch);
     if (!owner.ok()) {
       spdlog::warn("workload {}: cannot ask the cluster whether to restart it here: {}", name,
                    owner.status().ToString());
-      return;  // next round
+      return ask_later(options_.restart_backoff);
     }
     if (!*owner) {
       spdlog::warn("workload {}: the cluster does not name {} its owner; not restarting it", name,
                    options_.node);
-      return;
+      return ask_later(options_.restart_backoff);
     }
+    w.spec.labels["io.kmosix.epoch"] = std::to_string(w.epoch);  // it may have been raised
   }
   // Whatever is left (a stopped task, the container, its snapshot) goes; the
   // workload starts afresh from its image, its log appended to.
