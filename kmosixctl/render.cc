@@ -348,7 +348,10 @@ std::string RenderWorkloads(const json& list, const RenderOptions&) {
     }
     const json& moves = JObj(st, "migrations");
     std::string message;
-    if (phase != "Running" && phase != "Migrating") message = Shorten(JStr(st, "message"), 70);
+    // A running workload's message is news only when it was restarted (why).
+    if ((phase != "Running" && phase != "Migrating") || JNum(st, "restarts") > 0) {
+      message = Shorten(JStr(st, "message"), 70);
+    }
     std::string name = JStr(w, "name");
     if (name.empty()) name = JStr(spec, "name");
     t.rows.push_back({OrDash(name), OrDash(phase), OrDash(JStr(st, "node")), cpu, mem,

@@ -132,6 +132,23 @@ TEST(RenderTest, OneWorkload) {
             "Age:        1h02m\n");
 }
 
+// Issue 13, hole 3: a workload its agent restarted says so, and why.
+TEST(RenderTest, ARestartedWorkloadShowsItsRestartsAndWhy) {
+  json w = WorkloadsFixture()["items"][2];
+  w["status"]["restarts"] = 3;
+  w["status"]["message"] = "restarted on node2 (restart 3): exited with status 137";
+  const std::string table = RenderWorkloads({{"items", {w}}}, kOpts);
+  EXPECT_NE(table.find("no-migrate,restarted(3)"), std::string::npos) << table;
+  EXPECT_NE(table.find("restarted on node2 (restart 3): exited with status 137"), std::string::npos)
+      << table;
+  const std::string one = RenderWorkload(w, kOpts);
+  EXPECT_NE(one.find("Restarts:  3 (its task died or vanished; see Message)\n"), std::string::npos)
+      << one;
+  EXPECT_NE(one.find("Message:   restarted on node2 (restart 3): exited with status 137\n"),
+            std::string::npos)
+      << one;
+}
+
 TEST(RenderTest, Migrations) {
   EXPECT_EQ(RenderMigrations(MigrationsFixture(), kOpts),
             "ID                  WORKLOAD  ROUTE         PHASE         BY         AGE  TOTAL  "
