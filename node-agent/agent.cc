@@ -444,6 +444,9 @@ void Agent::ReconcileTask(const std::string& name) {
     std::lock_guard l(mu_);
     auto it = workloads_.find(name);
     if (it == workloads_.end()) return;
+    // An unfinished journal: the migration's to settle (its source copy may
+    // be released already, the target running it), never restarted here.
+    if (InMigrationLocked(name)) return;
     w = it->second;
   }
   const bool lost_unmanaged = w.state == "lost" && !w.managed;

@@ -10,12 +10,14 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "agent.h"
 #include "fakes/fake_clock.h"
 #include "fakes/fake_runtime.h"
 #include "fakes/fake_transport.h"
+#include "kmosix/files.h"
 #include "kmosix/stop_and_copy.h"
 
 namespace kmosix::agent {
@@ -208,6 +210,42 @@ TEST_F(AgentRestartTest, ContainerdUnreachableChangesNothing) {
   runtime_.Fail("Inspect", Status::Ok());
   EXPECT_EQ(View("w1").restarts, 0);
   EXPECT_EQ(View("w1").state, "running");
+}
+
+// The agent died after the target committed and the source released its
+// copy, before the journal said Succeeded: the record still says running,
+// the container is gone. The unfinished journal is the migration's to settle
+// (the target runs the workload): never started again here.
+TEST_F(AgentRestartTest, AWorkloadWhoseMigrationIsUnresolvedIsNeverRestarted) {
+  ASSERT_TRUE(agent_->CreateWorkload(Spec("w1")).ok());
+  agent_.reset();
+  ASSERT_TRUE(runtime_.Delete("w1").ok());
+  auto record = ReadFile((root_ / "state" / "workloads" / "w1.json").string());
+  ASSERT_TRUE(record.ok());
+  nlohmann::json journal = nlohmann::json::parse(*record);
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "w1";
+  r.source_node = "node1";
+  r.target_node = "node2";
+  r.target_url = "http://node2:7700";
+  r.phase = MigrationPhase::kCommitting;
+  r.started_ms = clock_.WallMillis();
+  journal = {{"spec", journal["spec"]},
+             {"logPath", journal["logPath"]},
+             {"report", MigrationReportToJson(r)}};
+  ASSERT_TRUE(WriteFileAtomic((root_ / "state" / "migrations" / "out" / "m-1.json").string(),
+                              journal.dump())
+                  .ok());
+  transport_.Down(true);  // the target cannot be asked yet
+  const int starts = runtime_.Calls("StartTask");
+  agent_ = NewAgent();
+  ASSERT_TRUE(agent_->Start().ok());
+  EXPECT_FALSE(runtime_.Has("w1")) << "a second copy of a workload the target runs";
+  TickLater();
+  TickLater(std::chrono::minutes(1));
+  EXPECT_FALSE(runtime_.Has("w1"));
+  EXPECT_EQ(runtime_.Calls("StartTask"), starts);
 }
 
 // While w1 migrates from node0 to node1, the source's task vanishes and the
