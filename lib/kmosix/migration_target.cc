@@ -397,8 +397,11 @@ std::vector<std::string> IncomingMigrations::ForgetFinished(Clock::Duration age)
   std::lock_guard lock(mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     std::unique_lock elock(it->second->mu, std::try_to_lock);
-    if (elock.owns_lock() && IsFinalPhase(it->second->record.phase) &&
-        now - it->second->record.touched >= age) {
+    const IncomingRecord& r = it->second->record;
+    // A Committed verdict whose workload record is not known written is kept
+    // whatever its age: the next start completes the record from it.
+    const bool pending_adoption = r.phase == TargetPhase::kCommitted && !r.adopted;
+    if (elock.owns_lock() && IsFinalPhase(r.phase) && !pending_adoption && now - r.touched >= age) {
       forgotten.push_back(it->first);
       elock.unlock();
       it = entries_.erase(it);
@@ -427,15 +430,26 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
     }
     std::lock_guard lock(e->mu);
     IncomingRecord& r = e->record;
+    // A verdict whose adoption is settled without one: marked adopted, so
+    // that it is forgotten in its time (ForgetFinished).
+    auto settled = [&](const char* why) {
+      spdlog::warn("incoming migration {} of {}: committed, not adopted: {}", r.offer.id,
+                   r.offer.spec.name, why);
+      r.adopted = true;
+      if (!Save(r, TargetPhase::kCommitted).ok()) r.adopted = false;
+    };
     if (r.phase == TargetPhase::kCommitted && !r.adopted &&
-        r.updated_ms >= newest[r.offer.spec.name]) {
+        r.updated_ms < newest[r.offer.spec.name]) {
+      settled("a newer migration names the workload");
+      continue;
+    }
+    if (r.phase == TargetPhase::kCommitted && !r.adopted) {
       // The verdict was written but the registry's record maybe not (the
       // agent died in between): this node owns the committed copy; complete
       // the record, never take the copy for an orphan.
       auto info = runtime_.Inspect(r.offer.spec.name);
       if (!info.ok() && info.status().code() == Code::kNotFound) {
-        spdlog::warn("incoming migration {} of {}: committed, but its copy is gone", r.offer.id,
-                     r.offer.spec.name);
+        settled("its copy is gone");
         continue;
       }
       // Unsure (the runtime cannot say): adopt; a record whose container is

@@ -131,7 +131,8 @@ class IncomingMigrations final : public MigrationTarget {
   // Forgets finished records (and abort tombstones) untouched for `age`;
   // returns their ids so the caller can drop what it persisted. `age` must be
   // far longer than any request can be in flight: a forgotten abort no longer
-  // refuses a late Prepare of its id.
+  // refuses a late Prepare of its id. A Committed record not adopted (its
+  // workload record was not written) is kept until a Recover settles it.
   std::vector<std::string> ForgetFinished(Clock::Duration age);
   // After a restart: takes back persisted records. Unfinished ones are
   // aborted (their source resumes the workload); committed ones are kept,

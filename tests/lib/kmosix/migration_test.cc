@@ -1165,12 +1165,28 @@ TEST_F(MigrationTest, RecordThatCannotBeWrittenAtTheCommitIsCompletedAtRestart) 
   ExpectRunsOnceOn(target_, 42);
 }
 
+TEST_F(MigrationTest, CommitVerdictNotAdoptedIsNeverForgottenBeforeARestartAdoptsIt) {
+  adopt_fails_ = true;  // the workload record cannot be written at the commit
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kSucceeded);
+  adopt_fails_ = false;
+  clock_.Advance(std::chrono::hours(25));
+  // Forgotten, a restart would find a container no record or verdict names.
+  EXPECT_TRUE(incoming_->ForgetFinished(std::chrono::hours(24)).empty());
+  RestartTarget();
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  ExpectRunsOnceOn(target_, 42);
+  clock_.Advance(std::chrono::hours(25));
+  EXPECT_EQ(incoming_->ForgetFinished(std::chrono::hours(24)),
+            std::vector<std::string>{"m-1"});  // adopted: forgotten in its time
+}
+
 TEST_F(MigrationTest, CommittedRecordWithoutACopyIsNotAdoptedAtRestart) {
   die_after_ = [](const IncomingRecord& rec) { return rec.phase == TargetPhase::kCommitted; };
   ASSERT_EQ(Migrate().phase, MigrationPhase::kSucceeded);
   ASSERT_TRUE(target_.Delete("work").ok());  // gone while the agent was down
   RestartTarget();
   EXPECT_TRUE(adopted_.empty());
+  EXPECT_TRUE(target_disk_.at("m-1").adopted);  // settled: forgotten in its time
 }
 
 TEST_F(MigrationTest, SourceCopyGoneWhenTheTargetAbortedEndsTheMigration) {
