@@ -395,14 +395,17 @@ namespace {
 
 // Reads a record fresh, lets `mutate` change it (returning false: nothing to
 // write), and writes it back with a CAS on its mod_revision (plus `fence`).
+// `read_at`, if given, holds the mod_revision of the version `mutate` sees.
 template <typename Record>
 Status UpdateRecord(StateStore& store, const std::string& key,
                     StatusOr<Record> (*from_json)(const json&), json (*to_json)(const Record&),
                     const std::optional<Compare>& fence,
-                    const std::function<StatusOr<bool>(Record&)>& mutate) {
+                    const std::function<StatusOr<bool>(Record&)>& mutate,
+                    int64_t* read_at = nullptr) {
   for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
     KMX_ASSIGN_OR_RETURN(GetResult got, store.Get(key));
     if (!got.kv) return NotFoundError(key + " does not exist");
+    if (read_at) *read_at = got.kv->mod_revision;
     auto record = cluster::ParseRecord<Record>(got.kv->value, from_json);
     if (!record.ok()) return record.status().Annotate(key);
     KMX_ASSIGN_OR_RETURN(bool write, mutate(*record));
@@ -425,9 +428,10 @@ Status UpdateRecord(StateStore& store, const std::string& key,
 
 Status UpdateWorkloadRecord(StateStore& store, const std::string& key,
                             const std::optional<Compare>& fence,
-                            const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate) {
+                            const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate,
+                            int64_t* read_at = nullptr) {
   return UpdateRecord<WorkloadRecord>(store, key, &cluster::WorkloadFromJson,
-                                      &cluster::WorkloadToJson, fence, mutate);
+                                      &cluster::WorkloadToJson, fence, mutate, read_at);
 }
 
 Status UpdateMigrationRecord(StateStore& store, const std::string& key,
@@ -535,15 +539,24 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
     }
     // Grant first, then write: the agent reports on the record at once.
     if (grants_) KMX_RETURN_IF_ERROR(grants_->GrantNow(*target, {key}));
-    Status s = UpdateWorkloadRecord(store_, key, term.Fence(), [&](WorkloadRecord& r) {
-      if (r.status.phase != WorkloadPhase::kPending) return StatusOr<bool>(false);
-      r.status.phase = WorkloadPhase::kScheduled;
-      r.status.node = *target;
-      r.status.epoch += 1;
-      r.status.message = w->spec.node.empty() ? "placed on the least loaded node " + *target
-                                              : "placed on the requested node " + *target;
-      return StatusOr<bool>(true);
-    });
+    // The first epoch is the revision the record was read at, never less
+    // than its create revision: every record write bumps the epoch by at most
+    // one at a higher revision, so every epoch an earlier incarnation of this
+    // name had (deleted and created again) is lower, and its agents fence
+    // their copies of it (issue 13, hole 4).
+    int64_t read_at = 0;
+    Status s = UpdateWorkloadRecord(
+        store_, key, term.Fence(),
+        [&](WorkloadRecord& r) {
+          if (r.status.phase != WorkloadPhase::kPending) return StatusOr<bool>(false);
+          r.status.phase = WorkloadPhase::kScheduled;
+          r.status.node = *target;
+          r.status.epoch = std::max(r.status.epoch + 1, read_at);
+          r.status.message = w->spec.node.empty() ? "placed on the least loaded node " + *target
+                                                  : "placed on the requested node " + *target;
+          return StatusOr<bool>(true);
+        },
+        &read_at);
     if (s.ok()) {
       spdlog::info("placed workload {} on {}", name, *target);
       if (observer_) observer_->OnPlacement();

@@ -33,7 +33,7 @@ TEST_F(ControllerTest, PlacesOnTheLeastLoadedNodeOrTheRequestedOne) {
     return w && w->status.phase == WorkloadPhase::kScheduled;
   }));
   EXPECT_EQ(Workload("w1")->status.node, "n2");
-  EXPECT_EQ(Workload("w1")->status.epoch, 1);
+  EXPECT_GE(Workload("w1")->status.epoch, 1);
 
   Create(c, {{"name", "w2"}, {"image", "demo"}, {"node", "n1"}});
   ASSERT_TRUE(Eventually([&] {
@@ -76,6 +76,48 @@ TEST_F(ControllerTest, NodeLosingItsLeaseGoesNotReadyAndItsWorkloadsLost) {
     auto n = Rest(c).GetNode("n1");
     return n.ok() && (*n)["ready"].get<bool>();
   }));
+}
+
+// Issue 13, hole 4: agents fence a copy only when the record's epoch is higher
+// than the copy's, so a workload deleted and created again must start above
+// every epoch its earlier incarnation had: else the old copy on a node that
+// comes back keeps running beside the new one.
+TEST_F(ControllerTest, ARecreatedWorkloadIsPlacedAboveEveryEpochOfTheDeletedOne) {
+  int64_t lease1 = PublishNode("n1", 0.1);
+  PublishNode("n2", 0.1);
+  Controller& c = StartController(Options("c1"));
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  Create(c, {{"name", "w1"}, {"image", "demo"}, {"node", "n1"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  MarkRunning("w1", clock_.WallMillis());
+  // Moved away and back (each ownership CAS bumps the epoch): n1 runs it at
+  // the old incarnation's last epoch.
+  for (int i = 0; i < 2; ++i) {
+    auto w = Workload("w1");
+    ASSERT_TRUE(w);
+    w->status.epoch += 1;
+    ASSERT_TRUE(store_.Put(keys_.Workload("w1"), cluster::WorkloadToJson(*w).dump()).ok());
+  }
+  const int64_t old_epoch = Workload("w1")->status.epoch;
+
+  ASSERT_TRUE(store_.RevokeLease(lease1).ok());  // n1's agent stops reporting; its copy runs on
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kLost;
+  }));
+  ASSERT_TRUE(c.DeleteWorkload("w1").ok());
+  Create(c, {{"name", "w1"}, {"image", "demo"}, {"node", "n2"}});
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kScheduled;
+  }));
+  auto w = Workload("w1");
+  EXPECT_EQ(w->status.node, "n2");
+  // n1's agent, back, fences its copy only if this holds.
+  EXPECT_GT(w->status.epoch, old_epoch);
 }
 
 TEST_F(ControllerTest, NodeReportingNotReadyTakesNoPlacementOrMigrationButKeepsItsWorkloads) {
