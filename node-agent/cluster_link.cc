@@ -27,6 +27,17 @@ bool InFlightState(const LocalWorkload& w) {
          w.state == "creating";
 }
 
+// A copy run under `local_epoch` is of an earlier incarnation of the name
+// (deleted and created again) than the record `kv` holding `record_epoch`:
+// the controller places a workload at an epoch no lower than its record's
+// create revision and every record write raises the epoch by at most one at
+// a higher revision, so every epoch of an earlier incarnation is below that
+// revision (issue 13, hole 4). Records placed before that rule (epoch below
+// their create revision) tell nothing; nor does a copy whose epoch is unknown.
+bool EarlierIncarnation(int64_t local_epoch, int64_t record_epoch, const KeyValue& kv) {
+  return local_epoch > 0 && local_epoch < kv.create_revision && record_epoch >= kv.create_revision;
+}
+
 // Failures that retrying will not fix.
 bool ForGood(const Status& s) {
   return s.code() == Code::kInvalid || s.code() == Code::kNotFound || s.code() == Code::kFailed;
@@ -479,7 +490,8 @@ StatusOr<bool> ClusterLink::MayRestart(const std::string& name, int64_t epoch) {
   // Lost: the controller marked it so while this node was away (a reboot);
   // the node is back and still its owner.
   return st.node == options_.node && st.epoch >= epoch && st.migration.empty() &&
-         (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost);
+         (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost) &&
+         !EarlierIncarnation(epoch, st.epoch, *got.kv);
 }
 
 // ---- reconcilers -----------------------------------------------------------
@@ -518,6 +530,21 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
   const WorkloadRecord& rec = *parsed;
   const auto& st = rec.status;
   if (!st.migration.empty()) queue_.Add(kMigrationKey + st.migration);
+
+  // A copy of an earlier incarnation of the name (this node was away while
+  // it was deleted and created again) is never this one's: fenced, wherever
+  // the new one is placed (here: started afresh from its own spec).
+  bool replaced = false;
+  if (local && local->managed && !in_flight &&
+      EarlierIncarnation(local->epoch, st.epoch, *got.kv)) {
+    spdlog::warn(
+        "fencing workload {}: the copy here (epoch {}) is of an earlier incarnation than the "
+        "cluster's record (created at revision {}, epoch {}); deleting it",
+        name, local->epoch, got.kv->create_revision, st.epoch);
+    KMX_RETURN_IF_ERROR(agent_.DeleteManaged(name));
+    local.reset();
+    replaced = true;
+  }
 
   if (st.node != options_.node) {
     if (local && local->managed && !in_flight) {
@@ -606,9 +633,15 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
         });
       }
       return Status::Ok();
+    case WorkloadPhase::kLost:
+      // Lost while this node was away, which ran an earlier incarnation's
+      // copy (just deleted): the record still names this node, so the
+      // agent's restart would have run it here; start this one instead.
+      if (replaced && st.migration.empty()) return StartHere(rec);
+      return Status::Ok();
     default:
-      // Migrating: never started here (the migration decides); Pending, Lost,
-      // Failed, Exited: the controller's to act on.
+      // Migrating: never started here (the migration decides); Pending,
+      // Failed, Exited (and Lost otherwise): the controller's to act on.
       return Status::Ok();
   }
 }

@@ -35,6 +35,11 @@
 //                       local copy is deleted. One whose record names another
 //                       node at a higher epoch, with no migration of it in
 //                       flight here: fenced (local copy deleted, warning).
+//                       One of an earlier incarnation of the name (deleted
+//                       and created again: its epoch is below the record's
+//                       create revision, which the record's epoch is not):
+//                       fenced wherever the record names; if it names this
+//                       node (Scheduled, Running or Lost), started afresh.
 //                     - an unmanaged local workload that arrived by the
 //                       migration the record names (status.migration or
 //                       status.migrations): claimed (managed, record's epoch).
@@ -207,7 +212,8 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   StatusOr<bool> OwnedHere(const IncomingRecord& record);
   // Restart oracle (ClusterHooks::may_restart): workloads/<name> names this
   // node at `epoch` or later, with no migration, phase Running or Lost (the
-  // controller marks a node's workloads Lost while it is away: a reboot).
+  // controller marks a node's workloads Lost while it is away: a reboot),
+  // and `epoch` is not of an earlier incarnation of the name.
   // Record gone or unreadable: false; store error: the error.
   StatusOr<bool> MayRestart(const std::string& name, int64_t epoch);
 

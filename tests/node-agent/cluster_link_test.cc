@@ -523,6 +523,68 @@ TEST_F(ClusterLinkTest, FencesACopyTheClusterGaveToAnotherNode) {
   EXPECT_FALSE(node1_->agent->Local("work").has_value());
 }
 
+// Issue 13, hole 4: "work" deleted and created again while node1 was away with
+// its copy still running, and placed as the controller places (at an epoch
+// no lower than its record's revision). Back, node1 must not keep the old
+// incarnation's copy: fenced when the new one went elsewhere, replaced (not
+// adopted with the old spec) when it came back here.
+class IncarnationTest : public ClusterLinkTest {
+ protected:
+  // Deletes "work" and creates it again, placed on `node` like the controller.
+  void RecreateOn(const std::string& node) {
+    ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+    WorkloadRecord w = Workload("", WorkloadPhase::kPending, 0);
+    w.status.created_ms = 5678;
+    Put(w);
+    auto kv = Raw(keys_.Workload("work"));
+    ASSERT_TRUE(kv.has_value());
+    w.status.node = node;
+    w.status.phase = WorkloadPhase::kScheduled;
+    w.status.epoch = std::max<int64_t>(1, kv->mod_revision);
+    Put(w);
+  }
+};
+
+TEST_F(IncarnationTest, TheOldCopyIsFencedWhenTheNewOneRunsElsewhere) {
+  RunWorkOnNode1();
+  RecreateOn("node2");
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
+TEST_F(IncarnationTest, TheOldCopyIsReplacedNotAdoptedWhenTheNewOneIsPlacedHere) {
+  RunWorkOnNode1();
+  ASSERT_EQ(node1_->agent->Local("work")->created_ms, 1234);
+  RecreateOn("node1");
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  auto local = node1_->agent->Local("work");
+  ASSERT_TRUE(local.has_value());
+  EXPECT_EQ(local->created_ms, 5678);  // the new incarnation's, started afresh
+  EXPECT_EQ(local->epoch, GetWorkload().status.epoch);
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(GetWorkload().status.pid, local->pid);
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+}
+
+TEST_F(IncarnationTest, TheOldCopyMayNotRestartAsTheNewOneMarkedLostHere) {
+  RunWorkOnNode1();
+  RecreateOn("node1");
+  // The controller marked the new one Lost: node1 was away.
+  WorkloadRecord w = GetWorkload();
+  w.status.phase = WorkloadPhase::kLost;
+  Put(w);
+  auto may = node1_->link->MayRestart("work", node1_->agent->Local("work")->epoch);
+  ASSERT_TRUE(may.ok());
+  EXPECT_FALSE(*may);
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  auto local = node1_->agent->Local("work");
+  ASSERT_TRUE(local.has_value());
+  EXPECT_EQ(local->created_ms, 5678);
+  EXPECT_EQ(local->epoch, GetWorkload().status.epoch);
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+}
+
 TEST_F(ClusterLinkTest, AnUnmanagedWorkloadOfTheSameNameFailsTheScheduling) {
   ASSERT_TRUE(Rest(*node1_->agent)
                   .CreateWorkload(R"({"name":"work","image":"kmosix.local/demo:latest"})")
