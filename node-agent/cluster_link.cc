@@ -533,14 +533,16 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
 
   // A copy of an earlier incarnation of the name (this node was away while
   // it was deleted and created again) is never this one's: fenced, wherever
-  // the new one is placed (here: started afresh from its own spec).
+  // the new one is placed (here: started afresh from its own spec). A record
+  // still Pending was never placed, so no copy anywhere is of it.
   bool replaced = false;
   if (local && local->managed && !in_flight &&
-      EarlierIncarnation(local->epoch, st.epoch, *got.kv)) {
+      (st.phase == WorkloadPhase::kPending ||
+       EarlierIncarnation(local->epoch, st.epoch, *got.kv))) {
     spdlog::warn(
         "fencing workload {}: the copy here (epoch {}) is of an earlier incarnation than the "
-        "cluster's record (created at revision {}, epoch {}); deleting it",
-        name, local->epoch, got.kv->create_revision, st.epoch);
+        "cluster's record (created at revision {}, epoch {}, {}); deleting it",
+        name, local->epoch, got.kv->create_revision, st.epoch, api::WorkloadPhaseName(st.phase));
     KMX_RETURN_IF_ERROR(agent_.DeleteManaged(name));
     local.reset();
     replaced = true;

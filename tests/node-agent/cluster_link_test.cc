@@ -545,6 +545,15 @@ class IncarnationTest : public ClusterLinkTest {
   }
 };
 
+TEST_F(IncarnationTest, TheOldCopyIsFencedWhileTheNewOneIsNotPlacedYet) {
+  RunWorkOnNode1();
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  Put(Workload("", WorkloadPhase::kPending, 0));  // no node fits it yet
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
 TEST_F(IncarnationTest, TheOldCopyIsFencedWhenTheNewOneRunsElsewhere) {
   RunWorkOnNode1();
   RecreateOn("node2");
