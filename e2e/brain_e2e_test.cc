@@ -36,6 +36,7 @@
 // which ctest reports as a skip). Deadlines are generous bounds on waits,
 // never assertions about speed; the figures are printed.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -923,6 +924,46 @@ TEST_F(BrainE2E, CancelledMigrationRollsBackAndTheWorkloadKeepsCounting) {
   auto late = HttpDelete(Api(), "/v1/migrations/" + id);
   EXPECT_EQ(late.status, 409) << late.Describe();
   EXPECT_EQ(CheckApiError(late), "");
+}
+
+// Issue 13, hole 3: the workload's process is killed with SIGKILL behind its
+// agent's back (as the OOM killer would). Its agent starts it again on the
+// same node, once; the record shows the new pid, restarts 1 and why; exactly
+// one copy runs.
+TEST_F(BrainE2E, AWorkloadKilledBehindItsAgentsBackRunsAgainOnceOnItsNode) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("crashy", kLight, "node1"));
+  std::string err;
+  auto before = Workload("crashy", &err);
+  ASSERT_TRUE(before) << err;
+  const int64_t pid = (*before)["status"].value("pid", int64_t{0});
+  ASSERT_GT(pid, 0) << before->dump();
+  ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0) << "pid " << pid;
+  json w;
+  auto restarted = WaitFor(
+      "crashy to run again on node1, restarted once", milliseconds(120'000),
+      [&]() -> Observation {
+        auto j = Workload("crashy", &err);
+        if (!j) return {false, err};
+        w = *j;
+        const json& st = (*j)["status"];
+        const int64_t now_pid = st.value("pid", int64_t{0});
+        const bool done = st.value("restarts", int64_t{0}) == 1 &&
+                          StatusStr(*j, "phase") == "Running" && StatusStr(*j, "node") == "node1" &&
+                          now_pid > 0 && now_pid != pid;
+        return {done, st.dump()};
+      },
+      milliseconds(500));
+  ASSERT_TRUE(restarted.ok) << restarted.message;
+  EXPECT_NE(StatusStr(w, "message").find("restarted on node1 (restart 1): exited with status 137"),
+            std::string::npos)
+      << w.dump();
+  EXPECT_EQ(CheckRunsExactlyOn(*c_, "crashy", NodeNamed("node1")), "");
+  // It keeps running: no second restart.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  auto later = Workload("crashy", &err);
+  ASSERT_TRUE(later) << err;
+  EXPECT_EQ((*later)["status"].value("restarts", int64_t{0}), 1) << later->dump();
+  EXPECT_EQ(CheckRunsExactlyOn(*c_, "crashy", NodeNamed("node1")), "");
 }
 
 TEST_F(BrainE2E, DrainMovesWhatMayMoveCordonAndPinHoldTheRest) {

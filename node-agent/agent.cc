@@ -431,7 +431,14 @@ void Agent::ReconcileTasks() {
   }
   for (const auto& name : names) {
     // One workload's surprise must not starve the others.
-    Guarded("restart a workload", [&] { ReconcileTask(name); });
+    Guarded("restart a workload", [&] {
+      const std::optional<LocalWorkload> before = Local(name, /*inspect=*/false);
+      ReconcileTask(name);
+      const std::optional<LocalWorkload> after = Local(name, /*inspect=*/false);
+      const bool changed = before && after &&
+                           (before->state != after->state || before->restarts != after->restarts);
+      if (changed && after->managed && cluster_.changed) cluster_.changed(name);
+    });
   }
 }
 

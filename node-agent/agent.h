@@ -107,6 +107,10 @@ struct ClusterHooks {
   // flight), so that it may start it again here? An error: ask again next
   // round. Unset: managed workloads are never restarted by the agent.
   std::function<StatusOr<bool>(const std::string& name, int64_t epoch)> may_restart;
+  // The agent changed a workload by itself (restarted it, found it exited or
+  // lost): the link should look at it now rather than at its next resync.
+  // Called without the agent's map lock; must not block or call back.
+  std::function<void(const std::string& name)> changed;
 };
 
 // A local workload as the cluster link sees it.

@@ -97,6 +97,8 @@ ClusterHooks ClusterLink::Hooks() {
   hooks.may_restart = [this](const std::string& name, int64_t epoch) {
     return MayRestart(name, epoch);
   };
+  // A restart, exit or loss here: its record is written now, not at resync.
+  hooks.changed = [this](const std::string& name) { queue_.Add(kWorkloadKey + name); };
   return hooks;
 }
 
