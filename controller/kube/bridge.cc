@@ -195,40 +195,13 @@ void Bridge::EnqueueAll() {
 }
 
 void Bridge::Run() {
-  bool leading = false;
-  Clock::TimePoint last_resync{};
-  while (!stop_) {
-    const bool lead = controller_.IsLeader() && controller_.Ready() && Synced();
-    if (lead && (!leading || clock_.Now() - last_resync >= options_.resync)) {
-      EnqueueAll();
-      last_resync = clock_.Now();
-    }
-    leading = lead;
-    if (!lead) {
-      clock_.SleepFor(std::chrono::milliseconds(100));
-      continue;
-    }
-    std::optional<std::string> key = queue_.Get(std::chrono::milliseconds(200));
-    if (!key) continue;
-    Status s;
-    try {
-      s = Reconcile(*key);
-    } catch (const std::exception& e) {
-      s = FailedError(std::string("unexpected exception: ") + e.what());
-    } catch (...) {
-      s = FailedError("unexpected exception");
-    }
-    if (s.ok()) {
-      queue_.Forget(*key);
-    } else if (s.code() == Code::kRetry || s.code() == Code::kConflict) {
-      spdlog::debug("kube bridge: {}: {} (retrying)", *key, s.ToString());
-      queue_.Retry(*key);
-    } else {
-      spdlog::warn("kube bridge: {}: {}", *key, s.ToString());
-      queue_.Retry(*key);  // the world may change (CRD fixed, node back); backoff caps it
-    }
-    queue_.Done(*key);
-  }
+  cluster::RunLeaderWorker(
+      queue_, clock_, stop_,
+      {.name = "kube bridge",
+       .lead = [this] { return controller_.IsLeader() && controller_.Ready() && Synced(); },
+       .enqueue_all = [this] { EnqueueAll(); },
+       .reconcile = [this](const std::string& key) { return Reconcile(key); },
+       .resync = options_.resync});
 }
 
 Status Bridge::Reconcile(const std::string& key) {

@@ -158,42 +158,18 @@ void NodeSigner::Stop() {
 bool NodeSigner::Synced() const { return requests_ && requests_->HasSynced(); }
 
 void NodeSigner::Run() {
-  bool was_leading = false;
-  Clock::TimePoint last_resync{};
-  while (!stop_) {
-    const bool lead = leading_() && Synced();
-    if (lead && (!was_leading || clock_.Now() - last_resync >= options_.resync)) {
-      // Level-based: every pending request again (a new leader, or one the
-      // old leader had not finished).
-      for (const json& o : requests_->List()) queue_.Add(kube::Informer::KeyOf(o));
-      last_resync = clock_.Now();
-    }
-    was_leading = lead;
-    if (!lead) {
-      clock_.SleepFor(std::chrono::milliseconds(100));
-      continue;
-    }
-    std::optional<std::string> key = queue_.Get(std::chrono::milliseconds(200));
-    if (!key) continue;
-    Status s;
-    try {
-      s = Reconcile(*key);
-    } catch (const std::exception& e) {
-      s = FailedError(std::string("unexpected exception: ") + e.what());
-    } catch (...) {
-      s = FailedError("unexpected exception");
-    }
-    if (s.ok()) {
-      queue_.Forget(*key);
-    } else {
-      if (s.code() == Code::kRetry || s.code() == Code::kConflict)
-        spdlog::debug("node signer: {}: {} (retrying)", *key, s.ToString());
-      else
-        spdlog::warn("node signer: {}: {} (retrying)", *key, s.ToString());
-      queue_.Retry(*key);
-    }
-    queue_.Done(*key);
-  }
+  cluster::RunLeaderWorker(queue_, clock_, stop_,
+                           {.name = "node signer",
+                            .lead = [this] { return leading_() && Synced(); },
+                            // Level-based: every pending request again (a new leader, or one the
+                            // old leader had not finished).
+                            .enqueue_all =
+                                [this] {
+                                  for (const json& o : requests_->List())
+                                    queue_.Add(kube::Informer::KeyOf(o));
+                                },
+                            .reconcile = [this](const std::string& key) { return Reconcile(key); },
+                            .resync = options_.resync});
 }
 
 Status NodeSigner::Reconcile(const std::string& key) {

@@ -1,5 +1,7 @@
 #include "cluster/work_queue.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 namespace kmosix::cluster {
@@ -128,6 +130,45 @@ void WorkQueue::ShutDown() {
 size_t WorkQueue::Len() const {
   std::lock_guard lock(mu_);
   return ready_.size();
+}
+
+void RunLeaderWorker(WorkQueue& queue, Clock& clock, const std::atomic<bool>& stop,
+                     const LeaderWorker& worker) {
+  bool leading = false;
+  Clock::TimePoint last_resync{};
+  while (!stop) {
+    const bool lead = worker.lead();
+    if (lead && (!leading || clock.Now() - last_resync >= worker.resync)) {
+      worker.enqueue_all();
+      last_resync = clock.Now();
+    }
+    leading = lead;
+    if (!lead) {
+      clock.SleepFor(std::chrono::milliseconds(100));
+      continue;
+    }
+    std::optional<std::string> key = queue.Get(std::chrono::milliseconds(200));
+    if (!key) continue;
+    Status s;
+    try {
+      s = worker.reconcile(*key);
+    } catch (const std::exception& e) {
+      s = FailedError(std::string("unexpected exception: ") + e.what());
+    } catch (...) {
+      s = FailedError("unexpected exception");
+    }
+    if (s.ok()) {
+      queue.Forget(*key);
+    } else {
+      if (s.code() == Code::kRetry || s.code() == Code::kConflict)
+        spdlog::debug("{}: {}: {} (retrying)", worker.name, *key, s.ToString());
+      else
+        spdlog::warn("{}: {}: {} (retrying)", worker.name, *key, s.ToString());
+      // The world may change (a CRD fixed, a node back): the backoff caps it.
+      queue.Retry(*key);
+    }
+    queue.Done(*key);
+  }
 }
 
 }  // namespace kmosix::cluster

@@ -9,9 +9,11 @@
 // never handed to two workers at once).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -19,6 +21,7 @@
 #include <string>
 
 #include "kmosix/clock.h"
+#include "kmosix/status.h"
 
 namespace kmosix::cluster {
 
@@ -67,5 +70,23 @@ class WorkQueue {
   std::map<std::string, int> failures_;
   bool shutdown_ = false;
 };
+
+// The worker of a leader-only reconciler (the Kubernetes bridge, the node
+// signer): until `stop`, while lead() holds, hands each queued key to
+// reconcile() and backs off per key on failure (kRetry and kConflict quietly,
+// other errors with a warning naming `name`); enqueue_all() runs when the
+// lead is won and every `resync` while it lasts (level-based). While not
+// leading it sleeps through the clock in 100 ms steps. An exception from
+// reconcile() is a failure of that key, never an escape. Returns when stop
+// is set (ShutDown the queue too, so a wait ends at once).
+struct LeaderWorker {
+  std::string name;  // for logs: "kube bridge", "node signer"
+  std::function<bool()> lead;
+  std::function<void()> enqueue_all;
+  std::function<Status(const std::string& key)> reconcile;
+  Clock::Duration resync = std::chrono::seconds(30);
+};
+void RunLeaderWorker(WorkQueue& queue, Clock& clock, const std::atomic<bool>& stop,
+                     const LeaderWorker& worker);
 
 }  // namespace kmosix::cluster

@@ -21,6 +21,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tls/tls.h"
+
 namespace kmosix::tls {
 namespace {
 
@@ -55,17 +57,6 @@ constexpr char kSupportedKeyTypes[] = "ECDSAP256, ECDSAP384, ECDSAP521, ED25519,
 constexpr size_t kMaxNameBytes = 64;  // ub-common-name, ub-organization-name
 constexpr size_t kMaxDnsName = 253;
 constexpr seconds kMaxLifetime = std::chrono::hours(24 * 36500);  // 100 years
-
-std::string OpenSslError() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
 
 Status OpenSslFailed(const std::string& what) {
   return FailedError("issuing a certificate: " + what + ": " + OpenSslError());

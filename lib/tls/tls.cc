@@ -12,20 +12,19 @@
 #include <cstring>
 
 namespace kmosix::tls {
-namespace {
 
 std::string OpenSslError() {
-  unsigned long e = ERR_get_error();
   std::string out;
-  while (e != 0) {
+  while (unsigned long e = ERR_get_error()) {
     char buf[256];
     ERR_error_string_n(e, buf, sizeof buf);
     if (!out.empty()) out += "; ";
     out += buf;
-    e = ERR_get_error();
   }
   return out.empty() ? "unknown OpenSSL error" : out;
 }
+
+namespace {
 
 // mtime, size and inode of each file: a new signature means "re-read".
 StatusOr<std::string> Signature(const Files& f) {

@@ -41,6 +41,10 @@ struct Files {
   bool Complete() const { return !ca.empty() && !cert.empty() && !key.empty(); }
 };
 
+// The thread's queued OpenSSL errors as one line (and the queue emptied):
+// "error:...; error:...", or "unknown OpenSSL error" when there is none.
+std::string OpenSslError();
+
 // Who a verified peer is. Empty `name` when the peer presented no
 // certificate (or it did not verify).
 struct Identity {

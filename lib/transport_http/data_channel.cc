@@ -33,6 +33,7 @@ namespace {
 using nlohmann::json;
 using peer_reply::ParseReady;
 using peer_reply::ParseVerdict;
+using tls::OpenSslError;
 constexpr std::string_view kMagic = "KMXDATA2 ";
 constexpr size_t kMaxLine = 4096;
 
@@ -63,17 +64,6 @@ void SetBuffers(int fd, size_t size) {
   int n = static_cast<int>(size);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &n, sizeof n);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n);
-}
-
-std::string OpenSslError() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown TLS error" : out;
 }
 
 // Waits until `fd` can do what OpenSSL wants (`ssl_error` is WANT_READ or

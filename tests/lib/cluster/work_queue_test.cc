@@ -272,3 +272,62 @@ TEST(WorkQueueTest, WorkersNeverHoldTheSameKeyAtOnce) {
 
 }  // namespace
 }  // namespace kmosix::cluster
+
+namespace kmosix::cluster {
+namespace {
+
+// RunLeaderWorker: nothing while not leading; on winning the lead everything
+// is enqueued once and reconciled; a key that throws or fails is a failure of
+// that key (retried after its backoff), never the end of the worker.
+TEST(LeaderWorkerTest, ReconcilesOnlyWhileLeadingAndSurvivesThrowingKeys) {
+  SystemClock clock;  // the worker sleeps and waits on real time here
+  FixedRandom random(0);
+  WorkQueue::Options o;
+  o.base_backoff = milliseconds(20);
+  o.max_backoff = milliseconds(40);
+  WorkQueue queue(clock, random, o);
+  std::atomic<bool> stop{false}, lead{false};
+  std::atomic<int> enqueued_all{0}, ok{0}, throws{0}, fails{0};
+  LeaderWorker w{.name = "test worker",
+                 .lead = [&] { return lead.load(); },
+                 .enqueue_all =
+                     [&] {
+                       ++enqueued_all;
+                       queue.Add("ok");
+                       queue.Add("throws");
+                       queue.Add("fails");
+                     },
+                 .reconcile = [&](const std::string& key) -> Status {
+                   if (key == "throws") {
+                     ++throws;
+                     throw std::runtime_error("boom");
+                   }
+                   if (key == "fails") {
+                     ++fails;
+                     return InvalidError("no");
+                   }
+                   ++ok;
+                   return Status::Ok();
+                 },
+                 .resync = std::chrono::hours(1)};
+  std::thread t([&] { RunLeaderWorker(queue, clock, stop, w); });
+  queue.Add("ok");
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_EQ(ok.load(), 0) << "reconciled while not leading";
+  EXPECT_EQ(enqueued_all.load(), 0);
+  lead = true;
+  auto until = [](const std::function<bool()>& done) {
+    for (int i = 0; i < 400 && !done(); ++i) std::this_thread::sleep_for(milliseconds(10));
+    return done();
+  };
+  EXPECT_TRUE(until([&] { return ok.load() >= 1 && throws.load() >= 2 && fails.load() >= 2; }))
+      << "ok " << ok << " throws " << throws << " fails " << fails;
+  EXPECT_EQ(enqueued_all.load(), 1) << "enqueue_all runs once per lead won (resync 1 h)";
+  EXPECT_GE(queue.Retries("throws"), 1);
+  stop = true;
+  queue.ShutDown();
+  t.join();
+}
+
+}  // namespace
+}  // namespace kmosix::cluster
