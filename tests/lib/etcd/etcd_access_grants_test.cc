@@ -291,3 +291,7 @@ TEST(EtcdAccessGrantsTest, ARefusedConfigIsInvalidOnEveryCall) {
 KMX_INSTANTIATE_ACCESS_GRANTS_CONFORMANCE(Etcd, kmosix::testing::AccessGrantsConformanceParam{
                                                     "etcd", kmosix::testing::MakeEtcdAccessGrants,
                                                     kmosix::testing::EtcdAccessGrantsSkipReason});
+KMX_INSTANTIATE_ACCESS_GRANTS_STORE_CONFORMANCE(Etcd,
+                                                kmosix::testing::AccessGrantsConformanceParam{
+                                                    "etcd", kmosix::testing::MakeEtcdAccessGrants,
+                                                    kmosix::testing::EtcdAccessGrantsSkipReason});
