@@ -36,6 +36,14 @@
  *                      PATH.tmp + rename) every tick with key=value lines:
  *                      tick, t_ms, mem_ok, mem_mib, mem_passes, child_tick,
  *                      child_alive, file_ok, rootfs_ok, pid.
+ *   --incarnation      [KMOSIX_DEMO_INCARNATION=1] end every tick line (stdout
+ *                      and --append-file) with " inc=<id>": the process's start
+ *                      time (field 22 of /proc/self/stat, clock ticks since
+ *                      boot), read every tick. CRIU cannot restore a start
+ *                      time, so every copy (the first start, each restore,
+ *                      each restart) has its own id while its counter goes
+ *                      on: a journal checker tells two copies apart (the
+ *                      fault soak, scripts/soak). -1 if unreadable.
  *
  *   --probe-raw-socket  try socket(AF_PACKET, SOCK_RAW), socket(AF_INET,
  *                      SOCK_RAW, IPPROTO_ICMP) and socket(AF_INET, SOCK_DGRAM,
@@ -102,7 +110,7 @@ static inline uint64_t pattern(uint64_t i, uint32_t g) {
 /* ---- options ---- */
 struct opts {
   long mem_mib, verify_mib, dirty_mib, interval_ms, ticks;
-  int child, exit_on_corruption;
+  int child, exit_on_corruption, incarnation;
   const char *append_file, *write_rootfs, *status;
 };
 
@@ -128,6 +136,7 @@ static void usage(int code) {
           "usage: kmosix-demo [--mem MiB] [--interval-ms MS] [--ticks N] [--child]\n"
           "                   [--append-file PATH] [--write-rootfs PATH] [--status PATH]\n"
           "                   [--verify-mib MiB] [--dirty-mib MiB] [--exit-on-corruption]\n"
+          "                   [--incarnation]\n"
           "       kmosix-demo --probe-raw-socket\n");
   exit(code);
 }
@@ -178,6 +187,7 @@ static void parse(struct opts *o, int argc, char **argv) {
   o->ticks = env_long("KMOSIX_DEMO_TICKS", 0);
   o->child = env_long("KMOSIX_DEMO_CHILD", 0) != 0;
   o->exit_on_corruption = 0;
+  o->incarnation = env_long("KMOSIX_DEMO_INCARNATION", 0) != 0;
   o->append_file = env_str("KMOSIX_DEMO_APPEND_FILE");
   o->write_rootfs = env_str("KMOSIX_DEMO_WRITE_ROOTFS");
   o->status = env_str("KMOSIX_DEMO_STATUS");
@@ -190,6 +200,7 @@ static void parse(struct opts *o, int argc, char **argv) {
     else if (!strcmp(a, "--ticks")) o->ticks = arg_long(argc, argv, &i);
     else if (!strcmp(a, "--child")) o->child = 1;
     else if (!strcmp(a, "--exit-on-corruption")) o->exit_on_corruption = 1;
+    else if (!strcmp(a, "--incarnation")) o->incarnation = 1;
     else if (!strcmp(a, "--append-file")) o->append_file = arg_str(argc, argv, &i);
     else if (!strcmp(a, "--write-rootfs")) o->write_rootfs = arg_str(argc, argv, &i);
     else if (!strcmp(a, "--status")) o->status = arg_str(argc, argv, &i);
@@ -212,6 +223,30 @@ static void sleep_until_next(long long tick_start_ns, long interval_ms) {
   struct timespec ts = {want / 1000000000LL, want % 1000000000LL};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !stop_flag) {
   }
+}
+
+/* This process's start time in clock ticks since boot (field 22 of
+ * /proc/self/stat), or -1. The comm field (2) may hold spaces and ')': parse
+ * after the last ')'. */
+static long long start_time_ticks(void) {
+  char buf[1024];
+  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  char *p = strrchr(buf, ')');
+  if (!p) return -1;
+  /* after ") ": field 3 (state) is the first; field 22 is the 20th from there */
+  p++;
+  for (int field = 3; field <= 22; field++) {
+    while (*p == ' ') p++;
+    if (!*p) return -1;
+    if (field == 22) return strtoll(p, NULL, 10);
+    while (*p && *p != ' ') p++;
+  }
+  return -1;
 }
 
 /* Write all of buf; returns 0 or -1. */
@@ -378,8 +413,11 @@ int main(int argc, char **argv) {
       rootfs_ok = (n == (ssize_t)strlen(marker) && !memcmp(buf, marker, (size_t)n)) ? 1 : 0;
     }
     long long t_ms = now_ms();
+    char inc[40] = "";
+    if (o.incarnation) snprintf(inc, sizeof inc, " inc=%lld", start_time_ticks());
     if (afd >= 0) {
-      int n = snprintf(line, sizeof line, "tick=%lu t_ms=%lld pid=%d\n", tick, t_ms, (int)getpid());
+      int n = snprintf(line, sizeof line, "tick=%lu t_ms=%lld pid=%d%s\n", tick, t_ms,
+                       (int)getpid(), inc);
       if (write_all(afd, line, (size_t)n) < 0) {
         file_ok = 0;
       } else {
@@ -389,9 +427,9 @@ int main(int argc, char **argv) {
       }
     }
     printf("tick=%lu t_ms=%lld mem_ok=%d mem_mib=%ld mem_passes=%lu child_tick=%ld "
-           "child_alive=%d file_ok=%d rootfs_ok=%d pid=%d\n",
+           "child_alive=%d file_ok=%d rootfs_ok=%d pid=%d%s\n",
            tick, t_ms, mem_ok, o.mem_mib, passes, ct, child_alive, file_ok, rootfs_ok,
-           (int)getpid());
+           (int)getpid(), inc);
     fflush(stdout);
 
     if (o.status) {
