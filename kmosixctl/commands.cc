@@ -208,6 +208,15 @@ std::variant<json, std::string> RunBody(const RunRequest& r) {
   if (!r.node.empty()) body["node"] = r.node;
   if (r.pinned) body["pinned"] = true;
   if (r.no_migrate) body["migratable"] = false;
+  if (!r.restart_policy.empty()) {
+    if (r.restart_policy != "Never" && r.restart_policy != "FromImage" &&
+        r.restart_policy != "FromCheckpoint")
+      return "--restart-policy \"" + r.restart_policy +
+             "\": expected Never, FromImage or FromCheckpoint";
+    body["restartPolicy"] = r.restart_policy;
+  }
+  if (r.checkpoint_interval_seconds)
+    body["checkpointIntervalSeconds"] = *r.checkpoint_interval_seconds;
   return body;
 }
 

@@ -53,8 +53,11 @@ struct RunRequest {
   std::string node;
   bool pinned = false;
   bool no_migrate = false;
+  std::string restart_policy;                          // "" = the server's default (Never)
+  std::optional<int64_t> checkpoint_interval_seconds;  // with FromCheckpoint
 };
-// The POST /v1/workloads body, or an error message (bad --env).
+// The POST /v1/workloads body, or an error message (bad --env, a
+// --restart-policy other than Never, FromImage, FromCheckpoint).
 std::variant<nlohmann::json, std::string> RunBody(const RunRequest& r);
 int CmdRun(CommandContext& c, const RunRequest& r);
 int CmdRm(CommandContext& c, const std::vector<std::string>& names);

@@ -133,6 +133,15 @@ int main(int argc, char** argv) {
   run->add_option("--node", run_req.node, "start it on this node");
   run->add_flag("--pinned", run_req.pinned, "never move it automatically (needs --node)");
   run->add_flag("--no-migrate", run_req.no_migrate, "never migrate it at all");
+  run->add_option("--restart-policy", run_req.restart_policy,
+                  "when its node is lost: Never (default; it stays Lost), FromImage (start it "
+                  "again on another node), FromCheckpoint (restore it there from its latest "
+                  "checkpoint; needs --checkpoint-interval)");
+  int64_t run_checkpoint_interval = 0;
+  auto* run_checkpoint_opt =
+      run->add_option("--checkpoint-interval", run_checkpoint_interval,
+                      "seconds between checkpoints to another node (10 to 86400; with "
+                      "--restart-policy FromCheckpoint)");
   run->footer("Example: kmosixctl run demo1 kmosix.local/demo:latest -- /bin/kmosix-demo --mem 64");
 
   // rm
@@ -263,6 +272,8 @@ int main(int argc, char** argv) {
   }
   if (run_memory_opt->count() > 0) run_req.memory_mib = run_memory;
   if (run_cpus_opt->count() > 0) run_req.cpus = run_cpus;
+  if (run_checkpoint_opt->count() > 0)
+    run_req.checkpoint_interval_seconds = run_checkpoint_interval;
 
   // Connection settings.
   const EnvMap env = ReadEnv();

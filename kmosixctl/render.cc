@@ -346,6 +346,13 @@ std::string RenderWorkloads(const json& list, const RenderOptions&) {
       flags.push_back("restarted(" + std::to_string(static_cast<int64_t>(JNum(st, "restarts"))) +
                       ")");
     }
+    if (const std::string policy = JStr(spec, "restartPolicy");
+        !policy.empty() && policy != "Never")
+      flags.push_back("restart=" + policy);
+    if (const json& rec = JObj(st, "recovery"); rec.is_object() && JNum(rec, "count") > 0) {
+      flags.push_back("recovered(" + std::to_string(static_cast<int64_t>(JNum(rec, "count"))) +
+                      ")");
+    }
     const json& moves = JObj(st, "migrations");
     std::string message;
     // A running workload's message is news only when it was restarted (why).
@@ -394,6 +401,31 @@ std::string RenderWorkload(const json& w, const RenderOptions&) {
   if (!JBool(spec, "migratable", true)) flags.push_back("no-migrate (never moved)");
   if (!JStr(spec, "node").empty()) flags.push_back("asked for node " + JStr(spec, "node"));
   kv.push_back({"Flags", flags.empty() ? "-" : Join(flags, ", ")});
+  if (Has(spec, "restartPolicy")) {  // servers before the field leave it out
+    const std::string policy = JStr(spec, "restartPolicy");
+    std::string shown = policy;
+    if (policy == "Never") shown += " (stays Lost if its node is lost)";
+    if (JNum(spec, "checkpointIntervalSeconds") > 0)
+      shown += ", checkpoint every " + FormatDuration(JNum(spec, "checkpointIntervalSeconds"));
+    kv.push_back({"Restart policy", shown});
+  }
+  if (const json& rec = JObj(st, "recovery"); rec.is_object()) {
+    std::string line =
+        JStr(rec, "policy") + " after node " + OrDash(JStr(rec, "lostNode")) + " was lost";
+    if (!JStr(rec, "checkpoint").empty()) {
+      line += ", restored from checkpoint " + JStr(rec, "checkpoint") + " (progress lost " +
+              FormatDuration(JNum(rec, "progressLostMs") / 1000.0) + ")";
+    } else {
+      line += ", started from its image";
+    }
+    if (JNum(rec, "lostMs") > 0 && JNum(rec, "restartedMs") >= JNum(rec, "lostMs"))
+      line += ", " + FormatDuration((JNum(rec, "restartedMs") - JNum(rec, "lostMs")) / 1000.0) +
+              " after the loss";
+    line += "; " + std::to_string(static_cast<int64_t>(JNum(rec, "count"))) + " so far";
+    kv.push_back({"Recovery", line});
+  }
+  if (!JStr(st, "restoreCheckpoint").empty())
+    kv.push_back({"Restoring", "from checkpoint " + JStr(st, "restoreCheckpoint")});
   if (!JStr(st, "migration").empty()) kv.push_back({"Migrating", JStr(st, "migration")});
   if (const json& m = JObj(st, "migrations"); m.is_array() && !m.empty()) {
     std::vector<std::string> ids;

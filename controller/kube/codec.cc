@@ -224,8 +224,10 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
   KMX_ASSIGN_OR_RETURN(ObjectMeta meta, DecodeMeta(object));
   const json* spec = Child(object, "spec");
   if (!spec || !spec->is_object()) return InvalidError("spec: missing");
-  static const std::set<std::string> kFields = {"image",    "command", "env",       "resources",
-                                                "nodeName", "pinned",  "migratable"};
+  static const std::set<std::string> kFields = {
+      "image",      "command",       "env",
+      "resources",  "nodeName",      "pinned",
+      "migratable", "restartPolicy", "checkpointIntervalSeconds"};
   for (const auto& [k, v] : spec->items())
     if (!kFields.count(k)) return InvalidError("spec." + k + ": unknown field");
   // The schema's: the object's own name is a DNS label (WorkloadNameFor
@@ -282,6 +284,22 @@ StatusOr<api::WorkloadSpec> DecodeMigratableWorkload(const json& object) {
     return InvalidError("spec.nodeName: must be a node's name (leave it out to let kmosix place)");
   KMX_ASSIGN_OR_RETURN(s.pinned, OptBool(*spec, "pinned", "spec.pinned", false));
   KMX_ASSIGN_OR_RETURN(s.migratable, OptBool(*spec, "migratable", "spec.migratable", true));
+  if (const json* p = Child(*spec, "restartPolicy")) {
+    if (!p->is_string())
+      return InvalidError("spec.restartPolicy: must be one of Never, FromImage, FromCheckpoint");
+    auto policy = api::ParseRestartPolicy(p->get_ref<const std::string&>());
+    if (!policy.ok()) return policy.status().Annotate("spec.restartPolicy");
+    s.restart_policy = *policy;
+  }
+  if (const json* c = Child(*spec, "checkpointIntervalSeconds")) {
+    // The server reads 30.0 as 30; the schema's limits decide the range.
+    if (!IsIntegral(*c) || c->get<double>() < 0 ||
+        c->get<double>() > static_cast<double>(api::kMaxCheckpointIntervalSeconds))
+      return InvalidError("spec.checkpointIntervalSeconds: must be an integer from " +
+                          std::to_string(api::kMinCheckpointIntervalSeconds) + " to " +
+                          std::to_string(api::kMaxCheckpointIntervalSeconds));
+    s.checkpoint_interval_seconds = static_cast<int64_t>(c->get<double>());
+  }
   Status valid = api::ValidateWorkloadSpec(s, "MigratableWorkload");
   if (!valid.ok()) return valid;
   return s;
@@ -309,6 +327,9 @@ json MigratableWorkloadObject(const api::WorkloadSpec& spec) {
   if (spec.memory_mib > 0) resources["memory"] = std::to_string(spec.memory_mib) + "Mi";
   if (!resources.empty()) s["resources"] = resources;
   if (!spec.node.empty()) s["nodeName"] = spec.node;
+  s["restartPolicy"] = api::RestartPolicyName(spec.restart_policy);
+  if (spec.checkpoint_interval_seconds != 0)
+    s["checkpointIntervalSeconds"] = spec.checkpoint_interval_seconds;
   return {{"apiVersion", "kmosix.io/v1alpha1"},
           {"kind", "MigratableWorkload"},
           {"metadata", meta},
@@ -364,6 +385,18 @@ json MigratableWorkloadStatus(const json& old_status, const WorkloadStatusInput&
     s["migrations"] = static_cast<int64_t>(st.migrations.size());
     if (st.started_ms > 0) s["startTime"] = FormatTime(st.started_ms);
     if (!in.rejected) s["message"] = !in.migration_note.empty() ? in.migration_note : st.message;
+    if (!st.restore_checkpoint.empty()) s["restoreCheckpoint"] = st.restore_checkpoint;
+    if (st.recovery) {
+      const api::Recovery& r = *st.recovery;
+      s["recovery"] = {{"policy", api::RestartPolicyName(r.policy)},
+                       {"lostNode", r.lost_node},
+                       {"lostMs", r.lost_ms},
+                       {"restartedMs", r.restarted_ms},
+                       {"checkpoint", r.checkpoint},
+                       {"checkpointTakenMs", r.checkpoint_taken_ms},
+                       {"progressLostMs", r.progress_lost_ms},
+                       {"count", r.count}};
+    }
     const bool placed = !st.node.empty();
     conds.push_back({"Placed", placed ? "True" : "False", placed ? "Placed" : "Pending",
                      placed ? "owned by node " + st.node + " at epoch " + std::to_string(st.epoch)

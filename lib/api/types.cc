@@ -26,7 +26,28 @@ constexpr std::pair<MigrationPhase, std::string_view> kMigrationPhases[] = {
     {MigrationPhase::kFailed, "Failed"},
 };
 
+constexpr std::pair<RestartPolicy, std::string_view> kRestartPolicies[] = {
+    {RestartPolicy::kNever, "Never"},
+    {RestartPolicy::kFromImage, "FromImage"},
+    {RestartPolicy::kFromCheckpoint, "FromCheckpoint"},
+};
+
 }  // namespace
+
+std::string_view RestartPolicyName(RestartPolicy p) {
+  for (const auto& [policy, name] : kRestartPolicies) {
+    if (policy == p) return name;
+  }
+  return "Unknown";
+}
+
+StatusOr<RestartPolicy> ParseRestartPolicy(std::string_view s) {
+  for (const auto& [policy, name] : kRestartPolicies) {
+    if (name == s) return policy;
+  }
+  return InvalidError("unknown restart policy \"" + std::string(s) +
+                      "\" (one of Never, FromImage, FromCheckpoint)");
+}
 
 std::string_view WorkloadPhaseName(WorkloadPhase p) {
   for (const auto& [phase, name] : kWorkloadPhases) {

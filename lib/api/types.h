@@ -34,6 +34,19 @@ struct WorkloadOrigin {
   bool operator==(const WorkloadOrigin&) const = default;
 };
 
+// What the controller does with a workload whose node is lost (its agent's
+// lease expired while it ran there; api::WorkloadPhase::kLost). JSON
+// "restartPolicy": "Never" | "FromImage" | "FromCheckpoint".
+enum class RestartPolicy {
+  kNever,           // it stays Lost (the default)
+  kFromImage,       // placed again on another ready node, started from its image
+  kFromCheckpoint,  // restored elsewhere from its latest periodic checkpoint
+                    // (checkpoints/<name>); from its image when there is none
+};
+std::string_view RestartPolicyName(RestartPolicy p);
+// Strict: kInvalid naming the unknown value and the accepted ones.
+StatusOr<RestartPolicy> ParseRestartPolicy(std::string_view s);
+
 struct WorkloadSpec {
   std::string name;  // DNS-label-like, see ValidateName
   std::string image;
@@ -46,6 +59,12 @@ struct WorkloadSpec {
   bool pinned = false;     // stays where it is (no automatic moves)
   // Set only by the Kubernetes bridge; REST bodies may not carry it.
   std::optional<WorkloadOrigin> origin;
+  // Node loss (see RestartPolicy). checkpoint_interval_seconds: how often
+  // the owner checkpoints it to a keeper node; required and in
+  // [kMinCheckpointIntervalSeconds, kMaxCheckpointIntervalSeconds] with
+  // kFromCheckpoint, 0 otherwise (api/validate.h).
+  RestartPolicy restart_policy = RestartPolicy::kNever;
+  int64_t checkpoint_interval_seconds = 0;
   bool operator==(const WorkloadSpec&) const = default;
 };
 
@@ -61,6 +80,26 @@ enum class WorkloadPhase {
 std::string_view WorkloadPhaseName(WorkloadPhase p);
 StatusOr<WorkloadPhase> ParseWorkloadPhase(std::string_view s);
 
+// How the controller last brought back a workload whose node was lost
+// (WorkloadStatus::recovery). JSON: {"policy","lostNode","lostMs",
+// "restartedMs","checkpoint","checkpointTakenMs","progressLostMs","count"}.
+struct Recovery {
+  // The policy that was applied: kFromImage or kFromCheckpoint (a
+  // FromCheckpoint workload with no usable checkpoint is recovered
+  // kFromImage, and `message` of its status says why).
+  RestartPolicy policy = RestartPolicy::kFromImage;
+  std::string lost_node;            // the node it was lost with
+  int64_t lost_ms = 0;              // when that node went NotReady (members/<node> changedMs)
+  int64_t restarted_ms = 0;         // when the controller placed it again
+  std::string checkpoint;           // the checkpoint id restored from ("" = from the image)
+  int64_t checkpoint_taken_ms = 0;  // when that checkpoint was taken (0: none)
+  // lost_ms - checkpoint_taken_ms: the run time the restore forgets (0
+  // from the image: there everything since the start is lost).
+  int64_t progress_lost_ms = 0;
+  int64_t count = 0;  // recoveries of this workload so far, this one included
+  bool operator==(const Recovery&) const = default;
+};
+
 struct WorkloadStatus {
   WorkloadPhase phase = WorkloadPhase::kPending;
   std::string node;       // owner ("" while Pending)
@@ -75,6 +114,14 @@ struct WorkloadStatus {
   // on status.node (its task had died or vanished; see the agent's
   // "Restarts").
   int64_t restarts = 0;
+  // Set by the controller when it places a Lost workload on the keeper of
+  // its latest checkpoint (RestartPolicy::kFromCheckpoint): the id of that
+  // checkpoint (CheckpointRecord::id). The agent that starts the Scheduled
+  // workload restores it from that local checkpoint instead of the image,
+  // and clears it with its Running write. "" otherwise.
+  std::string restore_checkpoint;
+  // The last node-loss recovery (absent: never recovered).
+  std::optional<Recovery> recovery;
   bool operator==(const WorkloadStatus&) const = default;
 };
 
@@ -84,6 +131,21 @@ struct Workload {
   WorkloadSpec spec;
   WorkloadStatus status;
   bool operator==(const Workload&) const = default;
+};
+
+// checkpoints/<workload>: the latest periodic checkpoint of a
+// RestartPolicy::kFromCheckpoint workload, written by its owner's agent once
+// the keeper node holds the whole image. JSON: {"workload","id","epoch",
+// "source","keeper","takenMs","bytes"}.
+struct CheckpointRecord {
+  std::string workload;
+  std::string id;        // names the checkpoint on the keeper (a name, see ValidateName)
+  int64_t epoch = 0;     // the owner's ownership epoch when it was taken
+  std::string source;    // the node that took it (the owner then)
+  std::string keeper;    // the node holding it
+  int64_t taken_ms = 0;  // wall clock when the workload was dumped
+  uint64_t bytes = 0;    // size of the image the keeper holds
+  bool operator==(const CheckpointRecord&) const = default;
 };
 
 // ---- nodes -------------------------------------------------------------------

@@ -63,6 +63,41 @@ Status ValidateWorkloadSpec(const WorkloadSpec& s, std::string_view what) {
     if (s.origin->name.empty()) return Bad(what, "origin", "an object with a name");
     if (s.origin->uid.empty()) return Bad(what, "origin", "an object with a uid");
   }
+  if (s.restart_policy == RestartPolicy::kFromCheckpoint) {
+    if (s.checkpoint_interval_seconds < kMinCheckpointIntervalSeconds ||
+        s.checkpoint_interval_seconds > kMaxCheckpointIntervalSeconds)
+      return Bad(what, "checkpointIntervalSeconds",
+                 "an integer from " + std::to_string(kMinCheckpointIntervalSeconds) + " to " +
+                     std::to_string(kMaxCheckpointIntervalSeconds) +
+                     " with restartPolicy FromCheckpoint");
+  } else if (s.checkpoint_interval_seconds != 0) {
+    return Bad(what, "checkpointIntervalSeconds",
+               "absent (or 0) unless restartPolicy is FromCheckpoint");
+  }
+  return Status::Ok();
+}
+
+Status ValidateRecovery(const Recovery& r, std::string_view what) {
+  if (r.policy != RestartPolicy::kFromImage && r.policy != RestartPolicy::kFromCheckpoint)
+    return Bad(what, "policy", "FromImage or FromCheckpoint");
+  KMX_RETURN_IF_ERROR(NameField(what, "lostNode", r.lost_node, /*allow_empty=*/false));
+  KMX_RETURN_IF_ERROR(NameField(what, "checkpoint", r.checkpoint, /*allow_empty=*/true));
+  if (r.lost_ms < 0) return Bad(what, "lostMs", ">= 0");
+  if (r.restarted_ms < 0) return Bad(what, "restartedMs", ">= 0");
+  if (r.checkpoint_taken_ms < 0) return Bad(what, "checkpointTakenMs", ">= 0");
+  if (r.progress_lost_ms < 0) return Bad(what, "progressLostMs", ">= 0");
+  if (r.count < 0) return Bad(what, "count", ">= 0");
+  return Status::Ok();
+}
+
+Status ValidateCheckpointRecord(const CheckpointRecord& c) {
+  constexpr std::string_view what = "checkpoint record";
+  KMX_RETURN_IF_ERROR(NameField(what, "workload", c.workload, /*allow_empty=*/false));
+  KMX_RETURN_IF_ERROR(NameField(what, "id", c.id, /*allow_empty=*/false));
+  KMX_RETURN_IF_ERROR(NameField(what, "source", c.source, /*allow_empty=*/false));
+  KMX_RETURN_IF_ERROR(NameField(what, "keeper", c.keeper, /*allow_empty=*/false));
+  if (c.epoch < 0) return Bad(what, "epoch", ">= 0");
+  if (c.taken_ms < 0) return Bad(what, "takenMs", ">= 0");
   return Status::Ok();
 }
 

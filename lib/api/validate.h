@@ -23,6 +23,9 @@ inline constexpr size_t kMaxNodeImages = 4096;  // images a node record may list
 inline constexpr size_t kMaxNotReadyReasonBytes = 1024;
 inline constexpr int64_t kMaxMemoryMiB = int64_t{1} << 30;
 inline constexpr double kMaxCpus = 4096;
+// checkpointIntervalSeconds of a RestartPolicy::kFromCheckpoint workload.
+inline constexpr int64_t kMinCheckpointIntervalSeconds = 10;
+inline constexpr int64_t kMaxCheckpointIntervalSeconds = 86400;
 
 // Names of workloads, nodes and migration ids: DNS-label-like
 // [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
@@ -33,8 +36,18 @@ Status ValidateEnvName(std::string_view name);
 
 // Every limit of a spec: name, image 1..512 bytes, at most 4096 args, env
 // names, memoryMiB 0..2^30, cpus finite in 0..4096, node "" or a name, origin
-// (when set) with a kind, name and uid. `what` names the value in messages.
+// (when set) with a kind, name and uid, checkpointIntervalSeconds in
+// 10..86400 with restartPolicy FromCheckpoint and 0 (absent) otherwise.
+// `what` names the value in messages.
 Status ValidateWorkloadSpec(const WorkloadSpec& spec, std::string_view what = "workload spec");
+
+// A recovery: policy FromImage or FromCheckpoint, lostNode a name, times and
+// count >= 0, checkpoint "" or a name.
+Status ValidateRecovery(const Recovery& recovery, std::string_view what = "workload recovery");
+
+// A checkpoint record: workload, id, source and keeper names; epoch,
+// takenMs >= 0.
+Status ValidateCheckpointRecord(const CheckpointRecord& record);
 
 // workload a name; target, id "" or names; requested_by one of "policy",
 // "api", "drain", "user".

@@ -135,15 +135,50 @@ json WorkloadStatusToJson(const api::WorkloadStatus& s) {
             {"migrations", s.migrations},
             {"message", s.message}};
   if (s.restarts > 0) j["restarts"] = s.restarts;  // absent: 0
+  if (!s.restore_checkpoint.empty()) j["restoreCheckpoint"] = s.restore_checkpoint;
+  if (s.recovery) j["recovery"] = RecoveryToJson(*s.recovery);
   return j;
+}
+
+json RecoveryToJson(const api::Recovery& r) {
+  return {{"policy", api::RestartPolicyName(r.policy)},
+          {"lostNode", r.lost_node},
+          {"lostMs", r.lost_ms},
+          {"restartedMs", r.restarted_ms},
+          {"checkpoint", r.checkpoint},
+          {"checkpointTakenMs", r.checkpoint_taken_ms},
+          {"progressLostMs", r.progress_lost_ms},
+          {"count", r.count}};
+}
+
+StatusOr<api::Recovery> RecoveryFromJson(const json& j) {
+  Fields f(j, "workload recovery");
+  KMX_RETURN_IF_ERROR(f.Check({"policy", "lostNode", "lostMs", "restartedMs", "checkpoint",
+                               "checkpointTakenMs", "progressLostMs", "count"}));
+  api::Recovery r;
+  std::string policy;
+  KMX_RETURN_IF_ERROR(f.String("policy", policy, /*required=*/true));
+  auto p = api::ParseRestartPolicy(policy);
+  if (!p.ok()) return p.status().Annotate("field \"policy\" in workload recovery");
+  r.policy = *p;
+  KMX_RETURN_IF_ERROR(f.String("lostNode", r.lost_node, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.Int("lostMs", r.lost_ms));
+  KMX_RETURN_IF_ERROR(f.Int("restartedMs", r.restarted_ms));
+  KMX_RETURN_IF_ERROR(f.String("checkpoint", r.checkpoint));
+  KMX_RETURN_IF_ERROR(f.Int("checkpointTakenMs", r.checkpoint_taken_ms));
+  KMX_RETURN_IF_ERROR(f.Int("progressLostMs", r.progress_lost_ms));
+  KMX_RETURN_IF_ERROR(f.Int("count", r.count));
+  KMX_RETURN_IF_ERROR(api::ValidateRecovery(r));
+  return r;
 }
 
 namespace {
 
 StatusOr<api::WorkloadStatus> WorkloadStatusFromJson(const json& j) {
   Fields f(j, "workload status");
-  KMX_RETURN_IF_ERROR(f.Check({"phase", "node", "epoch", "migration", "pid", "createdMs",
-                               "startedMs", "migrations", "message", "restarts"}));
+  KMX_RETURN_IF_ERROR(
+      f.Check({"phase", "node", "epoch", "migration", "pid", "createdMs", "startedMs", "migrations",
+               "message", "restarts", "restoreCheckpoint", "recovery"}));
   api::WorkloadStatus s;
   std::string phase = "Pending";
   KMX_RETURN_IF_ERROR(f.String("phase", phase));
@@ -168,6 +203,11 @@ StatusOr<api::WorkloadStatus> WorkloadStatusFromJson(const json& j) {
   }
   KMX_RETURN_IF_ERROR(f.String("message", s.message));
   KMX_RETURN_IF_ERROR(f.Int("restarts", s.restarts));
+  KMX_RETURN_IF_ERROR(f.Name("restoreCheckpoint", s.restore_checkpoint, /*required=*/false,
+                             /*allow_empty=*/true));
+  if (const json* r = f.Find("recovery"); r != nullptr && !r->is_null()) {
+    KMX_ASSIGN_OR_RETURN(s.recovery, RecoveryFromJson(*r));
+  }
   return s;
 }
 
@@ -242,6 +282,29 @@ StatusOr<api::Migration> MigrationFromJson(const json& j) {
   KMX_RETURN_IF_ERROR(f.Int("cancelRequestedMs", m.cancel_requested_ms));
   KMX_RETURN_IF_ERROR(f.String("cancelledBy", m.cancelled_by));
   return m;
+}
+
+// ---- Checkpoints -----------------------------------------------------------
+
+json CheckpointToJson(const api::CheckpointRecord& c) {
+  return {{"workload", c.workload}, {"id", c.id},         {"epoch", c.epoch},
+          {"source", c.source},     {"keeper", c.keeper}, {"takenMs", c.taken_ms},
+          {"bytes", c.bytes}};
+}
+
+StatusOr<api::CheckpointRecord> CheckpointFromJson(const json& j) {
+  Fields f(j, "checkpoint record");
+  KMX_RETURN_IF_ERROR(f.Check({"workload", "id", "epoch", "source", "keeper", "takenMs", "bytes"}));
+  api::CheckpointRecord c;
+  KMX_RETURN_IF_ERROR(f.String("workload", c.workload, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.String("id", c.id, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.Int("epoch", c.epoch));
+  KMX_RETURN_IF_ERROR(f.String("source", c.source, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.String("keeper", c.keeper, /*required=*/true));
+  KMX_RETURN_IF_ERROR(f.Int("takenMs", c.taken_ms));
+  KMX_RETURN_IF_ERROR(f.Uint("bytes", c.bytes));
+  KMX_RETURN_IF_ERROR(api::ValidateCheckpointRecord(c));
+  return c;
 }
 
 }  // namespace kmosix::cluster

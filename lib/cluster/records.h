@@ -12,6 +12,10 @@
 //                      status (node + epoch; every change of owner is a CAS on
 //                      the key's mod_revision that bumps the epoch)
 //   migrations/<id>    api::Migration: the order and its progress
+//   checkpoints/<name> api::CheckpointRecord: the latest periodic checkpoint of
+//                      a restartPolicy FromCheckpoint workload (written by its
+//                      owner's agent; read by the controller when the owner's
+//                      node is lost)
 //   leader             controller election key (lease + create-revision txn)
 //
 // Ownership rule: only the agent named in status.node may run a workload, and
@@ -43,6 +47,8 @@ struct KeyLayout {
   std::string Workload(const std::string& n) const { return Workloads() + n; }
   std::string Migrations() const { return prefix + "migrations/"; }
   std::string Migration(const std::string& id) const { return Migrations() + id; }
+  std::string Checkpoints() const { return prefix + "checkpoints/"; }
+  std::string Checkpoint(const std::string& workload) const { return Checkpoints() + workload; }
   std::string Leader() const { return prefix + "leader"; }
   // The last path segment of a key under `dir` ("" if the key is not under it).
   static std::string NameIn(const std::string& dir, const std::string& key);
@@ -59,17 +65,29 @@ StatusOr<api::NodeMember> NodeMemberFromJson(const nlohmann::json& j);
 // ---- workloads/<name> ------------------------------------------------------
 // {"spec": WorkloadSpecToJson(spec, SpecFace::kRecord) (with "origin" when
 // set), "status": {"phase","node","epoch","migration","pid","createdMs",
-// "startedMs","migrations","message"}}; the spec is checked by
-// api::ValidateWorkloadSpec.
+// "startedMs","migrations","message","restarts"? (when > 0),
+// "restoreCheckpoint"? (when set), "recovery"? (RecoveryToJson, when set)}};
+// the spec is checked by api::ValidateWorkloadSpec.
 nlohmann::json WorkloadToJson(const api::Workload& w);
 StatusOr<api::Workload> WorkloadFromJson(const nlohmann::json& j);
 nlohmann::json WorkloadStatusToJson(const api::WorkloadStatus& s);
+// {"policy","lostNode","lostMs","restartedMs","checkpoint",
+// "checkpointTakenMs","progressLostMs","count"}; checked by
+// api::ValidateRecovery.
+nlohmann::json RecoveryToJson(const api::Recovery& r);
+StatusOr<api::Recovery> RecoveryFromJson(const nlohmann::json& j);
 
 // ---- migrations/<id> -------------------------------------------------------
 // "phase" is MigrationPhaseName ("Pending", ..., "Succeeded", "RolledBack",
 // "Failed"); "report" is MigrationReportToJson (kmosix/migration.h) or null.
 nlohmann::json MigrationToJson(const api::Migration& m);
 StatusOr<api::Migration> MigrationFromJson(const nlohmann::json& j);
+
+// ---- checkpoints/<workload> --------------------------------------------------
+// {"workload","id","epoch","source","keeper","takenMs","bytes"}; checked by
+// api::ValidateCheckpointRecord.
+nlohmann::json CheckpointToJson(const api::CheckpointRecord& c);
+StatusOr<api::CheckpointRecord> CheckpointFromJson(const nlohmann::json& j);
 
 // Parses a stored value (JSON text) with the record parser above.
 template <typename T>

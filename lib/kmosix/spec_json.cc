@@ -80,12 +80,14 @@ StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const json& j, SpecFace face) {
       KMX_RETURN_IF_ERROR(f.Check({"name", "image", "args", "env", "memoryMiB", "cpus"}));
       break;
     case SpecFace::kRest:
-      KMX_RETURN_IF_ERROR(f.Check(
-          {"name", "image", "args", "env", "memoryMiB", "cpus", "migratable", "node", "pinned"}));
+      KMX_RETURN_IF_ERROR(
+          f.Check({"name", "image", "args", "env", "memoryMiB", "cpus", "migratable", "node",
+                   "pinned", "restartPolicy", "checkpointIntervalSeconds"}));
       break;
     case SpecFace::kRecord:
-      KMX_RETURN_IF_ERROR(f.Check({"name", "image", "args", "env", "memoryMiB", "cpus",
-                                   "migratable", "node", "pinned", "origin"}));
+      KMX_RETURN_IF_ERROR(
+          f.Check({"name", "image", "args", "env", "memoryMiB", "cpus", "migratable", "node",
+                   "pinned", "origin", "restartPolicy", "checkpointIntervalSeconds"}));
       break;
   }
   api::WorkloadSpec s;
@@ -110,6 +112,14 @@ StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const json& j, SpecFace face) {
   KMX_RETURN_IF_ERROR(f.Bool("migratable", s.migratable));
   KMX_RETURN_IF_ERROR(f.String("node", s.node));
   KMX_RETURN_IF_ERROR(f.Bool("pinned", s.pinned));
+  if (const json* p = f.Find("restartPolicy"); p != nullptr) {
+    if (!p->is_string()) return f.Bad("restartPolicy", "one of Never, FromImage, FromCheckpoint");
+    auto policy = api::ParseRestartPolicy(p->get_ref<const std::string&>());
+    if (!policy.ok())
+      return InvalidError("field \"restartPolicy\" in " + what + ": " + policy.status().message());
+    s.restart_policy = *policy;
+  }
+  KMX_RETURN_IF_ERROR(f.Int("checkpointIntervalSeconds", s.checkpoint_interval_seconds));
   if (const json* o = f.Find("origin"); o != nullptr) {
     JsonFields of(*o, what + " origin");
     KMX_RETURN_IF_ERROR(of.Check({"kind", "namespace", "name", "uid"}));
@@ -143,6 +153,13 @@ json WorkloadSpecToJson(const api::WorkloadSpec& s, SpecFace face) {
   j["migratable"] = s.migratable;
   j["node"] = s.node;
   j["pinned"] = s.pinned;
+  // The REST face shows the policy always (the default stays explicit); the
+  // record writes it only when it is not the default, so a record of a
+  // workload that does not use it reads as before.
+  if (face == SpecFace::kRest || s.restart_policy != api::RestartPolicy::kNever)
+    j["restartPolicy"] = api::RestartPolicyName(s.restart_policy);
+  if (s.checkpoint_interval_seconds != 0)
+    j["checkpointIntervalSeconds"] = s.checkpoint_interval_seconds;
   if (face == SpecFace::kRecord && s.origin) {
     j["origin"] = {{"kind", s.origin->kind},
                    {"namespace", s.origin->namespace_},

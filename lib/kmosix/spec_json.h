@@ -23,10 +23,13 @@ enum class SpecFace {
   // {"name","image","args":[],"env":{},"memoryMiB"?,"cpus"?} (0 omitted).
   kAgent,
   // The controller's POST /v1/workloads body and its replies: kAgent's plus
-  // "migratable"?,"node"?,"pinned"? (all written). No "origin".
+  // "migratable"?,"node"?,"pinned"?,"restartPolicy"? ("Never", "FromImage",
+  // "FromCheckpoint"; all written), "checkpointIntervalSeconds"? (written
+  // when not 0). No "origin".
   kRest,
   // The etcd record (cluster/records.h): kRest's plus "origin"? =
-  // {"kind","namespace","name","uid"} (written only when set).
+  // {"kind","namespace","name","uid"} (written only when set);
+  // "restartPolicy" is written only when not "Never".
   kRecord,
 };
 StatusOr<api::WorkloadSpec> WorkloadSpecFromJson(const nlohmann::json& j, SpecFace face);

@@ -245,6 +245,28 @@ TEST(CommandsTest, RunWithABadEnvIsAUsageErrorAndSendsNothing) {
   EXPECT_EQ(h.err.str(), "kmosixctl: --env \"NOEQUALS\": expected KEY=VALUE\n");
 }
 
+TEST(CommandsTest, RunSendsTheRestartPolicyAndRefusesAnUnknownOne) {
+  Harness h;
+  h.http.On("POST", "/v1/workloads", JsonAnswer(201, testing::Workload("demo1", "Pending", "", 0)));
+  RunRequest r;
+  r.name = "demo1";
+  r.image = "img";
+  r.restart_policy = "FromCheckpoint";
+  r.checkpoint_interval_seconds = 60;
+  EXPECT_EQ(CmdRun(h.ctx, r), kExitOk);
+  json body = json::parse(h.http.Calls()[0].request.body);
+  EXPECT_EQ(body, json::parse(R"({"name":"demo1","image":"img","restartPolicy":"FromCheckpoint",
+      "checkpointIntervalSeconds":60})"));
+
+  Harness bad;
+  r.restart_policy = "Always";
+  EXPECT_EQ(CmdRun(bad.ctx, r), kExitUsage);
+  EXPECT_TRUE(bad.http.Calls().empty());
+  EXPECT_EQ(bad.err.str(),
+            "kmosixctl: --restart-policy \"Always\": expected Never, FromImage or "
+            "FromCheckpoint\n");
+}
+
 TEST(CommandsTest, NodeAndWorkloadActions) {
   Harness h;
   json node = testing::NodesFixture()["items"][1];

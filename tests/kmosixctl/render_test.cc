@@ -149,6 +149,32 @@ TEST(RenderTest, ARestartedWorkloadShowsItsRestartsAndWhy) {
       << one;
 }
 
+// Issue 13, node loss: the policy and the last recovery.
+TEST(RenderTest, ARecoveredWorkloadShowsItsPolicyAndRecovery) {
+  json w = WorkloadsFixture()["items"][0];
+  w["spec"]["restartPolicy"] = "FromCheckpoint";
+  w["spec"]["checkpointIntervalSeconds"] = 60;
+  w["status"]["recovery"] = json::parse(R"({"policy":"FromCheckpoint","lostNode":"node2",
+      "lostMs":1000,"restartedMs":16000,"checkpoint":"c-4","checkpointTakenMs":400,
+      "progressLostMs":600,"count":2})");
+  const std::string table = RenderWorkloads({{"items", {w}}}, kOpts);
+  EXPECT_NE(table.find("restart=FromCheckpoint,recovered(2)"), std::string::npos) << table;
+  const std::string one = RenderWorkload(w, kOpts);
+  EXPECT_NE(one.find("Restart policy:  FromCheckpoint, checkpoint every 1m00s\n"),
+            std::string::npos)
+      << one;
+  EXPECT_NE(one.find("Recovery:        FromCheckpoint after node node2 was lost, restored from "
+                     "checkpoint c-4 (progress lost 600ms), 15.00s after the loss; 2 so far\n"),
+            std::string::npos)
+      << one;
+
+  json never = WorkloadsFixture()["items"][0];
+  never["spec"]["restartPolicy"] = "Never";
+  EXPECT_EQ(RenderWorkloads({{"items", {never}}}, kOpts).find("restart="), std::string::npos);
+  EXPECT_NE(RenderWorkload(never, kOpts).find("Never (stays Lost if its node is lost)"),
+            std::string::npos);
+}
+
 TEST(RenderTest, Migrations) {
   EXPECT_EQ(RenderMigrations(MigrationsFixture(), kOpts),
             "ID                  WORKLOAD  ROUTE         PHASE         BY         AGE  TOTAL  "

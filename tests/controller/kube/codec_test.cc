@@ -375,5 +375,97 @@ TEST(KubeCodec, SchemaLimitsAtAndPastEachBound) {
   EXPECT_FALSE(pol({{"selector", {{"matchLabels", {{"app", std::string(64, 'v')}}}}}}).ok());
 }
 
+// Issue 13, node loss: restartPolicy and checkpointIntervalSeconds in the
+// spec, recovery and restoreCheckpoint in the status.
+TEST(KubeCodec, RestartPolicyBothWaysAndItsRefusals) {
+  json o = Counter();
+  o["spec"]["restartPolicy"] = "FromCheckpoint";
+  o["spec"]["checkpointIntervalSeconds"] = 60;
+  auto spec = DecodeMigratableWorkload(o);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->restart_policy, api::RestartPolicy::kFromCheckpoint);
+  EXPECT_EQ(spec->checkpoint_interval_seconds, 60);
+  json back = MigratableWorkloadObject(*spec);
+  EXPECT_EQ(back["spec"]["restartPolicy"], "FromCheckpoint");
+  EXPECT_EQ(back["spec"]["checkpointIntervalSeconds"], 60);
+  EXPECT_EQ(*DecodeMigratableWorkload(back), *spec);
+  // The server reads 60.0 as 60.
+  o["spec"]["checkpointIntervalSeconds"] = 60.0;
+  ASSERT_TRUE(DecodeMigratableWorkload(o).ok());
+  // Absent: Never (the CRD's default).
+  auto plain = DecodeMigratableWorkload(Counter());
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->restart_policy, api::RestartPolicy::kNever);
+
+  struct Case {
+    const char* what;
+    std::function<void(json&)> edit;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {"unknown policy", [](json& x) { x["spec"]["restartPolicy"] = "Always"; },
+       "spec.restartPolicy"},
+      {"policy not a string", [](json& x) { x["spec"]["restartPolicy"] = true; },
+       "spec.restartPolicy"},
+      {"FromCheckpoint without interval",
+       [](json& x) { x["spec"]["restartPolicy"] = "FromCheckpoint"; }, "checkpointIntervalSeconds"},
+      {"interval too short",
+       [](json& x) {
+         x["spec"]["restartPolicy"] = "FromCheckpoint";
+         x["spec"]["checkpointIntervalSeconds"] = 9;
+       },
+       "checkpointIntervalSeconds"},
+      {"interval too long",
+       [](json& x) {
+         x["spec"]["restartPolicy"] = "FromCheckpoint";
+         x["spec"]["checkpointIntervalSeconds"] = 86401;
+       },
+       "spec.checkpointIntervalSeconds"},
+      {"interval not integral",
+       [](json& x) {
+         x["spec"]["restartPolicy"] = "FromCheckpoint";
+         x["spec"]["checkpointIntervalSeconds"] = 30.5;
+       },
+       "spec.checkpointIntervalSeconds"},
+      {"interval without FromCheckpoint",
+       [](json& x) {
+         x["spec"]["restartPolicy"] = "FromImage";
+         x["spec"]["checkpointIntervalSeconds"] = 30;
+       },
+       "checkpointIntervalSeconds"},
+  };
+  for (const auto& c : cases) {
+    json x = Counter();
+    c.edit(x);
+    auto r = DecodeMigratableWorkload(x);
+    ASSERT_FALSE(r.ok()) << c.what;
+    EXPECT_EQ(r.status().code(), Code::kInvalid) << c.what;
+    EXPECT_NE(r.status().message().find(c.message), std::string::npos)
+        << c.what << ": " << r.status().message();
+  }
+}
+
+TEST(KubeCodec, WorkloadStatusShowsTheLastRecovery) {
+  api::WorkloadView v;
+  v.workload.spec.name = "w";
+  v.workload.status.phase = api::WorkloadPhase::kScheduled;
+  v.workload.status.node = "node3";
+  v.workload.status.restore_checkpoint = "c-4";
+  v.workload.status.recovery =
+      api::Recovery{api::RestartPolicy::kFromCheckpoint, "node1", 1000, 17000, "c-4", 400, 600, 1};
+  WorkloadStatusInput in{1, "w", v, std::nullopt, ""};
+  json s = MigratableWorkloadStatus(json::object(), in, 20000);
+  EXPECT_EQ(s["restoreCheckpoint"], "c-4");
+  EXPECT_EQ(s["recovery"], json::parse(R"({"policy":"FromCheckpoint","lostNode":"node1",
+      "lostMs":1000,"restartedMs":17000,"checkpoint":"c-4","checkpointTakenMs":400,
+      "progressLostMs":600,"count":1})"));
+  v.workload.status.recovery.reset();
+  v.workload.status.restore_checkpoint.clear();
+  in.view = v;
+  json none = MigratableWorkloadStatus(json::object(), in, 20000);
+  EXPECT_FALSE(none.contains("recovery"));
+  EXPECT_FALSE(none.contains("restoreCheckpoint"));
+}
+
 }  // namespace
 }  // namespace kmosix::bridge

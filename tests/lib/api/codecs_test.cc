@@ -336,5 +336,91 @@ TEST(RestCodecTest, DrainDecisionsLeader) {
   EXPECT_EQ(controller::LeaderInfoToJson(l)["leader"], "c2");
 }
 
+// ---- issue 13, node loss: restartPolicy and checkpointIntervalSeconds ----
+
+TEST(RestartPolicyCodecTest, RestAndRecordCarryThePolicyTheAgentFaceDoesNot) {
+  api::WorkloadSpec s = Spec();
+  s.restart_policy = api::RestartPolicy::kFromCheckpoint;
+  s.checkpoint_interval_seconds = 60;
+  for (SpecFace face : {SpecFace::kRest, SpecFace::kRecord}) {
+    json j = WorkloadSpecToJson(s, face);
+    EXPECT_EQ(j["restartPolicy"], "FromCheckpoint");
+    EXPECT_EQ(j["checkpointIntervalSeconds"], 60);
+    auto back = ParseWorkloadSpec(j.dump(), face);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(*back, s);
+  }
+  EXPECT_FALSE(WorkloadSpecToJson(s, SpecFace::kAgent).contains("restartPolicy"));
+  ExpectInvalid(
+      ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"FromImage"})", SpecFace::kAgent)
+          .status(),
+      "restartPolicy");
+
+  // The default stays explicit in REST; a record leaves it out (an old
+  // record reads the same, and an older reader reads a new default record).
+  api::WorkloadSpec never = Spec();
+  EXPECT_EQ(WorkloadSpecToJson(never, SpecFace::kRest)["restartPolicy"], "Never");
+  EXPECT_FALSE(WorkloadSpecToJson(never, SpecFace::kRecord).contains("restartPolicy"));
+  EXPECT_FALSE(WorkloadSpecToJson(never, SpecFace::kRest).contains("checkpointIntervalSeconds"));
+  auto absent = ParseWorkloadSpec(R"({"name":"w","image":"i"})", SpecFace::kRest);
+  ASSERT_TRUE(absent.ok());
+  EXPECT_EQ(absent->restart_policy, api::RestartPolicy::kNever);
+  EXPECT_EQ(absent->checkpoint_interval_seconds, 0);
+}
+
+TEST(RestartPolicyCodecTest, BadValuesAreRefusedNamingTheField) {
+  for (SpecFace face : {SpecFace::kRest, SpecFace::kRecord}) {
+    ExpectInvalid(
+        ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"Always"})", face).status(),
+        "field \"restartPolicy\" in workload spec: unknown restart policy \"Always\"");
+    ExpectInvalid(ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":1})", face).status(),
+                  "restartPolicy");
+    ExpectInvalid(
+        ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"FromCheckpoint"})", face)
+            .status(),
+        "checkpointIntervalSeconds");
+    ExpectInvalid(ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"FromCheckpoint",
+                                        "checkpointIntervalSeconds":9})",
+                                    face)
+                      .status(),
+                  "checkpointIntervalSeconds");
+    ExpectInvalid(ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"FromCheckpoint",
+                                        "checkpointIntervalSeconds":30.5})",
+                                    face)
+                      .status(),
+                  "checkpointIntervalSeconds");
+    ExpectInvalid(ParseWorkloadSpec(R"({"name":"w","image":"i","restartPolicy":"FromImage",
+                                        "checkpointIntervalSeconds":30})",
+                                    face)
+                      .status(),
+                  "checkpointIntervalSeconds");
+  }
+  EXPECT_EQ(controller::ParseWorkloadSpecBody(R"({"name":"w","image":"i","restartPolicy":"no"})")
+                .status()
+                .code(),
+            Code::kInvalid);
+}
+
+TEST(RestartPolicyCodecTest, RestWorkloadViewShowsRecoveryAndRestoreCheckpoint) {
+  api::WorkloadView v;
+  v.workload.spec = Spec();
+  v.workload.spec.restart_policy = api::RestartPolicy::kFromImage;
+  v.workload.status.phase = api::WorkloadPhase::kScheduled;
+  v.workload.status.restore_checkpoint = "c-9";
+  v.workload.status.recovery =
+      api::Recovery{api::RestartPolicy::kFromCheckpoint, "n1", 1000, 16000, "c-9", 400, 600, 2};
+  json j = controller::WorkloadViewToJson(v);
+  EXPECT_EQ(j["spec"]["restartPolicy"], "FromImage");
+  EXPECT_EQ(j["status"]["restoreCheckpoint"], "c-9");
+  EXPECT_EQ(j["status"]["recovery"], json::parse(R"({"policy":"FromCheckpoint","lostNode":"n1",
+      "lostMs":1000,"restartedMs":16000,"checkpoint":"c-9","checkpointTakenMs":400,
+      "progressLostMs":600,"count":2})"));
+  v.workload.status.recovery.reset();
+  v.workload.status.restore_checkpoint.clear();
+  j = controller::WorkloadViewToJson(v);
+  EXPECT_FALSE(j["status"].contains("recovery"));
+  EXPECT_FALSE(j["status"].contains("restoreCheckpoint"));
+}
+
 }  // namespace
 }  // namespace kmosix

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace kmosix::api {
 namespace {
@@ -164,6 +166,85 @@ TEST(PhasesTest, NamesRoundTripAndFinals) {
     auto back = ParseWorkloadPhase(WorkloadPhaseName(p));
     ASSERT_TRUE(back.ok());
     EXPECT_EQ(*back, p);
+  }
+}
+
+// Issue 13, node loss: the restart policy and the checkpoint interval.
+TEST(RestartPolicyTest, NamesRoundTripAndUnknownValuesAreRefused) {
+  for (RestartPolicy p :
+       {RestartPolicy::kNever, RestartPolicy::kFromImage, RestartPolicy::kFromCheckpoint}) {
+    auto back = ParseRestartPolicy(RestartPolicyName(p));
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(*back, p);
+  }
+  ExpectInvalid(ParseRestartPolicy("Always").status(), "\"Always\"");
+  ExpectInvalid(ParseRestartPolicy("fromimage").status(),
+                "one of Never, FromImage, FromCheckpoint");
+  ExpectInvalid(ParseRestartPolicy("").status(), "restart policy");
+}
+
+TEST(RestartPolicyTest, CheckpointIntervalIsRequiredWithFromCheckpointAndOnlyThere) {
+  WorkloadSpec s = Good();
+  EXPECT_EQ(s.restart_policy, RestartPolicy::kNever) << "the default is Never";
+  s.restart_policy = RestartPolicy::kFromImage;
+  EXPECT_TRUE(ValidateWorkloadSpec(s).ok());
+  s.checkpoint_interval_seconds = 30;
+  ExpectInvalid(ValidateWorkloadSpec(s), "\"checkpointIntervalSeconds\"");
+  s.restart_policy = RestartPolicy::kNever;
+  ExpectInvalid(ValidateWorkloadSpec(s), "unless restartPolicy is FromCheckpoint");
+
+  s.restart_policy = RestartPolicy::kFromCheckpoint;
+  for (int64_t ok : {kMinCheckpointIntervalSeconds, int64_t{60}, kMaxCheckpointIntervalSeconds}) {
+    s.checkpoint_interval_seconds = ok;
+    EXPECT_TRUE(ValidateWorkloadSpec(s).ok()) << ok;
+  }
+  for (int64_t bad : {int64_t{0}, int64_t{9}, kMaxCheckpointIntervalSeconds + 1, int64_t{-10}}) {
+    s.checkpoint_interval_seconds = bad;
+    ExpectInvalid(ValidateWorkloadSpec(s, "MigratableWorkload"),
+                  "field \"checkpointIntervalSeconds\" in MigratableWorkload must be an integer "
+                  "from 10 to 86400");
+  }
+}
+
+TEST(RestartPolicyTest, RecoveryAndCheckpointRecordLimits) {
+  Recovery r;
+  r.policy = RestartPolicy::kFromCheckpoint;
+  r.lost_node = "node-1";
+  r.checkpoint = "c-1";
+  r.lost_ms = 10;
+  r.restarted_ms = 20;
+  r.checkpoint_taken_ms = 5;
+  r.progress_lost_ms = 5;
+  r.count = 1;
+  EXPECT_TRUE(ValidateRecovery(r).ok());
+  Recovery bad = r;
+  bad.policy = RestartPolicy::kNever;
+  ExpectInvalid(ValidateRecovery(bad), "\"policy\"");
+  bad = r;
+  bad.lost_node = "";
+  ExpectInvalid(ValidateRecovery(bad), "\"lostNode\"");
+  bad = r;
+  bad.checkpoint = "../x";
+  ExpectInvalid(ValidateRecovery(bad), "\"checkpoint\"");
+  bad = r;
+  bad.progress_lost_ms = -1;
+  ExpectInvalid(ValidateRecovery(bad), "\"progressLostMs\"");
+  bad = r;
+  bad.count = -1;
+  ExpectInvalid(ValidateRecovery(bad), "\"count\"");
+
+  CheckpointRecord c{"w-1", "c-17", 42, "node-1", "node-2", 1000, 4096};
+  EXPECT_TRUE(ValidateCheckpointRecord(c).ok());
+  for (auto [field, mutate] : std::vector<std::pair<std::string, void (*)(CheckpointRecord&)>>{
+           {"workload", [](CheckpointRecord& x) { x.workload = ""; }},
+           {"id", [](CheckpointRecord& x) { x.id = "a/b"; }},
+           {"source", [](CheckpointRecord& x) { x.source = "N"; }},
+           {"keeper", [](CheckpointRecord& x) { x.keeper = ""; }},
+           {"epoch", [](CheckpointRecord& x) { x.epoch = -1; }},
+           {"takenMs", [](CheckpointRecord& x) { x.taken_ms = -1; }}}) {
+    CheckpointRecord b = c;
+    mutate(b);
+    ExpectInvalid(ValidateCheckpointRecord(b), "\"" + field + "\"");
   }
 }
 

@@ -505,5 +505,92 @@ TEST(RecordsTest, HugeAndOddNumbersNeverThrow) {
   EXPECT_EQ(s.status().code(), Code::kInvalid);
 }
 
+// ---- issue 13, node loss ---------------------------------------------------
+
+TEST(WorkloadRecordTest, RecoveryAndRestoreCheckpointRoundTripAndAreChecked) {
+  WorkloadRecord w;
+  w.spec = SampleSpec();
+  w.spec.restart_policy = api::RestartPolicy::kFromCheckpoint;
+  w.spec.checkpoint_interval_seconds = 30;
+  w.status.phase = WorkloadPhase::kScheduled;
+  w.status.node = "node-2";
+  w.status.epoch = 9;
+  w.status.restore_checkpoint = "c-5";
+  w.status.recovery =
+      api::Recovery{api::RestartPolicy::kFromCheckpoint, "node-1", 100, 16100, "c-5", 70, 30, 1};
+  json j = WorkloadToJson(w);
+  EXPECT_EQ(j["spec"]["restartPolicy"], "FromCheckpoint");
+  EXPECT_EQ(j["status"]["restoreCheckpoint"], "c-5");
+  EXPECT_EQ(j["status"]["recovery"]["lostNode"], "node-1");
+  auto back = ParseRecord<WorkloadRecord>(j.dump(), &WorkloadFromJson);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, w);
+
+  // A record written before these fields reads with their defaults.
+  json old = WorkloadToJson(WorkloadRecord{SampleSpec(), {}});
+  EXPECT_FALSE(old["status"].contains("recovery"));
+  EXPECT_FALSE(old["status"].contains("restoreCheckpoint"));
+  auto plain = WorkloadFromJson(old);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->status.recovery.has_value());
+  EXPECT_EQ(plain->spec.restart_policy, api::RestartPolicy::kNever);
+
+  json bad = j;
+  bad["status"]["recovery"]["policy"] = "Never";
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "policy");
+  bad = j;
+  bad["status"]["recovery"]["policy"] = "Sometimes";
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "Sometimes");
+  bad = j;
+  bad["status"]["recovery"]["extra"] = 1;
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "extra");
+  bad = j;
+  bad["status"]["recovery"].erase("lostNode");
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "lostNode");
+  bad = j;
+  bad["status"]["recovery"]["count"] = -1;
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "count");
+  bad = j;
+  bad["status"]["restoreCheckpoint"] = "Not/A/Name";
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "restoreCheckpoint");
+  bad = j;
+  bad["spec"]["restartPolicy"] = "Always";
+  ExpectInvalidNaming(WorkloadFromJson(bad).status(), "restartPolicy");
+}
+
+TEST(CheckpointRecordTest, KeyRoundTripAndRejections) {
+  KeyLayout keys;
+  EXPECT_EQ(keys.Checkpoint("w-1"), "/kmosix/checkpoints/w-1");
+  EXPECT_EQ(KeyLayout::NameIn(keys.Checkpoints(), keys.Checkpoint("w-1")), "w-1");
+
+  api::CheckpointRecord c{"w-1", "c-17", 1234567, "node-1", "node-2", 1700000000000, 1 << 20};
+  json j = CheckpointToJson(c);
+  EXPECT_EQ(j, json::parse(R"({"workload":"w-1","id":"c-17","epoch":1234567,"source":"node-1",
+      "keeper":"node-2","takenMs":1700000000000,"bytes":1048576})"));
+  auto back = ParseRecord<api::CheckpointRecord>(j.dump(), &CheckpointFromJson);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, c);
+
+  for (const char* required : {"workload", "id", "source", "keeper"}) {
+    json b = j;
+    b.erase(required);
+    ExpectInvalidNaming(CheckpointFromJson(b).status(), required);
+  }
+  json b = j;
+  b["extra"] = true;
+  ExpectInvalidNaming(CheckpointFromJson(b).status(), "extra");
+  b = j;
+  b["epoch"] = -3;
+  ExpectInvalidNaming(CheckpointFromJson(b).status(), "epoch");
+  b = j;
+  b["bytes"] = "many";
+  ExpectInvalidNaming(CheckpointFromJson(b).status(), "bytes");
+  b = j;
+  b["keeper"] = "Node_2";
+  ExpectInvalidNaming(CheckpointFromJson(b).status(), "keeper");
+  EXPECT_EQ(ParseRecord<api::CheckpointRecord>("[1]", &CheckpointFromJson).status().code(),
+            Code::kInvalid);
+}
+
 }  // namespace
 }  // namespace kmosix::cluster
