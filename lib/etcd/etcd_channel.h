@@ -2,8 +2,10 @@
 // the config's credentials (plain, or TLS over files gRPC re-reads every
 // tls_refresh, the server always verified), its reconnect backoff and
 // largest accepted message (max_receive_bytes), with a
-// subchannel pool of its own (no sharing with other clients). Internal to
-// lib/etcd: EtcdStateStore and EtcdAccessGrants.
+// subchannel pool of its own (no sharing with other clients) and without
+// gRPC's retry filter (callers retry; gRPC 1.51's aborts the process on a
+// restarting TLS server, see Dial). Internal to lib/etcd: EtcdStateStore and
+// EtcdAccessGrants.
 // Thread-safety: stateless functions; the channels are gRPC's (thread-safe).
 // Errors: none here; a config ValidateEtcdConfig refused gets plain
 // credentials (its adapters never call through them).
