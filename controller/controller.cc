@@ -974,6 +974,12 @@ Status Controller::DeleteWorkload(const std::string& name) {
   KMX_RETURN_IF_ERROR(ValidateName(name));
   KMX_ASSIGN_OR_RETURN(DeleteResult r, store_.Delete(options_.keys.Workload(name)));
   if (r.deleted == 0) return NotFoundError("no workload named \"" + name + "\"");
+  // Its periodic checkpoint's record goes with it (the keeper deletes the
+  // files; node-agent/checkpoint_keeper.h). A failure here is left to the
+  // keeper's clean-up.
+  if (auto c = store_.Delete(options_.keys.Checkpoint(name)); !c.ok()) {
+    spdlog::warn("workload {} deleted, its checkpoint record not: {}", name, c.status().ToString());
+  }
   return Status::Ok();
 }
 

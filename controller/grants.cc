@@ -36,6 +36,11 @@ NodeGrants DesiredGrants(const cluster::KeyLayout& keys,
   for (const auto& [name, w] : workloads) {
     const std::string key = keys.Workload(name);
     if (OwnerWrites(w.status.phase)) Add(out, w.status.node, key);
+    // restartPolicy FromCheckpoint: the owner records its periodic checkpoints.
+    if (w.spec.restart_policy == api::RestartPolicy::kFromCheckpoint &&
+        w.status.phase == api::WorkloadPhase::kRunning && !w.status.node.empty()) {
+      Add(out, w.status.node, keys.Checkpoint(name));
+    }
     if (const api::Migration* m = NamedMigration(w, migrations)) {
       Add(out, m->source, key);
       Add(out, m->target, key);
@@ -78,7 +83,8 @@ std::set<std::string> NodesOfMigrationChange(const api::Migration* before,
 
 bool ManagedGrantKey(const cluster::KeyLayout& keys, const std::string& key) {
   return !cluster::KeyLayout::NameIn(keys.Workloads(), key).empty() ||
-         !cluster::KeyLayout::NameIn(keys.Migrations(), key).empty();
+         !cluster::KeyLayout::NameIn(keys.Migrations(), key).empty() ||
+         !cluster::KeyLayout::NameIn(keys.Checkpoints(), key).empty();
 }
 
 GrantReconciler::GrantReconciler(AccessGrants& grants, Clock& clock, Options options,

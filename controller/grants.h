@@ -16,6 +16,10 @@
 //   migrations/<id>    its source only: the phases (WriteReport), a refusal
 //                      (RefuseOrder), "no journal" failures. The target never
 //                      writes it (it reads it to authorize the source).
+//   checkpoints/<name> the owner of a restartPolicy FromCheckpoint workload
+//                      records its periodic checkpoints (node-agent/
+//                      checkpointer.h); the controller deletes it with the
+//                      workload.
 // Hence the rule (DesiredGrants):
 //   workloads/<name> -> status.node, unless the phase is Pending, Failed or
 //                       Exited (no owner, or nothing left for it to write);
@@ -25,10 +29,12 @@
 //                       once it owns the workload).
 //   migrations/<id>  -> its source, while it is not final or the workload
 //                       record still names it (status.migration == id).
+//   checkpoints/<name> -> status.node, while the workload is Running with
+//                       restartPolicy FromCheckpoint.
 //
 // GrantReconciler brings one node's role to that set: it reads what the role
 // holds (Granted), grants what is missing, and revokes what is extra, keys
-// under workloads/ and migrations/ only (the role's own nodes/<node> key and
+// under workloads/, migrations/ and checkpoints/ only (the role's own nodes/<node> key and
 // its ranges are the administrator's). A key is revoked only once it has been
 // extra for `revoke_grace`: a grant a controller made right before writing
 // the record that needs it (placement, order) must survive until the caches
@@ -74,8 +80,8 @@ std::set<std::string> NodesOfWorkloadChange(
 std::set<std::string> NodesOfMigrationChange(const api::Migration* before,
                                              const api::Migration* after);
 
-// Whether `key` is one the reconciler manages (directly under workloads/ or
-// migrations/ of `keys`).
+// Whether `key` is one the reconciler manages (directly under workloads/,
+// migrations/ or checkpoints/ of `keys`).
 bool ManagedGrantKey(const cluster::KeyLayout& keys, const std::string& key);
 
 struct GrantOutcome {

@@ -721,7 +721,7 @@ StatusOr<api::AgentWorkloadView> Agent::CreateWorkload(const api::WorkloadSpec& 
 }
 
 StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, int64_t epoch,
-                                              int64_t created_ms) {
+                                              int64_t created_ms, const RestoreFn& restore) {
   spec.log_path = LogPath(spec.name);
   if (managed) {
     spec.labels["io.kmosix.managed"] = "true";
@@ -744,14 +744,21 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
     std::error_code perm_ec;  // the log is the agent's (and its API callers')
     fs::permissions(spec.log_path, fs::perms::owner_read | fs::perms::owner_write, perm_ec);
   }
-  if (Status s = runtime_.CreateContainer(spec); !s.ok()) {
-    forget();
-    return s.Annotate("create container");
-  }
-  if (Status s = runtime_.StartTask(spec.name); !s.ok()) {
-    (void)runtime_.Delete(spec.name);
-    forget();
-    return s.Annotate("start task");
+  if (restore) {
+    if (Status s = restore(spec); !s.ok()) {
+      forget();
+      return s.Annotate("restore");
+    }
+  } else {
+    if (Status s = runtime_.CreateContainer(spec); !s.ok()) {
+      forget();
+      return s.Annotate("create container");
+    }
+    if (Status s = runtime_.StartTask(spec.name); !s.ok()) {
+      (void)runtime_.Delete(spec.name);
+      forget();
+      return s.Annotate("start task");
+    }
   }
   Workload w;
   w.spec = spec;
@@ -1100,7 +1107,7 @@ LocalWorkload Agent::ToLocal(const Workload& w) const {
 }
 
 StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t epoch,
-                                            int64_t created_ms) {
+                                            int64_t created_ms, const RestoreFn& restore) {
   // The same checks as a REST body: the one validator.
   KMX_RETURN_IF_ERROR(api::ValidateWorkloadSpec(ws, "workload"));
   ContainerSpec spec = ContainerSpecFor(ws);
@@ -1147,7 +1154,7 @@ StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t
     (void)runtime_.Delete(spec.name);
     (void)RemoveFile(WorkloadPath(spec.name));
   }
-  KMX_ASSIGN_OR_RETURN(Workload w, CreateLocked(std::move(spec), true, epoch, created_ms));
+  KMX_ASSIGN_OR_RETURN(Workload w, CreateLocked(std::move(spec), true, epoch, created_ms, restore));
   LocalWorkload out = ToLocal(w);
   auto info = runtime_.Inspect(w.spec.name);
   if (info.ok()) {
@@ -1155,6 +1162,29 @@ StatusOr<LocalWorkload> Agent::StartManaged(const api::WorkloadSpec& ws, int64_t
     out.pid = info->pid;
   }
   return out;
+}
+
+Status Agent::WithManagedRunning(const std::string& name, int64_t epoch,
+                                 const std::function<Status(const ContainerSpec&)>& fn) {
+  auto lock = LockFor(name);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return ConflictError("workload " + name + " is busy");
+  ContainerSpec spec;
+  {
+    std::lock_guard l(mu_);
+    auto it = workloads_.find(name);
+    if (it == workloads_.end() || !it->second.managed) {
+      return NotFoundError("no managed workload " + name + " on " + options_.node);
+    }
+    const Workload& w = it->second;
+    if (w.state != "running" || w.epoch != epoch || InMigrationLocked(name)) {
+      return ConflictError("workload " + name + " is " + w.state + " at epoch " +
+                           std::to_string(w.epoch) + " on " + options_.node + ", not running at " +
+                           std::to_string(epoch));
+    }
+    spec = w.spec;
+  }
+  return fn(spec);
 }
 
 Status Agent::ClaimManaged(const std::string& name, int64_t epoch) {

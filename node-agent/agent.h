@@ -229,8 +229,26 @@ class Agent {
   // name is taken by an unmanaged workload or one in another state; kInvalid
   // for a bad spec or an image not on this node; kRetry when containerd is
   // unreachable; kFailed when the container would not start.
+  //
+  // `restore` (optional; restartPolicy FromCheckpoint): a fresh start calls
+  // it instead of creating and starting the container from the image. It
+  // gets the full container spec (log path, labels) and must leave the
+  // container created with its task running (restored from a checkpoint),
+  // or nothing at all with an error (which StartManaged returns, annotated
+  // "restore"; the workload is then not here). A copy already running is
+  // returned as above without calling it.
+  using RestoreFn = std::function<Status(const ContainerSpec& spec)>;
   StatusOr<LocalWorkload> StartManaged(const api::WorkloadSpec& spec, int64_t epoch,
-                                       int64_t created_ms);
+                                       int64_t created_ms, const RestoreFn& restore = {});
+  // Periodic checkpoints (node-agent/checkpointer.h): runs `fn` with the
+  // lock of managed workload `name` held, if it is "running" here at
+  // `epoch` with no unfinished migration, so no migration, restart, fence,
+  // start or delete of it runs meanwhile. fn gets its container spec and
+  // must not call back into the Agent. kConflict when it is busy (its lock
+  // is held: never waited for) or not running here at that epoch, kNotFound
+  // when there is no managed workload of that name; fn's error otherwise.
+  Status WithManagedRunning(const std::string& name, int64_t epoch,
+                            const std::function<Status(const ContainerSpec& spec)>& fn);
   // Marks a local workload managed (one that arrived by a cluster-ordered
   // migration) and raises its epoch to `epoch`. kNotFound if not here.
   Status ClaimManaged(const std::string& name, int64_t epoch);
@@ -297,8 +315,9 @@ class Agent {
   IncomingMigrations::Hooks TargetHooks();
   // Creates and starts spec.name (caller holds its lock and reserved the
   // name with state "creating"); records it on success, forgets it otherwise.
+  // With `restore`, it replaces the create and start (StartManaged).
   StatusOr<Workload> CreateLocked(ContainerSpec spec, bool managed, int64_t epoch,
-                                  int64_t created_ms);
+                                  int64_t created_ms, const RestoreFn& restore = {});
   // Checks and runs one outgoing migration (REST or cluster order).
   StatusOr<MigrationReport> RunOutgoing(const std::string& name, MigrationReport r, bool managed,
                                         OwnershipLedger* ledger, const PhaseFn& on_phase,

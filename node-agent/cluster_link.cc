@@ -653,7 +653,16 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
 Status ClusterLink::StartHere(const WorkloadRecord& rec) {
   const std::string& name = rec.spec.name;
   const int64_t epoch = rec.status.epoch;
-  auto started = agent_.StartManaged(rec.spec, epoch, rec.status.created_ms);
+  std::string note;  // the Running write's message
+  auto started = [&]() -> StatusOr<LocalWorkload> {
+    if (rec.status.restore_checkpoint.empty()) {
+      return agent_.StartManaged(rec.spec, epoch, rec.status.created_ms);
+    }
+    if (options_.start_from_checkpoint) return options_.start_from_checkpoint(rec, &note);
+    note = "checkpoint " + rec.status.restore_checkpoint + " not restored (" + options_.node +
+           " keeps no checkpoints): started from the image";
+    return agent_.StartManaged(rec.spec, epoch, rec.status.created_ms);
+  }();
   if (!started.ok()) {
     if (!ForGood(started.status())) return started.status();
     spdlog::warn("workload {} cannot start on {}: {}", name, options_.node,
@@ -671,13 +680,15 @@ Status ClusterLink::StartHere(const WorkloadRecord& rec) {
     // Changed meanwhile (new owner, migration): the next event decides.
     if (st.node != options_.node || st.epoch != epoch || !st.migration.empty()) return false;
     if (st.phase != WorkloadPhase::kScheduled && st.phase != WorkloadPhase::kRunning) return false;
-    if (st.phase == WorkloadPhase::kRunning && st.pid == w.pid && st.started_ms == w.started_ms) {
+    if (st.phase == WorkloadPhase::kRunning && st.pid == w.pid && st.started_ms == w.started_ms &&
+        st.restore_checkpoint.empty()) {
       return false;
     }
     st.phase = WorkloadPhase::kRunning;
     st.pid = w.pid;
     st.started_ms = w.started_ms;
-    st.message.clear();
+    st.message = note;
+    st.restore_checkpoint.clear();
     return true;
   });
 }

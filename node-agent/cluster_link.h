@@ -156,6 +156,13 @@ struct ClusterLinkOptions {
   Clock::Duration journal_poll = std::chrono::seconds(2);
   // CAS rounds (re-read after a conflict) before giving up with kRetry.
   int cas_attempts = 10;
+  // restartPolicy FromCheckpoint (node-agent/checkpoint_keeper.h): starts a
+  // workload whose record names status.restoreCheckpoint, instead of
+  // Agent::StartManaged, and says how in `note`; the Running write then
+  // clears restoreCheckpoint and writes `note` as the message. Unset: such a
+  // workload starts from its image (and the message says so).
+  std::function<StatusOr<LocalWorkload>(const api::Workload& rec, std::string* note)>
+      start_from_checkpoint;
   // Why this node can take part in no migration now (e.g.
   // CriuReadiness::NotReadyReason), asked every publisher round and published
   // as nodes/<node>.notReadyReason (written at once when it changes). Empty

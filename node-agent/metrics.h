@@ -26,6 +26,9 @@ class AgentMetrics final : public MigrationObserver {
   void OnMigrationFinished(const MigrationReport& report) override;
   void SetWorkloads(double n) { workloads_.Set(n); }
   std::string Render() const;
+  // The registry Render reads, for families other parts of the agent keep
+  // (e.g. CheckpointMetrics).
+  prometheus::Registry& Registry() { return *registry_; }
 
   // Bounded intake (issue 11): where Render reads the limits' counts. Each
   // source is optional.
