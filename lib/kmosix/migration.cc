@@ -178,6 +178,20 @@ Status MigrationDriver::ThawSource(const MigrationReport& r, const std::string& 
   return Status::Ok();
 }
 
+MigrationReport& MigrationDriver::Superseded(MigrationReport& r, const std::string& name,
+                                             const Status& why, const PersistFn& persist) {
+  spdlog::warn("migration {} of {}: releasing the source copy, never thawing it: {}", r.id,
+               r.workload, why.ToString());
+  if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
+  if (Status s = engine_.Release(name); !s.ok() && s.code() != Code::kNotFound) {
+    r.error = why.Annotate("the source copy could not be released (" + s.ToString() + ")");
+    (void)Enter(r, MigrationPhase::kResolving, persist);
+    return r;
+  }
+  r.error = Status(why.code(), why.message() + "; the source copy was released, not thawed");
+  return Finish(r, MigrationPhase::kFailed, persist);
+}
+
 MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string& name,
                                           const PersistFn& persist) {
   if (Status s = engine_.Release(name); !s.ok()) {
@@ -226,6 +240,34 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
         last = q.status().Annotate("query target");
       }
     }
+    if (answered && phase == TargetPhase::kUnknown) {
+      // The target has no record of the id, yet it was prepared before
+      // anything froze: it forgot it (its history ended) or lost its
+      // records. It may have committed and run the workload since, and its
+      // Abort would answer Aborted (a fresh tombstone). Never take that for
+      // an abort: the cluster's records answer (hole 5).
+      auto v = ledger.InDoubt(r);
+      if (!v.ok()) {
+        answered = false;
+        last = v.status().Annotate("target " + r.target_url + " has no record of " + r.id +
+                                   "; ownership records");
+      } else if (v->answer == OwnershipLedger::Answer::kCommitted) {
+        spdlog::warn("migration {} of {}: the target forgot it; the records say it committed ({})",
+                     r.id, r.workload, v->reason);
+        stamp(false);
+        return Succeed(r, name, persist);
+      } else if (v->answer == OwnershipLedger::Answer::kSuperseded) {
+        stamp(false);
+        return Superseded(r, name, FailedError("the target forgot the migration and " + v->reason),
+                          persist);
+      } else if (v->answer == OwnershipLedger::Answer::kUndecided) {
+        answered = false;
+        last = FailedError("target " + r.target_url + " has no record of migration " + r.id +
+                           " and the ownership records cannot say (" + v->reason + ")");
+      }
+      // kNotCommitted: the source owns it and the target cannot commit: the
+      // target's Abort below bars the id, then the source thaws.
+    }
     if (answered && phase == TargetPhase::kRestored && !refused) {
       // The target runs an uncommitted copy: move the ownership, then commit.
       Status t = ledger.Transfer(r);
@@ -268,16 +310,29 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
     }
     if (answered) {
       // Aborted: nothing runs there. Name the source the owner again (unless
-      // this call saw the transfer refused, so it never happened), then thaw.
+      // this call saw the transfer refused, so it never happened), then thaw;
+      // but never while the records name another owner: a refused revert or
+      // transfer (not a cancel) is put to InDoubt first.
       Status rv = refused ? Status::Ok() : ledger.Revert(r);
-      if (rv.code() == Code::kRetry) {
+      if (rv.code() != Code::kRetry && (!rv.ok() || (refused && !cancelled))) {
+        auto v = ledger.InDoubt(r);
+        if (!v.ok()) {
+          rv = v.status().Annotate("ownership records");
+        } else if (v->answer == OwnershipLedger::Answer::kUndecided) {
+          rv = RetryError("the ownership records cannot say who owns it (" + v->reason + ")");
+        } else if (v->answer != OwnershipLedger::Answer::kNotCommitted) {
+          spdlog::warn("migration {} of {}: {}; the records name another owner: {}", r.id,
+                       r.workload, rv.ok() ? "transfer refused" : rv.ToString(), v->reason);
+          stamp(false);
+          return Superseded(r, name, FailedError("target aborted the migration and " + v->reason),
+                            persist);
+        } else {
+          rv = Status::Ok();
+        }
+      }
+      if (rv.code() == Code::kRetry || !rv.ok()) {
         last = rv.Annotate("ownership revert");
       } else {
-        if (!rv.ok()) {
-          spdlog::warn(
-              "migration {} of {}: revert refused ({}); thawing, the owner's fence decides", r.id,
-              r.workload, rv.ToString());
-        }
         if (cause.ok()) cause = FailedError("target aborted the migration");
         if (Status s = ThawSource(r, name, cause); !s.ok()) {
           r.failed_phase =

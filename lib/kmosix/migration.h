@@ -10,7 +10,10 @@
 //                                                          retried until it answers;
 //                                                          a target that no longer
 //                                                          knows the id, forgotten or
-//                                                          lost, is no answer either)
+//                                                          lost, is no answer either:
+//                                                          standalone, the copy stays
+//                                                          frozen; with a ledger, the
+//                                                          ledger's InDoubt answers)
 //
 // The rule that keeps a workload from running twice or never: the target
 // decides commit-or-abort for a migration id under one lock and remembers it;
@@ -22,8 +25,14 @@
 // OwnershipLedger the driver moves that record to the target right before it
 // asks the target to commit, and moves it back before it thaws the source
 // after such a move may have happened; while the ledger cannot say who owns
-// the workload, the source stays frozen (Resolving). Without a ledger
-// (standalone agents) the behaviour is the one above.
+// the workload, the source stays frozen (Resolving). A target that has no
+// record of the id (Query: unknown) is never asked to Abort (that would make
+// a fresh tombstone of a forgotten commit): the ledger's InDoubt decides -
+// release (committed, or superseded by another owner), thaw (the source still
+// owns it and the target cannot commit), or stay frozen. A Revert the ledger
+// refuses is put to InDoubt the same way: the source never thaws while the
+// records name another owner. Without a ledger (standalone agents) the
+// behaviour is the one above.
 //
 // Cancellation: Run takes an optional CancelFn, polled at fixed check points
 // (see Run). A cancel seen before the target was asked to Prepare, or before
@@ -115,15 +124,36 @@ struct WorkloadLife {
 // Transfer may have happened:
 //   ok         the record names the source again (or no other node: deleted);
 //   kRetry     outcome unknown;
-//   kConflict  a third party owns it now (the source is thawed anyway and the
-//              caller's fencing removes it; see MigrationDriver).
+//   kConflict  the record names another owner (the target for this migration,
+//              committed; or a third node): never thaw; the driver asks InDoubt.
+// InDoubt, called when the target has no record of the migration any more (it
+// forgot it after its history, or lost its records) or a Revert was refused:
+// what the cluster's records say happened (issue 13, hole 5), never the
+// target's "not found":
+//   kCommitted     the target owns the workload for this migration: release
+//                  the source copy (Succeeded);
+//   kNotCommitted  the source owns it and the target cannot commit: thaw;
+//   kSuperseded    another owner, or the workload was deleted: release the
+//                  source copy, never thaw (Failed);
+//   kUndecided     the records cannot say (unreadable, disagreeing): stay
+//                  frozen; an error: ask again later (kept frozen).
+// The default answers kUndecided (a ledger with no records to ask).
 // Ownership: implementations are borrowed by the driver. Thread-safety: called
 // concurrently for different migrations.
 class OwnershipLedger {
  public:
+  enum class Answer { kCommitted, kNotCommitted, kSuperseded, kUndecided };
+  struct InDoubtAnswer {
+    Answer answer = Answer::kUndecided;
+    std::string reason;
+  };
   virtual ~OwnershipLedger() = default;
   virtual Status Transfer(const MigrationReport& report) = 0;
   virtual Status Revert(const MigrationReport& report) = 0;
+  virtual StatusOr<InDoubtAnswer> InDoubt(const MigrationReport& report) {
+    (void)report;
+    return InDoubtAnswer{Answer::kUndecided, "this ledger keeps no records to ask"};
+  }
 };
 
 class MigrationDriver {
@@ -202,6 +232,10 @@ class MigrationDriver {
                           bool cancelled = false);
   // Release after the target committed; Resolving if the release fails.
   MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist);
+  // Release because the ledger names another owner (or none): Failed with
+  // `why`; Resolving if the release fails.
+  MigrationReport& Superseded(MigrationReport& r, const std::string& name, const Status& why,
+                              const PersistFn& persist);
   MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
   // engine_.Thaw; a copy that is gone (kNotFound) counts as done, with
   // `cause` annotated to say so (see the header).

@@ -152,13 +152,17 @@ class MigrationTest : public ::testing::Test {
     EXPECT_NE(r.error.message().find("cancelled"), std::string::npos) << r.error.ToString();
   }
 
-  // The invariant: exactly one running copy, carrying the state it had.
+  // The invariant: exactly one running copy, carrying the state it had (a
+  // copy restored stopped and not resumed does not run).
   void ExpectRunsOnceOn(FakeRuntime& where, int64_t counter) {
-    int running = (source_.State("work") == TaskState::kRunning) +
-                  (target_.State("work") == TaskState::kRunning);
+    auto runs = [](FakeRuntime& rt) {
+      return rt.State("work") == TaskState::kRunning && !rt.Stopped("work");
+    };
+    int running = runs(source_) + runs(target_);
     EXPECT_EQ(running, 1) << "source " << TaskStateName(source_.State("work")) << ", target "
-                          << TaskStateName(target_.State("work"));
-    EXPECT_EQ(where.State("work"), TaskState::kRunning);
+                          << TaskStateName(target_.State("work"))
+                          << (target_.Stopped("work") ? " (stopped)" : "");
+    EXPECT_TRUE(runs(where));
     EXPECT_EQ(where.Counter("work"), counter);
   }
   void ExpectTargetClean() {
@@ -459,6 +463,87 @@ TEST_F(MigrationTest, TargetRestartAbortsUncommittedCopy) {
   ExpectRunsOnceOn(source_, 42);
 }
 
+// Issue 13, hole 8: the target's copy does not run before the commit.
+TEST_F(MigrationTest, TargetCopyStaysStoppedUntilTheCommit) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_EQ(*incoming_->Query("m-1"), TargetPhase::kRestored);
+  EXPECT_TRUE(target_.Stopped("work")) << "the uncommitted copy runs";
+  target_.Tick("work");
+  EXPECT_EQ(target_.Counter("work"), 42);
+  EXPECT_FALSE(target_disk_["m-1"].resumed);
+
+  auto committed = incoming_->Commit("m-1");
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(*committed, TargetPhase::kCommitted);
+  ExpectRunsOnceOn(target_, 42);  // the source stays frozen
+  EXPECT_TRUE(target_disk_["m-1"].resumed);
+  target_.Tick("work");
+  EXPECT_EQ(target_.Counter("work"), 43);
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, SourceJournal());
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+}
+
+TEST_F(MigrationTest, AbortedTargetCopyWasNeverResumed) {
+  transport_->DropResponse("Restore");  // restored there; the source aborts it
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectRunsOnceOn(source_, 42);
+  ExpectTargetClean();
+  EXPECT_EQ(target_.Calls("Continue"), 0) << "the aborted copy was resumed";
+}
+
+TEST_F(MigrationTest, CommittedCopyThatCouldNotBeResumedIsResumedAtTheNextExpiry) {
+  target_.Fail("Continue", RetryError("containerd unreachable"));
+  MigrationReport r = Migrate();
+  // The verdict stands (the source released its copy); the copy waits.
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  EXPECT_TRUE(target_.Stopped("work"));
+  EXPECT_FALSE(target_disk_["m-1"].resumed);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+  clock_.Advance(std::chrono::hours(48));
+  EXPECT_TRUE(incoming_->ForgetFinished(std::chrono::hours(24)).empty())
+      << "a verdict whose copy still waits was forgotten";
+
+  target_.Fail("Continue", Status::Ok());
+  incoming_->ExpireIdle();
+  ExpectRunsOnceOn(target_, 42);
+  EXPECT_TRUE(target_disk_["m-1"].resumed);
+}
+
+TEST_F(MigrationTest, TargetRestartResumesACommittedCopyLeftStopped) {
+  // The agent dies right after writing the verdict, before the resume.
+  die_after_ = [](const IncomingRecord& rec) { return rec.phase == TargetPhase::kCommitted; };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ASSERT_FALSE(target_disk_["m-1"].resumed);
+  ASSERT_FALSE(target_disk_["m-1"].adopted);
+  // (the dead agent's objects went on and resumed it; a fresh task, restored
+  // stopped again, stands for the copy a real crash leaves stopped)
+  ASSERT_TRUE(target_.Delete("work").ok());
+  ASSERT_TRUE(target_.CreateContainer(spec_).ok());
+  {
+    const fs::path images = root_ / "restart-images";
+    fs::create_directories(images);
+    std::ofstream(images / "state") << 42;
+    RestoreRequest req{images.string(), images.string()};
+    req.leave_stopped = true;
+    ASSERT_TRUE(target_.RestoreTask("work", req).ok());
+  }
+  adopted_.clear();
+  RestartTarget();
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_FALSE(target_.Stopped("work"));
+  EXPECT_TRUE(target_disk_["m-1"].resumed);
+  EXPECT_TRUE(target_disk_["m-1"].adopted);
+  EXPECT_EQ(adopted_, std::vector<std::string>{"work"});
+}
+
 TEST_F(MigrationTest, AbortOfUnknownIdIsRememberedAgainstLatePrepare) {
   auto a = incoming_->Abort("m-9");
   ASSERT_TRUE(a.ok());
@@ -609,6 +694,17 @@ class FakeLedger : public OwnershipLedger {
     }
     return ConflictError("owner is " + node);
   }
+  // What the records say when the target has forgotten the migration.
+  int in_doubt = 0;
+  StatusOr<InDoubtAnswer> InDoubt(const MigrationReport& r) override {
+    ++in_doubt;
+    if (deleted) return InDoubtAnswer{Answer::kSuperseded, "the workload was deleted"};
+    if (node == r.target_node && migration == r.id) {
+      return InDoubtAnswer{Answer::kCommitted, "the target owns it"};
+    }
+    if (node == r.source_node) return InDoubtAnswer{Answer::kNotCommitted, "the source owns it"};
+    return InDoubtAnswer{Answer::kSuperseded, "owner is " + node};
+  }
   int Count(const std::string& call) const {
     return static_cast<int>(std::count(calls.begin(), calls.end(), call));
   }
@@ -705,11 +801,16 @@ TEST_F(LedgerMigrationTest, RefusedTransferAbortsTheTargetAndThawsWithoutRevert)
   ExpectTargetClean();
 }
 
+// A deleted workload is nobody's to run: the transfer is refused, the target
+// aborts, and the frozen source copy is released rather than thawed.
 TEST_F(LedgerMigrationTest, TransferOfADeletedWorkloadIsRefused) {
   ledger_.deleted = true;
   MigrationReport r = Migrate();
-  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack);
-  EXPECT_EQ(r.error.code(), Code::kConflict);
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("deleted"), std::string::npos) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("released, not thawed"), std::string::npos)
+      << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
   ExpectTargetClean();
 }
 
@@ -1241,6 +1342,91 @@ TEST_F(MigrationTest, TargetThatForgotACommittedMigrationIsNotTakenForAborted) {
   EXPECT_EQ(source_.State("work"), TaskState::kPaused);
   ExpectRunsOnceOn(target_, 42);
   EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);  // no tombstone made
+}
+
+// Hole 5 with a ledger: the target committed, the source was away longer than
+// the target's history; the ledger's records (not the target's "not found")
+// say the target owns it: the source copy is released, never thawed.
+TEST_F(LedgerMigrationTest, TargetThatForgotACommitIsAnsweredByTheLedger) {
+  transport_->DropResponse("Commit");  // committed there; the source never heard
+  transport_->DropRequest("Query");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_EQ(ledger_.node, "node2");
+  clock_.Advance(std::chrono::hours(25));
+  ASSERT_EQ(incoming_->ForgetFinished(std::chrono::hours(24)), std::vector<std::string>{"m-1"});
+  transport_->Heal();
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  EXPECT_EQ(ledger_.in_doubt, 1);
+  EXPECT_EQ(ledger_.Count("Revert"), 0);
+  EXPECT_FALSE(source_.Has("work"));
+  ExpectRunsOnceOn(target_, 42);
+  EXPECT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);  // no tombstone made
+}
+
+// The ledger names a third owner (the workload was restarted elsewhere while
+// the source was away) and the target forgot: released, never thawed.
+TEST_F(LedgerMigrationTest, TargetThatForgotAndAThirdOwnerReleasesTheSourceCopy) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Query");
+  transport_->DropRequest("Abort");
+  ledger_.transfer_unknown = 1000;  // never moved
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();  // no oracle: aborted
+  clock_.Advance(std::chrono::hours(25));
+  incoming_->ForgetFinished(std::chrono::hours(24));
+  ASSERT_EQ(*incoming_->Query("m-1"), TargetPhase::kUnknown);
+  ledger_.node = "node3";
+  ledger_.migration = "";
+  ledger_.transfer_unknown = 0;
+  transport_->Heal();
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed) << r.error.ToString();
+  EXPECT_NE(r.error.message().find("released, not thawed"), std::string::npos)
+      << r.error.ToString();
+  EXPECT_FALSE(source_.Has("work"));
+  EXPECT_FALSE(target_.Has("work"));
+}
+
+// The ownership never moved and the target forgot its abort: the ledger says
+// the source owns it, so it thaws.
+TEST_F(LedgerMigrationTest, TargetThatForgotAnAbortLetsTheSourceThawOnTheLedgersWord) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Query");
+  transport_->DropRequest("Abort");
+  ledger_.transfer_unknown = 1000;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  clock_.Advance(std::chrono::hours(25));
+  incoming_->ForgetFinished(std::chrono::hours(24));
+  ledger_.transfer_unknown = 0;
+  transport_->Heal();
+  r = Recover(r);
+  EXPECT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  ExpectRunsOnceOn(source_, 42);
+}
+
+// A Revert the ledger refuses because another node owns the workload: the
+// source is never thawed beside it.
+TEST_F(LedgerMigrationTest, RevertRefusedForAThirdOwnerReleasesInsteadOfThawing) {
+  // The target aborts its restored copy as the ownership moves (so it answers
+  // the commit Aborted), and a third node owns the workload by the revert.
+  ledger_.on_transfer = [&] { (void)incoming_->Abort("m-1"); };
+  ledger_.on_revert = [&] {
+    ledger_.node = "node3";
+    ledger_.migration = "";
+  };
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed) << r.error.ToString();
+  EXPECT_EQ(ledger_.Count("Revert"), 1);
+  EXPECT_FALSE(source_.Has("work")) << "thawed beside node3's copy";
+  EXPECT_FALSE(target_.Has("work"));
 }
 
 TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
