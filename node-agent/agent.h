@@ -119,7 +119,8 @@ struct LocalWorkload {
   // "running", "migrating", "frozen" (a migration is being resolved),
   // "incoming" (arriving), "creating", "lost" (its container vanished),
   // "restarting" (its task died; started again after a back-off), "exited"
-  // (its process ended with status 0).
+  // (its process ended with status 0), "fenced" (paused because the node's
+  // lease was not renewed in time: Agent::FenceManaged).
   std::string state;
   bool managed = false;
   int64_t epoch = 0;  // managed: the ownership epoch it runs under (0: not known yet)
@@ -133,6 +134,7 @@ struct LocalWorkload {
   int restarts = 0;  // see Agent's "Restarts"
   int64_t last_restart_ms = 0;
   std::string last_restart_reason;
+  std::string fence_reason;  // "fenced": why
 };
 
 // An order to move a managed workload (from migrations/<id> in etcd).
@@ -165,7 +167,8 @@ struct ManagedMigration {
 // A managed workload is restarted only when ClusterHooks::may_restart says
 // the cluster names this node its owner; a runtime that cannot be asked
 // (kRetry) changes nothing. Workloads in a migration (migrating, frozen,
-// incoming, creating) are the migration's, never touched; the per-workload
+// incoming, creating) are the migration's, and "fenced" ones the cluster
+// link's (FenceManaged), never touched; the per-workload
 // lock keeps a restart and a migration of one workload apart.
 class Agent {
  public:
@@ -256,6 +259,25 @@ class Agent {
   // kConflict while a migration of it is in flight (migrating, frozen,
   // incoming); kNotFound if there is no managed workload of that name.
   Status DeleteManaged(const std::string& name);
+  // Fencing (ClusterLink, when its lease was not renewed for --fence-after):
+  // pauses the task of a managed "running" (or "restarting") workload and
+  // marks it "fenced", recorded with `why` (fenceReason, fencedMs). A fenced
+  // workload is never restarted (see "Restarts"), migrated, or started again
+  // by StartManaged (kConflict) until UnfenceManaged or DeleteManaged. A task
+  // already stopped or gone is marked fenced all the same (nothing to pause).
+  // kNotFound: no managed workload of that name; kConflict: in a migration,
+  // another state, or busy (its lock held); kRetry: containerd unreachable
+  // (nothing changed); a fenced one: ok, nothing done.
+  Status FenceManaged(const std::string& name, const std::string& why);
+  // FenceManaged for every managed "running" or "restarting" workload; the
+  // names fenced by this call (errors are logged; call again to retry).
+  std::vector<std::string> FenceAllManaged(const std::string& why);
+  // Thaws a "fenced" workload (the cluster still names this node its owner
+  // at its epoch): resumes its task if paused, state "running" (a task that
+  // died meanwhile is then restarted as any other, see "Restarts").
+  // kNotFound: no fenced workload of that name; kConflict: busy; kRetry:
+  // containerd unreachable (still fenced).
+  Status UnfenceManaged(const std::string& name);
   // The local workload (incoming/creating ones included), the runtime asked
   // for its task when `inspect`; nullopt if unknown here.
   std::optional<LocalWorkload> Local(const std::string& name, bool inspect = true);
@@ -294,6 +316,8 @@ class Agent {
     int restarts = 0;      // started again here after its task died or vanished
     int64_t last_restart_ms = 0;
     std::string last_restart_reason;
+    std::string fence_reason;  // while "fenced": why (FenceManaged)
+    int64_t fenced_ms = 0;     // while "fenced": since when (wall clock)
     // Not recorded (an agent restart forgives a crash loop):
     int crash_streak = 0;              // restarts in a row within restart_reset
     Clock::TimePoint running_since{};  // (re)started or loaded

@@ -86,7 +86,8 @@ ClusterLink::ClusterLink(ClusterLinkOptions options, Agent& agent, StateStore& s
       queue_(clock, random, options_.queue),
       workloads_(store, clock, options_.keys.Workloads()),
       migrations_(store, clock, options_.keys.Migrations()),
-      nodes_(store, clock, options_.keys.Nodes()) {}
+      nodes_(store, clock, options_.keys.Nodes()),
+      alive_at_(clock.Now()) {}
 
 ClusterLink::~ClusterLink() { Stop(); }
 
@@ -94,7 +95,9 @@ ClusterHooks ClusterLink::Hooks() {
   ClusterHooks hooks;
   hooks.ledger = this;
   hooks.owned_here = [this](const IncomingRecord& r) { return OwnedHere(r); };
-  hooks.may_restart = [this](const std::string& name, int64_t epoch) {
+  hooks.may_restart = [this](const std::string& name, int64_t epoch) -> StatusOr<bool> {
+    // Fenced: nothing starts here until the lease is renewed.
+    if (Fenced()) return RetryError("node " + options_.node + " is fenced (lease not renewed)");
     return MayRestart(name, epoch);
   };
   // A restart, exit or loss here: its record is written now, not at resync.
@@ -132,6 +135,8 @@ void ClusterLink::Start() {
   threads_.emplace_back([this] { nodes_.Run([](const std::string&, const auto&) {}); });
   threads_.emplace_back([this] { WorkerLoop(); });
   threads_.emplace_back([this] { PublisherLoop(); });
+  threads_.emplace_back([this] { LeaseProbeLoop(); });
+  threads_.emplace_back([this] { FenceLoop(); });
   spdlog::info("cluster link of {} started (prefix {}, lease TTL {} s)", options_.node,
                options_.keys.prefix, options_.lease_ttl.count());
 }
@@ -184,6 +189,27 @@ void ClusterLink::PublisherLoop() {
     cv_.wait_for(lock, options_.sample_interval, [&] { return stopping_ || lease_lost_; });
     if (stopping_) return;
     lease_lost_ = false;
+  }
+}
+
+void ClusterLink::LeaseProbeLoop() {
+  while (true) {
+    (void)Caught("lease probe", [&] { return ProbeLeaseOnce(); });
+    std::unique_lock lock(mu_);
+    if (cv_.wait_for(lock, options_.lease_probe, [&] { return stopping_; })) return;
+  }
+}
+
+void ClusterLink::FenceLoop() {
+  if (options_.fence_after <= Clock::Duration::zero()) return;
+  while (true) {
+    Status s = Caught("fence check", [&] {
+      FenceOnce();
+      return Status::Ok();
+    });
+    if (!s.ok()) spdlog::error("{}", s.ToString());
+    std::unique_lock lock(mu_);
+    if (cv_.wait_for(lock, options_.fence_check, [&] { return stopping_; })) return;
   }
 }
 
@@ -265,6 +291,7 @@ Status ClusterLink::EnsureLease() {
     keepalive_.reset();
     lease_ = 0;
   }
+  const Clock::TimePoint asked = clock_.Now();
   KMX_ASSIGN_OR_RETURN(LeaseGrant grant, store_.GrantLease(options_.lease_ttl));
   auto ka = store_.KeepAlive(grant.id, [this](const Status&) {
     {
@@ -277,6 +304,7 @@ Status ClusterLink::EnsureLease() {
   keepalive_ = std::move(*ka);
   lease_ = grant.id;
   force_publish_ = true;
+  MarkLeaseAlive(asked);
   spdlog::info("{} holds lease {} (TTL {} s)", options_.node, grant.id, grant.ttl.count());
   return Status::Ok();
 }
@@ -314,18 +342,147 @@ Status ClusterLink::PublishOnce() {
   FillNodeLoad(sample, load);
   load.images = images_;
   load.not_ready_reason = reason;
+  const Clock::TimePoint asked = clock_.Now();
   auto put = store_.Put(options_.keys.Node(options_.node), DumpJson(cluster::NodeLoadToJson(load)),
                         PutOptions{lease});
   if (!put.ok()) {
     if (put.status().code() == Code::kNotFound) DropLease();  // re-granted next round
     return put.status().Annotate("write " + options_.keys.Node(options_.node));
   }
+  MarkLeaseAlive(asked);
   std::lock_guard lock(lease_mu_);
   published_ = sample;
   published_images_ = images_;
   published_reason_ = reason;
   published_at_ = clock_.Now();
   force_publish_ = false;
+  return Status::Ok();
+}
+
+// ---- fencing -------------------------------------------------------------------
+
+void ClusterLink::MarkLeaseAlive(Clock::TimePoint at) {
+  std::lock_guard lock(fence_mu_);
+  alive_at_ = std::max(alive_at_, at);
+}
+
+bool ClusterLink::Fenced() const {
+  std::lock_guard lock(fence_mu_);
+  return fenced_;
+}
+
+Status ClusterLink::ProbeLeaseOnce() {
+  int64_t lease;
+  {
+    std::lock_guard lock(lease_mu_);
+    if (!keepalive_ || lease_ == 0 || !keepalive_->status().ok()) return Status::Ok();
+    lease = lease_;
+  }
+  const Clock::TimePoint asked = clock_.Now();
+  KMX_ASSIGN_OR_RETURN(std::chrono::seconds left, store_.LeaseTimeToLive(lease));
+  if (left.count() <= 0) return NotFoundError("lease " + std::to_string(lease) + " expired");
+  MarkLeaseAlive(asked);
+  return Status::Ok();
+}
+
+void ClusterLink::FenceOnce() {
+  if (options_.fence_after <= Clock::Duration::zero()) return;
+  const Clock::TimePoint now = clock_.Now();
+  bool fence_now = false, ended = false;
+  Clock::Duration silent{};
+  {
+    std::lock_guard lock(fence_mu_);
+    silent = now - alive_at_;
+    if (!fenced_ && silent >= options_.fence_after) {
+      fenced_ = true;
+      fenced_at_ = now;
+      fence_now = true;
+    } else if (fenced_ && alive_at_ > fenced_at_) {
+      fenced_ = false;
+      ended = true;
+    }
+  }
+  if (ended) {
+    // Each fenced copy is decided by its record, read afresh (ReconcileFenced).
+    std::vector<std::string> fenced;
+    for (const auto& w : agent_.ListLocal()) {
+      if (w.state == "fenced") fenced.push_back(w.name);
+    }
+    spdlog::warn("{}: lease confirmed again; the fence ends: {} fenced workload(s) to settle",
+                 options_.node, fenced.size());
+    for (const auto& name : fenced) queue_.Add(kWorkloadKey + name);
+    Resync();
+    return;
+  }
+  {
+    std::lock_guard lock(fence_mu_);
+    if (!fenced_) return;
+  }
+  // Fenced (now or earlier): every managed workload running here is frozen,
+  // again each round (a rolled-back migration or a restart may thaw one).
+  const std::string why =
+      fmt::format("node {} fenced: its lease was not renewed for {:.1f} s (--fence-after {:.1f} s)",
+                  options_.node, Seconds(silent), Seconds(options_.fence_after));
+  if (fence_now) spdlog::error("{}: freezing every managed workload here", why);
+  auto frozen = agent_.FenceAllManaged(why);
+  if (!frozen.empty()) {
+    spdlog::error("{}: froze {} workload(s): {}", options_.node, frozen.size(),
+                  fmt::join(frozen, ", "));
+  }
+  if (fence_now) {
+    size_t left = 0;
+    for (const auto& w : agent_.ListLocal()) {
+      if (w.managed && (w.state == "running" || w.state == "restarting")) ++left;
+    }
+    if (left > 0) {
+      spdlog::error(
+          "{}: {} managed workload(s) could not be frozen yet; trying again every {:.1f} s",
+          options_.node, left, Seconds(options_.fence_check));
+    }
+  }
+}
+
+Status ClusterLink::ReconcileFenced(const WorkloadRecord& rec, const KeyValue& kv,
+                                    const LocalWorkload& local) {
+  const std::string& name = rec.spec.name;
+  const auto& st = rec.status;
+  const bool ours = st.node == options_.node && st.epoch == local.epoch &&
+                    !EarlierIncarnation(local.epoch, st.epoch, kv);
+  const bool live = st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kScheduled ||
+                    st.phase == WorkloadPhase::kMigrating || st.phase == WorkloadPhase::kLost;
+  if (!ours || !live) {
+    spdlog::warn(
+        "fenced workload {}: the cluster names {} at epoch {} ({}; ours: epoch {}); deleting the "
+        "copy here",
+        name, st.node.empty() ? "no node" : st.node, st.epoch, api::WorkloadPhaseName(st.phase),
+        local.epoch);
+    KMX_RETURN_IF_ERROR(agent_.DeleteManaged(name));
+    // Placed here again (a new epoch): started afresh from the record.
+    if (st.node == options_.node) queue_.Add(kWorkloadKey + name);
+    return Status::Ok();
+  }
+  if (Fenced()) return Status::Ok();  // never thawed while the lease is out
+  if (st.phase == WorkloadPhase::kLost) {
+    // The controller saw the node go. Take the record back before thawing: a
+    // restart elsewhere decided meanwhile then fails its CAS (or this one
+    // fails, and the next round deletes the copy).
+    bool took = false;
+    KMX_RETURN_IF_ERROR(UpdateWorkload(name, [&](WorkloadRecord& now) -> StatusOr<bool> {
+      auto& cur = now.status;
+      if (cur.node != options_.node || cur.epoch != local.epoch ||
+          cur.phase != WorkloadPhase::kLost) {
+        return false;
+      }
+      cur.phase = WorkloadPhase::kRunning;
+      cur.message = "node " + options_.node + " is back: its fenced copy thawed";
+      took = true;
+      return true;
+    }));
+    if (!took) return RetryError("the record of " + name + " changed; reading it again");
+  }
+  KMX_RETURN_IF_ERROR(agent_.UnfenceManaged(name));
+  spdlog::warn("fenced workload {}: still this node's at epoch {} ({}); thawed", name, st.epoch,
+               api::WorkloadPhaseName(st.phase));
   return Status::Ok();
 }
 
@@ -500,7 +657,11 @@ StatusOr<bool> ClusterLink::MayRestart(const std::string& name, int64_t epoch) {
 
 Status ClusterLink::Reconcile(const std::string& key) {
   if (key.rfind(kWorkloadKey, 0) == 0) return ReconcileWorkload(key.substr(2));
-  if (key.rfind(kMigrationKey, 0) == 0) return ReconcileMigration(key.substr(2));
+  if (key.rfind(kMigrationKey, 0) == 0) {
+    // Fenced: no migration runs from here (the fence's end resyncs them).
+    if (Fenced()) return RetryError("node " + options_.node + " is fenced (lease not renewed)");
+    return ReconcileMigration(key.substr(2));
+  }
   return InvalidError("unknown queue key " + key);
 }
 
@@ -532,6 +693,9 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
   const WorkloadRecord& rec = *parsed;
   const auto& st = rec.status;
   if (!st.migration.empty()) queue_.Add(kMigrationKey + st.migration);
+  if (local && local->managed && local->state == "fenced") {
+    return ReconcileFenced(rec, *got.kv, *local);
+  }
 
   // A copy of an earlier incarnation of the name (this node was away while
   // it was deleted and created again) is never this one's: fenced, wherever
@@ -653,6 +817,8 @@ Status ClusterLink::ReconcileWorkload(const std::string& name) {
 Status ClusterLink::StartHere(const WorkloadRecord& rec) {
   const std::string& name = rec.spec.name;
   const int64_t epoch = rec.status.epoch;
+  // Fenced: nothing starts here until the lease is renewed.
+  if (Fenced()) return RetryError("node " + options_.node + " is fenced (lease not renewed)");
   std::string note;  // the Running write's message
   auto started = [&]() -> StatusOr<LocalWorkload> {
     if (rec.status.restore_checkpoint.empty()) {

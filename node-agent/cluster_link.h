@@ -13,6 +13,27 @@
 //                     rewritten). On Stop the lease is NOT revoked: the key
 //                     vanishes a TTL later (a restarting agent keeps its
 //                     workloads running meanwhile).
+//                     Fencing: the lease is *confirmed alive* when it is
+//                     granted, when a probe (LeaseTimeToLive every
+//                     `lease_probe`) answers with time left, or when a write
+//                     under it is accepted; each counts from the moment its
+//                     request was sent. With no confirmation for
+//                     `fence_after` (< lease_ttl; checked every
+//                     `fence_check` by a thread of its own, so a store that
+//                     hangs cannot delay it) the node is *fenced*: every
+//                     managed running workload is paused and marked "fenced"
+//                     (Agent::FenceManaged; again every check while fenced,
+//                     so none a migration or restart left running escapes),
+//                     nothing is started (StartHere, the agent's restarts)
+//                     and no migration order is run. The lease expires at
+//                     the earliest a TTL after the last confirmation, so the
+//                     controller, restarting a lost workload elsewhere only
+//                     after its node was NotReady for longer than lease_ttl
+//                     + fence_after, always meets a frozen copy here. A
+//                     confirmation sent after the fence began (a renewed or
+//                     newly granted lease) ends it: each fenced workload is
+//                     queued and its record, read afresh, decides (below).
+//                     A new link counts as confirmed at its construction.
 //   workloads/<name>  read; status written by CAS (Compare::Unchanged on the
 //                     key's mod_revision, re-read and retried on conflict):
 //                     - status.node == this node, phase Scheduled (or Running
@@ -31,6 +52,17 @@
 //                       see Agent's "Restarts"; then pid, startedMs,
 //                       restarts and message := "restarted on <node>
 //                       (restart N): why" are written.)
+//                     - a "fenced" local workload (the node fenced it, see
+//                       nodes/<node>): while the node is fenced, left
+//                       frozen. Then: the record names this node at the
+//                       copy's epoch, phase Running, Scheduled or Migrating:
+//                       thawed (Agent::UnfenceManaged); phase Lost (the
+//                       controller saw the node go): first CAS phase :=
+//                       Running ("node X is back"), so a restart elsewhere
+//                       the controller decides meanwhile fails its CAS, then
+//                       thawed; another node, another epoch, another
+//                       phase or an earlier incarnation: deleted (and, if it
+//                       names this node, started afresh from the record).
 //                     - a managed local workload whose record is gone: its
 //                       local copy is deleted. One whose record names another
 //                       node at a higher epoch, with no migration of it in
@@ -110,7 +142,7 @@
 // a refused ownership write never fails a migration nor loses the workload.
 //
 // Ownership: borrows the agent, store, sampler, clock and random; owns its
-// threads (publisher, queue worker, three caches, one per running
+// threads (publisher, lease probe, fence check, queue worker, three caches, one per running
 // migration; a finished migration's thread is joined at the next launch).
 // No exception ends a thread: each step's is caught, logged and retried
 // (reconcilers with the queue's back-off); records are written with bad
@@ -169,6 +201,13 @@ struct ClusterLinkOptions {
   // function: always fit. Must not block.
   std::function<std::optional<std::string>()> not_ready_reason;
   cluster::WorkQueue::Options queue;
+  // Fencing (see nodes/<node> in the file comment): no lease confirmation for
+  // fence_after freezes every managed workload here. Zero: never fence. Must
+  // be below lease_ttl (kmosix-agent refuses otherwise).
+  Clock::Duration fence_after = std::chrono::seconds(4);
+  // How often the lease is probed, and the fence deadline checked.
+  Clock::Duration lease_probe = std::chrono::milliseconds(500);
+  Clock::Duration fence_check = std::chrono::milliseconds(100);
 };
 
 class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
@@ -212,6 +251,17 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   size_t MigrationThreads();
   // The lease nodes/<node> is written under (0: none yet).
   int64_t Lease() const;
+  // One lease probe: if a lease is held and its keep-alive believes it
+  // alive, asks the store for its time to live; time left confirms it (from
+  // the moment the probe was sent). The store's error, if any.
+  Status ProbeLeaseOnce();
+  // One fence check (see the file comment): fences the node when the lease
+  // went unconfirmed for fence_after (and fences any managed workload found
+  // running while fenced); ends the fence when a confirmation came after it
+  // began, queueing every fenced workload. Never blocks on the store.
+  void FenceOnce();
+  // The node is fenced now (its lease not confirmed for fence_after).
+  bool Fenced() const;
 
   // ---- OwnershipLedger and target oracle (see the file comment) ------------
   Status Transfer(const MigrationReport& report) override;
@@ -267,6 +317,12 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   void OnMigrationKey(const std::string& key, const std::optional<KeyValue>& kv);
   void PublisherLoop();
   void WorkerLoop();
+  void LeaseProbeLoop();
+  void FenceLoop();
+  // The lease was alive at `at` (a confirmation sent then).
+  void MarkLeaseAlive(Clock::TimePoint at);
+  // ReconcileWorkload of a "fenced" local copy (see the file comment).
+  Status ReconcileFenced(const api::Workload& rec, const KeyValue& kv, const LocalWorkload& local);
 
   const ClusterLinkOptions options_;
   Agent& agent_;
@@ -289,6 +345,12 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // load; a change makes the sample due.
   std::optional<std::vector<std::string>> images_, published_images_;
   std::optional<std::string> published_reason_;  // guarded by lease_mu_
+
+  // Fencing state (never held across a store or agent call).
+  mutable std::mutex fence_mu_;
+  Clock::TimePoint alive_at_;  // the last confirmation of the lease
+  bool fenced_ = false;
+  Clock::TimePoint fenced_at_;  // when the fence began
 
   // Threads.
   std::mutex mu_;

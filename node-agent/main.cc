@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   std::string etcd;
   std::string etcd_prefix = "/kmosix/";
   int lease_ttl = 5;
+  double fence_after = 4;
   std::string load_source = "host";
   double cpu_capacity = 0;
   int64_t memory_capacity_mib = 0;
@@ -171,6 +172,15 @@ int main(int argc, char** argv) {
   app.add_option("--lease-ttl", lease_ttl, "seconds this node's key outlives a silent agent")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
+  app.add_option("--fence-after", fence_after,
+                 "seconds without a lease renewal after which this agent freezes (pauses) every "
+                 "workload the cluster gave it, until a renewed lease and each workload's record "
+                 "say it still owns it (then thawed) or not (then deleted); must be below "
+                 "--lease-ttl, and the controller's --node-loss-restart-delay must exceed "
+                 "--lease-ttl + --fence-after, so a node cut off is frozen before its workloads "
+                 "restart elsewhere; 0: never fence")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--load-source", load_source,
                  "host: the whole machine (/proc); cgroup: this node's cgroup parent against "
                  "declared capacities (several nodes on one machine)")
@@ -269,6 +279,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (fence_after >= lease_ttl) {
+    spdlog::critical(
+        "--fence-after {} s must be below --lease-ttl {} s: the workloads must be frozen before "
+        "the lease can expire and the controller restart them elsewhere",
+        fence_after, lease_ttl);
+    return 2;
+  }
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [" + opts.node + "] %v");
   std::string host;
@@ -446,6 +463,7 @@ int main(int argc, char** argv) {
     lo.url = opts.advertise_url;
     lo.keys.prefix = etcd_prefix;
     lo.lease_ttl = std::chrono::seconds(lease_ttl);
+    lo.fence_after = std::chrono::milliseconds(static_cast<int64_t>(fence_after * 1000));
     lo.speed = speed;
     lo.heartbeat = std::chrono::milliseconds(static_cast<int64_t>(heartbeat * 1000));
     lo.not_ready_reason = [&criu_readiness] { return criu_readiness.NotReadyReason(); };
