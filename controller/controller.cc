@@ -614,6 +614,12 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
       });
     }
   }
+
+  // Lost with its node, restartPolicy FromImage/FromCheckpoint: placed
+  // again elsewhere once the node has been NotReady long enough
+  // (controller/node_loss.h).
+  if (st.phase == WorkloadPhase::kLost && w->spec.restart_policy != api::RestartPolicy::kNever)
+    return RestartLost(*w, term);
   return Status::Ok();
 }
 

@@ -13,6 +13,10 @@
 // record's phases); the leader resolves records the source cannot finish
 // (source node lost, order never picked up).
 //
+// A workload Lost with its node is placed again on another node when its
+// restartPolicy says so (FromImage, FromCheckpoint), once the node has been
+// NotReady for `node_loss_restart_delay` (controller/node_loss.h).
+//
 // The leader also keeps etcd bounded (controller/retention.h): a
 // "retention" item removes old finished migration records, a "compact" item
 // compacts the store's history; both periodic, level-based.
@@ -53,6 +57,7 @@
 #include "cluster/work_queue.h"
 #include "controller/events.h"
 #include "controller/grants.h"
+#include "controller/node_loss.h"
 #include "controller/policy.h"
 #include "controller/retention.h"
 #include "kmosix/access_grants.h"
@@ -84,6 +89,14 @@ struct ControllerOptions {
   // store's history (controller/retention.h).
   RetentionOptions retention;
   CompactionOptions compaction;
+  // Node loss (controller/node_loss.h): a Lost workload with restartPolicy
+  // FromImage/FromCheckpoint is placed elsewhere once its node has been
+  // NotReady this long. The agents' lease TTL and fence deadline as this
+  // controller assumes them: the delay must exceed their sum
+  // (CheckNodeLossTiming; the binary refuses to start otherwise).
+  Clock::Duration node_loss_restart_delay = kDefaultNodeLossRestartDelay;
+  Clock::Duration lease_ttl_assumed = kDefaultLeaseTtlAssumed;
+  Clock::Duration agent_fence_after = kDefaultAgentFenceAfter;
 };
 
 // Counters for /metrics; the REST layer renders them.
@@ -208,6 +221,13 @@ class Controller {
   Status ReconcileWorkload(const std::string& name, const cluster::LeaderTerm& term);
   Status ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term);
   Status ReconcileNode(const std::string& node, const cluster::LeaderTerm& term);
+  // A Lost workload whose restartPolicy is not Never: waits out the restart
+  // delay (re-queueing itself), then places it again in one CAS
+  // (controller/node_loss.h; defined in node_loss.cc).
+  Status RestartLost(const api::Workload& w, const cluster::LeaderTerm& term);
+  // Sets status.message of a workload still Lost as `decided_on` (one CAS).
+  Status UpdateLostMessage(const std::string& name, const api::WorkloadStatus& decided_on,
+                           const std::string& message, const cluster::LeaderTerm& term);
   Status BalanceRound(const cluster::LeaderTerm& term);
   // Removes finished migration records past their retention (retention.h).
   Status TrimFinishedMigrations(const cluster::LeaderTerm& term);

@@ -175,6 +175,23 @@ int main(int argc, char** argv) {
                  "relist)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{60}, int64_t{30} * 86400));
+  double node_loss_delay = 15, lease_ttl_assumed = 5, agent_fence_after = 4;
+  app.add_option("--node-loss-restart-delay", node_loss_delay,
+                 "seconds a node must be NotReady before its Lost workloads with restartPolicy "
+                 "FromImage or FromCheckpoint are placed on another node. Rule: it must exceed "
+                 "--lease-ttl-assumed + --agent-fence-after, so the lost node's agent has "
+                 "frozen them first (the controller refuses to start otherwise)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
+  app.add_option("--lease-ttl-assumed", lease_ttl_assumed,
+                 "the agents' node lease TTL in seconds (their --lease-ttl), for the rule above")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--agent-fence-after", agent_fence_after,
+                 "the agents' --fence-after in seconds (an agent that has not renewed its lease "
+                 "for this long freezes its workloads), for the rule above")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -192,6 +209,18 @@ int main(int argc, char** argv) {
   if (opts.keys.prefix.empty() || opts.keys.prefix.back() != '/') {
     spdlog::critical("--etcd-prefix must end with '/'");
     return 2;
+  }
+  {
+    auto to_ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+    opts.node_loss_restart_delay = to_ms(node_loss_delay);
+    opts.lease_ttl_assumed = to_ms(lease_ttl_assumed);
+    opts.agent_fence_after = to_ms(agent_fence_after);
+    kmosix::Status timing = kmosix::controller::CheckNodeLossTiming(
+        opts.node_loss_restart_delay, opts.lease_ttl_assumed, opts.agent_fence_after);
+    if (!timing.ok()) {
+      spdlog::critical("{}", timing.message());
+      return 2;
+    }
   }
   auto etcd_flags = kmosix::EtcdConfigFromFlags(etcd, etcd_ca, etcd_cert, etcd_key);
   if (!etcd_flags.ok()) {

@@ -1,0 +1,272 @@
+#include "controller/node_loss.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "cluster/records.h"
+#include "controller/controller.h"
+
+namespace kmosix::controller {
+namespace {
+
+using api::RestartPolicy;
+using api::WorkloadPhase;
+
+int64_t Millis(Clock::Duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+std::string SecondsText(int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", static_cast<double>(ms) / 1000.0);
+  return buf;
+}
+
+// How long to wait before looking again at a workload that cannot be placed
+// yet, or whose node's readiness is not recorded yet.
+constexpr Clock::Duration kLookAgain = std::chrono::seconds(1);
+
+}  // namespace
+
+Status CheckNodeLossTiming(Clock::Duration restart_delay, Clock::Duration lease_ttl,
+                           Clock::Duration fence_after) {
+  const std::string values = " (--node-loss-restart-delay " + SecondsText(Millis(restart_delay)) +
+                             ", --lease-ttl-assumed " + SecondsText(Millis(lease_ttl)) +
+                             ", --agent-fence-after " + SecondsText(Millis(fence_after)) + ")";
+  if (fence_after <= Clock::Duration::zero() || fence_after >= lease_ttl)
+    return InvalidError(
+        "--agent-fence-after must be more than 0 and less than --lease-ttl-assumed: an agent "
+        "freezes its workloads before its lease can expire" +
+        values);
+  if (restart_delay <= lease_ttl + fence_after)
+    return InvalidError(
+        "--node-loss-restart-delay must be longer than --lease-ttl-assumed + "
+        "--agent-fence-after, so a lost node's agent has frozen its workloads before they "
+        "start anywhere else" +
+        values);
+  return Status::Ok();
+}
+
+namespace {
+
+NodeLossDecision None(std::string why) {
+  NodeLossDecision d;
+  d.kind = NodeLossDecision::Kind::kNone;
+  d.why = std::move(why);
+  return d;
+}
+
+NodeLossDecision Wait(std::string why, Clock::Duration again_in, bool tell = false) {
+  NodeLossDecision d;
+  d.kind = NodeLossDecision::Kind::kWait;
+  d.why = std::move(why);
+  d.again_in = std::max<Clock::Duration>(again_in, std::chrono::milliseconds(1));
+  d.tell = tell;
+  return d;
+}
+
+}  // namespace
+
+std::optional<NodeLossDecision> NodeLossNotDue(const NodeLossInput& in) {
+  const api::WorkloadSpec& spec = in.workload.spec;
+  const api::WorkloadStatus& st = in.workload.status;
+  auto none = [](std::string why) { return None(std::move(why)); };
+  auto wait = [](std::string why, Clock::Duration again_in) {
+    return Wait(std::move(why), again_in);
+  };
+  if (st.phase != WorkloadPhase::kLost || st.node.empty()) return none("not Lost");
+  if (spec.restart_policy == RestartPolicy::kNever) return none("restartPolicy Never");
+  if (!st.migration.empty()) return none("a migration of it is being resolved");
+  if (in.lost_node_ready) return none("node " + st.node + " is back; it keeps the workload");
+  // When the node went NotReady, as the leader recorded it (members/<node>):
+  // durable, so a new leader counts from the same moment.
+  if (!in.member || in.member->ready)
+    return wait("node " + st.node + "'s NotReady is not recorded yet", kLookAgain);
+  const int64_t lost_ms = in.member->changed_ms;
+  const int64_t due_ms = lost_ms + Millis(in.restart_delay);
+  if (in.now_ms < due_ms)
+    return wait("node " + st.node + " NotReady for " + SecondsText(in.now_ms - lost_ms) +
+                    "; restart after " + SecondsText(Millis(in.restart_delay)),
+                std::chrono::milliseconds(due_ms - in.now_ms));
+  return std::nullopt;
+}
+
+NodeLossDecision DecideNodeLoss(const NodeLossInput& in, Random& random) {
+  if (auto not_due = NodeLossNotDue(in)) return *not_due;
+  const api::WorkloadSpec& spec = in.workload.spec;
+  const api::WorkloadStatus& st = in.workload.status;
+  const int64_t lost_ms = in.member->changed_ms;  // NodeLossNotDue: recorded NotReady
+  NodeLossDecision d;
+
+  // Never the lost node, whatever the snapshot says of it.
+  ClusterSnapshot snap = in.snapshot;
+  snap.nodes.erase(std::remove_if(snap.nodes.begin(), snap.nodes.end(),
+                                  [&](const PolicyNode& n) { return n.name == st.node; }),
+                   snap.nodes.end());
+  PlacementRequest req;
+  req.cpus = spec.cpus;
+  req.memory_bytes = static_cast<uint64_t>(spec.memory_mib) * 1024 * 1024;
+
+  d.recovery.lost_node = st.node;
+  d.recovery.lost_ms = lost_ms;
+  d.recovery.restarted_ms = in.now_ms;
+  d.recovery.count = (st.recovery ? st.recovery->count : 0) + 1;
+  const std::string lost_text =
+      "node " + st.node + " was lost (NotReady " + SecondsText(in.now_ms - lost_ms) + ")";
+
+  std::string fallback;  // FromCheckpoint without a usable checkpoint: why
+  if (spec.restart_policy == RestartPolicy::kFromCheckpoint) {
+    const auto& ck = in.checkpoint;
+    if (!ck) {
+      fallback = "no checkpoint of it was taken";
+    } else if (ck->workload != spec.name) {
+      fallback = "its checkpoint record names workload " + ck->workload;
+    } else if (ck->epoch != st.epoch) {
+      fallback = "checkpoint " + ck->id + " was taken at epoch " + std::to_string(ck->epoch) +
+                 ", not at the lost owner's epoch " + std::to_string(st.epoch);
+    } else if (ck->keeper == st.node) {
+      fallback = "checkpoint " + ck->id + " is kept on the lost node " + st.node;
+    } else {
+      PlacementRequest on_keeper = req;
+      on_keeper.node = ck->keeper;
+      auto keeper = Place(snap, on_keeper, in.policy, random);
+      if (!keeper.ok()) {
+        fallback = "checkpoint " + ck->id + "'s keeper " + ck->keeper +
+                   " cannot take it: " + keeper.status().message();
+      } else {
+        d.kind = NodeLossDecision::Kind::kRestart;
+        d.target = *keeper;
+        d.restore_checkpoint = ck->id;
+        d.recovery.policy = RestartPolicy::kFromCheckpoint;
+        d.recovery.checkpoint = ck->id;
+        d.recovery.checkpoint_taken_ms = ck->taken_ms;
+        d.recovery.progress_lost_ms = std::max<int64_t>(0, lost_ms - ck->taken_ms);
+        d.message = lost_text + "; restored on " + d.target + " from checkpoint " + ck->id +
+                    " (progress lost " + SecondsText(d.recovery.progress_lost_ms) + ")";
+        return d;
+      }
+    }
+  }
+  auto target = Place(snap, req, in.policy, random);
+  if (!target.ok()) {
+    return Wait(lost_text + "; no node can take it yet: " + target.status().message() +
+                    (fallback.empty() ? "" : " (restartPolicy FromCheckpoint: " + fallback + ")"),
+                kLookAgain, /*tell=*/true);
+  }
+  d.kind = NodeLossDecision::Kind::kRestart;
+  d.target = *target;
+  d.recovery.policy = RestartPolicy::kFromImage;
+  d.message = lost_text + "; restarted from its image on " + d.target;
+  if (!fallback.empty())
+    d.message += " (restartPolicy FromCheckpoint, but " + fallback + ": from the image)";
+  return d;
+}
+
+bool ApplyNodeLoss(const NodeLossDecision& d, const api::WorkloadStatus& decided_on,
+                   api::Workload& fresh) {
+  api::WorkloadStatus& s = fresh.status;
+  if (d.kind != NodeLossDecision::Kind::kRestart || s.phase != WorkloadPhase::kLost ||
+      s.node != decided_on.node || s.epoch != decided_on.epoch || !s.migration.empty() ||
+      fresh.spec.restart_policy == RestartPolicy::kNever || d.target == decided_on.node)
+    return false;
+  s.phase = WorkloadPhase::kScheduled;
+  s.node = d.target;
+  s.epoch = decided_on.epoch + 1;  // ownership moves: the old node's copy is fenced
+  s.pid = 0;
+  s.restarts = 0;
+  s.restore_checkpoint = d.restore_checkpoint;
+  s.recovery = d.recovery;
+  s.message = d.message;
+  return true;
+}
+
+// ---- the controller's step (leader only) -----------------------------------
+
+Status Controller::RestartLost(const api::Workload& w, const cluster::LeaderTerm& term) {
+  const std::string& name = w.spec.name;
+  const std::string key = options_.keys.Workload(name);
+  NodeLossInput in;
+  in.workload = w;
+  in.member = CachedMember(w.status.node);
+  in.lost_node_ready = NodeReady(w.status.node);
+  in.now_ms = clock_.WallMillis();
+  in.restart_delay = options_.node_loss_restart_delay;
+  in.policy = options_.policy;
+  // Cheap checks first: the store and the snapshot only once it is due.
+  if (auto not_due = NodeLossNotDue(in)) {
+    if (not_due->kind == NodeLossDecision::Kind::kWait)
+      queue_.AddAfter("w/" + name, not_due->again_in);
+    return Status::Ok();
+  }
+  if (w.spec.restart_policy == api::RestartPolicy::kFromCheckpoint) {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Checkpoint(name)));
+    if (got.kv) {
+      auto ck =
+          cluster::ParseRecord<api::CheckpointRecord>(got.kv->value, &cluster::CheckpointFromJson);
+      if (ck.ok())
+        in.checkpoint = *ck;
+      else
+        spdlog::warn("checkpoint record of {} is damaged, ignored: {}", name,
+                     ck.status().message());
+    }
+  }
+  in.snapshot = Snapshot(w.spec.image);
+  NodeLossDecision d = DecideNodeLoss(in, random_);
+  if (d.kind == NodeLossDecision::Kind::kNone) return Status::Ok();
+  if (d.kind == NodeLossDecision::Kind::kWait) {
+    queue_.AddAfter("w/" + name, d.again_in);
+    if (!d.tell || w.status.message == d.why) return Status::Ok();
+    // Say why in the record (the CAS only touches a record still Lost there).
+    return UpdateLostMessage(name, w.status, d.why, term);
+  }
+  // Grant first, then write: the target's agent reports on the record at once.
+  if (grants_) KMX_RETURN_IF_ERROR(grants_->GrantNow(d.target, {key}));
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+    if (!got.kv) return Status::Ok();  // deleted meanwhile
+    auto fresh = cluster::ParseRecord<api::Workload>(got.kv->value, &cluster::WorkloadFromJson);
+    if (!fresh.ok()) return fresh.status().Annotate(key);
+    if (!ApplyNodeLoss(d, w.status, *fresh)) return Status::Ok();  // decided on an old record
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    txn.compares.push_back(term.Fence());
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(*fresh).dump()));
+    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+    if (r.succeeded) {
+      spdlog::warn("workload {}: {} (restartPolicy {}, epoch {}, recovery {})", name, d.message,
+                   api::RestartPolicyName(w.spec.restart_policy), fresh->status.epoch,
+                   fresh->status.recovery->count);
+      if (observer_) observer_->OnPlacement();
+      return Status::Ok();
+    }
+    auto lead = store_.Get(term.Fence().key);
+    if (lead.ok() && (!lead->kv || lead->kv->create_revision != term.Fence().number))
+      return ConflictError("no longer the leader");
+  }
+  return ConflictError(key + " keeps changing");
+}
+
+Status Controller::UpdateLostMessage(const std::string& name, const api::WorkloadStatus& decided_on,
+                                     const std::string& message, const cluster::LeaderTerm& term) {
+  const std::string key = options_.keys.Workload(name);
+  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+  if (!got.kv) return Status::Ok();
+  auto fresh = cluster::ParseRecord<api::Workload>(got.kv->value, &cluster::WorkloadFromJson);
+  if (!fresh.ok()) return fresh.status().Annotate(key);
+  api::WorkloadStatus& s = fresh->status;
+  if (s.phase != WorkloadPhase::kLost || s.node != decided_on.node || s.epoch != decided_on.epoch ||
+      s.message == message)
+    return Status::Ok();
+  s.message = message;
+  Txn txn;
+  txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+  txn.compares.push_back(term.Fence());
+  txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(*fresh).dump()));
+  KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
+  (void)r;  // a changed record is reconciled again anyway
+  return Status::Ok();
+}
+
+}  // namespace kmosix::controller
