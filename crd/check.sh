@@ -10,7 +10,8 @@
 # Checks, in order: the CRDs apply and become Established; every example in
 # crd/examples/ applies; every object in crd/examples/invalid/ is refused with
 # the message its "# expect:" line names; defaults; image, command, env and a
-# Migration's spec are immutable while pinned, nodeName and migratable change;
+# Migration's spec, restartPolicy and checkpointIntervalSeconds are immutable
+# while pinned, nodeName and migratable change;
 # the status subresource (spec writes ignore status, status writes keep spec
 # and generation, an unknown phase is refused); printer columns, short names,
 # categories kmosix and all, field selectors, kubectl explain.
@@ -146,6 +147,7 @@ done
 # --- defaults ------------------------------------------------------------------
 equals "spec.migratable defaults to true" "true" get mw counter -n "$ns" -o 'jsonpath={.spec.migratable}'
 equals "spec.pinned defaults to false" "false" get mw counter -n "$ns" -o 'jsonpath={.spec.pinned}'
+equals "spec.restartPolicy defaults to Never" "Never" get mw counter -n "$ns" -o 'jsonpath={.spec.restartPolicy}'
 
 # --- immutability --------------------------------------------------------------
 mw=(-n "$ns" mw counter)
@@ -161,6 +163,19 @@ refused "changing an env value" "spec.env is immutable" \
   patch "${mw[@]}" --type json -p '[{"op":"replace","path":"/spec/env/0/value","value":"250"}]'
 refused "removing spec.env" "spec.env is immutable" \
   patch "${mw[@]}" --type json -p '[{"op":"remove","path":"/spec/env"}]'
+refused "changing spec.restartPolicy" "spec.restartPolicy is immutable" \
+  patch "${mw[@]}" --type merge -p '{"spec":{"restartPolicy":"FromImage"}}'
+ok "restartPolicy FromCheckpoint with checkpointIntervalSeconds at creation" create -n "$ns" -f - <<'EOF'
+apiVersion: kmosix.io/v1alpha1
+kind: MigratableWorkload
+metadata: {name: checkpointed}
+spec:
+  image: kmosix.local/demo:latest
+  restartPolicy: FromCheckpoint
+  checkpointIntervalSeconds: 60
+EOF
+refused "changing spec.checkpointIntervalSeconds" "spec.checkpointIntervalSeconds is immutable" \
+  patch -n "$ns" mw checkpointed --type merge -p '{"spec":{"checkpointIntervalSeconds":30}}'
 ok "pinning a created workload without nodeName (pins it where it runs)" \
   patch "${mw[@]}" --type merge -p '{"spec":{"pinned":true}}'
 ok "changing spec.nodeName" patch "${mw[@]}" --type merge -p '{"spec":{"nodeName":"node2"}}'
@@ -251,6 +266,7 @@ contains "kubectl explain mpol.spec" 'stabilityFactor' explain mpol.spec
 # --- delete --------------------------------------------------------------------
 ok "delete the examples" delete -n "$ns" -f "$here/examples/counter.yaml" -f "$here/examples/migration.yaml"
 ok "delete pinned-here" delete -n "$ns" mw pinned-here
+ok "delete checkpointed" delete -n "$ns" mw checkpointed
 equals "nothing left in $ns (no invalid object slipped in)" "" get -n "$ns" mw,mig -o name
 
 if [ "$failures" -gt 0 ]; then

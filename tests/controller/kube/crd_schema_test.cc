@@ -188,6 +188,14 @@ json ValidWorkload(Gen& g) {
   if (spec.contains("nodeName") && g.Coin(0.3)) spec["pinned"] = true;
   if (g.Coin(0.2)) spec["pinned"] = spec.contains("nodeName") && g.Coin();
   if (g.Coin(0.3)) spec["migratable"] = g.Coin();
+  if (g.Coin(0.4)) {
+    spec["restartPolicy"] =
+        g.Pick(std::vector<std::string>{"Never", "FromImage", "FromCheckpoint"});
+    if (spec["restartPolicy"] == "FromCheckpoint")
+      spec["checkpointIntervalSeconds"] = g.Pick(std::vector<json>{10, 60, 3600, 86400});
+    else if (g.Coin(0.2))
+      spec["checkpointIntervalSeconds"] = 0;
+  }
   return {{"apiVersion", "kmosix.io/v1alpha1"},
           {"kind", "MigratableWorkload"},
           {"metadata", {{"name", g.Label()}}},
@@ -386,6 +394,18 @@ std::vector<Mutation> WorkloadMutations() {
           [](Gen& g, json& o) {
             o["spec"]["migratable"] = g.Pick(std::vector<json>{"false", 0, nullptr, true, false});
             return "migratable " + o["spec"]["migratable"].dump();
+          },
+          [](Gen& g, json& o) {
+            o["spec"]["restartPolicy"] = g.Pick(std::vector<json>{
+                "Always", "never", "", 5, nullptr, "Never", "FromImage", "FromCheckpoint"});
+            return "restartPolicy " + o["spec"]["restartPolicy"].dump();
+          },
+          [](Gen& g, json& o) {
+            o["spec"]["checkpointIntervalSeconds"] = g.Pick(
+                std::vector<json>{0, 9, 10, 86400, 86401, -1, 30.5, 60.0, "30", nullptr, 60});
+            if (g.Coin(0.6)) o["spec"]["restartPolicy"] = "FromCheckpoint";
+            return "checkpointIntervalSeconds " + o["spec"]["checkpointIntervalSeconds"].dump() +
+                   " restartPolicy " + o["spec"].value("restartPolicy", json("absent")).dump();
           },
           [](Gen& g, json& o) {
             std::string f =
