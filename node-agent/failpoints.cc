@@ -57,6 +57,16 @@ StreamLimits FailpointEngine::StreamBound(const ContainerSpec& spec, uint64_t me
 }
 
 Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landing) {
+  CorruptImagesIfArmed(spec, landing);
+  return inner_.Restore(spec, landing);
+}
+
+Status FailpointEngine::RestoreStopped(const ContainerSpec& spec, const Landing& landing) {
+  CorruptImagesIfArmed(spec, landing);
+  return inner_.RestoreStopped(spec, landing);
+}
+
+void FailpointEngine::CorruptImagesIfArmed(const ContainerSpec& spec, const Landing& landing) {
   if (fp_.Take("restore.corrupt-images")) {
     namespace fs = std::filesystem;
     for (const auto& s : landing.sections) {
@@ -71,7 +81,6 @@ Status FailpointEngine::Restore(const ContainerSpec& spec, const Landing& landin
     }
     spdlog::warn("failpoint restore.corrupt-images fired for {}", spec.name);
   }
-  return inner_.Restore(spec, landing);
 }
 
 // Both hangs wait while armed (at most 300 s), then go on.

@@ -61,9 +61,13 @@ class FailpointEngine final : public CheckpointEngine {
     return inner_.Prepare(spec, scratch_dir, memory_bytes);
   }
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;
+  Status RestoreStopped(const ContainerSpec& spec, const Landing& landing) override;
+  Status Resume(const std::string& name) override { return inner_.Resume(name); }
   Status Discard(const std::string& name) override { return inner_.Discard(name); }
 
  private:
+  // restore.corrupt-images: truncates the landed page images.
+  void CorruptImagesIfArmed(const ContainerSpec& spec, const Landing& landing);
   CheckpointEngine& inner_;
   Failpoints& fp_;
 };

@@ -26,6 +26,7 @@
 #include "github.com/containerd/containerd/api/services/tasks/v1/tasks.grpc.pb.h"
 #include "github.com/containerd/containerd/api/services/version/v1/version.grpc.pb.h"
 #include "github.com/containerd/containerd/runtime/v2/runc/options/oci.pb.h"
+#include "kmosix/files.h"
 
 namespace kmosix {
 namespace {
@@ -47,6 +48,8 @@ constexpr char kCheckpointOptionsTypeUrl[] = "containerd.runc.v1.CheckpointOptio
 constexpr char kLabelLogPath[] = "io.kmosix.log-path";
 constexpr char kLabelNode[] = "io.kmosix.node";
 constexpr char kAnnotationIncarnation[] = "io.kmosix.incarnation";
+// runc hands this file to CRIU as its RPC configuration file.
+constexpr char kAnnotationCriuConfig[] = "org.criu.config";
 
 // Maximum size of a manifest/index/config blob we are willing to read.
 constexpr int64_t kMaxBlob = 16 << 20;
@@ -400,6 +403,29 @@ struct ContainerdRuntime::Impl {
     (void)leases_svc->Delete(ctx.get(), req, &e);
   }
 
+  // Points the container's CRIU configuration file at `path`: runc reads
+  // the spec's "org.criu.config" annotation when it creates the task (the
+  // shim writes the spec into the bundle then) and keeps it for the task's
+  // life.
+  Status SetCriuConfig(const std::string& name, const std::string& path) {
+    KMX_ASSIGN_OR_RETURN(ctrs::Container c, GetContainer(name));
+    json spec = json::parse(c.spec().value(), nullptr, false);
+    if (spec.is_discarded() || !spec.is_object()) {
+      return FailedError("container " + name + ": its OCI spec is not JSON");
+    }
+    if (spec.contains("annotations") && !spec["annotations"].is_object()) {
+      return FailedError("container " + name + ": its spec's annotations are not an object");
+    }
+    spec["annotations"][kAnnotationCriuConfig] = path;
+    ctrs::UpdateContainerRequest req;
+    *req.mutable_container() = c;
+    req.mutable_container()->mutable_spec()->set_value(spec.dump());
+    req.mutable_update_mask()->add_paths("spec");
+    ctrs::UpdateContainerResponse resp;
+    auto ctx = Ctx();
+    return FromGrpc(containers->Update(ctx.get(), req, &resp), "update container " + name);
+  }
+
   // Wrong-state check: the container must exist and have a task.
   StatusOr<ttypes::Process> RequireTask(const std::string& name) {
     auto task = GetTask(name);
@@ -727,6 +753,21 @@ Status ContainerdRuntime::CheckpointTask(const std::string& name, const Checkpoi
   });
 }
 
+Status ContainerdRuntime::Continue(const std::string& name) {
+  return Guard("continue", [&]() -> Status {
+    KMX_ASSIGN_OR_RETURN(auto task, impl_->RequireTask(name));
+    if (task.status() != ttypes::RUNNING)
+      return ConflictError("continue " + name + ": task is not running");
+    tasks::KillRequest req;
+    req.set_container_id(name);
+    req.set_signal(SIGCONT);
+    req.set_all(true);
+    google::protobuf::Empty e;
+    auto ctx = impl_->Ctx();
+    return FromGrpc(impl_->tasks_svc->Kill(ctx.get(), req, &e), "continue task " + name);
+  });
+}
+
 Status ContainerdRuntime::RestoreTask(const std::string& name, const RestoreRequest& r) {
   return Guard("restore", [&]() -> Status {
     auto& im = *impl_;
@@ -743,7 +784,22 @@ Status ContainerdRuntime::RestoreTask(const std::string& name, const RestoreRequ
     runcopts::Options opts = im.RuncOptions();
     opts.set_criu_image_path(r.image_dir);
     opts.set_criu_work_path(r.work_dir);
+    // Restoring stopped: CRIU reads a configuration file named by the
+    // spec's org.criu.config annotation (runc passes it in its RPC request)
+    // whose "leave-stopped" overrides the RPC settings. The file lives only
+    // for this restore: a later dump of the task (runc keeps the annotation)
+    // finds no file, and CRIU then ignores it.
+    std::string conf;
+    if (r.leave_stopped) {
+      conf = r.work_dir + "/kmosix-restore.conf";
+      KMX_RETURN_IF_ERROR(WriteFileAtomic(conf, "leave-stopped\n").Annotate("restore"));
+      if (Status s = im.SetCriuConfig(name, conf); !s.ok()) {
+        ::unlink(conf.c_str());
+        return s.Annotate("restore");
+      }
+    }
     Status s = im.CreateAndStartTask(name, opts, im.cfg.criu_timeout, "restore");
+    if (!conf.empty()) ::unlink(conf.c_str());
     if (!s.ok() && s.code() != Code::kNotFound && s.code() != Code::kRetry)
       s = FailedError(s.message() + " (CRIU log: " + r.work_dir + "/restore.log)");
     return s;

@@ -6,6 +6,8 @@
 // Thread-safety: calls for different containers may run concurrently.
 // Errors: see status.h; kFailed means the step failed and the caller must roll
 // back (source: Thaw; target: Discard).
+// Never twice: a live migration's target restores stopped (RestoreStopped)
+// and resumes only at the commit, so a copy the migration aborts never ran.
 #pragma once
 
 #include <cstdint>
@@ -124,8 +126,17 @@ class CheckpointEngine {
                                     uint64_t memory_bytes) = 0;
   // Target side: restores the task from the landed sections; on success it
   // is running. On failure nothing runs (the container is still there for
-  // Discard).
+  // Discard). For a copy that no other node may be running (a checkpoint
+  // of a lost node); a live migration uses RestoreStopped.
   virtual Status Restore(const ContainerSpec& spec, const Landing& landing) = 0;
+  // Target side, live migration: restores the task like Restore, but on
+  // success none of its processes has executed an instruction since the
+  // dump, and none does until Resume (so a copy that is then discarded had
+  // no side effects). On failure nothing runs.
+  virtual Status RestoreStopped(const ContainerSpec& spec, const Landing& landing) = 0;
+  // Target side, at the commit: the task RestoreStopped left runs.
+  // Idempotent (ok for a task already running).
+  virtual Status Resume(const std::string& name) = 0;
   // Target side, rollback: removes everything Prepare/Restore made. Idempotent.
   virtual Status Discard(const std::string& name) = 0;
 };

@@ -35,6 +35,7 @@ nlohmann::json IncomingRecordToJson(const IncomingRecord& r) {
           {"pid", r.pid},
           {"error", r.error},
           {"adopted", r.adopted},
+          {"resumed", r.resumed},
           {"bytes", r.stats.bytes},
           {"files", r.stats.files},
           {"landing", sections}};
@@ -53,6 +54,8 @@ StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j) {
     // Absent in records of older agents: taken as not adopted (a restart
     // asks the registry, which keeps a record it already has).
     r.adopted = j.value("adopted", false);
+    // Absent in records of older agents, whose restored copies ran at once.
+    r.resumed = j.value("resumed", true);
     r.stats.bytes = j.at("bytes").get<uint64_t>();
     r.stats.files = j.at("files").get<uint64_t>();
     for (const auto& s : j.at("landing")) {
@@ -249,7 +252,10 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   if (r.phase != TargetPhase::kReceived) return WrongPhase(r, "Received");
   KMX_RETURN_IF_ERROR(Save(r, TargetPhase::kRestoring));  // nothing restored yet
   const auto start = clock_.Now();
-  if (Status s = engine_.Restore(r.offer.spec, r.landing); !s.ok()) {
+  // Stopped until the commit: if the migration aborts, the source runs on
+  // from its freeze, and a copy that ran here meanwhile would have done the
+  // same work (and its side effects) once already.
+  if (Status s = engine_.RestoreStopped(r.offer.spec, r.landing); !s.ok()) {
     AbortLocked(*e, "restore failed: " + s.ToString());
     return s.Annotate("restore on " + options_.node);
   }
@@ -275,13 +281,41 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
 Status IncomingMigrations::CommitLocked(Entry& e) {
   IncomingRecord& r = e.record;
   r.adopted = false;  // until the registry has written its record
+  r.resumed = false;  // until the copy runs
   if (Status s = Save(r, TargetPhase::kCommitted); !s.ok()) {
-    // A verdict that cannot be remembered is not given: still Restored.
+    // A verdict that cannot be remembered is not given: still Restored
+    // (and still stopped: the copy never ran).
     return RetryError(s.message() + "; not committed");
   }
   ReleaseIntake(r.offer.id);
+  // The copy runs from here (the workload's downtime ends), before the
+  // registry's write; AdoptLocked's write records both.
+  ResumeLocked(e, "committed", /*save=*/false);
   AdoptLocked(e, "committed");
   return Status::Ok();
+}
+
+bool IncomingMigrations::ResumeLocked(Entry& e, const std::string& when, bool save) {
+  IncomingRecord& r = e.record;
+  if (Status s = engine_.Resume(r.offer.spec.name); !s.ok()) {
+    if (s.code() != Code::kNotFound && s.code() != Code::kConflict) {
+      spdlog::error(
+          "incoming migration {} of {} ({}): the committed copy could not be resumed ({}); "
+          "trying again later",
+          r.offer.id, r.offer.spec.name, when, s.ToString());
+      return false;
+    }
+    // No container, or no running task: nothing stopped is left to resume
+    // (the copy is gone or was stopped by someone else since).
+    spdlog::warn("incoming migration {} of {} ({}): nothing to resume: {}", r.offer.id,
+                 r.offer.spec.name, when, s.ToString());
+  }
+  r.resumed = true;
+  if (save && !Save(r, TargetPhase::kCommitted).ok()) {
+    // The next start resumes it again, which a running copy ignores.
+    r.resumed = false;
+  }
+  return true;
 }
 
 void IncomingMigrations::AdoptLocked(Entry& e, const std::string& when) {
@@ -378,6 +412,10 @@ void IncomingMigrations::ExpireIdle() {
   for (auto& e : all) {
     std::unique_lock lock(e->mu, std::try_to_lock);
     if (!lock.owns_lock()) continue;  // busy, so not idle
+    if (e->record.phase == TargetPhase::kCommitted && !e->record.resumed) {
+      (void)ResumeLocked(*e, "resume retried", /*save=*/true);
+      continue;
+    }
     if (IsFinalPhase(e->record.phase)) continue;
     if (now - e->record.touched >= options_.idle_timeout) {
       const std::string why = "no progress from the source for " +
@@ -400,7 +438,8 @@ std::vector<std::string> IncomingMigrations::ForgetFinished(Clock::Duration age)
     const IncomingRecord& r = it->second->record;
     // A Committed verdict whose workload record is not known written is kept
     // whatever its age: the next start completes the record from it.
-    const bool pending_adoption = r.phase == TargetPhase::kCommitted && !r.adopted;
+    // So is one whose copy is not known resumed (ExpireIdle resumes it).
+    const bool pending_adoption = r.phase == TargetPhase::kCommitted && (!r.adopted || !r.resumed);
     if (elock.owns_lock() && IsFinalPhase(r.phase) && !pending_adoption && now - r.touched >= age) {
       forgotten.push_back(it->first);
       elock.unlock();
@@ -443,6 +482,17 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
       settled("a newer migration names the workload");
       continue;
     }
+    if (r.phase == TargetPhase::kCommitted && !r.resumed) {
+      // Committed, and maybe still stopped (the agent died between the
+      // verdict and the resume): the copy is this node's to run. An older
+      // verdict's copy may have left since: only the newest one's.
+      if (r.updated_ms < newest[r.offer.spec.name]) {
+        r.resumed = true;
+        if (!Save(r, TargetPhase::kCommitted).ok()) r.resumed = false;
+      } else if (auto info = runtime_.Inspect(r.offer.spec.name); info.ok()) {
+        (void)ResumeLocked(*e, "agent restarted after the commit", /*save=*/r.adopted);
+      }
+    }
     if (r.phase == TargetPhase::kCommitted && !r.adopted) {
       // The verdict was written but the registry's record maybe not (the
       // agent died in between): this node owns the committed copy; complete
@@ -463,6 +513,8 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
     if (IsFinalPhase(e->record.phase)) continue;
     if (hooks_.reserve) (void)hooks_.reserve(e->record.offer.spec.name);
     if (e->record.phase == TargetPhase::kRestored && hooks_.owned_here) {
+      // Its task is there, stopped since the restore (a running state to
+      // containerd); the oracle's commit resumes it.
       auto info = runtime_.Inspect(e->record.offer.spec.name);
       if (info.ok() && info->state == TaskState::kRunning) {
         if (!AskOracleLocked(*e, "agent restarted before the commit")) {

@@ -4,6 +4,11 @@
 // of one id are serialised by the record's lock, so exactly one of them wins;
 // the winner is persisted before it is answered, and remembered (a later
 // Restore or Commit of an aborted id is refused).
+// Never twice: Restore restores the copy stopped (CheckpointEngine::
+// RestoreStopped); only the commit resumes it, right after the Committed
+// verdict is written and before the commit is answered, so an aborted copy
+// never ran one instruction. A copy that could not be resumed stays
+// Committed with resumed false; ExpireIdle and Recover resume it.
 //
 // Ownership: borrows the engine, runtime and clock; owns its records.
 // Thread-safety: all methods are safe to call concurrently; calls for one id
@@ -66,6 +71,10 @@ struct IncomingRecord {
   // Committed: the registry recorded the workload (Hooks::adopt answered
   // ok). A Committed record not adopted is completed by Recover.
   bool adopted = false;
+  // Committed: the copy was resumed (CheckpointEngine::Resume answered ok).
+  // Until the commit it is stopped (RestoreStopped); one not resumed is
+  // resumed by ExpireIdle and Recover.
+  bool resumed = false;
 };
 nlohmann::json IncomingRecordToJson(const IncomingRecord& r);
 StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j);
@@ -126,7 +135,8 @@ class IncomingMigrations final : public MigrationTarget {
   StreamLimits ReceiveLimits(const std::string& id) override;
 
   // Aborts migrations idle past the timeout (a Restored one is first put to
-  // the owned_here oracle, if set). Call periodically.
+  // the owned_here oracle, if set), and resumes committed copies a failed
+  // resume left stopped. Call periodically.
   void ExpireIdle();
   // Forgets finished records (and abort tombstones) untouched for `age`;
   // returns their ids so the caller can drop what it persisted. `age` must be
@@ -142,8 +152,10 @@ class IncomingMigrations final : public MigrationTarget {
   // record names the same workload or the runtime says its container is
   // gone: this node owns the committed copy, and its source has released
   // its own.
-  // With an owned_here oracle, a Restored one whose task still runs is put to
-  // it (commit / abort / keep asking, as in ExpireIdle).
+  // With an owned_here oracle, a Restored one whose task is still there
+  // (stopped) is put to it (commit / abort / keep asking, as in ExpireIdle).
+  // The newest Committed record of a workload whose copy is not known
+  // resumed has it resumed.
   void Recover(std::vector<IncomingRecord> records);
   std::vector<IncomingRecord> List();
 
@@ -158,9 +170,13 @@ class IncomingMigrations final : public MigrationTarget {
   Status Save(IncomingRecord& r, TargetPhase phase);
   // Kills and removes the copy here, records Aborted. Caller holds e.mu.
   void AbortLocked(Entry& e, const std::string& why);
-  // Records Committed and adopts. Caller holds e.mu; the record is Restored.
-  // kRetry if the verdict could not be written (still Restored, not adopted).
+  // Records Committed, resumes the copy and adopts. Caller holds e.mu; the
+  // record is Restored. kRetry if the verdict could not be written (still
+  // Restored, not adopted, the copy still stopped).
   Status CommitLocked(Entry& e);
+  // Resumes the committed copy (engine Resume); with `save`, records it.
+  // False (logged) if it could not be resumed. Caller holds e.mu.
+  bool ResumeLocked(Entry& e, const std::string& when, bool save);
   // Hooks::adopt, then records the verdict adopted (logs what it could not
   // write). Caller holds e.mu; the record is Committed.
   void AdoptLocked(Entry& e, const std::string& when);

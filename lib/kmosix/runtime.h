@@ -60,6 +60,11 @@ struct CheckpointRequest {
 struct RestoreRequest {
   std::string image_dir;  // CRIU images written by a checkpoint
   std::string work_dir;   // CRIU logs and scratch
+  // true: every restored process is left stopped (SIGSTOP, CRIU's
+  // leave-stopped) before it executes one instruction after the dump; the
+  // task still reports kRunning. Continue runs it; Delete removes it without
+  // it ever running.
+  bool leave_stopped = false;
 };
 
 class ContainerRuntime {
@@ -95,6 +100,10 @@ class ContainerRuntime {
   // Creates the task of a created container from CRIU images; on success the
   // task is running. On failure no task is left behind.
   virtual Status RestoreTask(const std::string& name, const RestoreRequest& req) = 0;
+  // Sends SIGCONT to every process of the task: runs a task restored with
+  // leave_stopped (a no-op for processes already running). kConflict when
+  // the container has no task, kNotFound when there is no container.
+  virtual Status Continue(const std::string& name) = 0;
 };
 
 }  // namespace kmosix

@@ -358,11 +358,26 @@ StatusOr<Landing> StopAndCopyEngine::Prepare(const ContainerSpec& spec,
 }
 
 Status StopAndCopyEngine::Restore(const ContainerSpec& spec, const Landing& landing) {
+  return RestoreTask(spec, landing, /*stopped=*/false);
+}
+
+Status StopAndCopyEngine::RestoreStopped(const ContainerSpec& spec, const Landing& landing) {
+  return RestoreTask(spec, landing, /*stopped=*/true);
+}
+
+Status StopAndCopyEngine::Resume(const std::string& name) {
+  return runtime_.Continue(name).Annotate("resume");
+}
+
+Status StopAndCopyEngine::RestoreTask(const ContainerSpec& spec, const Landing& landing,
+                                      bool stopped) {
   const Section* images = FindSection(landing, "criu");
   if (images == nullptr) return InvalidError("landing has no criu section");
   const std::string work = fs::path(images->path).parent_path().string() + "/work";
   ReleasePrefaulted(spec.name);  // the restore allocates next
-  KMX_RETURN_IF_ERROR(runtime_.RestoreTask(spec.name, {images->path, work}));
+  RestoreRequest req{images->path, work};
+  req.leave_stopped = stopped;
+  KMX_RETURN_IF_ERROR(runtime_.RestoreTask(spec.name, req));
   auto info = runtime_.Inspect(spec.name);
   if (!info.ok()) return info.status().Annotate("inspect after restore");
   if (info->state != TaskState::kRunning) {

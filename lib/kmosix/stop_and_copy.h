@@ -1,7 +1,7 @@
 // Stop-and-copy CheckpointEngine over a ContainerRuntime (containerd/runc +
 // CRIU): pause the task, dump it with CRIU while it stays paused, ship the
 // CRIU images, the writable layer and the log; restore from the landed images
-// on the target.
+// on the target (for a live migration stopped, resumed at the commit).
 //
 // The dump streams: before it starts, the page images CRIU will write
 // (pages-1.img .. pages-N.img, one per dumped process in dump order) are made
@@ -78,9 +78,17 @@ class StopAndCopyEngine final : public CheckpointEngine {
   StatusOr<Landing> Prepare(const ContainerSpec& spec, const std::string& scratch_dir,
                             uint64_t memory_bytes) override;
   Status Restore(const ContainerSpec& spec, const Landing& landing) override;
+  // The runtime's restore with leave_stopped: CRIU stops every process
+  // (SIGSTOP) before it runs an instruction; Resume is the runtime's
+  // Continue (SIGCONT to all). The workload can see this as a job-control
+  // stop and continue (a SIGCONT handler, a parent's waitpid WCONTINUED),
+  // and a process that was stopped when dumped runs after Resume.
+  Status RestoreStopped(const ContainerSpec& spec, const Landing& landing) override;
+  Status Resume(const std::string& name) override;
   Status Discard(const std::string& name) override;
 
  private:
+  Status RestoreTask(const ContainerSpec& spec, const Landing& landing, bool stopped);
   struct Dump;
   // Removes the dump in flight for `name` (if any) and waits for it to end,
   // unblocking its pipes first when `disarm`.

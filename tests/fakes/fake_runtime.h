@@ -49,11 +49,20 @@ class FakeRuntime : public ContainerRuntime {
     std::lock_guard l(mu_);
     return pages_restored_;
   }
-  // Advances the counter of a running task (a paused one does not move).
+  // Advances the counter of a running task (a paused one, or one restored
+  // stopped and not continued, does not move).
   void Tick(const std::string& name) {
     std::lock_guard l(mu_);
     auto it = containers_.find(name);
-    if (it != containers_.end() && it->second.task == TaskState::kRunning) it->second.counter++;
+    if (it != containers_.end() && it->second.task == TaskState::kRunning && !it->second.stopped)
+      it->second.counter++;
+  }
+  // Whether the task was restored with leave_stopped and not continued since
+  // (Inspect still says running, as containerd does).
+  bool Stopped(const std::string& name) {
+    std::lock_guard l(mu_);
+    auto it = containers_.find(name);
+    return it != containers_.end() && it->second.stopped;
   }
   int64_t Counter(const std::string& name) {
     std::lock_guard l(mu_);
@@ -123,6 +132,7 @@ class FakeRuntime : public ContainerRuntime {
     if (!c) return NotFoundError(name);
     if (c->task != TaskState::kNone) return ConflictError("task exists");
     c->task = TaskState::kRunning;
+    c->stopped = false;
     c->pid = next_pid_++;
     return Status::Ok();
   }
@@ -214,7 +224,17 @@ class FakeRuntime : public ContainerRuntime {
     }
     c->counter = counter;
     c->task = TaskState::kRunning;
+    c->stopped = req.leave_stopped;
     c->pid = next_pid_++;
+    return Status::Ok();
+  }
+  Status Continue(const std::string& name) override {
+    std::lock_guard l(mu_);
+    KMX_RETURN_IF_ERROR(Enter("Continue"));
+    auto* c = Find(name);
+    if (!c) return NotFoundError(name);
+    if (c->task != TaskState::kRunning) return ConflictError("task not running");
+    c->stopped = false;
     return Status::Ok();
   }
 
@@ -226,6 +246,7 @@ class FakeRuntime : public ContainerRuntime {
     int64_t counter;
     std::string layer;
     uint32_t exit_status = 0;  // when task == kStopped
+    bool stopped = false;      // restored with leave_stopped, not continued
   };
   Status Enter(const std::string& method) {
     calls_[method]++;

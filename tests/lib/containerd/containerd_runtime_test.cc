@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <regex>
@@ -352,6 +353,65 @@ TEST_F(ContainerdRuntimeTest, RestoreOnAnotherNodeContinuesCounter) {
   EXPECT_TRUE(WaitFor([&] { return LastTick(tspec.log_path) > m; }, std::chrono::seconds(5)));
   // Target pause/resume still works on the restored task.
   EXPECT_TRUE(dst_rt->Pause(name_).ok());
+  EXPECT_TRUE(dst_rt->Resume(name_).ok());
+  EXPECT_TRUE(dst_rt->Delete(name_).ok());
+}
+
+// Restored with leave_stopped (a live migration's target before its
+// commit): every process stopped, no tick, until Continue; a later dump of
+// the task works (the restore's CRIU configuration file is gone).
+TEST_F(ContainerdRuntimeTest, RestoreLeftStoppedRunsOnlyAfterContinue) {
+  RequireCriu();
+  std::string err;
+  PrivateContainerd* dst = Nodes::Get().Node("dst", &err);
+  ASSERT_NE(dst, nullptr) << err;
+  auto dst_rt = dst->NewRuntime();
+
+  ContainerSpec spec = Spec(name_);
+  ASSERT_NO_FATAL_FAILURE(StartCounter(spec, 5));
+  ASSERT_TRUE(rt_->Pause(name_).ok());
+  long n = LastTick(spec.log_path);
+  auto [images, work] = CheckpointDirs("stopped");
+  Status s = rt_->CheckpointTask(name_, {images, work, true});
+  ASSERT_TRUE(s.ok()) << s.ToString();
+
+  ContainerSpec tspec = spec;
+  tspec.log_path = dst->dir() + "/" + name_ + ".log";
+  ASSERT_TRUE(dst_rt->CreateContainer(tspec).ok());
+  auto src_layer = rt_->WritableLayerDir(name_);
+  auto dst_layer = dst_rt->WritableLayerDir(name_);
+  ASSERT_TRUE(src_layer.ok() && dst_layer.ok());
+  ASSERT_EQ(RunCommand("cp -a " + *src_layer + "/. " + *dst_layer + "/"), 0);
+  std::string rwork = dst->dir() + "/restore-stopped-work";
+  mkdir(rwork.c_str(), 0700);
+  RestoreRequest req{images, rwork};
+  req.leave_stopped = true;
+  s = dst_rt->RestoreTask(name_, req);
+  ASSERT_TRUE(s.ok()) << s.ToString() << "\n"
+                      << ReadFile(rwork + "/restore.log").substr(0, 6000) << "\n"
+                      << dst->DaemonLogTail();
+  EXPECT_FALSE(std::filesystem::exists(rwork + "/kmosix-restore.conf"))
+      << "the CRIU configuration file outlived the restore";
+  auto info = dst_rt->Inspect(name_);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, TaskState::kRunning);  // containerd's view: stopped is running
+  const std::string status = ReadFile("/proc/" + std::to_string(info->pid) + "/status");
+  EXPECT_NE(status.find("State:\tT (stopped)"), std::string::npos) << status.substr(0, 300);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // 15 ticks if it ran
+  EXPECT_EQ(LastTick(tspec.log_path), 0) << "the stopped copy ticked: " << ReadFile(tspec.log_path);
+
+  s = dst_rt->Continue(name_);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(WaitFor([&] { return LastTick(tspec.log_path) >= n + 3; }, std::chrono::seconds(10)))
+      << "target log: " << ReadFile(tspec.log_path);
+  EXPECT_EQ(FirstTick(tspec.log_path), n + 1) << "restored counter continues where it stopped";
+  EXPECT_TRUE(rt_->Delete(name_).ok());
+
+  // The restored task migrates on: pause and dump it again.
+  ASSERT_TRUE(dst_rt->Pause(name_).ok());
+  auto [images2, work2] = CheckpointDirs("stopped-again");
+  s = dst_rt->CheckpointTask(name_, {images2, work2, true});
+  EXPECT_TRUE(s.ok()) << s.ToString() << "\n" << ReadFile(work2 + "/dump.log").substr(0, 4000);
   EXPECT_TRUE(dst_rt->Resume(name_).ok());
   EXPECT_TRUE(dst_rt->Delete(name_).ok());
 }

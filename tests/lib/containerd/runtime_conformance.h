@@ -175,7 +175,23 @@ TEST_P(RuntimeConformance, UnknownContainerIsNotFound) {
   EXPECT_EQ(rt_->StartTask(n).code(), Code::kNotFound);
   EXPECT_EQ(rt_->Pause(n).code(), Code::kNotFound);
   EXPECT_EQ(rt_->Resume(n).code(), Code::kNotFound);
+  EXPECT_EQ(rt_->Continue(n).code(), Code::kNotFound);
   EXPECT_EQ(rt_->WritableLayerDir(n).status().code(), Code::kNotFound);
+}
+
+// Continue (SIGCONT to all) is for a running task; running processes
+// ignore it.
+TEST_P(RuntimeConformance, ContinueNeedsARunningTask) {
+  std::string n = UniqueName("continue");
+  ASSERT_TRUE(Create(n));
+  EXPECT_EQ(rt_->Continue(n).code(), Code::kConflict) << "no task yet";
+  ASSERT_TRUE(rt_->StartTask(n).ok());
+  Status s = rt_->Continue(n);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(StateOf(n), TaskState::kRunning);
+  ASSERT_TRUE(rt_->Pause(n).ok());
+  EXPECT_EQ(rt_->Continue(n).code(), Code::kConflict) << "continue a paused task";
+  ASSERT_TRUE(rt_->Resume(n).ok());
 }
 
 TEST_P(RuntimeConformance, UnknownImageIsNotFound) {

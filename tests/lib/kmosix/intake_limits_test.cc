@@ -162,6 +162,10 @@ class DeclaringEngine final : public CheckpointEngine {
   Status Restore(const ContainerSpec& spec, const Landing& landing) override {
     return inner_.Restore(spec, landing);
   }
+  Status RestoreStopped(const ContainerSpec& spec, const Landing& landing) override {
+    return inner_.RestoreStopped(spec, landing);
+  }
+  Status Resume(const std::string& name) override { return inner_.Resume(name); }
   Status Discard(const std::string& name) override { return inner_.Discard(name); }
 
   StreamLimits declared;

@@ -23,6 +23,7 @@
 #include <future>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +31,7 @@
 #include "cluster.h"  // the demo's log format: ParseDemoLog, CheckConsecutive
 #include "containerd/containerd_runtime.h"
 #include "kmosix/clock.h"
+#include "kmosix/migration_target.h"
 #include "kmosix/stop_and_copy.h"
 #include "kmosix/transfer_stream.h"
 #include "private_containerd.h"
@@ -424,6 +426,163 @@ TEST_F(StopAndCopyIntegrationTest, ThawBeforeAnyReadEndsTheDump) {
   EXPECT_TRUE(capture->streamed_dump_error().ok()) << "no reader was told anything";
   EXPECT_FALSE(fs::exists(src_scratch_ + "/criu/inventory.img")) << "the dump ran to its end";
   ASSERT_NO_FATAL_FAILURE(ExpectContinued(spec_.log_path, frozen_tick, passes));
+}
+
+// The target side of a live migration (IncomingMigrations over the "dst"
+// engine) with the demo appending one line per tick to /journal in its
+// writable layer: what the target's copy does between its restore and the
+// verdict.
+class TargetCopyIntegrationTest : public StopAndCopyIntegrationTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StopAndCopyIntegrationTest::SetUp());
+    if (IsSkipped()) return;
+    spec_.args.insert(spec_.args.end(), {"--append-file", "/journal"});
+    const std::string base = daemon_->dir() + "/" + name_;
+    fs::create_directories(base + "/logs-dst");
+    IncomingMigrations::Options options;
+    options.node = "dst";
+    options.scratch_dir = base + "/scratch-dst";
+    options.log_dir = base + "/logs-dst";
+    target_ = std::make_unique<IncomingMigrations>(*dst_, *dst_rt_, clock_, options,
+                                                   IncomingMigrations::Hooks{});
+    target_log_ = options.log_dir + "/" + name_ + ".log";
+  }
+
+  // Freezes the source, streams it into migration m1 of the target and has
+  // the target restore it; *frozen_tick and *passes are the source's last
+  // tick and memory passes when frozen.
+  void MigrateUntilRestored(uint64_t* frozen_tick, int64_t* passes) {
+    ASSERT_NO_FATAL_FAILURE(StartDemo());
+    MigrationOffer offer;
+    offer.id = "m1";
+    offer.source_node = "src";
+    offer.spec = spec_;
+    offer.memory_bytes = src_->MemoryBytes(spec_.name);
+    Status s = target_->Prepare(offer);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    auto landing = target_->BeginReceive("m1");
+    ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+    auto capture = src_->Freeze(spec_, src_scratch_);
+    ASSERT_TRUE(capture.ok()) << capture.status().ToString();
+    StreamDecoder decoder(*landing);
+    auto encoder = StreamEncoder::Create(capture->sections);
+    ASSERT_TRUE(encoder.ok()) << encoder.status().ToString();
+    uint64_t sent = 0;
+    s = Pump(**encoder, decoder, 0, &sent);
+    ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << Tail(DumpLog());
+    ASSERT_TRUE(decoder.Finish().ok());
+    *frozen_tick = LastTick(spec_.log_path);  // the log went with the capture
+    *passes = LastPasses(spec_.log_path);
+    s = target_->EndReceive("m1", Status::Ok(), TransferStats{sent, 0, 0});
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    auto t0 = std::chrono::steady_clock::now();
+    auto restored = target_->Restore("m1");
+    restore_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+    target_pid_ = restored->pid;
+    ASSERT_GT(target_pid_, 0u);
+  }
+
+  // Processes of the target's task (its freezer cgroup), each with its
+  // /proc state letter.
+  std::vector<std::pair<pid_t, char>> TargetProcesses() {
+    std::vector<std::pair<pid_t, char>> out;
+    std::string cgroup;
+    std::istringstream lines(ReadFile("/proc/" + std::to_string(target_pid_) + "/cgroup"));
+    for (std::string line; std::getline(lines, line);) {
+      const auto at = line.find(":freezer:");
+      if (at != std::string::npos) cgroup = line.substr(at + 9);
+    }
+    if (cgroup.empty()) return out;
+    std::istringstream procs(ReadFile("/sys/fs/cgroup/freezer" + cgroup + "/cgroup.procs"));
+    for (pid_t pid; procs >> pid;) {
+      std::istringstream status(ReadFile("/proc/" + std::to_string(pid) + "/status"));
+      char state = '?';
+      for (std::string line; std::getline(status, line);) {
+        if (line.rfind("State:", 0) == 0 && line.size() > 7)
+          state = line[line.find_first_not_of(" \t", 6)];
+      }
+      out.emplace_back(pid, state);
+    }
+    return out;
+  }
+  std::string StatesOf(const std::vector<std::pair<pid_t, char>>& procs) {
+    std::string s;
+    for (const auto& [pid, state] : procs) s += std::to_string(pid) + ":" + state + " ";
+    return s;
+  }
+
+  // Lines of the workload's /journal in a node's copy of its writable layer.
+  int64_t JournalLines(ContainerRuntime& rt) {
+    auto layer = rt.WritableLayerDir(name_);
+    if (!layer.ok()) return -1;
+    const std::string text = ReadFile(*layer + "/journal");
+    return std::count(text.begin(), text.end(), '\n');
+  }
+
+  // While the verdict is held: the target's copy has not run. Its log has
+  // no tick past the source's last, its journal no line past the source's,
+  // and every one of its processes is stopped (the hold lasts 1.5 s, 15
+  // ticks of the demo, so a copy that runs has ticked by then).
+  void ExpectTargetNeverRan(uint64_t frozen_tick) {
+    const int64_t source_lines = JournalLines(*src_rt_);
+    ASSERT_GT(source_lines, 0) << "the demo wrote no journal";
+    std::this_thread::sleep_for(milliseconds(1500));
+    EXPECT_EQ(LastTick(target_log_), frozen_tick) << "the target's copy ran before the verdict";
+    EXPECT_EQ(JournalLines(*dst_rt_), source_lines)
+        << "the target's copy appended to its journal before the verdict";
+    auto procs = TargetProcesses();
+    ASSERT_FALSE(procs.empty()) << "no process of the target's task";
+    for (const auto& [pid, state] : procs) {
+      EXPECT_EQ(state, 'T') << "process " << pid << " of the uncommitted copy is not stopped ("
+                            << StatesOf(procs) << ")";
+    }
+    EXPECT_EQ(TaskStateName(State(*src_rt_)), TaskStateName(TaskState::kPaused));
+  }
+
+  std::unique_ptr<IncomingMigrations> target_;
+  std::string target_log_;
+  uint32_t target_pid_ = 0;
+  double restore_seconds_ = 0;
+};
+
+TEST_F(TargetCopyIntegrationTest, RestoredCopyWaitsForTheCommitThenContinues) {
+  uint64_t frozen_tick = 0;
+  int64_t passes = 0;
+  ASSERT_NO_FATAL_FAILURE(MigrateUntilRestored(&frozen_tick, &passes));
+  ASSERT_NO_FATAL_FAILURE(ExpectTargetNeverRan(frozen_tick));
+
+  auto committed = target_->Commit("m1");
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(*committed, TargetPhase::kCommitted);
+  Status s = src_->Release(name_);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(target_log_, frozen_tick, passes));
+  for (const auto& [pid, state] : TargetProcesses()) {
+    EXPECT_NE(state, 'T') << "process " << pid << " still stopped after the commit";
+  }
+  EXPECT_GT(JournalLines(*dst_rt_), static_cast<int64_t>(frozen_tick));
+  std::cout << "[ figures  ] target restore " << restore_seconds_ << " s\n";
+}
+
+TEST_F(TargetCopyIntegrationTest, AbortedCopyNeverRanAndTheSourceContinues) {
+  uint64_t frozen_tick = 0;
+  int64_t passes = 0;
+  ASSERT_NO_FATAL_FAILURE(MigrateUntilRestored(&frozen_tick, &passes));
+  ASSERT_NO_FATAL_FAILURE(ExpectTargetNeverRan(frozen_tick));
+  const int64_t source_lines = JournalLines(*src_rt_);
+
+  auto aborted = target_->Abort("m1");
+  ASSERT_TRUE(aborted.ok()) << aborted.status().ToString();
+  EXPECT_EQ(*aborted, TargetPhase::kAborted);
+  EXPECT_EQ(dst_rt_->Inspect(name_).status().code(), Code::kNotFound) << "the copy is still there";
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(target_pid_))) << "its process is alive";
+
+  ASSERT_NO_FATAL_FAILURE(ThawBounded());
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(spec_.log_path, frozen_tick, passes));
+  // The source's journal goes on from where it was frozen: one line per tick.
+  EXPECT_GT(JournalLines(*src_rt_), source_lines);
 }
 
 }  // namespace
