@@ -395,10 +395,21 @@ Status Bridge::ReconcileWorkload(const std::string& ns, const std::string& name)
     const std::string node = in.view->workload.status.node;
     const std::string phase(api::WorkloadPhaseName(in.view->workload.status.phase));
     const std::string was = old.value("node", "");
-    if (!node.empty() && was != node)
+    // A node-loss recovery the object's status has not shown yet.
+    const auto& recovery = in.view->workload.status.recovery;
+    int64_t old_count = 0;
+    if (const auto r = old.find("recovery"); r != old.end() && r->is_object()) {
+      if (const auto c = r->find("count"); c != r->end() && c->is_number_integer())
+        old_count = c->get<int64_t>();
+    }
+    const bool recovered = recovery && recovery->count > old_count;
+    if (recovered) {
+      events.push_back({res, *object, "Warning", "Recovered", in.view->workload.status.message});
+    } else if (!node.empty() && was != node) {
       events.push_back(
           {res, *object, "Normal", was.empty() ? "Placed" : "Moved",
            was.empty() ? "placed on " + node : "now runs on " + node + " (was " + was + ")"});
+    }
     if (old.value("phase", "") != phase && (phase == "Failed" || phase == "Lost"))
       events.push_back({res, *object, "Warning", phase, in.view->workload.status.message});
   }

@@ -78,6 +78,7 @@ class BridgeTest : public ControllerTest {
     ControllerOptions o = Options(id);
     o.balance = false;
     o.order_timeout = std::chrono::seconds(60);
+    o.node_loss_restart_delay = std::chrono::milliseconds(300);
     return o;
   }
 
@@ -253,6 +254,46 @@ TEST_F(BridgeTest, AppliedWorkloadRunsAndItsStatusFollows) {
   // Resyncs (every 200 ms here) reconcile every key again without writing.
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
   EXPECT_EQ(counting_.StatusWrites(), writes);
+}
+
+// Issue 13, node loss: spec.restartPolicy reaches the workload; a recovery
+// shows in status.recovery with one Recovered event.
+TEST_F(BridgeTest, ARestartPolicyReachesTheWorkloadAndARecoveryShowsInStatus) {
+  int64_t lease1 = PublishNode("node1", 0.0);
+  PublishNode("node2", 0.5);
+  Controller& c = StartReplica("c1");
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader(); }));
+  json object = Workload("counter", "node1");
+  object["spec"]["restartPolicy"] = "FromImage";
+  Apply(kMW, "default", object);
+  const std::string wname = WorkloadNameFor("default", "counter");
+  RunWhenScheduled(wname);
+  auto rec = ControllerTest::Workload(wname);
+  ASSERT_TRUE(rec);
+  EXPECT_EQ(rec->spec.restart_policy, api::RestartPolicy::kFromImage);
+  ASSERT_TRUE(
+      Eventually([&] { return StatusField(kMW, "default", "counter", "phase") == "Running"; }));
+
+  ASSERT_TRUE(store_.RevokeLease(lease1).ok());  // node1 lost
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto w = ControllerTest::Workload(wname);
+        return w && w->status.node == "node2";
+      },
+      std::chrono::seconds(15)));
+  MarkRunning(wname, clock_.WallMillis());
+  ASSERT_TRUE(Eventually([&] {
+    return StatusField(kMW, "default", "counter", "node") == "node2" &&
+           StatusField(kMW, "default", "counter", "phase") == "Running";
+  }));
+  auto o = Object(kMW, "default", "counter");
+  ASSERT_TRUE(o);
+  const json& recovery = (*o)["status"]["recovery"];
+  EXPECT_EQ(recovery["policy"], "FromImage");
+  EXPECT_EQ(recovery["lostNode"], "node1");
+  EXPECT_EQ(recovery["count"], 1);
+  EXPECT_TRUE(Eventually([&] { return EventsWithReason("Recovered") == 1; }));
+  EXPECT_EQ(EventsWithReason("Moved"), 0u) << "a recovery is not announced as a move";
 }
 
 TEST_F(BridgeTest, SameNameInTwoNamespacesIsTwoWorkloads) {
