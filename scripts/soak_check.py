@@ -41,7 +41,7 @@ What counts:
          running, on the record's node), whose counter restarted without a node
          loss recorded in status.recovery, or whose memory check failed, counted
          once per workload
-  leaked containers, active snapshots, tasks, scratch files, agent records and
+  leaked containers, active snapshots, tasks, scratch dirs, agent records and
          unfinished journals on nodes that do not own the workload, etcd records
          of unknown workloads or unfinished migrations, counted one per item
 """
@@ -292,8 +292,11 @@ def check(run_dir, out=print):
         for s in n.get("snapshots", []):
             if s.get("kind") != "Committed" and s.get("key") not in containers:
                 leak(f"snapshot {s.get('key')} ({s.get('kind')}) on {node} with no container")
-        for f in n.get("scratch", []):
-            leak(f"scratch file {f} on {node}")
+        tops = {}
+        for f in n.get("scratch", []):  # one leak per migration's scratch dir
+            tops.setdefault(f.split("/", 1)[0], []).append(f)
+        for top, fs in sorted(tops.items()):
+            leak(f"scratch {top} on {node} ({len(fs)} file(s), e.g. {fs[0]})")
         for wl in n.get("agent_workloads", []):
             if owner.get(wl) != node:
                 leak(f"agent on {node} still has workload {wl} (owner: {owner.get(wl)})")
@@ -439,8 +442,8 @@ def self_test():
     case("leftover snapshot", {"lost": 0, "twice": 0, "leaked": 1}, leftover_snapshot)
 
     def leftover_scratch(l, s, f):
-        f["nodes"]["node2"]["scratch"] = ["in/m-2/pages-1.img"]
-    case("leftover scratch file", {"lost": 0, "twice": 0, "leaked": 1}, leftover_scratch)
+        f["nodes"]["node2"]["scratch"] = ["in-m-2/criu/pages-1.img", "in-m-2/criu/core-1.img"]
+    case("leftover scratch dir (two files)", {"lost": 0, "twice": 0, "leaked": 1}, leftover_scratch)
 
     def leftover_etcd(l, s, f):
         f["etcd"]["/kmosix/migrations/m-2"] = {"phase": "Committing"}
