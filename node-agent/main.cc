@@ -16,6 +16,8 @@
 #include "access.h"
 #include "agent.h"
 #include "auth/tokens.h"
+#include "checkpoint_keeper.h"
+#include "checkpointer.h"
 #include "cluster_link.h"
 #include "containerd/containerd_runtime.h"
 #include "containerd/workload_network.h"
@@ -264,6 +266,17 @@ int main(int argc, char** argv) {
                  "streams the data channel serves at once (more are refused busy)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
+  // restartPolicy FromCheckpoint (issue 13): this node keeps other nodes'
+  // periodic checkpoints and takes its own workloads' (cluster mode).
+  std::string checkpoint_dir;
+  uint64_t checkpoint_max_mib = 0;
+  app.add_option("--checkpoint-dir", checkpoint_dir,
+                 "where this node keeps the latest periodic checkpoint of workloads other nodes "
+                 "own (restartPolicy FromCheckpoint; default <state-dir>/checkpoints; made 0700)");
+  app.add_option("--checkpoint-max-mib", checkpoint_max_mib,
+                 "largest checkpoint this node keeps for another, MiB (0: no ceiling but the "
+                 "free space of --checkpoint-dir, of which 256 MiB are always left)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   opts.intake.prefault_budget_bytes = prefault_budget_mib << 20;
   opts.intake.retry_after = std::chrono::seconds(retry_after);
@@ -420,6 +433,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<kmosix::EtcdStateStore> store;
   std::unique_ptr<kmosix::agent::LoadSampler> sampler;
   std::unique_ptr<kmosix::agent::ClusterLink> link;
+  std::unique_ptr<kmosix::CheckpointStore> checkpoint_store;
+  std::unique_ptr<kmosix::agent::CheckpointKeeper> keeper;
   if (!etcd.empty()) {
     auto etcd_flags = kmosix::EtcdConfigFromFlags(etcd, etcd_ca, etcd_cert, etcd_key);
     if (!etcd_flags.ok()) {
@@ -467,6 +482,24 @@ int main(int argc, char** argv) {
     lo.speed = speed;
     lo.heartbeat = std::chrono::milliseconds(static_cast<int64_t>(heartbeat * 1000));
     lo.not_ready_reason = [&criu_readiness] { return criu_readiness.NotReadyReason(); };
+    checkpoint_store = std::make_unique<kmosix::CheckpointStore>(
+        checkpoint_dir.empty() ? opts.state_dir + "/checkpoints" : checkpoint_dir);
+    if (auto s = checkpoint_store->Open(); !s.ok()) {
+      spdlog::critical("--checkpoint-dir: {}", s.ToString());
+      return 2;
+    }
+    kmosix::agent::CheckpointKeeperOptions ko;
+    ko.node = opts.node;
+    ko.keys = lo.keys;
+    ko.scratch_dir = opts.scratch_dir + "/restores";
+    ko.authenticated_peers = !insecure;
+    ko.max_bytes = checkpoint_max_mib << 20;
+    keeper = std::make_unique<kmosix::agent::CheckpointKeeper>(ko, *checkpoint_store, *store,
+                                                               stop_and_copy, clock);
+    lo.start_from_checkpoint = [&keeper, &agent](const kmosix::api::Workload& rec,
+                                                 std::string* note) {
+      return keeper->StartFromCheckpoint(agent, rec, note);
+    };
     link = std::make_unique<kmosix::agent::ClusterLink>(lo, agent, *store, *sampler, clock, random);
     agent.SetClusterHooks(link->Hooks());
   }
@@ -486,7 +519,18 @@ int main(int argc, char** argv) {
   kmosix::agent::RegisterApiRoutes(server, agent, metrics);
   auto http_stats = std::make_shared<kmosix::ListenerStats>();
   kmosix::ApplyListenerLimits(server, http_limits, http_stats);
-  kmosix::agent::AccessControl access(tokens.get(), link.get());
+  std::unique_ptr<kmosix::agent::CheckpointPeerAuthorizer> peer_authorizer;
+  kmosix::agent::PeerAuthorizer* peers = link.get();
+  std::unique_ptr<kmosix::agent::CheckpointRouter> router;
+  kmosix::MigrationTarget* target = &agent.Target();
+  if (keeper) {  // checkpoint ids go to the keeper, the rest to migrations
+    peer_authorizer =
+        std::make_unique<kmosix::agent::CheckpointPeerAuthorizer>(link.get(), *keeper);
+    peers = peer_authorizer.get();
+    router = std::make_unique<kmosix::agent::CheckpointRouter>(agent.Target(), *keeper);
+    target = router.get();
+  }
+  kmosix::agent::AccessControl access(tokens.get(), peers);
   if (tls_creds) {
     kmosix::agent::InstallAccess(
         server, access,
@@ -500,14 +544,14 @@ int main(int argc, char** argv) {
     // from the node etcd names as the migration's source (standalone: any
     // node of the CA), asked before a byte reaches the target.
     data_opts.tls = tls_creds.get();
-    data_opts.authorize = [&link](const kmosix::tls::Identity& peer, const std::string& id) {
+    data_opts.authorize = [peers](const kmosix::tls::Identity& peer, const std::string& id) {
       if (!peer.In(kmosix::tls::kGroupNodes))
         return kmosix::PermissionDeniedError("\"" + peer.name + "\" is not a node certificate");
-      return link ? link->AllowPeer(peer.name, id) : kmosix::Status::Ok();
+      return peers ? peers->AllowPeer(peer.name, id) : kmosix::Status::Ok();
     };
     data_opts.on_denied = [&metrics](const std::string& reason) { metrics.Denied("data", reason); };
   }
-  kmosix::DataServer data_server(agent.Target(), clock, data_opts);
+  kmosix::DataServer data_server(*target, clock, data_opts);
   metrics.SetIntakeSources({[&agent] { return agent.Intake().Snapshot(); }, opts.intake, http_stats,
                             data_opts.max_connections,
                             [&data_server] { return data_server.active_connections(); },
@@ -523,7 +567,7 @@ int main(int argc, char** argv) {
   kmosix::PeerServerOptions peer_options;
   peer_options.clock = &clock;
   peer_options.data_port = data_port;
-  kmosix::RegisterPeerRoutes(server, agent.Target(), peer_options);
+  kmosix::RegisterPeerRoutes(server, *target, peer_options);
   if (enable_failpoints) {
     spdlog::warn("failpoints enabled: this agent accepts fault injection");
     kmosix::agent::RegisterFailpointRoutes(server, failpoints);
@@ -546,12 +590,34 @@ int main(int argc, char** argv) {
     server.stop();
   });
   if (link) link->Start();
+  std::unique_ptr<kmosix::agent::CheckpointMetrics> checkpoint_metrics;
+  std::unique_ptr<kmosix::agent::Checkpointer> checkpointer;
+  if (link && keeper) {
+    checkpoint_metrics = std::make_unique<kmosix::agent::CheckpointMetrics>(metrics.Registry());
+    kmosix::agent::CheckpointerOptions co;
+    co.node = opts.node;
+    co.url = opts.advertise_url;
+    co.keys.prefix = etcd_prefix;
+    co.scratch_dir = opts.scratch_dir + "/checkpoints";
+    co.fenced = [&link] { return link->Fenced(); };
+    checkpointer = std::make_unique<kmosix::agent::Checkpointer>(
+        co, agent, runtime, transport, *store, clock, random, checkpoint_metrics.get());
+    auto last_collect = std::make_shared<kmosix::Clock::TimePoint>(clock.Now());
+    checkpointer->Start([&keeper, &clock, last_collect] {
+      keeper->ExpireIdle();
+      if (clock.Now() - *last_collect >= std::chrono::seconds(30)) {
+        *last_collect = clock.Now();
+        keeper->Collect();
+      }
+    });
+  }
   spdlog::info("agent {} serving on {} (advertised as {}), data channel on port {}{}", opts.node,
                listen, opts.advertise_url, data_port,
                link ? ", cluster at " + etcd + " under " + etcd_prefix : ", standalone");
   server.listen_after_bind();
   g_stop = true;
   upkeep.join();
+  if (checkpointer) checkpointer->Stop();
   if (link) link->Stop();
   data_server.Stop();
   spdlog::info("agent {} stopped", opts.node);
