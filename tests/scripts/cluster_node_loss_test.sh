@@ -56,7 +56,7 @@ cleanup() {
   for c in /sys/fs/cgroup/freezer/$cg; do
     [ -d "$c" ] && find "$c" -name freezer.state | while read -r f; do echo THAWED >"$f"; done
   done
-  for p in "${all[@]}" "${bystander:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done
+  for p in "${all[@]}" "${bystander:-}" "${client:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done
   sleep 0.2
   for c in /sys/fs/cgroup/*/$cg; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
   ip netns del "$ns" 2>/dev/null
@@ -94,8 +94,14 @@ spawn_in_ns() { # file -> starts a sleeper in the node's netns, records it
 }
 agent=$(spawn_in_ns "$STATE/node$N/agent.pid")
 ctd=$(spawn_in_ns "$STATE/node$N/containerd.pid")
-python3 -c 'import time; time.sleep(1000)' shim -address "$sock" </dev/null >/dev/null 2>&1 &
+# (a shim's comm is containerd-shim...: python3 under that name)
+# (the interpreter itself: a pyenv shim would dispatch on the name)
+ln -s "$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')" "$tmp/containerd-shim-runc-v2"
+"$tmp/containerd-shim-runc-v2" -c 'import time; time.sleep(1000)' -address "$sock" </dev/null >/dev/null 2>&1 &
 shim=$!
+# a client of the node's containerd (ctr -a <sock>, a test's sampler) is no part of the node
+python3 -c 'import time; time.sleep(1000)' ctr -a "$sock" </dev/null >/dev/null 2>&1 &
+client=$!
 setsid nsenter --net="/run/netns/$ns" -- sleep 1000 </dev/null >/dev/null 2>&1 &
 other=$!
 # Workloads: processes in the node's cgroups; w2 frozen (paused).
@@ -124,6 +130,7 @@ for i in "${!all[@]}"; do
     fail "kill-node: ${names[$i]} (${all[$i]}) still runs"
 done
 dead "$bystander" && fail "kill-node killed a process outside the node" || pass "a process outside the node lives"
+dead "$client" && fail "kill-node killed a client of the node's containerd" || pass "a client of the node's containerd lives"
 left=$(find /sys/fs/cgroup/*/$cg -name cgroup.procs -exec cat {} + 2>/dev/null)
 [ -z "$left" ] && pass "the node's cgroups are empty" || fail "processes left in the node's cgroups: $left"
 frozen=$(grep -l FROZEN $(find "/sys/fs/cgroup/freezer/$cg" -name freezer.state) 2>/dev/null)
