@@ -79,17 +79,21 @@ std::optional<NodeLossDecision> NodeLossNotDue(const NodeLossInput& in) {
   if (st.phase != WorkloadPhase::kLost || st.node.empty()) return none("not Lost");
   if (spec.restart_policy == RestartPolicy::kNever) return none("restartPolicy Never");
   if (!st.migration.empty()) return none("a migration of it is being resolved");
-  if (in.lost_node_ready) return none("node " + st.node + " is back; it keeps the workload");
-  // When the node went NotReady, as the leader recorded it (members/<node>):
-  // durable, so a new leader counts from the same moment.
-  if (!in.member || in.member->ready)
-    return wait("node " + st.node + "'s NotReady is not recorded yet", kLookAgain);
-  const int64_t lost_ms = in.member->changed_ms;
-  const int64_t due_ms = lost_ms + Millis(in.restart_delay);
-  if (in.now_ms < due_ms)
-    return wait("node " + st.node + " NotReady for " + SecondsText(in.now_ms - lost_ms) +
-                    "; restart after " + SecondsText(Millis(in.restart_delay)),
+  if (in.lost_node_ready && in.lost_node_runs_it)
+    return none("node " + st.node + " is back and runs it");
+  // When the node went NotReady (or Ready again), as the leader recorded it
+  // (members/<node>): durable, so a new leader counts from the same moment.
+  if (!in.member || in.member->ready != in.lost_node_ready)
+    return wait("node " + st.node + "'s readiness is not recorded yet", kLookAgain);
+  const int64_t since_ms = in.member->changed_ms;
+  const int64_t due_ms = since_ms + Millis(in.restart_delay);
+  if (in.now_ms < due_ms) {
+    const std::string state =
+        in.lost_node_ready ? " Ready again without it for " : " NotReady for ";
+    return wait("node " + st.node + state + SecondsText(in.now_ms - since_ms) + "; restart after " +
+                    SecondsText(Millis(in.restart_delay)),
                 std::chrono::milliseconds(due_ms - in.now_ms));
+  }
   return std::nullopt;
 }
 
@@ -97,7 +101,9 @@ NodeLossDecision DecideNodeLoss(const NodeLossInput& in, Random& random) {
   if (auto not_due = NodeLossNotDue(in)) return *not_due;
   const api::WorkloadSpec& spec = in.workload.spec;
   const api::WorkloadStatus& st = in.workload.status;
-  const int64_t lost_ms = in.member->changed_ms;  // NodeLossNotDue: recorded NotReady
+  // NodeLossNotDue: the recorded NotReady time (or, for a node back without
+  // it, when it came back: the loss time is gone with the record).
+  const int64_t lost_ms = in.member->changed_ms;
   NodeLossDecision d;
 
   // Never the lost node, whatever the snapshot says of it.
@@ -114,7 +120,10 @@ NodeLossDecision DecideNodeLoss(const NodeLossInput& in, Random& random) {
   d.recovery.restarted_ms = in.now_ms;
   d.recovery.count = (st.recovery ? st.recovery->count : 0) + 1;
   const std::string lost_text =
-      "node " + st.node + " was lost (NotReady " + SecondsText(in.now_ms - lost_ms) + ")";
+      in.lost_node_ready
+          ? "node " + st.node + " came back without it (Ready " + SecondsText(in.now_ms - lost_ms) +
+                ")"
+          : "node " + st.node + " was lost (NotReady " + SecondsText(in.now_ms - lost_ms) + ")";
 
   std::string fallback;  // FromCheckpoint without a usable checkpoint: why
   if (spec.restart_policy == RestartPolicy::kFromCheckpoint) {
@@ -191,6 +200,7 @@ Status Controller::RestartLost(const api::Workload& w, const cluster::LeaderTerm
   in.workload = w;
   in.member = CachedMember(w.status.node);
   in.lost_node_ready = NodeReady(w.status.node);
+  if (auto n = CachedNode(w.status.node)) in.lost_node_runs_it = n->workloads.count(name) > 0;
   in.now_ms = clock_.WallMillis();
   in.restart_delay = options_.node_loss_restart_delay;
   in.policy = options_.policy;

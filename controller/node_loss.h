@@ -5,6 +5,9 @@
 //   FromImage       once the node has been NotReady for the restart delay,
 //                   it is placed again (Scheduled) on another ready node,
 //                   chosen by the placement policy, and starts from its image.
+//                   A node back before the delay keeps it if it reports it
+//                   running; one Ready again for the delay without it
+//                   (rebooted empty) loses it the same way.
 //   FromCheckpoint  the same, but on the keeper of its latest checkpoint
 //                   (checkpoints/<name>) with status.restoreCheckpoint set, so
 //                   the keeper restores it; when there is no usable checkpoint
@@ -59,6 +62,7 @@ struct NodeLossInput {
   api::Workload workload;                           // as cached; phase kLost
   std::optional<api::NodeMember> member;            // members/<status.node>
   bool lost_node_ready = false;                     // its agent holds its lease again
+  bool lost_node_runs_it = false;                   // ... and reports it running
   std::optional<api::CheckpointRecord> checkpoint;  // checkpoints/<name>, if any
   ClusterSnapshot snapshot;                         // Controller::Snapshot(spec.image)
   PolicyConfig policy;                              // placement margins

@@ -88,8 +88,10 @@ struct Recovery {
   // FromCheckpoint workload with no usable checkpoint is recovered
   // kFromImage, and `message` of its status says why).
   RestartPolicy policy = RestartPolicy::kFromImage;
-  std::string lost_node;            // the node it was lost with
-  int64_t lost_ms = 0;              // when that node went NotReady (members/<node> changedMs)
+  std::string lost_node;  // the node it was lost with
+  // When that node went NotReady (members/<node> changedMs); for a node that
+  // came back without it, when it came back.
+  int64_t lost_ms = 0;
   int64_t restarted_ms = 0;         // when the controller placed it again
   std::string checkpoint;           // the checkpoint id restored from ("" = from the image)
   int64_t checkpoint_taken_ms = 0;  // when that checkpoint was taken (0: none)

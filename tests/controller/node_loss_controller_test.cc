@@ -222,5 +222,28 @@ TEST_F(NodeLossControllerTest, ANodeBackBeforeTheDelayKeepsItsWorkload) {
   EXPECT_FALSE(w->status.recovery);
 }
 
+TEST_F(NodeLossControllerTest, ANodeBackWithoutItLosesItAfterTheDelay) {
+  int64_t lease1 = PublishNode("n1", 0.0);
+  PublishNode("n2", 0.2);
+  ControllerOptions o = NodeLossOptions("c1");
+  o.node_loss_restart_delay = std::chrono::seconds(1);
+  Controller& c = StartController(o);
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  RunOnN1(c, {{"restartPolicy", "FromImage"}});
+  const int64_t epoch = Workload("w1")->status.epoch;
+  ASSERT_TRUE(store_.RevokeLease(lease1).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Workload("w1");
+    return w && w->status.phase == WorkloadPhase::kLost;
+  }));
+  PublishNode("n1", 0.0);  // rebooted empty: its agent is back without it
+  ASSERT_TRUE(Eventually([&] { return PlacedAwayFromN1(); }, std::chrono::seconds(15)));
+  auto w = Workload("w1");
+  EXPECT_EQ(w->status.node, "n2");
+  EXPECT_EQ(w->status.epoch, epoch + 1);
+  ASSERT_TRUE(w->status.recovery);
+  EXPECT_EQ(w->status.recovery->count, 1);
+}
+
 }  // namespace
 }  // namespace kmosix::controller

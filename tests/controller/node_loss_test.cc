@@ -179,10 +179,13 @@ TEST(NodeLossTest, NeverANodeBackOrAnUnrecordedLossLeaveItAlone) {
   EXPECT_EQ(DecideNodeLoss(never, random).kind, NodeLossDecision::Kind::kNone);
 
   NodeLossInput back = Lost(RestartPolicy::kFromImage);
-  back.lost_node_ready = true;  // its agent renewed a lease again before the delay
+  back.lost_node_ready = true;  // its agent holds a lease again, before the delay
+  back.lost_node_runs_it = true;
+  back.member = api::NodeMember{"n1", /*ready=*/true, kLostMs + 5'000, false};
+  back.now_ms = kLostMs + 60'000;
   NodeLossDecision d = DecideNodeLoss(back, random);
   EXPECT_EQ(d.kind, NodeLossDecision::Kind::kNone);
-  EXPECT_NE(d.why.find("keeps the workload"), std::string::npos) << d.why;
+  EXPECT_NE(d.why.find("back and runs it"), std::string::npos) << d.why;
 
   NodeLossInput unrecorded = Lost(RestartPolicy::kFromImage);
   unrecorded.member->ready = true;  // the leader has not written NotReady yet
@@ -197,6 +200,31 @@ TEST(NodeLossTest, NeverANodeBackOrAnUnrecordedLossLeaveItAlone) {
   NodeLossInput resolving = Lost(RestartPolicy::kFromImage);
   resolving.workload.status.migration = "m-1";
   EXPECT_EQ(DecideNodeLoss(resolving, random).kind, NodeLossDecision::Kind::kNone);
+}
+
+// A node that comes back empty (rebooted, its state wiped) would leave the
+// workload Lost for ever: once it has been Ready for the delay without it,
+// the workload goes elsewhere like from a lost node.
+TEST(NodeLossTest, ANodeBackWithoutItLosesItAfterTheDelay) {
+  FixedRandom random;
+  NodeLossInput in = Lost(RestartPolicy::kFromImage);
+  in.lost_node_ready = true;
+  in.member = api::NodeMember{"n1", /*ready=*/true, kLostMs + 5'000, false};
+  in.now_ms = kLostMs + 5'000 + 15'000 - 1;
+  NodeLossDecision wait = DecideNodeLoss(in, random);
+  EXPECT_EQ(wait.kind, NodeLossDecision::Kind::kWait) << wait.why;
+  EXPECT_NE(wait.why.find("Ready again without it"), std::string::npos) << wait.why;
+
+  in.now_ms += 1;
+  NodeLossDecision d = DecideNodeLoss(in, random);
+  ASSERT_EQ(d.kind, NodeLossDecision::Kind::kRestart) << d.why;
+  EXPECT_EQ(d.target, "n2") << "not the node that lost it, although it is the emptiest";
+  EXPECT_EQ(d.recovery.lost_ms, kLostMs + 5'000);
+  EXPECT_NE(d.message.find("node n1 came back without it"), std::string::npos) << d.message;
+
+  // Its Ready not recorded yet (the member record still says NotReady).
+  in.member = api::NodeMember{"n1", /*ready=*/false, kLostMs, false};
+  EXPECT_EQ(DecideNodeLoss(in, random).kind, NodeLossDecision::Kind::kWait);
 }
 
 TEST(NodeLossTest, ApplyBumpsTheEpochOnceAndOnlyOnTheRecordDecidedOn) {
