@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "api/validate.h"
+#include "cluster/ownership.h"
 #include "kmosix/json_text.h"
 
 namespace kmosix::agent {
@@ -13,6 +14,7 @@ namespace {
 using MigrationRecord = api::Migration;
 using api::WorkloadPhase;
 using WorkloadRecord = api::Workload;
+namespace ownership = cluster::ownership;
 
 constexpr char kWorkloadKey[] = "w/";
 constexpr char kMigrationKey[] = "m/";
@@ -567,42 +569,31 @@ Status ClusterLink::UpdateMigration(const std::string& id, const MigrationChange
 
 // ---- ledger and oracle -----------------------------------------------------
 
+// The decisions are the ownership protocol's (cluster/ownership.h); the link
+// reads both records, commits the one transaction the decision holds, and
+// reads again when its compares fail.
+namespace {
+ownership::MigrationRef RefOf(const MigrationReport& r) {
+  return {r.id, r.workload, r.source_node, r.target_node};
+}
+}  // namespace
+
+Status ClusterLink::ApplyOwnership(const MigrationReport& r, const OwnershipDecide& decide) {
+  auto done =
+      ownership::Apply(store_, options_.keys, r.workload, r.id, decide, options_.cas_attempts);
+  if (done.ok()) return Status::Ok();
+  // A grant may be on its way (see the file comment); any other store error
+  // is the store's (kRetry when unreachable).
+  return NotGrantedIsRetry(done.status(), options_.keys.Workload(r.workload));
+}
+
 Status ClusterLink::Transfer(const MigrationReport& r) {
-  // The migration record is read in every round and must be unchanged when
-  // the workload record is written: a cancel written in between fails the
-  // CAS, and the next round sees it.
-  const std::string order_key = options_.keys.Migration(r.id);
-  auto change = [&](WorkloadRecord& rec, const std::optional<KeyValue>& order) -> StatusOr<bool> {
-    auto& st = rec.status;
-    if (st.migration != r.id) {
-      return ConflictError("the workload record names migration \"" + st.migration + "\", not " +
-                           r.id);
-    }
-    // Done already: past the commit point (a cancel cannot have been accepted
-    // after it, and refusing now would thaw a source that no longer owns it).
-    if (st.node == r.target_node) return false;
-    if (order) {  // absent: no order to cancel it (e.g. a test or a deleted record)
-      auto m = cluster::ParseRecord<MigrationRecord>(order->value, cluster::MigrationFromJson);
-      if (!m.ok()) return ConflictError("migration record unreadable: " + m.status().message());
-      if (Cancelled(*m)) return ConflictError("migration " + CancelText(*m));
-    }
-    if (st.node != r.source_node) {
-      return ConflictError("the workload is owned by " + st.node + " at epoch " +
-                           std::to_string(st.epoch));
-    }
-    if (st.phase != WorkloadPhase::kRunning && st.phase != WorkloadPhase::kMigrating) {
-      return ConflictError("the workload is " + std::string(api::WorkloadPhaseName(st.phase)));
-    }
-    st.node = r.target_node;
-    ++st.epoch;
-    st.phase = WorkloadPhase::kMigrating;
-    st.pid = r.target_pid;
-    st.started_ms = clock_.WallMillis();
-    return true;
-  };
-  Status s = UpdateWorkloadGuarded(r.workload, order_key, change);
-  if (s.code() == Code::kNotFound) return ConflictError("the workload record was deleted");
-  if (s.code() == Code::kInvalid) return ConflictError(s.message());
+  // Refused once the migration record is cancelled or final: a cancel or a
+  // controller verdict written between the read and the write fails the
+  // transaction's compare, and the re-read refuses.
+  Status s = ApplyOwnership(r, [&](const ownership::Records& rec) {
+    return ownership::Transfer(options_.keys, RefOf(r), r.target_pid, clock_.WallMillis(), rec);
+  });
   if (s.ok()) {
     spdlog::info("migration {}: ownership of {} moved to {}", r.id, r.workload, r.target_node);
   }
@@ -610,33 +601,49 @@ Status ClusterLink::Transfer(const MigrationReport& r) {
 }
 
 Status ClusterLink::Revert(const MigrationReport& r) {
-  Status s = UpdateWorkload(r.workload, [&](WorkloadRecord& rec) -> StatusOr<bool> {
-    auto& st = rec.status;
-    if (st.node == r.source_node) return false;
-    if (st.node != r.target_node || st.migration != r.id) {
-      return ConflictError("the workload is owned by " + st.node + " at epoch " +
-                           std::to_string(st.epoch) + " (migration \"" + st.migration + "\")");
-    }
-    st.node = r.source_node;
-    ++st.epoch;
-    st.pid = 0;
-    return true;
+  Status s = ApplyOwnership(r, [&](const ownership::Records& rec) {
+    return ownership::Revert(options_.keys, RefOf(r), rec);
   });
-  if (s.code() == Code::kNotFound) return Status::Ok();  // deleted: nobody else owns it
-  if (s.code() == Code::kInvalid) return ConflictError(s.message());
-  if (s.ok())
-    spdlog::info("migration {}: ownership of {} is back with {}", r.id, r.workload, r.source_node);
+  if (s.ok()) {
+    spdlog::info("migration {}: ownership of {} is with {}", r.id, r.workload, r.source_node);
+  }
   return s;
 }
 
+StatusOr<OwnershipLedger::InDoubtAnswer> ClusterLink::InDoubt(const MigrationReport& r) {
+  KMX_ASSIGN_OR_RETURN(ownership::Records rec,
+                       ownership::Read(store_, options_.keys, r.workload, r.id));
+  ownership::InDoubtVerdict v = ownership::InDoubt(RefOf(r), rec);
+  if (!rec.workload && v.answer != ownership::InDoubtAnswer::kUndecided) {
+    // Only a cluster that knows this node may say its workload is gone
+    // (under a wrong --etcd-prefix every record looks deleted).
+    KMX_ASSIGN_OR_RETURN(GetResult member, store_.Get(options_.keys.Member(options_.node)));
+    if (!member.kv) {
+      v = {ownership::InDoubtAnswer::kUndecided,
+           "the cluster has no record of the workload nor of this node (wrong --etcd-prefix?)"};
+    }
+  }
+  spdlog::info("migration {} of {}: the target has no answer; the records say {}: {}", r.id,
+               r.workload, ownership::InDoubtAnswerName(v.answer), v.reason);
+  using A = OwnershipLedger::Answer;
+  switch (v.answer) {
+    case ownership::InDoubtAnswer::kCommitted:
+      return InDoubtAnswer{A::kCommitted, v.reason};
+    case ownership::InDoubtAnswer::kNotCommitted:
+      return InDoubtAnswer{A::kNotCommitted, v.reason};
+    case ownership::InDoubtAnswer::kSuperseded:
+      return InDoubtAnswer{A::kSuperseded, v.reason};
+    case ownership::InDoubtAnswer::kUndecided:
+      break;
+  }
+  return InDoubtAnswer{A::kUndecided, v.reason};
+}
+
 StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
-  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(record.offer.spec.name)));
-  if (!got.kv) return false;
-  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
-  if (!rec.ok()) return false;
-  const auto& st = rec->status;
-  return st.node == options_.node &&
-         (st.migration == record.offer.id || Contains(st.migrations, record.offer.id));
+  KMX_ASSIGN_OR_RETURN(
+      ownership::Records rec,
+      ownership::Read(store_, options_.keys, record.offer.spec.name, record.offer.id));
+  return ownership::OwnedHere(options_.node, record.offer.id, rec);
 }
 
 StatusOr<bool> ClusterLink::MayRestart(const std::string& name, int64_t epoch) {

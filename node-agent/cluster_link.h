@@ -108,23 +108,32 @@
 //                       migration runs here; the workload record's ownership
 //                       (moved or not by the ledger) stays the truth.
 //
-// Ownership ledger (OwnershipLedger, for the migration driver):
-//   Transfer: workloads/<name> with status.migration == id and node ==
-//     target: ok; migrations/<id> cancelled (or unreadable): kConflict;
-//     node == source and phase Running/Migrating: CAS node := target,
-//     epoch + 1, phase Migrating, pid := the target's, startedMs := now, in
-//     a transaction that also requires migrations/<id> unchanged since it
-//     was read (so a cancel the controller writes meanwhile fails the CAS and
-//     the re-read refuses: once a cancel is accepted the migration never
-//     commits); anything else (record gone or unreadable, another migration,
-//     another owner, Lost/Failed/Exited): kConflict. Store errors: kRetry.
-//   Revert: node == source (or the record is gone): ok; node == target and
-//     migration == id: CAS node := source, epoch + 1 (phase stays Migrating);
-//     else kConflict. Store errors: kRetry.
-// Target oracle (Agent ClusterHooks::owned_here): workloads/<name> names this
-//   node with status.migration == the offer's id (or the id already in
-//   status.migrations): true; record gone, unreadable or naming another
-//   node/migration: false; store error: the error (ask again later).
+// Ownership ledger (OwnershipLedger, for the migration driver) and target
+// oracle: the decisions are the ownership protocol's, in one place
+// (cluster/ownership.h, which states them and has the decision table test);
+// the link reads workloads/<name> and migrations/<id>, commits the one
+// transaction a decision holds (compares on both records) and reads again
+// when the compares fail (cas_attempts rounds, then kRetry). In short:
+//   Transfer: the record moves source -> target (epoch + 1, Migrating, pid
+//     := the target's) only while it names the source for this migration
+//     and the migration record is neither cancelled nor final (a cancel or a
+//     controller verdict accepted meanwhile fails the compare; the re-read
+//     refuses: kConflict). Already moved for it: ok. Anything else:
+//     kConflict. Store errors: kRetry.
+//   Revert: names the source (or the record is gone): ok; moved to the
+//     target for this migration and not recorded Succeeded: back to the
+//     source (epoch + 1); another owner: kConflict (the driver never thaws
+//     then; it asks InDoubt).
+//   InDoubt (the target has no record of the migration any more, hole 5):
+//     the records answer - moved for it: committed (release); the source
+//     owns it: not committed (thaw); another owner or deleted: superseded
+//     (release, never thaw); unreadable or disagreeing, or the cluster knows
+//     neither the workload nor this node (wrong --etcd-prefix): undecided.
+//     Store errors: the error (the source stays frozen and asks again).
+// Target oracle (Agent ClusterHooks::owned_here): the record names this
+//   node for the offer's migration (in flight, or finished and not recorded
+//   Failed/RolledBack): true; gone, unreadable or anything else: false;
+//   store error: the error (ask again later).
 //
 // Everything is keyed and level-based: one WorkQueue of "w/<name>" and
 // "m/<id>", fed by list-then-watch caches of workloads/, migrations/ and
@@ -165,6 +174,7 @@
 
 #include "access.h"
 #include "agent.h"
+#include "cluster/ownership.h"
 #include "cluster/prefix_cache.h"
 #include "cluster/records.h"
 #include "cluster/work_queue.h"
@@ -266,6 +276,7 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // ---- OwnershipLedger and target oracle (see the file comment) ------------
   Status Transfer(const MigrationReport& report) override;
   Status Revert(const MigrationReport& report) override;
+  StatusOr<InDoubtAnswer> InDoubt(const MigrationReport& report) override;
   StatusOr<bool> OwnedHere(const IncomingRecord& record);
   // Restart oracle (ClusterHooks::may_restart): workloads/<name> names this
   // node at `epoch` or later, with no migration, phase Running or Lost (the
@@ -289,6 +300,12 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   Status UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
                                const GuardedWorkloadChange& change);
   Status UpdateMigration(const std::string& id, const MigrationChange& change);
+  // Reads workloads/<name> and migrations/<id> of `r`, decides and commits
+  // (cluster::ownership::Apply, cas_attempts rounds); permission denied is
+  // kRetry (a grant may be on its way).
+  using OwnershipDecide =
+      std::function<cluster::ownership::Decision(const cluster::ownership::Records&)>;
+  Status ApplyOwnership(const MigrationReport& r, const OwnershipDecide& decide);
 
   Status EnsureLease();
   void DropLease();

@@ -881,6 +881,138 @@ TEST_F(ClusterLinkTest, TheOracleSaysWhetherTheClusterNamesThisNode) {
   store_.SetUnavailable(false);
 }
 
+// Hole 6: the controller wrote the migration Failed (its source was lost)
+// while the workload record still named it (between the old verdict's two
+// writes, or a record left so); the source comes back and tries to commit:
+// refused, nothing moves, so the target aborts and the source thaws.
+TEST_F(ClusterLinkTest, TransferRefusesAMigrationTheControllerAlreadyEnded) {
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  for (auto phase : {api::MigrationPhase::kFailed, api::MigrationPhase::kRolledBack}) {
+    MigrationRecord order = Order("m-1");
+    order.phase = phase;
+    order.error = "source node node1 was lost before ownership moved to node2";
+    order.finished_ms = 777;
+    Put(order);
+    const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+    Status s = node1_->link->Transfer(Report("m-1"));
+    EXPECT_EQ(s.code(), Code::kConflict) << s.ToString();
+    EXPECT_NE(s.message().find(api::MigrationPhaseName(phase)), std::string::npos) << s.ToString();
+    EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+    EXPECT_EQ(GetWorkload().status.node, "node1");
+  }
+}
+
+// Hole 5: the source was away longer than the target keeps its history. The
+// target committed (and the controller, the source being lost, wrote the
+// migration Succeeded and freed the record), then forgot it. The source, back,
+// must not take the target's "not found" for an abort: the records say the
+// target owns it, so the frozen copy is released, never thawed.
+TEST_F(ClusterLinkTest, ASourceBackAfterTheTargetForgotTheCommitReleasesItsCopy) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropResponse("Commit");  // committed there; the source never hears
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kResolving);
+  ASSERT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  // The controller's verdict on the lost source: Succeeded, record freed.
+  WorkloadRecord w = GetWorkload();
+  ASSERT_EQ(w.status.node, "node2");
+  w.status.migration.clear();
+  w.status.migrations.push_back("m-1");
+  w.status.phase = WorkloadPhase::kRunning;
+  Put(w);
+  MigrationRecord m = GetMigration("m-1");
+  m.phase = api::MigrationPhase::kSucceeded;
+  m.finished_ms = 888;
+  Put(m);
+  // A day later the target has forgotten m-1.
+  clock_.Advance(std::chrono::hours(25));
+  node2_->agent->Tick();
+  ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kUnknown);
+  to_node2_->Heal();
+  node1_->agent->Tick();  // retries the unresolved migration
+  auto journal = node1_->agent->OutgoingReport("m-1");
+  ASSERT_TRUE(journal.has_value());
+  EXPECT_EQ(journal->phase, MigrationPhase::kSucceeded) << journal->error.ToString();
+  EXPECT_FALSE(node1_->runtime.Has("work")) << "the source copy runs beside the target's";
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(GetWorkload().status.node, "node2");
+}
+
+// Hole 5, the other way: while the source was away the workload was given
+// to another node (restarted there after the loss); the target aborted and
+// forgot. The records name a third owner: the frozen copy is released, never
+// thawed beside it.
+TEST_F(ClusterLinkTest, ASourceBackAfterItsWorkloadMovedOnReleasesItsCopy) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropRequest("Commit");  // restored there, never committed
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kResolving);
+  // The controller failed m-1 and restarted the workload on node3.
+  WorkloadRecord w = Workload("node3", WorkloadPhase::kRunning, 9);
+  Put(w);
+  MigrationRecord m = GetMigration("m-1");
+  m.phase = api::MigrationPhase::kFailed;
+  m.error = "source node node1 was lost before ownership moved to node2";
+  Put(m);
+  clock_.Advance(std::chrono::seconds(121));
+  node2_->agent->Tick();  // idle: the oracle says node3 owns it; aborted
+  ASSERT_FALSE(node2_->runtime.Has("work"));
+  clock_.Advance(std::chrono::hours(25));
+  node2_->agent->Tick();
+  ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kUnknown);
+  to_node2_->Heal();
+  node1_->agent->Tick();
+  auto journal = node1_->agent->OutgoingReport("m-1");
+  ASSERT_TRUE(journal.has_value());
+  EXPECT_TRUE(IsFinal(journal->phase)) << MigrationPhaseName(journal->phase);
+  EXPECT_NE(node1_->runtime.State("work"), TaskState::kRunning)
+      << "the source thawed its copy while node3 owns the workload";
+  EXPECT_EQ(GetWorkload().status.node, "node3");
+}
+
+// Hole 5, guard: the ownership never moved and the target forgot its abort:
+// the records say the source owns it; it thaws.
+TEST_F(ClusterLinkTest, ASourceBackAfterTheTargetForgotAnAbortThaws) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropRequest("Commit");
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  store_.SetUnavailable(true);  // the transfer cannot be written: never moved
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  store_.SetUnavailable(false);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kResolving);
+  ASSERT_EQ(GetWorkload().status.node, "node1");
+  clock_.Advance(std::chrono::seconds(121));
+  node2_->agent->Tick();  // idle: the oracle says node1 owns it; aborted
+  clock_.Advance(std::chrono::hours(25));
+  node2_->agent->Tick();
+  ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kUnknown);
+  to_node2_->Heal();
+  node1_->agent->Tick();
+  auto journal = node1_->agent->OutgoingReport("m-1");
+  ASSERT_TRUE(journal.has_value());
+  EXPECT_EQ(journal->phase, MigrationPhase::kRolledBack) << journal->error.ToString();
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node1_->runtime.Counter("work"), 7);
+  EXPECT_FALSE(node2_->runtime.Has("work"));
+}
+
 // The source goes silent after the ownership moved: the target keeps the
 // workload (oracle), and the source, back, follows.
 TEST_F(ClusterLinkTest, TargetKeepsTheWorkloadWhenTheSourceFallsSilentAfterTheTransfer) {
