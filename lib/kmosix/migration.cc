@@ -274,7 +274,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
       if (t.ok()) {
         auto c = transport_.Commit(r.target_url, r.id);
         if (c.ok() && *c == TargetPhase::kCommitted) {
-          stamp(false);
+          stamp(true);  // the target's copy ran from its commit (restored stopped)
           return Succeed(r, name, persist);
         }
         if (c.ok()) {
@@ -588,6 +588,8 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   }
   auto committed = transport_.Commit(r.target_url, r.id);
   if (committed.ok() && *committed == TargetPhase::kCommitted) {
+    // The target's copy, restored stopped, runs from its commit.
+    r.timings.downtime = Seconds(clock_.Now() - frozen_at);
     if (Status s = engine_.Release(spec.name); !s.ok()) {
       // Ownership moved; the frozen copy never runs again. Recover retries.
       r.error = s.Annotate("target committed but the source copy could not be released");
