@@ -661,6 +661,16 @@ CommandResult Cluster::Kubectl(const std::string& args, const std::string& stdin
 }
 std::string Cluster::StartEtcd() const { return Script("start-etcd"); }
 std::string Cluster::RestartEtcd() const { return Script("restart-etcd"); }
+std::string Cluster::KillNode(int i) const { return Script("kill-node " + std::to_string(i)); }
+std::string Cluster::StartNode(int i, bool keep) const {
+  return Script("start-node " + std::to_string(i) + (keep ? " --keep" : " --empty"));
+}
+std::string Cluster::Partition(int i, const std::string& peer) const {
+  return Script("partition " + std::to_string(i) + " " + ShellQuote(peer));
+}
+std::string Cluster::Heal(int i) const {
+  return Script(i > 0 ? "heal " + std::to_string(i) : std::string("heal"));
+}
 
 // --- workloads -------------------------------------------------------------------------
 

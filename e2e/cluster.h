@@ -260,6 +260,15 @@ class Cluster {
   std::string StartEtcd() const;
   std::string RestartEtcd() const;       // SIGTERM, then start on the same data
   std::string RestartApiserver() const;  // with kube: SIGTERM, then start again
+  // Node loss (issue 13): power loss of node i (agent, containerd, shims and
+  // workloads SIGKILLed at once); boot it again on its old state (keep) or
+  // wiped (the images imported again); DROP rules between node i and `peer`
+  // ("etcd", "controllers" or another node's index); heal removes them (of
+  // node i, or of every node with 0).
+  std::string KillNode(int node_index) const;
+  std::string StartNode(int node_index, bool keep) const;
+  std::string Partition(int node_index, const std::string& peer) const;
+  std::string Heal(int node_index = 0) const;
 
   // With kube: runs the cluster's kubectl (KUBECONFIG = the admin's) with
   // `args` (shell words, quoted by the caller), `stdin_text` on its stdin.

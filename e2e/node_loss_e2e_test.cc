@@ -1,0 +1,482 @@
+// End-to-end tests of node loss (issue 13) on a local three-node cluster
+// (scripts/cluster) with a real etcd and two controllers: a workload whose
+// restartPolicy is FromImage runs again on another node when its node is
+// lost, never twice at once; a node cut off from etcd freezes its copy
+// (self-fencing, the agents' --fence-after) before the controller restarts it
+// elsewhere, and deletes it once it is back; restartPolicy Never leaves the
+// workload Lost.
+//
+//   KilledNodeRestartsElsewhereOnce  `kill-node 3` (power loss): the workload
+//       runs again on node1 or node2 exactly once (no two RUNNING tasks in any
+//       sample of every node's containerd), its record shows the recovery;
+//       `start-node 3 --keep` (a reboot on the old disk): the old copy is
+//       never started there again and its container goes
+//   PartitionFromEtcdFreezesBeforeTheRestart  `partition 2 etcd`: node2's
+//       copy is PAUSED before any other node runs one (sampled every
+//       ~100 ms, never two RUNNING), the workload runs elsewhere; `heal 2`:
+//       node2 deletes its old copy
+//   NeverStaysLost  restartPolicy Never: `kill-node 3` leaves it Lost, not
+//       running anywhere, past the restart delay
+//
+// The controllers run with --node-loss-restart-delay 10 (it must exceed the
+// lease TTL 5 s + the agents' --fence-after 4 s) and a long --min-residency
+// (no balancing moves). A background sampler asks each node's containerd for
+// its tasks (`ctr tasks ls`, all nodes at once) every 100 ms; a sample in
+// which two nodes run the workload is a failure. Deadlines are generous
+// bounds on waits, never assertions about speed; the times are printed.
+// Cluster and skip rules as the other e2e binaries (e2e_environment.h).
+// KMX_NODE_LOSS_AGENT_ARGS (words split on spaces) adds agent flags, e.g.
+// "--fence-after 0" to watch the partition test fail without fencing.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cluster.h"
+#include "e2e_environment.h"
+
+namespace kmosix::e2e {
+namespace {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int kNodes = 3;
+constexpr int kControllers = 2;
+constexpr int kRestartDelaySeconds = 10;  // > lease TTL 5 s + --fence-after 4 s
+constexpr auto kRunningTimeout = milliseconds(120'000);
+// NotReady (a lease TTL) + the restart delay + a start, with room to spare.
+constexpr auto kRecoveryTimeout = milliseconds(120'000);
+const std::vector<std::string> kLight = {"--mem", "16", "--verify-mib", "4"};
+
+std::string Str(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "";
+}
+int64_t Int(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
+}
+std::string StatusStr(const json& w, const char* key) {
+  return w.is_object() && w.contains("status") ? Str(w["status"], key) : "";
+}
+double SecondsSince(SteadyClock::time_point t) {
+  return std::chrono::duration_cast<milliseconds>(SteadyClock::now() - t).count() / 1000.0;
+}
+
+// Samples the tasks of one workload on every node's containerd, every
+// ~100 ms, on a thread of its own, and keeps what a test asks about.
+class TaskSampler {
+ public:
+  TaskSampler(const Cluster& c, std::string name) : name_(std::move(name)) {
+    // One shell round asks every node at once; each line: "<node> <task> <pid> <status>".
+    std::string cmd = "(";
+    for (const auto& n : c.Nodes()) {
+      cmd += "(timeout 2 ctr -a " + ShellQuote(n.sock) + " -n " + Cluster::kNamespace +
+             " tasks ls 2>/dev/null | sed 's/^/" + n.name + " /') & ";
+    }
+    cmd_ = cmd + "wait)";
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~TaskSampler() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Samples in which more than one node ran the workload.
+  std::vector<std::string> Twice() {
+    std::lock_guard lock(mu_);
+    return twice_;
+  }
+  int Samples() {
+    std::lock_guard lock(mu_);
+    return samples_;
+  }
+  // The node's task status in the last sample ("" if none).
+  std::string Last(const std::string& node) {
+    std::lock_guard lock(mu_);
+    auto it = last_.find(node);
+    return it == last_.end() ? "" : it->second;
+  }
+  // When a status was first seen on a node since the last Mark() (steady
+  // clock); nullopt if not seen.
+  std::optional<SteadyClock::time_point> FirstSeen(const std::string& node,
+                                                   const std::string& status) {
+    std::lock_guard lock(mu_);
+    auto it = first_.find(node + " " + status);
+    if (it == first_.end()) return std::nullopt;
+    return it->second;
+  }
+  void Mark() {
+    std::lock_guard lock(mu_);
+    first_.clear();
+  }
+  // Waits for `n` more samples (a bounded real-time guard).
+  void AwaitSamples(int n) {
+    const int target = Samples() + n;
+    for (int i = 0; i < 600 && Samples() < target; ++i)
+      std::this_thread::sleep_for(milliseconds(50));
+  }
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      const auto started = SteadyClock::now();
+      auto r = RunCommand(cmd_);
+      std::map<std::string, std::string> seen;  // node -> status of the workload's task
+      std::istringstream in(r.output);
+      for (std::string line; std::getline(in, line);) {
+        std::istringstream words(line);
+        std::string node, task, pid, status;
+        if (words >> node >> task >> pid >> status && task == name_) seen[node] = status;
+      }
+      {
+        std::lock_guard lock(mu_);
+        ++samples_;
+        int running = 0;
+        std::string where;
+        for (const auto& [node, status] : seen) {
+          if (!first_.contains(node + " " + status)) first_[node + " " + status] = started;
+          if (status == "RUNNING") {
+            ++running;
+            where += " " + node;
+          }
+        }
+        if (running > 1) twice_.push_back("RUNNING on" + where);
+        last_ = seen;
+      }
+      auto spent = SteadyClock::now() - started;
+      if (spent < milliseconds(100)) std::this_thread::sleep_for(milliseconds(100) - spent);
+    }
+  }
+
+  std::string name_;
+  std::string cmd_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  int samples_ = 0;
+  std::vector<std::string> twice_;
+  std::map<std::string, std::string> last_;
+  std::map<std::string, SteadyClock::time_point> first_;
+};
+
+class NodeLossE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_ = ClusterForTest();
+    if (c_ == nullptr) return;
+    ASSERT_TRUE(AwaitLeader());
+    for (const auto& n : c_->Nodes()) {
+      auto w = AwaitNodeReady(n.name, true, milliseconds(90'000));
+      ASSERT_TRUE(w.ok) << w.message;
+    }
+  }
+
+  void TearDown() override {
+    if (c_ == nullptr) return;
+    if (sampler_) sampler_->Stop();
+    if (HasFailure()) DumpDiagnostics();
+    // Whatever a test broke comes back, even when it failed.
+    EXPECT_EQ(c_->Heal(), "");
+    for (int i : killed_) EXPECT_EQ(c_->StartNode(i, /*keep=*/true), "") << "node" << i;
+    for (const auto& name : names_) {
+      auto r = HttpDelete(Api(), "/v1/workloads/" + name);
+      if (r.status != 200 && r.status != 404) {
+        ADD_FAILURE() << "DELETE /v1/workloads/" << name << ": " << r.Describe();
+      }
+    }
+    for (const auto& name : names_) {
+      auto w = WaitFor(
+          name + " to be gone from the API and every node", milliseconds(90'000),
+          [&]() -> Observation {
+            auto r = HttpGet(Api(), "/v1/workloads/" + name);
+            if (r.status != 404) return {false, "controller: " + r.Describe()};
+            std::string left = CheckGoneEverywhere(*c_, name);
+            return {left.empty(), left};
+          },
+          milliseconds(1000));
+      EXPECT_TRUE(w.ok) << w.message;
+    }
+  }
+
+  void DumpDiagnostics() {
+    for (const auto& ctl : c_->Controllers()) std::cerr << c_->ControllerLogTail(ctl, 40) << "\n";
+    for (const auto& n : c_->Nodes()) std::cerr << c_->AgentLogTail(n, 40) << "\n";
+    std::string err;
+    if (auto ws = GetItems(Api(), "/v1/workloads", &err)) {
+      std::cerr << "--- GET /v1/workloads ---\n" << ws->dump(1).substr(0, 8000) << "\n";
+    }
+  }
+
+  Endpoint Api() const {
+    if (const ControllerProc* l = c_->Leader()) return *l;
+    for (const auto& ctl : c_->Controllers()) {
+      if (HttpGet(ctl, "/healthz", seconds(2)).status == 200) return ctl;
+    }
+    return c_->controller(1);
+  }
+
+  bool AwaitLeader() {
+    auto w = WaitFor("exactly one controller to lead", milliseconds(60'000), [&]() -> Observation {
+      std::string why;
+      return {c_->Leader(&why) != nullptr, why};
+    });
+    EXPECT_TRUE(w.ok) << w.message;
+    return w.ok;
+  }
+
+  WaitResult AwaitNodeReady(const std::string& name, bool ready, milliseconds timeout) {
+    return WaitFor(name + (ready ? " to be Ready" : " to be NotReady"), timeout,
+                   [&]() -> Observation {
+                     std::string err;
+                     auto items = GetItems(Api(), "/v1/nodes", &err);
+                     if (!items) return {false, err};
+                     for (const auto& n : *items) {
+                       if (Str(n, "name") != name) continue;
+                       bool is = n.value("ready", false);
+                       return {is == ready, std::string("ready=") + (is ? "true" : "false")};
+                     }
+                     return {!ready, name + " is not listed"};
+                   });
+  }
+
+  std::optional<json> Workload(const std::string& name, std::string* error) {
+    return GetObject(Api(), "/v1/workloads/" + name, error);
+  }
+
+  // Waits until `pred` holds for the workload record; returns the last one.
+  json AwaitRecord(const std::string& name, const std::string& what, milliseconds timeout,
+                   const std::function<bool(const json&)>& pred) {
+    json last;
+    auto w = WaitFor(
+        name + " " + what, timeout,
+        [&]() -> Observation {
+          std::string err;
+          auto j = Workload(name, &err);
+          if (!j) return {false, err};
+          last = *j;
+          return {pred(*j), "phase=" + StatusStr(*j, "phase") + " node=" + StatusStr(*j, "node") +
+                                " message=" + StatusStr(*j, "message")};
+        },
+        milliseconds(250));
+    EXPECT_TRUE(w.ok) << w.message;
+    return last;
+  }
+
+  // Creates a light demo with the restart policy on `node`; waits until it
+  // runs there and ticked.
+  void StartDemo(const std::string& name, const std::string& policy, const std::string& node) {
+    json spec = DemoWorkloadSpec(name, kLight, node);
+    spec["restartPolicy"] = policy;
+    names_.push_back(name);
+    auto r = HttpPost(Api(), "/v1/workloads", spec);
+    ASSERT_EQ(r.status, 201) << "POST /v1/workloads " << spec.dump() << ": " << r.Describe();
+    json w = AwaitRecord(name, "to run on " + node, kRunningTimeout, [&](const json& j) {
+      return StatusStr(j, "phase") == "Running" && StatusStr(j, "node") == node;
+    });
+    ASSERT_EQ(StatusStr(w, "phase"), "Running") << w.dump();
+    auto t = WaitForTickAt(Api(), name, 3, milliseconds(60'000));
+    ASSERT_TRUE(t.ok) << t.message;
+  }
+
+  std::string KillNode(int i) {
+    std::string err = c_->KillNode(i);
+    if (err.empty()) killed_.insert(i);
+    return err;
+  }
+  std::string StartNode(int i, bool keep) {
+    std::string err = c_->StartNode(i, keep);
+    if (err.empty()) killed_.erase(i);
+    return err;
+  }
+
+  void CheckNeverTwice() {
+    ASSERT_TRUE(sampler_);
+    auto twice = sampler_->Twice();
+    EXPECT_TRUE(twice.empty()) << twice.size() << " of " << sampler_->Samples()
+                               << " samples saw two running copies, first: " << twice.front();
+  }
+
+  Cluster* c_ = nullptr;
+  std::vector<std::string> names_;
+  std::set<int> killed_;
+  std::unique_ptr<TaskSampler> sampler_;
+};
+
+TEST_F(NodeLossE2E, KilledNodeRestartsElsewhereOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("lossy", "FromImage", "node3"));
+  std::string err;
+  const int64_t epoch = Int(Workload("lossy", &err).value_or(json{})["status"], "epoch");
+  sampler_ = std::make_unique<TaskSampler>(*c_, "lossy");
+  sampler_->AwaitSamples(3);
+  ASSERT_EQ(sampler_->Last("node3"), "RUNNING");
+
+  const auto killed_at = SteadyClock::now();
+  ASSERT_EQ(KillNode(3), "");
+  json w =
+      AwaitRecord("lossy", "to run again on another node", kRecoveryTimeout, [](const json& j) {
+        return StatusStr(j, "phase") == "Running" && StatusStr(j, "node") != "node3" &&
+               !StatusStr(j, "node").empty();
+      });
+  const std::string now_on = StatusStr(w, "node");
+  ASSERT_NE(now_on, "node3") << w.dump();
+  std::printf("[ node-loss ] lossy runs on %s %.1f s after node3 was killed (restart delay %d s)\n",
+              now_on.c_str(), SecondsSince(killed_at), kRestartDelaySeconds);
+  EXPECT_GT(Int(w["status"], "epoch"), epoch) << w.dump();
+  // The record shows the recovery.
+  ASSERT_TRUE(w["status"].contains("recovery")) << w.dump();
+  const json& rec = w["status"]["recovery"];
+  EXPECT_EQ(Str(rec, "policy"), "FromImage") << rec.dump();
+  EXPECT_EQ(Str(rec, "lostNode"), "node3") << rec.dump();
+  EXPECT_EQ(Int(rec, "count"), 1) << rec.dump();
+  EXPECT_GT(Int(rec, "restartedMs"), 0) << rec.dump();
+  // It ticks there, started once there.
+  auto t = WaitForTickAt(Api(), "lossy", 5, milliseconds(60'000));
+  EXPECT_TRUE(t.ok) << t.message;
+  sampler_->AwaitSamples(5);
+  EXPECT_EQ(sampler_->Last(now_on), "RUNNING");
+  int running = 0;
+  for (const auto& n : c_->Nodes()) running += sampler_->Last(n.name) == "RUNNING" ? 1 : 0;
+  EXPECT_EQ(running, 1) << "running copies in the last sample";
+
+  // node3 boots on its old disk: its copy (a container whose task died with
+  // the node) is never started again there, and is removed.
+  sampler_->Mark();
+  ASSERT_EQ(StartNode(3, /*keep=*/true), "");
+  auto gone = WaitFor(
+      "node3's old copy to be deleted", milliseconds(60'000),
+      [&]() -> Observation {
+        auto v = c_->Ctr(c_->node(3), "lossy");
+        if (!v.error.empty()) return {false, v.error};
+        return {
+            !v.container && v.task_status.empty(),
+            std::string("container=") + (v.container ? "yes" : "no") + " task=" + v.task_status};
+      },
+      milliseconds(500));
+  EXPECT_TRUE(gone.ok) << gone.message;
+  sampler_->AwaitSamples(20);  // ~2 s more
+  EXPECT_FALSE(sampler_->FirstSeen("node3", "RUNNING").has_value())
+      << "the old copy ran again on node3 after start-node --keep";
+  std::string e2;
+  auto after = Workload("lossy", &e2);
+  ASSERT_TRUE(after.has_value()) << e2;
+  EXPECT_EQ(StatusStr(*after, "node"), now_on) << after->dump();
+  EXPECT_EQ(StatusStr(*after, "phase"), "Running") << after->dump();
+  CheckNeverTwice();
+}
+
+TEST_F(NodeLossE2E, PartitionFromEtcdFreezesBeforeTheRestart) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("cutoff", "FromImage", "node2"));
+  sampler_ = std::make_unique<TaskSampler>(*c_, "cutoff");
+  sampler_->AwaitSamples(3);
+  ASSERT_EQ(sampler_->Last("node2"), "RUNNING");
+  sampler_->Mark();
+
+  const auto cut_at = SteadyClock::now();
+  ASSERT_EQ(c_->Partition(2, "etcd"), "");
+  json w =
+      AwaitRecord("cutoff", "to run again on another node", kRecoveryTimeout, [](const json& j) {
+        return StatusStr(j, "phase") == "Running" && StatusStr(j, "node") != "node2" &&
+               !StatusStr(j, "node").empty();
+      });
+  const std::string now_on = StatusStr(w, "node");
+  ASSERT_NE(now_on, "node2") << w.dump();
+  sampler_->AwaitSamples(5);
+  auto paused = sampler_->FirstSeen("node2", "PAUSED");
+  auto elsewhere = sampler_->FirstSeen(now_on, "RUNNING");
+  ASSERT_TRUE(paused.has_value()) << "node2's copy was never seen PAUSED (fenced)";
+  ASSERT_TRUE(elsewhere.has_value()) << "no RUNNING copy seen on " << now_on;
+  EXPECT_LT(*paused, *elsewhere) << "node2's copy was frozen only after " << now_on
+                                 << " ran the new one";
+  std::printf(
+      "[ node-loss ] partition of node2 from etcd: frozen after %.1f s, running on %s after "
+      "%.1f s\n",
+      std::chrono::duration_cast<milliseconds>(*paused - cut_at).count() / 1000.0, now_on.c_str(),
+      std::chrono::duration_cast<milliseconds>(*elsewhere - cut_at).count() / 1000.0);
+  EXPECT_EQ(sampler_->Last("node2"), "PAUSED") << "still frozen while cut off";
+  // The record shows the recovery.
+  ASSERT_TRUE(w["status"].contains("recovery")) << w.dump();
+  EXPECT_EQ(Str(w["status"]["recovery"], "lostNode"), "node2") << w.dump();
+
+  // Healed: node2 learns another node owns it and deletes its copy.
+  ASSERT_EQ(c_->Heal(2), "");
+  auto gone = WaitFor(
+      "node2's old copy to be deleted", milliseconds(60'000),
+      [&]() -> Observation {
+        auto v = c_->Ctr(c_->node(2), "cutoff");
+        if (!v.error.empty()) return {false, v.error};
+        return {
+            !v.container && v.task_status.empty(),
+            std::string("container=") + (v.container ? "yes" : "no") + " task=" + v.task_status};
+      },
+      milliseconds(250));
+  EXPECT_TRUE(gone.ok) << gone.message;
+  auto ready = AwaitNodeReady("node2", true, milliseconds(60'000));
+  EXPECT_TRUE(ready.ok) << ready.message;
+  std::string err;
+  auto after = Workload("cutoff", &err);
+  ASSERT_TRUE(after.has_value()) << err;
+  EXPECT_EQ(StatusStr(*after, "node"), now_on) << after->dump();
+  EXPECT_EQ(StatusStr(*after, "phase"), "Running") << after->dump();
+  CheckNeverTwice();
+}
+
+TEST_F(NodeLossE2E, NeverStaysLost) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo("stays", "Never", "node3"));
+  sampler_ = std::make_unique<TaskSampler>(*c_, "stays");
+  ASSERT_EQ(KillNode(3), "");
+  json w = AwaitRecord("stays", "to be Lost", kRecoveryTimeout,
+                       [](const json& j) { return StatusStr(j, "phase") == "Lost"; });
+  ASSERT_EQ(StatusStr(w, "phase"), "Lost") << w.dump();
+  const auto lost_at = SteadyClock::now();
+  // Well past the restart delay: still Lost, on node3, running nowhere.
+  sampler_->Mark();
+  while (SecondsSince(lost_at) < kRestartDelaySeconds + 10) {
+    std::this_thread::sleep_for(milliseconds(500));
+  }
+  std::string err;
+  auto now = Workload("stays", &err);
+  ASSERT_TRUE(now.has_value()) << err;
+  EXPECT_EQ(StatusStr(*now, "phase"), "Lost") << now->dump();
+  EXPECT_EQ(StatusStr(*now, "node"), "node3") << now->dump();
+  for (const auto& n : c_->Nodes()) {
+    EXPECT_FALSE(sampler_->FirstSeen(n.name, "RUNNING").has_value())
+        << "restartPolicy Never, yet it ran on " << n.name;
+  }
+}
+
+}  // namespace
+}  // namespace kmosix::e2e
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  kmosix::e2e::ClusterOptions opts;
+  opts.nodes = kmosix::e2e::kNodes;
+  opts.etcd = true;
+  opts.controllers = kmosix::e2e::kControllers;
+  opts.controller_args = {"--node-loss-restart-delay",
+                          std::to_string(kmosix::e2e::kRestartDelaySeconds), "--min-residency",
+                          "600"};
+  opts.node_cpus = 1;
+  opts.node_memory_mib = 2048;
+  if (const char* extra = std::getenv("KMX_NODE_LOSS_AGENT_ARGS")) {
+    std::istringstream words(extra);
+    for (std::string w; words >> w;) opts.agent_args.push_back(w);
+  }
+  ::testing::AddGlobalTestEnvironment(new kmosix::e2e::ClusterEnvironment(opts));
+  return RUN_ALL_TESTS();
+}
