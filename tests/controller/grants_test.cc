@@ -62,6 +62,26 @@ TEST(DesiredGrantsTest, OwnerWritesItsWorkloadWhileScheduledRunningOrLost) {
   }
 }
 
+TEST(DesiredGrantsTest, FromCheckpointOwnerWritesItsCheckpointRecordWhileRunning) {
+  const std::string C = "/kmosix/checkpoints/w";
+  api::Workload w = Wl(WorkloadPhase::kRunning, "n1");
+  w.spec.restart_policy = api::RestartPolicy::kFromCheckpoint;
+  w.spec.checkpoint_interval_seconds = 60;
+  EXPECT_EQ(Desired(w, std::nullopt), (NodeGrants{{"n1", Keys{W, C}}}));
+  for (auto phase : {WorkloadPhase::kScheduled, WorkloadPhase::kLost, WorkloadPhase::kMigrating}) {
+    w.status.phase = phase;
+    EXPECT_EQ(Desired(w, std::nullopt).count("n1") ? Desired(w, std::nullopt)["n1"].count(C) : 0,
+              0u)
+        << api::WorkloadPhaseName(phase);
+  }
+  // Another policy: never.
+  w.status.phase = WorkloadPhase::kRunning;
+  w.spec.restart_policy = api::RestartPolicy::kFromImage;
+  w.spec.checkpoint_interval_seconds = 0;
+  EXPECT_EQ(Desired(w, std::nullopt), (NodeGrants{{"n1", Keys{W}}}));
+  EXPECT_TRUE(ManagedGrantKey(kKeys, C)) << "an extra checkpoint grant is revoked";
+}
+
 TEST(DesiredGrantsTest, FailedOrExitedWorkloadGrantsNothing) {
   for (auto phase : {WorkloadPhase::kFailed, WorkloadPhase::kExited}) {
     EXPECT_EQ(Desired(Wl(phase, "n1"), std::nullopt), NodeGrants{})

@@ -14,6 +14,8 @@
 
 #include "agent.h"
 #include "checkpoint_keeper.h"
+#include "cluster_link.h"
+#include "fake_load_sampler.h"
 #include "fakes/fake_clock.h"
 #include "fakes/fake_runtime.h"
 #include "fakes/fake_state_store.h"
@@ -414,6 +416,53 @@ TEST_F(CheckpointFlowTest, TakenWhileRunningKeptByTheKeeperRecordedAndRestoredTh
   EXPECT_NE(note.find("restored on node2 from checkpoint " + rec->id), std::string::npos) << note;
   EXPECT_EQ(started->epoch, kEpoch + 10);
   EXPECT_TRUE(started->managed);
+}
+
+TEST_F(CheckpointFlowTest, TheLinkStartsAScheduledWorkloadFromItsCheckpointAndClearsIt) {
+  Tick(6);
+  auto rec = checkpointer_->TakeOne("w1");
+  ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  PutWorkload("node2", api::WorkloadPhase::kScheduled, kEpoch + 10, rec->id);
+  testing::FakeLoadSampler sampler;
+  ClusterLinkOptions lo;
+  lo.node = "node2";
+  lo.url = "https://node2:7700";
+  lo.keys = keys_;
+  lo.start_from_checkpoint = [this](const api::Workload& w, std::string* note) {
+    return keeper_->keeper->StartFromCheckpoint(*keeper_->agent, w, note);
+  };
+  ClusterLink link(lo, *keeper_->agent, state_, sampler, clock_, random_);
+  ASSERT_TRUE(link.Reconcile("w/w1").ok());
+  auto got = state_.Get(keys_.Workload("w1"));
+  auto w = cluster::ParseRecord<api::Workload>(got->kv->value, cluster::WorkloadFromJson);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->status.phase, api::WorkloadPhase::kRunning);
+  EXPECT_EQ(w->status.restore_checkpoint, "") << "cleared with the Running write";
+  EXPECT_NE(w->status.message.find("restored on node2 from checkpoint " + rec->id),
+            std::string::npos)
+      << w->status.message;
+  EXPECT_EQ(keeper_->runtime.Counter("w1"), 6);
+  // Again: nothing more happens (the copy runs, the record says so).
+  ASSERT_TRUE(link.Reconcile("w/w1").ok());
+  EXPECT_EQ(keeper_->keeper->counts().restored, 1u);
+}
+
+TEST_F(CheckpointFlowTest, ALinkThatKeepsNoCheckpointsStartsFromTheImageAndSaysSo) {
+  PutWorkload("node2", api::WorkloadPhase::kScheduled, kEpoch + 10, "ckpt-00000000000000dd");
+  testing::FakeLoadSampler sampler;
+  ClusterLinkOptions lo;
+  lo.node = "node2";
+  lo.url = "https://node2:7700";
+  lo.keys = keys_;
+  ClusterLink link(lo, *keeper_->agent, state_, sampler, clock_, random_);
+  ASSERT_TRUE(link.Reconcile("w/w1").ok());
+  auto got = state_.Get(keys_.Workload("w1"));
+  auto w = cluster::ParseRecord<api::Workload>(got->kv->value, cluster::WorkloadFromJson);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->status.phase, api::WorkloadPhase::kRunning);
+  EXPECT_EQ(w->status.restore_checkpoint, "");
+  EXPECT_NE(w->status.message.find("not restored"), std::string::npos) << w->status.message;
+  EXPECT_EQ(keeper_->runtime.Counter("w1"), 0);
 }
 
 TEST_F(CheckpointFlowTest, ANewCheckpointReplacesTheOldOnceRecorded) {
