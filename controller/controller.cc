@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "api/validate.h"
+#include "cluster/ownership.h"
 
 namespace kmosix::controller {
 namespace {
@@ -20,6 +21,7 @@ using api::ValidateName;
 using api::WorkloadPhase;
 using api::WorkloadStatus;
 using cluster::KeyLayout;
+namespace ownership = cluster::ownership;
 using nlohmann::json;
 using MigrationRecord = api::Migration;
 using WorkloadRecord = api::Workload;
@@ -434,13 +436,6 @@ Status UpdateWorkloadRecord(StateStore& store, const std::string& key,
                                       &cluster::WorkloadToJson, fence, mutate, read_at);
 }
 
-Status UpdateMigrationRecord(StateStore& store, const std::string& key,
-                             const std::optional<Compare>& fence,
-                             const std::function<StatusOr<bool>(MigrationRecord&)>& mutate) {
-  return UpdateRecord<MigrationRecord>(store, key, &cluster::MigrationFromJson,
-                                       &cluster::MigrationToJson, fence, mutate);
-}
-
 }  // namespace
 
 namespace {
@@ -624,7 +619,6 @@ Status Controller::ReconcileWorkload(const std::string& name, const cluster::Lea
 }
 
 Status Controller::ReconcileMigration(const std::string& id, const cluster::LeaderTerm& term) {
-  const std::string key = options_.keys.Migration(id);
   auto m = CachedMigration(id);
   if (!m) return Status::Ok();  // gone, or damaged (logged when cached)
   if (api::IsFinal(m->phase)) {
@@ -634,10 +628,10 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   const int64_t now = clock_.WallMillis();
   const std::string wkey = options_.keys.Workload(m->workload);
 
-  // Decide whether the controller must end it, and how.
+  // Decide whether the controller must end it, and with which error if its
+  // ownership never moved (the verdict itself is the ownership protocol's).
   std::optional<MigrationPhase> phase;
   std::string error;
-  bool clear_on_workload = false;
   // Fresh read: the workloads cache may lag behind the migrations cache.
   KMX_ASSIGN_OR_RETURN(GetResult fresh, store_.Get(wkey));
   const std::optional<KeyValue>& wkv = fresh.kv;
@@ -659,21 +653,14 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
     phase = MigrationPhase::kFailed;
     error = "the workload is gone or no longer waits for this migration";
   } else if (!source_ready && source_down_ms >= grace_ms) {
-    clear_on_workload = true;
-    if (w && w->status.node == m->target && w->status.migration == id) {
-      phase = MigrationPhase::kSucceeded;
-      error = "";
-    } else {
-      phase = MigrationPhase::kFailed;
-      error = "source node " + m->source + " was lost before ownership moved to " + m->target;
-    }
+    phase = MigrationPhase::kFailed;  // Succeeded if the ownership moved (the verdict says)
+    error = "source node " + m->source + " was lost before ownership moved to " + m->target;
   } else if (m->phase == MigrationPhase::kPending &&
              now - m->created_ms >
                  std::chrono::duration_cast<std::chrono::milliseconds>(options_.order_timeout)
                      .count()) {
     phase = MigrationPhase::kFailed;
     error = "source " + m->source + " did not pick the order up";
-    clear_on_workload = true;
   }
   if (!phase) {
     // Still the source's to finish: look again later.
@@ -681,27 +668,30 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
     return Status::Ok();
   }
 
-  KMX_RETURN_IF_ERROR(UpdateMigrationRecord(store_, key, term.Fence(), [&](MigrationRecord& r) {
-    if (api::IsFinal(r.phase)) return StatusOr<bool>(false);
-    r.phase = *phase;
-    r.error = error;
-    r.updated_ms = r.finished_ms = now;
-    return StatusOr<bool>(true);
-  }));
-  spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload,
-               api::MigrationPhaseName(*phase), error.empty() ? "" : ": ", error);
-  if (clear_on_workload || phase == MigrationPhase::kFailed) {
-    Status s = UpdateWorkloadRecord(store_, wkey, term.Fence(), [&](WorkloadRecord& r) {
-      if (r.status.migration != id) return StatusOr<bool>(false);
-      r.status.migration.clear();
-      if (phase == MigrationPhase::kSucceeded) {
-        r.status.migrations.push_back(id);
-        r.status.started_ms = now;
-      }
-      if (r.status.phase == WorkloadPhase::kMigrating) r.status.phase = WorkloadPhase::kRunning;
-      return StatusOr<bool>(true);
-    });
-    if (!s.ok() && s.code() != Code::kNotFound) return s;
+  // The verdict: the migration record's end and the workload record's release
+  // in one transaction fenced by the term (cluster/ownership.h decides
+  // Succeeded or Failed from the records it commits over, so a source
+  // transferring meanwhile either lands first, and the verdict says
+  // Succeeded, or is refused after it).
+  auto done =
+      ownership::Apply(store_, options_.keys, m->workload, id, [&](const ownership::Records& rec) {
+        return ownership::Verdict(options_.keys, id, error, now, term.Fence(), rec);
+      });
+  if (!done.ok()) {
+    if (done.status().code() == Code::kRetry) {
+      // Lost the term, or the records kept changing: tell which.
+      const Compare fence = term.Fence();
+      auto lead = store_.Get(fence.key);
+      if (lead.ok() && (!lead->kv || lead->kv->create_revision != fence.number))
+        return ConflictError("no longer the leader");
+    }
+    return done.status();
+  }
+  if (done->txn && done->migration) {
+    const api::Migration& ended = *done->migration;
+    spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload,
+                 api::MigrationPhaseName(ended.phase), ended.error.empty() ? "" : ": ",
+                 ended.error);
   }
   return Status::Ok();
 }
@@ -1166,46 +1156,35 @@ api::LeaderInfo Controller::Leader() {
 StatusOr<api::Migration> Controller::CancelMigration(const std::string& id,
                                                      const std::string& cancelled_by) {
   KMX_RETURN_IF_ERROR(ValidateName(id));
-  const std::string mkey = options_.keys.Migration(id);
-  for (int attempt = 0; attempt < kCasAttempts; ++attempt) {
-    KMX_ASSIGN_OR_RETURN(GetResult mgot, store_.Get(mkey));
-    if (!mgot.kv) return NotFoundError("no migration \"" + id + "\"");
-    auto m = ParseMigration(*mgot.kv);
-    if (!m.ok()) return FailedError("migration record is damaged: " + m.status().message());
-    const std::string phase(api::MigrationPhaseName(m->phase));
-    if (api::IsFinal(m->phase))
-      return ConflictError("migration " + id + " already ended: " + phase);
-    if (m->phase == MigrationPhase::kCommitting || m->phase == MigrationPhase::kResolving)
-      return ConflictError("too late to cancel migration " + id + ": it is " + phase);
-    if (m->cancel_requested_ms > 0) return *m;  // asked already
-    // The cancel must land before the ownership moves: the source's transfer
-    // of ownership compares this record too, so one of the two writes loses.
-    const std::string wkey = options_.keys.Workload(m->workload);
-    KMX_ASSIGN_OR_RETURN(GetResult wgot, store_.Get(wkey));
-    if (wgot.kv) {
-      auto w = ParseWorkload(*wgot.kv);
-      if (!w.ok()) return FailedError("workload record is damaged: " + w.status().message());
-      if (w->status.node != m->source || w->status.migration != id) {
-        return ConflictError("too late to cancel migration " + id + ": the workload record names " +
-                             (w->status.node.empty() ? std::string("no node") : w->status.node) +
-                             (w->status.migration == id ? " already" : " and another migration"));
-      }
+  // The workload's name is in the migration record (never changed once
+  // written); the decision reads both records again and commits over both.
+  KMX_ASSIGN_OR_RETURN(GetResult mgot, store_.Get(options_.keys.Migration(id)));
+  if (!mgot.kv) return NotFoundError("no migration \"" + id + "\"");
+  auto m = ParseMigration(*mgot.kv);
+  if (!m.ok()) return FailedError("migration record is damaged: " + m.status().message());
+  // The cancel must land before the ownership moves: the source's transfer
+  // of ownership compares this record too, so one of the two writes loses
+  // (cluster/ownership.h).
+  const int64_t now = clock_.WallMillis();
+  auto done = ownership::Apply(
+      store_, options_.keys, m->workload, id,
+      [&](const ownership::Records& rec) {
+        return ownership::Cancel(options_.keys, id, cancelled_by, now, rec);
+      },
+      kCasAttempts);
+  if (!done.ok()) {
+    if (done.status().code() == Code::kRetry &&
+        done.status().message().find("kept changing") != std::string::npos) {
+      return ConflictError("migration " + id + " keeps changing; try again");
     }
-    m->cancel_requested_ms = m->updated_ms = clock_.WallMillis();
-    m->cancelled_by = cancelled_by;
-    Txn txn;
-    txn.compares.push_back(Compare::Unchanged(mkey, mgot.kv->mod_revision));
-    txn.compares.push_back(wgot.kv ? Compare::Unchanged(wkey, wgot.kv->mod_revision)
-                                   : Compare::Absent(wkey));
-    txn.then_ops.push_back(TxnOp::Put(mkey, cluster::MigrationToJson(*m).dump()));
-    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
-    if (r.succeeded) {
-      spdlog::info("migration {} of {}: cancel requested by {} (phase {})", id, m->workload,
-                   cancelled_by, phase);
-      return *m;
-    }
+    return done.status();
   }
-  return ConflictError("migration " + id + " keeps changing; try again");
+  if (!done->migration) return NotFoundError("no migration \"" + id + "\"");
+  if (done->txn) {
+    spdlog::info("migration {} of {}: cancel requested by {} (phase {})", id, m->workload,
+                 cancelled_by, api::MigrationPhaseName(done->migration->phase));
+  }
+  return *done->migration;
 }
 
 StatusOr<api::NodeView> Controller::SetCordoned(const std::string& node, bool cordoned) {
@@ -1368,8 +1347,14 @@ void Controller::PublishWorkloadEvents(const WorkloadRecord* before, const Workl
     events_.Publish("workload.created", now, fields("created from image " + after->spec.image));
     return;
   }
+  const int64_t recoveries_before = before->status.recovery ? before->status.recovery->count : 0;
   if (before->status.node.empty() && !st.node.empty()) {
     events_.Publish("workload.placed", now, fields(st.message));
+  } else if (st.recovery && st.recovery->count > recoveries_before) {
+    // Placed again after its node was lost (controller/node_loss.h).
+    json f = fields(st.message);
+    f["lostNode"] = st.recovery->lost_node;
+    events_.Publish("workload.recovered", now, std::move(f));
   } else if (before->status.phase != st.phase) {
     events_.Publish("workload.phase", now, fields(st.message));
   }

@@ -17,6 +17,7 @@
 
 #include "cluster/records.h"
 #include "controller/controller_fixture.h"
+#include "node-agent/gated_state_store.h"
 
 namespace kmosix::controller {
 namespace {
@@ -317,6 +318,76 @@ TEST_F(ControllerTest, SourceLostMidMigrationIsResolvedFromOwnership) {
   }));
   EXPECT_EQ(Workload("a")->status.node, "n2");
   EXPECT_EQ(Workload("b")->status.node, "n1");
+}
+
+// Hole 6: the controller's verdict on a lost source is one transaction. A
+// store that refuses every write after the verdict's first one (the
+// controller dies, or etcd goes away, right after it) must never be left with
+// the migration record final while the workload record still names the
+// migration: a returning source could then commit what the record says Failed.
+TEST_F(ControllerTest, AVerdictOnALostSourceIsOneWriteWithNothingBetween) {
+  testing::GatedStateStore gated(store_);
+  int64_t lease1 = PublishNode("n1", 0.1);
+  PublishNode("n2", 0.1);
+  controllers_.push_back(
+      std::make_unique<Controller>(gated, clock_, random_, Options("c1"), nullptr));
+  Controller& c = *controllers_.back();
+  c.Start();
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  Create(c, {{"name", "b"}, {"image", "demo"}, {"node", "n1"}});
+  ASSERT_TRUE(Eventually([&] { return Workload("b")->status.phase == WorkloadPhase::kScheduled; }));
+  MarkRunning("b", clock_.WallMillis());
+  ASSERT_TRUE(Eventually([&] {
+    auto b = Rest(c).GetWorkload("b");
+    return b.ok() && (*b)["status"]["phase"] == "Running";
+  }));
+  auto mb = Rest(c).RequestMigration(R"({"workload":"b","target":"n2"})");
+  ASSERT_TRUE(mb.ok()) << mb.status().ToString();
+  const std::string id = (*mb)["id"];
+  ASSERT_TRUE(Eventually([&] { return Workload("b")->status.migration == id; }));
+
+  std::mutex mu;
+  bool ended = false;        // the verdict's first write committed
+  bool named_after = false;  // ...and left the workload record naming the migration
+  gated.refuse_commit = [&](const Txn& txn) -> Status {
+    std::lock_guard lock(mu);
+    if (ended && testing::GatedStateStore::PutValue(txn, keys_.Workload("b")) != "") {
+      return RetryError("the controller died after its first write");
+    }
+    return Status::Ok();
+  };
+  gated.after_commit = [&](const Txn& txn, const StatusOr<TxnResult>& r) {
+    const std::string value = testing::GatedStateStore::PutValue(txn, keys_.Migration(id));
+    if (value.empty() || !r.ok() || !r->succeeded) return;
+    auto m = cluster::ParseRecord<MigrationRecord>(value, &cluster::MigrationFromJson);
+    if (!m.ok() || !api::IsFinal(m->phase)) return;
+    std::lock_guard lock(mu);
+    if (ended) return;
+    ended = true;
+    auto w = Workload("b");
+    named_after = w && w->status.migration == id;
+  };
+  ASSERT_TRUE(store_.RevokeLease(lease1).ok());  // the source is lost
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return ended;
+  }));
+  bool named;
+  {
+    std::lock_guard lock(mu);
+    named = named_after;
+  }
+  c.Stop();  // before the store it writes through goes away
+  EXPECT_FALSE(named) << "the migration record was final while the workload record still named it";
+  auto w = Workload("b");
+  ASSERT_TRUE(w.has_value());
+  EXPECT_TRUE(w->status.migration.empty());
+  EXPECT_EQ(w->status.node, "n1");
+  for (const auto& m : Migrations()) {
+    if (m.id == id) {
+      EXPECT_EQ(m.phase, api::MigrationPhase::kFailed);
+    }
+  }
 }
 
 TEST_F(ControllerTest, SecondReplicaTakesOverWhenTheLeaderStops) {
