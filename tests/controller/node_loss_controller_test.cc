@@ -75,10 +75,22 @@ TEST_F(NodeLossControllerTest, FromImageIsPlacedOnAnotherNodeAfterTheDelayWithAN
   RunOnN1(c, {{"restartPolicy", "FromImage"}});
   const int64_t epoch = Workload("w1")->status.epoch;
 
+  const int64_t cursor = c.Events().LastId();
   ASSERT_TRUE(store_.RevokeLease(lease1).ok());  // n1 lost
   ASSERT_TRUE(Eventually([&] { return PlacedAwayFromN1(); }, std::chrono::seconds(15)));
   auto w = Workload("w1");
   EXPECT_EQ(w->status.node, "n2") << "the least loaded ready node";
+  // The event stream says it once, as a recovery.
+  std::vector<json> recovered;
+  ASSERT_TRUE(Eventually([&] {
+    recovered.clear();
+    for (const Event& e : c.Events().Wait(cursor, std::chrono::milliseconds(50)).events)
+      if (e.data["type"] == "workload.recovered") recovered.push_back(e.data);
+    return !recovered.empty();
+  }));
+  ASSERT_EQ(recovered.size(), 1u);
+  EXPECT_EQ(recovered[0]["node"], "n2");
+  EXPECT_EQ(recovered[0]["lostNode"], "n1");
   EXPECT_EQ(w->status.epoch, epoch + 1);
   EXPECT_EQ(w->status.restore_checkpoint, "");
   ASSERT_TRUE(w->status.recovery);
