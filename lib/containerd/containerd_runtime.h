@@ -43,7 +43,8 @@
 // configuration file overrides the RPC settings); CRIU sends SIGSTOP to every
 // process while it still holds them at their sigreturn, so none runs an
 // instruction before Continue (SIGCONT to all, through Kill). Measured here
-// (CRIU 4.1.1, runc 1.1.5): the restore takes no longer. Rejected: restoring
+// (CRIU 4.1.1, runc 1.1.5, 64 MiB demo, one run each): the restore takes as
+// long (0.47 s stopped, 0.46 s running). Rejected: restoring
 // the image's FROZEN freezer state ("manage-cgroups=props") hangs, because
 // runc puts CRIU itself into the container's cgroups and CRIU freezes itself
 // before it lets the tasks go.

@@ -298,6 +298,13 @@ Status IncomingMigrations::CommitLocked(Entry& e) {
 bool IncomingMigrations::ResumeLocked(Entry& e, const std::string& when, bool save) {
   IncomingRecord& r = e.record;
   if (Status s = engine_.Resume(r.offer.spec.name); !s.ok()) {
+    if (s.code() == Code::kConflict) {
+      // Paused meanwhile (the agent freezes what it owns when it loses its
+      // lease): its processes are still stopped under the freezer, so
+      // resume them once it is thawed.
+      auto info = runtime_.Inspect(r.offer.spec.name);
+      if (info.ok() && info->state == TaskState::kPaused) return false;
+    }
     if (s.code() != Code::kNotFound && s.code() != Code::kConflict) {
       spdlog::error(
           "incoming migration {} of {} ({}): the committed copy could not be resumed ({}); "
@@ -305,8 +312,7 @@ bool IncomingMigrations::ResumeLocked(Entry& e, const std::string& when, bool sa
           r.offer.id, r.offer.spec.name, when, s.ToString());
       return false;
     }
-    // No container, or no running task: nothing stopped is left to resume
-    // (the copy is gone or was stopped by someone else since).
+    // No container, or no task: nothing stopped is left to resume.
     spdlog::warn("incoming migration {} of {} ({}): nothing to resume: {}", r.offer.id,
                  r.offer.spec.name, when, s.ToString());
   }

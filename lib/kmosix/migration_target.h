@@ -175,7 +175,9 @@ class IncomingMigrations final : public MigrationTarget {
   // Restored, not adopted, the copy still stopped).
   Status CommitLocked(Entry& e);
   // Resumes the committed copy (engine Resume); with `save`, records it.
-  // False (logged) if it could not be resumed. Caller holds e.mu.
+  // False if it could not be resumed yet: an error (logged), or its task is
+  // paused (frozen with its processes still stopped). No container or no
+  // task: nothing to resume, recorded as resumed. Caller holds e.mu.
   bool ResumeLocked(Entry& e, const std::string& when, bool save);
   // Hooks::adopt, then records the verdict adopted (logs what it could not
   // write). Caller holds e.mu; the record is Committed.

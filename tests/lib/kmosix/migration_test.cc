@@ -516,6 +516,21 @@ TEST_F(MigrationTest, CommittedCopyThatCouldNotBeResumedIsResumedAtTheNextExpiry
   EXPECT_TRUE(target_disk_["m-1"].resumed);
 }
 
+TEST_F(MigrationTest, CommittedCopyPausedBeforeItsResumeIsResumedOnceThawed) {
+  target_.Fail("Continue", RetryError("containerd unreachable"));
+  ASSERT_EQ(Migrate().phase, MigrationPhase::kSucceeded);
+  ASSERT_TRUE(target_.Stopped("work"));
+  target_.Fail("Continue", Status::Ok());
+  ASSERT_TRUE(target_.Pause("work").ok());  // frozen meanwhile (a fenced agent)
+  incoming_->ExpireIdle();
+  EXPECT_FALSE(target_disk_["m-1"].resumed) << "a frozen copy, still stopped, taken as resumed";
+  EXPECT_TRUE(target_.Stopped("work"));
+  ASSERT_TRUE(target_.Resume("work").ok());  // thawed: still stopped until resumed
+  incoming_->ExpireIdle();
+  EXPECT_TRUE(target_disk_["m-1"].resumed);
+  ExpectRunsOnceOn(target_, 42);
+}
+
 TEST_F(MigrationTest, TargetRestartResumesACommittedCopyLeftStopped) {
   // The agent dies right after writing the verdict, before the resume.
   die_after_ = [](const IncomingRecord& rec) { return rec.phase == TargetPhase::kCommitted; };
