@@ -979,7 +979,11 @@ TEST_F(ClusterLinkTest, ASourceBackAfterItsWorkloadMovedOnReleasesItsCopy) {
   EXPECT_TRUE(IsFinal(journal->phase)) << MigrationPhaseName(journal->phase);
   EXPECT_NE(node1_->runtime.State("work"), TaskState::kRunning)
       << "the source thawed its copy while node3 owns the workload";
+  EXPECT_FALSE(node1_->runtime.Has("work"));
   EXPECT_EQ(GetWorkload().status.node, "node3");
+  // The link lets go of what is left of it here.
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
 }
 
 // Hole 5, guard: the ownership never moved and the target forgot its abort:
