@@ -11,7 +11,11 @@
 // leader term, so it is idempotent and safe to kill at any line. The agents
 // execute migrations (the source agent drives the protocol and writes the
 // record's phases); the leader resolves records the source cannot finish
-// (source node lost, order never picked up).
+// (source node lost, order never picked up) with a verdict of the ownership
+// protocol (cluster/ownership.h): one transaction, fenced by the term, that
+// writes the migration record final (Succeeded when the ownership moved,
+// else Failed) and frees the workload record together, so no moment exists
+// at which a returning source could commit a migration recorded as ended.
 //
 // A workload Lost with its node is placed again on another node when its
 // restartPolicy says so (FromImage, FromCheckpoint), once the node has been
@@ -167,6 +171,9 @@ class Controller {
   StatusOr<api::Migration> GetMigration(const std::string& id);
   // Asks the source to stop a migration before its commit point (it rolls
   // back). kConflict once the ownership moved (committing) or it ended.
+  // One transaction over the migration and workload records
+  // (cluster::ownership::Cancel), so it and the source's Transfer never both
+  // succeed.
   StatusOr<api::Migration> CancelMigration(const std::string& id,
                                            const std::string& cancelled_by = "api");
   // Cordons the node and orders every movable workload off it; reports what
