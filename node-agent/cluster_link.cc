@@ -929,16 +929,17 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
   if (rec.phase != MigrationPhase::kPending) {
     spdlog::warn("migration {} of {} is {} in the cluster but has no journal here", id,
                  rec.workload, MigrationPhaseName(rec.phase));
-    Status s = UpdateMigration(id, [&](MigrationRecord& now) -> StatusOr<bool> {
-      if (api::IsFinal(now.phase) || now.source != options_.node) return false;
-      now.phase = MigrationPhase::kFailed;
-      now.error = "source has no record of this migration";
-      now.updated_ms = now.finished_ms = clock_.WallMillis();
-      return true;
+    // Ended and the workload record freed in one transaction, as the
+    // controller's verdict (cluster/ownership.h): Succeeded if the ownership
+    // had moved to the target (which then owns and commits it), else Failed.
+    const int64_t now = clock_.WallMillis();
+    MigrationReport ref;
+    ref.id = id;
+    ref.workload = rec.workload;
+    return ApplyOwnership(ref, [&](const ownership::Records& r) {
+      return ownership::Verdict(options_.keys, id, "source has no record of this migration", now,
+                                std::nullopt, r);
     });
-    if (!s.ok() && s.code() != Code::kNotFound) return s;
-    s = FinishWorkload(rec.workload, id, nullptr);
-    return s.code() == Code::kNotFound || s.code() == Code::kInvalid ? Status::Ok() : s;
   }
 
   // A cancelled order never runs (the controller cancels only while the

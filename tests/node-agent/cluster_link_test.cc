@@ -800,6 +800,30 @@ TEST_F(ClusterLinkTest, AnOrderInProgressWithoutAJournalHereIsFailed) {
   EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
 }
 
+// The same with the ownership already moved to the target (this agent lost
+// its state dir after the transfer): the target owns and commits it, so the
+// record ends Succeeded, in one transaction with the workload record's
+// release, never Failed beside a workload the target runs.
+TEST_F(ClusterLinkTest, AnOrderWithoutAJournalWhoseOwnershipMovedEndsSucceeded) {
+  Put(Workload("node2", WorkloadPhase::kMigrating, 4, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = api::MigrationPhase::kCommitting;
+  Put(order);
+  int commits = 0;
+  gated_.after_commit = [&](const Txn&, const StatusOr<TxnResult>& r) {
+    if (r.ok() && r->succeeded) ++commits;
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  EXPECT_EQ(commits, 1);  // both records in one write
+  MigrationRecord m = GetMigration("m-1");
+  EXPECT_EQ(m.phase, api::MigrationPhase::kSucceeded) << m.error;
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.migration, "");
+  EXPECT_EQ(w.status.migrations, std::vector<std::string>{"m-1"});
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+}
+
 // ---- ledger and oracle -----------------------------------------------------------
 
 TEST_F(ClusterLinkTest, TransferMovesTheOwnerOnceAndIsIdempotent) {
