@@ -326,6 +326,8 @@ StatusOr<api::CheckpointRecord> Checkpointer::TakeOneLocked(const std::string& n
   ContainerSpec spec;
   RunningCapture capture;
   Status captured = agent_.WithManagedRunning(name, epoch, [&](const ContainerSpec& s) -> Status {
+    // A fence waits for this lock: asked again once it is held.
+    if (options_.fenced && options_.fenced()) return ConflictError("this node is fenced");
     spec = s;
     auto c = CaptureRunning(runtime_, clock_, s, dir, options_.capture);
     if (!c.ok()) return c.status();

@@ -108,6 +108,11 @@ Status ValidateMigrationRequest(const MigrationRequest& r) {
   }
   if (!r.id.empty()) {
     if (auto s = ValidateName(r.id); !s.ok()) return s.Annotate("id");
+    // The agents route "ckpt-" ids to their checkpoint keeper
+    // (node-agent/checkpoint_keeper.h), never to the migration target.
+    if (r.id.rfind("ckpt-", 0) == 0) {
+      return InvalidError("id: \"ckpt-\" starts the ids of periodic checkpoints, not migrations");
+    }
   }
   if (r.requested_by != kRequestedByPolicy && r.requested_by != kRequestedByApi &&
       r.requested_by != kRequestedByDrain && r.requested_by != kRequestedByUser) {

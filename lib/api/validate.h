@@ -49,7 +49,8 @@ Status ValidateRecovery(const Recovery& recovery, std::string_view what = "workl
 // takenMs >= 0.
 Status ValidateCheckpointRecord(const CheckpointRecord& record);
 
-// workload a name; target, id "" or names; requested_by one of "policy",
+// workload a name; target, id "" or names (an id not starting with "ckpt-",
+// which the agents keep for periodic checkpoints); requested_by one of "policy",
 // "api", "drain", "user".
 Status ValidateMigrationRequest(const MigrationRequest& request);
 

@@ -116,6 +116,8 @@ TEST(ValidateMigrationRequestTest, NamesAndRequesters) {
   EXPECT_TRUE(ValidateMigrationRequest(r).ok());
   r.id = "M_1";
   ExpectInvalid(ValidateMigrationRequest(r), "id: ");
+  r.id = "ckpt-0123456789abcdef";  // the agents' checkpoint ids
+  ExpectInvalid(ValidateMigrationRequest(r), "id: \"ckpt-\"");
   r.id.clear();
   r.target = "N2";
   ExpectInvalid(ValidateMigrationRequest(r), "target: ");
