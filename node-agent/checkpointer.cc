@@ -52,23 +52,33 @@ Status Checkpointable(const api::Workload& w, const std::string& node) {
 
 }  // namespace
 
-std::optional<std::string> ChooseKeeper(const std::string& workload, const std::string& owner,
-                                        const std::vector<api::NodeLoad>& nodes,
-                                        const std::string& image) {
-  std::optional<std::string> best;
-  uint64_t best_score = 0;
+std::vector<std::string> RankKeepers(const std::string& workload, const std::string& owner,
+                                     const std::vector<api::NodeLoad>& nodes,
+                                     const std::string& image) {
+  std::vector<std::pair<uint64_t, std::string>> scored;
   for (const api::NodeLoad& n : nodes) {
     if (n.node.empty() || n.node == owner || n.not_ready_reason) continue;
     if (n.images && std::find(n.images->begin(), n.images->end(), image) == n.images->end()) {
       continue;
     }
-    const uint64_t score = RendezvousScore(workload, n.node);
-    if (!best || score > best_score || (score == best_score && n.node < *best)) {
-      best = n.node;
-      best_score = score;
-    }
+    scored.emplace_back(RendezvousScore(workload, n.node), n.node);
   }
-  return best;
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::vector<std::string> out;
+  for (auto& [score, node] : scored) {
+    if (out.empty() || out.back() != node) out.push_back(std::move(node));
+  }
+  return out;
+}
+
+std::optional<std::string> ChooseKeeper(const std::string& workload, const std::string& owner,
+                                        const std::vector<api::NodeLoad>& nodes,
+                                        const std::string& image) {
+  std::vector<std::string> ranked = RankKeepers(workload, owner, nodes, image);
+  if (ranked.empty()) return std::nullopt;
+  return ranked.front();
 }
 
 // ---- schedule ------------------------------------------------------------------
@@ -283,19 +293,40 @@ StatusOr<api::CheckpointRecord> Checkpointer::TakeOneLocked(const std::string& n
     auto n = cluster::ParseRecord<api::NodeLoad>(kv.value, cluster::NodeLoadFromJson);
     if (n.ok()) nodes.push_back(std::move(*n));
   }
-  std::optional<std::string> keeper = ChooseKeeper(name, options_.node, nodes, rec->spec.image);
-  if (!keeper) return fail(RetryError("no ready node other than this one can keep it"));
+  std::vector<std::string> ranked = RankKeepers(name, options_.node, nodes, rec->spec.image);
+  if (ranked.empty()) return fail(RetryError("no ready node other than this one can keep it"));
+  if (ranked.size() > static_cast<size_t>(std::max(1, options_.keeper_attempts))) {
+    ranked.resize(static_cast<size_t>(std::max(1, options_.keeper_attempts)));
+  }
+  // A keeper is used once it answers Hello as itself (which also tells the
+  // transport its data channel).
+  auto reach = [&](const std::string& keeper) -> StatusOr<std::string> {
+    std::string url;
+    for (const auto& n : nodes) {
+      if (n.node == keeper) url = n.url;
+    }
+    if (url.empty()) return RetryError("keeper " + keeper + " publishes no URL");
+    auto hello = transport_.Hello(url);
+    if (!hello.ok()) return hello.status().Annotate("keeper " + keeper);
+    if (hello->node != keeper) {
+      return FailedError("keeper at " + url + " answers as " + hello->node + ", not " + keeper);
+    }
+    return url;
+  };
+  size_t next = 0;
+  std::optional<std::string> keeper;
   std::string url;
-  for (const auto& n : nodes) {
-    if (n.node == *keeper) url = n.url;
+  Status unreachable;
+  for (; next < ranked.size() && !keeper; ++next) {
+    auto u = reach(ranked[next]);
+    if (!u.ok()) {
+      unreachable = u.status();
+      continue;
+    }
+    keeper = ranked[next];
+    url = *u;
   }
-  if (url.empty()) return fail(RetryError("keeper " + *keeper + " publishes no URL"));
-  auto hello = transport_.Hello(url);
-  if (!hello.ok()) return fail(hello.status().Annotate("keeper " + *keeper));
-  if (hello->node != *keeper) {
-    return fail(
-        FailedError("keeper at " + url + " answers as " + hello->node + ", not " + *keeper));
-  }
+  if (!keeper) return fail(unreachable);
 
   // 3. Bounded scratch: one capture at a time, room for it, removed after.
   const std::string id = RandomId(random_, kCheckpointIdPrefix);
@@ -353,14 +384,28 @@ StatusOr<api::CheckpointRecord> Checkpointer::TakeOneLocked(const std::string& n
   offer.stream.files = capture.files + 16;
   offer.stream.bytes = capture.bytes + (capture.bytes >> 6) + (uint64_t{1} << 20);
   offer.stream.entries = capture.entries + 64;
-  if (Status s = transport_.Prepare(url, offer); !s.ok()) {
-    return fail(s.Annotate("offer to keeper " + *keeper));
-  }
-  const Clock::TimePoint send_start = clock_.Now();
-  auto sent = transport_.Send(url, id, capture.sections);
-  if (!sent.ok()) {
-    (void)transport_.Abort(url, id);
-    return fail(sent.status().Annotate("stream to keeper " + *keeper));
+  // A keeper that refuses (busy, full) or whose stream fails: the next one
+  // in rendezvous order, with the same capture.
+  Clock::TimePoint send_start;
+  StatusOr<TransferStats> sent = RetryError("not sent");
+  while (true) {
+    Status offered = transport_.Prepare(url, offer).Annotate("offer to keeper " + *keeper);
+    if (offered.ok()) {
+      send_start = clock_.Now();
+      sent = transport_.Send(url, id, capture.sections);
+      if (sent.ok()) break;
+      (void)transport_.Abort(url, id);
+      offered = sent.status().Annotate("stream to keeper " + *keeper);
+    }
+    spdlog::warn("checkpoint {} of {}: {}", id, name, offered.ToString());
+    keeper.reset();
+    for (; next < ranked.size() && !keeper; ++next) {
+      auto u = reach(ranked[next]);
+      if (!u.ok()) continue;
+      keeper = ranked[next];
+      url = *u;
+    }
+    if (!keeper) return fail(offered);
   }
   const double send_seconds = Seconds(clock_.Now() - send_start);
   if (metrics_ != nullptr) metrics_->Sent(sent->bytes);

@@ -13,7 +13,9 @@
 //      restartPolicy FromCheckpoint, at the epoch the local copy runs under;
 //   2. the keeper: ChooseKeeper over the ready nodes (nodes/, no
 //      notReadyReason) other than this one that hold the workload's image;
-//      it must answer Hello as that node;
+//      it must answer Hello as that node; one that cannot be reached, or
+//      later refuses the offer or fails the stream, hands the same capture
+//      to the next in RankKeepers order (keeper_attempts in all);
 //   3. the scratch dir must have room for the workload's resident memory,
 //      writable layer and log plus scratch_reserve (bounded scratch: one
 //      capture at a time per node, removed after every attempt);
@@ -80,6 +82,11 @@ namespace kmosix::agent {
 std::optional<std::string> ChooseKeeper(const std::string& workload, const std::string& owner,
                                         const std::vector<api::NodeLoad>& nodes,
                                         const std::string& image);
+// Every such node, best first (ChooseKeeper is the first): the order a
+// checkpoint tries keepers in when one refuses it.
+std::vector<std::string> RankKeepers(const std::string& workload, const std::string& owner,
+                                     const std::vector<api::NodeLoad>& nodes,
+                                     const std::string& image);
 
 // When each workload's next checkpoint is due (pure, wall-clock ms).
 class CheckpointSchedule {
@@ -130,6 +137,10 @@ struct CheckpointerOptions {
   Clock::Duration refresh = std::chrono::seconds(10);
   CaptureOptions capture;
   uint64_t scratch_reserve = uint64_t{64} << 20;
+  // Keepers tried per checkpoint, in RankKeepers order: one that cannot be
+  // reached, refuses the offer (busy, no room) or fails the stream hands it
+  // to the next.
+  int keeper_attempts = 3;
   // True while the node is fenced (its lease not renewed): no checkpoint.
   std::function<bool()> fenced;
 };

@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "agent.h"
 #include "checkpoint_keeper.h"
@@ -463,6 +464,66 @@ TEST_F(CheckpointFlowTest, ALinkThatKeepsNoCheckpointsStartsFromTheImageAndSaysS
   EXPECT_EQ(w->status.restore_checkpoint, "");
   EXPECT_NE(w->status.message.find("not restored"), std::string::npos) << w->status.message;
   EXPECT_EQ(keeper_->runtime.Counter("w1"), 0);
+}
+
+// Calls go to the transport registered for their URL.
+class UrlTransport : public Transport {
+ public:
+  void Add(const std::string& url, Transport* t) { by_url_[url] = t; }
+  StatusOr<PeerInfo> Hello(const std::string& u) override { return To(u).Hello(u); }
+  Status Prepare(const std::string& u, const MigrationOffer& o) override {
+    return To(u).Prepare(u, o);
+  }
+  StatusOr<TransferStats> Send(const std::string& u, const std::string& id,
+                               const std::vector<Section>& s) override {
+    return To(u).Send(u, id, s);
+  }
+  StatusOr<RestoreReport> Restore(const std::string& u, const std::string& id) override {
+    return To(u).Restore(u, id);
+  }
+  StatusOr<TargetPhase> Commit(const std::string& u, const std::string& id) override {
+    return To(u).Commit(u, id);
+  }
+  StatusOr<TargetPhase> Abort(const std::string& u, const std::string& id) override {
+    return To(u).Abort(u, id);
+  }
+  StatusOr<TargetPhase> Query(const std::string& u, const std::string& id) override {
+    return To(u).Query(u, id);
+  }
+
+ private:
+  Transport& To(const std::string& u) { return *by_url_.at(u); }
+  std::map<std::string, Transport*> by_url_;
+};
+
+TEST_F(CheckpointFlowTest, AKeeperThatRefusesHandsTheCheckpointToTheNext) {
+  TestNode node3("node3", root_, clock_, random_, state_, keys_);
+  ASSERT_TRUE(
+      state_.Put(keys_.Node("node3"), DumpJson(cluster::NodeLoadToJson(Node("node3")))).ok());
+  FakeTransport to_node3(node3.router.get());
+  AuthorizingTransport as_node1_to_3(to_node3, *node3.peers, "node1");
+  UrlTransport by_url;
+  by_url.Add("https://node2:7700", as_node1_.get());
+  by_url.Add("https://node3:7700", &as_node1_to_3);
+  CheckpointerOptions co;
+  co.node = "node1";
+  co.url = "https://node1:7700";
+  co.keys = keys_;
+  co.scratch_dir = (root_ / "node1" / "scratch" / "checkpoints").string();
+  co.scratch_reserve = 0;
+  Checkpointer cp(co, *src_->agent, src_->runtime, by_url, state_, clock_, random_);
+
+  const std::vector<std::string> ranked =
+      RankKeepers("w1", "node1", {Node("node1"), Node("node2"), Node("node3")}, kImage);
+  ASSERT_EQ(ranked.size(), 2u);
+  EXPECT_EQ(ranked.front(), ChooseKeeper("w1", "node1", {Node("node2"), Node("node3")}, kImage));
+  // The first keeper is busy.
+  (ranked.front() == "node2" ? *to_keeper_ : to_node3).Fail("Prepare", RetryError("busy"));
+  auto rec = cp.TakeOne("w1");
+  ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  EXPECT_EQ(rec->keeper, ranked.back());
+  EXPECT_EQ(src_->runtime.Calls("Pause"), 1) << "one capture, offered twice";
+  EXPECT_EQ(Record()->keeper, ranked.back());
 }
 
 TEST_F(CheckpointFlowTest, ANewCheckpointReplacesTheOldOnceRecorded) {
