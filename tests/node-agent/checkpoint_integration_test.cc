@@ -334,5 +334,36 @@ TEST_F(CheckpointIntegrationTest, LeaveRunningCheckpointThenRestoreOnTheKeeperCo
       static_cast<long long>(move_gap_ms));
 }
 
+TEST_F(CheckpointIntegrationTest, RepeatedCheckpointsLeaveNothingBehindInContainerd) {
+  const api::WorkloadSpec spec = Spec("ckr");
+  PutWorkload(spec, "src", api::WorkloadPhase::kRunning, kEpoch);
+  ASSERT_TRUE(src_agent_->StartManaged(spec, kEpoch, 0).ok());
+  ASSERT_TRUE(WaitFor([&] { return LastTick(*src_agent_, "ckr") >= 5; }, std::chrono::seconds(60)));
+  auto count = [&](const std::string& what) {
+    std::string out;
+    testing::RunCommand("ctr --address " + src_node_->socket() + " -n " +
+                            testing::kDefaultNamespace + " " + what + " ls -q 2>&1 | wc -l",
+                        &out);
+    return out;
+  };
+  ASSERT_TRUE(checkpointer_->TakeOne("ckr").ok());
+  const std::string content = count("content"), images = count("images"),
+                    snapshots = count("snapshots");
+  for (int i = 0; i < 3; ++i) {
+    auto rec = checkpointer_->TakeOne("ckr");
+    ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  }
+  EXPECT_EQ(count("content"), content) << "each checkpoint left content behind";
+  EXPECT_EQ(count("images"), images);
+  EXPECT_EQ(count("snapshots"), snapshots);
+  EXPECT_TRUE(fs::is_empty(src_node_->dir() + "/agent-scratch/checkpoints"));
+  // The keeper: the latest, and the one etcd still named when it arrived
+  // (until its clean-up), never more.
+  EXPECT_EQ(store_->List("ckr").size(), 2u);
+  auto info = src_rt_->Inspect("ckr");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, TaskState::kRunning);
+}
+
 }  // namespace
 }  // namespace kmosix::agent
