@@ -565,12 +565,14 @@ void Agent::RestartLocked(const std::string& name, const std::string& why) {
           clock_.WallMillis() +
           std::chrono::duration_cast<std::chrono::milliseconds>(after).count();
     };
-    if (!cluster_.may_restart) {
+    if (!cluster_.claim_restart) {
       spdlog::error("managed workload {} is dead but this agent is not in cluster mode: left so",
                     name);
       return ask_later(options_.restart_backoff_max);
     }
-    auto owner = cluster_.may_restart(name, w.epoch);
+    // Claimed before the start, never after: a new owner decided meanwhile
+    // either loses its CAS to this claim or makes it fail here.
+    auto owner = cluster_.claim_restart(name, RestartClaim{w.epoch, w.restarts + 1, why});
     if (!owner.ok()) {
       spdlog::warn("workload {}: cannot ask the cluster whether to restart it here: {}", name,
                    owner.status().ToString());

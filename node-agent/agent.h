@@ -95,6 +95,13 @@ class MigrationObserver {
   virtual void OnMigrationFinished(const MigrationReport& report) = 0;
 };
 
+// A restart of a managed workload the agent is about to make (see "Restarts").
+struct RestartClaim {
+  int64_t epoch = 0;  // the copy's ownership epoch
+  int restart = 0;    // the restart's number (the copy's restarts + 1)
+  std::string why;    // why its task is started again
+};
+
 // Installed by the cluster link before Start() (see Agent::SetClusterHooks).
 struct ClusterHooks {
   // Settles journaled migrations of managed workloads after a restart (and
@@ -102,11 +109,14 @@ struct ClusterHooks {
   OwnershipLedger* ledger = nullptr;
   // Target side: IncomingMigrations::Hooks::owned_here.
   std::function<StatusOr<bool>(const IncomingRecord&)> owned_here;
-  // Restarts of managed workloads: does the cluster name this node the
-  // owner of `name` now (at `epoch` or later, with no migration of it in
-  // flight), so that it may start it again here? An error: ask again next
-  // round. Unset: managed workloads are never restarted by the agent.
-  std::function<StatusOr<bool>(const std::string& name, int64_t epoch)> may_restart;
+  // Restarts of managed workloads: claim the cluster's record of `name` for
+  // this restart, atomically with the check that it names this node the
+  // owner at the copy's epoch (no migration of it in flight), BEFORE the
+  // task is started again (ClusterLink::ClaimRestart). true: claimed, start
+  // it; false: not this node's (any more), never started; an error: ask
+  // again a back-off later. Unset: managed workloads are never restarted by
+  // the agent.
+  std::function<StatusOr<bool>(const std::string& name, const RestartClaim& claim)> claim_restart;
   // The agent changed a workload by itself (restarted it, found it exited or
   // lost): the link should look at it now rather than at its next resync.
   // Called without the agent's map lock; must not block or call back.
@@ -164,12 +174,14 @@ struct ManagedMigration {
 //     reason, logged. The first restart is immediate; a crash within
 //     restart_reset of the previous start waits restart_backoff, doubling up
 //     to restart_backoff_max (state "restarting" meanwhile).
-// A managed workload is restarted only when ClusterHooks::may_restart says
-// the cluster names this node its owner; a runtime that cannot be asked
-// (kRetry) changes nothing. Workloads in a migration (migrating, frozen,
-// incoming, creating) are the migration's, and "fenced" ones the cluster
-// link's (FenceManaged), never touched; the per-workload
-// lock keeps a restart and a migration of one workload apart.
+// A managed workload is restarted only once ClusterHooks::claim_restart took
+// the cluster's record for the restart (it names this node the owner at the
+// copy's epoch; claimed in one CAS before the task starts, so a placement
+// elsewhere decided meanwhile either fails or stops this restart); a
+// runtime that cannot be asked (kRetry) changes nothing. Workloads in a
+// migration (migrating, frozen, incoming, creating) are the migration's, and
+// "fenced" ones the cluster link's (FenceManaged), never touched; the
+// per-workload lock keeps a restart and a migration of one workload apart.
 class Agent {
  public:
   Agent(AgentOptions options, ContainerRuntime& runtime, CheckpointEngine& engine,

@@ -97,10 +97,11 @@ ClusterHooks ClusterLink::Hooks() {
   ClusterHooks hooks;
   hooks.ledger = this;
   hooks.owned_here = [this](const IncomingRecord& r) { return OwnedHere(r); };
-  hooks.may_restart = [this](const std::string& name, int64_t epoch) -> StatusOr<bool> {
+  hooks.claim_restart = [this](const std::string& name,
+                               const RestartClaim& claim) -> StatusOr<bool> {
     // Fenced: nothing starts here until the lease is renewed.
     if (Fenced()) return RetryError("node " + options_.node + " is fenced (lease not renewed)");
-    return MayRestart(name, epoch);
+    return ClaimRestart(name, claim);
   };
   // A restart, exit or loss here: its record is written now, not at resync.
   hooks.changed = [this](const std::string& name) { queue_.Add(kWorkloadKey + name); };
@@ -646,18 +647,40 @@ StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
   return ownership::OwnedHere(options_.node, record.offer.id, rec);
 }
 
-StatusOr<bool> ClusterLink::MayRestart(const std::string& name, int64_t epoch) {
-  // A fresh read: the cache may lag a new owner.
-  KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(options_.keys.Workload(name)));
-  if (!got.kv) return false;
-  auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
-  if (!rec.ok()) return false;
-  const auto& st = rec->status;
-  // Lost: the controller marked it so while this node was away (a reboot);
-  // the node is back and still its owner.
-  return st.node == options_.node && st.epoch >= epoch && st.migration.empty() &&
-         (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost) &&
-         !EarlierIncarnation(epoch, st.epoch, *got.kv);
+StatusOr<bool> ClusterLink::ClaimRestart(const std::string& name, const RestartClaim& claim) {
+  const std::string key = options_.keys.Workload(name);
+  for (int attempt = 0; attempt < options_.cas_attempts; ++attempt) {
+    // A fresh read: the cache may lag a new owner.
+    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
+    if (!got.kv) return false;
+    auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
+    if (!rec.ok()) return false;
+    auto& st = rec->status;
+    // Lost: the controller marked it so while this node was away (a reboot);
+    // the node is back and still its owner. Another node or epoch (a
+    // placement elsewhere, a migration's move): not this copy's any more.
+    const bool ours = st.node == options_.node && st.epoch == claim.epoch && st.migration.empty() &&
+                      (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost) &&
+                      !EarlierIncarnation(claim.epoch, st.epoch, *got.kv);
+    if (!ours) return false;
+    const std::string message = "restarted on " + options_.node + " (restart " +
+                                std::to_string(claim.restart) + "): " + claim.why;
+    if (st.phase == WorkloadPhase::kRunning && st.restarts == claim.restart &&
+        st.message == message) {
+      return true;  // claimed by an earlier attempt whose start failed
+    }
+    st.phase = WorkloadPhase::kRunning;
+    st.restarts = claim.restart;
+    st.message = message;
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
+    txn.then_ops.push_back(TxnOp::Put(key, DumpJson(cluster::WorkloadToJson(*rec))));
+    auto done = store_.Commit(txn);
+    if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
+    if (done->succeeded) return true;
+    // Lost the CAS: read again; a new owner or epoch answers false above.
+  }
+  return RetryError(key + " kept changing");
 }
 
 // ---- reconcilers -----------------------------------------------------------

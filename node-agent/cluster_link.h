@@ -48,10 +48,11 @@
 //                     - a managed local workload whose task ended by itself
 //                       with status 0 (Running, no migration): phase :=
 //                       Exited, message. (Any other end, or a task gone,
-//                       is restarted by the agent when MayRestart agrees,
-//                       see Agent's "Restarts"; then pid, startedMs,
+//                       is restarted by the agent, see Agent's "Restarts",
+//                       once ClaimRestart took the record: phase Running,
 //                       restarts and message := "restarted on <node>
-//                       (restart N): why" are written.)
+//                       (restart N): why", in one CAS before the start;
+//                       then pid and startedMs are written.)
 //                     - a "fenced" local workload (the node fenced it, see
 //                       nodes/<node>): while the node is fenced, left
 //                       frozen. Then: the record names this node at the
@@ -278,12 +279,21 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   Status Revert(const MigrationReport& report) override;
   StatusOr<InDoubtAnswer> InDoubt(const MigrationReport& report) override;
   StatusOr<bool> OwnedHere(const IncomingRecord& record);
-  // Restart oracle (ClusterHooks::may_restart): workloads/<name> names this
-  // node at `epoch` or later, with no migration, phase Running or Lost (the
+  // Restart claim (ClusterHooks::claim_restart), made BEFORE the agent starts
+  // the task again: one CAS on workloads/<name> (Compare::Unchanged on the
+  // mod_revision read) that applies only while the record names this node
+  // at exactly the copy's epoch (`claim.epoch`; not of an earlier
+  // incarnation of the name), with no migration, phase Running or Lost (the
   // controller marks a node's workloads Lost while it is away: a reboot),
-  // and `epoch` is not of an earlier incarnation of the name.
-  // Record gone or unreadable: false; store error: the error.
-  StatusOr<bool> MayRestart(const std::string& name, int64_t epoch);
+  // and writes phase := Running, restarts := claim.restart, message :=
+  // "restarted on <node> (restart N): why". A placement elsewhere the
+  // controller decided on the record it read (node loss: one CAS bumping the
+  // epoch) then fails its CAS; or it landed first, this CAS fails, the
+  // re-read finds another node or epoch and the answer is false (the task is
+  // not started; the link's fence deletes the copy). true: claimed (or
+  // already so), start it. Record gone, unreadable or not ours: false; store
+  // errors, or the record kept changing for cas_attempts rounds: kRetry.
+  StatusOr<bool> ClaimRestart(const std::string& name, const RestartClaim& claim);
 
  private:
   // A change to a record: false = nothing to write; an error aborts.

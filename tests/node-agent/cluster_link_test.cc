@@ -471,6 +471,128 @@ TEST_F(ClusterLinkTest, RestartsADeadManagedWorkloadOnlyWhileTheClusterNamesThis
   EXPECT_FALSE(node1_->runtime.Has("work"));
 }
 
+// The agent's restart of a managed workload claims its record first (one CAS:
+// still this node's at the copy's epoch, Running or Lost -> Running with the
+// restart counted) and only then starts the task. The controller's node-loss
+// placement elsewhere (one CAS on the record it read Lost: node2, epoch + 1,
+// Scheduled) landing between the agent's read and its restart makes the claim
+// fail; read again, the record names node2, so nothing starts here and the
+// link fences the copy. (Before: a check read the record, then the restart ran
+// regardless: a second copy started on node1 beside node2's.)
+class RestartClaimTest : public ClusterLinkTest {
+ protected:
+  // The node was away (a reboot): the controller marked "work" Lost and its
+  // task is gone; the agent's next tick restarts it.
+  void LoseWorkOnNode1() {
+    RunWorkOnNode1();
+    Put(Workload("node1", WorkloadPhase::kLost, 3));
+    node1_->runtime.LoseTask("work");
+  }
+  // A write of the record as read, in one CAS (as Controller::RestartLost
+  // writes its placement), straight into the inner store.
+  void CasRecord(const std::function<void(WorkloadRecord&)>& change) {
+    const std::string key = keys_.Workload("work");
+    auto got = store_.Get(key);
+    ASSERT_TRUE(got.ok() && got->kv);
+    auto w = cluster::ParseRecord<WorkloadRecord>(got->kv->value, cluster::WorkloadFromJson);
+    ASSERT_TRUE(w.ok());
+    change(*w);
+    Txn txn;
+    txn.compares.push_back(Compare::Unchanged(key, got->kv->mod_revision));
+    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(*w).dump()));
+    auto done = store_.Commit(txn);
+    ASSERT_TRUE(done.ok() && done->succeeded);
+  }
+  // Runs `write` once, right after the first read of workloads/work.
+  void AfterFirstRead(std::function<void()> write) {
+    gated_.after_get = [this, write = std::move(write), done = false](
+                           const std::string& key, const StatusOr<GetResult>&) mutable {
+      if (done || key != keys_.Workload("work")) return;
+      done = true;
+      write();
+    };
+  }
+};
+
+TEST_F(RestartClaimTest, TheControllersNodeLossWriteBetweenReadAndRestartMeansNoRestartHere) {
+  LoseWorkOnNode1();
+  const int starts = node1_->runtime.Calls("StartTask");
+  bool placed = false;
+  AfterFirstRead([&] {
+    CasRecord([](WorkloadRecord& w) {
+      w.status.node = "node2";
+      w.status.epoch += 1;
+      w.status.phase = WorkloadPhase::kScheduled;
+      w.status.message = "node node1 lost: restarted from its image on node2";
+    });
+    placed = true;
+  });
+  clock_.Advance(std::chrono::seconds(2));
+  node1_->agent->Tick();
+  gated_.after_get = nullptr;
+  ASSERT_TRUE(placed) << "the agent never read the record before restarting";
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts) << "a second copy was started on node1";
+  EXPECT_NE(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(node1_->agent->Local("work")->restarts, 0);
+  WorkloadRecord w = GetWorkload();  // the controller's placement stands
+  EXPECT_EQ(w.status.node, "node2");
+  EXPECT_EQ(w.status.epoch, 4);
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kScheduled);
+  // Asked again later: still not its owner, still not started.
+  clock_.Advance(std::chrono::minutes(1));
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts);
+  // The link's fence deletes the copy.
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
+TEST_F(RestartClaimTest, TheRecordIsClaimedRunningBeforeTheTaskStartsAgain) {
+  LoseWorkOnNode1();
+  const int starts = node1_->runtime.Calls("StartTask");
+  int claims = 0;
+  int starts_at_claim = -1;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (!GatedStateStore::Compares(txn, keys_.Workload("work"))) return;
+    ++claims;
+    starts_at_claim = node1_->runtime.Calls("StartTask");
+  };
+  clock_.Advance(std::chrono::seconds(2));
+  node1_->agent->Tick();
+  gated_.before_commit = nullptr;
+  ASSERT_EQ(claims, 1) << "the restart wrote no claim on workloads/work";
+  EXPECT_EQ(starts_at_claim, starts) << "the task started before the claim";
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts + 1);
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  // Claimed: Running again (a placement the controller decided on the Lost
+  // record now fails its CAS), the restart counted, why.
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.node, "node1");
+  EXPECT_EQ(w.status.epoch, 3);
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.restarts, 1);
+  EXPECT_NE(w.status.message.find("node1 (restart 1)"), std::string::npos) << w.status.message;
+  // The link then records the new pid.
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  EXPECT_EQ(GetWorkload().status.pid, node1_->agent->Local("work")->pid);
+  EXPECT_EQ(GetWorkload().status.restarts, 1);
+}
+
+TEST_F(RestartClaimTest, AClaimThatLosesToAnUnrelatedWriteReadsAgainAndRestarts) {
+  LoseWorkOnNode1();
+  const int starts = node1_->runtime.Calls("StartTask");
+  // Someone rewrites the record (still node1's at epoch 3, Lost) meanwhile.
+  AfterFirstRead([&] { CasRecord([](WorkloadRecord& w) { w.status.message = "touched"; }); });
+  clock_.Advance(std::chrono::seconds(2));
+  node1_->agent->Tick();
+  gated_.after_get = nullptr;
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts + 1);
+  EXPECT_EQ(node1_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(GetWorkload().status.restarts, 1);
+}
+
 TEST_F(ClusterLinkTest, AManagedWorkloadThatExitsCleanlyIsExitedNotRestarted) {
   RunWorkOnNode1();
   const int starts = node1_->runtime.Calls("StartTask");
@@ -583,9 +705,11 @@ TEST_F(IncarnationTest, TheOldCopyMayNotRestartAsTheNewOneMarkedLostHere) {
   WorkloadRecord w = GetWorkload();
   w.status.phase = WorkloadPhase::kLost;
   Put(w);
-  auto may = node1_->link->MayRestart("work", node1_->agent->Local("work")->epoch);
+  const int64_t old_epoch = node1_->agent->Local("work")->epoch;
+  auto may = node1_->link->ClaimRestart("work", RestartClaim{old_epoch, 1, "test"});
   ASSERT_TRUE(may.ok());
   EXPECT_FALSE(*may);
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kLost) << "claimed by the old copy";
   ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
   auto local = node1_->agent->Local("work");
   ASSERT_TRUE(local.has_value());

@@ -31,9 +31,12 @@ class GatedStateStore : public StateStore {
   // Non-ok for a transaction: answered instead of forwarding it (nothing
   // written), e.g. etcd's permission denied for a key not granted (yet).
   std::function<Status(const Txn&)> refuse_commit;
+  std::function<void(const std::string& key, const StatusOr<GetResult>&)> after_get;
 
   StatusOr<GetResult> Get(const std::string& key, int64_t revision = 0) override {
-    return inner_.Get(key, revision);
+    auto got = inner_.Get(key, revision);
+    if (after_get) after_get(key, got);
+    return got;
   }
   StatusOr<ListResult> List(const std::string& prefix, const ListOptions& options = {}) override {
     return inner_.List(prefix, options);
