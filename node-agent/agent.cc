@@ -695,7 +695,10 @@ void Agent::Finished(const MigrationReport& r, const ContainerSpec& spec) {
   {
     std::lock_guard lock(mu_);
     auto it = workloads_.find(spec.name);
-    if (r.phase == MigrationPhase::kSucceeded) {
+    // Succeeded, or superseded (another node owns it; the frozen copy was
+    // released, never thawed): the copy is gone from here, at once. Never
+    // "running": nothing runs, and the restart loop must not start it.
+    if (r.phase == MigrationPhase::kSucceeded || (IsFinal(r.phase) && r.source_released)) {
       if (it != workloads_.end()) workloads_.erase(it);
       (void)RemoveFile(WorkloadPath(spec.name));
       (void)RemoveFile(spec.log_path);

@@ -244,6 +244,10 @@ struct MigrationReport {
   uint64_t bytes = 0;
   uint64_t files = 0;
   uint32_t target_pid = 0;
+  // Ended Failed "superseded": another node owns the workload (or it was
+  // deleted), so the source's frozen copy was released, never thawed; it is
+  // gone from the source (JSON "sourceReleased", present only when true).
+  bool source_released = false;
 };
 
 // Who ordered a migration (Migration::requested_by).

@@ -56,6 +56,7 @@ nlohmann::json MigrationReportToJson(const MigrationReport& r) {
     j["error"] = {{"code", CodeName(r.error.code())}, {"message", r.error.message()}};
     j["failedPhase"] = r.failed_phase;
   }
+  if (r.source_released) j["sourceReleased"] = true;
   return j;
 }
 
@@ -81,6 +82,7 @@ StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j) {
       r.error = Status(code, e->at("message").get<std::string>());
       r.failed_phase = j.value("failedPhase", "");
     }
+    r.source_released = j.value("sourceReleased", false);
   } catch (const nlohmann::json::exception& e) {
     return InvalidError(std::string("bad migration record: ") + e.what());
   }
@@ -189,6 +191,7 @@ MigrationReport& MigrationDriver::Superseded(MigrationReport& r, const std::stri
     return r;
   }
   r.error = Status(why.code(), why.message() + "; the source copy was released, not thawed");
+  r.source_released = true;
   return Finish(r, MigrationPhase::kFailed, persist);
 }
 

@@ -1134,6 +1134,61 @@ TEST_F(ClusterLinkTest, ASourceBackAfterItsWorkloadMovedOnReleasesItsCopy) {
   EXPECT_FALSE(node1_->agent->Local("work").has_value());
 }
 
+// A migration that ends superseded (another node owns the workload; the
+// source's frozen copy released, never thawed) leaves no local copy on the
+// agent at once: not "running" (nothing runs), not restarted by the agent's
+// dead-task loop, not back after an agent restart. (Before: Finished marked
+// it "running" until the link's next reconcile fenced it.)
+TEST_F(ClusterLinkTest, ASupersededSourceCopyIsGoneFromTheAgentAtOnce) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropRequest("Commit");
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kResolving);
+  ASSERT_EQ(node1_->agent->Local("work")->state, "frozen");
+  // The controller failed m-1 and restarted the workload on node3; node2
+  // aborted and forgot it.
+  Put(Workload("node3", WorkloadPhase::kRunning, 9));
+  MigrationRecord m = GetMigration("m-1");
+  m.phase = api::MigrationPhase::kFailed;
+  m.error = "source node node1 was lost before ownership moved to node2";
+  Put(m);
+  clock_.Advance(std::chrono::seconds(121));
+  node2_->agent->Tick();
+  clock_.Advance(std::chrono::hours(25));
+  node2_->agent->Tick();
+  to_node2_->Heal();
+  const int starts = node1_->runtime.Calls("StartTask");
+  node1_->agent->Tick();  // resolves m-1: superseded
+  auto journal = node1_->agent->OutgoingReport("m-1");
+  ASSERT_TRUE(journal.has_value());
+  ASSERT_EQ(journal->phase, MigrationPhase::kFailed) << journal->error.ToString();
+  EXPECT_TRUE(journal->source_released);
+  EXPECT_NE(journal->error.message().find("released, not thawed"), std::string::npos)
+      << journal->error.ToString();
+  ASSERT_FALSE(node1_->runtime.Has("work"));
+  // Gone at once, before any reconcile of the link.
+  auto local = node1_->agent->Local("work");
+  EXPECT_FALSE(local.has_value()) << "the released copy is recorded here as " << local->state;
+  EXPECT_FALSE(node1_->agent->GetWorkload("work").ok());
+  // The dead-task loop has nothing to start again.
+  clock_.Advance(std::chrono::minutes(11));
+  node1_->agent->Tick();
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts);
+  EXPECT_FALSE(node1_->runtime.Has("work"));
+  // Nor does an agent starting again on the same state directory.
+  node1_->link.reset();
+  node1_->agent = std::make_unique<Agent>(node1_->agent->Options(), node1_->runtime, node1_->engine,
+                                          *to_node2_, clock_, random_, nullptr);
+  ASSERT_TRUE(node1_->agent->Start().ok());
+  EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
 // Hole 5, guard: the ownership never moved and the target forgot its abort:
 // the records say the source owns it; it thaws.
 TEST_F(ClusterLinkTest, ASourceBackAfterTheTargetForgotAnAbortThaws) {

@@ -812,6 +812,7 @@ TEST_F(LedgerMigrationTest, RefusedTransferAbortsTheTargetAndThawsWithoutRevert)
   EXPECT_EQ(r.failed_phase, "Committing");
   EXPECT_EQ(ledger_.calls, std::vector<std::string>{"Transfer"});
   EXPECT_EQ(ledger_.node, "node1");
+  EXPECT_FALSE(r.source_released);  // thawed: the copy runs on
   ExpectRunsOnceOn(source_, 42);
   ExpectTargetClean();
 }
@@ -825,6 +826,7 @@ TEST_F(LedgerMigrationTest, TransferOfADeletedWorkloadIsRefused) {
   EXPECT_NE(r.error.message().find("deleted"), std::string::npos) << r.error.ToString();
   EXPECT_NE(r.error.message().find("released, not thawed"), std::string::npos)
       << r.error.ToString();
+  EXPECT_TRUE(r.source_released);  // the agent forgets its copy on this
   EXPECT_FALSE(source_.Has("work"));
   ExpectTargetClean();
 }
@@ -1454,6 +1456,23 @@ TEST_F(MigrationTest, ReportSurvivesJsonRoundTrip) {
   EXPECT_EQ(back->error.message(), r.error.message());
   EXPECT_EQ(back->failed_phase, r.failed_phase);
   EXPECT_EQ(MigrationReportToJson(*back), MigrationReportToJson(r));
+}
+
+TEST_F(MigrationTest, AReleasedSourceSurvivesJsonRoundTrip) {
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "work";
+  r.phase = MigrationPhase::kFailed;
+  r.error = FailedError("owner is node3; the source copy was released, not thawed");
+  EXPECT_FALSE(MigrationReportToJson(r).contains("sourceReleased"));
+  auto back = MigrationReportFromJson(MigrationReportToJson(r));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->source_released);
+  r.source_released = true;
+  EXPECT_EQ(MigrationReportToJson(r)["sourceReleased"], true);
+  back = MigrationReportFromJson(MigrationReportToJson(r));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->source_released);
 }
 
 }  // namespace
