@@ -808,6 +808,10 @@ api::AgentWorkloadView Agent::View(const Workload& w) {
   v.last_restart_ms = w.last_restart_ms;
   v.last_restart_reason = w.last_restart_reason;
   if (w.state == "restarting") v.next_restart_ms = w.next_restart_ms;
+  if (w.state == "fenced") {
+    v.fence_reason = w.fence_reason;
+    v.fenced_ms = w.fenced_ms;
+  }
   if (w.state == "running" || w.state == "frozen" || w.state == "migrating" ||
       w.state == "restarting" || w.state == "exited" || w.state == "fenced") {
     auto info = runtime_.Inspect(w.spec.name);
@@ -1378,6 +1382,13 @@ std::optional<MigrationReport> Agent::OutgoingReport(const std::string& id) {
 size_t Agent::WorkloadCount() {
   std::lock_guard lock(mu_);
   return workloads_.size();
+}
+
+size_t Agent::FencedCount() {
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (const auto& [_, w] : workloads_) n += w.state == "fenced" ? 1 : 0;
+  return n;
 }
 
 }  // namespace kmosix::agent

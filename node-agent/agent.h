@@ -230,6 +230,8 @@ class Agent {
   StatusOr<api::AgentMigrationView> GetMigration(const std::string& id);
 
   size_t WorkloadCount();
+  // Workloads "fenced" here now (Agent::FenceManaged), for metrics.
+  size_t FencedCount();
 
   // ---- cluster mode (used by ClusterLink) ----------------------------------
   // Installs the hooks; call before Start() (the target side is rebuilt with

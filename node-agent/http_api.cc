@@ -34,6 +34,7 @@ void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metr
   });
   server.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
     metrics.SetWorkloads(static_cast<double>(agent.WorkloadCount()));
+    metrics.SetFencedWorkloads(static_cast<double>(agent.FencedCount()));
     res.set_content(metrics.Render(), "text/plain; version=0.0.4");
   });
   server.Post("/v1/workloads", [&](const httplib::Request& req, httplib::Response& res) {

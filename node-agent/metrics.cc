@@ -42,6 +42,13 @@ AgentMetrics::AgentMetrics(const std::string& node)
                      .Labels({{"node", node}})
                      .Register(*registry_)
                      .Add({})),
+      fenced_(prometheus::BuildGauge()
+                  .Name("kmosix_agent_fenced_workloads")
+                  .Help("Managed workloads this agent froze because its node's lease was not "
+                        "renewed in time (state fenced), until the cluster's record decides")
+                  .Labels({{"node", node}})
+                  .Register(*registry_)
+                  .Add({})),
       intake_gauges_(prometheus::BuildGauge()
                          .Name("kmosix_intake")
                          .Help("Bounded intake of incoming migrations: value by quantity "

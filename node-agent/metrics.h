@@ -1,5 +1,6 @@
 // Prometheus metrics of the agent: migrations by outcome, bytes moved, the
-// downtime histogram, workloads. Rendered in the text exposition format.
+// downtime histogram, workloads (and those fenced). Rendered in the text
+// exposition format.
 // Thread-safety: all methods are thread-safe (prometheus-cpp metrics are).
 #pragma once
 
@@ -25,6 +26,9 @@ class AgentMetrics final : public MigrationObserver {
   explicit AgentMetrics(const std::string& node);
   void OnMigrationFinished(const MigrationReport& report) override;
   void SetWorkloads(double n) { workloads_.Set(n); }
+  // Managed workloads paused here because the node's lease was not renewed
+  // (state "fenced"): kmosix_agent_fenced_workloads.
+  void SetFencedWorkloads(double n) { fenced_.Set(n); }
   std::string Render() const;
   // The registry Render reads, for families other parts of the agent keep
   // (e.g. CheckpointMetrics).
@@ -54,6 +58,7 @@ class AgentMetrics final : public MigrationObserver {
   prometheus::Histogram& downtime_;
   prometheus::Histogram& total_;
   prometheus::Gauge& workloads_;
+  prometheus::Gauge& fenced_;
 
   mutable std::mutex intake_mu_;
   IntakeSources sources_;

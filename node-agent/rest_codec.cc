@@ -45,6 +45,10 @@ json AgentWorkloadViewToJson(const api::AgentWorkloadView& w) {
     j["lastRestartReason"] = w.last_restart_reason;
   }
   if (w.next_restart_ms > 0) j["nextRestartMs"] = w.next_restart_ms;
+  if (!w.fence_reason.empty() || w.fenced_ms > 0) {
+    j["fenceReason"] = w.fence_reason;
+    j["fencedMs"] = w.fenced_ms;
+  }
   return j;
 }
 

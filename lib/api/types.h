@@ -397,7 +397,9 @@ struct AgentWorkloadView {
   // "running", "migrating", "frozen" (a migration is being resolved), "lost"
   // (its container vanished), "restarting" (its task died or vanished; it is
   // started again after a back-off), "exited" (its process ended with status
-  // 0: done, not restarted).
+  // 0: done, not restarted), "fenced" (managed; paused because the node's
+  // lease was not renewed in time, until the cluster's record decides:
+  // thawed, or deleted when another node owns it).
   std::string state;
   int64_t created_ms = 0;               // first started, on any node
   int64_t started_ms = 0;               // started, restarted or arrived on this node
@@ -420,6 +422,9 @@ struct AgentWorkloadView {
   // "stopped", "unknown" when it could not say); absent when the runtime was
   // not asked (a workload neither running, migrating nor frozen).
   std::optional<std::string> task;
+  // While "fenced": why, and since when (wall clock ms); empty/0 otherwise.
+  std::string fence_reason;
+  int64_t fenced_ms = 0;
 };
 
 // GET /v1/workloads on an agent.

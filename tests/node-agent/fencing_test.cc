@@ -20,6 +20,8 @@
 #include "fakes/fake_transport.h"
 #include "gated_state_store.h"
 #include "kmosix/stop_and_copy.h"
+#include "metrics.h"
+#include "rest_codec.h"
 
 namespace kmosix::agent {
 namespace {
@@ -281,6 +283,41 @@ TEST_F(FencingTest, ThawedWhenStillOwnedAfterRenewal) {
   EXPECT_EQ(LocalState(), "running");
   EXPECT_EQ(GetWorkload().status.node, "node1");
   EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
+// The agent's REST view and /metrics show a fenced workload and why, until
+// the record thaws it.
+TEST_F(FencingTest, TheViewAndTheGaugeShowAFencedWorkloadAndWhy) {
+  AgentMetrics metrics("node1");
+  auto gauge_line = [&] {
+    metrics.SetFencedWorkloads(static_cast<double>(agent_->FencedCount()));
+    const std::string text = metrics.Render();
+    const size_t at = text.find("\nkmosix_agent_fenced_workloads{");
+    return at == std::string::npos ? std::string("(absent)")
+                                   : text.substr(at + 1, text.find('\n', at + 1) - at - 1);
+  };
+  EXPECT_EQ(gauge_line(), "kmosix_agent_fenced_workloads{node=\"node1\"} 0");
+  const int64_t before_ms = clock_.WallMillis();
+  FenceNode();
+  auto v = agent_->GetWorkload("work");
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->state, "fenced");
+  EXPECT_NE(v->fence_reason.find("lease"), std::string::npos) << v->fence_reason;
+  EXPECT_GE(v->fenced_ms, before_ms);
+  nlohmann::json j = AgentWorkloadViewToJson(*v);
+  EXPECT_EQ(j["state"], "fenced");
+  EXPECT_EQ(j["fenceReason"], v->fence_reason);
+  EXPECT_EQ(j["fencedMs"], v->fenced_ms);
+  EXPECT_EQ(gauge_line(), "kmosix_agent_fenced_workloads{node=\"node1\"} 1");
+  // Still this node's: thawed, and neither shows the fence any more.
+  Renew();
+  ASSERT_TRUE(link_->Reconcile("w/work").ok());
+  v = agent_->GetWorkload("work");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->state, "running");
+  EXPECT_EQ(v->fence_reason, "");
+  EXPECT_FALSE(AgentWorkloadViewToJson(*v).contains("fenceReason"));
+  EXPECT_EQ(gauge_line(), "kmosix_agent_fenced_workloads{node=\"node1\"} 0");
 }
 
 TEST_F(FencingTest, ANewLeaseEndsTheFenceToo) {

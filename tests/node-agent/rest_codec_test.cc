@@ -53,6 +53,24 @@ TEST(AgentRestCodec, ViewCarriesRestartsAndTheirReason) {
   EXPECT_EQ(j["nextRestartMs"], 120);
 }
 
+// A workload its agent froze because the node's lease was not renewed.
+TEST(AgentRestCodec, AFencedViewCarriesWhyAndSince) {
+  api::AgentWorkloadView v = View();
+  v.managed = true;
+  v.epoch = 3;
+  v.state = "fenced";
+  v.task = "paused";
+  v.fence_reason = "lease of node1 not renewed for 4.0 s";
+  v.fenced_ms = 777;
+  json j = AgentWorkloadViewToJson(v);
+  EXPECT_EQ(j["state"], "fenced");
+  EXPECT_EQ(j["fenceReason"], "lease of node1 not renewed for 4.0 s");
+  EXPECT_EQ(j["fencedMs"], 777);
+  // Not fenced: neither field (see UnmanagedViewHasNoManagedOrEpoch).
+  EXPECT_FALSE(AgentWorkloadViewToJson(View()).contains("fenceReason"));
+  EXPECT_FALSE(AgentWorkloadViewToJson(View()).contains("fencedMs"));
+}
+
 TEST(AgentRestCodec, ManagedViewCarriesManagedAndEpoch) {
   api::AgentWorkloadView v = View();
   v.managed = true;
