@@ -874,6 +874,10 @@ TEST_F(ControllerTest, ChangeListenersHearWorkloadAndMigrationRecords) {
   r.id = "m-listen";
   ASSERT_TRUE(c.RequestMigration(r).ok());
   EXPECT_TRUE(Eventually([&] { return saw("m/m-listen"); }));
+  // The listener captures this test's locals: stop the controller (idempotent;
+  // the fixture stops it again) before they go out of scope, or a cache thread
+  // may still call it on a destroyed vector (ASan/UBSan caught it).
+  c.Stop();
   std::lock_guard lock(mu);
   for (const auto& item : heard) {
     EXPECT_TRUE(item[0] == 'w' || item[0] == 'm') << "only workloads and migrations: " << item;
