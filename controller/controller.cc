@@ -10,6 +10,7 @@
 
 #include "api/validate.h"
 #include "cluster/ownership.h"
+#include "controller/record_update.h"
 
 namespace kmosix::controller {
 namespace {
@@ -428,15 +429,15 @@ Status UpdateRecord(StateStore& store, const std::string& key,
   return ConflictError(key + " keeps changing");
 }
 
+}  // namespace
+
 Status UpdateWorkloadRecord(StateStore& store, const std::string& key,
                             const std::optional<Compare>& fence,
-                            const std::function<StatusOr<bool>(WorkloadRecord&)>& mutate,
-                            int64_t* read_at = nullptr) {
+                            const std::function<StatusOr<bool>(api::Workload&)>& mutate,
+                            int64_t* read_at) {
   return UpdateRecord<WorkloadRecord>(store, key, &cluster::WorkloadFromJson,
                                       &cluster::WorkloadToJson, fence, mutate, read_at);
 }
-
-}  // namespace
 
 namespace {
 // A copy of m[key] (nullopt if absent), read under `mu`.

@@ -7,6 +7,7 @@
 
 #include "cluster/records.h"
 #include "controller/controller.h"
+#include "controller/record_update.h"
 
 namespace kmosix::controller {
 namespace {
@@ -233,29 +234,21 @@ Status Controller::RestartLost(const api::Workload& w, const cluster::LeaderTerm
   }
   // Grant first, then write: the target's agent reports on the record at once.
   if (grants_) KMX_RETURN_IF_ERROR(grants_->GrantNow(d.target, {key}));
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
-    if (!got.kv) return Status::Ok();  // deleted meanwhile
-    auto fresh = cluster::ParseRecord<api::Workload>(got.kv->value, &cluster::WorkloadFromJson);
-    if (!fresh.ok()) return fresh.status().Annotate(key);
-    if (!ApplyNodeLoss(d, w.status, *fresh)) return Status::Ok();  // decided on an old record
-    Txn txn;
-    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
-    txn.compares.push_back(term.Fence());
-    txn.then_ops.push_back(TxnOp::Put(key, cluster::WorkloadToJson(*fresh).dump()));
-    KMX_ASSIGN_OR_RETURN(TxnResult r, store_.Commit(txn));
-    if (r.succeeded) {
-      spdlog::warn("workload {}: {} (restartPolicy {}, epoch {}, recovery {})", name, d.message,
-                   api::RestartPolicyName(w.spec.restart_policy), fresh->status.epoch,
-                   fresh->status.recovery->count);
-      if (observer_) observer_->OnPlacement();
-      return Status::Ok();
-    }
-    auto lead = store_.Get(term.Fence().key);
-    if (lead.ok() && (!lead->kv || lead->kv->create_revision != term.Fence().number))
-      return ConflictError("no longer the leader");
+  bool applied = false;
+  api::WorkloadStatus written;
+  Status s = UpdateWorkloadRecord(store_, key, term.Fence(), [&](api::Workload& fresh) {
+    applied = ApplyNodeLoss(d, w.status, fresh);  // false: decided on an old record
+    written = fresh.status;
+    return StatusOr<bool>(applied);
+  });
+  if (s.code() == Code::kNotFound) return Status::Ok();  // deleted meanwhile
+  if (s.ok() && applied) {
+    spdlog::warn("workload {}: {} (restartPolicy {}, epoch {}, recovery {})", name, d.message,
+                 api::RestartPolicyName(w.spec.restart_policy), written.epoch,
+                 written.recovery->count);
+    if (observer_) observer_->OnPlacement();
   }
-  return ConflictError(key + " keeps changing");
+  return s;
 }
 
 Status Controller::UpdateLostMessage(const std::string& name, const api::WorkloadStatus& decided_on,
