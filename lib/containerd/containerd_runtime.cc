@@ -130,6 +130,14 @@ struct ContainerdRuntime::Impl {
   explicit Impl(ContainerdConfig c) : cfg(std::move(c)) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
+    // No gRPC-level retries (as on the etcd channels, lib/etcd/etcd_channel.cc):
+    // nothing here configures a retry policy (a kRetry is the caller's to
+    // retry by its own rules), and gRPC 1.51's retry filter aborts the whole
+    // process when a call's trailing metadata comes without a status, which
+    // a channel can meet when its server dies mid-call (grpc/grpc#34683). The
+    // fault soak saw agents die of it when etcd restarted (B1); containerd is
+    // killed and restarted under the agent just as often.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
     channel = grpc::CreateCustomChannel("unix://" + cfg.socket_path,
                                         grpc::InsecureChannelCredentials(), args);
     containers = ctrs::Containers::NewStub(channel);
@@ -790,9 +798,12 @@ Status ContainerdRuntime::RestoreTask(const std::string& name, const RestoreRequ
     // for this restore: a later dump of the task (runc keeps the annotation)
     // finds no file, and CRIU then ignores it.
     std::string conf;
-    if (r.leave_stopped) {
+    if (r.leave_stopped || r.lazy_pages) {
       conf = r.work_dir + "/kmosix-restore.conf";
-      KMX_RETURN_IF_ERROR(WriteFileAtomic(conf, "leave-stopped\n").Annotate("restore"));
+      std::string settings;
+      if (r.leave_stopped) settings += "leave-stopped\n";
+      if (r.lazy_pages) settings += "lazy-pages\n";  // never network-lock here: CRIU crashes
+      KMX_RETURN_IF_ERROR(WriteFileAtomic(conf, settings).Annotate("restore"));
       if (Status s = im.SetCriuConfig(name, conf); !s.ok()) {
         ::unlink(conf.c_str());
         return s.Annotate("restore");

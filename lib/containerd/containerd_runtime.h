@@ -37,6 +37,9 @@
 // If containerd still answers "already exists" after the dump ran and
 // image_dir/inventory.img exists, the checkpoint is treated as a success.
 //
+// Restore with lazy_pages: the same file (below) says "lazy-pages" (with
+// "leave-stopped" too when both are asked), nothing else: a network-lock
+// setting there crashes CRIU 4.1.1 in RPC mode.
 // Restore with leave_stopped: the container's spec gets the annotation
 // "org.criu.config" naming a file "leave-stopped" in the restore's work_dir,
 // which exists only during the restore (runc gives it to CRIU, CRIU's RPC

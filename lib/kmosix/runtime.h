@@ -65,6 +65,11 @@ struct RestoreRequest {
   // task still reports kRunning. Continue runs it; Delete removes it without
   // it ever running.
   bool leave_stopped = false;
+  // true: memory is restored lazily (CRIU's lazy-pages): the restore hands
+  // each process's userfaultfd to a `criu lazy-pages` daemon, which must be
+  // listening on "lazy-pages.socket" in work_dir before the call (see
+  // kmosix/lazy_pages.h); pages the daemon has not yet filled fault there.
+  bool lazy_pages = false;
 };
 
 class ContainerRuntime {
