@@ -32,7 +32,79 @@ constexpr std::pair<RestartPolicy, std::string_view> kRestartPolicies[] = {
     {RestartPolicy::kFromCheckpoint, "FromCheckpoint"},
 };
 
+constexpr std::pair<FaultKind, std::string_view> kFaultKinds[] = {
+    {FaultKind::kCancelled, "Cancelled"},
+    {FaultKind::kInvalidOrder, "InvalidOrder"},
+    {FaultKind::kTargetRefused, "TargetRefused"},
+    {FaultKind::kTargetUnreachable, "TargetUnreachable"},
+    {FaultKind::kTransferFailed, "TransferFailed"},
+    {FaultKind::kCheckpointFailed, "CheckpointFailed"},
+    {FaultKind::kRestoreFailed, "RestoreFailed"},
+    {FaultKind::kStorageFailed, "StorageFailed"},
+    {FaultKind::kEtcdUnavailable, "EtcdUnavailable"},
+    {FaultKind::kSourceRestarted, "SourceRestarted"},
+    {FaultKind::kSourceLost, "SourceLost"},
+    {FaultKind::kSuperseded, "Superseded"},
+    {FaultKind::kTimedOut, "TimedOut"},
+    {FaultKind::kInternal, "Internal"},
+};
+
+constexpr std::pair<MigrationOutcome, std::string_view> kOutcomes[] = {
+    {MigrationOutcome::kCommitted, "Committed"},   {MigrationOutcome::kRolledBack, "RolledBack"},
+    {MigrationOutcome::kUntouched, "Untouched"},   {MigrationOutcome::kReleased, "Released"},
+    {MigrationOutcome::kSourceGone, "SourceGone"}, {MigrationOutcome::kAbandoned, "Abandoned"},
+};
+
+constexpr std::pair<Decider, std::string_view> kDeciders[] = {
+    {Decider::kSource, "Source"},
+    {Decider::kTarget, "Target"},
+    {Decider::kRecords, "Records"},
+    {Decider::kController, "Controller"},
+};
+
+template <typename E, size_t N>
+std::string_view NameIn(const std::pair<E, std::string_view> (&table)[N], E value) {
+  for (const auto& [v, name] : table) {
+    if (v == value) return name;
+  }
+  return "Unknown";
+}
+
+template <typename E, size_t N>
+StatusOr<E> ParseIn(const std::pair<E, std::string_view> (&table)[N], std::string_view s,
+                    std::string_view what) {
+  std::string names;
+  for (const auto& [v, name] : table) {
+    if (name == s) return v;
+    names += (names.empty() ? "" : ", ") + std::string(name);
+  }
+  return InvalidError("unknown " + std::string(what) + " \"" + std::string(s) + "\" (one of " +
+                      names + ")");
+}
+
 }  // namespace
+
+std::string_view FaultKindName(FaultKind k) { return NameIn(kFaultKinds, k); }
+StatusOr<FaultKind> ParseFaultKind(std::string_view s) {
+  return ParseIn(kFaultKinds, s, "fault kind");
+}
+std::string_view MigrationOutcomeName(MigrationOutcome o) { return NameIn(kOutcomes, o); }
+StatusOr<MigrationOutcome> ParseMigrationOutcome(std::string_view s) {
+  return ParseIn(kOutcomes, s, "migration outcome");
+}
+std::string_view DeciderName(Decider d) { return NameIn(kDeciders, d); }
+StatusOr<Decider> ParseDecider(std::string_view s) { return ParseIn(kDeciders, s, "decider"); }
+
+MigrationFault MakeFault(FaultKind kind, MigrationPhase phase, std::string node,
+                         std::string_view message, int64_t at_ms) {
+  if (message.size() > kMaxFaultMessageBytes) {
+    size_t cut = kMaxFaultMessageBytes;
+    // Never split a UTF-8 sequence: back up over continuation bytes.
+    while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+    message = message.substr(0, cut);
+  }
+  return MigrationFault{kind, phase, std::move(node), std::string(message), at_ms < 0 ? 0 : at_ms};
+}
 
 std::string_view RestartPolicyName(RestartPolicy p) {
   for (const auto& [policy, name] : kRestartPolicies) {

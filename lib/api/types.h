@@ -227,6 +227,101 @@ struct MigrationTimings {
   bool operator==(const MigrationTimings&) const = default;
 };
 
+// Which fault a migration met (MigrationFault::kind): a small, stable set of
+// names, chosen by what an operator does about it. JSON: the names quoted.
+enum class FaultKind {
+  kCancelled,          // "Cancelled": someone asked (cancelledBy says who); nothing to repair
+  kInvalidOrder,       // "InvalidOrder": cannot be carried out as ordered (the target is the
+                       // source, not a kmosix agent, answers under another name, is no ready
+                       // node; the workload is gone): fix the order or the node's URL
+  kTargetRefused,      // "TargetRefused": the target said no (busy, no room, no such image, the
+                       // name in use): make room there, or pick another target
+  kTargetUnreachable,  // "TargetUnreachable": the target's agent did not answer (down,
+                       // partitioned, timed out): check the target node and the network
+  kTransferFailed,     // "TransferFailed": the image stream broke (cut, corrupted): check the
+                       // network between the two nodes
+  kCheckpointFailed,   // "CheckpointFailed": the source could not freeze or dump it (CRIU):
+                       // check CRIU and what the workload holds
+  kRestoreFailed,      // "RestoreFailed": the target could not restore it, or dropped its copy
+                       // before the commit: check the target's runtime and CRIU
+  kStorageFailed,      // "StorageFailed": a durable write on the source failed (its journal or
+                       // scratch directory; a full disk): free the source's disk
+  kEtcdUnavailable,    // "EtcdUnavailable": the ownership records could not be read or written
+                       // around the commit: check etcd
+  kSourceRestarted,    // "SourceRestarted": the source agent stopped mid-migration (crash,
+                       // restart) and finished it from its journal when it came back
+  kSourceLost,         // "SourceLost": the source node was lost (its lease expired) before the
+                       // migration ended; the controller ended it
+  kSuperseded,         // "Superseded": another node owns the workload (a node-loss restart,
+                       // another migration) or it was deleted: nothing to repair
+  kTimedOut,           // "TimedOut": the source did not take the order up in time: check the
+                       // source agent
+  kInternal,           // "Internal": an unexpected error (a bug): report it with the logs
+};
+std::string_view FaultKindName(FaultKind k);
+// Strict: kInvalid naming the unknown value.
+StatusOr<FaultKind> ParseFaultKind(std::string_view s);
+
+inline constexpr size_t kMaxFaultMessageBytes = 4096;
+
+// The fault that took a migration off its path: the first one met (a later
+// failure while resolving it does not replace it), or the one the controller
+// ended it for. JSON {"kind","phase","node","message","atMs"}.
+struct MigrationFault {
+  FaultKind kind = FaultKind::kInternal;
+  // Where it hit: the phase the migration was in (Pending: before the
+  // source took the order up).
+  MigrationPhase phase = MigrationPhase::kPending;
+  // Which side: the node it hit (the source or the target); "" = the
+  // cluster (etcd, the controller, a cancel).
+  std::string node;
+  std::string message;  // what was seen; at most kMaxFaultMessageBytes
+  int64_t at_ms = 0;    // wall clock
+  bool operator==(const MigrationFault&) const = default;
+};
+// A fault with `message` cut to kMaxFaultMessageBytes (at a UTF-8 boundary).
+MigrationFault MakeFault(FaultKind kind, MigrationPhase phase, std::string node,
+                         std::string_view message, int64_t at_ms);
+
+// How a migration ended, as far as the workload goes
+// (MigrationResolution::outcome). JSON: the names quoted.
+enum class MigrationOutcome {
+  kCommitted,   // "Committed": the target owns and runs it (Succeeded)
+  kRolledBack,  // "RolledBack": the source's frozen copy was thawed; it runs there again
+  kUntouched,   // "Untouched": it never stopped on the source (ended before the freeze)
+  kReleased,    // "Released": the source's copy was released, never thawed: another node
+                // owns it, or it was deleted (Failed, report.sourceReleased)
+  kSourceGone,  // "SourceGone": the source's copy vanished (its node lost it) before it could
+                // be thawed; the workload's own restart rules take over
+  kAbandoned,   // "Abandoned": ended without the source's word (its node was lost); the
+                // workload record stays with the source, whose node-loss policy decides
+};
+std::string_view MigrationOutcomeName(MigrationOutcome o);
+StatusOr<MigrationOutcome> ParseMigrationOutcome(std::string_view s);
+
+// Who decided that outcome (MigrationResolution::decided_by). JSON: the names
+// quoted.
+enum class Decider {
+  kSource,      // "Source": the source's driver, on its own path
+  kTarget,      // "Target": the target's remembered commit-or-abort verdict, asked again
+                // after an uncertain moment (a lost answer, a source restart)
+  kRecords,     // "Records": the cluster's ownership records (etcd), when the target could
+                // not say (it forgot the migration) or they name another owner
+  kController,  // "Controller": the leading controller's verdict (source lost, order
+                // timed out, workload gone)
+};
+std::string_view DeciderName(Decider d);
+StatusOr<Decider> ParseDecider(std::string_view s);
+
+// How a migration ended and who decided; set with its final phase.
+// JSON {"outcome","decidedBy","atMs"}.
+struct MigrationResolution {
+  MigrationOutcome outcome = MigrationOutcome::kUntouched;
+  Decider decided_by = Decider::kSource;
+  int64_t at_ms = 0;  // wall clock
+  bool operator==(const MigrationResolution&) const = default;
+};
+
 // What the source agent's driver reports of one migration.
 struct MigrationReport {
   std::string id;
@@ -248,6 +343,10 @@ struct MigrationReport {
   // deleted), so the source's frozen copy was released, never thawed; it is
   // gone from the source (JSON "sourceReleased", present only when true).
   bool source_released = false;
+  // The fault it met (absent: none), and how it ended (set with a final
+  // phase). JSON "fault", "resolution" (absent when unset).
+  std::optional<MigrationFault> fault;
+  std::optional<MigrationResolution> resolution;
 };
 
 // Who ordered a migration (Migration::requested_by).
@@ -276,6 +375,11 @@ struct Migration {
   // (ownership not transferred), so a set flag means "never commit".
   int64_t cancel_requested_ms = 0;  // 0: not cancelled
   std::string cancelled_by;         // who asked ("api", "drain", "user"...)
+  // Which fault it met and how it ended: the source's (from its report) or
+  // the controller's verdict. Absent: none met / not ended (records written
+  // before they existed have neither).
+  std::optional<MigrationFault> fault;
+  std::optional<MigrationResolution> resolution;
 };
 
 // ---- requests and views of the controller API ---------------------------------

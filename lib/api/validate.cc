@@ -101,6 +101,20 @@ Status ValidateCheckpointRecord(const CheckpointRecord& c) {
   return Status::Ok();
 }
 
+Status ValidateMigrationFault(const MigrationFault& f) {
+  constexpr std::string_view what = "migration fault";
+  KMX_RETURN_IF_ERROR(NameField(what, "node", f.node, /*allow_empty=*/true));
+  if (f.message.size() > kMaxFaultMessageBytes)
+    return Bad(what, "message", "at most " + std::to_string(kMaxFaultMessageBytes) + " bytes");
+  if (f.at_ms < 0) return Bad(what, "atMs", ">= 0");
+  return Status::Ok();
+}
+
+Status ValidateMigrationResolution(const MigrationResolution& r) {
+  if (r.at_ms < 0) return Bad("migration resolution", "atMs", ">= 0");
+  return Status::Ok();
+}
+
 Status ValidateMigrationRequest(const MigrationRequest& r) {
   if (auto s = ValidateName(r.workload); !s.ok()) return s.Annotate("workload");
   if (!r.target.empty()) {

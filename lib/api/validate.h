@@ -49,6 +49,12 @@ Status ValidateRecovery(const Recovery& recovery, std::string_view what = "workl
 // takenMs >= 0.
 Status ValidateCheckpointRecord(const CheckpointRecord& record);
 
+// A migration's fault: node "" or a name, message at most
+// kMaxFaultMessageBytes (api/types.h), atMs >= 0. Its resolution: atMs >= 0.
+// (Kinds, phases, outcomes and deciders are checked by their parsers.)
+Status ValidateMigrationFault(const MigrationFault& fault);
+Status ValidateMigrationResolution(const MigrationResolution& resolution);
+
 // workload a name; target, id "" or names (an id not starting with "ckpt-",
 // which the agents keep for periodic checkpoints); requested_by one of "policy",
 // "api", "drain", "user".

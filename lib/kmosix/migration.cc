@@ -8,9 +8,14 @@
 #include <utility>
 
 #include "kmosix/intake_limits.h"
+#include "kmosix/json_fields.h"
 
 namespace kmosix {
 namespace {
+
+using api::Decider;
+using api::FaultKind;
+using api::MigrationOutcome;
 
 constexpr std::string_view kNotJournaled = "migration journal not written";
 
@@ -57,7 +62,61 @@ nlohmann::json MigrationReportToJson(const MigrationReport& r) {
     j["failedPhase"] = r.failed_phase;
   }
   if (r.source_released) j["sourceReleased"] = true;
+  if (r.fault) j["fault"] = MigrationFaultToJson(*r.fault);
+  if (r.resolution) j["resolution"] = MigrationResolutionToJson(*r.resolution);
   return j;
+}
+
+nlohmann::json MigrationFaultToJson(const api::MigrationFault& f) {
+  return {{"kind", api::FaultKindName(f.kind)},
+          {"phase", MigrationPhaseName(f.phase)},
+          {"node", f.node},
+          {"message", f.message},
+          {"atMs", f.at_ms}};
+}
+
+StatusOr<api::MigrationFault> MigrationFaultFromJson(const nlohmann::json& j) {
+  JsonFields f(j, "migration fault");
+  KMX_RETURN_IF_ERROR(f.Check({"kind", "phase", "node", "message", "atMs"}));
+  api::MigrationFault out;
+  std::string kind, phase;
+  KMX_RETURN_IF_ERROR(f.String("kind", kind, /*required=*/true));
+  auto k = api::ParseFaultKind(kind);
+  if (!k.ok()) return k.status().Annotate("field \"kind\" in migration fault");
+  out.kind = *k;
+  KMX_RETURN_IF_ERROR(f.String("phase", phase, /*required=*/true));
+  auto p = ParseMigrationPhase(phase);
+  if (!p.ok()) return p.status().Annotate("field \"phase\" in migration fault");
+  out.phase = *p;
+  KMX_RETURN_IF_ERROR(f.String("node", out.node));
+  KMX_RETURN_IF_ERROR(f.String("message", out.message));
+  KMX_RETURN_IF_ERROR(f.Int("atMs", out.at_ms));
+  KMX_RETURN_IF_ERROR(api::ValidateMigrationFault(out));
+  return out;
+}
+
+nlohmann::json MigrationResolutionToJson(const api::MigrationResolution& r) {
+  return {{"outcome", api::MigrationOutcomeName(r.outcome)},
+          {"decidedBy", api::DeciderName(r.decided_by)},
+          {"atMs", r.at_ms}};
+}
+
+StatusOr<api::MigrationResolution> MigrationResolutionFromJson(const nlohmann::json& j) {
+  JsonFields f(j, "migration resolution");
+  KMX_RETURN_IF_ERROR(f.Check({"outcome", "decidedBy", "atMs"}));
+  api::MigrationResolution out;
+  std::string outcome, by;
+  KMX_RETURN_IF_ERROR(f.String("outcome", outcome, /*required=*/true));
+  auto o = api::ParseMigrationOutcome(outcome);
+  if (!o.ok()) return o.status().Annotate("field \"outcome\" in migration resolution");
+  out.outcome = *o;
+  KMX_RETURN_IF_ERROR(f.String("decidedBy", by, /*required=*/true));
+  auto d = api::ParseDecider(by);
+  if (!d.ok()) return d.status().Annotate("field \"decidedBy\" in migration resolution");
+  out.decided_by = *d;
+  KMX_RETURN_IF_ERROR(f.Int("atMs", out.at_ms));
+  KMX_RETURN_IF_ERROR(api::ValidateMigrationResolution(out));
+  return out;
 }
 
 StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j) {
@@ -83,6 +142,16 @@ StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j) {
       r.failed_phase = j.value("failedPhase", "");
     }
     r.source_released = j.value("sourceReleased", false);
+    if (auto fault = j.find("fault"); fault != j.end() && !fault->is_null()) {
+      auto parsed = MigrationFaultFromJson(*fault);
+      if (!parsed.ok()) return parsed.status().Annotate("bad migration record");
+      r.fault = std::move(*parsed);
+    }
+    if (auto res = j.find("resolution"); res != j.end() && !res->is_null()) {
+      auto parsed = MigrationResolutionFromJson(*res);
+      if (!parsed.ok()) return parsed.status().Annotate("bad migration record");
+      r.resolution = *parsed;
+    }
   } catch (const nlohmann::json::exception& e) {
     return InvalidError(std::string("bad migration record: ") + e.what());
   }
@@ -114,14 +183,31 @@ void MigrationDriver::RemoveScratch(const MigrationReport& r) const {
 }
 
 MigrationReport& MigrationDriver::Finish(MigrationReport& r, MigrationPhase p,
-                                         const PersistFn& persist) {
+                                         const PersistFn& persist, Decider by,
+                                         std::optional<MigrationOutcome> outcome) {
   RemoveScratch(r);
   r.finished_ms = clock_.WallMillis();
   r.timings.total = static_cast<double>(r.finished_ms - r.started_ms) / 1000.0;
+  if (!outcome) {
+    outcome = p == MigrationPhase::kSucceeded    ? MigrationOutcome::kCommitted
+              : p == MigrationPhase::kRolledBack ? MigrationOutcome::kRolledBack
+              : r.source_released                ? MigrationOutcome::kReleased
+                                                 : MigrationOutcome::kUntouched;
+  }
+  r.resolution = api::MigrationResolution{*outcome, by, r.finished_ms};
   // An end not journaled is logged: it has happened, and an earlier phase
   // in the journal recovers to the same end (see the header).
   (void)Enter(r, p, persist);
   return r;
+}
+
+void MigrationDriver::Met(MigrationReport& r, FaultKind kind, Side side, const Status& why,
+                          std::optional<MigrationPhase> in) const {
+  if (r.fault) return;  // the first fault met stays
+  const std::string node = side == Side::kSource   ? r.source_node
+                           : side == Side::kTarget ? r.target_node
+                                                   : std::string();
+  r.fault = api::MakeFault(kind, in.value_or(r.phase), node, why.ToString(), clock_.WallMillis());
 }
 
 MigrationReport& MigrationDriver::Fail(MigrationReport& r, const Status& why,
@@ -130,7 +216,7 @@ MigrationReport& MigrationDriver::Fail(MigrationReport& r, const Status& why,
   r.error = why;
   spdlog::warn("migration {} of {} failed in {} (workload untouched): {}", r.id, r.workload,
                r.failed_phase, why.ToString());
-  return Finish(r, MigrationPhase::kFailed, persist);
+  return Finish(r, MigrationPhase::kFailed, persist, Decider::kSource);
 }
 
 MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string& name,
@@ -150,25 +236,29 @@ MigrationReport& MigrationDriver::RollBack(MigrationReport& r, const std::string
   if (a.ok() && *a == TargetPhase::kCommitted) {
     spdlog::warn("migration {} of {}: rollback found the target committed; it owns the workload",
                  r.id, r.workload);
-    return Succeed(r, name, persist);
+    return Succeed(r, name, persist, Decider::kTarget);
   }
   if (!a.ok()) {
     spdlog::warn("migration {}: target did not confirm abort: {}", r.id, a.status().ToString());
   }
   Status cause = why;
-  if (Status s = ThawSource(r, name, cause); !s.ok()) {
+  bool gone = false;
+  if (Status s = ThawSource(r, name, cause, gone); !s.ok()) {
     r.error = why.Annotate("rollback could not thaw the workload (" + s.ToString() + ")");
+    Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
     (void)Enter(r, MigrationPhase::kResolving, persist);
     return r;
   }
   r.error = cause;
-  return Finish(r, MigrationPhase::kRolledBack, persist);
+  return Finish(r, MigrationPhase::kRolledBack, persist, Decider::kSource,
+                gone ? MigrationOutcome::kSourceGone : MigrationOutcome::kRolledBack);
 }
 
-Status MigrationDriver::ThawSource(const MigrationReport& r, const std::string& name,
-                                   Status& cause) {
+Status MigrationDriver::ThawSource(const MigrationReport& r, const std::string& name, Status& cause,
+                                   bool& gone) {
   Status s = engine_.Thaw(name);
   if (s.code() != Code::kNotFound) return s;
+  gone = true;
   // Its container is gone (the node lost it): nothing can thaw it, nor run
   // it twice. Waiting in Resolving would never end; the migration ends here
   // and the agent's own checks (lost, restart) take the workload over.
@@ -185,6 +275,7 @@ MigrationReport& MigrationDriver::Superseded(MigrationReport& r, const std::stri
   spdlog::warn("migration {} of {}: releasing the source copy, never thawing it: {}", r.id,
                r.workload, why.ToString());
   if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
+  Met(r, FaultKind::kSuperseded, Side::kCluster, why);
   if (Status s = engine_.Release(name); !s.ok() && s.code() != Code::kNotFound) {
     r.error = why.Annotate("the source copy could not be released (" + s.ToString() + ")");
     (void)Enter(r, MigrationPhase::kResolving, persist);
@@ -192,20 +283,22 @@ MigrationReport& MigrationDriver::Superseded(MigrationReport& r, const std::stri
   }
   r.error = Status(why.code(), why.message() + "; the source copy was released, not thawed");
   r.source_released = true;
-  return Finish(r, MigrationPhase::kFailed, persist);
+  return Finish(r, MigrationPhase::kFailed, persist, Decider::kRecords,
+                MigrationOutcome::kReleased);
 }
 
 MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string& name,
-                                          const PersistFn& persist) {
+                                          const PersistFn& persist, Decider by) {
   if (Status s = engine_.Release(name); !s.ok()) {
     // Ownership moved; the frozen copy never runs again. Recover retries.
     r.error = s.Annotate("target committed but the source copy could not be released");
+    Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
     (void)Enter(r, MigrationPhase::kResolving, persist);
     return r;
   }
   r.error = Status::Ok();
   r.failed_phase.clear();
-  return Finish(r, MigrationPhase::kSucceeded, persist);
+  return Finish(r, MigrationPhase::kSucceeded, persist, by);
 }
 
 // The order that keeps one owner: the ledger names the target before the
@@ -215,7 +308,8 @@ MigrationReport& MigrationDriver::Succeed(MigrationReport& r, const std::string&
 // or the ledger leaves the source frozen until a later call (Recover) gets one.
 MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& name,
                                          const Status& why, bool restored, const Marks& marks,
-                                         const PersistFn& persist, bool cancelled) {
+                                         const PersistFn& persist, bool cancelled,
+                                         const CancelFn* poll) {
   OwnershipLedger& ledger = *options_.ledger;
   // Timings of what ends here (Run passes its marks; Recover has none).
   auto stamp = [&](bool thawed) {
@@ -228,9 +322,13 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
   bool refused = cancelled;
   bool known = restored;  // `restored` holds for the first round only
   Status last;            // the latest unknown answer
+  if (cancelled) Met(r, FaultKind::kCancelled, Side::kCluster, why);
   while (true) {
     TargetPhase phase = TargetPhase::kUnknown;
     bool answered = true;
+    // Run's own path decides in its first round; later rounds follow the
+    // target's remembered verdict.
+    const Decider by = known ? Decider::kSource : Decider::kTarget;
     if (known) {
       phase = TargetPhase::kRestored;
       known = false;
@@ -241,6 +339,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
       } else {
         answered = false;
         last = q.status().Annotate("query target");
+        Met(r, FaultKind::kTargetUnreachable, Side::kTarget, last);
       }
     }
     if (answered && phase == TargetPhase::kUnknown) {
@@ -254,11 +353,12 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
         answered = false;
         last = v.status().Annotate("target " + r.target_url + " has no record of " + r.id +
                                    "; ownership records");
+        Met(r, FaultKind::kEtcdUnavailable, Side::kCluster, last);
       } else if (v->answer == OwnershipLedger::Answer::kCommitted) {
         spdlog::warn("migration {} of {}: the target forgot it; the records say it committed ({})",
                      r.id, r.workload, v->reason);
         stamp(false);
-        return Succeed(r, name, persist);
+        return Succeed(r, name, persist, Decider::kRecords);
       } else if (v->answer == OwnershipLedger::Answer::kSuperseded) {
         stamp(false);
         return Superseded(r, name, FailedError("the target forgot the migration and " + v->reason),
@@ -267,6 +367,7 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
         answered = false;
         last = FailedError("target " + r.target_url + " has no record of migration " + r.id +
                            " and the ownership records cannot say (" + v->reason + ")");
+        Met(r, FaultKind::kEtcdUnavailable, Side::kCluster, last);
       }
       // kNotCommitted: the source owns it and the target cannot commit: the
       // target's Abort below bars the id, then the source thaws.
@@ -278,22 +379,32 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
         auto c = transport_.Commit(r.target_url, r.id);
         if (c.ok() && *c == TargetPhase::kCommitted) {
           stamp(true);  // the target's copy ran from its commit (restored stopped)
-          return Succeed(r, name, persist);
+          return Succeed(r, name, persist, by);
         }
         if (c.ok()) {
           phase = TargetPhase::kAborted;
           if (cause.ok()) cause = FailedError("target aborted the migration before the commit");
+          Met(r, FaultKind::kRestoreFailed, Side::kTarget, cause);
         } else {
           answered = false;
           last = c.status().Annotate("commit");
+          Met(r,
+              c.status().code() == Code::kRetry ? FaultKind::kTargetUnreachable
+                                                : FaultKind::kRestoreFailed,
+              Side::kTarget, last);
         }
       } else if (t.code() == Code::kRetry) {
         answered = false;
         last = t.Annotate("ownership transfer");
+        Met(r, FaultKind::kEtcdUnavailable, Side::kCluster, last);
       } else {
         refused = true;
         cause = t.Annotate("ownership transfer refused; not committed");
         spdlog::warn("migration {} of {}: {}", r.id, r.workload, cause.ToString());
+        // A cancel landing after Run's last check is refused here too.
+        Met(r,
+            poll != nullptr && *poll && (*poll)() ? FaultKind::kCancelled : FaultKind::kSuperseded,
+            Side::kCluster, cause);
       }
     }
     if (answered && phase != TargetPhase::kAborted && phase != TargetPhase::kCommitted) {
@@ -305,11 +416,12 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
       } else {
         answered = false;
         last = a.status().Annotate("abort");
+        Met(r, FaultKind::kTargetUnreachable, Side::kTarget, last);
       }
     }
     if (answered && phase == TargetPhase::kCommitted) {
       stamp(false);
-      return Succeed(r, name, persist);
+      return Succeed(r, name, persist, Decider::kTarget);
     }
     if (answered) {
       // Aborted: nothing runs there. Name the source the owner again (unless
@@ -335,9 +447,12 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
       }
       if (rv.code() == Code::kRetry || !rv.ok()) {
         last = rv.Annotate("ownership revert");
+        Met(r, FaultKind::kEtcdUnavailable, Side::kCluster, last);
       } else {
         if (cause.ok()) cause = FailedError("target aborted the migration");
-        if (Status s = ThawSource(r, name, cause); !s.ok()) {
+        Met(r, FaultKind::kRestoreFailed, Side::kTarget, cause);
+        bool gone = false;
+        if (Status s = ThawSource(r, name, cause, gone); !s.ok()) {
           r.failed_phase =
               r.failed_phase.empty() ? std::string(MigrationPhaseName(r.phase)) : r.failed_phase;
           r.error =
@@ -348,7 +463,8 @@ MigrationReport& MigrationDriver::Settle(MigrationReport& r, const std::string& 
         if (r.failed_phase.empty()) r.failed_phase = std::string(MigrationPhaseName(r.phase));
         r.error = cause;
         stamp(true);
-        return Finish(r, MigrationPhase::kRolledBack, persist);
+        return Finish(r, MigrationPhase::kRolledBack, persist, by,
+                      gone ? MigrationOutcome::kSourceGone : MigrationOutcome::kRolledBack);
       }
     }
     if (clock_.Now() >= deadline) break;
@@ -386,6 +502,7 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
     if (auto q = transport_.Query(r.target_url, r.id); q.ok() && *q == TargetPhase::kUnknown) {
       last = FailedError("target " + r.target_url + " has no record of migration " + r.id +
                          " any more (forgotten or lost): it may run the workload");
+      Met(r, FaultKind::kTargetUnreachable, Side::kTarget, last);
       if (clock_.Now() >= deadline) break;
       clock_.SleepFor(options_.retry_interval);
       continue;
@@ -395,25 +512,30 @@ MigrationReport& MigrationDriver::Resolve(MigrationReport& r, const std::string&
       // The target owns it: drop the frozen copy.
       if (Status s = engine_.Release(name); !s.ok()) {
         r.error = s.Annotate("target committed but the source copy could not be released");
+        Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
         (void)Enter(r, r.phase, persist);
         return r;
       }
       r.error = Status::Ok();
       r.failed_phase.clear();
-      return Finish(r, MigrationPhase::kSucceeded, persist);
+      return Finish(r, MigrationPhase::kSucceeded, persist, Decider::kTarget);
     }
     if (answer.ok()) {
       // Aborted (or never heard of it): nothing runs there; run here again.
       Status cause = why;
-      if (Status s = ThawSource(r, name, cause); !s.ok()) {
+      bool gone = false;
+      if (Status s = ThawSource(r, name, cause, gone); !s.ok()) {
         r.error = why.Annotate("could not thaw after the target aborted (" + s.ToString() + ")");
+        Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
         (void)Enter(r, r.phase, persist);
         return r;
       }
       r.error = cause;
-      return Finish(r, MigrationPhase::kRolledBack, persist);
+      return Finish(r, MigrationPhase::kRolledBack, persist, Decider::kTarget,
+                    gone ? MigrationOutcome::kSourceGone : MigrationOutcome::kRolledBack);
     }
     last = answer.status();
+    Met(r, FaultKind::kTargetUnreachable, Side::kTarget, last);
     if (clock_.Now() >= deadline) break;
     clock_.SleepFor(options_.retry_interval);
   }
@@ -431,36 +553,43 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   const Status kCancelled = FailedError("migration cancelled");
   const auto start = clock_.Now();
   r.started_ms = clock_.WallMillis();
+  // Ends it Failed before anything froze: the fault met, then why.
+  auto fail = [&](FaultKind kind, Side side, const Status& why) -> MigrationReport {
+    Met(r, kind, side, why);
+    return Fail(r, why, persist);
+  };
   if (Status j = Enter(r, MigrationPhase::kPreparing, persist); !j.ok()) {
-    return Fail(r, j.Annotate(kNotJournaled), persist);  // nothing asked, nothing frozen
+    // Nothing asked, nothing frozen.
+    return fail(FaultKind::kStorageFailed, Side::kSource, j.Annotate(kNotJournaled));
   }
 
   auto peer = transport_.Hello(r.target_url);
   if (!peer.ok()) {
     const Status& s = peer.status();
     // Unreachable is worth a retry; anything else that answers is not an agent.
-    return Fail(r,
-                s.code() == Code::kRetry ? s.Annotate("target " + r.target_url + " unreachable")
-                                         : InvalidError("target " + r.target_url +
-                                                        " is not a kmosix agent: " + s.message()),
-                persist);
+    if (s.code() == Code::kRetry) {
+      return fail(FaultKind::kTargetUnreachable, Side::kTarget,
+                  s.Annotate("target " + r.target_url + " unreachable"));
+    }
+    return fail(FaultKind::kInvalidOrder, Side::kTarget,
+                InvalidError("target " + r.target_url + " is not a kmosix agent: " + s.message()));
   }
   if (!r.target_node.empty() && r.target_node != peer->node) {
-    return Fail(r,
+    return fail(FaultKind::kInvalidOrder, Side::kTarget,
                 InvalidError("target " + r.target_url + " is node " + peer->node + ", not " +
-                             r.target_node),
-                persist);
+                             r.target_node));
   }
   r.target_node = peer->node;
   if (r.target_node == r.source_node) {
-    return Fail(r, InvalidError("target " + r.target_url + " is this node"), persist);
+    return fail(FaultKind::kInvalidOrder, Side::kTarget,
+                InvalidError("target " + r.target_url + " is this node"));
   }
   MigrationOffer offer{r.id, r.source_node,   options_.source_url,
                        spec, life.created_ms, life.history};
   offer.spec.log_path.clear();
   offer.memory_bytes = engine_.MemoryBytes(spec.name);
   offer.stream = engine_.StreamBound(spec, offer.memory_bytes);
-  if (cancel_now()) return Fail(r, kCancelled, persist);  // check 1: nothing asked yet
+  if (cancel_now()) return fail(FaultKind::kCancelled, Side::kCluster, kCancelled);  // check 1
   Status prepared = transport_.Prepare(r.target_url, offer);
   const auto busy_until = clock_.Now() + options_.busy_wait;
   while (!prepared.ok()) {
@@ -474,33 +603,35 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     spdlog::info("migration {} of {}: target {} is busy ({}); asking again in {:.1f} s", r.id,
                  r.workload, r.target_url, prepared.message(), Seconds(wait));
     clock_.SleepFor(wait);
-    if (cancel_now()) return Fail(r, kCancelled, persist);  // still nothing asked of it
+    // Still nothing asked of it.
+    if (cancel_now()) return fail(FaultKind::kCancelled, Side::kCluster, kCancelled);
     prepared = transport_.Prepare(r.target_url, offer);
   }
   if (!prepared.ok()) {
     // A timeout may have prepared it anyway; prepared containers never run.
     // (A busy answer prepared nothing, and an abort would bar the id there.)
-    if (prepared.code() == Code::kRetry && !RetryAfterOf(prepared)) {
-      (void)transport_.Abort(r.target_url, r.id);
-    }
-    return Fail(r, prepared.Annotate("target refused"), persist);
+    const bool unanswered = prepared.code() == Code::kRetry && !RetryAfterOf(prepared);
+    if (unanswered) (void)transport_.Abort(r.target_url, r.id);
+    return fail(unanswered ? FaultKind::kTargetUnreachable : FaultKind::kTargetRefused,
+                Side::kTarget, prepared.Annotate("target refused"));
   }
   r.timings.prepare = Seconds(clock_.Now() - start);
   if (cancel_now()) {  // check 2: prepared there, nothing frozen here
     (void)transport_.Abort(r.target_url, r.id);
-    return Fail(r, kCancelled, persist);
+    return fail(FaultKind::kCancelled, Side::kCluster, kCancelled);
   }
 
   if (Status j = Enter(r, MigrationPhase::kCheckpointing, persist); !j.ok()) {
     // Never freeze what the journal could not say was being frozen.
     (void)transport_.Abort(r.target_url, r.id);
-    return Fail(r, j.Annotate(kNotJournaled), persist);
+    return fail(FaultKind::kStorageFailed, Side::kSource, j.Annotate(kNotJournaled));
   }
   std::error_code ec;
   std::filesystem::create_directories(ScratchFor(r), ec);
   if (ec) {
     (void)transport_.Abort(r.target_url, r.id);
-    return Fail(r, FailedError("cannot create scratch dir: " + ec.message()), persist);
+    return fail(FaultKind::kStorageFailed, Side::kSource,
+                FailedError("cannot create scratch dir: " + ec.message()));
   }
   const auto frozen_at = clock_.Now();
   auto capture = engine_.Freeze(spec, ScratchFor(r));
@@ -510,31 +641,34 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     r.failed_phase = "Checkpointing";
     r.error = capture.status();
     r.timings.downtime = Seconds(clock_.Now() - frozen_at);
-    return Finish(r, MigrationPhase::kRolledBack, persist);
+    Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
+    return Finish(r, MigrationPhase::kRolledBack, persist, Decider::kSource);
   }
   r.timings.freeze = capture->freeze_seconds;
   r.timings.checkpoint = capture->checkpoint_seconds;
   // Checks 3 and 4: frozen here, nothing restored there.
-  auto roll_back = [&](const Status& why,
+  auto roll_back = [&](FaultKind kind, Side side, const Status& why,
                        std::optional<MigrationPhase> failed_in = {}) -> MigrationReport {
+    Met(r, kind, side, why, failed_in);
     RollBack(r, spec.name, why, persist, failed_in);
     r.timings.downtime = Seconds(clock_.Now() - frozen_at);
     return r;
   };
-  if (cancel_now()) return roll_back(kCancelled);
+  if (cancel_now()) return roll_back(FaultKind::kCancelled, Side::kCluster, kCancelled);
 
   if (Status j = Enter(r, MigrationPhase::kTransferring, persist); !j.ok()) {
-    return roll_back(j.Annotate(kNotJournaled));
+    return roll_back(FaultKind::kStorageFailed, Side::kSource, j.Annotate(kNotJournaled));
   }
   auto sent = transport_.Send(r.target_url, r.id, capture->sections);
   if (!sent.ok()) {
     if (capture->streamed_dump_error) {
       // The dump ran during the transfer: say which of them failed.
       if (Status dump = capture->streamed_dump_error(); !dump.ok()) {
-        return roll_back(dump, MigrationPhase::kCheckpointing);
+        return roll_back(FaultKind::kCheckpointFailed, Side::kSource, dump,
+                         MigrationPhase::kCheckpointing);
       }
     }
-    return roll_back(sent.status().Annotate("transfer"));
+    return roll_back(FaultKind::kTransferFailed, Side::kTarget, sent.status().Annotate("transfer"));
   }
   r.bytes = sent->bytes;
   r.files = sent->files;
@@ -543,10 +677,11 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     // The dump ran during the transfer (and has ended: all of it was read).
     r.timings.checkpoint = capture->streamed_checkpoint_seconds();
   }
-  if (cancel_now()) return roll_back(kCancelled);
+  if (cancel_now()) return roll_back(FaultKind::kCancelled, Side::kCluster, kCancelled);
 
   if (Status j = Enter(r, MigrationPhase::kRestoring, persist); !j.ok()) {
-    return roll_back(j.Annotate(kNotJournaled));  // nothing restored there yet
+    // Nothing restored there yet.
+    return roll_back(FaultKind::kStorageFailed, Side::kSource, j.Annotate(kNotJournaled));
   }
   const auto restore_start = clock_.Now();
   auto restored = transport_.Restore(r.target_url, r.id);
@@ -555,6 +690,10 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   if (!restored.ok()) {
     // Whether or not the target answered, only its commit-or-abort record
     // says what runs there: resolve through it.
+    Met(r,
+        restored.status().code() == Code::kRetry ? FaultKind::kTargetUnreachable
+                                                 : FaultKind::kRestoreFailed,
+        Side::kTarget, restored.status());
     Resolve(r, spec.name, restored.status(), persist);
     r.timings.downtime = Seconds(clock_.Now() - frozen_at);
     return r;
@@ -563,6 +702,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   if (cancel_now()) {
     // Check 5: the target runs an uncommitted copy. Make it abort (never
     // transfer or commit), then thaw here.
+    Met(r, FaultKind::kCancelled, Side::kCluster, kCancelled);
     if (options_.ledger != nullptr) {
       return Settle(r, spec.name, kCancelled, /*restored=*/true, {&frozen_at, nullptr}, persist,
                     /*cancelled=*/true);
@@ -576,6 +716,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     // Never commit what the journal could not say was being committed: make
     // the target abort its copy (never transfer or commit), then thaw here.
     const Status why = j.Annotate(kNotJournaled);
+    Met(r, FaultKind::kStorageFailed, Side::kSource, why);
     if (options_.ledger != nullptr) {
       return Settle(r, spec.name, why, /*restored=*/true, {&frozen_at, nullptr}, persist,
                     /*cancelled=*/true);
@@ -587,7 +728,7 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
   const auto commit_start = clock_.Now();
   if (options_.ledger != nullptr) {
     return Settle(r, spec.name, Status::Ok(), /*restored=*/true, {&frozen_at, &commit_start},
-                  persist);
+                  persist, /*cancelled=*/false, &cancelled);
   }
   auto committed = transport_.Commit(r.target_url, r.id);
   if (committed.ok() && *committed == TargetPhase::kCommitted) {
@@ -596,14 +737,19 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
     if (Status s = engine_.Release(spec.name); !s.ok()) {
       // Ownership moved; the frozen copy never runs again. Recover retries.
       r.error = s.Annotate("target committed but the source copy could not be released");
+      Met(r, FaultKind::kCheckpointFailed, Side::kSource, r.error);
       (void)Enter(r, MigrationPhase::kResolving, persist);
       return r;
     }
     r.timings.commit = Seconds(clock_.Now() - commit_start);
-    return Finish(r, MigrationPhase::kSucceeded, persist);
+    return Finish(r, MigrationPhase::kSucceeded, persist, Decider::kSource);
   }
   Status why = committed.ok() ? FailedError("target aborted the migration before the commit")
                               : committed.status().Annotate("commit");
+  Met(r,
+      !committed.ok() && committed.status().code() == Code::kRetry ? FaultKind::kTargetUnreachable
+                                                                   : FaultKind::kRestoreFailed,
+      Side::kTarget, why);
   Resolve(r, spec.name, why, persist);
   r.timings.commit = Seconds(clock_.Now() - commit_start);
   return r;
@@ -611,6 +757,13 @@ MigrationReport MigrationDriver::Run(const ContainerSpec& spec, MigrationReport 
 
 MigrationReport MigrationDriver::Recover(const ContainerSpec& spec, MigrationReport r,
                                          const PersistFn& persist) {
+  if (!IsFinal(r.phase)) {
+    // A journal left mid-way without a fault: the agent stopped (crashed,
+    // restarted) in this phase. One left Resolving already says its fault.
+    Met(r, FaultKind::kSourceRestarted, Side::kSource,
+        FailedError("the source agent stopped during " + std::string(MigrationPhaseName(r.phase)) +
+                    " and finished the migration from its journal"));
+  }
   switch (r.phase) {
     case MigrationPhase::kSucceeded:
     case MigrationPhase::kRolledBack:
@@ -622,7 +775,7 @@ MigrationReport MigrationDriver::Recover(const ContainerSpec& spec, MigrationRep
       if (a.ok() && *a == TargetPhase::kCommitted) {
         // Cannot be, with a journal written before each phase's work; if it
         // is, the target owns the workload: never run it here too.
-        return Succeed(r, spec.name, persist);
+        return Succeed(r, spec.name, persist, Decider::kTarget);
       }
       return Fail(r, FailedError("interrupted before the workload was frozen"), persist);
     }

@@ -69,6 +69,14 @@
 // migration ends RolledBack, its error saying so, instead of waiting in
 // Resolving; the caller's own checks (a lost workload) take over.
 //
+// Faults and resolutions (issue 13, "Also"): the report names the first
+// fault the migration met (report.fault: kind, the phase and node it hit,
+// what was seen; a later failure while resolving it does not replace it; a
+// journal recovered mid-way without one met kSourceRestarted) and, with its
+// final phase, how it ended and who decided (report.resolution: the source
+// on its own path, the target's remembered verdict asked again, or the
+// ownership records).
+//
 // Ownership: borrows the engine, transport and clock. Thread-safety: one
 // driver may run several migrations concurrently (it keeps no per-migration
 // state); the caller serialises migrations of the same workload.
@@ -101,9 +109,19 @@ using api::ParseMigrationPhase;
 // The report's JSON form (the agent's journal, its REST replies and the
 // "report" of the migration record): {"id","workload","sourceNode",
 // "targetNode","target","phase","outcome","startedMs","finishedMs","bytes",
-// "files","targetPid","timings":{...},"error"?,"failedPhase"?}.
+// "files","targetPid","timings":{...},"error"?,"failedPhase"?,
+// "sourceReleased"?,"fault"?,"resolution"?}.
 nlohmann::json MigrationReportToJson(const MigrationReport& r);
 StatusOr<MigrationReport> MigrationReportFromJson(const nlohmann::json& j);
+
+// The fault and resolution of a migration (report, record, REST):
+// {"kind","phase","node","message","atMs"} and {"outcome","decidedBy","atMs"}.
+// Strict: unknown fields, unknown names and bad values are kInvalid naming
+// the field (api::ValidateMigrationFault, api::ValidateMigrationResolution).
+nlohmann::json MigrationFaultToJson(const api::MigrationFault& f);
+StatusOr<api::MigrationFault> MigrationFaultFromJson(const nlohmann::json& j);
+nlohmann::json MigrationResolutionToJson(const api::MigrationResolution& r);
+StatusOr<api::MigrationResolution> MigrationResolutionFromJson(const nlohmann::json& j);
 
 // What a target should know of a workload's life so far.
 struct WorkloadLife {
@@ -227,19 +245,33 @@ class MigrationDriver {
   // ledger and the source copy to one owner (see the .cc for the order).
   // `restored`: the target is known to hold a restored, uncommitted copy.
   // `cancelled`: never transfer or commit in this call (abort, then thaw).
+  // `poll`: Run's cancel check, asked only to say whether a refused
+  // transfer was a cancel (the fault's kind).
   MigrationReport& Settle(MigrationReport& r, const std::string& name, const Status& why,
                           bool restored, const Marks& marks, const PersistFn& persist,
-                          bool cancelled = false);
+                          bool cancelled = false, const CancelFn* poll = nullptr);
   // Release after the target committed; Resolving if the release fails.
-  MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist);
+  MigrationReport& Succeed(MigrationReport& r, const std::string& name, const PersistFn& persist,
+                           api::Decider by);
   // Release because the ledger names another owner (or none): Failed with
   // `why`; Resolving if the release fails.
   MigrationReport& Superseded(MigrationReport& r, const std::string& name, const Status& why,
                               const PersistFn& persist);
-  MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist);
+  // Ends it in phase `p`, with its resolution: decided by `by`, the outcome
+  // `outcome` (default: from the phase; Failed with source_released:
+  // Released, otherwise Untouched).
+  MigrationReport& Finish(MigrationReport& r, MigrationPhase p, const PersistFn& persist,
+                          api::Decider by,
+                          std::optional<api::MigrationOutcome> outcome = std::nullopt);
+  // Which side a fault hit (MigrationFault::node).
+  enum class Side { kSource, kTarget, kCluster };
+  // Records the fault the migration met, unless it met one already (the
+  // first one stays). `in`: the phase it hit (default: the current one).
+  void Met(MigrationReport& r, api::FaultKind kind, Side side, const Status& why,
+           std::optional<MigrationPhase> in = std::nullopt) const;
   // engine_.Thaw; a copy that is gone (kNotFound) counts as done, with
-  // `cause` annotated to say so (see the header).
-  Status ThawSource(const MigrationReport& r, const std::string& name, Status& cause);
+  // `cause` annotated to say so (see the header) and `gone` set.
+  Status ThawSource(const MigrationReport& r, const std::string& name, Status& cause, bool& gone);
   std::string ScratchFor(const MigrationReport& r) const;
   void RemoveScratch(const MigrationReport& r) const;
 

@@ -1475,5 +1475,260 @@ TEST_F(MigrationTest, AReleasedSourceSurvivesJsonRoundTrip) {
   EXPECT_TRUE(back->source_released);
 }
 
+// ---- which fault a migration met, and how it ended (issue 13, "Also") ----------
+
+using api::Decider;
+using api::FaultKind;
+using api::MigrationOutcome;
+
+// The fault the report names (kind, phase, node) and its resolution.
+void ExpectFault(const MigrationReport& r, FaultKind kind, MigrationPhase phase,
+                 const std::string& node) {
+  ASSERT_TRUE(r.fault.has_value()) << "no fault in a report ending " << MigrationPhaseName(r.phase)
+                                   << ": " << r.error.ToString();
+  EXPECT_EQ(api::FaultKindName(r.fault->kind), api::FaultKindName(kind)) << r.fault->message;
+  EXPECT_EQ(MigrationPhaseName(r.fault->phase), MigrationPhaseName(phase)) << r.fault->message;
+  EXPECT_EQ(r.fault->node, node);
+  EXPECT_FALSE(r.fault->message.empty());
+  EXPECT_GT(r.fault->at_ms, 0);
+}
+void ExpectResolution(const MigrationReport& r, MigrationOutcome outcome, Decider by) {
+  ASSERT_TRUE(r.resolution.has_value()) << "no resolution in " << MigrationPhaseName(r.phase);
+  EXPECT_EQ(api::MigrationOutcomeName(r.resolution->outcome), api::MigrationOutcomeName(outcome));
+  EXPECT_EQ(api::DeciderName(r.resolution->decided_by), api::DeciderName(by));
+  EXPECT_EQ(r.resolution->at_ms, r.finished_ms);
+}
+
+TEST_F(MigrationTest, ASuccessMeetsNoFaultAndIsCommittedByTheSource) {
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded);
+  EXPECT_FALSE(r.fault.has_value());
+  ExpectResolution(r, MigrationOutcome::kCommitted, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfAFailedHelloIsAnInvalidOrder) {
+  transport_->SetNotAnAgent();
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kInvalidOrder, MigrationPhase::kPreparing, "");
+  ExpectResolution(r, MigrationOutcome::kUntouched, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfARefusedPrepareIsTheTargets) {
+  target_.Fail("ImageExists", NotFoundError("image"));
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kTargetRefused, MigrationPhase::kPreparing, "node2");
+  ExpectResolution(r, MigrationOutcome::kUntouched, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfAFailedCheckpointIsTheSources) {
+  source_.Fail("CheckpointTask", FailedError("criu dump failed"));
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kCheckpointFailed, MigrationPhase::kCheckpointing, "node1");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfACutStreamIsATransferFailure) {
+  transport_->CutTransfer();
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kTransferFailed, MigrationPhase::kTransferring, "node2");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfAFailedRestoreIsTheTargetsAndTheTargetDecides) {
+  target_.Fail("RestoreTask", FailedError("criu restore failed"));
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kRestoreFailed, MigrationPhase::kRestoring, "node2");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kTarget);
+}
+
+TEST_F(MigrationTest, ALostCommitAnswerIsCommittedOnTheTargetsWord) {
+  transport_->DropResponse("Commit");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectFault(r, FaultKind::kTargetUnreachable, MigrationPhase::kCommitting, "node2");
+  ExpectResolution(r, MigrationOutcome::kCommitted, Decider::kTarget);
+}
+
+TEST_F(MigrationTest, FaultOfAJournalThatCannotBeWrittenIsStorage) {
+  source_write_fails_ = [](const MigrationReport& rep) {
+    return rep.phase == MigrationPhase::kCheckpointing;
+  };
+  MigrationReport r = Migrate();
+  ExpectFault(r, FaultKind::kStorageFailed, MigrationPhase::kCheckpointing, "node1");
+  ExpectResolution(r, MigrationOutcome::kUntouched, Decider::kSource);
+}
+
+TEST_F(MigrationTest, FaultOfACancelIsTheClusters) {
+  MigrationReport r = MigrateCancelledAtCheck(3);  // after the checkpoint
+  ExpectFault(r, FaultKind::kCancelled, MigrationPhase::kCheckpointing, "");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kSource);
+}
+
+TEST_F(MigrationTest, ARecoveredJournalSaysTheSourceRestarted) {
+  ASSERT_TRUE(source_.Pause("work").ok());  // the crash left it frozen
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "work";
+  r.source_node = "node1";
+  r.target_url = "http://node2";
+  r.phase = MigrationPhase::kTransferring;
+  r = driver_->Recover(spec_, r, SourceJournal());
+  ASSERT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectFault(r, FaultKind::kSourceRestarted, MigrationPhase::kTransferring, "node1");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kSource);
+}
+
+TEST_F(MigrationTest, AResolvingMigrationKeepsItsFirstFaultWhenRecovered) {
+  transport_->DropResponse("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ExpectFault(r, FaultKind::kTargetUnreachable, MigrationPhase::kCommitting, "node2");
+  EXPECT_FALSE(r.resolution.has_value());  // not ended yet
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, SourceJournal());
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded);
+  ExpectFault(r, FaultKind::kTargetUnreachable, MigrationPhase::kCommitting, "node2");
+  ExpectResolution(r, MigrationOutcome::kCommitted, Decider::kTarget);
+}
+
+TEST_F(MigrationTest, ASourceCopyGoneEndsWithOutcomeSourceGone) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Abort");
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  ASSERT_TRUE(source_.Delete("work").ok());
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  transport_->Heal();
+  r = driver_->Recover(spec_, r, SourceJournal());
+  ASSERT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+  ExpectResolution(r, MigrationOutcome::kSourceGone, Decider::kTarget);
+}
+
+TEST_F(LedgerMigrationTest, FaultOfAnUnreachableLedgerIsEtcd) {
+  ledger_.transfer_unknown = 2;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectFault(r, FaultKind::kEtcdUnavailable, MigrationPhase::kCommitting, "");
+  ExpectResolution(r, MigrationOutcome::kCommitted, Decider::kTarget);
+}
+
+TEST_F(LedgerMigrationTest, ARefusedTransferIsSupersededAndTheSourceDecides) {
+  ledger_.migration = "m-other";
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectFault(r, FaultKind::kSuperseded, MigrationPhase::kCommitting, "");
+  ExpectResolution(r, MigrationOutcome::kRolledBack, Decider::kSource);
+}
+
+TEST_F(LedgerMigrationTest, ATransferRefusedForACancelSaysCancelled) {
+  // The cancel lands after Run's last check: the transfer is refused.
+  int polls = 0;
+  ledger_.migration = "m-other";
+  MigrationReport r = Migrate([&] { return ++polls > 5; });
+  ASSERT_EQ(r.phase, MigrationPhase::kRolledBack);
+  ExpectFault(r, FaultKind::kCancelled, MigrationPhase::kCommitting, "");
+}
+
+TEST_F(LedgerMigrationTest, AThirdOwnerReleasesTheCopyOnTheRecordsWord) {
+  transport_->DropRequest("Commit");
+  transport_->DropRequest("Query");
+  transport_->DropRequest("Abort");
+  ledger_.transfer_unknown = 1000;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kResolving);
+  clock_.Advance(std::chrono::seconds(61));
+  incoming_->ExpireIdle();
+  clock_.Advance(std::chrono::hours(25));
+  incoming_->ForgetFinished(std::chrono::hours(24));
+  ledger_.node = "node3";
+  ledger_.migration = "";
+  ledger_.transfer_unknown = 0;
+  transport_->Heal();
+  r = Recover(r);
+  ASSERT_EQ(r.phase, MigrationPhase::kFailed) << r.error.ToString();
+  ExpectFault(r, FaultKind::kEtcdUnavailable, MigrationPhase::kCommitting, "");
+  ExpectResolution(r, MigrationOutcome::kReleased, Decider::kRecords);
+}
+
+TEST_F(MigrationTest, FaultAndResolutionSurviveJsonRoundTrip) {
+  transport_->CutTransfer();
+  MigrationReport r = Migrate();
+  ASSERT_TRUE(r.fault && r.resolution);
+  nlohmann::json j = MigrationReportToJson(r);
+  EXPECT_EQ(j["fault"]["kind"], "TransferFailed");
+  EXPECT_EQ(j["fault"]["phase"], "Transferring");
+  EXPECT_EQ(j["fault"]["node"], "node2");
+  EXPECT_EQ(j["resolution"]["outcome"], "RolledBack");
+  EXPECT_EQ(j["resolution"]["decidedBy"], "Source");
+  auto back = MigrationReportFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->fault, r.fault);
+  EXPECT_EQ(back->resolution, r.resolution);
+  // A journal written before they existed has neither, and still parses.
+  j.erase("fault");
+  j.erase("resolution");
+  back = MigrationReportFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->fault || back->resolution);
+}
+
+TEST(MigrationFaultCodecTest, BadValuesAreRefusedNamingTheField) {
+  const nlohmann::json good = {{"kind", "TargetUnreachable"},
+                               {"phase", "Committing"},
+                               {"node", "node2"},
+                               {"message", "timed out"},
+                               {"atMs", 5}};
+  ASSERT_TRUE(MigrationFaultFromJson(good).ok());
+  auto with = [&](const std::string& key, const nlohmann::json& v) {
+    nlohmann::json j = good;
+    j[key] = v;
+    return MigrationFaultFromJson(j).status();
+  };
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"kind", "DiskOnFire"},
+                                                           {"kind", 3},
+                                                           {"phase", "Teleporting"},
+                                                           {"node", "Not A Name"},
+                                                           {"message", std::string(5000, 'x')},
+                                                           {"atMs", -1},
+                                                           {"extra", 1}}) {
+    Status s = with(key, value);
+    EXPECT_EQ(s.code(), Code::kInvalid) << key << "=" << value.dump();
+    EXPECT_NE(s.message().find(key), std::string::npos) << s.message();
+  }
+  nlohmann::json missing = good;
+  missing.erase("kind");
+  EXPECT_EQ(MigrationFaultFromJson(missing).status().code(), Code::kInvalid);
+
+  const nlohmann::json res = {{"outcome", "Released"}, {"decidedBy", "Records"}, {"atMs", 7}};
+  ASSERT_TRUE(MigrationResolutionFromJson(res).ok());
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"outcome", "Vanished"}, {"decidedBy", "Oracle"}, {"atMs", -2}, {"extra", true}}) {
+    nlohmann::json j = res;
+    j[key] = value;
+    Status s = MigrationResolutionFromJson(j).status();
+    EXPECT_EQ(s.code(), Code::kInvalid) << key;
+    EXPECT_NE(s.message().find(key), std::string::npos) << s.message();
+  }
+  // A report carrying a bad fault is refused, not read without it.
+  MigrationReport r;
+  r.id = "m-1";
+  r.workload = "work";
+  nlohmann::json j = MigrationReportToJson(r);
+  j["fault"] = {{"kind", "DiskOnFire"}, {"phase", "Pending"}};
+  EXPECT_EQ(MigrationReportFromJson(j).status().code(), Code::kInvalid);
+}
+
+TEST(MigrationFaultCodecTest, LongMessagesAreCutAtACharacterBoundary) {
+  std::string message(api::kMaxFaultMessageBytes - 1, 'x');
+  message += "\xc3\xa9tag";  // a two-byte character across the limit
+  api::MigrationFault f =
+      api::MakeFault(FaultKind::kInternal, MigrationPhase::kPending, "", message, 1);
+  EXPECT_EQ(f.message.size(), api::kMaxFaultMessageBytes - 1);
+  EXPECT_TRUE(MigrationFaultFromJson(MigrationFaultToJson(f)).ok());
+}
+
 }  // namespace
 }  // namespace kmosix
