@@ -231,7 +231,15 @@ void ClusterLink::WorkerLoop() {
                s.message().find("unexpected exception") != std::string::npos) {
       // Level-based: a surprise is retried with back-off, never forgotten.
       auto delay = queue_.Retry(*key);
-      spdlog::debug("{}: {} (again in {:.1f} s)", *key, s.ToString(), Seconds(delay));
+      // Quiet while it is a blip; a key still failing after ~6 s of back-off
+      // says why (then every 5th try), or a stuck reconcile is invisible.
+      const int tries = queue_.Retries(*key);
+      if (tries >= 5 && tries % 5 == 0) {
+        spdlog::warn("{}: still failing after {} tries: {} (again in {:.1f} s)", *key, tries,
+                     s.ToString(), Seconds(delay));
+      } else {
+        spdlog::debug("{}: {} (again in {:.1f} s)", *key, s.ToString(), Seconds(delay));
+      }
     } else {
       spdlog::warn("{}: {}", *key, s.ToString());
       queue_.Forget(*key);
