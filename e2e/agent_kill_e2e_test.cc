@@ -651,8 +651,10 @@ TEST_F(AgentKillE2E, SourceKilledBeforeCommitResumesOnSource) {
   const std::string id = rec.value("id", "");
   const int64_t restored_ms = MsSince(migration_->Started());
 
-  // The window: the target's copy runs uncommitted, the source's is paused,
-  // the source hangs before its commit.
+  // The window: the target's copy is restored but uncommitted (restored
+  // stopped: a RUNNING task to containerd whose processes run no instruction
+  // until the commit continues them), the source's is paused, the source
+  // hangs before its commit.
   ExpectCtr(*a_, name, true, "PAUSED", "while the source hangs before the commit");
   ExpectCtr(*b_, name, true, "RUNNING", "after the target restored");
   auto src = HttpGet(*a_, "/v1/migrations/" + id);
@@ -666,7 +668,8 @@ TEST_F(AgentKillE2E, SourceKilledBeforeCommitResumesOnSource) {
   EXPECT_EQ(migration_->Reply().status, 0)
       << "the migrate call answered although its agent was killed: "
       << migration_->Reply().Describe();
-  // Nobody decided yet: still one copy running (the target's), one paused.
+  // Nobody decided yet: the target's copy still restored stopped (RUNNING to
+  // containerd), the source's paused.
   std::this_thread::sleep_for(milliseconds(500));
   ExpectCtr(*a_, name, true, "PAUSED", "while the source agent is down");
   ExpectCtr(*b_, name, true, "RUNNING", "while the source agent is down (uncommitted copy)");
@@ -712,7 +715,8 @@ TEST_F(AgentKillE2E, TargetKilledBeforeCommitRollsBack) {
 
   auto killed_at = SteadyClock::now();
   ASSERT_EQ(killer_.Kill(*b_), "");
-  // containerd keeps the uncommitted copy running while its agent is down.
+  // containerd keeps the uncommitted copy (restored stopped: a RUNNING task
+  // whose processes wait for the commit) while its agent is down.
   ExpectCtr(*b_, name, true, "RUNNING", "while the target agent is down");
   ExpectCtr(*a_, name, true, "PAUSED", "while the target agent is down");
 
