@@ -369,7 +369,7 @@ TransferSummary ParseLazyPagesLog(const std::string& log) {
   return s;
 }
 
-StatusOr<RelayCounts> RelayBytes(int a, int b) {
+RelayCounts RelayBytes(int a, int b) {
   struct Dir {
     uint64_t bytes = 0;
     Status status;
@@ -407,9 +407,7 @@ StatusOr<RelayCounts> RelayBytes(int a, int b) {
   std::thread t([&] { pump(b, a, &ba); });
   pump(a, b, &ab);
   t.join();
-  if (!ab.status.ok()) return ab.status;
-  if (!ba.status.ok()) return ba.status;
-  return RelayCounts{ab.bytes, ba.bytes};
+  return RelayCounts{ab.bytes, ba.bytes, !ab.status.ok() ? ab.status : ba.status};
 }
 
 // ---------------------------------------------------------------- source
@@ -423,6 +421,7 @@ struct LazySource::State {
   int netns = -1;
   Spawned runc;
   int criu_pidfd = -1;
+  pid_t criu_pid = -1;
   double freeze_seconds = 0, dump_seconds = 0;
   std::thread watcher;
 
@@ -570,6 +569,7 @@ StatusOr<std::unique_ptr<LazySource>> LazySource::Start(ContainerRuntime& runtim
   if (ready.ok()) {
     pid_t criu = FindChild(st->runc.pid, "criu");
     if (criu > 0) st->criu_pidfd = PidfdOpen(criu);
+    if (st->criu_pidfd >= 0) st->criu_pid = criu;
     if (st->criu_pidfd < 0) spdlog::warn("{}: CRIU's pid not found; watching runc only", name);
   }
   State* raw = st.get();
@@ -639,6 +639,8 @@ int LazySource::refreezes() const {
   std::lock_guard l(s_->mu);
   return s_->refreezes;
 }
+
+pid_t LazySource::criu_pid() const { return s_->criu_pid; }
 
 // ---------------------------------------------------------------- target
 
@@ -727,12 +729,11 @@ struct LazyTarget::State {
       relay_fds[0] = conn;
       relay_fds[1] = *src;
     }
-    auto counts = RelayBytes(conn, *src);
+    RelayCounts counts = RelayBytes(conn, *src);
+    if (!counts.status.ok()) spdlog::warn("lazy pages: page stream: {}", counts.status.ToString());
     std::lock_guard l(mu);
-    if (counts.ok()) {
-      result.bytes_out = counts->a_to_b;
-      result.bytes_in = counts->b_to_a;
-    }
+    result.bytes_out = counts.a_to_b;
+    result.bytes_in = counts.b_to_a;
     ::close(conn);
     ::close(*src);
     relay_fds[0] = relay_fds[1] = -1;
@@ -885,6 +886,8 @@ Status LazyTarget::Restore(ContainerRuntime& runtime, const std::string& name) {
       return FailedError("the lazy-pages daemon ended before the task ran: " + s_->result.error);
     }
   }
+  spdlog::info("{}: restored lazily, {} processes, {} userfaultfds held ({})", name, want, held,
+               freezer->dir);
   if (static_cast<size_t>(held) < want) {
     spdlog::warn("{}: holding {} userfaultfds for {} processes; the others rely on the kill", name,
                  held, want);
@@ -916,7 +919,7 @@ pid_t LazyTarget::daemon_pid() const { return s_->daemon.pid; }
 
 int LazyTarget::guarded_uffds() const {
   std::lock_guard l(s_->mu);
-  return static_cast<int>(s_->uffds.size());
+  return static_cast<int>(s_->grabbed.size());
 }
 
 }  // namespace kmosix

@@ -92,13 +92,14 @@ using PageDialer = std::function<StatusOr<int>()>;
 // Copies bytes both ways between two connected sockets until both directions
 // reached end of file (each end's EOF is passed on with shutdown(SHUT_WR)) or
 // one failed; a failed direction shuts both sockets down. Counts what went
-// each way. Does not close the fds. Blocks; ShutdownBoth from another thread
-// ends it.
+// each way, also when it failed (status). Does not close the fds. Blocks;
+// shutdown(SHUT_RDWR) of either socket from another thread ends it.
 struct RelayCounts {
   uint64_t a_to_b = 0;
   uint64_t b_to_a = 0;
+  Status status;  // the first failure of either direction
 };
-StatusOr<RelayCounts> RelayBytes(int a, int b);
+RelayCounts RelayBytes(int a, int b);
 
 class LazySource {
  public:
@@ -138,6 +139,9 @@ class LazySource {
   // Whether CRIU has exited, and how many times the watcher wrote FROZEN.
   bool criu_exited() const;
   int refreezes() const;
+  // The CRIU process serving pages (-1: not found), for diagnostics and
+  // fault-injection tests.
+  pid_t criu_pid() const;
 
  private:
   struct State;
@@ -184,7 +188,8 @@ class LazyTarget {
   LazyResult Abort();
 
   pid_t daemon_pid() const;
-  // How many userfaultfds the guard holds.
+  // How many userfaultfds the guard took (it lets them go when the daemon
+  // exits).
   int guarded_uffds() const;
 
  private:

@@ -346,6 +346,10 @@ TEST_F(LazyPagesIntegrationTest, DaemonKilledMidTransferKillsTargetAndSourceResu
   const uint64_t frozen_tick = LastTick(spec_.log_path);
   const int64_t passes = LastPasses(spec_.log_path);
   const int held = dst_->guarded_uffds();
+  EXPECT_GE(held, 1) << "the guard holds no userfaultfd";
+  // Mid-transfer, while the target runs: once it ticked past the freeze.
+  EXPECT_TRUE(WaitFor([&] { return LastTick(tspec_.log_path) > frozen_tick; }, seconds(20)))
+      << "the target did not tick";
 
   ASSERT_EQ(::kill(dst_->daemon_pid(), SIGKILL), 0);
   auto result = dst_->Wait(milliseconds(60000));
@@ -385,6 +389,47 @@ TEST_F(LazyPagesIntegrationTest, DaemonKilledMidTransferKillsTargetAndSourceResu
   std::cout << "[ figures  ] daemon killed after " << result->bytes_in
             << " bytes relayed; uffds held " << held << "; target ticks after the move "
             << (target_last > frozen_tick ? target_last - frozen_tick : 0) << "\n";
+}
+
+// The source's CRIU dies mid-transfer (never done by the engine; a crash):
+// CRIU has thawed the freezer and lets the tasks go, so the watcher must
+// freeze them again at once; the target loses its page stream, its daemon
+// fails and the guard kills its copy; the source then resumes on Thaw.
+TEST_F(LazyPagesIntegrationTest, SourceCriuKilledMidTransferRefreezesSource) {
+  ASSERT_NO_FATAL_FAILURE(StartDemo());
+  ASSERT_NO_FATAL_FAILURE(MoveLazily());
+  const uint64_t frozen_tick = LastTick(spec_.log_path);
+  const int64_t passes = LastPasses(spec_.log_path);
+  ASSERT_GT(src_->criu_pid(), 0) << "CRIU's pid unknown: the watcher watches runc only";
+  EXPECT_TRUE(WaitFor([&] { return LastTick(tspec_.log_path) > frozen_tick; }, seconds(20)))
+      << "the target did not tick";
+
+  ASSERT_EQ(::kill(src_->criu_pid(), SIGKILL), 0);
+  EXPECT_TRUE(WaitFor([&] { return src_->criu_exited(); }, seconds(30)));
+  EXPECT_GE(src_->refreezes(), 1);
+  auto result = dst_->Wait(milliseconds(60000));
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_FALSE(result->done) << "the target counted a cut stream as done";
+  EXPECT_TRUE(result->task_killed) << result->error;
+  EXPECT_TRUE(WaitFor([&] { return State(*dst_rt_) == TaskState::kStopped; }, seconds(10)))
+      << "target task is " << TaskStateName(State(*dst_rt_));
+  DemoLog dlog = Log(tspec_.log_path);
+  EXPECT_EQ(dlog.corruption_lines, 0) << "the target read zero-filled memory\n"
+                                      << Tail(ReadFile(tspec_.log_path));
+  const uint64_t target_last = dlog.ticks.empty() ? 0 : dlog.ticks.back().tick;
+  (void)dst_rt_->Delete(name_);
+
+  std::this_thread::sleep_for(milliseconds(500));
+  EXPECT_EQ(LastTick(spec_.log_path), frozen_tick)
+      << "the source ran after its CRIU died (two copies)";
+  EXPECT_EQ(TaskStateName(State(*src_rt_)), TaskStateName(TaskState::kPaused));
+  Status s = src_->Thaw();
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(spec_.log_path, frozen_tick, passes));
+  EXPECT_EQ(LastTick(tspec_.log_path), target_last) << "the target's copy still runs";
+  std::cout << "[ figures  ] source CRIU killed after the target ran "
+            << (target_last > frozen_tick ? target_last - frozen_tick : 0) << " ticks; "
+            << result->bytes_in << " bytes relayed; " << src_->refreezes() << " re-freezes\n";
 }
 
 }  // namespace
