@@ -1003,6 +1003,7 @@ StatusOr<MigrationReport> Agent::RunOutgoing(const std::string& name, MigrationR
                       MigrationPhaseName(rep.phase));
       }
     }
+    if (options_.phase_entered && !IsFinal(rep.phase)) options_.phase_entered(rep);
     return s;
   };
   MigrationReport done;

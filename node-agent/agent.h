@@ -86,6 +86,11 @@ struct AgentOptions {
   Clock::Duration restart_backoff = std::chrono::seconds(10);
   Clock::Duration restart_backoff_max = std::chrono::minutes(5);
   Clock::Duration restart_reset = std::chrono::minutes(10);
+  // Tests only (the failpoints phase.hang.<Phase>): called on an outgoing
+  // migration's thread at the entry of each phase of its first run, once the
+  // phase was journaled and reported (on_phase), before its work; it may
+  // block, holding the migration there. Empty: nothing.
+  std::function<void(const MigrationReport&)> phase_entered;
 };
 
 // Counters the agent reports; the REST layer renders them for /metrics.

@@ -6,9 +6,31 @@
 
 namespace kmosix::agent {
 
+namespace {
+
+// The phases a source can be held at the entry of (phase.hang.<Phase>).
+constexpr api::MigrationPhase kHoldablePhases[] = {
+    api::MigrationPhase::kPreparing,    api::MigrationPhase::kCheckpointing,
+    api::MigrationPhase::kTransferring, api::MigrationPhase::kRestoring,
+    api::MigrationPhase::kCommitting,   api::MigrationPhase::kResolving,
+};
+
+}  // namespace
+
 bool Failpoints::Known(const std::string& name) {
-  return name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang" ||
-         name == "restore.hang" || name == "offer.understate" || name == "stream.cut";
+  if (name == "restore.corrupt-images" || name == "checkpoint.fail" || name == "commit.hang" ||
+      name == "restore.hang" || name == "offer.understate" || name == "stream.cut" ||
+      name == "transfer.hang") {
+    return true;
+  }
+  for (api::MigrationPhase p : kHoldablePhases) {
+    if (name == PhaseHang(p)) return true;
+  }
+  return false;
+}
+
+std::string Failpoints::PhaseHang(api::MigrationPhase phase) {
+  return "phase.hang." + std::string(api::MigrationPhaseName(phase));
 }
 
 void Failpoints::Arm(const std::string& name) {
@@ -34,6 +56,42 @@ bool Failpoints::IsArmed(const std::string& name) {
 std::set<std::string> Failpoints::Armed() {
   std::lock_guard lock(mu_);
   return armed_;
+}
+
+std::vector<std::string> Failpoints::Holding() {
+  std::lock_guard lock(mu_);
+  return {holding_.begin(), holding_.end()};
+}
+
+bool Failpoints::HoldWhileArmed(const std::string& name, Clock& clock, const std::string& what) {
+  {
+    std::lock_guard lock(mu_);
+    if (!armed_.contains(name)) return false;
+    holding_.insert(name);
+  }
+  spdlog::warn("failpoint {}: {} waits", name, what);
+  const auto deadline = clock.Now() + kHoldLimit;
+  while (IsArmed(name) && clock.Now() < deadline) {
+    clock.SleepFor(std::chrono::milliseconds(100));
+  }
+  {
+    std::lock_guard lock(mu_);
+    holding_.erase(holding_.find(name));
+  }
+  spdlog::warn("failpoint {} released {}", name, what);
+  return true;
+}
+
+void Failpoints::HoldAtPhase(const api::MigrationReport& r, Clock& clock) {
+  (void)HoldWhileArmed(PhaseHang(r.phase), clock,
+                       "migration " + r.id + " of " + r.workload + " at the entry of " +
+                           std::string(api::MigrationPhaseName(r.phase)));
+}
+
+void Failpoints::HoldStream(uint64_t written, Clock& clock) {
+  if (written < kTransferHangBytes) return;
+  (void)HoldWhileArmed("transfer.hang", clock,
+                       "a stream after " + std::to_string(written >> 20) + " MiB");
 }
 
 StatusOr<Capture> FailpointEngine::Freeze(const ContainerSpec& spec,
@@ -84,23 +142,13 @@ void FailpointEngine::CorruptImagesIfArmed(const ContainerSpec& spec, const Land
 }
 
 // Both hangs wait while armed (at most 300 s), then go on.
-void FailpointTransport::HangWhileArmed(const std::string& name, const std::string& id) {
-  if (!fp_.IsArmed(name)) return;
-  spdlog::warn("failpoint {}: migration {} waits", name, id);
-  const auto deadline = clock_.Now() + std::chrono::seconds(300);
-  while (fp_.IsArmed(name) && clock_.Now() < deadline) {
-    clock_.SleepFor(std::chrono::milliseconds(100));
-  }
-  spdlog::warn("failpoint {} released for migration {}", name, id);
-}
-
 StatusOr<RestoreReport> FailpointTransport::Restore(const std::string& t, const std::string& id) {
-  HangWhileArmed("restore.hang", id);
+  (void)fp_.HoldWhileArmed("restore.hang", clock_, "migration " + id);
   return inner_.Restore(t, id);
 }
 
 StatusOr<TargetPhase> FailpointTransport::Commit(const std::string& t, const std::string& id) {
-  HangWhileArmed("commit.hang", id);
+  (void)fp_.HoldWhileArmed("commit.hang", clock_, "migration " + id);
   return inner_.Commit(t, id);
 }
 

@@ -17,14 +17,39 @@
 //   stream.cut               the source drops its data-channel connection
 //                            (TCP, no TLS close_notify) after 32 MiB of the
 //                            stream: a network cut as the target sees it
+//   phase.hang.<Phase>       Phase one of Preparing, Checkpointing,
+//                            Transferring, Restoring, Committing, Resolving:
+//                            the source waits at the entry of that phase of
+//                            an outgoing migration, once it was journaled and
+//                            reported (etcd's record says the phase) and
+//                            before its work, until disarmed (at most 300 s);
+//                            a window to kill the source, the target (which
+//                            waits meanwhile), a controller or etcd in. Held
+//                            only in the migration's first run (not when a
+//                            restarted agent recovers it). Resolving is
+//                            entered when the target or the ownership ledger
+//                            did not answer for --resolve-timeout, e.g. a
+//                            target killed while the source was held at
+//                            Committing.
+//   transfer.hang            the source's data-channel stream waits once
+//                            kTransferHangBytes (8 MiB) of it were written,
+//                            until disarmed (at most 300 s): both agents mid-
+//                            stream in Transferring (keep it shorter than the
+//                            channel's 30 s I/O timeout to find the target
+//                            still waiting)
+// A hold (the *.hang failpoints) is listed by Holding() while a migration
+// waits in it, so a test knows the migration got there.
 // Thread-safe.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "api/types.h"
 #include "kmosix/checkpoint.h"
 #include "kmosix/clock.h"
 #include "kmosix/transport.h"
@@ -33,17 +58,38 @@ namespace kmosix::agent {
 
 class Failpoints {
  public:
+  // The longest a hang failpoint holds a migration.
+  static constexpr Clock::Duration kHoldLimit = std::chrono::seconds(300);
+  // transfer.hang holds the stream once this much of it was written.
+  static constexpr uint64_t kTransferHangBytes = uint64_t{8} << 20;
+
   static bool Known(const std::string& name);
+  // "phase.hang.<Phase>" (whether or not that phase can be held).
+  static std::string PhaseHang(api::MigrationPhase phase);
   void Arm(const std::string& name);
   void Disarm(const std::string& name);
   // True once per Arm.
   bool Take(const std::string& name);
   bool IsArmed(const std::string& name);
   std::set<std::string> Armed();
+  // The hang failpoints migrations wait in now, one entry per waiter, sorted.
+  std::vector<std::string> Holding();
+
+  // Waits while `name` is armed (asking every 100 ms of `clock`, at most
+  // kHoldLimit), listed in Holding() meanwhile; `what` names the waiter in
+  // the log. False when it was not armed (returns at once).
+  bool HoldWhileArmed(const std::string& name, Clock& clock, const std::string& what);
+  // phase.hang.<r.phase>: the source at the entry of a phase (AgentOptions::
+  // phase_entered).
+  void HoldAtPhase(const api::MigrationReport& r, Clock& clock);
+  // transfer.hang, once `written` >= kTransferHangBytes (HttpTransportOptions::
+  // on_stream_written).
+  void HoldStream(uint64_t written, Clock& clock);
 
  private:
   std::mutex mu_;
   std::set<std::string> armed_;
+  std::multiset<std::string> holding_;
 };
 
 // A CheckpointEngine that consults the failpoints, then does the real work.
@@ -95,8 +141,6 @@ class FailpointTransport final : public Transport {
   }
 
  private:
-  void HangWhileArmed(const std::string& name, const std::string& id);
-
   Transport& inner_;
   Failpoints& fp_;
   Clock& clock_;

@@ -85,7 +85,7 @@ void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metr
 
 void RegisterFailpointRoutes(httplib::Server& server, Failpoints& failpoints) {
   server.Get("/v1/debug/failpoints", [&](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, {{"armed", failpoints.Armed()}});
+    Reply(res, 200, {{"armed", failpoints.Armed()}, {"holding", failpoints.Holding()}});
   });
   server.Put(R"(/v1/debug/failpoints/([^/]+))",
              [&](const httplib::Request& req, httplib::Response& res) {

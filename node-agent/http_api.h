@@ -22,8 +22,9 @@
 namespace kmosix::agent {
 
 void RegisterApiRoutes(httplib::Server& server, Agent& agent, AgentMetrics& metrics);
-// PUT/DELETE /v1/debug/failpoints/{name}, GET /v1/debug/failpoints: only
-// registered when the agent runs with --enable-failpoints.
+// PUT/DELETE /v1/debug/failpoints/{name}, GET /v1/debug/failpoints
+// ({"armed":[names],"holding":[the hang failpoints migrations wait in now]}):
+// only registered when the agent runs with --enable-failpoints.
 void RegisterFailpointRoutes(httplib::Server& server, Failpoints& failpoints);
 
 }  // namespace kmosix::agent

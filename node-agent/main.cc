@@ -382,6 +382,11 @@ int main(int argc, char** argv) {
   engine_opts.prefault_max_bytes = prefault_max_mib << 20;
   kmosix::StopAndCopyEngine stop_and_copy(runtime, clock, engine_opts);
   kmosix::agent::Failpoints failpoints;
+  if (enable_failpoints) {
+    opts.phase_entered = [&failpoints, &clock](const kmosix::MigrationReport& r) {
+      failpoints.HoldAtPhase(r, clock);
+    };
+  }
   kmosix::agent::FailpointEngine failpoint_engine(stop_and_copy, failpoints);
   kmosix::CheckpointEngine& engine = enable_failpoints
                                          ? static_cast<kmosix::CheckpointEngine&>(failpoint_engine)
@@ -416,10 +421,14 @@ int main(int argc, char** argv) {
   }
   kmosix::HttpTransportOptions transport_opts;
   transport_opts.tls = tls_files;
-  if (enable_failpoints)
+  if (enable_failpoints) {
     transport_opts.cut_after = [&failpoints]() -> uint64_t {
       return failpoints.Take("stream.cut") ? uint64_t{32} << 20 : 0;
     };
+    transport_opts.on_stream_written = [&failpoints, &clock](uint64_t written) {
+      failpoints.HoldStream(written, clock);
+    };
+  }
   kmosix::HttpTransport http_transport(transport_opts, &clock);
   kmosix::agent::FailpointTransport failpoint_transport(http_transport, failpoints, clock);
   kmosix::Transport& transport = enable_failpoints

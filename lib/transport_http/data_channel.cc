@@ -792,6 +792,7 @@ StatusOr<TransferStats> SendStream(const std::string& host, int port, const std:
     } else {
       sent = conn.WriteAll(b.data(), n);
       written += n;
+      if (sent && options.on_written) options.on_written(written);
     }
     pipe.GiveBack(std::move(b));
   }

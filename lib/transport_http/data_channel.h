@@ -168,6 +168,10 @@ struct DataChannelOptions {
   // (no TLS close_notify) once this many stream bytes were written, as a
   // network cut; the call then fails with kRetry.
   uint64_t cut_after_bytes = 0;
+  // Tests only (the agent's failpoint transfer.hang): called after each piece
+  // of the stream was written, with the bytes written so far; it may block
+  // (the stream waits there). Empty: nothing.
+  std::function<void(uint64_t written)> on_written;
 };
 
 // Streams everything `encoder` yields to host:port for migration `id`.

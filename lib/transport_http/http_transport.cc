@@ -156,6 +156,7 @@ StatusOr<TransferStats> HttpTransport::SendOverDataChannel(const std::string& ta
   // answered /v1/peer/info at that address.
   dc.tls = options_.tls;
   if (options_.cut_after) dc.cut_after_bytes = options_.cut_after();
+  dc.on_written = options_.on_stream_written;
   if (options_.tls.Complete()) {
     dc.expected_server_name = peer.node;
     dc.sessions = &data_sessions_;

@@ -65,6 +65,9 @@ struct HttpTransportOptions {
   // Tests only: asked before each data-channel stream; > 0 cuts it after that
   // many bytes (DataChannelOptions::cut_after_bytes).
   std::function<uint64_t()> cut_after;
+  // Tests only: DataChannelOptions::on_written of every data-channel stream
+  // (it may block: the stream waits there). Not called on the HTTP fallback.
+  std::function<void(uint64_t written)> on_stream_written;
 };
 
 class HttpTransport final : public Transport {
