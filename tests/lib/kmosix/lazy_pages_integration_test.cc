@@ -13,9 +13,12 @@
 // Needs root, containerd/runc/CRIU with userfaultfd (`criu check`), `ip` and
 // `nft`, fs.pipe-max-size >= 4194304 and the demo image (ninja
 // kmosix-demo-image); skips loudly when something is missing.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,7 +55,12 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 constexpr char kDemoImage[] = "kmosix.local/demo:latest";
-constexpr int kMemMib = 256;
+// 256 MiB; KMX_LAZY_MEM_MIB sets another size for measurements.
+const int kMemMib = [] {
+  const char* v = std::getenv("KMX_LAZY_MEM_MIB");
+  const int n = v ? std::atoi(v) : 0;
+  return n > 0 ? n : 256;
+}();
 constexpr uint64_t kMiB = 1 << 20;
 
 double Since(std::chrono::steady_clock::time_point t0, std::chrono::steady_clock::time_point t1) {
@@ -68,6 +76,20 @@ Status Pump(StreamEncoder& encoder, StreamDecoder& decoder, uint64_t* sent) {
     KMX_RETURN_IF_ERROR(decoder.Feed(buf.data(), n));
     *sent += n;
   }
+}
+
+// Whether a TCP connect from this thread's network namespace (the node's)
+// to address:port succeeds.
+bool Reachable(const std::string& address, uint16_t port) {
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return false;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  ::inet_pton(AF_INET, address.c_str(), &a.sin_addr);
+  const bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  ::close(s);
+  return ok;
 }
 
 std::string Tail(const std::string& s, size_t n = 3000) {
@@ -229,6 +251,12 @@ class LazyPagesIntegrationTest : public ::testing::Test {
     src_ = std::move(*src);
     t_dumped_ = std::chrono::steady_clock::now();
     EXPECT_EQ(TaskStateName(State(*src_rt_)), TaskStateName(TaskState::kPaused));
+    // The page server serves its first client without authentication: no
+    // one on the node (its loopback, its workload bridge) may reach it. (A
+    // connection here would also end the dump: the migration fails then.)
+    const uint16_t port = Options(*src_rt_, "src").port;
+    EXPECT_FALSE(Reachable("127.0.0.1", port)) << "page server reachable on the node's loopback";
+    EXPECT_FALSE(Reachable("10.211.0.1", port)) << "page server reachable on the node's bridge";
 
     Status s = dst_rt_->CreateContainer(tspec_);
     ASSERT_TRUE(s.ok()) << s.ToString();
