@@ -365,7 +365,8 @@ TEST_F(LazyPagesIntegrationTest, LazyMigrationKeepsMemoryAndCounter) {
             << Since(t0_, t_restored_) << " s; all pages " << Since(t_restored_, t_all)
             << " s after the restore (daemon " << result->seconds << " s): " << result->pages << "/"
             << result->total_pages << " pages, " << result->bytes_in << " bytes relayed in, "
-            << result->bytes_out << " out; uffds held " << dst_->guarded_uffds() << "\n";
+            << result->bytes_out << " out; uffds held " << dst_->guarded_uffds() << "; daemon log "
+            << ReadFile(dst_scratch_ + "/work/lazy-pages.log").size() << " bytes\n";
 }
 
 TEST_F(LazyPagesIntegrationTest, DaemonKilledMidTransferKillsTargetAndSourceResumes) {
