@@ -265,7 +265,10 @@ void ClusterLink::OnMigrationKey(const std::string& key, const std::optional<Key
   const std::string id = cluster::KeyLayout::NameIn(options_.keys.Migrations(), key);
   if (id.empty() || !kv) return;
   auto rec = cluster::ParseRecord<MigrationRecord>(kv->value, cluster::MigrationFromJson);
-  if (rec.ok() && rec->source == options_.node) queue_.Add(kMigrationKey + id);
+  if (!rec.ok()) return;
+  // As its target: only its end matters here (SettleIncoming).
+  if (rec->source == options_.node || (rec->target == options_.node && api::IsFinal(rec->phase)))
+    queue_.Add(kMigrationKey + id);
 }
 
 void ClusterLink::Resync() {
@@ -273,7 +276,9 @@ void ClusterLink::Resync() {
   for (const auto& [key, kv] : workloads_.Items()) OnWorkloadKey(key, kv);
   for (const auto& [key, kv] : migrations_.Items()) {
     auto rec = cluster::ParseRecord<MigrationRecord>(kv.value, cluster::MigrationFromJson);
-    if (rec.ok() && rec->source == options_.node && !api::IsFinal(rec->phase)) {
+    if (!rec.ok()) continue;
+    if ((rec->source == options_.node && !api::IsFinal(rec->phase)) ||
+        (rec->target == options_.node && api::IsFinal(rec->phase) && IncomingOpen(rec->id))) {
       queue_.Add(kMigrationKey + rec->id);
     }
   }
@@ -525,7 +530,9 @@ Status ClusterLink::AllowPeer(const std::string& peer_node, const std::string& i
 
 Status ClusterLink::UpdateWorkload(const std::string& name, const WorkloadChange& change) {
   return UpdateWorkloadGuarded(
-      name, "", [&](WorkloadRecord& rec, const std::optional<KeyValue>&) { return change(rec); });
+      name, "", [&](WorkloadRecord& rec, const KeyValue&, const std::optional<KeyValue>&) {
+        return change(rec);
+      });
 }
 
 Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
@@ -541,7 +548,7 @@ Status ClusterLink::UpdateWorkloadGuarded(const std::string& name, const std::st
     if (!got.kv) return NotFoundError("no record " + key);
     KMX_ASSIGN_OR_RETURN(WorkloadRecord rec, cluster::ParseRecord<WorkloadRecord>(
                                                  got.kv->value, cluster::WorkloadFromJson));
-    KMX_ASSIGN_OR_RETURN(bool write, change(rec, guard));
+    KMX_ASSIGN_OR_RETURN(bool write, change(rec, *got.kv, guard));
     if (!write) return Status::Ok();
     Txn txn;
     txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
@@ -655,40 +662,75 @@ StatusOr<bool> ClusterLink::OwnedHere(const IncomingRecord& record) {
   return ownership::OwnedHere(options_.node, record.offer.id, rec);
 }
 
+StatusOr<bool> ClusterLink::ClaimRecord(const std::string& name, int64_t epoch,
+                                        const ClaimChange& claim) {
+  bool ours = false;
+  // A fresh read in every round (UpdateWorkloadGuarded): the cache may lag a
+  // new owner; a lost CAS reads again and decides again.
+  Status s = UpdateWorkloadGuarded(name, "",
+                                   [&](WorkloadRecord& rec, const KeyValue& kv,
+                                       const std::optional<KeyValue>&) -> StatusOr<bool> {
+                                     const auto& st = rec.status;
+                                     // Another node or epoch (a placement elsewhere, a migration's
+                                     // move), a migration of it, an earlier incarnation: not this
+                                     // copy's.
+                                     ours = st.node == options_.node && st.epoch == epoch &&
+                                            st.migration.empty() &&
+                                            !EarlierIncarnation(epoch, st.epoch, kv);
+                                     if (!ours) return false;
+                                     std::optional<bool> write = claim(rec);
+                                     if (!write) ours = false;  // a phase no start may claim
+                                     return write.value_or(false);
+                                   });
+  // Gone or unreadable: nothing of it is this node's to start.
+  if (s.code() == Code::kNotFound || s.code() == Code::kInvalid) return false;
+  KMX_RETURN_IF_ERROR(s);
+  return ours;
+}
+
 StatusOr<bool> ClusterLink::ClaimRestart(const std::string& name, const RestartClaim& claim) {
-  const std::string key = options_.keys.Workload(name);
-  for (int attempt = 0; attempt < options_.cas_attempts; ++attempt) {
-    // A fresh read: the cache may lag a new owner.
-    KMX_ASSIGN_OR_RETURN(GetResult got, store_.Get(key));
-    if (!got.kv) return false;
-    auto rec = cluster::ParseRecord<WorkloadRecord>(got.kv->value, cluster::WorkloadFromJson);
-    if (!rec.ok()) return false;
-    auto& st = rec->status;
+  const std::string message = "restarted on " + options_.node + " (restart " +
+                              std::to_string(claim.restart) + "): " + claim.why;
+  return ClaimRecord(name, claim.epoch, [&](WorkloadRecord& rec) -> std::optional<bool> {
+    auto& st = rec.status;
     // Lost: the controller marked it so while this node was away (a reboot);
-    // the node is back and still its owner. Another node or epoch (a
-    // placement elsewhere, a migration's move): not this copy's any more.
-    const bool ours = st.node == options_.node && st.epoch == claim.epoch && st.migration.empty() &&
-                      (st.phase == WorkloadPhase::kRunning || st.phase == WorkloadPhase::kLost) &&
-                      !EarlierIncarnation(claim.epoch, st.epoch, *got.kv);
-    if (!ours) return false;
-    const std::string message = "restarted on " + options_.node + " (restart " +
-                                std::to_string(claim.restart) + "): " + claim.why;
+    // the node is back and still its owner.
+    if (st.phase != WorkloadPhase::kRunning && st.phase != WorkloadPhase::kLost)
+      return std::nullopt;
     if (st.phase == WorkloadPhase::kRunning && st.restarts == claim.restart &&
         st.message == message) {
-      return true;  // claimed by an earlier attempt whose start failed
+      return false;  // claimed by an earlier attempt whose start failed
     }
     st.phase = WorkloadPhase::kRunning;
     st.restarts = claim.restart;
     st.message = message;
-    Txn txn;
-    txn.compares.push_back(Compare::Unchanged(key, got.kv->mod_revision));
-    txn.then_ops.push_back(TxnOp::Put(key, DumpJson(cluster::WorkloadToJson(*rec))));
-    auto done = store_.Commit(txn);
-    if (!done.ok()) return NotGrantedIsRetry(done.status(), key);  // a grant may be on its way
-    if (done->succeeded) return true;
-    // Lost the CAS: read again; a new owner or epoch answers false above.
-  }
-  return RetryError(key + " kept changing");
+    return true;
+  });
+}
+
+StatusOr<bool> ClusterLink::ClaimStart(const WorkloadRecord& rec) {
+  const std::string message = "starting on " + options_.node;
+  return ClaimRecord(rec.spec.name, rec.status.epoch,
+                     [&](WorkloadRecord& now) -> std::optional<bool> {
+                       auto& st = now.status;
+                       switch (st.phase) {
+                         case WorkloadPhase::kLost:
+                           // The node is back and still its owner: Running, so a placement
+                           // elsewhere the controller decided on the Lost record fails.
+                           st.phase = WorkloadPhase::kRunning;
+                           st.message = "node " + options_.node + " is back: " + message;
+                           return true;
+                         case WorkloadPhase::kScheduled:
+                         case WorkloadPhase::kRunning:
+                           // Claimed by an earlier attempt whose start failed: no write (a
+                           // write would bring this reconcile back at once, in a loop).
+                           if (st.message == message) return false;
+                           st.message = message;
+                           return true;
+                         default:
+                           return std::nullopt;  // Migrating, Exited, Failed, Pending: never
+                       }
+                     });
 }
 
 // ---- reconcilers -----------------------------------------------------------
@@ -857,6 +899,16 @@ Status ClusterLink::StartHere(const WorkloadRecord& rec) {
   const int64_t epoch = rec.status.epoch;
   // Fenced: nothing starts here until the lease is renewed.
   if (Fenced()) return RetryError("node " + options_.node + " is fenced (lease not renewed)");
+  // Claimed first, as a restart is (ClaimStart): a controller write landing
+  // after this node read the record (a placement elsewhere, a delete) makes
+  // the claim fail or answer false, and nothing starts here.
+  KMX_ASSIGN_OR_RETURN(bool claimed, ClaimStart(rec));
+  if (!claimed) {
+    spdlog::info("workload {}: not started on {}: its record changed (read again)", name,
+                 options_.node);
+    queue_.Add(kWorkloadKey + name);
+    return Status::Ok();
+  }
   std::string note;  // the Running write's message
   auto started = [&]() -> StatusOr<LocalWorkload> {
     if (rec.status.restore_checkpoint.empty()) {
@@ -934,7 +986,10 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
     return Status::Ok();
   }
   const MigrationRecord& rec = *parsed;
-  if (rec.source != options_.node) return Status::Ok();
+  if (rec.source != options_.node) {
+    if (rec.target == options_.node && api::IsFinal(rec.phase)) return SettleIncoming(rec);
+    return Status::Ok();
+  }
   if (Cancelled(rec) && !api::IsFinal(rec.phase) && CancelInFlight(id)) {
     spdlog::info("migration {} of {} {}: rolling it back", id, rec.workload, CancelText(rec));
     return Status::Ok();
@@ -994,6 +1049,39 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
     return RefuseOrder(rec, "target node not ready (" + url.status().message() + ")");
   }
   Launch(rec, *url);
+  return Status::Ok();
+}
+
+bool ClusterLink::IncomingOpen(const std::string& id) {
+  auto phase = agent_.Target().Query(id);
+  return phase.ok() && *phase != TargetPhase::kUnknown && *phase != TargetPhase::kCommitted &&
+         *phase != TargetPhase::kAborted;
+}
+
+Status ClusterLink::SettleIncoming(const MigrationRecord& rec) {
+  if (!IncomingOpen(rec.id)) return Status::Ok();
+  // The cluster ended it (the controller's verdict on a lost source, or the
+  // source's own end that never reached this node): the records say whether
+  // it moved here, as the target's oracle would say after its idle timeout.
+  // Final means it never moves again (a Transfer refuses a final record), so
+  // the answer is for good.
+  KMX_ASSIGN_OR_RETURN(ownership::Records records,
+                       ownership::Read(store_, options_.keys, rec.workload, rec.id));
+  const bool owned = ownership::OwnedHere(options_.node, rec.id, records);
+  spdlog::warn(
+      "incoming migration {} of {} ended {} in the cluster ({}) while still open here: {}", rec.id,
+      rec.workload, api::MigrationPhaseName(rec.phase), rec.error.empty() ? "no error" : rec.error,
+      owned ? "it moved here; committing" : "it did not move here; aborting the copy here");
+  if (owned) {
+    auto done = agent_.Target().Commit(rec.id);
+    if (!done.ok()) return done.status();
+  } else {
+    auto done = agent_.Target().Abort(rec.id);
+    if (!done.ok()) return done.status();
+  }
+  // The workload's name is free again (or its copy adopted): the record,
+  // which may name this node, decides what runs here now.
+  queue_.Add(kWorkloadKey + rec.workload);
   return Status::Ok();
 }
 

@@ -38,9 +38,15 @@
 //                     key's mod_revision, re-read and retried on conflict):
 //                     - status.node == this node, phase Scheduled (or Running
 //                       with no migration but not running here, e.g. lost in
-//                       a restart): the workload is started here
-//                       (Agent::StartManaged at status.epoch), then phase :=
-//                       Running, pid, startedMs := now, message := "".
+//                       a restart): the record is claimed first, in one
+//                       CAS that applies only while it still names this
+//                       node at that epoch with no migration (message :=
+//                       "starting on <node>"; a Lost one, see below, phase
+//                       := Running), so a placement elsewhere or a delete
+//                       landing after the read means nothing starts; then
+//                       the workload is started here (Agent::StartManaged
+//                       at status.epoch), then phase := Running, pid,
+//                       startedMs := now, message := "".
 //                       A start that fails for good (kInvalid: bad spec or
 //                       image not on this node; kNotFound; kFailed): phase :=
 //                       Failed, message := the error. Never started when
@@ -108,6 +114,13 @@
 //                       journal is gone (state dir lost) and nothing of the
 //                       migration runs here; the workload record's ownership
 //                       (moved or not by the ledger) stays the truth.
+//                     with target == this node, once final (a verdict of the
+//                     controller on a lost source, say) while the incoming
+//                     record here is still open: committed here if the
+//                     records say it moved here, else aborted, at once (not
+//                     at the idle timeout: the open copy holds the name, so
+//                     a restart placed here would wait for it); then the
+//                     workload record is reconciled (SettleIncoming).
 //
 // Ownership ledger (OwnershipLedger, for the migration driver) and target
 // oracle: the decisions are the ownership protocol's, in one place
@@ -296,6 +309,16 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   StatusOr<bool> ClaimRestart(const std::string& name, const RestartClaim& claim);
 
  private:
+  // A claim's change of a record that names this node at the epoch, with no
+  // migration: true = write it, false = already claimed (no write), nullopt =
+  // its phase cannot be claimed (the answer is false).
+  using ClaimChange = std::function<std::optional<bool>(api::Workload&)>;
+  // The claim loop of ClaimRestart and ClaimStart: UpdateWorkloadGuarded's
+  // CAS, applied only while the record names this node at exactly `epoch`
+  // (not of an earlier incarnation), with no migration, and `claim` accepts
+  // it. true: claimed (or already so); false: not this node's (any more), or
+  // gone or unreadable; kRetry: store errors, or it kept changing.
+  StatusOr<bool> ClaimRecord(const std::string& name, int64_t epoch, const ClaimChange& claim);
   // A change to a record: false = nothing to write; an error aborts.
   using WorkloadChange = std::function<StatusOr<bool>(api::Workload&)>;
   using MigrationChange = std::function<StatusOr<bool>(api::Migration&)>;
@@ -305,8 +328,9 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // UpdateWorkload that also reads `guard_key` in every round (before the
   // workload record) and passes it to the change (nullopt: absent); the CAS
   // then also requires the guard key unchanged (still absent).
-  using GuardedWorkloadChange =
-      std::function<StatusOr<bool>(api::Workload&, const std::optional<KeyValue>&)>;
+  // The change also gets the record's KeyValue as read (its revisions).
+  using GuardedWorkloadChange = std::function<StatusOr<bool>(api::Workload&, const KeyValue& record,
+                                                             const std::optional<KeyValue>& guard)>;
   Status UpdateWorkloadGuarded(const std::string& name, const std::string& guard_key,
                                const GuardedWorkloadChange& change);
   Status UpdateMigration(const std::string& id, const MigrationChange& change);
@@ -321,7 +345,25 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   void DropLease();
   Status ReconcileWorkload(const std::string& name);
   Status ReconcileMigration(const std::string& id);
+  // The claim StartHere makes BEFORE starting the task: ClaimRecord at the
+  // record's epoch, phase Scheduled or Running (message := "starting on
+  // <node>") or Lost (phase := Running, "node <node> is back: starting on
+  // <node>"; a placement elsewhere decided on the Lost record then fails its
+  // CAS). A record that already carries the claim is not written again.
+  StatusOr<bool> ClaimStart(const api::Workload& rec);
+  // Starts the workload of `rec` here once ClaimStart took its record (not
+  // claimed: nothing starts, the record is read again), then writes phase
+  // Running, pid and startedMs (or Failed for a start that fails for good).
   Status StartHere(const api::Workload& rec);
+  // A migration to this node that the cluster ended (final record) while its
+  // incoming record here is still open (say the source was lost and the
+  // controller wrote the verdict): committed here if the records say it
+  // moved here (ownership::OwnedHere), else aborted, at once rather than at
+  // the target's idle timeout; then the workload is reconciled (a record
+  // placing it here starts it: the open copy held its name).
+  Status SettleIncoming(const api::Migration& rec);
+  // The target holds an unfinished record of migration `id`.
+  bool IncomingOpen(const std::string& id);
   // The order cannot run: written Failed (from Pending only), workload freed.
   Status RefuseOrder(const api::Migration& rec, const std::string& why);
   void Launch(const api::Migration& rec, const std::string& url);

@@ -593,6 +593,145 @@ TEST_F(RestartClaimTest, AClaimThatLosesToAnUnrelatedWriteReadsAgainAndRestarts)
   EXPECT_EQ(GetWorkload().status.restarts, 1);
 }
 
+// The link's own starts (StartHere: a Scheduled record naming this node, or
+// a Running one whose copy here is gone) claim the record first, as a
+// restart does: one CAS that applies only while it still names this node at
+// that epoch, then the start. A controller write landing after the link read
+// the record (the node-loss path: Lost, then placed on node2 at epoch + 1)
+// means no copy starts here. (Before: the link started the task first and
+// wrote after; the write found node2 and gave up, the copy ran on beside
+// node2's until a later reconcile fenced it.)
+class StartClaimTest : public RestartClaimTest {
+ protected:
+  // Runs `write` once, right after the n-th read of workloads/work (1: the
+  // reconcile's own read; 2: the claim's fresh read).
+  void AfterRead(int nth, std::function<void()> write) {
+    gated_.after_get = [this, nth, write = std::move(write), seen = 0](
+                           const std::string& key, const StatusOr<GetResult>&) mutable {
+      if (key != keys_.Workload("work") || ++seen != nth) return;
+      write();
+    };
+  }
+  // The controller's node-loss path: marked Lost, then placed on node2.
+  void LoseAndPlaceOnNode2() {
+    CasRecord([](WorkloadRecord& w) { w.status.phase = WorkloadPhase::kLost; });
+    CasRecord([](WorkloadRecord& w) {
+      w.status.node = "node2";
+      w.status.epoch += 1;
+      w.status.phase = WorkloadPhase::kScheduled;
+      w.status.message = "node node1 was lost: restarted from its image on node2";
+    });
+  }
+  void ExpectNotStartedOnNode1(int starts) {
+    EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts) << "a second copy was started on node1";
+    EXPECT_FALSE(node1_->runtime.Has("work"));
+    EXPECT_FALSE(node1_->agent->Local("work").has_value());
+    WorkloadRecord w = GetWorkload();  // the controller's placement stands
+    EXPECT_EQ(w.status.node, "node2");
+    EXPECT_EQ(w.status.epoch, 4);
+    EXPECT_EQ(w.status.phase, WorkloadPhase::kScheduled);
+  }
+};
+
+TEST_F(StartClaimTest, ANodeLossPlacementAfterTheReadMeansNoStartHere) {
+  // Running on node1 at epoch 3, but no copy here (say, lost with the state
+  // dir): the link starts it, unless the record moved meanwhile.
+  Put(Workload("node1", WorkloadPhase::kRunning, 3));
+  const int starts = node1_->runtime.Calls("StartTask");
+  AfterRead(1, [&] { LoseAndPlaceOnNode2(); });
+  Status s = node1_->link->Reconcile("w/work");
+  gated_.after_get = nullptr;
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ExpectNotStartedOnNode1(starts);
+}
+
+TEST_F(StartClaimTest, APlacementLandingBetweenTheClaimsReadAndItsWriteFailsTheClaim) {
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  const int starts = node1_->runtime.Calls("StartTask");
+  // The claim read the Scheduled record; the controller's writes land before
+  // its CAS (here a single placement, as if it had marked it Lost earlier).
+  AfterRead(2, [&] {
+    CasRecord([](WorkloadRecord& w) {
+      w.status.node = "node2";
+      w.status.epoch += 1;
+      w.status.message = "placed on node2";
+    });
+  });
+  Status s = node1_->link->Reconcile("w/work");
+  gated_.after_get = nullptr;
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ExpectNotStartedOnNode1(starts);
+}
+
+TEST_F(StartClaimTest, TheRecordIsClaimedBeforeTheTaskStarts) {
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  const int starts = node1_->runtime.Calls("StartTask");
+  int writes = 0, starts_at_first_write = -1;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (!GatedStateStore::Compares(txn, keys_.Workload("work"))) return;
+    if (writes++ == 0) starts_at_first_write = node1_->runtime.Calls("StartTask");
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  gated_.before_commit = nullptr;
+  EXPECT_EQ(writes, 2) << "a claim, then the Running write";
+  EXPECT_EQ(starts_at_first_write, starts) << "the task started before the claim";
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts + 1);
+  WorkloadRecord w = GetWorkload();
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.pid, node1_->agent->Local("work")->pid);
+  EXPECT_EQ(w.status.message, "");
+}
+
+TEST_F(StartClaimTest, ALostRecordIsClaimedRunningBeforeTheStart) {
+  // The earlier incarnation's copy here was replaced: the record (created
+  // again, Lost on this node) is taken back Running first, so a placement
+  // elsewhere decided on the Lost record fails its CAS.
+  RunWorkOnNode1();
+  ASSERT_TRUE(store_.Delete(keys_.Workload("work")).ok());
+  WorkloadRecord w = Workload("", WorkloadPhase::kPending, 0);
+  Put(w);
+  w.status.node = "node1";
+  w.status.phase = WorkloadPhase::kLost;
+  w.status.epoch = std::max<int64_t>(1, Raw(keys_.Workload("work"))->mod_revision);
+  Put(w);
+  const int starts = node1_->runtime.Calls("StartTask");
+  std::string phase_claimed;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (!phase_claimed.empty()) return;
+    std::string value = GatedStateStore::PutValue(txn, keys_.Workload("work"));
+    auto w = cluster::ParseRecord<WorkloadRecord>(value, cluster::WorkloadFromJson);
+    if (!w.ok()) return;
+    phase_claimed = api::WorkloadPhaseName(w->status.phase);
+    EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts) << "the task started before the claim";
+  };
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  gated_.before_commit = nullptr;
+  EXPECT_EQ(phase_claimed, "Running");
+  EXPECT_EQ(node1_->runtime.Calls("StartTask"), starts + 1);
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
+TEST_F(StartClaimTest, AStartThatFailsLeavesOneClaimAndNoWriteLoop) {
+  Put(Workload("node1", WorkloadPhase::kScheduled, 3));
+  node1_->runtime.Fail("StartTask", RetryError("containerd is restarting"));
+  EXPECT_EQ(node1_->link->Reconcile("w/work").code(), Code::kRetry);
+  const int64_t rev = Raw(keys_.Workload("work"))->mod_revision;
+  EXPECT_EQ(GetWorkload().status.message, "starting on node1");
+  // Tried again with the claim in place: no second claim write before it.
+  int writes = 0;
+  gated_.before_commit = [&](const Txn& txn) {
+    if (GatedStateStore::Compares(txn, keys_.Workload("work"))) ++writes;
+  };
+  EXPECT_EQ(node1_->link->Reconcile("w/work").code(), Code::kRetry);
+  EXPECT_EQ(writes, 0);
+  EXPECT_EQ(Raw(keys_.Workload("work"))->mod_revision, rev);
+  node1_->runtime.Fail("StartTask", Status::Ok());
+  ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
+  gated_.before_commit = nullptr;
+  EXPECT_EQ(writes, 1);  // the Running write
+  EXPECT_EQ(GetWorkload().status.phase, WorkloadPhase::kRunning);
+}
+
 TEST_F(ClusterLinkTest, AManagedWorkloadThatExitsCleanlyIsExitedNotRestarted) {
   RunWorkOnNode1();
   const int starts = node1_->runtime.Calls("StartTask");
@@ -1132,6 +1271,82 @@ TEST_F(ClusterLinkTest, ASourceBackAfterItsWorkloadMovedOnReleasesItsCopy) {
   // The link lets go of what is left of it here.
   ASSERT_TRUE(node1_->link->Reconcile("w/work").ok());
   EXPECT_FALSE(node1_->agent->Local("work").has_value());
+}
+
+// Soak nl52 (recovery.count 2, one restart in the journal): node1, the source
+// of m-1 to node2, was lost with node2's copy restored and waiting for the
+// commit. The controller ended m-1 Failed and, 15 s later, restarted the
+// workload from its image on node2 (recovery 1). node2 kept its open
+// incoming copy, which held the workload's name, until its idle timeout
+// (120 s) or the source's return, so the restart placed there never ran; a
+// second loss later restarted it again (recovery 2). Now the target settles
+// an incoming migration the cluster ended at once, from the records, and the
+// placement starts.
+TEST_F(ClusterLinkTest, ATargetAbortsAnIncomingCopyTheClusterFailedAndStartsThePlacementHere) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropRequest("Commit");  // restored on node2, never committed
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kRestored);
+  // node1 is lost: the controller's verdict (Failed; the record freed, Lost
+  // on node1), then its restart from the image on node2.
+  MigrationRecord m = GetMigration("m-1");
+  m.phase = api::MigrationPhase::kFailed;
+  m.error = "source node node1 was lost before ownership moved to node2";
+  Put(m);
+  WorkloadRecord w = Workload("node2", WorkloadPhase::kScheduled, 4);
+  w.status.message = "node node1 was lost (NotReady 15.0 s); restarted from its image on node2";
+  Put(w);
+  const int starts = node2_->runtime.Calls("StartTask");
+  ASSERT_TRUE(node2_->link->Reconcile("w/work").ok());  // the name is held: waits
+  ASSERT_TRUE(node2_->link->Reconcile("m/m-1").ok());
+  EXPECT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kAborted);
+  ASSERT_TRUE(node2_->link->Reconcile("w/work").ok());
+  auto local = node2_->agent->Local("work");
+  ASSERT_TRUE(local.has_value()) << "the restart placed on node2 never started";
+  EXPECT_EQ(local->state, "running");
+  EXPECT_TRUE(local->managed);
+  EXPECT_EQ(local->epoch, 4);
+  EXPECT_EQ(node2_->runtime.Calls("StartTask"), starts + 1) << "started from its image";
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_FALSE(node2_->runtime.Stopped("work"));
+  w = GetWorkload();
+  EXPECT_EQ(w.status.phase, WorkloadPhase::kRunning);
+  EXPECT_EQ(w.status.pid, local->pid);
+}
+
+// The other end: the source moved the ownership, then was lost before
+// asking node2 to commit; the controller's verdict says Succeeded. The
+// target commits at once from the records instead of at its idle timeout.
+TEST_F(ClusterLinkTest, ATargetCommitsAnIncomingCopyTheClusterEndedSucceededAtOnce) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->DropRequest("Commit");
+  to_node2_->DropRequest("Query");
+  to_node2_->DropRequest("Abort");
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kRestored);
+  WorkloadRecord w = GetWorkload();
+  ASSERT_EQ(w.status.node, "node2");  // the source's Transfer landed
+  w.status.migration.clear();
+  w.status.migrations.push_back("m-1");
+  w.status.phase = WorkloadPhase::kRunning;
+  Put(w);
+  MigrationRecord m = GetMigration("m-1");
+  m.phase = api::MigrationPhase::kSucceeded;
+  Put(m);
+  ASSERT_TRUE(node2_->link->Reconcile("m/m-1").ok());
+  EXPECT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kCommitted);
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+  EXPECT_FALSE(node2_->runtime.Stopped("work")) << "committed but never resumed";
 }
 
 // A migration that ends superseded (another node owns the workload; the
