@@ -14,11 +14,13 @@
 // images and the page server listens; the images go to the target with the
 // ordinary stream, the memory only through the page stream.
 // While pages are served CRIU holds the tasks through ptrace and has thawed
-// their freezer (containerd still says PAUSED): a watcher re-freezes the
-// task's cgroup the moment CRIU (or runc) exits, for whatever reason, so the
-// source never runs after the dump unless Thaw says so. Nothing here kills
-// the source's CRIU: the page stream ends (and with it CRIU) when its
-// connection closes.
+// their freezer (containerd still says PAUSED; a CRIU that dies then lets
+// them run): once CRIU is ready the task's cgroup is frozen again under it
+// (traced tasks freeze too, and a CRIU exit then finds them frozen), and a
+// watcher writes FROZEN again the moment CRIU (or runc) exits, for whatever
+// reason, so the source never runs after the dump unless Thaw says so.
+// Nothing here kills the source's CRIU once it is ready: the page stream
+// ends (and with it CRIU) when its connection closes.
 //
 // Target (LazyTarget): starts `criu lazy-pages` (work dir = the restore's
 // work dir, where it listens on lazy-pages.socket) in a network namespace of
