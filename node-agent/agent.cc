@@ -750,6 +750,14 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
     }
     return s;
   }
+  // The name is claimed here (its registry entry): what aborted incoming
+  // migrations of it left (a discard that failed while containerd was down)
+  // or a container nothing here claims goes first, or the container could
+  // not be made ("already exists").
+  if (Status s = incoming_->ClearStale(spec.name); !s.ok()) {
+    forget();
+    return s.Annotate("node " + options_.node + " cannot clear what was left of " + spec.name);
+  }
   {
     std::ofstream truncate(spec.log_path, std::ios::trunc);
     std::error_code perm_ec;  // the log is the agent's (and its API callers')

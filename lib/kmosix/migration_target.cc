@@ -36,6 +36,7 @@ nlohmann::json IncomingRecordToJson(const IncomingRecord& r) {
           {"error", r.error},
           {"adopted", r.adopted},
           {"resumed", r.resumed},
+          {"discardPending", r.discard_pending},
           {"bytes", r.stats.bytes},
           {"files", r.stats.files},
           {"landing", sections}};
@@ -56,6 +57,8 @@ StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j) {
     r.adopted = j.value("adopted", false);
     // Absent in records of older agents, whose restored copies ran at once.
     r.resumed = j.value("resumed", true);
+    // Absent in records of older agents, which never retried a discard.
+    r.discard_pending = j.value("discardPending", false);
     r.stats.bytes = j.at("bytes").get<uint64_t>();
     r.stats.files = j.at("files").get<uint64_t>();
     for (const auto& s : j.at("landing")) {
@@ -101,28 +104,44 @@ Status IncomingMigrations::Save(IncomingRecord& r, TargetPhase phase) {
   return Status::Ok();
 }
 
+Status IncomingMigrations::DiscardCopy(const IncomingRecord& r) {
+  Status s = engine_.Discard(r.offer.spec.name);
+  const std::string scratch = options_.scratch_dir + "/in-" + r.offer.id;
+  // Keep CRIU's logs of a failed restore for whoever investigates.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(scratch + "/work", ec)) {
+    if (e.path().extension() == ".log") {
+      std::error_code copy_ec;
+      const std::string kept =
+          options_.log_dir + "/criu-" + r.offer.id + "-" + e.path().filename().string();
+      fs::copy_file(e.path(), kept, fs::copy_options::overwrite_existing, copy_ec);
+      fs::permissions(kept, fs::perms::owner_read | fs::perms::owner_write, copy_ec);
+    }
+  }
+  ec.clear();
+  fs::remove_all(scratch, ec);
+  if (ec && s.ok()) s = RetryError("remove " + scratch + ": " + ec.message());
+  return s;
+}
+
 void IncomingMigrations::AbortLocked(Entry& e, const std::string& why) {
   IncomingRecord& r = e.record;
   if (IsFinalPhase(r.phase)) return;
   spdlog::warn("incoming migration {} of {} aborted: {}", r.offer.id, r.offer.spec.name, why);
-  if (Status s = engine_.Discard(r.offer.spec.name); !s.ok()) {
-    spdlog::error("incoming migration {}: discard failed: {}", r.offer.id, s.ToString());
+  const Status discarded = DiscardCopy(r);
+  if (!discarded.ok()) {
+    // containerd down or restarting (the fault soak's B3): what is left here
+    // would refuse every later migration of the workload to this node.
+    spdlog::error(
+        "incoming migration {} of {}: discard failed: {}; recorded, and tried again until it is "
+        "gone",
+        r.offer.id, r.offer.spec.name, discarded.ToString());
   }
   std::error_code ec;
-  const std::string scratch = options_.scratch_dir + "/in-" + r.offer.id;
-  // Keep CRIU's logs of a failed restore for whoever investigates.
-  for (const auto& e : fs::directory_iterator(scratch + "/work", ec)) {
-    if (e.path().extension() == ".log") {
-      const std::string kept =
-          options_.log_dir + "/criu-" + r.offer.id + "-" + e.path().filename().string();
-      fs::copy_file(e.path(), kept, fs::copy_options::overwrite_existing, ec);
-      fs::permissions(kept, fs::perms::owner_read | fs::perms::owner_write, ec);
-    }
-  }
-  fs::remove_all(scratch, ec);
   if (!r.offer.spec.log_path.empty()) fs::remove(r.offer.spec.log_path, ec);
   r.error = why;
   r.pid = 0;
+  r.discard_pending = !discarded.ok();
   if (!Save(r, TargetPhase::kAborted).ok()) {
     // Acted on even if not recorded: the copy is gone, and a record left in
     // any phase before Committed recovers to Aborted.
@@ -172,6 +191,7 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     return s;
   }
   auto entry = std::make_shared<Entry>();
+  entry->name = offer_in.spec.name;
   {
     std::lock_guard lock(mu_);
     // A concurrent Prepare of the same id won: its slot is its own.
@@ -187,6 +207,17 @@ Status IncomingMigrations::Prepare(const MigrationOffer& offer_in) {
     std::lock_guard map_lock(mu_);
     entries_.erase(offer_in.id);
     return s;
+  }
+  // The name is ours here now: what an earlier copy of it left (an abort
+  // whose discard failed, a container nothing claims) goes first, or the
+  // new container could not be made (B3: "already exists", for good).
+  if (Status s = ClearStaleClaimed(r.offer.spec.name, entry.get()); !s.ok()) {
+    ReleaseIntake(offer_in.id);
+    if (hooks_.unreserve) hooks_.unreserve(r.offer.spec.name);
+    r.phase = TargetPhase::kAborted;  // for a call already waiting on the entry
+    std::lock_guard map_lock(mu_);
+    entries_.erase(offer_in.id);
+    return s.Annotate("node " + options_.node + " cannot take " + r.offer.spec.name);
   }
   if (Status s = Save(r, TargetPhase::kPrepared); !s.ok()) {
     // Nothing is made here that the records cannot name: refuse the offer.
@@ -422,6 +453,12 @@ void IncomingMigrations::ExpireIdle() {
       (void)ResumeLocked(*e, "resume retried", /*save=*/true);
       continue;
     }
+    if (e->record.phase == TargetPhase::kAborted && e->record.discard_pending) {
+      if (now - e->record.touched >= options_.discard_retry) {
+        (void)RetryDiscardLocked(*e, "discard retried", /*claimed=*/false);
+      }
+      continue;
+    }
     if (IsFinalPhase(e->record.phase)) continue;
     if (now - e->record.touched >= options_.idle_timeout) {
       const std::string why = "no progress from the source for " +
@@ -446,7 +483,10 @@ std::vector<std::string> IncomingMigrations::ForgetFinished(Clock::Duration age)
     // whatever its age: the next start completes the record from it.
     // So is one whose copy is not known resumed (ExpireIdle resumes it).
     const bool pending_adoption = r.phase == TargetPhase::kCommitted && (!r.adopted || !r.resumed);
-    if (elock.owns_lock() && IsFinalPhase(r.phase) && !pending_adoption && now - r.touched >= age) {
+    // So is an abort whose leftovers are not removed yet (ExpireIdle).
+    const bool pending_discard = r.phase == TargetPhase::kAborted && r.discard_pending;
+    if (elock.owns_lock() && IsFinalPhase(r.phase) && !pending_adoption && !pending_discard &&
+        now - r.touched >= age) {
       forgotten.push_back(it->first);
       elock.unlock();
       it = entries_.erase(it);
@@ -468,6 +508,7 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
   for (auto& record : records) {
     auto e = std::make_shared<Entry>();
     e->record = std::move(record);
+    e->name = e->record.offer.spec.name;
     e->record.touched = clock_.Now();
     {
       std::lock_guard lock(mu_);
@@ -532,6 +573,125 @@ void IncomingMigrations::Recover(std::vector<IncomingRecord> records) {
     }
     AbortLocked(*e, "agent restarted before the commit");
   }
+  // What aborts left (containerd was down): now that every record is back
+  // (the names they claim count), removed again; ExpireIdle goes on.
+  std::vector<std::shared_ptr<Entry>> all;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [_, e] : entries_) all.push_back(e);
+  }
+  for (auto& e : all) {
+    std::lock_guard lock(e->mu);
+    if (e->record.phase != TargetPhase::kAborted || !e->record.discard_pending) continue;
+    (void)RetryDiscardLocked(*e, "agent restarted", /*claimed=*/false);
+  }
+}
+
+std::vector<std::shared_ptr<IncomingMigrations::Entry>> IncomingMigrations::EntriesNamed(
+    const std::string& name, const Entry* except) {
+  std::vector<std::shared_ptr<Entry>> out;
+  std::lock_guard lock(mu_);
+  for (auto& [_, e] : entries_) {
+    if (e.get() != except && e->name == name) out.push_back(e);
+  }
+  return out;
+}
+
+Status IncomingMigrations::RetryDiscardLocked(Entry& e, const std::string& when, bool claimed) {
+  IncomingRecord& r = e.record;
+  const std::string name = r.offer.spec.name;
+  auto later = [&](Status s) {
+    r.touched = clock_.Now();  // the next try after options_.discard_retry
+    return s;
+  };
+  if (hooks_.owned_here) {
+    // Cluster mode: never a copy the cluster names this node the owner of.
+    auto owned = hooks_.owned_here(r);
+    if (!owned.ok()) {
+      spdlog::warn(
+          "incoming migration {} of {} ({}): what its abort left is kept: cannot tell who owns "
+          "it ({}); trying again later",
+          r.offer.id, name, when, owned.status().ToString());
+      return later(owned.status());
+    }
+    if (*owned) {
+      spdlog::error(
+          "incoming migration {} of {} ({}): aborted here, but the cluster names this node its "
+          "owner through it: what is left of its copy is kept",
+          r.offer.id, name, when);
+      return later(RetryError("the cluster names " + options_.node + " the owner of " + name +
+                              " through migration " + r.offer.id));
+    }
+  }
+  if (!claimed) {
+    if (Status s = hooks_.reserve ? hooks_.reserve(name) : Status::Ok(); !s.ok()) {
+      // A workload or a live incoming migration holds the name here: its
+      // container is not this abort's to remove (whoever took the name
+      // cleared what was left first, or gives the name back soon).
+      spdlog::info("incoming migration {} of {} ({}): leftovers kept for now: {}", r.offer.id, name,
+                   when, s.message());
+      return later(RetryError(s.message()));
+    }
+    for (auto& other : EntriesNamed(name, &e)) {
+      std::unique_lock lock(other->mu, std::try_to_lock);
+      const bool committed_here =
+          !lock.owns_lock() ||
+          (other->record.phase == TargetPhase::kCommitted && !other->record.adopted);
+      if (committed_here) {
+        if (hooks_.unreserve) hooks_.unreserve(name);
+        return later(RetryError("a copy of " + name + " may be committed here, not adopted yet"));
+      }
+    }
+  }
+  Status s = DiscardCopy(r);
+  if (!claimed && hooks_.unreserve) hooks_.unreserve(name);
+  if (!s.ok()) {
+    spdlog::warn(
+        "incoming migration {} of {} ({}): what its abort left cannot be removed yet: {}; trying "
+        "again later",
+        r.offer.id, name, when, s.ToString());
+    return later(s);
+  }
+  spdlog::info("incoming migration {} of {} ({}): what its abort left is removed", r.offer.id, name,
+               when);
+  r.discard_pending = false;
+  // Not recorded: the next start removes it again, which finds nothing.
+  (void)Save(r, TargetPhase::kAborted);
+  return Status::Ok();
+}
+
+Status IncomingMigrations::ClearStale(const std::string& name) {
+  return ClearStaleClaimed(name, nullptr);
+}
+
+Status IncomingMigrations::ClearStaleClaimed(const std::string& name, const Entry* except) {
+  // A committed copy of that name not adopted yet is this node's.
+  for (auto& other : EntriesNamed(name, except)) {
+    std::lock_guard lock(other->mu);
+    if (other->record.phase == TargetPhase::kCommitted && !other->record.adopted) {
+      return ConflictError("migration " + other->record.offer.id + " committed " + name +
+                           " here; its record is not written yet");
+    }
+  }
+  for (auto& other : EntriesNamed(name, except)) {
+    std::lock_guard lock(other->mu);
+    if (other->record.phase != TargetPhase::kAborted || !other->record.discard_pending) continue;
+    KMX_RETURN_IF_ERROR(
+        RetryDiscardLocked(*other, "before a new copy of " + name, /*claimed=*/true));
+  }
+  // Left by something no record names any more (a discard that "succeeded"
+  // before this agent recorded failures, a release that failed): nothing
+  // here claims it, the caller holds the name.
+  auto info = runtime_.Inspect(name);
+  if (info.ok()) {
+    spdlog::warn(
+        "deleting stale container {} on {}: no workload and no live incoming migration here "
+        "claims it",
+        name, options_.node);
+    return engine_.Discard(name).Annotate("delete the stale container " + name);
+  }
+  if (info.status().code() == Code::kNotFound) return Status::Ok();
+  return info.status().Annotate("inspect " + name);
 }
 
 std::vector<IncomingRecord> IncomingMigrations::List() {

@@ -41,6 +41,17 @@
 // A workload record that adopt could not write after the Committed verdict
 // was written does not undo the commit (the verdict stands and is answered):
 // the record stays Committed, not adopted, and Recover completes it (below).
+// Leftovers of an abort: an abort whose copy could not be removed (containerd
+// down or restarting: the container, its runc state, the scratch dir stay)
+// is recorded Aborted with discard_pending, and removed again by ExpireIdle
+// (every options.discard_retry) and at Recover until it is gone; a Prepare
+// (or ClearStale, for a workload the agent creates) of the same name removes
+// it first, and a container of that name that nothing here claims too (said
+// in the log). Never a copy that is owned here: the name claimed here
+// (Hooks::reserve refuses: a workload or a live incoming migration), a
+// Committed record of that name not adopted yet, or, in cluster mode, the
+// owned_here oracle naming this node the owner through the aborted migration
+// (or unable to tell) keep it, and it is tried again later.
 #pragma once
 
 #include <functional>
@@ -75,6 +86,10 @@ struct IncomingRecord {
   // Until the commit it is stopped (RestoreStopped); one not resumed is
   // resumed by ExpireIdle and Recover.
   bool resumed = false;
+  // Aborted: what the abort had to remove (the container under the
+  // workload's name, the migration's scratch dir) is not known gone; removed
+  // again by ExpireIdle and Recover (see "Leftovers of an abort").
+  bool discard_pending = false;
 };
 nlohmann::json IncomingRecordToJson(const IncomingRecord& r);
 StatusOr<IncomingRecord> IncomingRecordFromJson(const nlohmann::json& j);
@@ -91,6 +106,8 @@ class IncomingMigrations final : public MigrationTarget {
     // The node's intake limits (borrowed, must outlive this); nullptr: none
     // (streams are still held to what their offers declared).
     IntakeLimiter* intake = nullptr;
+    // How often ExpireIdle tries again to remove what an abort left.
+    Clock::Duration discard_retry = std::chrono::seconds(5);
   };
   // The agent's workload registry, as the target needs it.
   struct Hooks {
@@ -135,14 +152,25 @@ class IncomingMigrations final : public MigrationTarget {
   StreamLimits ReceiveLimits(const std::string& id) override;
 
   // Aborts migrations idle past the timeout (a Restored one is first put to
-  // the owned_here oracle, if set), and resumes committed copies a failed
-  // resume left stopped. Call periodically.
+  // the owned_here oracle, if set), resumes committed copies a failed
+  // resume left stopped, and tries again to remove what aborts left
+  // (discard_pending, every options.discard_retry). Call periodically.
   void ExpireIdle();
+  // The caller has claimed `name` here (a workload it is about to create:
+  // the registry's entry): removes what aborted migrations of that name left
+  // (discard_pending), and a container of that name (nothing here claims
+  // it: the caller holds the name), saying so in the log. Ok when nothing is
+  // left; kConflict if a Committed record of that name is not adopted yet
+  // (its copy is this node's); kRetry if something could not be removed
+  // (still pending) or the owned_here oracle keeps it; a runtime error as
+  // the runtime gives it. Prepare does the same under its reservation.
+  Status ClearStale(const std::string& name);
   // Forgets finished records (and abort tombstones) untouched for `age`;
   // returns their ids so the caller can drop what it persisted. `age` must be
   // far longer than any request can be in flight: a forgotten abort no longer
   // refuses a late Prepare of its id. A Committed record not adopted (its
-  // workload record was not written) is kept until a Recover settles it.
+  // workload record was not written) is kept until a Recover settles it, an
+  // Aborted one with discard_pending until its leftovers are removed.
   std::vector<std::string> ForgetFinished(Clock::Duration age);
   // After a restart: takes back persisted records. Unfinished ones are
   // aborted (their source resumes the workload); committed ones are kept,
@@ -155,7 +183,8 @@ class IncomingMigrations final : public MigrationTarget {
   // With an owned_here oracle, a Restored one whose task is still there
   // (stopped) is put to it (commit / abort / keep asking, as in ExpireIdle).
   // The newest Committed record of a workload whose copy is not known
-  // resumed has it resumed.
+  // resumed has it resumed. Aborted records with discard_pending are
+  // removed again (after the others are back, so their claims count).
   void Recover(std::vector<IncomingRecord> records);
   std::vector<IncomingRecord> List();
 
@@ -163,13 +192,32 @@ class IncomingMigrations final : public MigrationTarget {
   struct Entry {
     std::mutex mu;
     IncomingRecord record;
+    // record.offer.spec.name, set before the entry is shared (readable
+    // without mu); empty for an abort tombstone.
+    std::string name;
   };
   std::shared_ptr<Entry> Find(const std::string& id);
   // Writes r in `phase` (hooks_.persist); r takes the phase, touched and
   // updated_ms only if written. The write's error otherwise, annotated.
   Status Save(IncomingRecord& r, TargetPhase phase);
-  // Kills and removes the copy here, records Aborted. Caller holds e.mu.
+  // Kills and removes the copy here, records Aborted (with discard_pending
+  // if it could not all be removed). Caller holds e.mu.
   void AbortLocked(Entry& e, const std::string& why);
+  // Removes the migration's copy (engine Discard) and its scratch dir
+  // (keeping CRIU's logs). Ok once both are gone. Caller holds the entry's mu.
+  Status DiscardCopy(const IncomingRecord& r);
+  // An Aborted record with discard_pending: removes its leftovers again,
+  // unless they may be owned here (see "Leftovers of an abort"). `claimed`:
+  // the caller holds the name's reservation (else it is taken and given
+  // back here). Ok once nothing is pending; kRetry (or the oracle's error)
+  // if kept for later. Caller holds e.mu.
+  Status RetryDiscardLocked(Entry& e, const std::string& when, bool claimed);
+  // ClearStale for a caller that holds the name; `except`: the caller's own
+  // entry (locked by it), or null.
+  Status ClearStaleClaimed(const std::string& name, const Entry* except);
+  // Entries of workload `name` (other than `except`), for callers that lock
+  // them one at a time.
+  std::vector<std::shared_ptr<Entry>> EntriesNamed(const std::string& name, const Entry* except);
   // Records Committed, resumes the copy and adopts. Caller holds e.mu; the
   // record is Restored. kRetry if the verdict could not be written (still
   // Restored, not adopted, the copy still stopped).

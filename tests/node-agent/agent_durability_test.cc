@@ -179,6 +179,64 @@ TEST_F(AgentDurabilityTest, TargetWithoutTheWorkloadRecordAdoptsTheCommittedCopy
   EXPECT_EQ(target_->WorkloadCount(), 1u);
 }
 
+// The fault soak's B3: containerd killed on the target during the restore;
+// the restore fails and so does the discard (containerd still down). What is
+// left (the container under the workload's name) is recorded and removed by
+// the target's upkeep once containerd is back, and the next migration of the
+// workload to that node succeeds (it failed "already exists" for good).
+TEST_F(AgentDurabilityTest, TargetWhoseDiscardFailedRemovesTheLeftoversInItsUpkeep) {
+  runtime1_.Fail("RestoreTask", RetryError("restore: start task work: Socket closed"));
+  runtime1_.Fail("Delete", RetryError("discard: get task work: Connection refused"));
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kRolledBack) << done->error.ToString();
+  ExpectRunsOnceOn(runtime0_, 42);
+  ASSERT_TRUE(runtime1_.Has("work"));
+  auto text = ReadFile(State("node1") / "migrations" / "in" / (done->id + ".json"));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  auto rec = nlohmann::json::parse(*text, nullptr, false);
+  ASSERT_TRUE(rec.is_object());
+  EXPECT_EQ(rec.value("discardPending", false), true) << rec.dump();
+  // containerd answers again, but deletes still fail: kept.
+  runtime1_.Fail("RestoreTask", Status::Ok());
+  clock_.Advance(std::chrono::seconds(5));
+  target_->Tick();
+  EXPECT_TRUE(runtime1_.Has("work"));
+  runtime1_.Fail("Delete", Status::Ok());
+  clock_.Advance(std::chrono::seconds(5));
+  target_->Tick();
+  EXPECT_FALSE(runtime1_.Has("work"));
+  EXPECT_FALSE(fs::exists(root_ / "node1" / "scratch" / ("in-" + done->id)));
+  // The next migration of the workload to node1 succeeds.
+  auto again = Migrate();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->phase, MigrationPhase::kSucceeded) << again->error.ToString();
+  ExpectRunsOnceOn(runtime1_, 42);
+  EXPECT_FALSE(runtime0_.Has("work"));
+}
+
+// B3, the agent's own create: a workload created on the node where an
+// aborted migration of that name left its container clears it first.
+TEST_F(AgentDurabilityTest, ACreateOnTheTargetClearsWhatAFailedDiscardLeft) {
+  runtime1_.Fail("RestoreTask", RetryError("restore: start task work: Socket closed"));
+  runtime1_.Fail("Delete", RetryError("discard: get task work: Connection refused"));
+  auto done = Migrate();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  ASSERT_EQ(done->phase, MigrationPhase::kRolledBack) << done->error.ToString();
+  ASSERT_TRUE(runtime1_.Has("work"));
+  runtime1_.Fail("RestoreTask", Status::Ok());
+  runtime1_.Fail("Delete", Status::Ok());
+  // No upkeep ran yet. (A second workload of that name, for the test: the
+  // agents are standalone.)
+  api::WorkloadSpec spec;
+  spec.name = "work";
+  spec.image = kImage;
+  auto created = target_->CreateWorkload(spec);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(runtime1_.State("work"), TaskState::kRunning);
+  EXPECT_EQ(runtime1_.Counter("work"), 0);  // a fresh container, not the leftover
+}
+
 // Hole 2: the source cannot write its journal: the migration fails before
 // the freeze and the workload runs on, untouched.
 TEST_F(AgentDurabilityTest, SourceThatCannotJournalTheMigrationNeverFreezesIt) {

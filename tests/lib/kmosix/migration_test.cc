@@ -1475,6 +1475,180 @@ TEST_F(MigrationTest, AReleasedSourceSurvivesJsonRoundTrip) {
   EXPECT_TRUE(back->source_released);
 }
 
+// ---- what an abort could not remove (the fault soak's B3) ---------------------
+// containerd killed during the restore: the restore fails, and so does the
+// discard (containerd still down), leaving the container (and its runc
+// state) under the workload's name on the target.
+class LeftoverTest : public MigrationTest {
+ protected:
+  void AbortWithContainerdDown() {
+    target_.Fail("RestoreTask", RetryError("restore: start task work: Socket closed"));
+    target_.Fail("Delete", RetryError("discard: get task work: Connection refused"));
+    MigrationReport r = Migrate();
+    ASSERT_EQ(r.phase, MigrationPhase::kRolledBack) << r.error.ToString();
+    ExpectRunsOnceOn(source_, 42);
+    ASSERT_TRUE(target_.Has("work"));  // left behind
+    ASSERT_TRUE(target_disk_.contains("m-1"));
+    ASSERT_EQ(target_disk_["m-1"].phase, TargetPhase::kAborted);
+    EXPECT_TRUE(target_disk_["m-1"].discard_pending);
+  }
+  void ContainerdBack() {
+    target_.Fail("RestoreTask", Status::Ok());
+    target_.Fail("Delete", Status::Ok());
+  }
+  MigrationReport MigrateAgain(const std::string& id) {
+    MigrationReport r;
+    r.id = id;
+    r.workload = "work";
+    r.source_node = "node1";
+    r.target_url = "http://node2";
+    return driver_->Run(spec_, r, SourceJournal(), {}, {});
+  }
+  void ExpectLeftoversGone() {
+    EXPECT_FALSE(target_.Has("work"));
+    EXPECT_FALSE(fs::exists(root_ / "target-scratch" / "in-m-1"));
+    EXPECT_FALSE(target_disk_["m-1"].discard_pending);
+    EXPECT_FALSE(reserved_.contains("work"));
+  }
+};
+
+TEST_F(LeftoverTest, AFailedDiscardIsRetriedUntilTheCopyIsGone) {
+  AbortWithContainerdDown();
+  // Still down: tried again, kept for later.
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  EXPECT_TRUE(target_.Has("work"));
+  EXPECT_TRUE(target_disk_["m-1"].discard_pending);
+  // Never forgotten while something is left.
+  clock_.Advance(std::chrono::hours(48));
+  EXPECT_TRUE(incoming_->ForgetFinished(std::chrono::hours(1)).empty());
+  ContainerdBack();
+  incoming_->ExpireIdle();
+  ExpectLeftoversGone();
+  // And the next migration of the workload to this node succeeds.
+  MigrationReport r = MigrateAgain("m-2");
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LeftoverTest, TheNextPrepareRemovesWhatAFailedDiscardLeftFirst) {
+  AbortWithContainerdDown();
+  ContainerdBack();
+  // No upkeep ran yet: the next migration's Prepare clears it first.
+  MigrationReport r = MigrateAgain("m-2");
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectRunsOnceOn(target_, 42);
+  EXPECT_FALSE(target_disk_["m-1"].discard_pending);
+  EXPECT_FALSE(fs::exists(root_ / "target-scratch" / "in-m-1"));
+}
+
+TEST_F(LeftoverTest, APrepareThatCannotClearWhatWasLeftRefusesAndChangesNothing) {
+  AbortWithContainerdDown();
+  target_.Fail("RestoreTask", Status::Ok());  // Delete still fails
+  MigrationReport r = MigrateAgain("m-2");
+  EXPECT_EQ(r.phase, MigrationPhase::kFailed) << r.error.ToString();
+  EXPECT_EQ(r.error.code(), Code::kRetry) << r.error.ToString();
+  EXPECT_EQ(source_.Calls("Pause"), 1);  // only m-1 froze it
+  ExpectRunsOnceOn(source_, 42);
+  EXPECT_TRUE(target_disk_["m-1"].discard_pending);
+  EXPECT_FALSE(target_disk_.contains("m-2"));
+  EXPECT_FALSE(reserved_.contains("work"));
+}
+
+TEST_F(LeftoverTest, PrepareDeletesAStaleContainerNothingClaims) {
+  // A container of the workload's name that no record here names (an abort
+  // of an older agent that logged "discard failed" and forgot it).
+  ContainerSpec stale = spec_;
+  stale.log_path.clear();
+  ASSERT_TRUE(target_.CreateContainer(stale).ok());
+  MigrationReport r = Migrate();
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LeftoverTest, WhatAClaimedNameLeftIsKeptUntilTheNameIsFree) {
+  AbortWithContainerdDown();
+  ContainerdBack();
+  reserved_.insert("work");  // a workload of that name is created here
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  EXPECT_TRUE(target_.Has("work")) << "deleted the container of a name claimed here";
+  EXPECT_TRUE(target_disk_["m-1"].discard_pending);
+  reserved_.erase("work");
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  ExpectLeftoversGone();
+}
+
+TEST_F(LeftoverTest, WhatTheClusterNamesOwnedHereIsNeverRemoved) {
+  bool owned = true;
+  bool answers = true;
+  UseTargetOracle([&](const IncomingRecord&) -> StatusOr<bool> {
+    if (!answers) return RetryError("etcd unreachable");
+    return owned;
+  });
+  AbortWithContainerdDown();
+  ContainerdBack();
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  EXPECT_TRUE(target_.Has("work")) << "deleted a copy the cluster names owned here";
+  answers = false;
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  EXPECT_TRUE(target_.Has("work")) << "deleted a copy whose owner nobody could tell";
+  answers = true;
+  owned = false;
+  clock_.Advance(std::chrono::seconds(5));
+  incoming_->ExpireIdle();
+  ExpectLeftoversGone();
+}
+
+TEST_F(LeftoverTest, ARestartedTargetRemovesWhatAFailedDiscardLeft) {
+  AbortWithContainerdDown();
+  ContainerdBack();
+  RestartTarget();
+  ExpectLeftoversGone();
+  MigrationReport r = MigrateAgain("m-2");
+  EXPECT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ExpectRunsOnceOn(target_, 42);
+}
+
+TEST_F(LeftoverTest, ACommittedCopyNotAdoptedYetIsNeverTakenForALeftover) {
+  // m-1 committed here, but its workload record was not written (adopt
+  // failed): the copy under the name is this node's.
+  adopt_fails_ = true;
+  MigrationReport r = Migrate();
+  ASSERT_EQ(r.phase, MigrationPhase::kSucceeded) << r.error.ToString();
+  ASSERT_TRUE(target_.Has("work"));
+  // Another migration of the name finds it free in the registry (whose
+  // record was not written) and is refused all the same.
+  reserved_.erase("work");
+  ASSERT_TRUE(source_.CreateContainer(spec_).ok());
+  ASSERT_TRUE(source_.StartTask("work").ok());
+  r = MigrateAgain("m-2");
+  EXPECT_NE(r.phase, MigrationPhase::kSucceeded);
+  EXPECT_EQ(r.error.code(), Code::kConflict) << r.error.ToString();
+  EXPECT_TRUE(target_.Has("work"));
+  EXPECT_EQ(target_.Counter("work"), 42) << "the committed copy was replaced";
+}
+
+TEST_F(LeftoverTest, TheRecordSaysWhatIsPending) {
+  IncomingRecord rec;
+  rec.offer.id = "m-1";
+  rec.offer.spec.name = "work";
+  rec.offer.spec.image = kImage;
+  rec.phase = TargetPhase::kAborted;
+  rec.discard_pending = true;
+  auto back = IncomingRecordFromJson(IncomingRecordToJson(rec));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->discard_pending);
+  nlohmann::json older = IncomingRecordToJson(rec);
+  older.erase("discardPending");
+  back = IncomingRecordFromJson(older);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->discard_pending);
+}
+
 // ---- which fault a migration met, and how it ended (issue 13, "Also") ----------
 
 using api::Decider;
