@@ -181,6 +181,13 @@ Status Agent::WriteWorkload(const Workload& w) {
     j["fenceReason"] = w.fence_reason;
     j["fencedMs"] = w.fenced_ms;
   }
+  // The crash-loop back-off, so an agent restart does not restart a crash
+  // looping workload any sooner (see "Restarts" in agent.h).
+  if (w.crash_streak > 0) j["crashStreak"] = w.crash_streak;
+  if (w.state == "restarting") {
+    j["nextRestartMs"] = w.next_restart_ms;
+    j["pendingReason"] = w.pending_reason;
+  }
   return WriteFileAtomic(WorkloadPath(w.spec.name), DumpJson(j, 2));
 }
 
@@ -253,9 +260,26 @@ Status Agent::Start() {
       w.last_restart_reason = j.value("lastRestartReason", std::string());
       w.fence_reason = j.value("fenceReason", std::string());
       w.fenced_ms = j.value("fencedMs", int64_t{0});
+      w.crash_streak = std::clamp(j.value("crashStreak", 0), 0, 30);
+      w.next_restart_ms = j.value("nextRestartMs", int64_t{0});
+      w.pending_reason = j.value("pendingReason", std::string());
     } catch (const json::exception& e) {
       spdlog::error("ignoring workload record {}: {}", path, e.what());
       continue;
+    }
+    // The back-off's moments, from the wall clock of the record: running
+    // since its last start (the reset period counts from there), and a
+    // pending restart not before its recorded time (each at most a period
+    // away, whatever the wall clock did meanwhile).
+    using std::chrono::milliseconds;
+    const int64_t wall = clock_.WallMillis();
+    const auto at_most = [](int64_t ms, Clock::Duration cap) {
+      return std::min<Clock::Duration>(milliseconds(std::max<int64_t>(ms, 0)), cap);
+    };
+    w.running_since = clock_.Now() - at_most(wall - w.started_ms, options_.restart_reset);
+    if (w.state == "restarting") {
+      w.next_restart =
+          clock_.Now() + at_most(w.next_restart_ms - wall, options_.restart_backoff_max);
     }
     std::lock_guard lock(mu_);
     workloads_[w.spec.name] = w;

@@ -178,7 +178,9 @@ struct ManagedMigration {
 //     name, spec, log file, appended to), counted in `restarts` with the
 //     reason, logged. The first restart is immediate; a crash within
 //     restart_reset of the previous start waits restart_backoff, doubling up
-//     to restart_backoff_max (state "restarting" meanwhile).
+//     to restart_backoff_max (state "restarting" meanwhile). The back-off
+//     is part of the workload's record: an agent restart neither starts a
+//     "restarting" workload before its time nor forgives its crash streak.
 // A managed workload is restarted only once ClusterHooks::claim_restart took
 // the cluster's record for the restart (it names this node the owner at the
 // copy's epoch; claimed in one CAS before the task starts, so a placement
@@ -337,9 +339,12 @@ class Agent {
     std::string last_restart_reason;
     std::string fence_reason;  // while "fenced": why (FenceManaged)
     int64_t fenced_ms = 0;     // while "fenced": since when (wall clock)
-    // Not recorded (an agent restart forgives a crash loop):
+    // The crash-loop back-off, recorded (crashStreak; nextRestartMs and
+    // pendingReason while "restarting") so that an agent restart never
+    // restarts a crash-looping workload sooner than it would have; the
+    // monotonic moments are rebuilt from the wall clock at Start.
     int crash_streak = 0;              // restarts in a row within restart_reset
-    Clock::TimePoint running_since{};  // (re)started or loaded
+    Clock::TimePoint running_since{};  // (re)started (at Start: from started_ms)
     Clock::TimePoint next_restart{};   // while "restarting"
     int64_t next_restart_ms = 0;       // the same, wall clock
     std::string pending_reason;        // why it is "restarting"

@@ -166,6 +166,48 @@ TEST_F(AgentRestartTest, ACrashLoopBacksOff) {
   EXPECT_EQ(View("w1").restarts, 4);
 }
 
+// The back-off is part of the workload's record: a crash-looping workload is
+// not restarted any sooner because its agent restarted (before: a
+// "restarting" workload started at once at the agent's Start, and its crash
+// streak began again at 0, so the next back-off was 10 s instead of 20 s).
+TEST_F(AgentRestartTest, AnAgentRestartKeepsTheCrashLoopBackOff) {
+  ASSERT_TRUE(agent_->CreateWorkload(Spec("w1")).ok());
+  runtime_.EndTask("w1", 137);
+  TickLater();
+  ASSERT_EQ(View("w1").restarts, 1);
+  runtime_.EndTask("w1", 1);  // again at once: the next start waits 10 s
+  TickLater(std::chrono::seconds(1));
+  ASSERT_EQ(View("w1").state, "restarting");
+  const int starts = runtime_.Calls("StartTask");
+
+  // The agent restarts 2 s into the back-off.
+  clock_.Advance(std::chrono::seconds(2));
+  agent_.reset();
+  agent_ = NewAgent();
+  ASSERT_TRUE(agent_->Start().ok());
+  EXPECT_EQ(runtime_.Calls("StartTask"), starts) << "restarted at once by the agent's Start";
+  EXPECT_EQ(View("w1").state, "restarting");
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kStopped);
+  TickLater(std::chrono::seconds(6));  // 8 s of the 10
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kStopped);
+  TickLater(std::chrono::seconds(3));
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kRunning);
+  EXPECT_EQ(View("w1").restarts, 2);
+
+  // Restarted again while it runs: the streak stays, the next back-off is
+  // 20 s.
+  agent_.reset();
+  agent_ = NewAgent();
+  ASSERT_TRUE(agent_->Start().ok());
+  runtime_.EndTask("w1", 1);
+  TickLater(std::chrono::seconds(1));
+  TickLater(std::chrono::seconds(15));
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kStopped) << "the crash streak was forgotten";
+  TickLater(std::chrono::seconds(5));
+  EXPECT_EQ(runtime_.State("w1"), TaskState::kRunning);
+  EXPECT_EQ(View("w1").restarts, 3);
+}
+
 TEST_F(AgentRestartTest, ACleanExitIsNotRestarted) {
   ASSERT_TRUE(agent_->CreateWorkload(Spec("w1")).ok());
   const int starts = runtime_.Calls("StartTask");
