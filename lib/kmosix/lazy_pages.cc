@@ -23,7 +23,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -329,6 +328,13 @@ pid_t FindChild(pid_t parent, const std::string& comm) {
     if (ppid == parent) return static_cast<pid_t>(std::stol(name));
   }
   return -1;
+}
+
+// Whether fd `their` of process `pid` and our fd `ours` are the same open
+// file (kcmp; CRIU needs CONFIG_CHECKPOINT_RESTORE, which provides it).
+bool SameFile(pid_t pid, int their, int ours) {
+  constexpr int kKcmpFile = 0;
+  return ::syscall(SYS_kcmp, pid, ::getpid(), kKcmpFile, their, ours) == 0;
 }
 
 // The fd numbers of `pid` that are userfaultfds.
@@ -671,13 +677,26 @@ struct LazyTarget::State {
   // The guard: the restored task and the userfaultfds held for it.
   Freezer task;
   std::vector<int> uffds;
-  std::set<int> grabbed;  // the daemon's fd numbers already duplicated
+  int taken = 0;  // userfaultfds duplicated so far
   int relay_fds[2] = {-1, -1};
   Clock::TimePoint restored{};
   bool has_restored = false;
 
   void Watch() {
-    WaitPidfd(daemon.pidfd);
+    // Until the daemon exits, also take the userfaultfds it gets later (a
+    // process forked in the lazy window: its own comes with the fork event).
+    for (;;) {
+      pollfd p{daemon.pidfd, POLLIN, 0};
+      int n = ::poll(&p, 1, 50);
+      if (n > 0) break;
+      if (n < 0 && errno != EINTR) break;
+      bool restored_yet;
+      {
+        std::lock_guard l(mu);
+        restored_yet = has_restored;
+      }
+      if (restored_yet) (void)GrabUffds();
+    }
     int ws = 0;
     while (::waitpid(daemon.pid, &ws, 0) < 0 && errno == EINTR) {
     }
@@ -755,11 +774,14 @@ struct LazyTarget::State {
     std::lock_guard l(mu);
     if (exited) return static_cast<int>(uffds.size());
     for (int n : nums) {
-      if (grabbed.contains(n)) continue;
+      // Held already? (Compared as open files: fd numbers are reused.)
+      bool held = false;
+      for (int fd : uffds) held = held || SameFile(daemon.pid, n, fd);
+      if (held) continue;
       int fd = PidfdGetfd(daemon.pidfd, n);
       if (fd < 0) continue;
       ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-      grabbed.insert(n);
+      taken += 1;
       uffds.push_back(fd);
     }
     return static_cast<int>(uffds.size());
@@ -929,7 +951,7 @@ pid_t LazyTarget::daemon_pid() const { return s_->daemon.pid; }
 
 int LazyTarget::guarded_uffds() const {
   std::lock_guard l(s_->mu);
-  return static_cast<int>(s_->grabbed.size());
+  return s_->taken;
 }
 
 }  // namespace kmosix
