@@ -11,6 +11,7 @@
 #include "api/validate.h"
 #include "cluster/ownership.h"
 #include "controller/record_update.h"
+#include "kmosix/migration.h"
 
 namespace kmosix::controller {
 namespace {
@@ -629,10 +630,15 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   const int64_t now = clock_.WallMillis();
   const std::string wkey = options_.keys.Workload(m->workload);
 
-  // Decide whether the controller must end it, and with which error if its
-  // ownership never moved (the verdict itself is the ownership protocol's).
+  // Decide whether the controller must end it, and for which fault (its
+  // message is the error if its ownership never moved; the verdict itself is
+  // the ownership protocol's).
   std::optional<MigrationPhase> phase;
   std::string error;
+  api::FaultKind kind = api::FaultKind::kInternal;
+  std::string fault_node;  // which side: "" = the cluster
+  // Where the workload is when its ownership did not move.
+  api::MigrationOutcome unmoved = api::MigrationOutcome::kUntouched;
   // Fresh read: the workloads cache may lag behind the migrations cache.
   KMX_ASSIGN_OR_RETURN(GetResult fresh, store_.Get(wkey));
   const std::optional<KeyValue>& wkv = fresh.kv;
@@ -653,15 +659,25 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   if (m->phase == MigrationPhase::kPending && (!w || w->status.migration != id)) {
     phase = MigrationPhase::kFailed;
     error = "the workload is gone or no longer waits for this migration";
+    kind = api::FaultKind::kSuperseded;
   } else if (!source_ready && source_down_ms >= grace_ms) {
     phase = MigrationPhase::kFailed;  // Succeeded if the ownership moved (the verdict says)
     error = "source node " + m->source + " was lost before ownership moved to " + m->target;
+    kind = api::FaultKind::kSourceLost;
+    fault_node = m->source;
+    // Nothing was frozen before Preparing ended; from then on the copy
+    // left on the lost node is for its node-loss policy to decide.
+    unmoved = m->phase == MigrationPhase::kPending || m->phase == MigrationPhase::kPreparing
+                  ? api::MigrationOutcome::kUntouched
+                  : api::MigrationOutcome::kAbandoned;
   } else if (m->phase == MigrationPhase::kPending &&
              now - m->created_ms >
                  std::chrono::duration_cast<std::chrono::milliseconds>(options_.order_timeout)
                      .count()) {
     phase = MigrationPhase::kFailed;
     error = "source " + m->source + " did not pick the order up";
+    kind = api::FaultKind::kTimedOut;
+    fault_node = m->source;
   }
   if (!phase) {
     // Still the source's to finish: look again later.
@@ -674,9 +690,11 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   // Succeeded or Failed from the records it commits over, so a source
   // transferring meanwhile either lands first, and the verdict says
   // Succeeded, or is refused after it).
+  const ownership::VerdictCause cause{api::MakeFault(kind, m->phase, fault_node, error, now),
+                                      unmoved, api::Decider::kController};
   auto done =
       ownership::Apply(store_, options_.keys, m->workload, id, [&](const ownership::Records& rec) {
-        return ownership::Verdict(options_.keys, id, error, now, term.Fence(), rec);
+        return ownership::Verdict(options_.keys, id, cause, now, term.Fence(), rec);
       });
   if (!done.ok()) {
     if (done.status().code() == Code::kRetry) {
@@ -690,9 +708,10 @@ Status Controller::ReconcileMigration(const std::string& id, const cluster::Lead
   }
   if (done->txn && done->migration) {
     const api::Migration& ended = *done->migration;
-    spdlog::warn("migration {} of {} ended {} by the controller{}{}", id, m->workload,
-                 api::MigrationPhaseName(ended.phase), ended.error.empty() ? "" : ": ",
-                 ended.error);
+    spdlog::warn("migration {} of {} ended {} by the controller (fault {}){}{}", id, m->workload,
+                 api::MigrationPhaseName(ended.phase),
+                 ended.fault ? api::FaultKindName(ended.fault->kind) : "none",
+                 ended.error.empty() ? "" : ": ", ended.error);
   }
   return Status::Ok();
 }
@@ -1392,6 +1411,11 @@ void Controller::PublishMigrationEvents(const MigrationRecord* before,
     json j = fields(after->error);
     if (api::IsFinal(after->phase) && after->report)
       j["downtimeSeconds"] = after->report->timings.downtime;
+    // Which fault it met (known from Resolving on) and, at its end, how it
+    // ended and who decided.
+    if (after->fault) j["fault"] = MigrationFaultToJson(*after->fault);
+    if (api::IsFinal(after->phase) && after->resolution)
+      j["resolution"] = MigrationResolutionToJson(*after->resolution);
     events_.Publish("migration.phase", now, std::move(j));
   }
 }

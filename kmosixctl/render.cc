@@ -1,6 +1,7 @@
 #include "kmosixctl/render.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <ctime>
 #include <sstream>
@@ -444,11 +445,29 @@ std::string RenderWorkload(const json& w, const RenderOptions&) {
 
 // ---- migrations -----------------------------------------------------------------------
 
+namespace {
+
+std::string ToLower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+// "Committed/target": how a migration ended and who decided ("" if unknown).
+std::string OutcomeText(const json& m) {
+  const json& res = JObj(m, "resolution");
+  if (JStr(res, "outcome").empty()) return "";
+  const std::string by = ToLower(JStr(res, "decidedBy"));
+  return JStr(res, "outcome") + (by.empty() ? "" : "/" + by);
+}
+
+}  // namespace
+
 std::string RenderMigrations(const json& list, const RenderOptions& o) {
   Table t;
-  t.header = {"ID",  "WORKLOAD", "ROUTE",    "PHASE", "BY",
-              "AGE", "TOTAL",    "DOWNTIME", "MOVED", "NOTE"};
-  t.right = {false, false, false, false, false, true, true, true, true, false};
+  t.header = {"ID", "WORKLOAD", "ROUTE", "PHASE",    "FAULT", "OUTCOME",
+              "BY", "AGE",      "TOTAL", "DOWNTIME", "MOVED", "NOTE"};
+  t.right = {false, false, false, false, false, false, false, true, true, true, true, false};
   for (const auto& m : Items(list)) {
     const std::string phase = JStr(m, "phase");
     const json& report = JObj(m, "report");
@@ -466,6 +485,7 @@ std::string RenderMigrations(const json& list, const RenderOptions& o) {
     if (note.empty()) note = JStr(m, "reason");
     t.rows.push_back({OrDash(JStr(m, "id")), OrDash(JStr(m, "workload")),
                       OrDash(JStr(m, "source")) + "->" + OrDash(JStr(m, "target")), shown,
+                      OrDash(JStr(JObj(m, "fault"), "kind")), OrDash(OutcomeText(m)),
                       OrDash(JStr(m, "requestedBy")), age >= 0 ? FormatAge(age) : "-", total,
                       downtime, moved, Shorten(note, 60)});
   }
@@ -494,6 +514,19 @@ std::string RenderMigration(const json& m, const RenderOptions& o) {
   }
   if (!JStr(report, "failedPhase").empty())
     kv.push_back({"Failed in", JStr(report, "failedPhase")});
+  if (const json& f = JObj(m, "fault"); !JStr(f, "kind").empty()) {
+    std::string text = JStr(f, "kind") + " in " + OrDash(JStr(f, "phase"));
+    text += JStr(f, "node").empty() ? " (cluster)" : " on " + JStr(f, "node");
+    if (!JStr(f, "message").empty()) text += ": " + JStr(f, "message");
+    kv.push_back({"Fault", text});
+  }
+  if (const std::string outcome = OutcomeText(m); !outcome.empty()) {
+    const json& res = JObj(m, "resolution");
+    kv.push_back({"Outcome", JStr(res, "outcome") + ", decided by " +
+                                 (JStr(res, "decidedBy") == "Records"
+                                      ? std::string("the ownership records")
+                                      : "the " + ToLower(JStr(res, "decidedBy")))});
+  }
   if (JNum(m, "cancelRequestedMs") > 0) {
     kv.push_back({"Cancel", "requested by " + OrDash(JStr(m, "cancelledBy"))});
   }
@@ -601,6 +634,13 @@ std::string FormatEventLine(const json& e, const RenderOptions& o) {
     detail = phase;
     if (Has(e, "downtimeSeconds"))
       detail += " downtime " + FormatDuration(JNum(e, "downtimeSeconds"));
+    // The fault it met and how it ended: "(fault TargetUnreachable; Committed/target)".
+    std::vector<std::string> ended;
+    if (!JStr(JObj(e, "fault"), "kind").empty())
+      ended.push_back("fault " + JStr(JObj(e, "fault"), "kind"));
+    if (!OutcomeText(e).empty()) ended.push_back(OutcomeText(e));
+    if (!ended.empty())
+      detail += " (" + ended.front() + (ended.size() > 1 ? "; " + ended.back() : "") + ")";
     if (!message.empty()) detail += (detail.empty() ? "" : ": ") + message;
     if (!JStr(e, "migration").empty()) detail += " [" + JStr(e, "migration") + "]";
   } else if (type.rfind("workload.", 0) == 0) {

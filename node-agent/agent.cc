@@ -1077,10 +1077,20 @@ MigrationReport Agent::AfterException(const ContainerSpec& spec, const Migration
     failed.failed_phase = std::string(MigrationPhaseName(MigrationPhase::kPending));
     failed.error = FailedError("unexpected exception: " + what);
     failed.finished_ms = clock_.WallMillis();
+    failed.fault = api::MakeFault(api::FaultKind::kInternal, MigrationPhase::kPending,
+                                  failed.source_node, failed.error.ToString(), failed.finished_ms);
+    failed.resolution = api::MigrationResolution{api::MigrationOutcome::kUntouched,
+                                                 api::Decider::kSource, failed.finished_ms};
     (void)persist(failed);
     return failed;
   }
   if (IsFinal(last->phase)) return *last;
+  // The fault it met, unless the driver had recorded one before it threw
+  // (Recover would otherwise take it for a restart).
+  if (!last->fault) {
+    last->fault = api::MakeFault(api::FaultKind::kInternal, last->phase, last->source_node,
+                                 "unexpected exception: " + what, clock_.WallMillis());
+  }
   // As after a crash at that point: the target is asked, the source thawed or
   // released (MigrationDriver::Recover). Should that throw too, the
   // workload stays frozen and Tick's RetryUnresolved tries again.

@@ -1023,18 +1023,26 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
     ref.id = id;
     ref.workload = rec.workload;
     return ApplyOwnership(ref, [&](const ownership::Records& r) {
-      return ownership::Verdict(options_.keys, id, "source has no record of this migration", now,
-                                std::nullopt, r);
+      // Its journal is gone (lost with the agent's state): nothing of it
+      // runs here; if the ownership moved, the target has it.
+      const ownership::VerdictCause cause{
+          api::MakeFault(api::FaultKind::kSourceRestarted, rec.phase, options_.node,
+                         "source has no record of this migration", now),
+          api::MigrationOutcome::kUntouched, api::Decider::kSource};
+      return ownership::Verdict(options_.keys, id, cause, now, std::nullopt, r);
     });
   }
 
   // A cancelled order never runs (the controller cancels only while the
   // workload record names this node and this migration).
-  if (Cancelled(rec)) return RefuseOrder(rec, CancelText(rec));
+  if (Cancelled(rec)) return RefuseOrder(rec, CancelText(rec), api::FaultKind::kCancelled);
 
   // A Pending order for this node: only once the workload record agrees.
   KMX_ASSIGN_OR_RETURN(GetResult w, store_.Get(options_.keys.Workload(rec.workload)));
-  if (!w.kv) return RefuseOrder(rec, "workload " + rec.workload + " does not exist");
+  if (!w.kv) {
+    return RefuseOrder(rec, "workload " + rec.workload + " does not exist",
+                       api::FaultKind::kSuperseded);
+  }
   auto wrec = cluster::ParseRecord<WorkloadRecord>(w.kv->value, cluster::WorkloadFromJson);
   if (!wrec.ok()) return Status::Ok();  // unreadable: its next version requeues us
   if (wrec->status.node != options_.node || wrec->status.migration != id) {
@@ -1046,7 +1054,8 @@ Status ClusterLink::ReconcileMigration(const std::string& id) {
   auto url = NodeUrl(rec.target);
   if (!url.ok()) {
     if (url.status().code() == Code::kRetry) return url.status();
-    return RefuseOrder(rec, "target node not ready (" + url.status().message() + ")");
+    return RefuseOrder(rec, "target node not ready (" + url.status().message() + ")",
+                       api::FaultKind::kTargetUnreachable);
   }
   Launch(rec, *url);
   return Status::Ok();
@@ -1085,13 +1094,22 @@ Status ClusterLink::SettleIncoming(const MigrationRecord& rec) {
   return Status::Ok();
 }
 
-Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& why) {
+Status ClusterLink::RefuseOrder(const MigrationRecord& rec, const std::string& why,
+                                api::FaultKind kind) {
   spdlog::warn("migration {} of {} refused: {}", rec.id, rec.workload, why);
   Status s = UpdateMigration(rec.id, [&](MigrationRecord& now) -> StatusOr<bool> {
     if (now.phase != MigrationPhase::kPending) return false;
     now.phase = MigrationPhase::kFailed;
     now.error = why;
     now.updated_ms = now.finished_ms = clock_.WallMillis();
+    if (!now.fault) {
+      const std::string side = kind == api::FaultKind::kCancelled           ? ""
+                               : kind == api::FaultKind::kTargetUnreachable ? rec.target
+                                                                            : options_.node;
+      now.fault = api::MakeFault(kind, MigrationPhase::kPending, side, why, now.updated_ms);
+    }
+    now.resolution = api::MigrationResolution{api::MigrationOutcome::kUntouched,
+                                              api::Decider::kSource, now.updated_ms};
     return true;
   });
   if (!s.ok() && s.code() != Code::kNotFound) return s;
@@ -1172,7 +1190,9 @@ void ClusterLink::RunMigrationSteps(const MigrationRecord& rec, const std::strin
   if (!done.ok()) {
     const Status& s = done.status();
     if (ForGood(s)) {
-      if (Status w = RefuseOrder(rec, s.ToString()); !w.ok()) {
+      const api::FaultKind kind =
+          s.code() == Code::kFailed ? api::FaultKind::kInternal : api::FaultKind::kInvalidOrder;
+      if (Status w = RefuseOrder(rec, s.ToString(), kind); !w.ok()) {
         spdlog::warn("migration {}: {}", rec.id, w.ToString());
       }
     } else {
@@ -1222,9 +1242,12 @@ Status ClusterLink::WriteReport(const MigrationReport& r) {
     now.phase = r.phase;
     now.updated_ms = clock_.WallMillis();
     now.report = r;
+    // The fault it met (known while it is still resolving) and how it ended.
+    if (r.fault) now.fault = r.fault;
     if (final) {
       now.finished_ms = r.finished_ms > 0 ? r.finished_ms : now.updated_ms;
       now.error = ErrorText(r.error);
+      now.resolution = r.resolution;
     }
     return true;
   });

@@ -365,7 +365,9 @@ class ClusterLink final : public OwnershipLedger, public PeerAuthorizer {
   // The target holds an unfinished record of migration `id`.
   bool IncomingOpen(const std::string& id);
   // The order cannot run: written Failed (from Pending only), workload freed.
-  Status RefuseOrder(const api::Migration& rec, const std::string& why);
+  // Ends a Pending order Failed (nothing was done), its fault of `kind`.
+  Status RefuseOrder(const api::Migration& rec, const std::string& why,
+                     api::FaultKind kind = api::FaultKind::kInvalidOrder);
   void Launch(const api::Migration& rec, const std::string& url);
   // The body of a migration's thread: never throws; however it ends, the
   // migration leaves running_ and (unless it never started) its keys are

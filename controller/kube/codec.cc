@@ -456,6 +456,18 @@ json MigrationStatus(const json& old_status, int64_t generation, const api::Migr
       s["downtimeSeconds"] = std::round(m.report->timings.downtime * 1000.0) / 1000.0;
     if (m.report->bytes > 0) s["bytes"] = static_cast<int64_t>(m.report->bytes);
   }
+  // Which fault it met and how it ended (the REST record's, less its times).
+  if (m.fault) {
+    json f = {{"kind", api::FaultKindName(m.fault->kind)},
+              {"phase", api::MigrationPhaseName(m.fault->phase)}};
+    if (!m.fault->node.empty()) f["node"] = m.fault->node;
+    if (!m.fault->message.empty()) f["message"] = m.fault->message;
+    s["fault"] = std::move(f);
+  }
+  if (final && m.resolution) {
+    s["resolution"] = {{"outcome", api::MigrationOutcomeName(m.resolution->outcome)},
+                       {"decidedBy", api::DeciderName(m.resolution->decided_by)}};
+  }
   std::vector<Condition> conds = {{"Accepted", "True", "Ordered", m.reason}};
   // Past the commit point a delete no longer cancels it.
   const bool committed =

@@ -3,6 +3,8 @@
 #include <array>
 #include <utility>
 
+#include "api/validate.h"
+
 namespace kmosix::api {
 namespace {
 
@@ -103,6 +105,9 @@ MigrationFault MakeFault(FaultKind kind, MigrationPhase phase, std::string node,
     while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
     message = message.substr(0, cut);
   }
+  // A node that is no name (a peer answering under an odd one) would make
+  // the fault unreadable: "" instead.
+  if (!node.empty() && !ValidateName(node).ok()) node.clear();
   return MigrationFault{kind, phase, std::move(node), std::string(message), at_ms < 0 ? 0 : at_ms};
 }
 

@@ -192,6 +192,10 @@ struct NodeMember {
   bool ready = true;
   int64_t changed_ms = 0;  // when `ready` last changed
   bool cordoned = false;   // accepts no arrivals (placements, migrations)
+  // When it last went NotReady (its lease expired), kept once it is Ready
+  // again: a node back without its workloads lost them then, not when it
+  // came back. 0: never seen to go (or recorded before this field).
+  int64_t lost_ms = 0;
   bool operator==(const NodeMember&) const = default;
 };
 
@@ -273,13 +277,15 @@ struct MigrationFault {
   // source took the order up).
   MigrationPhase phase = MigrationPhase::kPending;
   // Which side: the node it hit (the source or the target); "" = the
-  // cluster (etcd, the controller, a cancel).
+  // cluster (etcd, the controller, a cancel), or a target not yet known by
+  // name (before it answered).
   std::string node;
   std::string message;  // what was seen; at most kMaxFaultMessageBytes
   int64_t at_ms = 0;    // wall clock
   bool operator==(const MigrationFault&) const = default;
 };
-// A fault with `message` cut to kMaxFaultMessageBytes (at a UTF-8 boundary).
+// A fault with `message` cut to kMaxFaultMessageBytes (at a UTF-8 boundary)
+// and `node` "" unless it is a name: always one the codecs read back.
 MigrationFault MakeFault(FaultKind kind, MigrationPhase phase, std::string node,
                          std::string_view message, int64_t at_ms);
 

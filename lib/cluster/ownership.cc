@@ -217,6 +217,12 @@ InDoubtVerdict InDoubt(const MigrationRef& ref, const Records& rec) {
     return {InDoubtAnswer::kSuperseded,
             ref.id + " is recorded Succeeded and the workload has moved on: " + OwnerText(st)};
   }
+  if (st.recovery && st.recovery->lost_node == ref.source) {
+    // Say why: the source's node was lost and its node-loss policy restarted
+    // the workload elsewhere while the source was away.
+    return {InDoubtAnswer::kSuperseded,
+            OwnerText(st) + ", where it was restarted after node " + ref.source + " was lost"};
+  }
   return {InDoubtAnswer::kSuperseded, OwnerText(st)};
 }
 
@@ -228,7 +234,7 @@ bool OwnedHere(const std::string& node, const std::string& id, const Records& re
 
 // ---- controller --------------------------------------------------------------
 
-Decision Verdict(const KeyLayout& keys, const std::string& id, const std::string& error,
+Decision Verdict(const KeyLayout& keys, const std::string& id, const VerdictCause& cause,
                  int64_t now_ms, const std::optional<Compare>& fence, const Records& rec) {
   if (!rec.migration) return NoWrite(rec);
   if (!rec.migration->damaged.ok()) {
@@ -239,8 +245,11 @@ Decision Verdict(const KeyLayout& keys, const std::string& id, const std::string
   api::Migration m = rec.migration->value;
   const bool moved = MovedFor(rec, m.target, id);
   m.phase = moved ? MigrationPhase::kSucceeded : MigrationPhase::kFailed;
-  m.error = moved ? "" : error;
+  m.error = moved ? "" : cause.fault.message;
   m.updated_ms = m.finished_ms = now_ms;
+  if (!m.fault) m.fault = cause.fault;  // the first fault met stays
+  m.resolution = api::MigrationResolution{moved ? api::MigrationOutcome::kCommitted : cause.unmoved,
+                                          cause.by, now_ms};
   std::optional<api::Workload> w;
   if (Present(rec.workload) && rec.workload->value.status.migration == id) {
     w = rec.workload->value;

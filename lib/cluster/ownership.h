@@ -49,9 +49,12 @@
 //     the migration record's final phase AND the workload record's release
 //     in one transaction: moved for id -> Succeeded (and if the workload
 //     record names id: migration := "", id appended to migrations, startedMs
-//     := now); otherwise Failed with the given error (and if it names id:
-//     migration := "", node unchanged). Phase Migrating -> Running either
-//     way. A final record: no write. There is no moment at which the
+//     := now); otherwise Failed with the cause's message as its error (and
+//     if it names id: migration := "", node unchanged). Phase Migrating ->
+//     Running either way. The migration record's fault is the cause's
+//     unless it names one already (the first fault met stays); its
+//     resolution says Committed (moved) or the cause's `unmoved` outcome,
+//     decided by the cause's decider. A final record: no write. There is no moment at which the
 //     migration record is final while the workload record still names id, so
 //     a returning source either transfers before the verdict (and the
 //     verdict says Succeeded) or is refused after it.
@@ -146,9 +149,17 @@ InDoubtVerdict InDoubt(const MigrationRef& ref, const Records& rec);
 bool OwnedHere(const std::string& node, const std::string& id, const Records& rec);
 
 // ---- controller --------------------------------------------------------------
-// Ends migration `id` (Succeeded when its ownership moved, else Failed with
-// `error`), see the file comment. `fence`: the leader's compare, or nullopt.
-Decision Verdict(const KeyLayout& keys, const std::string& id, const std::string& error,
+// Why a migration is ended from outside its source's driver (the leading
+// controller, or a source that has no journal of it), and what that means
+// when its ownership did not move.
+struct VerdictCause {
+  api::MigrationFault fault;  // its message is the record's error when Failed
+  api::MigrationOutcome unmoved = api::MigrationOutcome::kAbandoned;
+  api::Decider by = api::Decider::kController;
+};
+// Ends migration `id` (Succeeded when its ownership moved, else Failed for
+// `cause`), see the file comment. `fence`: the leader's compare, or nullopt.
+Decision Verdict(const KeyLayout& keys, const std::string& id, const VerdictCause& cause,
                  int64_t now_ms, const std::optional<Compare>& fence, const Records& rec);
 Decision Cancel(const KeyLayout& keys, const std::string& id, const std::string& cancelled_by,
                 int64_t now_ms, const Records& rec);

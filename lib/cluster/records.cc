@@ -107,18 +107,21 @@ StatusOr<api::NodeLoad> NodeLoadFromJson(const json& j) {
 // ---- NodeMember ------------------------------------------------------------
 
 json NodeMemberToJson(const api::NodeMember& m) {
-  return {
+  json j = {
       {"node", m.node}, {"ready", m.ready}, {"changedMs", m.changed_ms}, {"cordoned", m.cordoned}};
+  if (m.lost_ms != 0) j["lostMs"] = m.lost_ms;  // only once known
+  return j;
 }
 
 StatusOr<api::NodeMember> NodeMemberFromJson(const json& j) {
   Fields f(j, "node member");
-  KMX_RETURN_IF_ERROR(f.Check({"node", "ready", "changedMs", "cordoned"}));
+  KMX_RETURN_IF_ERROR(f.Check({"node", "ready", "changedMs", "cordoned", "lostMs"}));
   api::NodeMember m;
   KMX_RETURN_IF_ERROR(f.Name("node", m.node, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Bool("ready", m.ready));
   KMX_RETURN_IF_ERROR(f.Int("changedMs", m.changed_ms));
   KMX_RETURN_IF_ERROR(f.Bool("cordoned", m.cordoned));
+  KMX_RETURN_IF_ERROR(f.Int("lostMs", m.lost_ms));
   return m;
 }
 
@@ -234,28 +237,33 @@ StatusOr<api::Workload> WorkloadFromJson(const json& j) {
 // ---- Migrations ------------------------------------------------------------
 
 json MigrationToJson(const api::Migration& m) {
-  return {{"id", m.id},
-          {"workload", m.workload},
-          {"source", m.source},
-          {"target", m.target},
-          {"phase", api::MigrationPhaseName(m.phase)},
-          {"reason", m.reason},
-          {"requestedBy", m.requested_by},
-          {"epoch", m.epoch},
-          {"createdMs", m.created_ms},
-          {"updatedMs", m.updated_ms},
-          {"finishedMs", m.finished_ms},
-          {"report", m.report ? MigrationReportToJson(*m.report) : json()},
-          {"error", m.error},
-          {"cancelRequestedMs", m.cancel_requested_ms},
-          {"cancelledBy", m.cancelled_by}};
+  json j = {{"id", m.id},
+            {"workload", m.workload},
+            {"source", m.source},
+            {"target", m.target},
+            {"phase", api::MigrationPhaseName(m.phase)},
+            {"reason", m.reason},
+            {"requestedBy", m.requested_by},
+            {"epoch", m.epoch},
+            {"createdMs", m.created_ms},
+            {"updatedMs", m.updated_ms},
+            {"finishedMs", m.finished_ms},
+            {"report", m.report ? MigrationReportToJson(*m.report) : json()},
+            {"error", m.error},
+            {"cancelRequestedMs", m.cancel_requested_ms},
+            {"cancelledBy", m.cancelled_by}};
+  // Absent when unset (and in records written before they existed).
+  if (m.fault) j["fault"] = MigrationFaultToJson(*m.fault);
+  if (m.resolution) j["resolution"] = MigrationResolutionToJson(*m.resolution);
+  return j;
 }
 
 StatusOr<api::Migration> MigrationFromJson(const json& j) {
   Fields f(j, "migration record");
-  KMX_RETURN_IF_ERROR(f.Check({"id", "workload", "source", "target", "phase", "reason",
-                               "requestedBy", "epoch", "createdMs", "updatedMs", "finishedMs",
-                               "report", "error", "cancelRequestedMs", "cancelledBy"}));
+  KMX_RETURN_IF_ERROR(
+      f.Check({"id", "workload", "source", "target", "phase", "reason", "requestedBy", "epoch",
+               "createdMs", "updatedMs", "finishedMs", "report", "error", "cancelRequestedMs",
+               "cancelledBy", "fault", "resolution"}));
   api::Migration m;
   KMX_RETURN_IF_ERROR(f.Name("id", m.id, /*required=*/true, /*allow_empty=*/false));
   KMX_RETURN_IF_ERROR(f.Name("workload", m.workload, /*required=*/true, /*allow_empty=*/false));
@@ -281,6 +289,16 @@ StatusOr<api::Migration> MigrationFromJson(const json& j) {
   KMX_RETURN_IF_ERROR(f.String("error", m.error));
   KMX_RETURN_IF_ERROR(f.Int("cancelRequestedMs", m.cancel_requested_ms));
   KMX_RETURN_IF_ERROR(f.String("cancelledBy", m.cancelled_by));
+  if (const json* fault = f.Find("fault"); fault != nullptr && !fault->is_null()) {
+    auto parsed = MigrationFaultFromJson(*fault);
+    if (!parsed.ok()) return parsed.status().Annotate("field \"fault\" in migration record");
+    m.fault = std::move(*parsed);
+  }
+  if (const json* res = f.Find("resolution"); res != nullptr && !res->is_null()) {
+    auto parsed = MigrationResolutionFromJson(*res);
+    if (!parsed.ok()) return parsed.status().Annotate("field \"resolution\" in migration record");
+    m.resolution = *parsed;
+  }
   return m;
 }
 

@@ -7,7 +7,8 @@
 //                      (vanishes when the agent dies); "notReadyReason" (optional
 //                      string) says why a live node takes part in no migration
 //   members/<node>     api::NodeMember, written by the leading controller: readiness
-//                      as the controller saw it, cordon flag
+//                      as the controller saw it (since changedMs; "lostMs",
+//                      optional: when it last went NotReady), cordon flag
 //   workloads/<name>   api::Workload: spec (written by the API) and ownership
 //                      status (node + epoch; every change of owner is a CAS on
 //                      the key's mod_revision that bumps the epoch)
@@ -79,7 +80,9 @@ StatusOr<api::Recovery> RecoveryFromJson(const nlohmann::json& j);
 
 // ---- migrations/<id> -------------------------------------------------------
 // "phase" is MigrationPhaseName ("Pending", ..., "Succeeded", "RolledBack",
-// "Failed"); "report" is MigrationReportToJson (kmosix/migration.h) or null.
+// "Failed"); "report" is MigrationReportToJson (kmosix/migration.h) or null;
+// "fault" and "resolution" (kmosix/migration.h's codecs) only when set
+// (records written before them have neither, and still read).
 nlohmann::json MigrationToJson(const api::Migration& m);
 StatusOr<api::Migration> MigrationFromJson(const nlohmann::json& j);
 

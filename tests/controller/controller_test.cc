@@ -706,6 +706,74 @@ TEST_F(OperatorTest, EventsReportPlacementsPhasesAndReadiness) {
     EXPECT_GT(seen[i]["id"].get<int64_t>(), seen[i - 1]["id"].get<int64_t>());
 }
 
+// Issue 13, "Also": the controller's verdict on a migration whose source was
+// lost says which fault it met and how it ended, in the record (REST) and in
+// its final event.
+TEST_F(OperatorTest, AVerdictOnALostSourceNamesTheFaultAndTheOutcome) {
+  int64_t lease1 = PublishNode("n1", 0.1);
+  PublishNode("n2", 0.1);
+  auto o = Options("c1");
+  o.balance = false;
+  Controller& c = StartController(o);
+  ASSERT_TRUE(Eventually([&] { return c.IsLeader() && c.Ready(); }));
+  Create(c, {{"name", "w1"}, {"image", "demo"}, {"node", "n1"}});
+  ASSERT_TRUE(
+      Eventually([&] { return Workload("w1")->status.phase == WorkloadPhase::kScheduled; }));
+  MarkRunning("w1", clock_.WallMillis());
+  ASSERT_TRUE(Eventually([&] {
+    auto w = Rest(c).GetWorkload("w1");
+    return w.ok() && (*w)["status"]["phase"] == "Running";
+  }));
+  auto order = Rest(c).RequestMigration(R"({"workload":"w1","target":"n2"})");
+  ASSERT_TRUE(order.ok()) << order.status().ToString();
+  const std::string id = (*order)["id"];
+  ASSERT_TRUE(Eventually([&] { return Workload("w1")->status.migration == id; }));
+  EditMigration(id, [](MigrationRecord& m) { m.phase = api::MigrationPhase::kTransferring; });
+  int64_t cursor = c.Events().LastId();
+  ASSERT_TRUE(store_.RevokeLease(lease1).ok());  // the source is lost mid-transfer
+  ASSERT_TRUE(Eventually([&] {
+    auto m = Migration(id);
+    return m && api::IsFinal(m->phase);
+  }));
+  auto m = Migration(id);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->phase, api::MigrationPhase::kFailed);
+  ASSERT_TRUE(m->fault.has_value());
+  EXPECT_EQ(m->fault->kind, api::FaultKind::kSourceLost);
+  EXPECT_EQ(m->fault->phase, api::MigrationPhase::kTransferring);
+  EXPECT_EQ(m->fault->node, "n1");
+  EXPECT_EQ(m->fault->message, m->error);
+  ASSERT_TRUE(m->resolution.has_value());
+  EXPECT_EQ(m->resolution->outcome, api::MigrationOutcome::kAbandoned);
+  EXPECT_EQ(m->resolution->decided_by, api::Decider::kController);
+  EXPECT_EQ(m->resolution->at_ms, m->finished_ms);
+  // The REST face shows them.
+  ASSERT_TRUE(Eventually([&] {
+    auto got = Rest(c).GetMigration(id);
+    return got.ok() && (*got)["phase"] == "Failed";
+  }));
+  auto got = Rest(c).GetMigration(id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ((*got)["fault"]["kind"], "SourceLost");
+  EXPECT_EQ((*got)["resolution"]["outcome"], "Abandoned");
+  EXPECT_EQ((*got)["resolution"]["decidedBy"], "Controller");
+  // The final event names them.
+  json final_event;
+  ASSERT_TRUE(Eventually([&] {
+    for (const Event& e : c.Events().Wait(cursor, std::chrono::milliseconds(50)).events) {
+      cursor = e.id;
+      if (e.type == "migration.phase" && e.data.value("migration", "") == id &&
+          e.data.value("phase", "") == "Failed")
+        final_event = e.data;
+    }
+    return !final_event.is_null();
+  }));
+  EXPECT_EQ(final_event["fault"]["kind"], "SourceLost") << final_event.dump();
+  EXPECT_EQ(final_event["fault"]["node"], "n1");
+  EXPECT_EQ(final_event["resolution"]["outcome"], "Abandoned");
+  EXPECT_EQ(final_event["resolution"]["decidedBy"], "Controller");
+}
+
 // ---- the typed API the Kubernetes bridge calls ----------------------------------
 
 TEST_F(OperatorTest, IdempotentOrdersByIdAnswerTheSameMigration) {

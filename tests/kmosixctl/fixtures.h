@@ -133,7 +133,9 @@ inline nlohmann::json MigrationsFixture() {
                  {"total", 2.3125}}}}},
              {"error", ""},
              {"cancelRequestedMs", 0},
-             {"cancelledBy", ""}};
+             {"cancelledBy", ""},
+             {"resolution",
+              {{"outcome", "Committed"}, {"decidedBy", "Source"}, {"atMs", kNowMs - 598000}}}};
   json m2 = {{"id", "m-0000000000000002"},
              {"workload", "demo2"},
              {"source", "node1"},
@@ -167,7 +169,15 @@ inline nlohmann::json MigrationsFixture() {
                {"timings", {{"total", 0.8}, {"downtime", 0.3}}}}},
              {"error", "restore failed on node2: criu exited 1"},
              {"cancelRequestedMs", 0},
-             {"cancelledBy", ""}};
+             {"cancelledBy", ""},
+             {"fault",
+              {{"kind", "RestoreFailed"},
+               {"phase", "Restoring"},
+               {"node", "node2"},
+               {"message", "restore failed on node2: criu exited 1"},
+               {"atMs", kNowMs - 299500}}},
+             {"resolution",
+              {{"outcome", "RolledBack"}, {"decidedBy", "Target"}, {"atMs", kNowMs - 299000}}}};
   return {{"items", {m1, m2, m3}}};
 }
 

@@ -177,14 +177,17 @@ TEST(RenderTest, ARecoveredWorkloadShowsItsPolicyAndRecovery) {
 
 TEST(RenderTest, Migrations) {
   EXPECT_EQ(RenderMigrations(MigrationsFixture(), kOpts),
-            "ID                  WORKLOAD  ROUTE         PHASE         BY         AGE  TOTAL  "
-            "DOWNTIME   MOVED  NOTE\n"
-            "m-0000000000000001  demo2     node2->node1  Succeeded     policy  10m00s  2.31s     "
-            "412ms  14 MiB  cpu: node2 load 1.50 > node1 0.20 + 1.3 x 0.98\n"
-            "m-0000000000000002  demo2     node1->node2  Transferring  api         4s      -       "
-            "  -       -  requested through the API: move to node2\n"
-            "m-0000000000000003  demo3     node1->node2  RolledBack    drain    5m00s  800ms     "
-            "300ms       -  restore failed on node2: criu exited 1\n");
+            "ID                  WORKLOAD  ROUTE         PHASE         FAULT          OUTCOME      "
+            "      BY         AGE  TOTAL  DOWNTIME   MOVED  NOTE\n"
+            "m-0000000000000001  demo2     node2->node1  Succeeded     -              "
+            "Committed/source   policy  10m00s  2.31s     412ms  14 MiB  cpu: node2 load 1.50 > "
+            "node1 0.20 + 1.3 x 0.98\n"
+            "m-0000000000000002  demo2     node1->node2  Transferring  -              -          "
+            "        api         4s      -         -       -  requested through the API: move to "
+            "node2\n"
+            "m-0000000000000003  demo3     node1->node2  RolledBack    RestoreFailed  "
+            "RolledBack/target  drain    5m00s  800ms     300ms       -  restore failed on node2: "
+            "criu exited 1\n");
   json cancelling = MigrationsFixture()["items"][1];
   cancelling["cancelRequestedMs"] = kNowMs - 500;
   EXPECT_NE(RenderMigrations({{"items", {cancelling}}}, kOpts).find("Transferring(cancelling)"),
@@ -202,7 +205,8 @@ TEST(RenderTest, OneMigration) {
             "Reason:     cpu: node2 load 1.50 > node1 0.20 + 1.3 x 0.98\n"
             "Timings:    total 2.31s, downtime 412ms (prepare 100ms, freeze 2ms, checkpoint "
             "150ms, transfer 200ms, restore 50ms, commit 10ms)\n"
-            "Moved:      14 MiB in 12 files\n");
+            "Moved:      14 MiB in 12 files\n"
+            "Outcome:    Committed, decided by the source\n");
   EXPECT_EQ(RenderMigration(MigrationsFixture()["items"][2], kOpts),
             "Migration:  m-0000000000000003\n"
             "Workload:   demo3\n"
@@ -212,6 +216,9 @@ TEST(RenderTest, OneMigration) {
             "Reason:     drain of node node1: node2 can take it\n"
             "Timings:    total 800ms, downtime 300ms\n"
             "Failed in:  Restoring\n"
+            "Fault:      RestoreFailed in Restoring on node2: restore failed on node2: criu exited "
+            "1\n"
+            "Outcome:    RolledBack, decided by the target\n"
             "Error:      restore failed on node2: criu exited 1\n");
 }
 
@@ -299,6 +306,15 @@ TEST(RenderTest, EventLines) {
   EXPECT_EQ(FormatEventLine(done, kOpts),
             "22:13:17.000  migration.phase     demo2 node1->node2         Succeeded downtime 412ms "
             "[m-0000000000000002]");
+  // The final event names the fault it met and how it ended.
+  json rolled = ev[1];
+  rolled["phase"] = "RolledBack";
+  rolled["message"] = "transfer: connection reset";
+  rolled["fault"] = {{"kind", "TransferFailed"}, {"phase", "Transferring"}, {"node", "node2"}};
+  rolled["resolution"] = {{"outcome", "RolledBack"}, {"decidedBy", "Source"}};
+  EXPECT_EQ(FormatEventLine(rolled, kOpts),
+            "22:13:17.000  migration.phase     demo2 node1->node2         RolledBack (fault "
+            "TransferFailed; RolledBack/source): transfer: connection reset [m-0000000000000002]");
   // Unknown types and missing fields still make a line.
   EXPECT_EQ(FormatEventLine({{"type", "gap"}, {"message", "events were dropped"}}, kOpts),
             "------------  gap                 -                          events were dropped");

@@ -467,5 +467,38 @@ TEST(KubeCodec, WorkloadStatusShowsTheLastRecovery) {
   EXPECT_FALSE(none.contains("restoreCheckpoint"));
 }
 
+// Issue 13, "Also": a Migration object's status says which fault the
+// migration met and, once it ended, how and who decided.
+TEST(MigrationCodecTest, StatusNamesTheFaultAndTheResolution) {
+  api::Migration m;
+  m.id = "m-0123456789abcdef";
+  m.workload = "default-counter-1234abcd";
+  m.source = "node1";
+  m.target = "node2";
+  m.phase = api::MigrationPhase::kResolving;
+  m.fault = api::MakeFault(api::FaultKind::kTargetUnreachable, api::MigrationPhase::kCommitting,
+                           "node2", "commit: connection reset", 1'500'000);
+  m.resolution = std::nullopt;
+  json s = MigrationStatus(json::object(), 1, m, 1'600'000);
+  EXPECT_EQ(s["fault"], json({{"kind", "TargetUnreachable"},
+                              {"phase", "Committing"},
+                              {"node", "node2"},
+                              {"message", "commit: connection reset"}}));
+  EXPECT_FALSE(s.contains("resolution"));
+  m.phase = api::MigrationPhase::kSucceeded;
+  m.finished_ms = 1'700'000;
+  m.resolution =
+      api::MigrationResolution{api::MigrationOutcome::kCommitted, api::Decider::kTarget, 1'700'000};
+  s = MigrationStatus(s, 1, m, 1'800'000);
+  EXPECT_EQ(s["resolution"], json({{"outcome", "Committed"}, {"decidedBy", "Target"}}));
+  // A fault of the cluster has no node; none met, no fault.
+  m.fault =
+      api::MakeFault(api::FaultKind::kCancelled, api::MigrationPhase::kTransferring, "", "", 1);
+  s = MigrationStatus(json::object(), 1, m, 0);
+  EXPECT_EQ(s["fault"], json({{"kind", "Cancelled"}, {"phase", "Transferring"}}));
+  m.fault.reset();
+  EXPECT_FALSE(MigrationStatus(json::object(), 1, m, 0).contains("fault"));
+}
+
 }  // namespace
 }  // namespace kmosix::bridge

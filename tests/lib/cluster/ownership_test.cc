@@ -43,6 +43,9 @@ constexpr int64_t kEpoch = 7;
 constexpr int64_t kNow = 1'700'000'000'000;
 constexpr uint32_t kTargetPid = 4242;
 constexpr char kLostError[] = "source node-a was lost before ownership moved to node-b";
+// The controller's cause for its verdict on a lost source.
+const VerdictCause kLostCause{api::MakeFault(
+    api::FaultKind::kSourceLost, MigrationPhase::kTransferring, kSource, kLostError, kNow)};
 
 // ---- the record states -------------------------------------------------------
 
@@ -336,11 +339,15 @@ void ApplyEffect(Effect e, std::optional<api::Workload>& w, std::optional<api::M
       m->phase = MigrationPhase::kSucceeded;
       m->error = "";
       m->updated_ms = m->finished_ms = kNow;
+      m->fault = kLostCause.fault;
+      m->resolution = {api::MigrationOutcome::kCommitted, api::Decider::kController, kNow};
       return;
     case Effect::kSucceeded:
       m->phase = MigrationPhase::kSucceeded;
       m->error = "";
       m->updated_ms = m->finished_ms = kNow;
+      m->fault = kLostCause.fault;
+      m->resolution = {api::MigrationOutcome::kCommitted, api::Decider::kController, kNow};
       w->status.migration.clear();
       w->status.migrations.push_back(kId);
       w->status.started_ms = kNow;
@@ -354,6 +361,8 @@ void ApplyEffect(Effect e, std::optional<api::Workload>& w, std::optional<api::M
       m->phase = MigrationPhase::kFailed;
       m->error = kLostError;
       m->updated_ms = m->finished_ms = kNow;
+      m->fault = kLostCause.fault;
+      m->resolution = {api::MigrationOutcome::kAbandoned, api::Decider::kController, kNow};
       return;
     case Effect::kCancel:
       m->cancel_requested_ms = m->updated_ms = kNow;
@@ -446,7 +455,7 @@ class OwnershipTable : public ::testing::Test {
           case Actor::kRevert:
             return Revert(keys, kRef, rec);
           case Actor::kVerdict:
-            return Verdict(keys, kId, kLostError, kNow, fence, rec);
+            return Verdict(keys, kId, kLostCause, kNow, fence, rec);
           case Actor::kCancel:
             return Cancel(keys, kId, "api", kNow, rec);
           default:
@@ -555,7 +564,7 @@ TEST_F(KMX_OWNERSHIP_SUITE, AVerdictAndATransferRacingAgreeOnOneEnd) {
     auto rec = Read(store(), keys, "work", kId);
     ASSERT_TRUE(rec.ok());
     Decision transfer = Transfer(keys, kRef, kTargetPid, kNow, *rec);
-    Decision verdict = Verdict(keys, kId, kLostError, kNow, Fence(keys), *rec);
+    Decision verdict = Verdict(keys, kId, kLostCause, kNow, Fence(keys), *rec);
     ASSERT_TRUE(transfer.txn && verdict.txn);
     Decision& first = transfer_first ? transfer : verdict;
     Decision& second = transfer_first ? verdict : transfer;
@@ -566,7 +575,7 @@ TEST_F(KMX_OWNERSHIP_SUITE, AVerdictAndATransferRacingAgreeOnOneEnd) {
     EXPECT_FALSE(b->succeeded) << "both writers committed over the same records";
     // The loser decides again on fresh records.
     auto again = Apply(store(), keys, "work", kId, [&](const Records& r) {
-      return transfer_first ? Verdict(keys, kId, kLostError, kNow, Fence(keys), r)
+      return transfer_first ? Verdict(keys, kId, kLostCause, kNow, Fence(keys), r)
                             : Transfer(keys, kRef, kTargetPid, kNow, r);
     });
     auto m = ParseRecord<api::Migration>(*RawValue(keys.Migration(kId)), MigrationFromJson);
@@ -586,6 +595,56 @@ TEST_F(KMX_OWNERSHIP_SUITE, AVerdictAndATransferRacingAgreeOnOneEnd) {
   }
 }
 
+// Issue 13, "Also": the verdict's record says which fault the migration met
+// and how it ended; a fault the source already reported (it was resolving
+// when its node was lost) stays, the resolution is the controller's.
+TEST_F(KMX_OWNERSHIP_SUITE, AVerdictKeepsTheFaultTheSourceReportedAndSaysWhoEndedIt) {
+  const KeyLayout keys = Seed(W::kSrcMigrating, M::kCommitting, 9200);
+  auto m = ParseRecord<api::Migration>(*RawValue(keys.Migration(kId)), MigrationFromJson);
+  ASSERT_TRUE(m.ok());
+  const api::MigrationFault reported =
+      api::MakeFault(api::FaultKind::kEtcdUnavailable, MigrationPhase::kCommitting, "",
+                     "etcd timed out", kNow - 5);
+  m->phase = MigrationPhase::kResolving;
+  m->fault = reported;
+  ASSERT_TRUE(store().Put(keys.Migration(kId), MigrationToJson(*m).dump()).ok());
+  auto done = Apply(store(), keys, "work", kId, [&](const Records& rec) {
+    return Verdict(keys, kId, kLostCause, kNow, Fence(keys), rec);
+  });
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  m = ParseRecord<api::Migration>(*RawValue(keys.Migration(kId)), MigrationFromJson);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->phase, MigrationPhase::kFailed);
+  EXPECT_EQ(m->error, kLostError);
+  EXPECT_EQ(m->fault, reported);
+  ASSERT_TRUE(m->resolution.has_value());
+  EXPECT_EQ(m->resolution->outcome, api::MigrationOutcome::kAbandoned);
+  EXPECT_EQ(m->resolution->decided_by, api::Decider::kController);
+  EXPECT_EQ(m->resolution->at_ms, kNow);
+}
+
+// A source back after its node was lost finds the workload restarted
+// elsewhere by the node-loss policy: the records say so (the report's fault
+// message, and so the migration's, names it).
+TEST(OwnershipInDoubtTest, ASupersedingNodeLossRestartIsNamed) {
+  Records rec;
+  rec.workload.emplace();
+  rec.workload->value.spec.name = "work";
+  api::WorkloadStatus& st = rec.workload->value.status;
+  st.phase = WorkloadPhase::kRunning;
+  st.node = kOther;
+  st.epoch = kEpoch + 2;
+  st.recovery = api::Recovery{};
+  st.recovery->lost_node = kSource;
+  InDoubtVerdict v = InDoubt(kRef, rec);
+  EXPECT_EQ(v.answer, InDoubtAnswer::kSuperseded);
+  EXPECT_NE(v.reason.find("restarted after node node-a was lost"), std::string::npos) << v.reason;
+  st.recovery->lost_node = kOther;  // a recovery from another loss says nothing of it
+  v = InDoubt(kRef, rec);
+  EXPECT_EQ(v.answer, InDoubtAnswer::kSuperseded);
+  EXPECT_EQ(v.reason.find("restarted"), std::string::npos) << v.reason;
+}
+
 // The controller's verdict is fenced: a deposed leader writes nothing.
 TEST_F(KMX_OWNERSHIP_SUITE, ADeposedLeadersVerdictWritesNothing) {
   const KeyLayout keys = Seed(W::kSrcMigrating, M::kCommitting, 9200);
@@ -596,7 +655,7 @@ TEST_F(KMX_OWNERSHIP_SUITE, ADeposedLeadersVerdictWritesNothing) {
   const auto m_before = RawValue(keys.Migration(kId));
   auto done = Apply(
       store(), keys, "work", kId,
-      [&](const Records& r) { return Verdict(keys, kId, kLostError, kNow, old_fence, r); }, 3);
+      [&](const Records& r) { return Verdict(keys, kId, kLostCause, kNow, old_fence, r); }, 3);
   EXPECT_EQ(done.status().code(), Code::kRetry);
   EXPECT_EQ(RawValue(keys.Workload("work")), w_before);
   EXPECT_EQ(RawValue(keys.Migration(kId)), m_before);

@@ -485,6 +485,74 @@ TEST(MigrationRecordTest, Rejections) {
   ExpectInvalidNaming(MigrationFromJson(j).status(), "workload");
 }
 
+// Issue 13, "Also": the record says which fault a migration met and how it
+// ended; records written before they existed read without them.
+TEST(MigrationRecordTest, FaultAndResolutionRoundTripAndOldRecordsStillRead) {
+  MigrationRecord m = SampleMigration();
+  json old = MigrationToJson(m);
+  EXPECT_FALSE(old.contains("fault"));
+  EXPECT_FALSE(old.contains("resolution"));
+  auto back = MigrationFromJson(old);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->fault || back->resolution);
+
+  m.fault = api::MakeFault(api::FaultKind::kTargetUnreachable, api::MigrationPhase::kCommitting,
+                           "node2", "commit: connection reset", 1700000001000);
+  m.resolution = api::MigrationResolution{api::MigrationOutcome::kCommitted, api::Decider::kTarget,
+                                          1700000002000};
+  json j = MigrationToJson(m);
+  EXPECT_EQ(j["fault"], json({{"kind", "TargetUnreachable"},
+                              {"phase", "Committing"},
+                              {"node", "node2"},
+                              {"message", "commit: connection reset"},
+                              {"atMs", 1700000001000}}));
+  EXPECT_EQ(j["resolution"],
+            json({{"outcome", "Committed"}, {"decidedBy", "Target"}, {"atMs", 1700000002000}}));
+  back = ParseRecord<MigrationRecord>(j.dump(), &MigrationFromJson);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->fault, m.fault);
+  EXPECT_EQ(back->resolution, m.resolution);
+  EXPECT_EQ(MigrationToJson(*back), j);
+  // null reads as absent, as "report" does.
+  j["fault"] = nullptr;
+  j["resolution"] = nullptr;
+  back = MigrationFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_FALSE(back->fault || back->resolution);
+}
+
+TEST(MigrationRecordTest, BadFaultsAndResolutionsAreRefused) {
+  MigrationRecord m = SampleMigration();
+  m.fault = api::MakeFault(api::FaultKind::kSourceLost, api::MigrationPhase::kTransferring, "node1",
+                           "lease expired", 5);
+  m.resolution =
+      api::MigrationResolution{api::MigrationOutcome::kAbandoned, api::Decider::kController, 6};
+  const json good = MigrationToJson(m);
+  ASSERT_TRUE(MigrationFromJson(good).ok());
+  auto bad = [&](const char* field, const char* key, const json& value) {
+    json j = good;
+    j[field][key] = value;
+    return MigrationFromJson(j).status();
+  };
+  ExpectInvalidNaming(bad("fault", "kind", "Gremlins"), "Gremlins");
+  ExpectInvalidNaming(bad("fault", "kind", 4), "kind");
+  ExpectInvalidNaming(bad("fault", "phase", "Teleporting"), "Teleporting");
+  ExpectInvalidNaming(bad("fault", "node", "Node One"), "node");
+  ExpectInvalidNaming(bad("fault", "atMs", -3), "atMs");
+  ExpectInvalidNaming(bad("fault", "message", std::string(5000, 'm')), "message");
+  ExpectInvalidNaming(bad("fault", "blame", "me"), "blame");
+  ExpectInvalidNaming(bad("resolution", "outcome", "Vanished"), "Vanished");
+  ExpectInvalidNaming(bad("resolution", "decidedBy", "Fate"), "Fate");
+  ExpectInvalidNaming(bad("resolution", "atMs", 1.5), "atMs");
+  ExpectInvalidNaming(bad("resolution", "why", "no"), "why");
+  json j = good;
+  j["fault"] = "TargetUnreachable";
+  ExpectInvalidNaming(MigrationFromJson(j).status(), "fault");
+  j = good;
+  j["resolution"].erase("outcome");
+  ExpectInvalidNaming(MigrationFromJson(j).status(), "outcome");
+}
+
 TEST(MigrationRecordTest, FinalPhases) {
   EXPECT_TRUE(IsFinalMigrationPhase("Succeeded"));
   EXPECT_TRUE(IsFinalMigrationPhase("RolledBack"));
