@@ -3,12 +3,15 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <exception>
 #include <nlohmann/json.hpp>
@@ -434,6 +437,40 @@ struct ContainerdRuntime::Impl {
     return FromGrpc(containers->Update(ctx.get(), req, &resp), "update container " + name);
   }
 
+  // runc's root for this node's containers: the shim runs runc with
+  // --root <runc_root>/<containerd namespace>.
+  std::string RuncRoot() const {
+    const std::string base = cfg.runc_root.empty() ? "/run/containerd/runc" : cfg.runc_root;
+    return base + "/" + cfg.containerd_namespace;
+  }
+
+  // Called once containerd has no task of `name` any more: removes runc's
+  // state of it if containerd left it (see Delete in the header).
+  Status RemoveRuncLeftovers(const std::string& name) {
+    const std::string dir = RuncRoot() + "/" + name;
+    struct stat st;
+    if (::lstat(dir.c_str(), &st) != 0) {
+      if (errno == ENOENT) return Status::Ok();
+      return RetryError("runc state of " + name + ": " + dir + ": " + std::strerror(errno));
+    }
+    spdlog::warn("container {}: containerd left its runc state at {}; removing it", name, dir);
+    // CRIU's root mount of a restore cut short: runc cannot remove the dir
+    // while it is mounted.
+    const std::string criu_root = dir + "/criu-root";
+    if (::umount2(criu_root.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) {
+      spdlog::warn("container {}: umount {}: {}", name, criu_root, std::strerror(errno));
+    }
+    // Kills what may still run of it, removes its cgroups and the dir.
+    auto ran = commands.Run({cfg.runc_binary, "--root", RuncRoot(), "delete", "--force", name});
+    if (::lstat(dir.c_str(), &st) == 0) {
+      std::string why = ran.ok() ? ran->output : ran.status().ToString();
+      while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+      if (why.size() > 400) why = why.substr(0, 400) + "...";
+      return RetryError("runc state of " + name + " remains at " + dir + ": " + why);
+    }
+    return Status::Ok();
+  }
+
   // Wrong-state check: the container must exist and have a task.
   StatusOr<ttypes::Process> RequireTask(const std::string& name) {
     auto task = GetTask(name);
@@ -453,6 +490,7 @@ struct ContainerdRuntime::Impl {
   std::unique_ptr<snaps::Snapshots::Stub> snapshots;
   std::unique_ptr<tasks::Tasks::Stub> tasks_svc;
   std::unique_ptr<version::Version::Stub> version_svc;
+  SystemCommandRunner commands;  // runc, for RemoveRuncLeftovers
 };
 
 ContainerdRuntime::ContainerdRuntime(ContainerdConfig config)
@@ -676,6 +714,7 @@ Status ContainerdRuntime::Delete(const std::string& name) {
     if (name.empty()) return InvalidError("container name is empty");
     KMX_RETURN_IF_ERROR(im.KillAndWait(name));
     KMX_RETURN_IF_ERROR(im.DeleteTask(name));
+    KMX_RETURN_IF_ERROR(im.RemoveRuncLeftovers(name));
 
     std::string snapshotter = im.cfg.snapshotter;
     std::string key = name;

@@ -37,6 +37,16 @@
 // If containerd still answers "already exists" after the dump ran and
 // image_dir/inventory.img exists, the checkpoint is treated as a success.
 //
+// Delete: kills the task, deletes it, the container, its snapshot (and its
+// network), then checks that runc's state of it (<runc_root>/<namespace>/
+// <name>, the shim's runc root) is gone too. containerd's clean-up of a dead
+// shim (containerd killed or restarted during a restore) only logs "failed to
+// remove runc container" when runc cannot: a restore cut short leaves CRIU's
+// root mount ("criu-root") in that dir, whose removal fails EBUSY, and every
+// later task of that name then fails "container with given ID already
+// exists" (the fault soak's B3). Delete unmounts it and runs `runc delete
+// --force`; kRetry if the state is still there.
+//
 // Restore with lazy_pages: the same file (below) says "lazy-pages" (with
 // "leave-stopped" too when both are asked), nothing else: a network-lock
 // setting there crashes CRIU 4.1.1 in RPC mode.
@@ -80,6 +90,10 @@ struct ContainerdConfig {
   // Path of the criu binary passed to runc (--criu); empty: runc looks up
   // "criu" on the shim's PATH.
   std::string criu_path;
+  // The runc binary Delete runs to remove a container's runc state that
+  // containerd left behind (see Delete); looked up on PATH and the sbin
+  // directories.
+  std::string runc_binary = "runc";
   // Deadline of ordinary calls.
   std::chrono::milliseconds rpc_timeout{30000};
   // Deadline of Checkpoint and Restore calls (they copy memory).

@@ -4,6 +4,7 @@
 #include "containerd/containerd_runtime.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -142,6 +143,22 @@ class ContainerdRuntimeTest : public ::testing::Test {
     ASSERT_TRUE(
         WaitFor([&] { return LastTick(spec.log_path) >= min_ticks; }, std::chrono::seconds(10)))
         << "log: " << ReadFile(spec.log_path);
+  }
+
+  // The runc shim serving container `name` of this daemon (0: none).
+  pid_t ShimOf(const std::string& name) {
+    const std::string address = std::string("-address") + '\0' + src_->socket() + '\0';
+    const std::string id = std::string("-id") + '\0' + name + '\0';
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+      const std::string pid = entry.path().filename().string();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      const std::string cmd = ReadFile(entry.path().string() + "/cmdline");
+      if (cmd.find("containerd-shim") != std::string::npos && cmd.find(id) != std::string::npos &&
+          cmd.find(address) != std::string::npos) {
+        return static_cast<pid_t>(std::stol(pid));
+      }
+    }
+    return 0;
   }
 
   std::string FreezerState(const std::string& name) {
@@ -432,6 +449,44 @@ TEST_F(ContainerdRuntimeTest, RestoreFailureLeavesNoTask) {
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->state, TaskState::kNone) << "half-created task was deleted";
   EXPECT_TRUE(rt_->StartTask(name_).ok()) << "container still usable";
+}
+
+// The fault soak's B3: containerd killed during a restore; its clean-up of
+// the dead shim runs `runc delete`, which fails on CRIU's root mount left in
+// runc's state dir ("criu-root": EBUSY), and containerd only logs it. Its
+// task is gone to containerd, but runc's state stays, and every later task
+// of that name failed "container with given ID already exists". Here the
+// mount is made by hand and the shim killed, as the soak's fault left them.
+TEST_F(ContainerdRuntimeTest, DeleteRemovesRuncStateADeadShimLeft) {
+  ContainerSpec spec = Spec(name_);
+  ASSERT_NO_FATAL_FAILURE(StartCounter(spec, 1));
+  const ContainerdConfig cfg = src_->Config();
+  const std::string state = cfg.runc_root + "/" + cfg.containerd_namespace + "/" + name_;
+  ASSERT_TRUE(Exists(state + "/state.json")) << "runc state not where expected: " << state;
+  const std::string held = src_->dir() + "/criu-root-" + name_;
+  mkdir(held.c_str(), 0700);
+  mkdir((state + "/criu-root").c_str(), 0700);
+  ASSERT_EQ(RunCommand("mount --bind " + held + " " + state + "/criu-root"), 0);
+  // The shim dies (as with containerd killed under it): containerd cleans
+  // up after it, and runc cannot remove its state.
+  const pid_t shim = ShimOf(name_);
+  ASSERT_GT(shim, 0) << "no shim process of " << name_;
+  ASSERT_EQ(::kill(shim, SIGKILL), 0);
+  // containerd's clean-up ends with the task's bundle removed.
+  const std::string bundle = src_->dir() + "/state/io.containerd.runtime.v2.task/" +
+                             cfg.containerd_namespace + "/" + name_;
+  ASSERT_TRUE(WaitFor([&] { return !Exists(bundle); }, std::chrono::seconds(20)))
+      << "containerd kept the task of a dead shim\n"
+      << src_->DaemonLogTail();
+  ASSERT_TRUE(Exists(state)) << "runc removed its state (the fault did not happen):\n"
+                             << src_->DaemonLogTail();
+  Status s = rt_->Delete(name_);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(Exists(state)) << "runc state left behind";
+  // The name can run again.
+  ASSERT_TRUE(rt_->CreateContainer(spec).ok());
+  s = rt_->StartTask(name_);
+  EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
 TEST(ContainerdRuntimeNoDaemon, UnreachableDaemonIsRetry) {
