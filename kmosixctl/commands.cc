@@ -44,10 +44,23 @@ std::string Outcome(const json& m) {
     }
     if (JNum(report, "bytes") > 0) s += ", " + FormatBytes(JNum(report, "bytes")) + " transferred";
   } else {
-    s += " stays on " + JStr(m, "source");
+    // Where the workload is now, as the migration's resolution says (records
+    // written before it existed: on its source).
+    const std::string outcome = JStr(JObj(m, "resolution"), "outcome");
+    if (outcome == "Released") {
+      s += " was released on " + JStr(m, "source") + ": another node owns it";
+    } else if (outcome == "SourceGone") {
+      s += " is gone from " + JStr(m, "source");
+    } else if (outcome == "Abandoned") {
+      s += " was left with " + JStr(m, "source") + " (its node was lost)";
+    } else {
+      s += " stays on " + JStr(m, "source");
+    }
     if (!JStr(m, "error").empty()) s += ": " + JStr(m, "error");
     const std::string failed = JStr(report, "failedPhase");
     if (!failed.empty()) s += " (failed in " + failed + ")";
+    if (const std::string kind = JStr(JObj(m, "fault"), "kind"); !kind.empty())
+      s += " [" + kind + "]";
   }
   return s;
 }

@@ -73,6 +73,26 @@ TEST(CommandsTest, MigrateWaitFollowsPhasesAndPrintsTheOutcome) {
   EXPECT_EQ(calls[0].request.body, R"({"target":"node2","workload":"demo1"})");
 }
 
+// Issue 13, "Also": a migration that ended without the workload on its
+// source does not say it stays there; the line names the fault.
+TEST(CommandsTest, MigrateWaitSaysWhereAFailedMigrationLeftTheWorkload) {
+  Harness h;
+  h.http.On("POST", "/v1/migrations", JsonAnswer(201, Migration("Pending")));
+  json released = Migration("Failed");
+  released["error"] = "owner is node3; the source copy was released, not thawed";
+  released["fault"] = {{"kind", "Superseded"}, {"phase", "Committing"}};
+  released["resolution"] = {{"outcome", "Released"}, {"decidedBy", "Records"}};
+  h.http.On("GET", "/v1/migrations/m-1", JsonAnswer(200, released));
+  WaitOptions w;
+  w.wait = true;
+  EXPECT_EQ(CmdMigrate(h.ctx, "demo1", "", w), kExitMigrationFailed);
+  EXPECT_NE(h.out.str().find("Failed: demo1 was released on node1: another node owns it: owner is "
+                             "node3; the source copy was released, not thawed [Superseded]\n"),
+            std::string::npos)
+      << h.out.str();
+  EXPECT_EQ(h.out.str().find("stays on"), std::string::npos) << h.out.str();
+}
+
 TEST(CommandsTest, MigrateWaitExits8WhenItRolledBack) {
   Harness h;
   h.http.On("POST", "/v1/migrations", JsonAnswer(201, Migration("Pending")));
