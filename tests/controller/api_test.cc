@@ -84,6 +84,49 @@ TEST_F(ApiTest, OpenApiDocumentIsTheRepoFileAndValid) {
   refs(doc);
 }
 
+// The names of a migration's fault kinds, outcomes and deciders in the
+// OpenAPI document and the Migration CRD are the typed model's, all of them.
+TEST_F(ApiTest, FaultAndResolutionNamesAreTheModelsInTheDocumentAndTheCrd) {
+  auto names = [](auto first, auto last, auto name_of) {
+    std::vector<std::string> out;
+    for (int i = static_cast<int>(first); i <= static_cast<int>(last); ++i)
+      out.emplace_back(name_of(static_cast<decltype(first)>(i)));
+    return out;
+  };
+  const auto kinds =
+      names(api::FaultKind::kCancelled, api::FaultKind::kInternal, api::FaultKindName);
+  const auto outcomes = names(api::MigrationOutcome::kCommitted, api::MigrationOutcome::kAbandoned,
+                              api::MigrationOutcomeName);
+  const auto deciders = names(api::Decider::kSource, api::Decider::kController, api::DeciderName);
+  for (const auto& n : kinds) ASSERT_NE(n, "Unknown");
+  json doc = Doc();
+  const json& schemas = doc["components"]["schemas"];
+  EXPECT_EQ(schemas["MigrationFault"]["properties"]["kind"]["enum"].get<std::vector<std::string>>(),
+            kinds);
+  EXPECT_EQ(schemas["MigrationResolution"]["properties"]["outcome"]["enum"]
+                .get<std::vector<std::string>>(),
+            outcomes);
+  EXPECT_EQ(schemas["MigrationResolution"]["properties"]["decidedBy"]["enum"]
+                .get<std::vector<std::string>>(),
+            deciders);
+  // The CRD (crd/, beside controller/openapi.json) lists them as flow sequences.
+  std::string crd_path = KMX_OPENAPI_PATH;
+  crd_path.replace(crd_path.rfind("controller/openapi.json"), std::string::npos,
+                   "crd/kmosix.io_migrations.yaml");
+  std::ifstream in(crd_path);
+  std::stringstream crd;
+  crd << in.rdbuf();
+  ASSERT_FALSE(crd.str().empty()) << crd_path;
+  auto flow = [](const std::vector<std::string>& v) {
+    std::string s = "enum: [";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+    return s + "]";
+  };
+  EXPECT_NE(crd.str().find(flow(kinds)), std::string::npos) << flow(kinds);
+  EXPECT_NE(crd.str().find(flow(outcomes)), std::string::npos) << flow(outcomes);
+  EXPECT_NE(crd.str().find(flow(deciders)), std::string::npos) << flow(deciders);
+}
+
 TEST_F(ApiTest, EveryServerRouteIsDocumentedAndEveryDocumentedRouteIsServed) {
   std::set<std::pair<std::string, std::string>> served, documented;
   for (const Route& r : routes_) served.insert({r.method, r.path});
