@@ -497,6 +497,7 @@ Status Controller::ReconcileNode(const std::string& node, const cluster::LeaderT
   }
   member.ready = ready;
   member.changed_ms = now;
+  if (!ready) member.lost_ms = now;  // kept once Ready again (node_loss.h)
   Txn txn;
   txn.compares.push_back(got.kv ? Compare::Unchanged(key, got.kv->mod_revision)
                                 : Compare::Absent(key));

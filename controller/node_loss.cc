@@ -102,9 +102,14 @@ NodeLossDecision DecideNodeLoss(const NodeLossInput& in, Random& random) {
   if (auto not_due = NodeLossNotDue(in)) return *not_due;
   const api::WorkloadSpec& spec = in.workload.spec;
   const api::WorkloadStatus& st = in.workload.status;
-  // NodeLossNotDue: the recorded NotReady time (or, for a node back without
-  // it, when it came back: the loss time is gone with the record).
-  const int64_t lost_ms = in.member->changed_ms;
+  // The recorded NotReady time; for a node back without it, when it went
+  // NotReady before coming back (member lostMs), or, in a record written
+  // before that was kept, the best fact left: when it came back.
+  const int64_t back_ms = in.member->changed_ms;
+  const int64_t lost_ms =
+      in.lost_node_ready && in.member->lost_ms > 0 && in.member->lost_ms <= in.member->changed_ms
+          ? in.member->lost_ms
+          : in.member->changed_ms;
   NodeLossDecision d;
 
   // Never the lost node, whatever the snapshot says of it.
@@ -122,7 +127,8 @@ NodeLossDecision DecideNodeLoss(const NodeLossInput& in, Random& random) {
   d.recovery.count = (st.recovery ? st.recovery->count : 0) + 1;
   const std::string lost_text =
       in.lost_node_ready
-          ? "node " + st.node + " came back without it (Ready " + SecondsText(in.now_ms - lost_ms) +
+          ? "node " + st.node + " came back without it (Ready " + SecondsText(in.now_ms - back_ms) +
+                (lost_ms < back_ms ? ", lost " + SecondsText(in.now_ms - lost_ms) + " ago" : "") +
                 ")"
           : "node " + st.node + " was lost (NotReady " + SecondsText(in.now_ms - lost_ms) + ")";
 

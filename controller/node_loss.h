@@ -8,6 +8,9 @@
 //                   A node back before the delay keeps it if it reports it
 //                   running; one Ready again for the delay without it
 //                   (rebooted empty) loses it the same way.
+//                   status.recovery.lostMs is when the node went NotReady
+//                   (members/<node> changedMs, or lostMs once it is Ready
+//                   again; a member record without lostMs: when it came back).
 //   FromCheckpoint  the same, but on the keeper of its latest checkpoint
 //                   (checkpoints/<name>) with status.restoreCheckpoint set, so
 //                   the keeper restores it; when there is no usable checkpoint

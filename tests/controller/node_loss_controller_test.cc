@@ -248,6 +248,10 @@ TEST_F(NodeLossControllerTest, ANodeBackWithoutItLosesItAfterTheDelay) {
     auto w = Workload("w1");
     return w && w->status.phase == WorkloadPhase::kLost;
   }));
+  ASSERT_TRUE(Eventually([&] { return LostMs("n1") > 0; }));
+  const int64_t lost_ms = LostMs("n1");
+  // (Back at least a millisecond later, so the two moments differ.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
   PublishNode("n1", 0.0);  // rebooted empty: its agent is back without it
   ASSERT_TRUE(Eventually([&] { return PlacedAwayFromN1(); }, std::chrono::seconds(15)));
   auto w = Workload("w1");
@@ -255,6 +259,15 @@ TEST_F(NodeLossControllerTest, ANodeBackWithoutItLosesItAfterTheDelay) {
   EXPECT_EQ(w->status.epoch, epoch + 1);
   ASSERT_TRUE(w->status.recovery);
   EXPECT_EQ(w->status.recovery->count, 1);
+  // Lost when n1 went NotReady, not when it came back empty.
+  EXPECT_EQ(w->status.recovery->lost_ms, lost_ms);
+  auto got = store_.Get(keys_.Member("n1"));
+  ASSERT_TRUE(got.ok() && got->kv);
+  auto m = cluster::ParseRecord<api::NodeMember>(got->kv->value, &cluster::NodeMemberFromJson);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->ready);
+  EXPECT_GT(m->changed_ms, lost_ms);
+  EXPECT_EQ(m->lost_ms, lost_ms) << "the member record kept when n1 went";
 }
 
 }  // namespace

@@ -209,7 +209,8 @@ TEST(NodeLossTest, ANodeBackWithoutItLosesItAfterTheDelay) {
   FixedRandom random;
   NodeLossInput in = Lost(RestartPolicy::kFromImage);
   in.lost_node_ready = true;
-  in.member = api::NodeMember{"n1", /*ready=*/true, kLostMs + 5'000, false};
+  // NotReady at kLostMs, Ready again (without it) 5 s later.
+  in.member = api::NodeMember{"n1", /*ready=*/true, kLostMs + 5'000, false, /*lost_ms=*/kLostMs};
   in.now_ms = kLostMs + 5'000 + 15'000 - 1;
   NodeLossDecision wait = DecideNodeLoss(in, random);
   EXPECT_EQ(wait.kind, NodeLossDecision::Kind::kWait) << wait.why;
@@ -219,12 +220,34 @@ TEST(NodeLossTest, ANodeBackWithoutItLosesItAfterTheDelay) {
   NodeLossDecision d = DecideNodeLoss(in, random);
   ASSERT_EQ(d.kind, NodeLossDecision::Kind::kRestart) << d.why;
   EXPECT_EQ(d.target, "n2") << "not the node that lost it, although it is the emptiest";
-  EXPECT_EQ(d.recovery.lost_ms, kLostMs + 5'000);
-  EXPECT_NE(d.message.find("node n1 came back without it"), std::string::npos) << d.message;
+  // Lost when the node went, not when it came back.
+  EXPECT_EQ(d.recovery.lost_ms, kLostMs);
+  EXPECT_NE(d.message.find("node n1 came back without it (Ready 15.0 s, lost 20.0 s ago)"),
+            std::string::npos)
+      << d.message;
+  // A member record from before lostMs was kept: the best fact left.
+  NodeLossInput old_record = in;
+  old_record.member->lost_ms = 0;
+  EXPECT_EQ(DecideNodeLoss(old_record, random).recovery.lost_ms, kLostMs + 5'000);
 
   // Its Ready not recorded yet (the member record still says NotReady).
   in.member = api::NodeMember{"n1", /*ready=*/false, kLostMs, false};
   EXPECT_EQ(DecideNodeLoss(in, random).kind, NodeLossDecision::Kind::kWait);
+}
+
+// FromCheckpoint from a node back without it: the progress lost runs to when
+// the node was lost, not to when it came back.
+TEST(NodeLossTest, ANodeBackWithoutItCountsTheProgressLostToTheLoss) {
+  FixedRandom random;
+  NodeLossInput in = Lost(RestartPolicy::kFromCheckpoint);
+  in.checkpoint = Checkpoint();
+  in.lost_node_ready = true;
+  in.member = api::NodeMember{"n1", /*ready=*/true, kLostMs + 5'000, false, /*lost_ms=*/kLostMs};
+  in.now_ms = kLostMs + 20'000;
+  NodeLossDecision d = DecideNodeLoss(in, random);
+  ASSERT_EQ(d.kind, NodeLossDecision::Kind::kRestart) << d.why;
+  EXPECT_EQ(d.recovery.lost_ms, kLostMs);
+  EXPECT_EQ(d.recovery.progress_lost_ms, 12'345);
 }
 
 TEST(NodeLossTest, ApplyBumpsTheEpochOnceAndOnlyOnTheRecordDecidedOn) {
