@@ -383,6 +383,7 @@ json MigratableWorkloadStatus(const json& old_status, const WorkloadStatusInput&
     if (!st.node.empty()) s["node"] = st.node;
     s["epoch"] = st.epoch;
     s["migrations"] = static_cast<int64_t>(st.migrations.size());
+    s["restarts"] = st.restarts;
     if (st.started_ms > 0) s["startTime"] = FormatTime(st.started_ms);
     if (!in.rejected) s["message"] = !in.migration_note.empty() ? in.migration_note : st.message;
     if (!st.restore_checkpoint.empty()) s["restoreCheckpoint"] = st.restore_checkpoint;

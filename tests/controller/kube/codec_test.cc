@@ -187,12 +187,14 @@ TEST(KubeCodec, WorkloadStatusFromTheView) {
   v.workload.status.epoch = 4;
   v.workload.status.migrations = {"m-1", "m-2"};
   v.workload.status.started_ms = 1'700'000'000'000;
+  v.workload.status.restarts = 3;
   WorkloadStatusInput in{7, "default-counter-1234abcd", v, std::nullopt, ""};
   json s = MigratableWorkloadStatus(json::object(), in, 1'700'000'001'000);
   EXPECT_EQ(s["phase"], "Running");
   EXPECT_EQ(s["node"], "node2");
   EXPECT_EQ(s["epoch"], 4);
   EXPECT_EQ(s["migrations"], 2);
+  EXPECT_EQ(s["restarts"], 3);  // the workload's status.restarts, mirrored
   EXPECT_EQ(s["workload"], "default-counter-1234abcd");
   EXPECT_EQ(s["observedGeneration"], 7);
   EXPECT_EQ(s["startTime"], "2023-11-14T22:13:20Z");
