@@ -1730,5 +1730,66 @@ TEST_F(ClusterLinkTest, AMigrationWhoseTransferIsNotGrantedAtFirstStillSucceeds)
   EXPECT_EQ(node2_->runtime.Counter("work"), 7);
 }
 
+// Issue 13, "Also": the migration record says which fault the migration met
+// and how it ended, from the source's report or the source's refusal.
+TEST_F(ClusterLinkTest, TheRecordNamesTheFaultAndHowItEnded) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  to_node2_->CutTransfer();
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  MigrationRecord m = GetMigration("m-1");
+  ASSERT_EQ(m.phase, api::MigrationPhase::kRolledBack);
+  ASSERT_TRUE(m.fault.has_value());
+  EXPECT_EQ(m.fault->kind, api::FaultKind::kTransferFailed);
+  EXPECT_EQ(m.fault->phase, api::MigrationPhase::kTransferring);
+  EXPECT_EQ(m.fault->node, "node2");
+  ASSERT_TRUE(m.resolution.has_value());
+  EXPECT_EQ(m.resolution->outcome, api::MigrationOutcome::kRolledBack);
+  EXPECT_EQ(m.resolution->decided_by, api::Decider::kSource);
+}
+
+TEST_F(ClusterLinkTest, ARefusedOrderNamesWhy) {
+  RunWorkOnNode1();
+  PutNode("node2", "http://node2:7700");
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.cancel_requested_ms = 5555;
+  order.cancelled_by = "api";
+  Put(order);
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  node1_->link->WaitMigrations();
+  MigrationRecord m = GetMigration("m-1");
+  ASSERT_EQ(m.phase, api::MigrationPhase::kFailed);
+  ASSERT_TRUE(m.fault.has_value());
+  EXPECT_EQ(m.fault->kind, api::FaultKind::kCancelled);
+  EXPECT_EQ(m.fault->phase, api::MigrationPhase::kPending);
+  EXPECT_EQ(m.fault->node, "");
+  EXPECT_EQ(m.fault->message, "cancelled by api");
+  ASSERT_TRUE(m.resolution.has_value());
+  EXPECT_EQ(m.resolution->outcome, api::MigrationOutcome::kUntouched);
+  EXPECT_EQ(m.resolution->decided_by, api::Decider::kSource);
+}
+
+TEST_F(ClusterLinkTest, AnOrderWithoutAJournalSaysTheSourceLostIt) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  MigrationRecord order = Order("m-1");
+  order.phase = api::MigrationPhase::kTransferring;
+  Put(order);
+  ASSERT_TRUE(node1_->link->Reconcile("m/m-1").ok());
+  MigrationRecord m = GetMigration("m-1");
+  ASSERT_EQ(m.phase, api::MigrationPhase::kFailed);
+  ASSERT_TRUE(m.fault.has_value());
+  EXPECT_EQ(m.fault->kind, api::FaultKind::kSourceRestarted);
+  EXPECT_EQ(m.fault->phase, api::MigrationPhase::kTransferring);
+  EXPECT_EQ(m.fault->node, "node1");
+  ASSERT_TRUE(m.resolution.has_value());
+  EXPECT_EQ(m.resolution->outcome, api::MigrationOutcome::kUntouched);
+  EXPECT_EQ(m.resolution->decided_by, api::Decider::kSource);
+}
+
 }  // namespace
 }  // namespace kmosix::agent
