@@ -8,14 +8,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "private_containerd.h"
 #include "runtime_conformance.h"
@@ -486,6 +489,47 @@ TEST_F(ContainerdRuntimeTest, DeleteRemovesRuncStateADeadShimLeft) {
   // The name can run again.
   ASSERT_TRUE(rt_->CreateContainer(spec).ok());
   s = rt_->StartTask(name_);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+}
+
+// containerd killed and started again under a runtime that keeps calling it
+// (the fault soak's containerd-restart): every answer meanwhile is an answer
+// (kRetry while it is down; the channel's gRPC retry filter, which aborted
+// processes in gRPC 1.51 when a server died mid-call, is off), and the same
+// runtime object works again once it is back.
+TEST_F(ContainerdRuntimeTest, TheSameRuntimeAnswersAgainAfterTheDaemonRestarts) {
+  ContainerSpec spec = Spec(name_);
+  ASSERT_NO_FATAL_FAILURE(StartCounter(spec, 1));
+  std::atomic<bool> stop{false};
+  std::atomic<int> calls{0};
+  std::mutex mu;
+  std::vector<std::string> unexpected;
+  std::thread poller([&] {
+    while (!stop) {
+      auto info = rt_->Inspect(name_);
+      calls++;
+      const Code code = info.ok() ? Code::kOk : info.status().code();
+      if (code != Code::kOk && code != Code::kRetry && code != Code::kNotFound) {
+        std::lock_guard l(mu);
+        unexpected.push_back(info.status().ToString());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  std::string err = src_->CrashAndRestart();
+  stop = true;
+  poller.join();
+  ASSERT_TRUE(err.empty()) << err;
+  EXPECT_GT(calls.load(), 0);
+  EXPECT_TRUE(unexpected.empty()) << ::testing::PrintToString(unexpected);
+  // The same runtime: the container is still there, its task is not (as
+  // after a reboot), and it runs again.
+  auto info = rt_->Inspect(name_);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->state, TaskState::kNone);
+  Status s = rt_->StartTask(name_);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  s = rt_->Delete(name_);
   EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
