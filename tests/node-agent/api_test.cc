@@ -190,19 +190,23 @@ TEST_F(ApiTest, RepliesKeepTheirExactForm) {
   json report =
       Call("POST", "/v1/workloads/w1/migrate", R"({"target":"http://node1:7700"})", 200, &c0);
   ASSERT_TRUE(report.is_object());
-  json want_report = {{"id", report["id"]},
-                      {"workload", "w1"},
-                      {"sourceNode", "node0"},
-                      {"targetNode", "node1"},
-                      {"target", "http://node1:7700"},
-                      {"phase", "Succeeded"},
-                      {"outcome", "Succeeded"},
-                      {"startedMs", created_ms + 1000},
-                      {"finishedMs", report["finishedMs"]},
-                      {"bytes", report["bytes"]},
-                      {"files", report["files"]},
-                      {"targetPid", report["targetPid"]},
-                      {"timings", report["timings"]}};
+  json want_report = {
+      {"id", report["id"]},
+      {"workload", "w1"},
+      {"sourceNode", "node0"},
+      {"targetNode", "node1"},
+      {"target", "http://node1:7700"},
+      {"phase", "Succeeded"},
+      {"outcome", "Succeeded"},
+      {"startedMs", created_ms + 1000},
+      {"finishedMs", report["finishedMs"]},
+      {"bytes", report["bytes"]},
+      {"files", report["files"]},
+      {"targetPid", report["targetPid"]},
+      {"timings", report["timings"]},
+      // No fault met; committed on the source's own path.
+      {"resolution",
+       {{"outcome", "Committed"}, {"decidedBy", "Source"}, {"atMs", report["finishedMs"]}}}};
   EXPECT_EQ(report, want_report);
   EXPECT_GT(report["bytes"].get<uint64_t>(), 0u);
   json timings = report["timings"];
@@ -254,9 +258,16 @@ TEST_F(ApiTest, RepliesKeepTheirExactForm) {
   EXPECT_EQ(failed["code"], "invalid_argument");
   EXPECT_EQ(failed["error"], json({{"code", "invalid_argument"}, {"message", failed["message"]}}));
   EXPECT_TRUE(failed["failedPhase"].is_string());
-  for (const char* key : {"id", "workload", "sourceNode", "targetNode", "target", "phase",
-                          "outcome", "startedMs", "finishedMs", "bytes", "files", "targetPid",
-                          "timings", "error", "failedPhase", "code", "message"}) {
+  // The fault it met (the target answered, and is no kmosix agent) and how
+  // it ended (it never stopped here).
+  EXPECT_EQ(failed["fault"]["kind"], "InvalidOrder");
+  EXPECT_EQ(failed["fault"]["phase"], "Preparing");
+  EXPECT_EQ(failed["resolution"]["outcome"], "Untouched");
+  EXPECT_EQ(failed["resolution"]["decidedBy"], "Source");
+  for (const char* key :
+       {"id", "workload", "sourceNode", "targetNode", "target", "phase", "outcome", "startedMs",
+        "finishedMs", "bytes", "files", "targetPid", "timings", "error", "failedPhase", "code",
+        "message", "fault", "resolution"}) {
     EXPECT_TRUE(failed.contains(key)) << key;
     failed.erase(key);
   }
