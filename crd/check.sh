@@ -208,7 +208,7 @@ ok "changing a MigrationPolicy" patch mpol counters --type merge -p '{"spec":{"s
 gen=$(kc get "${mw[@]}" -o 'jsonpath={.metadata.generation}')
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 mw_status='{"status":{"observedGeneration":'"$gen"',"phase":"Running","node":"node2","epoch":3,
-  "migrations":1,"workload":"'"$ns"'.counter","startTime":"'"$now"'","message":"",
+  "migrations":1,"restarts":2,"workload":"'"$ns"'.counter","startTime":"'"$now"'","message":"",
   "conditions":[{"type":"Accepted","status":"True","reason":"Valid","message":"",
                  "lastTransitionTime":"'"$now"'","observedGeneration":'"$gen"'},
                 {"type":"Running","status":"True","reason":"Started","message":"pid 42",
@@ -216,6 +216,10 @@ mw_status='{"status":{"observedGeneration":'"$gen"',"phase":"Running","node":"no
 ok "status write through the status subresource" \
   patch "${mw[@]}" --subresource=status --type merge -p "$mw_status"
 equals "a status write keeps metadata.generation" "$gen" get "${mw[@]}" -o 'jsonpath={.metadata.generation}'
+equals "status.restarts is kept (in the schema, not pruned)" "2" \
+  get "${mw[@]}" -o 'jsonpath={.status.restarts}'
+refused "a negative status.restarts" "status.restarts" \
+  patch "${mw[@]}" --subresource=status --type merge -p '{"status":{"restarts":-1}}'
 ok "a spec write carrying status" patch "${mw[@]}" --type merge -p '{"status":{"phase":"Failed"}}'
 equals "a write to the main resource leaves status alone" "Running" \
   get "${mw[@]}" -o 'jsonpath={.status.phase}'
