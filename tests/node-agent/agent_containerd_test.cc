@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <filesystem>
 #include <regex>
 #include <sstream>
@@ -197,6 +198,86 @@ TEST_F(AgentContainerdTest, AfterARebootTheAgentStartsItsWorkloadAgainExactlyOnc
       tasks[0], std::regex("^survivor +" + std::to_string(after->pid) + " +RUNNING")))
       << tasks[0];
   EXPECT_TRUE(agent_->DeleteWorkload("survivor").ok());
+}
+
+// The real runtime, whose Delete can be made to fail as with containerd
+// down (the fault soak's B3: killed while a target restored).
+class DeleteFailsWhileDown : public ContainerRuntime {
+ public:
+  explicit DeleteFailsWhileDown(ContainerRuntime& real) : real_(real) {}
+  std::atomic<bool> down{false};
+
+  std::string NodeName() const override { return real_.NodeName(); }
+  Status ImageExists(const std::string& image) override { return real_.ImageExists(image); }
+  StatusOr<std::vector<std::string>> ListImages() override { return real_.ListImages(); }
+  Status CreateContainer(const ContainerSpec& spec) override { return real_.CreateContainer(spec); }
+  Status StartTask(const std::string& name) override { return real_.StartTask(name); }
+  StatusOr<TaskInfo> Inspect(const std::string& name) override { return real_.Inspect(name); }
+  StatusOr<std::vector<std::string>> ListContainers() override { return real_.ListContainers(); }
+  Status Pause(const std::string& name) override { return real_.Pause(name); }
+  Status Resume(const std::string& name) override { return real_.Resume(name); }
+  Status Delete(const std::string& name) override {
+    if (down) return RetryError("delete " + name + ": containerd.sock: Connection refused");
+    return real_.Delete(name);
+  }
+  StatusOr<std::string> WritableLayerDir(const std::string& name) override {
+    return real_.WritableLayerDir(name);
+  }
+  Status CheckpointTask(const std::string& name, const CheckpointRequest& req) override {
+    return real_.CheckpointTask(name, req);
+  }
+  Status RestoreTask(const std::string& name, const RestoreRequest& req) override {
+    return real_.RestoreTask(name, req);
+  }
+  Status Continue(const std::string& name) override { return real_.Continue(name); }
+
+ private:
+  ContainerRuntime& real_;
+};
+
+// B3 over a real containerd: an incoming migration aborted while its discard
+// fails leaves its container in containerd; the agent's upkeep removes it
+// once containerd answers again, and the next migration of that workload to
+// this node is prepared (it failed "container ... already exists" for good).
+TEST_F(AgentContainerdTest, WhatAFailedDiscardLeftIsRemovedAndTheNextMigrationIsTaken) {
+  const AgentOptions opts = agent_->Options();
+  agent_.reset();
+  DeleteFailsWhileDown flaky(*runtime_);
+  StopAndCopyEngine engine(flaky, clock_);
+  agent_ = std::make_unique<Agent>(opts, flaky, engine, transport_, clock_, random_, nullptr);
+  ASSERT_TRUE(agent_->Start().ok());
+  MigrationOffer offer;
+  offer.id = "m-b3-1";
+  offer.source_node = "node0";
+  offer.source_url = "http://127.0.0.1:2";
+  offer.spec.name = "b3";
+  offer.spec.image = kImage;
+  offer.spec.args = {"/bin/sh", "-c", "exec sleep 3600"};
+  Status s = agent_->Target().Prepare(offer);
+  ASSERT_TRUE(s.ok()) << s.ToString() << "\n" << node_->DaemonLogTail();
+  ASSERT_TRUE(runtime_->Inspect("b3").ok()) << "Prepare made no container";
+  flaky.down = true;
+  auto aborted = agent_->Target().Abort(offer.id);
+  ASSERT_TRUE(aborted.ok()) << aborted.status().ToString();
+  EXPECT_EQ(*aborted, TargetPhase::kAborted);
+  EXPECT_TRUE(runtime_->Inspect("b3").ok()) << "nothing was left: the fault did not happen";
+  flaky.down = false;
+  // The upkeep tries again every few seconds.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        agent_->Tick();
+        return runtime_->Inspect("b3").status().code() == Code::kNotFound;
+      },
+      std::chrono::seconds(30)))
+      << "the leftover container is still there";
+  EXPECT_FALSE(fs::exists(opts.scratch_dir + "/in-" + offer.id));
+  offer.id = "m-b3-2";
+  s = agent_->Target().Prepare(offer);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  aborted = agent_->Target().Abort(offer.id);
+  ASSERT_TRUE(aborted.ok()) << aborted.status().ToString();
+  EXPECT_EQ(runtime_->Inspect("b3").status().code(), Code::kNotFound);
+  agent_.reset();
 }
 
 }  // namespace
