@@ -231,11 +231,19 @@ refused "a condition without reason" "reason: Required value" \
 mig_status='{"status":{"observedGeneration":1,"phase":"Succeeded","id":"m-0001","sourceNode":"node1",
   "targetNode":"node2","reason":"requested by user","downtimeSeconds":0.412,"bytes":71303168,
   "startTime":"'"$now"'","completionTime":"'"$now"'",
+  "fault":{"kind":"TargetUnreachable","phase":"Committing","node":"node2","message":"commit: reset"},
+  "resolution":{"outcome":"Committed","decidedBy":"Target"},
   "conditions":[{"type":"Succeeded","status":"True","reason":"Succeeded","message":"",
                  "lastTransitionTime":"'"$now"'","observedGeneration":1}]}}'
 ok "Migration status write" patch -n "$ns" mig counter-to-node2 --subresource=status --type merge -p "$mig_status"
 refused "a Migration phase outside the REST phases" 'Unsupported value: "Done"' \
   patch -n "$ns" mig counter-to-node2 --subresource=status --type merge -p '{"status":{"phase":"Done"}}'
+refused "a Migration fault kind outside the model's" 'Unsupported value: "Gremlins"' \
+  patch -n "$ns" mig counter-to-node2 --subresource=status --type merge \
+  -p '{"status":{"fault":{"kind":"Gremlins","phase":"Committing"}}}'
+refused "a Migration outcome outside the model's" 'Unsupported value: "Vanished"' \
+  patch -n "$ns" mig counter-to-node2 --subresource=status --type merge \
+  -p '{"status":{"resolution":{"outcome":"Vanished","decidedBy":"Target"}}}'
 ok "MigrationPolicy status write" patch mpol counters --subresource=status --type merge \
   -p '{"status":{"observedGeneration":2,"matchedWorkloads":1}}'
 
@@ -248,6 +256,8 @@ contains "kubectl get mig columns" '^NAME +WORKLOAD +SOURCE +TARGET +PHASE +DOWN
 contains "kubectl get mig row" '^counter-to-node2 +counter +node1 +node2 +Succeeded +0\.412 ' get -n "$ns" mig
 contains "kubectl get mig -o wide shows who asked" '^counter-to-node2 .* user +requested by user ' \
   get -n "$ns" mig -o wide
+contains "kubectl get mig -o wide shows the fault and the outcome" \
+  '^counter-to-node2 .* TargetUnreachable +Committed +user ' get -n "$ns" mig -o wide
 contains "kubectl get mpol columns" '^counters +true +1 ' get mpol
 contains "short names and full names agree" 'migratableworkload.kmosix.io/counter' \
   get -n "$ns" migratableworkloads.kmosix.io -o name
