@@ -428,6 +428,58 @@ TEST_F(LazyPagesIntegrationTest, DaemonKilledMidTransferKillsTargetAndSourceResu
             << (target_last > frozen_tick ? target_last - frozen_tick : 0) << "\n";
 }
 
+// Two processes sharing a page (the demo's child ticks its own counter in a
+// MAP_SHARED page the parent reads; shared memory is never lazy): each
+// process's userfaultfd is held, both counters continue, all pages arrive.
+// DISABLED: it fails today (session 10, H5): after a lazy restore the demo's
+// child stops ticking and its parent's waitpid reaps it (child_alive=0),
+// with 256 MiB 3 runs of 3, also without the guard's held userfaultfds and
+// without leave-stopped (plain lazy restore), while every page of both
+// processes arrived (UFFD transferred pages (n/n) for both); at 16 MiB the
+// restored task was gone before Continue, and one 256 MiB run never
+// finished its transfer (the exited child's userfaultfd held open by the
+// guard: the daemon waits for it). Stop-and-copy moves the same workload
+// (e2e round-trip). Not explained yet: see /work/notes/h5-postcopy.md. Run
+// with --gtest_also_run_disabled_tests.
+TEST_F(LazyPagesIntegrationTest, DISABLED_ParentAndChildWithSharedMemoryMoveLazily) {
+  spec_.args.push_back("--child");
+  tspec_.args = spec_.args;
+  ASSERT_NO_FATAL_FAILURE(StartDemo());
+  ASSERT_TRUE(WaitFor([&] { return Log(spec_.log_path).child_ticks.size() >= 3; }, seconds(30)))
+      << "the child did not tick";
+  ASSERT_NO_FATAL_FAILURE(MoveLazily());
+  const uint64_t frozen_tick = LastTick(spec_.log_path);
+  const int64_t passes = LastPasses(spec_.log_path);
+  const size_t child_ticks = Log(spec_.log_path).child_ticks.size();
+  EXPECT_GE(dst_->guarded_uffds(), 2) << "not every process's userfaultfd is held";
+
+  auto result = dst_->Wait(milliseconds(60000));
+  ASSERT_TRUE(result.ok()) << result.status().ToString() << "\n"
+                           << Tail(ReadFile(tspec_.log_path)) << "\n"
+                           << Tail(ReadFile(dst_scratch_ + "/work/lazy-pages.log"));
+  EXPECT_TRUE(result->done) << result->error << "\n"
+                            << Tail(ReadFile(dst_scratch_ + "/work/lazy-pages.log"));
+  TransferSummary sum = ParseLazyPagesLog(ReadFile(dst_scratch_ + "/work/lazy-pages.log"));
+  EXPECT_GE(sum.processes, 2);
+  Status s = src_->Finish();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  s = src_->Release();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+
+  ASSERT_NO_FATAL_FAILURE(ExpectContinued(tspec_.log_path, frozen_tick, passes));
+  DemoLog log = Log(tspec_.log_path);
+  EXPECT_GT(log.child_ticks.size(), child_ticks) << "the child did not tick on the target";
+  EXPECT_EQ(CheckConsecutive(log.child_ticks), "") << "the child's counter broke";
+  int dead = 0;
+  for (const auto& t : log.ticks) dead += t.tick > frozen_tick && t.child_alive != 1;
+  EXPECT_EQ(dead, 0) << "ticks after the move without the child\n"
+                     << Tail(ReadFile(tspec_.log_path));
+  std::cout << "[ figures  ] parent+child " << kMemMib << " MiB: " << sum.processes
+            << " processes, " << result->pages << "/" << result->total_pages
+            << " pages, uffds held " << dst_->guarded_uffds() << ", all pages " << result->seconds
+            << " s after the restore\n";
+}
+
 // The source's CRIU dies mid-transfer (never done by the engine; a crash):
 // CRIU has thawed the freezer and lets the tasks go, so the watcher must
 // freeze them again at once; the target loses its page stream, its daemon
