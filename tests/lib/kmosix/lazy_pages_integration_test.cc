@@ -312,21 +312,6 @@ class LazyPagesIntegrationTest : public ::testing::Test {
   std::chrono::steady_clock::time_point t0_, t_dumped_, t_streamed_, t_daemon_, t_restored_;
 };
 
-TEST(LazyPagesLogTest, CompleteOnlyWhenEveryProcessGotAllItsPages) {
-  EXPECT_FALSE(ParseLazyPagesLog("").complete);
-  TransferSummary s = ParseLazyPagesLog(
-      "(00.5) uffd: 7-5: UFFD transferred pages: (65600/65600)\n"
-      "(00.6) uffd: 8-6: UFFD transferred pages: (12/12)\n");
-  EXPECT_TRUE(s.complete);
-  EXPECT_EQ(s.processes, 2);
-  EXPECT_EQ(s.copied, 65612u);
-  s = ParseLazyPagesLog(
-      "uffd: 7-5: UFFD transferred pages: (65600/65600)\n"
-      "uffd: 8-6: UFFD transferred pages: (3/12)\n");
-  EXPECT_FALSE(s.complete);
-  EXPECT_EQ(s.total, 65612u);
-}
-
 TEST_F(LazyPagesIntegrationTest, LazyMigrationKeepsMemoryAndCounter) {
   ASSERT_NO_FATAL_FAILURE(StartDemo());
   ASSERT_NO_FATAL_FAILURE(MoveLazily());
