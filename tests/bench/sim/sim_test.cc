@@ -1,0 +1,140 @@
+// The balancing simulator (bench/sim): its event order, its processor sharing
+// on hand-computed cases, determinism by seed, and what each strategy may do.
+#include "bench/sim/sim.h"
+
+#include <gtest/gtest.h>
+
+#include "bench/sim/plot.h"
+
+namespace kmosix::sim {
+namespace {
+
+TEST(SimEventQueue, PopsByTimeThenInsertionOrder) {
+  EventQueue q;
+  q.Push(5, 0, 1);
+  q.Push(1, 0, 2);
+  q.Push(3, 0, 3);
+  q.Push(1, 0, 4);  // same time as 2, pushed later
+  q.Push(0.5, 0, 5);
+  std::vector<int64_t> order;
+  while (!q.Empty()) order.push_back(q.Pop().id);
+  EXPECT_EQ(order, (std::vector<int64_t>{5, 2, 4, 3, 1}));
+}
+
+Trace OneNode(double capacity, double speed, std::vector<Arrival> arrivals) {
+  Trace t;
+  t.nodes.push_back(NodeSpec{capacity, speed, 64ull << 30});
+  t.capacity = capacity * speed;
+  t.arrivals = std::move(arrivals);
+  t.horizon_s = 100;
+  return t;
+}
+
+// Two 1-core workloads of 10 and 20 CPU-s on one 1-core node: both run at half
+// speed until the first is done at t=20 (slowdown 20/10 = 2); the second has
+// 10 left, alone at full speed: done at t=30 (slowdown 30/20 = 1.5).
+TEST(SimProcessorSharing, SharesACoreAndSpeedsUpWhenAlone) {
+  const Trace t = OneNode(1, 1, {{0, 1, 10, 1 << 20}, {0, 1, 20, 1 << 20}});
+  const Result r = Simulate(t, Strategy::kPlacement, SimConfig{});
+  EXPECT_EQ(r.unfinished, 0);
+  EXPECT_NEAR(r.mean_slowdown, (2.0 + 1.5) / 2, 1e-6);
+  EXPECT_NEAR(r.p99_slowdown, 2.0, 1e-6);
+  // The ideal pool of one node is the same node.
+  EXPECT_NEAR(Simulate(t, Strategy::kIdeal, SimConfig{}).mean_slowdown, 1.75, 1e-6);
+}
+
+// Under capacity every workload runs at its ask, times the speed: a 0.5-core
+// workload of 10 CPU-s on a 2-core node of speed 2 with a 1-core neighbour
+// takes 10 / (0.5 * 2) = 10 s, its reference 10 / 0.5 = 20 s: slowdown 0.5.
+TEST(SimProcessorSharing, UnderCapacityRunsAtTheAskTimesSpeed) {
+  const Trace t = OneNode(2, 2, {{0, 0.5, 10, 1 << 20}, {0, 1, 10, 1 << 20}});
+  const Result r = Simulate(t, Strategy::kPlacement, SimConfig{});
+  EXPECT_NEAR(r.mean_slowdown, 0.5, 1e-6);
+}
+
+// A late arrival slows the one already running: 1 core of 10 CPU-s alone for
+// 4 s (4 done), then shared with an equal one from t=4: 6 left at 0.5/s ->
+// t=16 (slowdown 1.6); the newcomer did 6 by then, 4 left alone -> t=20
+// (slowdown 16/10 = 1.6).
+TEST(SimProcessorSharing, LateArrivalSharesFromItsArrival) {
+  const Trace t = OneNode(1, 1, {{0, 1, 10, 1 << 20}, {4, 1, 10, 1 << 20}});
+  const Result r = Simulate(t, Strategy::kPlacement, SimConfig{});
+  EXPECT_NEAR(r.mean_slowdown, 1.6, 1e-6);
+  EXPECT_NEAR(r.p99_slowdown, 1.6, 1e-6);
+}
+
+TraceConfig Small(int nodes, double load, double hours) {
+  TraceConfig c;
+  c.nodes = nodes;
+  c.load = load;
+  c.hours = hours;
+  return c;
+}
+
+TEST(SimStrategies, SameSeedGivesTheSameTable) {
+  const TraceConfig tc = Small(8, 0.8, 0.5);
+  SimConfig sc;
+  sc.seed = 7;
+  for (Strategy s : kAllStrategies) {
+    const Result a = Simulate(MakeTrace(tc, 7), s, sc);
+    const Result b = Simulate(MakeTrace(tc, 7), s, sc);
+    EXPECT_EQ(a.workloads, b.workloads) << Name(s);
+    EXPECT_EQ(a.mean_slowdown, b.mean_slowdown) << Name(s);
+    EXPECT_EQ(a.p99_slowdown, b.p99_slowdown) << Name(s);
+    EXPECT_EQ(a.work_lost, b.work_lost) << Name(s);
+    EXPECT_EQ(a.migrations_per_workload, b.migrations_per_workload) << Name(s);
+    EXPECT_EQ(a.pingpong_per_workload, b.pingpong_per_workload) << Name(s);
+    EXPECT_EQ(a.utilisation, b.utilisation) << Name(s);
+  }
+  // And another seed another trace.
+  EXPECT_NE(MakeTrace(tc, 7).arrivals.size(), MakeTrace(tc, 8).arrivals.size());
+}
+
+TEST(SimStrategies, OfferedLoadMatchesTheTrace) {
+  const TraceConfig tc = Small(64, 0.8, 4);
+  const Trace t = MakeTrace(tc, 3);
+  double work = 0;
+  for (const Arrival& a : t.arrivals) work += a.work;
+  // Heavy tails: the realised load of 4 h wanders; within 25 %.
+  EXPECT_NEAR(work / (t.capacity * t.horizon_s), 0.8, 0.2);
+}
+
+TEST(SimStrategies, PlacementNeverMigratesAndKmosixLosesNoWork) {
+  const Trace t = MakeTrace(Small(8, 0.9, 1), 11);
+  const Result placement = Simulate(t, Strategy::kPlacement, SimConfig{});
+  EXPECT_EQ(placement.migrations_per_workload, 0);
+  EXPECT_EQ(placement.pingpong_per_workload, 0);
+  EXPECT_EQ(placement.work_lost, 0);
+  const Result kmosix = Simulate(t, Strategy::kKmosix, SimConfig{});
+  EXPECT_GT(kmosix.migrations_per_workload, 0) << "the real Balance moved nothing";
+  EXPECT_EQ(kmosix.work_lost, 0);
+  EXPECT_EQ(kmosix.unfinished, 0);
+}
+
+TEST(SimStrategies, EvictRestartLosesWork) {
+  const Trace t = MakeTrace(Small(16, 0.95, 1), 5);
+  const Result r = Simulate(t, Strategy::kEvictRestart, SimConfig{});
+  EXPECT_GT(r.migrations_per_workload, 0);
+  EXPECT_GT(r.work_lost, 0);
+}
+
+TEST(SimStrategies, IdealIsABound) {
+  for (uint64_t seed : {1, 2}) {
+    const Trace t = MakeTrace(Small(8, 0.8, 0.5), seed);
+    const double ideal = Simulate(t, Strategy::kIdeal, SimConfig{}).mean_slowdown;
+    for (Strategy s : {Strategy::kPlacement, Strategy::kKmosix, Strategy::kEvictRestart})
+      EXPECT_LE(ideal, Simulate(t, s, SimConfig{}).mean_slowdown) << Name(s) << " seed " << seed;
+  }
+}
+
+TEST(SimPlot, EncodesAPng) {
+  const std::string png = EncodePng(2, 1, {255, 0, 0, 0, 0, 255});
+  ASSERT_GT(png.size(), 8u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_NE(png.find("IHDR"), std::string::npos);
+  EXPECT_NE(png.find("IEND"), std::string::npos);
+  EXPECT_FALSE(WritePlot("/nonexistent-dir/x.png", "t", "x", {{"a", {{0, 1}, {1, 2}}}}).ok());
+}
+
+}  // namespace
+}  // namespace kmosix::sim
