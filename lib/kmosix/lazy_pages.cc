@@ -338,11 +338,15 @@ bool SameFile(pid_t pid, int their, int ours) {
 }
 
 // The fd numbers of `pid` that are userfaultfds.
-std::vector<int> UffdsOf(pid_t pid) {
+// *open counts every fd (0: the process has no fd table: it is exiting,
+// whose first step drops the whole table at once).
+std::vector<int> UffdsOf(pid_t pid, int* open) {
   std::vector<int> out;
+  *open = 0;
   std::error_code ec;
   const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
   for (const auto& e : fs::directory_iterator(dir, ec)) {
+    *open += 1;
     std::error_code lec;
     std::string target = fs::read_symlink(e.path(), lec).string();
     if (!lec && target == "anon_inode:[userfaultfd]") {
@@ -677,7 +681,8 @@ struct LazyTarget::State {
   // The guard: the restored task and the userfaultfds held for it.
   Freezer task;
   std::vector<int> uffds;
-  int taken = 0;  // userfaultfds duplicated so far
+  int taken = 0;     // userfaultfds duplicated so far
+  int released = 0;  // and let go because the daemon closed its own
   int relay_fds[2] = {-1, -1};
   Clock::TimePoint restored{};
   bool has_restored = false;
@@ -769,10 +774,32 @@ struct LazyTarget::State {
   }
 
   // Duplicates the daemon's userfaultfds not held yet; how many are held.
+  //
+  // Also lets go of the ones the daemon closed itself while it runs (it
+  // closes a process's userfaultfd when it is done with it and expects epoll
+  // to forget it, which epoll does only once no fd refers to the file: held
+  // here, the daemon spins on EBADF, "excess message in queue", and never
+  // ends; seen with two processes). Never while the daemon exits: its fd
+  // table is then gone as a whole (0 open fds), not one uffd.
   int GrabUffds() {
-    std::vector<int> nums = UffdsOf(daemon.pid);
+    int open = 0;
+    std::vector<int> nums = UffdsOf(daemon.pid, &open);
     std::lock_guard l(mu);
     if (exited) return static_cast<int>(uffds.size());
+    if (open > 0) {
+      std::vector<int> keep;
+      for (int fd : uffds) {
+        bool theirs = false;
+        for (int n : nums) theirs = theirs || SameFile(daemon.pid, n, fd);
+        if (theirs) {
+          keep.push_back(fd);
+        } else {
+          ::close(fd);
+          released += 1;
+        }
+      }
+      uffds.swap(keep);
+    }
     for (int n : nums) {
       // Held already? (Compared as open files: fd numbers are reused.)
       bool held = false;
