@@ -31,7 +31,12 @@
 // then lets the task run. Holding those duplicates, a missing page faults and
 // blocks if the daemon dies (instead of being filled with zeros when its
 // userfaultfd closes); the daemon's watcher then freezes and SIGKILLs every
-// process of the task at once. Done means: the daemon exited 0 AND its log
+// process of the task at once. While the daemon runs, the watcher takes the
+// userfaultfds it gets later (fork events) and lets go of the ones it closed
+// itself (else its epoll keeps reporting the file and it never ends).
+// Note: the lazy restore fills each process's pages separately, so memory a
+// parent and child shared copy-on-write on the source is two copies here
+// (the task's memory limit must allow it). Done means: the daemon exited 0 AND its log
 // says every process got all its pages ("UFFD transferred pages: (n/n)");
 // CRIU's exit status alone proves nothing (an early close counts as success).
 //
