@@ -7,6 +7,7 @@
 //       the same over loads 0.5..0.95, one table; the CSV and a PNG of mean
 //       slowdown against load for every strategy.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -77,6 +78,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--evict-interval", sc.evict_interval_s, "descheduler interval, s")
       ->capture_default_str();
+  app.add_option("--node-cores", tc.node_cores, "every node this many cores (0: a 4/8 mix)")
+      ->capture_default_str();
+  app.add_flag("--unit-cpu", tc.unit_cpu, "every workload asks 1 core (MOSIX-like)");
+  app.add_option("--fast-fraction", tc.fast_fraction, "fraction of 1.5x nodes")
+      ->capture_default_str();
+  std::vector<std::string> only;
+  app.add_option("--strategies", only, "run only these (placement kmosix evict-restart ideal)");
   app.add_option("--work-alpha", tc.work_alpha, "Pareto shape of the work")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (!plot.empty()) sweep = true;
@@ -101,7 +109,9 @@ int main(int argc, char** argv) {
     const kmosix::sim::Trace trace = kmosix::sim::MakeTrace(tc, seed);
     sc.seed = seed;
     for (kmosix::sim::Strategy s : kmosix::sim::kAllStrategies) {
-      Result r = kmosix::sim::Run(trace, s, sc);
+      if (!only.empty() && std::find(only.begin(), only.end(), kmosix::sim::Name(s)) == only.end())
+        continue;
+      Result r = kmosix::sim::Simulate(trace, s, sc);
       Row(r, load, sweep);
       std::fflush(stdout);
       rows.emplace_back(load, r);

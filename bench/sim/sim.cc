@@ -72,7 +72,8 @@ constexpr double kCpus[] = {0.1, 0.25, 0.5, 1, 2};
 constexpr double kCpuWeights[] = {0.5, 0.25, 0.15, 0.08, 0.02};
 }  // namespace
 
-double MeanCpu() {
+double MeanCpu(const TraceConfig& config) {
+  if (config.unit_cpu) return 1;
   double m = 0;
   for (size_t i = 0; i < std::size(kCpus); ++i) m += kCpus[i] * kCpuWeights[i];
   return m;
@@ -85,6 +86,7 @@ Trace MakeTrace(const TraceConfig& c, uint64_t seed) {
   t.nodes.resize(static_cast<size_t>(c.nodes));
   for (NodeSpec& n : t.nodes) {
     n.capacity = r.Uniform() < c.big_fraction ? 8 : 4;
+    if (c.node_cores > 0) n.capacity = c.node_cores;
     n.speed = r.Uniform() < c.fast_fraction ? 1.5 : 1.0;
     t.capacity += n.capacity * n.speed;
   }
@@ -95,7 +97,7 @@ Trace MakeTrace(const TraceConfig& c, uint64_t seed) {
     const double u = r.Uniform();
     return k / std::pow(1.0 - u * (1.0 - ratio), 1.0 / a);
   };
-  const double mean_rate = c.load * t.capacity / (MeanWork(c) * MeanCpu());  // per second
+  const double mean_rate = c.load * t.capacity / (MeanWork(c) * MeanCpu(c));  // per second
   const double avg = (c.burst_high + c.burst_low) / 2;
   bool on = r.Uniform() < 0.5;
   double now = 0, switch_at = r.Exponential(c.burst_mean_s);
@@ -123,6 +125,7 @@ Trace MakeTrace(const TraceConfig& c, uint64_t seed) {
         break;
       }
     }
+    if (c.unit_cpu) arr.cpu = 1;
     arr.work = work() * arr.cpu;  // CPU-seconds: lifetime on an idle node x cores
     const double mib =
         c.memory_min_mib * std::pow(c.memory_max_mib / c.memory_min_mib, r.Uniform());
@@ -661,7 +664,7 @@ Result RunIdeal(const Trace& t) {
 
 }  // namespace
 
-Result Run(const Trace& trace, Strategy strategy, const SimConfig& config) {
+Result Simulate(const Trace& trace, Strategy strategy, const SimConfig& config) {
   if (strategy == Strategy::kIdeal) return RunIdeal(trace);
   return Cluster(trace, strategy, config).Run();
 }

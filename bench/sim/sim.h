@@ -22,8 +22,8 @@
 //    actually used (usage, capped by processor sharing), or max(usage, ask)
 //    during its first 3 s on a node (the controller's settle window).
 //
-// Thread-safety: none shared; Run() on distinct inputs may run concurrently.
-// Errors: configuration errors are kInvalid Status values; Run() itself
+// Thread-safety: none shared; Simulate() on distinct inputs may run concurrently.
+// Errors: configuration errors are kInvalid Status values; Simulate() itself
 // cannot fail (a workload no node can hold waits and retries).
 #pragma once
 
@@ -104,6 +104,10 @@ struct TraceConfig {
   // Nodes: a fraction are big (8 cores, else 4) and a fraction fast (1.5x).
   double big_fraction = 0.25;
   double fast_fraction = 0.2;
+  // MOSIX-like setups: every node this many cores (0: the 4/8 mix above),
+  // every workload asking 1 core (false: the mix of MeanCpu()).
+  double node_cores = 0;
+  bool unit_cpu = false;
   // Work (CPU-seconds): bounded Pareto, P(W > w) ~ w^-alpha on [min, max]
   // (Harchol-Balter & Downey: alpha about 1 for lifetimes over 1 s).
   double work_alpha = 1.0;
@@ -123,7 +127,7 @@ struct TraceConfig {
 Status Validate(const TraceConfig& config);
 // The mean of the bounded Pareto of the config (used to set the arrival rate).
 double MeanWork(const TraceConfig& config);
-double MeanCpu();
+double MeanCpu(const TraceConfig& config);
 Trace MakeTrace(const TraceConfig& config, uint64_t seed);
 
 // ---- strategies and their results -----------------------------------------
@@ -169,6 +173,6 @@ struct Result {
   double balance_max_seconds = 0;      // slowest Balance round
   double wall_seconds = 0;
 };
-Result Run(const Trace& trace, Strategy strategy, const SimConfig& config);
+Result Simulate(const Trace& trace, Strategy strategy, const SimConfig& config);
 
 }  // namespace kmosix::sim
