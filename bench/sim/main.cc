@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
   app.add_flag("--unit-cpu", tc.unit_cpu, "every workload asks 1 core (MOSIX-like)");
   app.add_option("--fast-fraction", tc.fast_fraction, "fraction of 1.5x nodes")
       ->capture_default_str();
+  app.add_flag("--signal-demand", sc.signal_demand,
+               "tell the policy each workload's ask, not its (capped) usage");
   std::vector<std::string> only;
   app.add_option("--strategies", only, "run only these (placement kmosix evict-restart ideal)");
   app.add_option("--work-alpha", tc.work_alpha, "Pareto shape of the work")->capture_default_str();

@@ -330,7 +330,7 @@ class Cluster {
       const Job& job = jobs_[static_cast<size_t>(j)];
       const double cpu = t_.arrivals[static_cast<size_t>(j)].cpu;
       soonest = std::min(soonest, job.remaining / (cpu * f * spec.speed));
-      usage += now_ - job.on_since < c_.settle_s ? cpu : cpu * f;
+      usage += c_.signal_demand || now_ - job.on_since < c_.settle_s ? cpu : cpu * f;
     }
     if (std::isfinite(soonest)) q_.Push(now_ + soonest, kNodeDone, i, n.version);
     controller::PolicyNode& pn = place_.nodes[static_cast<size_t>(i)];
@@ -481,7 +481,7 @@ class Cluster {
         controller::PolicyWorkload w;
         w.name = WorkloadName(static_cast<size_t>(j));
         w.node = s.nodes[i].name;
-        w.cpu = now_ - job.on_since < c_.settle_s ? a.cpu : a.cpu * f;
+        w.cpu = c_.signal_demand || now_ - job.on_since < c_.settle_s ? a.cpu : a.cpu * f;
         w.memory_bytes = a.memory_bytes;
         w.created_ms = static_cast<int64_t>(a.time * 1000);
         w.started_ms = static_cast<int64_t>(job.on_since * 1000);

@@ -144,6 +144,10 @@ struct SimConfig {
   double downtime_base_s = 0.55;     // stop-and-copy: ~0.6 s at 48 MiB ...
   double downtime_per_gib_s = 1.75;  // ... ~2.3 s at 1 GiB (README, migration bench)
   double pingpong_window_s = 60;
+  // What the policy is told a workload uses: false (the product) its usage,
+  // capped by processor sharing; true its ask (an oracle of demand, to see
+  // what the capped signal costs).
+  bool signal_demand = false;
   // evict-restart (descheduler LowNodeUtilization-like, on requests): every
   // evict_interval_s, nodes asking more than evict_high x capacity evict
   // their youngest workloads while some node asks less than evict_low x its
