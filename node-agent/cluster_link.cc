@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 #include "api/validate.h"
 #include "cluster/ownership.h"
@@ -272,13 +273,20 @@ void ClusterLink::OnMigrationKey(const std::string& key, const std::optional<Key
 }
 
 void ClusterLink::Resync() {
-  for (const auto& w : agent_.ListLocal()) queue_.Add(kWorkloadKey + w.name);
+  std::set<std::string> arriving;  // workloads with an incoming copy here
+  for (const auto& w : agent_.ListLocal()) {
+    queue_.Add(kWorkloadKey + w.name);
+    if (w.state == "incoming") arriving.insert(w.name);
+  }
   for (const auto& [key, kv] : workloads_.Items()) OnWorkloadKey(key, kv);
   for (const auto& [key, kv] : migrations_.Items()) {
     auto rec = cluster::ParseRecord<MigrationRecord>(kv.value, cluster::MigrationFromJson);
     if (!rec.ok()) continue;
+    // As a target, an ended one of a workload still arriving here (never the
+    // target's own state asked here: a restore may hold it for seconds).
     if ((rec->source == options_.node && !api::IsFinal(rec->phase)) ||
-        (rec->target == options_.node && api::IsFinal(rec->phase) && IncomingOpen(rec->id))) {
+        (rec->target == options_.node && api::IsFinal(rec->phase) &&
+         arriving.contains(rec->workload))) {
       queue_.Add(kMigrationKey + rec->id);
     }
   }

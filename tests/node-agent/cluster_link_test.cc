@@ -1669,6 +1669,57 @@ TEST_F(ClusterLinkTest, TheThreadsConvergeOnWhatTheStoreSays) {
   node1_->link->Stop();
 }
 
+// The target's threads settle an incoming migration the cluster ended: from
+// the record's change (the watch), or from the first resync (the record
+// ended while the link was not running, say across an agent restart).
+class TargetThreadsTest : public ClusterLinkTest {
+ protected:
+  // node2 holds m-1's copy restored and uncommitted (the source never asks).
+  void OpenIncoming() {
+    RunWorkOnNode1();
+    Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+    Put(Order("m-1"));
+    to_node2_->DropRequest("Commit");
+    to_node2_->DropRequest("Query");
+    to_node2_->DropRequest("Abort");
+    auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                           *node1_->link, {});
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kRestored);
+  }
+  // The controller's verdict on the lost source, then its restart on node2.
+  void EndAndPlaceOnNode2() {
+    MigrationRecord m = GetMigration("m-1");
+    m.phase = api::MigrationPhase::kFailed;
+    m.error = "source node node1 was lost before ownership moved to node2";
+    Put(m);
+    Put(Workload("node2", WorkloadPhase::kScheduled, 4));
+  }
+  void ExpectStartedOnNode2() {
+    EXPECT_TRUE(Eventually([&] {
+      auto local = node2_->agent->Local("work");
+      return local && local->state == "running" && local->managed && local->epoch == 4;
+    })) << "the placement on node2 never started";
+    EXPECT_EQ(*node2_->agent->Target().Query("m-1"), TargetPhase::kAborted);
+    node2_->link->Stop();
+  }
+};
+
+TEST_F(TargetThreadsTest, EndedWhileTheLinkRuns) {
+  OpenIncoming();
+  node2_->link->Start();
+  ASSERT_TRUE(Eventually([&] { return Raw(keys_.Node("node2")).has_value(); }));
+  EndAndPlaceOnNode2();
+  ExpectStartedOnNode2();
+}
+
+TEST_F(TargetThreadsTest, EndedBeforeTheLinkStarted) {
+  OpenIncoming();
+  EndAndPlaceOnNode2();
+  node2_->link->Start();
+  ExpectStartedOnNode2();
+}
+
 // ---- etcd grants: a write etcd refuses for permission is retried, never final ----
 
 // etcd's answer to a write the node's role holds no grant for.
