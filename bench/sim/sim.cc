@@ -53,6 +53,8 @@ Status Validate(const TraceConfig& c) {
     return InvalidError("work distribution: need 0 < min < max and alpha > 0");
   if (!(c.memory_min_mib > 0 && c.memory_max_mib >= c.memory_min_mib))
     return InvalidError("memory distribution: need 0 < min <= max");
+  if (!(c.phase_mean_s >= 0 && c.phase_quiet_fraction > 0 && c.phase_quiet_fraction <= 1))
+    return InvalidError("phases: need mean >= 0 and 0 < quiet fraction <= 1");
   if (!(c.burst_high >= 0 && c.burst_low >= 0 && c.burst_high + c.burst_low > 0 &&
         c.burst_mean_s > 0))
     return InvalidError("bursts: need non-negative rates and a positive mean duration");
@@ -83,6 +85,9 @@ Trace MakeTrace(const TraceConfig& c, uint64_t seed) {
   SeededRandom r(seed);
   Trace t;
   t.horizon_s = c.hours * 3600;
+  t.phases.mean_s = c.phase_mean_s;
+  t.phases.quiet_fraction = c.phase_quiet_fraction;
+  t.phases.seed = seed * 0x9e3779b97f4a7c15ull + 1;
   t.nodes.resize(static_cast<size_t>(c.nodes));
   for (NodeSpec& n : t.nodes) {
     n.capacity = r.Uniform() < c.big_fraction ? 8 : 4;
@@ -173,6 +178,49 @@ double Percentile(std::vector<double> v, double q) {
   return v[k];
 }
 
+// A workload's phases (sim.h): its current ask, the work left in the
+// phase, its reference time so far, and its own generator (splitmix64).
+struct PhaseState {
+  double demand = 0;
+  double phase_left = 0;
+  double ref = 0;
+  bool busy = true;
+  uint64_t rng = 0;
+};
+
+uint64_t Mix(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void NextPhaseLength(const Trace& t, double remaining, PhaseState& p) {
+  double len = remaining;
+  if (t.phases.mean_s > 0) {
+    const double u = static_cast<double>(Mix(p.rng) >> 11) * 0x1.0p-53;
+    len = p.demand * -t.phases.mean_s * std::log(1.0 - u);
+  }
+  p.phase_left = std::min(remaining, len);
+  p.ref += p.phase_left / p.demand;
+}
+
+// From the start (an arrival, or a restart that redoes the same phases).
+void StartPhases(const Trace& t, size_t j, PhaseState& p) {
+  const Arrival& a = t.arrivals[j];
+  p = PhaseState{};
+  p.rng = t.phases.seed ^ (static_cast<uint64_t>(j) * 0xd1342543de82ef95ull);
+  p.demand = a.cpu;
+  NextPhaseLength(t, a.work, p);
+}
+
+void TogglePhase(const Trace& t, size_t j, double remaining, PhaseState& p) {
+  const Arrival& a = t.arrivals[j];
+  p.busy = !p.busy;
+  p.demand = p.busy ? a.cpu : a.cpu * t.phases.quiet_fraction;
+  NextPhaseLength(t, remaining, p);
+}
+
 void Summarise(const Trace& trace, const std::vector<double>& slowdowns, Result& r) {
   r.workloads = static_cast<int64_t>(trace.arrivals.size());
   if (!slowdowns.empty()) {
@@ -193,7 +241,9 @@ struct Job {
   bool frozen = false;
   bool restart = false;  // frozen for a restart (evict-restart), not a migration
   bool finished = false;
-  double on_since = 0;                       // on `node` since
+  double on_since = 0;  // on `node` since
+  bool started = false;
+  PhaseState ph;
   std::vector<std::pair<int, double>> left;  // (node, time left), for ping-pong
 };
 
@@ -268,7 +318,8 @@ class Cluster {
       if (jobs_[i].finished) continue;
       ++r.unfinished;
       const Arrival& a = t_.arrivals[i];
-      slowdowns_.push_back((std::max(now_, a.time) - a.time) / (a.work / a.cpu));
+      const double ref = jobs_[i].started ? jobs_[i].ph.ref : a.work / a.cpu;
+      slowdowns_.push_back((std::max(now_, a.time) - a.time) / ref);
     }
     Summarise(t_, slowdowns_, r);
     double total_work = 0;
@@ -308,9 +359,9 @@ class Cluster {
       const double in_h = std::clamp((t_.horizon_s - n.last) / dt, 0.0, 1.0);
       for (int j : n.jobs) {
         Job& job = jobs_[static_cast<size_t>(j)];
-        const double prog =
-            std::min(job.remaining, t_.arrivals[static_cast<size_t>(j)].cpu * f * dt);
-        job.remaining -= prog;
+        const double prog = std::min(job.ph.phase_left, job.ph.demand * f * dt);
+        job.remaining = std::max(0.0, job.remaining - prog);
+        job.ph.phase_left -= prog;
         job.done += prog;
         useful_ += prog * in_h;
       }
@@ -328,9 +379,12 @@ class Cluster {
     double usage = n.incoming;
     for (int j : n.jobs) {
       const Job& job = jobs_[static_cast<size_t>(j)];
-      const double cpu = t_.arrivals[static_cast<size_t>(j)].cpu;
-      soonest = std::min(soonest, job.remaining / (cpu * f * spec.speed));
-      usage += c_.signal_demand || now_ - job.on_since < c_.settle_s ? cpu : cpu * f;
+      const double ask = t_.arrivals[static_cast<size_t>(j)].cpu;
+      const double cpu = job.ph.demand;
+      soonest = std::min(soonest, job.ph.phase_left / (cpu * f * spec.speed));
+      usage += c_.signal_demand                    ? cpu
+               : now_ - job.on_since < c_.settle_s ? std::max(ask, cpu * f)
+                                                   : cpu * f;
     }
     if (std::isfinite(soonest)) q_.Push(now_ + soonest, kNodeDone, i, n.version);
     controller::PolicyNode& pn = place_.nodes[static_cast<size_t>(i)];
@@ -346,7 +400,7 @@ class Cluster {
     job.node = i;
     job.on_since = now_;
     n.jobs.push_back(j);
-    n.demand += t_.arrivals[static_cast<size_t>(j)].cpu;
+    n.demand += job.ph.demand;
     Reschedule(i);
   }
 
@@ -356,7 +410,7 @@ class Cluster {
     Advance(i);
     NodeState& n = nodes_[static_cast<size_t>(i)];
     n.jobs.erase(std::find(n.jobs.begin(), n.jobs.end(), j));
-    n.demand -= t_.arrivals[static_cast<size_t>(j)].cpu;
+    n.demand -= job.ph.demand;
     if (n.jobs.empty()) n.demand = 0;  // no drift
     job.node = -1;
     Reschedule(i);
@@ -386,8 +440,11 @@ class Cluster {
 
   void Admit(int j) {
     Job& job = jobs_[static_cast<size_t>(j)];
-    if (job.remaining == 0 && job.done == 0)
+    if (!job.started) {
+      job.started = true;
       job.remaining = t_.arrivals[static_cast<size_t>(j)].work;
+      StartPhases(t_, static_cast<size_t>(j), job.ph);
+    }
     const int i = PlaceJob(j);
     if (i < 0) {
       q_.Push(now_ + 1, kRetry, j);
@@ -395,7 +452,7 @@ class Cluster {
     }
     if (job.restart) {  // an evicted workload, restarted
       NodeState& n = nodes_[static_cast<size_t>(i)];
-      n.incoming += t_.arrivals[static_cast<size_t>(j)].cpu;
+      n.incoming += job.ph.demand;
       Own(j, i);
       job.target = i;
       Reschedule(i);
@@ -413,7 +470,14 @@ class Cluster {
     for (size_t k = 0; k < n.jobs.size();) {
       const int j = n.jobs[k];
       Job& job = jobs_[static_cast<size_t>(j)];
-      if (job.remaining > kDoneEpsilon) {
+      if (job.ph.phase_left > kDoneEpsilon) {
+        ++k;
+        continue;
+      }
+      if (job.remaining > kDoneEpsilon) {  // the next phase
+        n.demand -= job.ph.demand;
+        TogglePhase(t_, static_cast<size_t>(j), job.remaining, job.ph);
+        n.demand += job.ph.demand;
         ++k;
         continue;
       }
@@ -421,10 +485,10 @@ class Cluster {
       job.finished = true;
       job.node = -1;
       Own(j, -1);
-      n.demand -= a.cpu;
+      n.demand -= job.ph.demand;
       n.jobs[k] = n.jobs.back();
       n.jobs.pop_back();
-      slowdowns_.push_back((now_ - a.time) / (a.work / a.cpu));
+      slowdowns_.push_back((now_ - a.time) / job.ph.ref);
       --in_system_;
       ++finished;
     }
@@ -450,7 +514,7 @@ class Cluster {
     Job& job = jobs_[static_cast<size_t>(j)];
     const int i = job.target;
     NodeState& n = nodes_[static_cast<size_t>(i)];
-    n.incoming -= t_.arrivals[static_cast<size_t>(j)].cpu;
+    n.incoming -= job.ph.demand;
     if (n.incoming < 1e-9) n.incoming = 0;
     if (!job.restart) {
       Own(j, i);  // the memory moves at the commit
@@ -481,7 +545,9 @@ class Cluster {
         controller::PolicyWorkload w;
         w.name = WorkloadName(static_cast<size_t>(j));
         w.node = s.nodes[i].name;
-        w.cpu = c_.signal_demand || now_ - job.on_since < c_.settle_s ? a.cpu : a.cpu * f;
+        w.cpu = c_.signal_demand                    ? job.ph.demand
+                : now_ - job.on_since < c_.settle_s ? std::max(a.cpu, job.ph.demand * f)
+                                                    : job.ph.demand * f;
         w.memory_bytes = a.memory_bytes;
         w.created_ms = static_cast<int64_t>(a.time * 1000);
         w.started_ms = static_cast<int64_t>(job.on_since * 1000);
@@ -494,7 +560,7 @@ class Cluster {
       controller::PolicyWorkload w;
       w.name = m.workload;
       w.node = m.source;
-      w.cpu = a.cpu;
+      w.cpu = jobs_[static_cast<size_t>(j)].ph.demand;
       w.memory_bytes = a.memory_bytes;
       w.created_ms = static_cast<int64_t>(a.time * 1000);
       w.started_ms = static_cast<int64_t>(jobs_[static_cast<size_t>(j)].on_since * 1000);
@@ -520,7 +586,7 @@ class Cluster {
       CountMove(job, from, to);
       job.frozen = true;
       job.target = to;
-      nodes_[static_cast<size_t>(to)].incoming += a.cpu;
+      nodes_[static_cast<size_t>(to)].incoming += job.ph.demand;
       Reschedule(to);
       in_flight_.push_back({d.workload, d.source, d.target});
       const double gib = static_cast<double>(a.memory_bytes) / (1024.0 * 1024 * 1024);
@@ -554,6 +620,7 @@ class Cluster {
         lost_ += job.done;
         job.remaining = t_.arrivals[static_cast<size_t>(j)].work;
         job.done = 0;
+        StartPhases(t_, static_cast<size_t>(j), job.ph);
         job.restart = true;
         job.frozen = true;
         Admit(j);  // Place; lands after restart_s (or retries)
@@ -612,7 +679,9 @@ Result RunIdeal(const Trace& t) {
     }
     return r;
   };
-  using Item = std::pair<double, int>;  // virtual finish, job
+  using Item = std::pair<double, int>;  // virtual end of the job's phase, job
+  std::vector<PhaseState> ph(t.arrivals.size());
+  std::vector<double> remaining(t.arrivals.size());
   std::priority_queue<Item, std::vector<Item>, std::greater<>> heap;
   std::vector<double> slowdowns;
   slowdowns.reserve(t.arrivals.size());
@@ -637,19 +706,28 @@ Result RunIdeal(const Trace& t) {
         next < t.arrivals.size() ? t.arrivals[next].time : std::numeric_limits<double>::infinity();
     if (arrive_at <= done_at) {
       advance(arrive_at);
-      const Arrival& a = t.arrivals[next];
-      heap.emplace(v + a.work / a.cpu, static_cast<int>(next));
-      demand += a.cpu;
+      StartPhases(t, next, ph[next]);
+      remaining[next] = t.arrivals[next].work;
+      heap.emplace(v + ph[next].phase_left / ph[next].demand, static_cast<int>(next));
+      demand += ph[next].demand;
       ++in_system;
       ++next;
     } else {
       advance(done_at);
-      const Arrival& a = t.arrivals[static_cast<size_t>(heap.top().second)];
+      const size_t j = static_cast<size_t>(heap.top().second);
       heap.pop();
-      demand -= a.cpu;
+      PhaseState& p = ph[j];
+      remaining[j] = std::max(0.0, remaining[j] - p.phase_left);
+      demand -= p.demand;
+      if (remaining[j] > kDoneEpsilon) {  // the next phase
+        TogglePhase(t, j, remaining[j], p);
+        demand += p.demand;
+        heap.emplace(v + p.phase_left / p.demand, static_cast<int>(j));
+        continue;
+      }
       if (heap.empty()) demand = 0;
       --in_system;
-      slowdowns.push_back((now - a.time) / (a.work / a.cpu));
+      slowdowns.push_back((now - t.arrivals[j].time) / p.ref);
     }
   }
   Result r;

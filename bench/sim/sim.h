@@ -14,6 +14,12 @@
 //    cpu * s * min(1, c / D) work per second (processor sharing, weighted by
 //    demand). Slowdown = time in system / (work / cpu): 1 on an idle speed-1
 //    node.
+//  - Phases: a workload alternates busy (it asks `cpu`) and quiet (it asks
+//    quiet_fraction x cpu) phases, each of an exponential length of mean
+//    phase_mean_s at full speed (drawn per workload from its own seed, so
+//    every strategy sees the same phases; measured in work, so the sequence
+//    does not depend on where it runs). The reference time is then the sum of
+//    each phase's work / its ask.
 //  - A migration (kmosix) freezes the workload for the measured stop-and-copy
 //    downtime, downtime_base_s + downtime_per_gib_s * memory, then it runs on
 //    the target. An eviction (evict-restart) discards the work done and
@@ -90,8 +96,14 @@ struct Arrival {
   double work = 0;  // CPU-seconds at speed 1
   uint64_t memory_bytes = 0;
 };
+struct Phases {
+  double mean_s = 0;  // 0: no phases, a workload asks `cpu` all its life
+  double quiet_fraction = 0.2;
+  uint64_t seed = 0;
+};
 struct Trace {
   std::vector<NodeSpec> nodes;
+  Phases phases;
   std::vector<Arrival> arrivals;  // by time
   double horizon_s = 0;           // arrivals stop here; the run drains after
   double capacity = 0;            // sum of capacity * speed
@@ -123,6 +135,9 @@ struct TraceConfig {
   double burst_high = 1.6;
   double burst_low = 0.4;
   double burst_mean_s = 300;
+  // Phases of CPU use (see the model above); phase_mean_s 0 turns them off.
+  double phase_mean_s = 120;
+  double phase_quiet_fraction = 0.2;
 };
 Status Validate(const TraceConfig& config);
 // The mean of the bounded Pareto of the config (used to set the arrival rate).
@@ -164,8 +179,8 @@ struct SimConfig {
 struct Result {
   Strategy strategy = Strategy::kPlacement;
   int64_t workloads = 0;
-  int64_t unfinished = 0;  // at the drain cap
-  double mean_slowdown = 0;
+  int64_t unfinished = 0;    // at the drain cap
+  double mean_slowdown = 0;  // time in system / (time on an idle speed-1 node)
   double p99_slowdown = 0;
   double work_lost = 0;                // CPU-seconds lost / CPU-seconds of the trace
   double migrations_per_workload = 0;  // migrations or evictions

@@ -63,6 +63,25 @@ TEST(SimProcessorSharing, LateArrivalSharesFromItsArrival) {
   EXPECT_NEAR(r.p99_slowdown, 1.6, 1e-6);
 }
 
+// With phases, a workload alone on an idle speed-1 node takes exactly its
+// reference time (the sum of each phase's work / its ask): slowdown 1.
+TEST(SimProcessorSharing, PhasesAloneOnAnIdleNodeGiveSlowdownOne) {
+  Trace t = OneNode(4, 1, {{0, 2, 3000, 1 << 20}, {5000, 0.5, 600, 1 << 20}});
+  t.phases.mean_s = 60;
+  t.phases.quiet_fraction = 0.25;
+  t.phases.seed = 42;
+  t.horizon_s = 10000;  // the drain cap is 20x this
+  for (Strategy s : {Strategy::kPlacement, Strategy::kIdeal}) {
+    const Result r = Simulate(t, s, SimConfig{});
+    EXPECT_EQ(r.unfinished, 0) << Name(s);
+    EXPECT_NEAR(r.mean_slowdown, 1.0, 1e-6) << Name(s);
+  }
+  // Sharing one core, the same two workloads at once are slower than alone.
+  Trace shared = OneNode(1, 1, {{0, 1, 300, 1 << 20}, {0, 1, 300, 1 << 20}});
+  shared.phases = t.phases;
+  EXPECT_GT(Simulate(shared, Strategy::kPlacement, SimConfig{}).mean_slowdown, 1.0);
+}
+
 TraceConfig Small(int nodes, double load, double hours) {
   TraceConfig c;
   c.nodes = nodes;
