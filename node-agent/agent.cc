@@ -138,13 +138,23 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
     w.migrations = offer.history;
     w.migrations.push_back(offer.id);
     w.running_since = clock_.Now();
+    // In cluster mode the copy is the cluster's from its commit, not from the
+    // link's first look at it: an agent killed in between (a power loss right
+    // after the commit) would otherwise restart it as a standalone workload,
+    // without asking the cluster, beside the copy a node-loss restart runs
+    // elsewhere. Epoch 0 until the link claims it at the record's epoch
+    // (ClaimManaged): no restart claim matches it before, and a record that
+    // names another node fences it.
+    w.managed = static_cast<bool>(cluster_.claim_restart);
+    w.epoch = 0;
     return WriteWorkload(w);
   };
   // The target logs a failed write and acts on it (migration_target.h).
   hooks.persist = [this](const IncomingRecord& r) -> Status {
     return WriteFileAtomic(InPath(r.offer.id), DumpJson(IncomingRecordToJson(r), 2));
   };
-  // Arrivals are unmanaged until the cluster link claims them (ClaimManaged).
+  // Arrivals are managed (cluster mode) at epoch 0 until the cluster link
+  // claims them at the record's epoch (ClaimManaged).
   hooks.owned_here = cluster_.owned_here;
   return hooks;
 }
@@ -465,8 +475,8 @@ void Agent::ReconcileTasks() {
       const std::optional<LocalWorkload> before = Local(name, /*inspect=*/false);
       ReconcileTask(name);
       const std::optional<LocalWorkload> after = Local(name, /*inspect=*/false);
-      const bool changed = before && after &&
-                           (before->state != after->state || before->restarts != after->restarts);
+      const bool changed =
+          before && after && (before->state != after->state || before->restarts != after->restarts);
       if (changed && after->managed && cluster_.changed) cluster_.changed(name);
     });
   }

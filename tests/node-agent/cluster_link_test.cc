@@ -918,8 +918,10 @@ TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
   auto arrived = node2_->agent->Local("work");
   ASSERT_TRUE(arrived.has_value());
   EXPECT_EQ(w.status.pid, arrived->pid);
-  // node2 takes it over as the cluster's; node1 has nothing left to do.
-  EXPECT_FALSE(arrived->managed);
+  // The cluster's from its commit, at epoch 0 until node2's link claims it
+  // at the record's; node1 has nothing left to do.
+  EXPECT_TRUE(arrived->managed);
+  EXPECT_EQ(arrived->epoch, 0);
   ASSERT_TRUE(node2_->link->Reconcile("w/work").ok());
   arrived = node2_->agent->Local("work");
   EXPECT_TRUE(arrived->managed);
@@ -1840,6 +1842,52 @@ TEST_F(ClusterLinkTest, AnOrderWithoutAJournalSaysTheSourceLostIt) {
   ASSERT_TRUE(m.resolution.has_value());
   EXPECT_EQ(m.resolution->outcome, api::MigrationOutcome::kUntouched);
   EXPECT_EQ(m.resolution->decided_by, api::Decider::kSource);
+}
+
+// The fault soak (session 10, seed 61): a target's agent was killed right
+// after it committed an arrival, before its link had claimed the copy; the
+// controller restarted the workload elsewhere (node loss), and when the node
+// came back its agent restarted the dead arrival as a standalone workload,
+// without asking the cluster: two copies ran for four minutes. An arrival in
+// cluster mode is the cluster's from its commit (managed, epoch 0 until the
+// link claims it), so the restart asks the cluster first and the link fences
+// it.
+TEST_F(ClusterLinkTest, AnArrivalKilledBeforeTheLinkClaimedItIsNeverRestartedAsStandalone) {
+  RunWorkOnNode1();
+  Put(Workload("node1", WorkloadPhase::kMigrating, 3, "m-1"));
+  Put(Order("m-1"));
+  auto r = node1_->agent->MigrateManaged({"m-1", "work", "node2", "http://node2:7700", {}},
+                                         *node1_->link, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->phase, MigrationPhase::kSucceeded);
+  // node2's link has not looked at the arrival yet (it would claim it now).
+  auto arrived = node2_->agent->Local("work");
+  ASSERT_TRUE(arrived.has_value());
+  EXPECT_TRUE(arrived->managed) << "an arrival in cluster mode is the cluster's from its commit";
+
+  // node2 loses power here; the controller restarts the workload on node1.
+  const int64_t epoch = GetWorkload().status.epoch;
+  ASSERT_EQ(GetWorkload().status.node, "node2");
+  Put(Workload("node1", WorkloadPhase::kScheduled, epoch + 1));
+  node2_->runtime.LoseTask("work");
+  const int starts = node2_->runtime.Calls("StartTask");
+
+  // node2 boots with its old state.
+  Agent again(node2_->agent->Options(), node2_->runtime, node2_->engine, no_transport_, clock_,
+              random_, nullptr);
+  ClusterLinkOptions lo;
+  lo.node = "node2";
+  lo.url = "http://node2:7700";
+  ClusterLink link(lo, again, store_, node2_->sampler, clock_, random_);
+  again.SetClusterHooks(link.Hooks());
+  ASSERT_TRUE(again.Start().ok());
+  clock_.Advance(std::chrono::seconds(2));
+  again.Tick();
+  EXPECT_EQ(node2_->runtime.Calls("StartTask"), starts)
+      << "the dead arrival was started again on node2 beside node1's copy";
+  ASSERT_TRUE(link.Reconcile("w/work").ok());
+  EXPECT_FALSE(node2_->runtime.Has("work")) << "the copy the cluster gave away is fenced";
+  EXPECT_FALSE(again.Local("work").has_value());
 }
 
 }  // namespace
