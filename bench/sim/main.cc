@@ -38,13 +38,18 @@ void Row(const Result& r, double load, bool with_load) {
 
 void Costs(const std::vector<Result>& rs) {
   std::printf(
-      "\n| strategy | workloads | unfinished | in system per node | policy calls | policy s | "
-      "slowest Balance ms | wall s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+      "\n| strategy | workloads | unfinished | in system per node | Place calls | Place us/call | "
+      "Balance rounds | Balance ms/round (max) | wall s |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Result& r : rs) {
-    std::printf("| %s | %lld | %lld | %.1f | %lld | %.2f | %.2f | %.2f |\n",
+    const int64_t place = r.policy_calls - r.balance_calls;
+    const double place_s = r.policy_seconds - r.balance_seconds;
+    std::printf("| %s | %lld | %lld | %.1f | %lld | %.1f | %lld | %.2f (%.2f) | %.2f |\n",
                 kmosix::sim::Name(r.strategy), static_cast<long long>(r.workloads),
                 static_cast<long long>(r.unfinished), r.mean_in_system_per_node,
-                static_cast<long long>(r.policy_calls), r.policy_seconds,
+                static_cast<long long>(place), place > 0 ? place_s / place * 1e6 : 0,
+                static_cast<long long>(r.balance_calls),
+                r.balance_calls > 0 ? r.balance_seconds / r.balance_calls * 1000 : 0,
                 r.balance_max_seconds * 1000, r.wall_seconds);
   }
 }

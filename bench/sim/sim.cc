@@ -334,6 +334,8 @@ class Cluster {
     r.policy_calls = policy_calls_;
     r.policy_seconds = policy_seconds_;
     r.balance_max_seconds = balance_max_;
+    r.balance_calls = balance_calls_;
+    r.balance_seconds = balance_seconds_;
     r.wall_seconds = Since(t0);
     return r;
   }
@@ -573,6 +575,8 @@ class Cluster {
     const double took = Since(t0);
     policy_seconds_ += took;
     balance_max_ = std::max(balance_max_, took);
+    balance_seconds_ += took;
+    ++balance_calls_;
     ++policy_calls_;
     for (const controller::Decision& d : result.moves) {
       const int j = static_cast<int>(Index(d.workload));
@@ -651,6 +655,8 @@ class Cluster {
   int64_t policy_calls_ = 0;
   double policy_seconds_ = 0;
   double balance_max_ = 0;
+  int64_t balance_calls_ = 0;
+  double balance_seconds_ = 0;
 };
 
 // ---- the ideal: one fluid pool --------------------------------------------

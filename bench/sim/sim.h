@@ -187,8 +187,10 @@ struct Result {
   double pingpong_per_workload = 0;    // moves back to a node left < window ago
   double utilisation = 0;              // work done in [0, horizon] / (capacity * horizon)
   double mean_in_system_per_node = 0;  // workloads in the system, time-averaged
-  int64_t policy_calls = 0;            // Balance rounds (kmosix) or Place calls
+  int64_t policy_calls = 0;            // Balance rounds and Place calls
   double policy_seconds = 0;           // wall time inside Balance + Place
+  int64_t balance_calls = 0;           // of which Balance rounds
+  double balance_seconds = 0;          // and their wall time
   double balance_max_seconds = 0;      // slowest Balance round
   double wall_seconds = 0;
 };
