@@ -3,6 +3,8 @@
 //   kmosix-sim --nodes N --load L --hours H --seed S
 //       one markdown table row per strategy (placement, kmosix, evict-restart,
 //       ideal) on the same trace, then what the run and the policy cost.
+//   kmosix-sim --trace FILE.csv --nodes N ...
+//       the same on recorded arrivals (--write-trace FILE.csv shows the form).
 //   kmosix-sim --sweep [--csv FILE] [--plot FILE.png]
 //       the same over loads 0.5..0.95, one table; the CSV and a PNG of mean
 //       slowdown against load for every strategy.
@@ -10,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -90,6 +93,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--signal-demand", sc.signal_demand,
                "tell the policy each workload's ask, not its (capped) usage");
+  std::string trace_in, trace_out;
+  app.add_option("--trace", trace_in, "arrivals from this CSV (time_s,cpu,work_cpu_s,memory_mib)");
+  app.add_option("--write-trace", trace_out, "write the synthetic arrivals as that CSV and exit");
   std::vector<std::string> only;
   app.add_option("--strategies", only, "run only these (placement kmosix evict-restart ideal)");
   app.add_option("--work-alpha", tc.work_alpha, "Pareto shape of the work")->capture_default_str();
@@ -98,6 +104,29 @@ int main(int argc, char** argv) {
   if (auto s = kmosix::sim::Validate(tc); !s.ok()) {
     std::fprintf(stderr, "kmosix-sim: %s\n", s.message().c_str());
     return 2;
+  }
+
+  std::string trace_csv;
+  if (!trace_in.empty()) {
+    if (sweep) {
+      std::fprintf(stderr, "kmosix-sim: --trace fixes the arrivals; no --sweep\n");
+      return 2;
+    }
+    std::ifstream in(trace_in, std::ios::binary);
+    if (!in) {
+      std::fprintf(stderr, "kmosix-sim: cannot read %s\n", trace_in.c_str());
+      return 2;
+    }
+    trace_csv.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  if (!trace_out.empty()) {
+    std::ofstream out(trace_out, std::ios::binary);
+    out << kmosix::sim::WriteTraceCsv(kmosix::sim::MakeTrace(tc, seed));
+    if (!out) {
+      std::fprintf(stderr, "kmosix-sim: cannot write %s\n", trace_out.c_str());
+      return 1;
+    }
+    return 0;
   }
 
   std::vector<double> loads =
@@ -113,7 +142,18 @@ int main(int argc, char** argv) {
   std::vector<Result> all;
   for (double load : loads) {
     tc.load = load;
-    const kmosix::sim::Trace trace = kmosix::sim::MakeTrace(tc, seed);
+    kmosix::sim::Trace trace;
+    if (trace_csv.empty()) {
+      trace = kmosix::sim::MakeTrace(tc, seed);
+    } else {
+      auto read = kmosix::sim::ReadTraceCsv(trace_csv, tc, seed);
+      if (!read.ok()) {
+        std::fprintf(stderr, "kmosix-sim: %s: %s\n", trace_in.c_str(),
+                     read.status().message().c_str());
+        return 2;
+      }
+      trace = std::move(read).value();
+    }
     sc.seed = seed;
     for (kmosix::sim::Strategy s : kmosix::sim::kAllStrategies) {
       if (!only.empty() && std::find(only.begin(), only.end(), kmosix::sim::Name(s)) == only.end())

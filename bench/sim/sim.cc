@@ -140,6 +140,63 @@ Trace MakeTrace(const TraceConfig& c, uint64_t seed) {
   return t;
 }
 
+std::string WriteTraceCsv(const Trace& trace) {
+  std::string out = "time_s,cpu,work_cpu_s,memory_mib\n";
+  char line[128];
+  for (const Arrival& a : trace.arrivals) {
+    std::snprintf(line, sizeof line, "%.6f,%g,%.6f,%.3f\n", a.time, a.cpu, a.work,
+                  static_cast<double>(a.memory_bytes) / (1024.0 * 1024));
+    out += line;
+  }
+  return out;
+}
+
+StatusOr<Trace> ReadTraceCsv(const std::string& csv, const TraceConfig& config, uint64_t seed) {
+  TraceConfig none = config;
+  none.hours = 1e-9;  // nodes and phases only
+  Trace t = MakeTrace(none, seed);
+  t.arrivals.clear();
+  size_t at = 0;
+  int lineno = 0;
+  bool header = false;
+  while (at < csv.size()) {
+    size_t end = csv.find('\n', at);
+    if (end == std::string::npos) end = csv.size();
+    std::string line = csv.substr(at, end - at);
+    at = end + 1;
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    if (!header) {
+      if (line != "time_s,cpu,work_cpu_s,memory_mib")
+        return InvalidError("trace line " + std::to_string(lineno) +
+                            ": want the header time_s,cpu,work_cpu_s,memory_mib");
+      header = true;
+      continue;
+    }
+    double v[4];
+    const char* p = line.c_str();
+    const char* const stop = p + line.size();
+    for (int k = 0; k < 4; ++k) {
+      auto [next, ec] = std::from_chars(p, stop, v[k]);
+      const bool last = k == 3;
+      if (ec != std::errc() || (last ? next != stop : (next == stop || *next != ',')))
+        return InvalidError("trace line " + std::to_string(lineno) + ": want 4 numbers");
+      p = next + 1;
+    }
+    if (!(v[0] >= 0 && v[1] > 0 && v[2] > 0 && v[3] >= 0) ||
+        !std::isfinite(v[0] + v[1] + v[2] + v[3]))
+      return InvalidError("trace line " + std::to_string(lineno) +
+                          ": want time >= 0, cpu > 0, work > 0, memory >= 0");
+    t.arrivals.push_back(Arrival{v[0], v[1], v[2], static_cast<uint64_t>(v[3] * 1024 * 1024)});
+  }
+  if (!header) return InvalidError("trace: no header");
+  std::stable_sort(t.arrivals.begin(), t.arrivals.end(),
+                   [](const Arrival& a, const Arrival& b) { return a.time < b.time; });
+  t.horizon_s = std::max(1.0, t.arrivals.empty() ? 0.0 : t.arrivals.back().time);
+  return t;
+}
+
 namespace {
 
 using Wall = std::chrono::steady_clock;

@@ -145,6 +145,15 @@ double MeanWork(const TraceConfig& config);
 double MeanCpu(const TraceConfig& config);
 Trace MakeTrace(const TraceConfig& config, uint64_t seed);
 
+// Arrivals as CSV: a header `time_s,cpu,work_cpu_s,memory_mib`, then one line
+// per workload (time in s from the start, cores asked, CPU-seconds of work,
+// MiB); `#` lines are comments. WriteTrace writes that form.
+std::string WriteTraceCsv(const Trace& trace);
+// The arrivals of `csv` (sorted by time) on the nodes and phases of
+// MakeTrace(config, seed); the horizon is the last arrival (at least 1 s).
+// kInvalid with the line number on a malformed line.
+StatusOr<Trace> ReadTraceCsv(const std::string& csv, const TraceConfig& config, uint64_t seed);
+
 // ---- strategies and their results -----------------------------------------
 enum class Strategy { kPlacement, kKmosix, kEvictRestart, kIdeal };
 const char* Name(Strategy s);

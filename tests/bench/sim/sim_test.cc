@@ -146,6 +146,33 @@ TEST(SimStrategies, IdealIsABound) {
   }
 }
 
+TEST(SimTrace, CsvRoundTripsAndRefusesMalformedLines) {
+  const TraceConfig tc = Small(8, 0.8, 0.25);
+  const Trace t = MakeTrace(tc, 4);
+  auto back = ReadTraceCsv(WriteTraceCsv(t), tc, 4);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  ASSERT_EQ(back->arrivals.size(), t.arrivals.size());
+  ASSERT_EQ(back->nodes.size(), t.nodes.size());
+  for (size_t i = 0; i < t.arrivals.size(); ++i) {
+    EXPECT_NEAR(back->arrivals[i].time, t.arrivals[i].time, 1e-5);
+    EXPECT_EQ(back->arrivals[i].cpu, t.arrivals[i].cpu);
+    EXPECT_NEAR(back->arrivals[i].work, t.arrivals[i].work, 1e-5);
+  }
+  const std::string header = "time_s,cpu,work_cpu_s,memory_mib\n";
+  auto sorted = ReadTraceCsv(header + "# c\n5,1,10,64\n1,0.5,20,32\n", tc, 4);
+  ASSERT_TRUE(sorted.ok()) << sorted.status().message();
+  EXPECT_EQ(sorted->arrivals[0].time, 1);
+  EXPECT_EQ(sorted->arrivals[1].memory_bytes, 64ull << 20);
+  EXPECT_EQ(sorted->horizon_s, 5);
+  for (const std::string& bad :
+       {header + "1,1,10\n", header + "1,1,10,64,9\n", header + "1,0,10,64\n",
+        header + "1,x,10,64\n", std::string("1,1,10,64\n")}) {
+    auto r = ReadTraceCsv(bad, tc, 4);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), Code::kInvalid) << bad;
+  }
+}
+
 TEST(SimPlot, EncodesAPng) {
   const std::string png = EncodePng(2, 1, {255, 0, 0, 0, 0, 255});
   ASSERT_GT(png.size(), 8u);
