@@ -99,6 +99,18 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_option("--strategies", only, "run only these (placement kmosix evict-restart ideal)");
   app.add_option("--work-alpha", tc.work_alpha, "Pareto shape of the work")->capture_default_str();
+  app.add_option("--work-min", tc.work_min_s, "shortest lifetime on an idle node, s")
+      ->capture_default_str();
+  app.add_option("--work-max", tc.work_max_s, "longest lifetime on an idle node, s")
+      ->capture_default_str();
+  app.add_option("--phase-mean", tc.phase_mean_s, "mean busy/quiet phase, s (0: no phases)")
+      ->capture_default_str();
+  app.add_option("--quiet-fraction", tc.phase_quiet_fraction, "ask in a quiet phase, x ask")
+      ->capture_default_str();
+  app.add_option("--burst-high", tc.burst_high, "arrival rate in a burst, x mean")
+      ->capture_default_str();
+  app.add_option("--burst-low", tc.burst_low, "arrival rate between bursts, x mean")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (!plot.empty()) sweep = true;
   if (auto s = kmosix::sim::Validate(tc); !s.ok()) {

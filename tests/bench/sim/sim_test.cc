@@ -82,6 +82,29 @@ TEST(SimProcessorSharing, PhasesAloneOnAnIdleNodeGiveSlowdownOne) {
   EXPECT_GT(Simulate(shared, Strategy::kPlacement, SimConfig{}).mean_slowdown, 1.0);
 }
 
+// Against queueing theory: one 1-core node, unit asks, Poisson arrivals (no
+// bursts, no phases) at load rho is an M/G/1 processor-sharing queue, whose
+// mean slowdown is 1 / (1 - rho) whatever the work distribution.
+TEST(SimProcessorSharing, OneNodeMatchesMG1ProcessorSharing) {
+  TraceConfig c;
+  c.nodes = 1;
+  c.node_cores = 1;
+  c.fast_fraction = 0;
+  c.unit_cpu = true;
+  c.burst_high = c.burst_low = 1;
+  c.phase_mean_s = 0;
+  c.work_min_s = 10;
+  c.work_max_s = 40;
+  c.hours = 300;
+  for (double rho : {0.5, 0.8}) {
+    c.load = rho;
+    const Trace t = MakeTrace(c, 9);
+    const Result r = Simulate(t, Strategy::kPlacement, SimConfig{});
+    EXPECT_NEAR(r.mean_slowdown, 1 / (1 - rho), 0.1 / (1 - rho)) << "rho " << rho;
+    EXPECT_NEAR(r.utilisation, rho, 0.05) << "rho " << rho;
+  }
+}
+
 TraceConfig Small(int nodes, double load, double hours) {
   TraceConfig c;
   c.nodes = nodes;
