@@ -1,6 +1,7 @@
 #include "kmosix/files.h"
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -99,6 +100,58 @@ std::vector<std::string> ListFiles(const std::string& dir, const std::string& su
 Status RemoveFile(const std::string& path) {
   std::error_code ec;
   fs::remove(path, ec);
+  if (ec) return FailedError("remove " + path + ": " + ec.message());
+  return Status::Ok();
+}
+
+namespace {
+
+// Mount points at or below `root` (absolute, normalised), from
+// /proc/self/mountinfo (field 5; octal escapes for space, tab, newline and
+// backslash decoded).
+std::vector<std::string> MountsUnder(const std::string& root) {
+  std::vector<std::string> out;
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, mroot, point;
+    if (!(fields >> id >> parent >> dev >> mroot >> point)) continue;
+    std::string decoded;
+    for (size_t i = 0; i < point.size(); ++i) {
+      if (point[i] == '\\' && i + 3 < point.size()) {
+        const std::string oct = point.substr(i + 1, 3);
+        if (oct.size() == 3 &&
+            std::all_of(oct.begin(), oct.end(), [](char c) { return c >= '0' && c <= '7'; })) {
+          decoded.push_back(static_cast<char>(std::stoi(oct, nullptr, 8)));
+          i += 3;
+          continue;
+        }
+      }
+      decoded.push_back(point[i]);
+    }
+    if (decoded == root || decoded.rfind(root + "/", 0) == 0) out.push_back(decoded);
+  }
+  return out;
+}
+
+}  // namespace
+
+Status RemoveTree(const std::string& path) {
+  std::error_code ec;
+  std::string root = fs::absolute(path, ec).lexically_normal().string();
+  if (ec) return FailedError("remove " + path + ": " + ec.message());
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  std::vector<std::string> mounts = MountsUnder(root);
+  // Deepest first; a path mounted over several times is listed once per mount.
+  std::sort(mounts.begin(), mounts.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  for (const auto& m : mounts) {
+    if (::umount2(m.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) {
+      return Errno("remove " + path + ": unmount " + m);
+    }
+  }
+  fs::remove_all(root, ec);
   if (ec) return FailedError("remove " + path + ": " + ec.message());
   return Status::Ok();
 }

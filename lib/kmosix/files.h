@@ -30,6 +30,13 @@ StatusOr<std::string> ReadFile(const std::string& path);
 std::vector<std::string> ListFiles(const std::string& dir, const std::string& suffix);
 Status RemoveFile(const std::string& path);  // ok if missing
 
+// Removes the tree at `path` (ok if missing), first detaching (umount2
+// MNT_DETACH) every mount at or below it, deepest first, as this process's
+// mount table lists them: a CRIU killed mid-restore leaves its cgroup yard
+// (.criu.cgyard.*, a cgroupfs mount) in its work dir, and a plain recursive
+// remove then fails on it for good. kFailed naming what could not go.
+Status RemoveTree(const std::string& path);
+
 // Makes `path` (absolute) a directory private to this process's user, or
 // checks that it is one: missing components are created (the last 0700, the
 // others 0755); every existing component must be owned by root or this user

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <utility>
 
+#include "kmosix/files.h"
 #include "kmosix/intake_limits.h"
 #include "kmosix/json_fields.h"
 
@@ -178,8 +179,7 @@ std::string MigrationDriver::ScratchFor(const MigrationReport& r) const {
 }
 
 void MigrationDriver::RemoveScratch(const MigrationReport& r) const {
-  std::error_code ec;
-  std::filesystem::remove_all(ScratchFor(r), ec);
+  (void)RemoveTree(ScratchFor(r));  // a CRIU killed mid-dump may leave mounts in it
 }
 
 MigrationReport& MigrationDriver::Finish(MigrationReport& r, MigrationPhase p,

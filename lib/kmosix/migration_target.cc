@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "kmosix/files.h"
 #include "kmosix/spec_json.h"
 
 namespace kmosix {
@@ -118,9 +119,10 @@ Status IncomingMigrations::DiscardCopy(const IncomingRecord& r) {
       fs::permissions(kept, fs::perms::owner_read | fs::perms::owner_write, copy_ec);
     }
   }
-  ec.clear();
-  fs::remove_all(scratch, ec);
-  if (ec && s.ok()) s = RetryError("remove " + scratch + ": " + ec.message());
+  // A CRIU killed mid-restore leaves its cgroup yard mounted in there.
+  if (Status removed = RemoveTree(scratch); !removed.ok() && s.ok()) {
+    s = RetryError(removed.message());
+  }
   return s;
 }
 
@@ -304,8 +306,7 @@ StatusOr<RestoreReport> IncomingMigrations::Restore(const std::string& id) {
   }
   ReleaseIntake(r.offer.id);  // it no longer receives
   // The images are no longer needed once the task runs.
-  std::error_code ec;
-  fs::remove_all(options_.scratch_dir + "/in-" + r.offer.id, ec);
+  (void)RemoveTree(options_.scratch_dir + "/in-" + r.offer.id);
   return RestoreReport{r.pid, Seconds(clock_.Now() - start)};
 }
 

@@ -13,14 +13,16 @@
 #include <thread>
 #include <vector>
 
+#include "kmosix/files.h"
+
 namespace kmosix {
 namespace {
 
 namespace fs = std::filesystem;
 
 Status MakeEmptyDir(const std::string& dir) {
+  KMX_RETURN_IF_ERROR(RemoveTree(dir));
   std::error_code ec;
-  fs::remove_all(dir, ec);
   fs::create_directories(dir, ec);
   if (ec) return FailedError("cannot create " + dir + ": " + ec.message());
   return Status::Ok();

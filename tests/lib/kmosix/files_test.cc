@@ -96,5 +96,33 @@ TEST_F(FilesTest, AParentThatIsAFileIsAnError) {
   EXPECT_FALSE(WriteFileAtomic(root_ / "state" / "a.json", "x").ok());
 }
 
+// What a CRIU killed mid-restore leaves in its work dir: a mount (its cgroup
+// yard) with another inside it, and files under both. A plain recursive
+// remove fails on them for good; RemoveTree detaches them first.
+TEST_F(FilesTest, RemoveTreeDetachesMountsLeftInsideTheTree) {
+  if (::geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root to mount a tmpfs";
+  const fs::path yard = root_ / "in-m-1" / "work" / ".criu.cgyard.x";
+  const fs::path inner = yard / "blkio";
+  fs::create_directories(yard);
+  ASSERT_EQ(::mount("tmpfs", yard.c_str(), "tmpfs", 0, "size=1m"), 0) << std::strerror(errno);
+  fs::create_directories(inner);
+  ASSERT_EQ(::mount("tmpfs", inner.c_str(), "tmpfs", MS_RDONLY, "size=1m"), 0)
+      << std::strerror(errno);
+  std::ofstream(yard / "cgroup.procs") << "1\n";
+  std::error_code ec;
+  fs::remove_all(root_ / "in-m-1", ec);
+  ASSERT_TRUE(ec) << "a plain remove got through: the test would prove nothing";
+
+  Status s = RemoveTree((root_ / "in-m-1").string() + "/");
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(fs::exists(root_ / "in-m-1"));
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mountinfo, line)) {
+    EXPECT_EQ(line.find(root_.string() + "/in-m-1"), std::string::npos) << line;
+  }
+  EXPECT_TRUE(RemoveTree((root_ / "in-m-1").string()).ok()) << "a missing tree is ok";
+}
+
 }  // namespace
 }  // namespace kmosix
