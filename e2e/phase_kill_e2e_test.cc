@@ -48,6 +48,7 @@
 // Run one scenario: --gtest_filter='*SourceAtCommitting'.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
