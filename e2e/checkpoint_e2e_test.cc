@@ -9,8 +9,9 @@
 // The controllers run with --node-loss-restart-delay 10 (> lease TTL 5 s +
 // the agents' --fence-after 4 s) and a long --min-residency (no balancing
 // moves). Deadlines are generous bounds on waits, never assertions about
-// speed; the times are printed. Cluster and skip rules as the other e2e
-// binaries (e2e_environment.h).
+// speed; the times are printed. A sampler of every node's tasks (every
+// ~100 ms, from before the kill) must never see two RUNNING copies. Cluster and skip rules as the
+// other e2e binaries (e2e_environment.h).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -21,6 +22,7 @@
 
 #include "cluster.h"
 #include "e2e_environment.h"
+#include "task_sampler.h"
 
 namespace kmosix::e2e {
 namespace {
@@ -35,16 +37,6 @@ constexpr int kControllers = 2;
 constexpr int kRestartDelaySeconds = 10;
 constexpr int kIntervalSeconds = 10;
 const std::vector<std::string> kLight = {"--mem", "16", "--verify-mib", "4"};
-
-std::string Str(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "";
-}
-int64_t Int(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
-}
-std::string StatusStr(const json& w, const char* key) {
-  return w.is_object() && w.contains("status") ? Str(w["status"], key) : "";
-}
 
 class CheckpointE2E : public ::testing::Test {
  protected:
@@ -78,26 +70,12 @@ class CheckpointE2E : public ::testing::Test {
       EXPECT_TRUE(w.ok) << w.message;
     }
   }
-  Endpoint Api() const {
-    if (const ControllerProc* l = c_->Leader()) return *l;
-    return c_->controller(1);
-  }
+  Endpoint Api() const { return AnyController(*c_); }
   json AwaitRecord(const std::string& name, const std::string& what, milliseconds timeout,
                    const std::function<bool(const json&)>& pred) {
-    json last;
-    auto w = WaitFor(
-        name + " " + what, timeout,
-        [&]() -> Observation {
-          std::string err;
-          auto j = GetObject(Api(), "/v1/workloads/" + name, &err);
-          if (!j) return {false, err};
-          last = *j;
-          return {pred(*j), "phase=" + StatusStr(*j, "phase") + " node=" + StatusStr(*j, "node") +
-                                " message=" + StatusStr(*j, "message")};
-        },
-        milliseconds(250));
-    EXPECT_TRUE(w.ok) << w.message;
-    return last;
+    auto w = AwaitWorkloadRecord(*c_, name, what, timeout, pred);
+    EXPECT_TRUE(w.wait.ok) << w.wait.message;
+    return w.last;
   }
   uint64_t LastTick(const std::string& name) {
     std::string err;
@@ -129,6 +107,9 @@ TEST_F(CheckpointE2E, KilledNodeRestoresOnTheKeeperFromTheLatestCheckpoint) {
   const uint64_t tick_before = LastTick(name);
   ASSERT_GT(tick_before, 0u);
 
+  // Every node's tasks sampled from here on: never two running copies.
+  TaskSampler sampler(*c_, name);
+  sampler.AwaitSamples(3);
   const auto killed_at = SteadyClock::now();
   ASSERT_EQ(c_->KillNode(3), "");
   killed_.push_back(3);
@@ -140,11 +121,11 @@ TEST_F(CheckpointE2E, KilledNodeRestoresOnTheKeeperFromTheLatestCheckpoint) {
   ASSERT_NE(now_on, "node3") << w.dump();
   ASSERT_TRUE(w["status"].contains("recovery")) << w.dump();
   const json& rec = w["status"]["recovery"];
-  EXPECT_EQ(Str(rec, "policy"), "FromCheckpoint") << w.dump();
-  EXPECT_EQ(Str(rec, "lostNode"), "node3") << rec.dump();
-  EXPECT_FALSE(Str(rec, "checkpoint").empty()) << rec.dump();
-  EXPECT_GT(Int(rec, "checkpointTakenMs"), 0) << rec.dump();
-  EXPECT_GT(Int(rec, "progressLostMs"), 0) << rec.dump();
+  EXPECT_EQ(JsonStr(rec, "policy"), "FromCheckpoint") << w.dump();
+  EXPECT_EQ(JsonStr(rec, "lostNode"), "node3") << rec.dump();
+  EXPECT_FALSE(JsonStr(rec, "checkpoint").empty()) << rec.dump();
+  EXPECT_GT(JsonInt(rec, "checkpointTakenMs"), 0) << rec.dump();
+  EXPECT_GT(JsonInt(rec, "progressLostMs"), 0) << rec.dump();
   EXPECT_EQ(StatusStr(w, "restoreCheckpoint"), "") << "cleared with the Running write";
   EXPECT_NE(StatusStr(w, "message").find("restored on " + now_on + " from checkpoint"),
             std::string::npos)
@@ -152,7 +133,7 @@ TEST_F(CheckpointE2E, KilledNodeRestoresOnTheKeeperFromTheLatestCheckpoint) {
 
   // Its counter continues from the checkpoint's: the first tick of the
   // restored copy is not 1, and not beyond what ran before the loss.
-  const int64_t restarted_ms = Int(rec, "restartedMs");
+  const int64_t restarted_ms = JsonInt(rec, "restartedMs");
   auto more = WaitForTickAt(Api(), name, tick_before + 20, milliseconds(90'000));
   ASSERT_TRUE(more.ok) << more.message;
   std::string err;
@@ -165,6 +146,8 @@ TEST_F(CheckpointE2E, KilledNodeRestoresOnTheKeeperFromTheLatestCheckpoint) {
       break;
     }
   }
+  sampler.Stop();
+  EXPECT_EQ(sampler.NeverTwice(), "");
   EXPECT_GT(first_after, 1u) << "started from the image, not from the checkpoint";
   EXPECT_LE(first_after, tick_before + 1) << "a checkpoint cannot be newer than the loss";
   std::printf(
@@ -173,7 +156,7 @@ TEST_F(CheckpointE2E, KilledNodeRestoresOnTheKeeperFromTheLatestCheckpoint) {
       name.c_str(), now_on.c_str(),
       std::chrono::duration_cast<milliseconds>(SteadyClock::now() - killed_at).count() / 1000.0,
       static_cast<unsigned long long>(tick_before), static_cast<unsigned long long>(first_after),
-      Int(rec, "progressLostMs") / 1000.0, Str(rec, "checkpoint").c_str());
+      JsonInt(rec, "progressLostMs") / 1000.0, JsonStr(rec, "checkpoint").c_str());
 }
 
 }  // namespace

@@ -33,14 +33,11 @@
 // "--fence-after 0" to watch the partition test fail without fencing.
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -50,6 +47,7 @@
 
 #include "cluster.h"
 #include "e2e_environment.h"
+#include "task_sampler.h"
 
 namespace kmosix::e2e {
 namespace {
@@ -67,116 +65,9 @@ constexpr auto kRunningTimeout = milliseconds(120'000);
 constexpr auto kRecoveryTimeout = milliseconds(120'000);
 const std::vector<std::string> kLight = {"--mem", "16", "--verify-mib", "4"};
 
-std::string Str(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "";
-}
-int64_t Int(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
-}
-std::string StatusStr(const json& w, const char* key) {
-  return w.is_object() && w.contains("status") ? Str(w["status"], key) : "";
-}
 double SecondsSince(SteadyClock::time_point t) {
   return std::chrono::duration_cast<milliseconds>(SteadyClock::now() - t).count() / 1000.0;
 }
-
-// Samples the tasks of one workload on every node's containerd, every
-// ~100 ms, on a thread of its own, and keeps what a test asks about.
-class TaskSampler {
- public:
-  TaskSampler(const Cluster& c, std::string name) : name_(std::move(name)) {
-    // One shell round asks every node at once; each line: "<node> <task> <pid> <status>".
-    std::string cmd = "(";
-    for (const auto& n : c.Nodes()) {
-      cmd += "(timeout 2 ctr -a " + ShellQuote(n.sock) + " -n " + Cluster::kNamespace +
-             " tasks ls 2>/dev/null | sed 's/^/" + n.name + " /') & ";
-    }
-    cmd_ = cmd + "wait)";
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~TaskSampler() { Stop(); }
-  void Stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-
-  // Samples in which more than one node ran the workload.
-  std::vector<std::string> Twice() {
-    std::lock_guard lock(mu_);
-    return twice_;
-  }
-  int Samples() {
-    std::lock_guard lock(mu_);
-    return samples_;
-  }
-  // The node's task status in the last sample ("" if none).
-  std::string Last(const std::string& node) {
-    std::lock_guard lock(mu_);
-    auto it = last_.find(node);
-    return it == last_.end() ? "" : it->second;
-  }
-  // When a status was first seen on a node since the last Mark() (steady
-  // clock); nullopt if not seen.
-  std::optional<SteadyClock::time_point> FirstSeen(const std::string& node,
-                                                   const std::string& status) {
-    std::lock_guard lock(mu_);
-    auto it = first_.find(node + " " + status);
-    if (it == first_.end()) return std::nullopt;
-    return it->second;
-  }
-  void Mark() {
-    std::lock_guard lock(mu_);
-    first_.clear();
-  }
-  // Waits for `n` more samples (a bounded real-time guard).
-  void AwaitSamples(int n) {
-    const int target = Samples() + n;
-    for (int i = 0; i < 600 && Samples() < target; ++i)
-      std::this_thread::sleep_for(milliseconds(50));
-  }
-
- private:
-  void Loop() {
-    while (!stop_) {
-      const auto started = SteadyClock::now();
-      auto r = RunCommand(cmd_);
-      std::map<std::string, std::string> seen;  // node -> status of the workload's task
-      std::istringstream in(r.output);
-      for (std::string line; std::getline(in, line);) {
-        std::istringstream words(line);
-        std::string node, task, pid, status;
-        if (words >> node >> task >> pid >> status && task == name_) seen[node] = status;
-      }
-      {
-        std::lock_guard lock(mu_);
-        ++samples_;
-        int running = 0;
-        std::string where;
-        for (const auto& [node, status] : seen) {
-          if (!first_.contains(node + " " + status)) first_[node + " " + status] = started;
-          if (status == "RUNNING") {
-            ++running;
-            where += " " + node;
-          }
-        }
-        if (running > 1) twice_.push_back("RUNNING on" + where);
-        last_ = seen;
-      }
-      auto spent = SteadyClock::now() - started;
-      if (spent < milliseconds(100)) std::this_thread::sleep_for(milliseconds(100) - spent);
-    }
-  }
-
-  std::string name_;
-  std::string cmd_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  std::mutex mu_;
-  int samples_ = 0;
-  std::vector<std::string> twice_;
-  std::map<std::string, std::string> last_;
-  std::map<std::string, SteadyClock::time_point> first_;
-};
 
 class NodeLossE2E : public ::testing::Test {
  protected:
@@ -226,13 +117,7 @@ class NodeLossE2E : public ::testing::Test {
     }
   }
 
-  Endpoint Api() const {
-    if (const ControllerProc* l = c_->Leader()) return *l;
-    for (const auto& ctl : c_->Controllers()) {
-      if (HttpGet(ctl, "/healthz", seconds(2)).status == 200) return ctl;
-    }
-    return c_->controller(1);
-  }
+  Endpoint Api() const { return AnyController(*c_); }
 
   bool AwaitLeader() {
     auto w = WaitFor("exactly one controller to lead", milliseconds(60'000), [&]() -> Observation {
@@ -250,7 +135,7 @@ class NodeLossE2E : public ::testing::Test {
                      auto items = GetItems(Api(), "/v1/nodes", &err);
                      if (!items) return {false, err};
                      for (const auto& n : *items) {
-                       if (Str(n, "name") != name) continue;
+                       if (JsonStr(n, "name") != name) continue;
                        bool is = n.value("ready", false);
                        return {is == ready, std::string("ready=") + (is ? "true" : "false")};
                      }
@@ -265,20 +150,9 @@ class NodeLossE2E : public ::testing::Test {
   // Waits until `pred` holds for the workload record; returns the last one.
   json AwaitRecord(const std::string& name, const std::string& what, milliseconds timeout,
                    const std::function<bool(const json&)>& pred) {
-    json last;
-    auto w = WaitFor(
-        name + " " + what, timeout,
-        [&]() -> Observation {
-          std::string err;
-          auto j = Workload(name, &err);
-          if (!j) return {false, err};
-          last = *j;
-          return {pred(*j), "phase=" + StatusStr(*j, "phase") + " node=" + StatusStr(*j, "node") +
-                                " message=" + StatusStr(*j, "message")};
-        },
-        milliseconds(250));
-    EXPECT_TRUE(w.ok) << w.message;
-    return last;
+    auto w = AwaitWorkloadRecord(*c_, name, what, timeout, pred);
+    EXPECT_TRUE(w.wait.ok) << w.wait.message;
+    return w.last;
   }
 
   // Creates a light demo with the restart policy on `node`; waits until it
@@ -310,9 +184,7 @@ class NodeLossE2E : public ::testing::Test {
 
   void CheckNeverTwice() {
     ASSERT_TRUE(sampler_);
-    auto twice = sampler_->Twice();
-    EXPECT_TRUE(twice.empty()) << twice.size() << " of " << sampler_->Samples()
-                               << " samples saw two running copies, first: " << twice.front();
+    EXPECT_EQ(sampler_->NeverTwice(), "");
   }
 
   Cluster* c_ = nullptr;
@@ -324,7 +196,7 @@ class NodeLossE2E : public ::testing::Test {
 TEST_F(NodeLossE2E, KilledNodeRestartsElsewhereOnce) {
   ASSERT_NO_FATAL_FAILURE(StartDemo("lossy", "FromImage", "node3"));
   std::string err;
-  const int64_t epoch = Int(Workload("lossy", &err).value_or(json{})["status"], "epoch");
+  const int64_t epoch = JsonInt(Workload("lossy", &err).value_or(json{})["status"], "epoch");
   sampler_ = std::make_unique<TaskSampler>(*c_, "lossy");
   sampler_->AwaitSamples(3);
   ASSERT_EQ(sampler_->Last("node3"), "RUNNING");
@@ -340,14 +212,14 @@ TEST_F(NodeLossE2E, KilledNodeRestartsElsewhereOnce) {
   ASSERT_NE(now_on, "node3") << w.dump();
   std::printf("[ node-loss ] lossy runs on %s %.1f s after node3 was killed (restart delay %d s)\n",
               now_on.c_str(), SecondsSince(killed_at), kRestartDelaySeconds);
-  EXPECT_GT(Int(w["status"], "epoch"), epoch) << w.dump();
+  EXPECT_GT(JsonInt(w["status"], "epoch"), epoch) << w.dump();
   // The record shows the recovery.
   ASSERT_TRUE(w["status"].contains("recovery")) << w.dump();
   const json& rec = w["status"]["recovery"];
-  EXPECT_EQ(Str(rec, "policy"), "FromImage") << rec.dump();
-  EXPECT_EQ(Str(rec, "lostNode"), "node3") << rec.dump();
-  EXPECT_EQ(Int(rec, "count"), 1) << rec.dump();
-  EXPECT_GT(Int(rec, "restartedMs"), 0) << rec.dump();
+  EXPECT_EQ(JsonStr(rec, "policy"), "FromImage") << rec.dump();
+  EXPECT_EQ(JsonStr(rec, "lostNode"), "node3") << rec.dump();
+  EXPECT_EQ(JsonInt(rec, "count"), 1) << rec.dump();
+  EXPECT_GT(JsonInt(rec, "restartedMs"), 0) << rec.dump();
   // It ticks there, started once there.
   auto t = WaitForTickAt(Api(), "lossy", 5, milliseconds(60'000));
   EXPECT_TRUE(t.ok) << t.message;
@@ -416,7 +288,7 @@ TEST_F(NodeLossE2E, PartitionFromEtcdFreezesBeforeTheRestart) {
   EXPECT_EQ(sampler_->Last("node2"), "PAUSED") << "still frozen while cut off";
   // The record shows the recovery.
   ASSERT_TRUE(w["status"].contains("recovery")) << w.dump();
-  EXPECT_EQ(Str(w["status"]["recovery"], "lostNode"), "node2") << w.dump();
+  EXPECT_EQ(JsonStr(w["status"]["recovery"], "lostNode"), "node2") << w.dump();
 
   // Healed: node2 learns another node owns it and deletes its copy.
   ASSERT_EQ(c_->Heal(2), "");
