@@ -195,6 +195,24 @@ class ClusterLinkTest : public ::testing::Test {
     return r;
   }
 
+  // A node's agent and link started again on its old state (the process was
+  // killed; its runtime, engine and state dir stay), not yet Start()ed.
+  struct Rebooted {
+    std::unique_ptr<Agent> agent;
+    std::unique_ptr<ClusterLink> link;  // destroyed first: it uses the agent
+  };
+  Rebooted Reboot(Node& node, const std::string& name, Transport& transport) {
+    Rebooted r;
+    r.agent = std::make_unique<Agent>(node.agent->Options(), node.runtime, node.engine, transport,
+                                      clock_, random_, nullptr);
+    ClusterLinkOptions lo;
+    lo.node = name;
+    lo.url = "http://" + name + ":7700";
+    r.link = std::make_unique<ClusterLink>(lo, *r.agent, store_, node.sampler, clock_, random_);
+    r.agent->SetClusterHooks(r.link->Hooks());
+    return r;
+  }
+
   fs::path root_;
   FakeClock clock_;
   SystemRandom random_;
@@ -410,13 +428,9 @@ TEST_F(ClusterLinkTest, RestartsAWorkloadThatShouldRunHereButWasLost) {
   RunWorkOnNode1();
   // The node lost the container (say, a reboot) and the agent restarted.
   ASSERT_TRUE(node1_->runtime.Delete("work").ok());
-  Agent again(node1_->agent->Options(), node1_->runtime, node1_->engine, *to_node2_, clock_,
-              random_, nullptr);
-  ClusterLinkOptions lo;
-  lo.node = "node1";
-  lo.url = "http://node1:7700";
-  ClusterLink link(lo, again, store_, node1_->sampler, clock_, random_);
-  again.SetClusterHooks(link.Hooks());
+  Rebooted node1 = Reboot(*node1_, "node1", *to_node2_);
+  Agent& again = *node1.agent;
+  ClusterLink& link = *node1.link;
   ASSERT_TRUE(again.Start().ok());
   ASSERT_EQ(again.Local("work")->state, "lost");
   ASSERT_TRUE(link.Reconcile("w/work").ok());
@@ -1873,13 +1887,9 @@ TEST_F(ClusterLinkTest, AnArrivalKilledBeforeTheLinkClaimedItIsNeverRestartedAsS
   const int starts = node2_->runtime.Calls("StartTask");
 
   // node2 boots with its old state.
-  Agent again(node2_->agent->Options(), node2_->runtime, node2_->engine, no_transport_, clock_,
-              random_, nullptr);
-  ClusterLinkOptions lo;
-  lo.node = "node2";
-  lo.url = "http://node2:7700";
-  ClusterLink link(lo, again, store_, node2_->sampler, clock_, random_);
-  again.SetClusterHooks(link.Hooks());
+  Rebooted node2 = Reboot(*node2_, "node2", no_transport_);
+  Agent& again = *node2.agent;
+  ClusterLink& link = *node2.link;
   ASSERT_TRUE(again.Start().ok());
   clock_.Advance(std::chrono::seconds(2));
   again.Tick();
