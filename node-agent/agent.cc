@@ -15,6 +15,10 @@ namespace kmosix::agent {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Labels of a managed workload's spec: it is the cluster's, and at which epoch.
+constexpr char kManagedLabel[] = "io.kmosix.managed";
+constexpr char kEpochLabel[] = "io.kmosix.epoch";
 using nlohmann::json;
 
 // http(s)://host[:port][/]
@@ -138,14 +142,17 @@ IncomingMigrations::Hooks Agent::TargetHooks() {
     w.migrations = offer.history;
     w.migrations.push_back(offer.id);
     w.running_since = clock_.Now();
-    // In cluster mode the copy is the cluster's from its commit, not from the
-    // link's first look at it: an agent killed in between (a power loss right
-    // after the commit) would otherwise restart it as a standalone workload,
-    // without asking the cluster, beside the copy a node-loss restart runs
-    // elsewhere. Epoch 0 until the link claims it at the record's epoch
-    // (ClaimManaged): no restart claim matches it before, and a record that
-    // names another node fences it.
-    w.managed = static_cast<bool>(cluster_.claim_restart);
+    // A copy of the cluster's (its spec says so: kManagedLabel) is the
+    // cluster's from its commit, not from the link's first look at it: an
+    // agent killed in between (a power loss right after the commit) would
+    // otherwise restart it as a standalone workload, without asking the
+    // cluster, beside the copy a node-loss restart runs elsewhere. Epoch 0
+    // until the link claims it at the record's epoch (ClaimManaged): no
+    // restart claim matches it before, and a record that names another node
+    // fences it. A standalone workload moved agent to agent stays standalone.
+    auto label = offer.spec.labels.find(kManagedLabel);
+    w.managed = static_cast<bool>(cluster_.claim_restart) && label != offer.spec.labels.end() &&
+                label->second == "true";
     w.epoch = 0;
     return WriteWorkload(w);
   };
@@ -617,7 +624,7 @@ void Agent::RestartLocked(const std::string& name, const std::string& why) {
                    options_.node);
       return ask_later(options_.restart_backoff);
     }
-    w.spec.labels["io.kmosix.epoch"] = std::to_string(w.epoch);  // it may have been raised
+    w.spec.labels[kEpochLabel] = std::to_string(w.epoch);  // it may have been raised
   }
   // Whatever is left (a stopped task, the container, its snapshot) goes; the
   // workload starts afresh from its image, its log appended to.
@@ -769,8 +776,8 @@ StatusOr<Agent::Workload> Agent::CreateLocked(ContainerSpec spec, bool managed, 
                                               int64_t created_ms, const RestoreFn& restore) {
   spec.log_path = LogPath(spec.name);
   if (managed) {
-    spec.labels["io.kmosix.managed"] = "true";
-    spec.labels["io.kmosix.epoch"] = std::to_string(epoch);
+    spec.labels[kManagedLabel] = "true";
+    spec.labels[kEpochLabel] = std::to_string(epoch);
   }
   auto forget = [&] {
     std::lock_guard l(mu_);
@@ -1267,6 +1274,9 @@ Status Agent::ClaimManaged(const std::string& name, int64_t epoch) {
   if (!w.managed) spdlog::info("workload {} is managed by the cluster from now on", name);
   w.managed = true;
   w.epoch = std::max(w.epoch, epoch);
+  // Its next migration's offer says so (the target adopts it managed).
+  w.spec.labels[kManagedLabel] = "true";
+  w.spec.labels[kEpochLabel] = std::to_string(w.epoch);
   SaveWorkload(w);
   return Status::Ok();
 }

@@ -881,6 +881,21 @@ TEST_F(ClusterLinkTest, AnUnmanagedWorkloadOfTheSameNameFailsTheScheduling) {
   EXPECT_FALSE(node1_->agent->Local("work")->managed);
 }
 
+// A standalone workload (created on the agent, no record in the cluster)
+// moved agent to agent stays standalone on its target, in cluster mode too:
+// only a copy whose spec says it is the cluster's arrives managed.
+TEST_F(ClusterLinkTest, AStandaloneWorkloadMovedAgentToAgentStaysStandalone) {
+  ASSERT_TRUE(Rest(*node1_->agent)
+                  .CreateWorkload(R"({"name":"work","image":"kmosix.local/demo:latest"})")
+                  .ok());
+  auto moved = Rest(*node1_->agent).Migrate("work", R"({"target":"http://node2:7700"})");
+  ASSERT_TRUE(moved.ok()) << moved.status().ToString();
+  auto arrived = node2_->agent->Local("work");
+  ASSERT_TRUE(arrived.has_value());
+  EXPECT_FALSE(arrived->managed);
+  EXPECT_EQ(node2_->runtime.State("work"), TaskState::kRunning);
+}
+
 // ---- migrations ----------------------------------------------------------------
 
 TEST_F(ClusterLinkTest, RunsAPendingMigrationOrderAndWritesItsProgress) {
