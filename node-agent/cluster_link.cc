@@ -117,6 +117,10 @@ void ClusterLink::Start() {
     if (started_ || stopping_) return;
     started_ = true;
   }
+  // The fence deadline counts from the start, not from the construction: an
+  // agent whose start-up took longer than --fence-after (a scratch recovery,
+  // a slow containerd) is not fenced before its link ever asked for a lease.
+  MarkLeaseAlive(clock_.Now());
   // Every callback and step of these threads catches what it throws.
   threads_.emplace_back([this] {
     workloads_.Run([this](const std::string& k, const std::optional<KeyValue>& kv) {
