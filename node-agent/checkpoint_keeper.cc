@@ -7,6 +7,7 @@
 
 #include "api/validate.h"
 #include "kmosix/checkpoint_capture.h"
+#include "kmosix/files.h"
 
 namespace kmosix::agent {
 namespace {
@@ -384,8 +385,9 @@ StatusOr<LocalWorkload> CheckpointKeeper::StartFromCheckpoint(Agent& agent,
   const std::string scratch = options_.scratch_dir + "/restore-" + name;
   auto restore = [&](const ContainerSpec& spec) -> Status {
     restored = true;
+    // A CRIU killed mid-restore leaves its cgroup yard mounted in there.
+    KMX_RETURN_IF_ERROR(RemoveTree(scratch));
     std::error_code ec;
-    fs::remove_all(scratch, ec);
     fs::create_directories(scratch, ec);
     if (ec) return FailedError("create " + scratch + ": " + ec.message());
     Status s = [&]() -> Status {
@@ -395,7 +397,7 @@ StatusOr<LocalWorkload> CheckpointKeeper::StartFromCheckpoint(Agent& agent,
       return engine_.Restore(spec, landing);
     }();
     if (!s.ok()) (void)engine_.Discard(spec.name);
-    fs::remove_all(scratch, ec);
+    (void)RemoveTree(scratch);
     return s;
   };
   auto started = agent.StartManaged(rec.spec, rec.status.epoch, rec.status.created_ms, restore);

@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "kmosix/files.h"
+
 namespace kmosix {
 namespace {
 
@@ -524,7 +526,7 @@ StatusOr<std::unique_ptr<LazySource>> LazySource::Start(ContainerRuntime& runtim
   st->work = scratch_dir + "/work";
   std::error_code ec;
   for (const std::string& d : {st->images, st->work}) {
-    fs::remove_all(d, ec);
+    KMX_RETURN_IF_ERROR(RemoveTree(d));  // a killed restore's mounts included
     fs::create_directories(d, ec);
     if (ec) return FailedError("cannot create " + d + ": " + ec.message());
   }
